@@ -1,0 +1,619 @@
+//! The exported C API. Every function catches panics, checks its pointers, returns a
+//! [`shmsess_result`] and leaves a message for [`shmsess_last_error`] on failure.
+//! `include/shmsesscache.h` is generated from this file by cbindgen (`make header`).
+#![allow(non_camel_case_types)]
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openssl_sys::SSL_CTX;
+
+use crate::cache::{Cache, Config, Found, Stats, DEFAULT_LOCK_TIMEOUT_MS};
+use crate::error::{Error, ErrorKind};
+use crate::glue::{self, Handle, InstallOptions};
+use crate::layout::{DEFAULT_UNIT_BYTES, MAX_ID_LEN};
+use crate::log::{self, Level};
+
+/// Status of every call. `SHMSESS_OK` is 0; anything else comes with a message from
+/// `shmsess_last_error()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum shmsess_result {
+    SHMSESS_OK = 0,
+    /// A required pointer argument was NULL.
+    SHMSESS_ERR_NULL_ARGUMENT = 1,
+    /// An argument is out of range: size, id length, option, struct size.
+    SHMSESS_ERR_INVALID_ARGUMENT = 2,
+    /// A system call failed (open, mmap, ...); the message names the file and errno text.
+    SHMSESS_ERR_IO = 3,
+    /// A segment of another format, layout, size or a corrupted header.
+    SHMSESS_ERR_FORMAT = 4,
+    /// A segment file that is a symlink, owned by another user or writable by others.
+    SHMSESS_ERR_SECURITY = 5,
+    /// A session larger than the largest entry (8192 bytes of DER); refused and counted.
+    SHMSESS_ERR_TOO_LARGE = 6,
+    /// A shard lock could not be taken in time (a live process holds it).
+    SHMSESS_ERR_LOCK = 7,
+    /// The caller's buffer is too small; the needed size is returned.
+    SHMSESS_ERR_BUFFER_TOO_SMALL = 8,
+    /// OpenSSL refused an operation.
+    SHMSESS_ERR_OPENSSL = 9,
+    /// No entry with that id (lookup and remove).
+    SHMSESS_ERR_NOT_FOUND = 10,
+    /// The cache pointer is not a live handle (already freed, or never created).
+    SHMSESS_ERR_BAD_HANDLE = 11,
+    /// A bug inside the library was caught at the API boundary; the cache stays usable.
+    SHMSESS_ERR_PANIC = 12,
+}
+use shmsess_result::*;
+
+/// Keep OpenSSL's per-process session cache in front of the shared one
+/// (`SSL_SESS_CACHE_SERVER` instead of `SERVER | NO_INTERNAL`). Weakens TLS 1.3 single use
+/// within one process.
+pub const SHMSESS_KEEP_INTERNAL_CACHE: u32 = 1;
+/// Allow a TLS 1.3 stateful ticket to resume more than once (default: once in the server).
+pub const SHMSESS_TLS13_ALLOW_REUSE: u32 = 2;
+/// Neither store nor look up TLS 1.3 sessions.
+pub const SHMSESS_NO_TLS13: u32 = 4;
+/// Do not set a session id context in `shmsess_install` (the caller has set its own).
+pub const SHMSESS_KEEP_SESSION_ID_CONTEXT: u32 = 8;
+const KNOWN_FLAGS: u32 = 15;
+
+/// Largest session id (bytes).
+pub const SHMSESS_MAX_ID_LEN: u32 = 32;
+/// Largest session (DER bytes) the cache stores.
+pub const SHMSESS_MAX_SESSION_BYTES: u32 = 8192;
+/// `lock_timeout_ms` value meaning "wait as long as it takes".
+pub const SHMSESS_WAIT_FOREVER: u32 = u32::MAX;
+
+/// Options for `shmsess_cache_create`. Always start from `shmsess_options_init`, which sets
+/// `struct_size` and the defaults; fields added later go at the end, so a program built
+/// against an older header keeps working.
+#[repr(C)]
+pub struct shmsess_options {
+    /// `sizeof(shmsess_options)` as the caller knows it (set by `shmsess_options_init`).
+    pub struct_size: u32,
+    /// `SHMSESS_*` flags above. Default 0.
+    pub flags: u32,
+    /// NULL (default): anonymous `MAP_SHARED` memory, shared with children forked after
+    /// creation. Otherwise a file (e.g. under /dev/shm) created 0600 or attached if it exists
+    /// with the same size and slot size. Copied; the string need not outlive the call.
+    pub path: *const c_char,
+    /// Segment size in bytes, fixed at creation. Default 8 MiB.
+    pub size_bytes: u64,
+    /// Bytes per slot (a session takes as many consecutive slots as it needs). Multiple of 8,
+    /// 64..4096. Default 200: one slot per typical 160-byte session.
+    pub slot_bytes: u32,
+    /// Longest wait for a shard lock; after it the operation is a miss. Default 200 ms;
+    /// `SHMSESS_WAIT_FOREVER` never gives up.
+    pub lock_timeout_ms: u32,
+    /// If non-zero, the lifetime in seconds given to every stored session (like Apache's
+    /// SSLSessionCacheTimeout) instead of the session's own timeout.
+    pub session_timeout: u32,
+    /// Length of `session_id_context` (1..32), 0 for none.
+    pub session_id_context_len: u32,
+    /// Session id context `shmsess_install` sets on each SSL_CTX. NULL: the SHA-256 of the
+    /// SSL_CTX's certificate. Copied at creation.
+    pub session_id_context: *const u8,
+}
+
+/// Statistics of a cache (all processes together). Counters only grow.
+#[repr(C)]
+#[derive(Default)]
+pub struct shmsess_stats {
+    /// `sizeof` of the structure the library filled.
+    pub struct_size: u32,
+    /// Layout version of this structure (1).
+    pub version: u32,
+    pub stores: u64,
+    /// Stores that replaced an entry with the same id.
+    pub replaced: u64,
+    /// Entries dropped because they had expired (on lookup, store or flush).
+    pub expired: u64,
+    /// Live entries evicted to make room (the shard was full).
+    pub evicted: u64,
+    pub lookup_hits: u64,
+    pub lookup_misses: u64,
+    pub remove_hits: u64,
+    pub remove_misses: u64,
+    /// TLS 1.3 tickets consumed by a lookup (single use).
+    pub taken: u64,
+    /// Sessions refused because they were larger than SHMSESS_MAX_SESSION_BYTES.
+    pub too_large: u64,
+    /// Shard locks recovered after their holder died (EOWNERDEAD), each with a repair.
+    pub lock_owner_died: u64,
+    /// Shards repaired after a panic inside the library left them marked dirty.
+    pub dirty_repairs: u64,
+    /// Entries dropped because their header or checksum did not verify.
+    pub corrupt_dropped: u64,
+    /// Operations that gave up waiting for a lock.
+    pub lock_timeouts: u64,
+    pub lock_errors: u64,
+    /// TLS 1.3 sessions not stored because their tickets are stateless (never looked up).
+    pub tls13_stateless_skipped: u64,
+    /// Calls refused for bad arguments (bad id length, empty data).
+    pub bad_input: u64,
+    /// i2d/d2i failures.
+    pub encode_errors: u64,
+    pub decode_errors: u64,
+    /// Entries stored now.
+    pub entries: u64,
+    /// Slots in use and in all.
+    pub used_slots: u64,
+    pub capacity_slots: u64,
+    pub slot_bytes: u64,
+    pub shards: u64,
+    pub slots_per_shard: u64,
+    pub min_shard_used_slots: u64,
+    pub max_shard_used_slots: u64,
+    pub size_bytes: u64,
+}
+
+/// Opaque cache handle. Created by `shmsess_cache_create`, freed by `shmsess_cache_free`.
+pub struct shmsess_cache {
+    _private: [u8; 0],
+}
+
+/// Called with each library message: its level (1 error .. 4 debug), the message (valid during
+/// the call), and the `userdata` given at registration. May be called from any thread that
+/// uses the cache, including inside OpenSSL callbacks; must not call back into this library.
+pub type shmsess_log_fn =
+    Option<unsafe extern "C" fn(level: c_int, message: *const c_char, userdata: *mut c_void)>;
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+/// Handles currently alive, so that a freed or foreign pointer is refused instead of used.
+static LIVE: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+
+fn set_error(msg: &str) {
+    let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+}
+
+fn code(kind: ErrorKind) -> shmsess_result {
+    match kind {
+        ErrorKind::Invalid => SHMSESS_ERR_INVALID_ARGUMENT,
+        ErrorKind::Io => SHMSESS_ERR_IO,
+        ErrorKind::Format => SHMSESS_ERR_FORMAT,
+        ErrorKind::Security => SHMSESS_ERR_SECURITY,
+        ErrorKind::TooLarge => SHMSESS_ERR_TOO_LARGE,
+        ErrorKind::Lock => SHMSESS_ERR_LOCK,
+        ErrorKind::BufferTooSmall => SHMSESS_ERR_BUFFER_TOO_SMALL,
+        ErrorKind::OpenSsl => SHMSESS_ERR_OPENSSL,
+    }
+}
+
+struct Fail(shmsess_result, String);
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Fail {
+        Fail(code(e.kind), e.message)
+    }
+}
+
+fn null(what: &str) -> Fail {
+    Fail(SHMSESS_ERR_NULL_ARGUMENT, format!("{what} is NULL"))
+}
+
+/// The panic boundary: runs `f`, turns errors and panics into a status and a message.
+fn guard(func: &str, f: impl FnOnce() -> Result<shmsess_result, Fail>) -> shmsess_result {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(r)) => r,
+        Ok(Err(Fail(r, m))) => {
+            set_error(&format!("{func}: {m}"));
+            r
+        }
+        Err(_) => {
+            set_error(&format!("{func}: internal error (panic caught at the API boundary)"));
+            SHMSESS_ERR_PANIC
+        }
+    }
+}
+
+/// Borrow the handle behind a C pointer if it is live. The returned Arc keeps it alive for
+/// the duration of the call even if another thread frees it meanwhile.
+fn handle(cache: *const shmsess_cache) -> Result<Arc<Handle>, Fail> {
+    if cache.is_null() {
+        return Err(null("cache"));
+    }
+    let live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+    if !live.as_ref().is_some_and(|s| s.contains(&(cache as usize))) {
+        return Err(Fail(SHMSESS_ERR_BAD_HANDLE, "cache is not a live handle (freed already?)".into()));
+    }
+    // SAFETY: the pointer is in LIVE, so it came from Arc::into_raw and has not been released.
+    unsafe {
+        let p = cache as *const Handle;
+        Arc::increment_strong_count(p);
+        Ok(Arc::from_raw(p))
+    }
+}
+
+fn bytes<'a>(p: *const u8, len: usize, what: &str) -> Result<&'a [u8], Fail> {
+    if p.is_null() {
+        return Err(null(what));
+    }
+    // SAFETY: the caller promises `len` readable bytes at p (documented on each function).
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
+fn id_arg<'a>(id: *const u8, id_len: usize) -> Result<&'a [u8], Fail> {
+    let id = bytes(id, id_len, "id")?;
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(Fail(
+            SHMSESS_ERR_INVALID_ARGUMENT,
+            format!("id length {id_len} is invalid: must be 1 to {MAX_ID_LEN}"),
+        ));
+    }
+    Ok(id)
+}
+
+/// Fill `opts` with the defaults: anonymous segment of 8 MiB, 200-byte slots, 200 ms lock
+/// timeout, sessions' own timeouts, context from the certificate, no flags.
+/// Returns SHMSESS_ERR_NULL_ARGUMENT if `opts` is NULL. Thread-safe.
+#[no_mangle]
+pub extern "C" fn shmsess_options_init(opts: *mut shmsess_options) -> shmsess_result {
+    guard("shmsess_options_init", || {
+        if opts.is_null() {
+            return Err(null("opts"));
+        }
+        // SAFETY: opts points to a caller-owned shmsess_options.
+        unsafe {
+            opts.write(shmsess_options {
+                struct_size: std::mem::size_of::<shmsess_options>() as u32,
+                flags: 0,
+                path: std::ptr::null(),
+                size_bytes: 8 << 20,
+                slot_bytes: DEFAULT_UNIT_BYTES,
+                lock_timeout_ms: DEFAULT_LOCK_TIMEOUT_MS as u32,
+                session_timeout: 0,
+                session_id_context_len: 0,
+                session_id_context: std::ptr::null(),
+            })
+        };
+        Ok(SHMSESS_OK)
+    })
+}
+
+/// Create a cache as `opts` says and store a new handle in `*out` (set to NULL on failure).
+/// Call it in the parent before forking workers: an anonymous segment is shared only with
+/// children forked afterwards. A named segment (`opts->path`) is created 0600 without
+/// following symlinks, or attached if it exists and has the same size and slot size; a file of
+/// another format, size, owner or with a loose mode is refused with a message naming it.
+/// The handle is owned by the caller (free it with `shmsess_cache_free`); it may be used from
+/// any thread and in every forked child.
+#[no_mangle]
+pub extern "C" fn shmsess_cache_create(opts: *const shmsess_options, out: *mut *mut shmsess_cache) -> shmsess_result {
+    guard("shmsess_cache_create", || {
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        // SAFETY: out is a caller-owned pointer slot.
+        unsafe { *out = std::ptr::null_mut() };
+        if opts.is_null() {
+            return Err(null("opts"));
+        }
+        // SAFETY: opts points to a caller-owned struct of at least struct_size bytes; we read
+        // only the fields that existed when this version was written (all of them, for now).
+        let o = unsafe { &*opts };
+        let min = std::mem::offset_of!(shmsess_options, session_id_context) + std::mem::size_of::<*const u8>();
+        if (o.struct_size as usize) < min {
+            return Err(Fail(
+                SHMSESS_ERR_INVALID_ARGUMENT,
+                format!("opts->struct_size {} is too small: call shmsess_options_init first", o.struct_size),
+            ));
+        }
+        if o.flags & !KNOWN_FLAGS != 0 {
+            return Err(Fail(SHMSESS_ERR_INVALID_ARGUMENT, format!("unknown flags 0x{:x}", o.flags & !KNOWN_FLAGS)));
+        }
+        if o.size_bytes == 0 {
+            return Err(Fail(SHMSESS_ERR_INVALID_ARGUMENT, "size_bytes is 0".into()));
+        }
+        let path = if o.path.is_null() {
+            None
+        } else {
+            // SAFETY: a NUL-terminated string from the caller.
+            let s = unsafe { CStr::from_ptr(o.path) };
+            if s.to_bytes().is_empty() {
+                return Err(Fail(SHMSESS_ERR_INVALID_ARGUMENT, "path is empty (use NULL for an anonymous segment)".into()));
+            }
+            Some(PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(s.to_bytes())))
+        };
+        let sid_ctx = match (o.session_id_context.is_null(), o.session_id_context_len) {
+            (_, 0) => None,
+            (true, _) => return Err(null("session_id_context (with a non-zero length)")),
+            (false, n) if n as usize > MAX_ID_LEN => {
+                return Err(Fail(SHMSESS_ERR_INVALID_ARGUMENT, format!("session_id_context_len {n} is larger than 32")))
+            }
+            (false, n) => Some(bytes(o.session_id_context, n as usize, "session_id_context")?.to_vec()),
+        };
+        let cfg = Config {
+            path,
+            size_bytes: o.size_bytes,
+            unit_bytes: if o.slot_bytes == 0 { DEFAULT_UNIT_BYTES } else { o.slot_bytes },
+            lock_timeout: match o.lock_timeout_ms {
+                SHMSESS_WAIT_FOREVER => None,
+                0 => Some(Duration::from_millis(DEFAULT_LOCK_TIMEOUT_MS)),
+                ms => Some(Duration::from_millis(u64::from(ms))),
+            },
+        };
+        let install = InstallOptions {
+            keep_internal_cache: o.flags & SHMSESS_KEEP_INTERNAL_CACHE != 0,
+            tls13_reuse: o.flags & SHMSESS_TLS13_ALLOW_REUSE != 0,
+            skip_tls13: o.flags & SHMSESS_NO_TLS13 != 0,
+            session_timeout: (o.session_timeout != 0).then_some(o.session_timeout),
+            session_id_context: sid_ctx,
+            keep_session_id_context: o.flags & SHMSESS_KEEP_SESSION_ID_CONTEXT != 0,
+        };
+        let cache = Cache::create(&cfg)?;
+        let p = Arc::into_raw(Arc::new(Handle { cache, install })) as *mut shmsess_cache;
+        LIVE.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashSet::new).insert(p as usize);
+        // SAFETY: out checked above.
+        unsafe { *out = p };
+        Ok(SHMSESS_OK)
+    })
+}
+
+/// Release the caller's handle. SSL_CTXs the cache was installed on keep it mapped until they
+/// are freed. NULL is accepted; a pointer that is not a live handle is ignored (and reported
+/// through `shmsess_last_error`). A named segment's file is left in place.
+#[no_mangle]
+pub extern "C" fn shmsess_cache_free(cache: *mut shmsess_cache) {
+    guard("shmsess_cache_free", || {
+        if cache.is_null() {
+            return Ok(SHMSESS_OK);
+        }
+        let removed = LIVE.lock().unwrap_or_else(|p| p.into_inner()).as_mut().is_some_and(|s| s.remove(&(cache as usize)));
+        if !removed {
+            return Err(Fail(SHMSESS_ERR_BAD_HANDLE, "cache is not a live handle (freed twice?)".into()));
+        }
+        // SAFETY: it was live, so this releases the reference created in shmsess_cache_create.
+        drop(unsafe { Arc::from_raw(cache as *const Handle) });
+        Ok(SHMSESS_OK)
+    });
+}
+
+/// Make `ctx` use the cache: sets the new/get/remove session callbacks, the cache mode
+/// (`SERVER | NO_INTERNAL`, or `SERVER` with SHMSESS_KEEP_INTERNAL_CACHE) and a session id
+/// context: the one in the options, else the SHA-256 of the certificate already loaded on
+/// `ctx` (so load it first); with SHMSESS_KEEP_SESSION_ID_CONTEXT the context the caller set is
+/// left alone (OpenSSL 3.0 offers no way to read it, so the library cannot tell by itself).
+/// Install on every SSL_CTX of the server, including those an SNI callback switches to;
+/// several SSL_CTXs may share one cache. Call before `SSL_new` on `ctx`, in one thread.
+/// The SSL_CTX holds a reference to the cache until it is freed.
+#[no_mangle]
+pub extern "C" fn shmsess_install(cache: *mut shmsess_cache, ctx: *mut SSL_CTX) -> shmsess_result {
+    guard("shmsess_install", || {
+        let h = handle(cache)?;
+        if ctx.is_null() {
+            return Err(null("ctx"));
+        }
+        glue::install(&h, ctx)?;
+        Ok(SHMSESS_OK)
+    })
+}
+
+/// Fill `*stats` with the cache's statistics (counts of all processes). The struct is fully
+/// written, `struct_size` included. Thread- and process-safe, takes no lock.
+#[no_mangle]
+pub extern "C" fn shmsess_cache_stats(cache: *const shmsess_cache, stats: *mut shmsess_stats) -> shmsess_result {
+    shmsess_cache_stats_sized(cache, stats, std::mem::size_of::<shmsess_stats>())
+}
+
+/// Like `shmsess_cache_stats`, for a caller whose `shmsess_stats` has `size` bytes (from an
+/// older or newer header): fills only the fields that fit. `size` below 8 is an error.
+#[no_mangle]
+pub extern "C" fn shmsess_cache_stats_sized(cache: *const shmsess_cache, stats: *mut shmsess_stats, size: usize) -> shmsess_result {
+    guard("shmsess_cache_stats", || {
+        let h = handle(cache)?;
+        if stats.is_null() {
+            return Err(null("stats"));
+        }
+        if size < 8 {
+            return Err(Fail(SHMSESS_ERR_INVALID_ARGUMENT, format!("stats size {size} is too small")));
+        }
+        let full = to_c_stats(&h.cache.stats());
+        let n = size.min(std::mem::size_of::<shmsess_stats>());
+        // SAFETY: the caller's struct has at least `size` >= n bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(&full as *const shmsess_stats as *const u8, stats as *mut u8, n);
+            (*stats).struct_size = n as u32;
+        }
+        Ok(SHMSESS_OK)
+    })
+}
+
+fn to_c_stats(s: &Stats) -> shmsess_stats {
+    shmsess_stats {
+        struct_size: std::mem::size_of::<shmsess_stats>() as u32,
+        version: 1,
+        stores: s.stores,
+        replaced: s.replaced,
+        expired: s.expired,
+        evicted: s.evicted_live,
+        lookup_hits: s.lookup_hits,
+        lookup_misses: s.lookup_misses,
+        remove_hits: s.remove_hits,
+        remove_misses: s.remove_misses,
+        taken: s.taken,
+        too_large: s.too_large,
+        lock_owner_died: s.owner_died_recoveries,
+        dirty_repairs: s.dirty_repairs,
+        corrupt_dropped: s.corrupt_dropped,
+        lock_timeouts: s.lock_timeouts,
+        lock_errors: s.lock_errors,
+        tls13_stateless_skipped: s.tls13_stateless_skipped,
+        bad_input: s.bad_input,
+        encode_errors: s.encode_errors,
+        decode_errors: s.decode_errors,
+        entries: s.entries,
+        used_slots: s.used_units,
+        capacity_slots: s.capacity_units,
+        slot_bytes: s.unit_bytes,
+        shards: s.shard_count,
+        slots_per_shard: s.units_per_shard,
+        min_shard_used_slots: s.min_shard_used_units,
+        max_shard_used_slots: s.max_shard_used_units,
+        size_bytes: s.total_bytes,
+    }
+}
+
+/// Remove every entry (`expired_at == 0`) or those expired at Unix time `expired_at`.
+/// Process-safe; locks one shard at a time. SHMSESS_ERR_LOCK if a shard could not be locked
+/// (the others are flushed anyway).
+#[no_mangle]
+pub extern "C" fn shmsess_cache_flush(cache: *mut shmsess_cache, expired_at: u64) -> shmsess_result {
+    guard("shmsess_cache_flush", || {
+        let h = handle(cache)?;
+        let when = (expired_at != 0).then(|| expired_at.min(u64::from(u32::MAX)) as u32);
+        h.cache.flush(when)?;
+        Ok(SHMSESS_OK)
+    })
+}
+
+/// Store `data_len` bytes (e.g. an i2d'd SSL_SESSION, 1..8192 bytes) under the id
+/// (1..32 bytes), valid until Unix time `expires`. Replaces an entry with the same id. The
+/// bytes are copied. SHMSESS_ERR_TOO_LARGE for data over 8192 bytes (nothing stored).
+/// Thread- and process-safe.
+#[no_mangle]
+pub extern "C" fn shmsess_cache_store(
+    cache: *mut shmsess_cache,
+    id: *const u8,
+    id_len: usize,
+    data: *const u8,
+    data_len: usize,
+    expires: u64,
+) -> shmsess_result {
+    guard("shmsess_cache_store", || {
+        let h = handle(cache)?;
+        let id = id_arg(id, id_len)?;
+        let data = bytes(data, data_len, "data")?;
+        let now = crate::util::now_unix();
+        h.cache.store(id, data, now, expires.min(u64::from(u32::MAX)) as u32)?;
+        Ok(SHMSESS_OK)
+    })
+}
+
+/// Copy the entry for `id` into `buf` (`buf_len` bytes) and its length into `*out_len`.
+/// With `take` non-zero the entry is removed in the same step (exactly one of several
+/// concurrent takers gets it). SHMSESS_ERR_NOT_FOUND on a miss or an expired entry;
+/// SHMSESS_ERR_BUFFER_TOO_SMALL with `*out_len` set to the size needed (nothing taken).
+/// Thread- and process-safe.
+#[no_mangle]
+pub extern "C" fn shmsess_cache_lookup(
+    cache: *mut shmsess_cache,
+    id: *const u8,
+    id_len: usize,
+    buf: *mut u8,
+    buf_len: usize,
+    out_len: *mut usize,
+    take: c_int,
+) -> shmsess_result {
+    guard("shmsess_cache_lookup", || {
+        let h = handle(cache)?;
+        let id = id_arg(id, id_len)?;
+        if out_len.is_null() {
+            return Err(null("out_len"));
+        }
+        if buf.is_null() && buf_len > 0 {
+            return Err(null("buf"));
+        }
+        let out: &mut [u8] = if buf_len == 0 {
+            &mut []
+        } else {
+            // SAFETY: the caller promises buf_len writable bytes at buf.
+            unsafe { std::slice::from_raw_parts_mut(buf, buf_len) }
+        };
+        match h.cache.lookup(id, out, take != 0)? {
+            Found::Hit { len, .. } => {
+                // SAFETY: checked non-NULL.
+                unsafe { *out_len = len };
+                Ok(SHMSESS_OK)
+            }
+            Found::Miss => Err(Fail(SHMSESS_ERR_NOT_FOUND, "no entry with that id".into())),
+            Found::BufferTooSmall { needed } => {
+                // SAFETY: checked non-NULL.
+                unsafe { *out_len = needed };
+                Err(Fail(
+                    SHMSESS_ERR_BUFFER_TOO_SMALL,
+                    format!("buffer of {buf_len} bytes is too small for the {needed}-byte entry"),
+                ))
+            }
+        }
+    })
+}
+
+/// Remove the entry for `id` (1..32 bytes). SHMSESS_ERR_NOT_FOUND if there was none, which is
+/// normal (OpenSSL removes sessions it never stored). Thread- and process-safe.
+#[no_mangle]
+pub extern "C" fn shmsess_cache_remove(cache: *mut shmsess_cache, id: *const u8, id_len: usize) -> shmsess_result {
+    guard("shmsess_cache_remove", || {
+        let h = handle(cache)?;
+        let id = id_arg(id, id_len)?;
+        if h.cache.remove(id)? {
+            Ok(SHMSESS_OK)
+        } else {
+            Err(Fail(SHMSESS_ERR_NOT_FOUND, "no entry with that id".into()))
+        }
+    })
+}
+
+/// The message of the last failed call on this thread ("" if none). The string belongs to the
+/// library and stays valid until the next failing call on the same thread. Never NULL.
+#[no_mangle]
+pub extern "C" fn shmsess_last_error() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+/// Short constant name of a status code, e.g. "SHMSESS_ERR_IO". Never NULL.
+#[no_mangle]
+pub extern "C" fn shmsess_result_name(r: c_int) -> *const c_char {
+    let s: &'static CStr = match r {
+        0 => c"SHMSESS_OK",
+        1 => c"SHMSESS_ERR_NULL_ARGUMENT",
+        2 => c"SHMSESS_ERR_INVALID_ARGUMENT",
+        3 => c"SHMSESS_ERR_IO",
+        4 => c"SHMSESS_ERR_FORMAT",
+        5 => c"SHMSESS_ERR_SECURITY",
+        6 => c"SHMSESS_ERR_TOO_LARGE",
+        7 => c"SHMSESS_ERR_LOCK",
+        8 => c"SHMSESS_ERR_BUFFER_TOO_SMALL",
+        9 => c"SHMSESS_ERR_OPENSSL",
+        10 => c"SHMSESS_ERR_NOT_FOUND",
+        11 => c"SHMSESS_ERR_BAD_HANDLE",
+        12 => c"SHMSESS_ERR_PANIC",
+        _ => c"SHMSESS_ERR_UNKNOWN",
+    };
+    s.as_ptr()
+}
+
+/// The library's version string, e.g. "0.1.0". Static; never NULL.
+#[no_mangle]
+pub extern "C" fn shmsess_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
+}
+
+/// Route the library's messages (lock recoveries, refused sessions, lock timeouts) to
+/// `callback` with `userdata`, for levels up to `max_level` (1 error, 2 warning, 3 info,
+/// 4 debug). NULL `callback` turns logging off (the default: nothing is printed). Messages
+/// never contain session contents. Process-wide; safe to call at any time.
+#[no_mangle]
+pub extern "C" fn shmsess_set_log_callback(callback: shmsess_log_fn, userdata: *mut c_void, max_level: c_int) -> shmsess_result {
+    guard("shmsess_set_log_callback", || {
+        let level = match max_level {
+            1 => Level::Error,
+            2 => Level::Warning,
+            3 => Level::Info,
+            4 => Level::Debug,
+            _ => return Err(Fail(SHMSESS_ERR_INVALID_ARGUMENT, format!("max_level {max_level} is not 1..4"))),
+        };
+        log::set(callback, userdata, level);
+        Ok(SHMSESS_OK)
+    })
+}

@@ -1,0 +1,340 @@
+//! The OpenSSL side: the three session callbacks and their installation on an `SSL_CTX`.
+//!
+//! Facts relied on (OpenSSL 3.0 source, see shared/reference/openssl-session-cache.md):
+//! - new_session_cb: OpenSSL keeps its reference when we return 0; in TLS 1.3 it fires once per
+//!   ticket, also for stateless tickets whose ids are never looked up (we skip those).
+//! - get_session_cb: `*copy` must be 0 for a session we made with d2i, or it leaks one per hit.
+//!   It runs before SNI is parsed. TLS 1.3 identities are exactly 32 bytes.
+//! - remove_session_cb: fires for ids we never stored and may run under the SSL_CTX's lock, so
+//!   it only touches our cache, never OpenSSL's.
+//! - OpenSSL 3.0 cannot read back an SSL_CTX's session id context; see `install`.
+//!
+//! `i2d`/`d2i` happen here, outside any shard lock; the cache only copies bytes.
+
+use std::ffi::{c_int, c_long, c_uchar, c_uint, c_void};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use openssl_sys as ossl;
+use openssl_sys::{SSL, SSL_CTX, SSL_SESSION};
+
+use crate::cache::{Cache, Found};
+use crate::error::{Error, ErrorKind, Result};
+use crate::layout::{MAX_ID_LEN, MAX_SESSION_BYTES};
+use crate::log::{self, Level};
+
+/// Symbols libssl.so.3 exports that openssl-sys does not declare.
+mod extra {
+    use super::*;
+    extern "C" {
+        pub fn SSL_get_options(s: *const SSL) -> u64;
+        pub fn SSL_SESSION_set_timeout(s: *mut SSL_SESSION, t: c_long) -> c_long;
+        pub fn EVP_Digest(
+            data: *const c_void,
+            count: usize,
+            md: *mut c_uchar,
+            size: *mut c_uint,
+            kind: *const ossl::EVP_MD,
+            engine: *mut c_void,
+        ) -> c_int;
+    }
+    pub const SSL_OP_NO_ANTI_REPLAY: u64 = 1 << 24;
+    pub const SSL_OP_NO_TICKET: u64 = 1 << 14;
+    pub const TLS1_3_VERSION: c_int = 0x0304;
+}
+
+/// How a cache behaves inside OpenSSL (set from `shmsess_options` at creation).
+#[derive(Clone, Debug, Default)]
+pub struct InstallOptions {
+    /// Keep OpenSSL's per-process cache in front of the shared one.
+    pub keep_internal_cache: bool,
+    /// Let a TLS 1.3 stateful ticket resume more than once (default: single use).
+    pub tls13_reuse: bool,
+    /// Do not store or look up TLS 1.3 sessions at all.
+    pub skip_tls13: bool,
+    /// Lifetime applied to every stored session instead of the session's own timeout.
+    pub session_timeout: Option<u32>,
+    /// Session id context to set; `None`: derived from the certificate.
+    pub session_id_context: Option<Vec<u8>>,
+    /// Leave the SSL_CTX's session id context alone (the caller set one).
+    pub keep_session_id_context: bool,
+}
+
+/// What a `shmsess_cache*` points to: the mapped cache and how to behave in OpenSSL.
+pub struct Handle {
+    pub cache: Cache,
+    pub install: InstallOptions,
+}
+
+fn ex_index() -> c_int {
+    static INDEX: OnceLock<c_int> = OnceLock::new();
+    // SAFETY: registering an ex_data index with a free function of the right signature.
+    *INDEX.get_or_init(|| unsafe { ossl::SSL_CTX_get_ex_new_index(0, std::ptr::null_mut(), None, None, Some(free_ex)) })
+}
+
+/// Called by OpenSSL when an SSL_CTX carrying our handle is freed: drops its reference.
+unsafe extern "C" fn free_ex(
+    _parent: *mut c_void,
+    ptr: *mut c_void,
+    _ad: *mut ossl::CRYPTO_EX_DATA,
+    _idx: c_int,
+    _argl: c_long,
+    _argp: *mut c_void,
+) {
+    if !ptr.is_null() {
+        let _ = catch_unwind(|| drop(Arc::from_raw(ptr as *const Handle)));
+    }
+}
+
+/// The handle of the one cache installed in this process, for an SSL whose SNI callback
+/// switched to an SSL_CTX on which nothing was installed. `None` once two caches are in use.
+static SOLE: Mutex<Option<(Weak<Handle>, bool)>> = Mutex::new(None);
+
+fn handle_for_ctx<'a>(ctx: *const SSL_CTX) -> Option<&'a Handle> {
+    if ctx.is_null() {
+        return None;
+    }
+    // SAFETY: ex_data for our index is either NULL or an Arc<Handle> we put there, alive
+    // while the SSL_CTX is.
+    let p = unsafe { ossl::SSL_CTX_get_ex_data(ctx, ex_index()) } as *const Handle;
+    // SAFETY: see above.
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
+fn with_handle<R>(ssl: *const SSL, f: impl FnOnce(&Handle) -> R) -> Option<R> {
+    // SAFETY: ssl is the live SSL OpenSSL passed to the callback.
+    let ctx = unsafe { ossl::SSL_get_SSL_CTX(ssl) };
+    if let Some(h) = handle_for_ctx(ctx) {
+        return Some(f(h));
+    }
+    let sole = SOLE.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|(w, only)| only.then(|| w.upgrade()).flatten());
+    sole.map(|h| f(&h))
+}
+
+fn is_tls13(ssl: *const SSL) -> bool {
+    // SAFETY: live SSL.
+    unsafe { ossl::SSL_version(ssl) == extra::TLS1_3_VERSION }
+}
+
+/// TLS 1.3 tickets are stateful (their id is looked up) with SSL_OP_NO_TICKET, or when early
+/// data is on with OpenSSL's anti-replay (OpenSSL 3.0 `tls_construct_new_session_ticket`).
+fn tls13_stateful(ssl: *const SSL) -> bool {
+    // SAFETY: live SSL.
+    let (opts, early) = unsafe { (extra::SSL_get_options(ssl), ossl::SSL_get_max_early_data(ssl)) };
+    opts & extra::SSL_OP_NO_TICKET != 0 || (early > 0 && opts & extra::SSL_OP_NO_ANTI_REPLAY == 0)
+}
+
+fn session_id<'a>(sess: *const SSL_SESSION) -> &'a [u8] {
+    let mut len: c_uint = 0;
+    // SAFETY: sess is a live session; the id pointer stays valid while it is.
+    let p = unsafe { ossl::SSL_SESSION_get_id(sess, &mut len) };
+    if p.is_null() || len == 0 {
+        return &[];
+    }
+    // SAFETY: OpenSSL returns the id buffer and its length (at most 32).
+    unsafe { std::slice::from_raw_parts(p, (len as usize).min(MAX_ID_LEN)) }
+}
+
+fn clamp_u32(v: i64) -> u32 {
+    v.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+pub unsafe extern "C" fn new_session_cb(ssl: *mut SSL, sess: *mut SSL_SESSION) -> c_int {
+    let _ = catch_unwind(AssertUnwindSafe(|| with_handle(ssl, |h| store_session(h, ssl, sess))));
+    // 0: OpenSSL keeps its reference; we keep only the bytes.
+    0
+}
+
+fn store_session(h: &Handle, ssl: *const SSL, sess: *mut SSL_SESSION) {
+    let g = h.cache.globals();
+    if is_tls13(ssl) {
+        if h.install.skip_tls13 {
+            return;
+        }
+        if !tls13_stateful(ssl) {
+            g.tls13_stateless_skipped.fetch_add(1, Relaxed);
+            return;
+        }
+    }
+    let id = session_id(sess).to_vec();
+    if id.is_empty() {
+        return;
+    }
+    if let Some(t) = h.install.session_timeout {
+        // So OpenSSL's own check on resumption agrees with our expiry.
+        // SAFETY: live session.
+        unsafe { extra::SSL_SESSION_set_timeout(sess, t.min(i32::MAX as u32) as c_long) };
+    }
+    // SAFETY: live session.
+    let len = unsafe { ossl::i2d_SSL_SESSION(sess, std::ptr::null_mut()) };
+    if len <= 0 {
+        g.encode_errors.fetch_add(1, Relaxed);
+        return;
+    }
+    if len as usize > MAX_SESSION_BYTES {
+        g.too_large.fetch_add(1, Relaxed);
+        log::emit(Level::Info, &format!("not caching a {len}-byte session (maximum {MAX_SESSION_BYTES})"));
+        return;
+    }
+    let mut buf = [0u8; MAX_SESSION_BYTES];
+    let mut p = buf.as_mut_ptr();
+    // SAFETY: buf holds len bytes, as measured above.
+    let written = unsafe { ossl::i2d_SSL_SESSION(sess, &mut p) };
+    if written != len {
+        g.encode_errors.fetch_add(1, Relaxed);
+        buf.fill(0);
+        return;
+    }
+    // SAFETY: live session.
+    let (created, timeout) = unsafe { (ossl::SSL_SESSION_get_time(sess), ossl::SSL_SESSION_get_timeout(sess)) };
+    let created = clamp_u32(created as i64);
+    let expires = clamp_u32(created as i64 + timeout as i64);
+    if let Err(e) = h.cache.store(&id, &buf[..len as usize], created, expires) {
+        if e.kind != ErrorKind::TooLarge {
+            log::emit(Level::Warning, &format!("could not store a session: {e}"));
+        }
+    }
+    // The DER holds the master secret: do not leave it on the stack.
+    buf[..len as usize].fill(0);
+}
+
+pub unsafe extern "C" fn get_session_cb(
+    ssl: *mut SSL,
+    id: *const c_uchar,
+    id_len: c_int,
+    copy: *mut c_int,
+) -> *mut SSL_SESSION {
+    if !copy.is_null() {
+        // A session fresh from d2i belongs to OpenSSL now; 1 would add a reference and leak it.
+        *copy = 0;
+    }
+    if id.is_null() || id_len <= 0 || id_len as usize > MAX_ID_LEN {
+        return std::ptr::null_mut();
+    }
+    let id = std::slice::from_raw_parts(id, id_len as usize);
+    catch_unwind(AssertUnwindSafe(|| with_handle(ssl, |h| fetch_session(h, ssl, id)).flatten()))
+        .ok()
+        .flatten()
+        .unwrap_or(std::ptr::null_mut())
+}
+
+fn fetch_session(h: &Handle, ssl: *const SSL, id: &[u8]) -> Option<*mut SSL_SESSION> {
+    let tls13 = is_tls13(ssl);
+    if tls13 && h.install.skip_tls13 {
+        return None;
+    }
+    // TLS 1.3: take the entry in the same critical section as the copy, so a ticket resumes
+    // once in the whole server, whichever worker sees it first.
+    let take = tls13 && !h.install.tls13_reuse;
+    let mut buf = [0u8; MAX_SESSION_BYTES];
+    let Ok(Found::Hit { len, .. }) = h.cache.lookup(id, &mut buf, take) else {
+        return None;
+    };
+    let mut p = buf.as_ptr();
+    // SAFETY: p points to the len bytes we just copied.
+    let sess = unsafe { ossl::d2i_SSL_SESSION(std::ptr::null_mut(), &mut p, len as c_long) };
+    buf[..len].fill(0);
+    if sess.is_null() {
+        h.cache.globals().decode_errors.fetch_add(1, Relaxed);
+        // SAFETY: clears the error d2i left on this thread's queue.
+        unsafe { ossl::ERR_clear_error() };
+        let _ = h.cache.remove(id);
+        return None;
+    }
+    Some(sess)
+}
+
+pub unsafe extern "C" fn remove_session_cb(ctx: *mut SSL_CTX, sess: *mut SSL_SESSION) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        let id = session_id(sess);
+        if id.is_empty() {
+            return;
+        }
+        if let Some(h) = handle_for_ctx(ctx) {
+            let _ = h.cache.remove(id);
+        } else if let Some(h) = SOLE.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|(w, only)| only.then(|| w.upgrade()).flatten()) {
+            let _ = h.cache.remove(id);
+        }
+    }));
+}
+
+/// Install the callbacks, cache mode and session id context on `ctx`. The SSL_CTX keeps a
+/// reference to the cache until it is freed.
+pub fn install(handle: &Arc<Handle>, ctx: *mut SSL_CTX) -> Result<()> {
+    let sid_ctx = if handle.install.keep_session_id_context {
+        None
+    } else {
+        Some(match &handle.install.session_id_context {
+            Some(c) => c.clone(),
+            None => derive_session_id_context(ctx)?,
+        })
+    };
+    let idx = ex_index();
+    if idx < 0 {
+        return Err(Error::new(ErrorKind::OpenSsl, "SSL_CTX_get_ex_new_index failed"));
+    }
+    // SAFETY: ctx is the caller's live SSL_CTX (checked non-NULL by the FFI layer).
+    unsafe {
+        if let Some(ctx_bytes) = &sid_ctx {
+            if ossl::SSL_CTX_set_session_id_context(ctx, ctx_bytes.as_ptr(), ctx_bytes.len() as c_uint) != 1 {
+                return Err(Error::new(ErrorKind::OpenSsl, "SSL_CTX_set_session_id_context failed"));
+            }
+        }
+        let old = ossl::SSL_CTX_get_ex_data(ctx, idx) as *const Handle;
+        let new = Arc::into_raw(Arc::clone(handle));
+        if ossl::SSL_CTX_set_ex_data(ctx, idx, new as *mut c_void) != 1 {
+            drop(Arc::from_raw(new));
+            return Err(Error::new(ErrorKind::OpenSsl, "SSL_CTX_set_ex_data failed"));
+        }
+        if !old.is_null() {
+            drop(Arc::from_raw(old));
+        }
+        ossl::SSL_CTX_sess_set_new_cb(ctx, Some(new_session_cb));
+        ossl::SSL_CTX_sess_set_get_cb(ctx, Some(get_session_cb));
+        ossl::SSL_CTX_sess_set_remove_cb(ctx, Some(remove_session_cb));
+        let mode = if handle.install.keep_internal_cache {
+            ossl::SSL_SESS_CACHE_SERVER
+        } else {
+            ossl::SSL_SESS_CACHE_SERVER | ossl::SSL_SESS_CACHE_NO_INTERNAL
+        };
+        ossl::SSL_CTX_set_session_cache_mode(ctx, mode);
+    }
+    let mut sole = SOLE.lock().unwrap_or_else(|p| p.into_inner());
+    *sole = match sole.take() {
+        None => Some((Arc::downgrade(handle), true)),
+        Some((w, only)) => {
+            let same = w.upgrade().is_some_and(|h| Arc::ptr_eq(&h, handle));
+            Some((w, only && same))
+        }
+    };
+    Ok(())
+}
+
+/// SHA-256 of the certificate's DER: virtual hosts with different certificates get different
+/// contexts, so a session from one is never resumed on another.
+fn derive_session_id_context(ctx: *mut SSL_CTX) -> Result<Vec<u8>> {
+    // SAFETY: live SSL_CTX.
+    let cert = unsafe { ossl::SSL_CTX_get0_certificate(ctx) };
+    if cert.is_null() {
+        return Err(Error::invalid(
+            "the SSL_CTX has no certificate to derive a session id context from: load the certificate before shmsess_install, or set session_id_context in the options",
+        ));
+    }
+    // SAFETY: cert is live; i2d with NULL measures, then encodes into a buffer of that size.
+    unsafe {
+        let len = ossl::i2d_X509(cert, std::ptr::null_mut());
+        if len <= 0 {
+            return Err(Error::new(ErrorKind::OpenSsl, "i2d_X509 failed on the certificate"));
+        }
+        let mut der = vec![0u8; len as usize];
+        let mut p = der.as_mut_ptr();
+        ossl::i2d_X509(cert, &mut p);
+        let mut md = [0u8; 32];
+        let mut md_len: c_uint = 0;
+        if extra::EVP_Digest(der.as_ptr() as *const c_void, der.len(), md.as_mut_ptr(), &mut md_len, ossl::EVP_sha256(), std::ptr::null_mut()) != 1 {
+            return Err(Error::new(ErrorKind::OpenSsl, "SHA-256 of the certificate failed"));
+        }
+        Ok(md.to_vec())
+    }
+}

@@ -1,0 +1,26 @@
+//! shmsesscache: one TLS session cache in shared memory for all the worker processes of a
+//! forked OpenSSL server, with a C ABI (see `include/shmsesscache.h`).
+//!
+//! Modules by responsibility:
+//! - [`layout`]: the segment's bytes (header, format word, geometry, entry header);
+//! - [`lock`]: robust process-shared mutexes;
+//! - [`segment`]: mapping, creating and attaching (anonymous or named);
+//! - [`shard`]: slot operations inside one locked shard;
+//! - [`cache`]: ids to shards, locking with crash recovery, statistics;
+//! - [`glue`]: the OpenSSL callbacks (i2d/d2i outside the locks);
+//! - [`ffi`]: the exported C functions.
+
+pub mod cache;
+pub mod error;
+pub mod fault;
+pub mod ffi;
+pub mod glue;
+pub mod layout;
+pub mod lock;
+pub mod log;
+pub mod segment;
+pub mod shard;
+pub mod util;
+
+pub use cache::{Cache, Config, EntryInfo, Found, Stats};
+pub use error::{Error, ErrorKind, Result};

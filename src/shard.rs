@@ -1,0 +1,499 @@
+//! Operations on one shard. Every method here runs with the shard's lock held (a
+//! [`Shard`] is only reachable through a [`crate::cache::ShardGuard`]) and does nothing but
+//! scan, compare and copy bytes: no allocation, no OpenSSL.
+//!
+//! Invariants a healthy shard keeps (and [`Shard::repair`] restores):
+//! - a unit whose tag is `TAG_FREE` is all zero (freed entries are wiped: they held secrets);
+//! - a head unit's tag is the id's hash tag, its header decodes, its `k-1` following units
+//!   are tagged `TAG_CONT`, its checksum verifies and its id hashes to this shard;
+//! - `live` and `used_units` count the heads and their units.
+
+use std::ptr;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::fault::{self, FaultPoint};
+use crate::layout::{Counter, EntryHeader, Geometry, ShardHeader, ENTRY_HEADER_BYTES, TAG_CONT, TAG_FREE};
+
+/// The largest number of units a shard can have (unit_bytes >= 64 bounds it).
+const MAX_UNITS: usize = 512;
+
+pub struct Shard<'a> {
+    pub(crate) hdr: &'a ShardHeader,
+    tags: *mut u16,
+    units: *mut u8,
+    geo: &'a Geometry,
+}
+
+/// What a lookup found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// Copied `len` payload bytes into the caller's buffer.
+    Hit { len: usize, created: u32, expires: u32 },
+    /// An entry exists but the buffer holds fewer than `needed` bytes; nothing was changed.
+    BufferTooSmall { needed: usize },
+    Miss,
+}
+
+/// One live entry, as listed by [`Shard::entries`]. Never carries the session bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    pub id: Vec<u8>,
+    pub payload_len: usize,
+    pub units: usize,
+    pub created: u32,
+    pub expires: u32,
+}
+
+pub struct NewEntry<'d> {
+    pub id: &'d [u8],
+    pub data: &'d [u8],
+    /// Where `id` sits inside `data`, or `None` to prepend it.
+    pub id_in_data: Option<usize>,
+    pub tag: u16,
+    pub created: u32,
+    pub expires: u32,
+}
+
+impl NewEntry<'_> {
+    pub fn stored_len(&self) -> usize {
+        self.data.len() + if self.id_in_data.is_some() { 0 } else { self.id.len() }
+    }
+}
+
+/// Result of a repair pass.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RepairReport {
+    pub kept: usize,
+    pub dropped: usize,
+}
+
+impl<'a> Shard<'a> {
+    /// # Safety
+    /// `base` must point to a whole shard (geo.shard_stride bytes) inside a live mapping, and
+    /// the caller must hold that shard's lock for as long as the `Shard` is used.
+    pub unsafe fn from_base(base: *mut u8, geo: &'a Geometry) -> Shard<'a> {
+        Shard {
+            hdr: &*(base as *const ShardHeader),
+            tags: base.add(geo.tags_offset) as *mut u16,
+            units: base.add(geo.units_offset),
+            geo,
+        }
+    }
+
+    fn n(&self) -> usize {
+        self.geo.units_per_shard
+    }
+
+    fn tag(&self, i: usize) -> u16 {
+        debug_assert!(i < self.n());
+        // SAFETY: i < units_per_shard; the tag array lies inside the shard.
+        unsafe { ptr::read_volatile(self.tags.add(i)) }
+    }
+
+    fn set_tag(&self, i: usize, t: u16) {
+        // SAFETY: as in tag().
+        unsafe { ptr::write_volatile(self.tags.add(i), t) }
+    }
+
+    fn unit_ptr(&self, i: usize) -> *mut u8 {
+        // SAFETY: i <= units_per_shard, so the pointer stays within (or one past) the shard.
+        unsafe { self.units.add(i * self.geo.unit_bytes) }
+    }
+
+    pub(crate) fn bump(&self, c: Counter) {
+        let a = &self.hdr.counters[c as usize];
+        a.store(a.load(Relaxed).wrapping_add(1), Relaxed);
+    }
+
+    /// The header of the entry whose head is unit `i`, if it is structurally sound: decodes,
+    /// fits in the shard, and its continuation units are tagged as such.
+    fn header_at(&self, i: usize) -> Option<EntryHeader> {
+        let mut raw = [0u8; ENTRY_HEADER_BYTES];
+        // SAFETY: unit i lies inside the shard and a unit is larger than an entry header.
+        unsafe { ptr::copy_nonoverlapping(self.unit_ptr(i), raw.as_mut_ptr(), ENTRY_HEADER_BYTES) };
+        let h = EntryHeader::decode(&raw)?;
+        let k = self.geo.units_for(h.stored_len);
+        if i + k > self.n() || (i + 1..i + k).any(|j| self.tag(j) != TAG_CONT) {
+            return None;
+        }
+        Some(h)
+    }
+
+    /// The stored bytes of a structurally sound entry (see `header_at`).
+    fn stored(&self, i: usize, h: &EntryHeader) -> &[u8] {
+        // SAFETY: header_at checked that the entry's units lie inside the shard; units are
+        // contiguous, so the stored bytes are too.
+        unsafe { std::slice::from_raw_parts(self.unit_ptr(i).add(ENTRY_HEADER_BYTES), h.stored_len) }
+    }
+
+    fn id_of<'s>(&'s self, i: usize, h: &EntryHeader) -> &'s [u8] {
+        &self.stored(i, h)[h.id_off..h.id_off + h.id_len]
+    }
+
+    fn checksum_ok(&self, i: usize, h: &EntryHeader) -> bool {
+        h.compute_checksum(self.stored(i, h)) == h.checksum
+    }
+
+    /// Wipe units `i..i+k` and mark them free. Secrets do not outlive their entry.
+    fn wipe(&self, i: usize, k: usize) {
+        // Tags first: a death half way leaves free-tagged garbage, which repair wipes, rather
+        // than a head pointing at half-zeroed bytes.
+        for j in i..i + k {
+            self.set_tag(j, TAG_FREE);
+        }
+        fault::point(FaultPoint::MidWipe);
+        // SAFETY: the units lie inside the shard (callers pass k from a checked header or 1).
+        unsafe { ptr::write_bytes(self.unit_ptr(i), 0, k * self.geo.unit_bytes) };
+    }
+
+    fn free_entry(&self, i: usize, h: &EntryHeader) {
+        let k = self.geo.units_for(h.stored_len);
+        self.wipe(i, k);
+        self.hdr.live.store(self.hdr.live.load(Relaxed).saturating_sub(1), Relaxed);
+        self.hdr.used_units.store(self.hdr.used_units.load(Relaxed).saturating_sub(k as u32), Relaxed);
+    }
+
+    /// A head whose header is garbage: only its own unit can be trusted to be its.
+    fn drop_corrupt_head(&self, i: usize) {
+        self.wipe(i, 1);
+        self.bump(Counter::CorruptDropped);
+        self.hdr.live.store(self.hdr.live.load(Relaxed).saturating_sub(1), Relaxed);
+        self.hdr.used_units.store(self.hdr.used_units.load(Relaxed).saturating_sub(1), Relaxed);
+    }
+
+    /// Find the head of the entry for `id`.
+    pub fn find(&self, tag: u16, id: &[u8]) -> Option<(usize, EntryHeader)> {
+        for i in 0..self.n() {
+            if self.tag(i) != tag {
+                continue;
+            }
+            match self.header_at(i) {
+                Some(h) if self.id_of(i, &h) == id => return Some((i, h)),
+                Some(_) => {}
+                None => self.drop_corrupt_head(i),
+            }
+        }
+        None
+    }
+
+    /// Copy the entry for `id` into `out`; with `take`, remove it in the same critical section
+    /// (TLS 1.3 single use). Expired or corrupt entries are removed and reported as a miss.
+    pub fn lookup(&self, tag: u16, id: &[u8], out: &mut [u8], take: bool, now: u32) -> Found {
+        let Some((i, h)) = self.find(tag, id) else {
+            self.bump(Counter::LookupMiss);
+            return Found::Miss;
+        };
+        if !self.checksum_ok(i, &h) {
+            self.free_entry(i, &h);
+            self.bump(Counter::CorruptDropped);
+            self.bump(Counter::LookupMiss);
+            return Found::Miss;
+        }
+        if h.expires <= now {
+            self.free_entry(i, &h);
+            self.bump(Counter::Expired);
+            self.bump(Counter::LookupMiss);
+            return Found::Miss;
+        }
+        let payload = &self.stored(i, &h)[h.payload_range()];
+        if out.len() < payload.len() {
+            return Found::BufferTooSmall { needed: payload.len() };
+        }
+        out[..payload.len()].copy_from_slice(payload);
+        let len = payload.len();
+        if take {
+            self.free_entry(i, &h);
+            self.bump(Counter::Taken);
+        }
+        self.bump(Counter::LookupHit);
+        Found::Hit { len, created: h.created, expires: h.expires }
+    }
+
+    pub fn remove(&self, tag: u16, id: &[u8]) -> bool {
+        match self.find(tag, id) {
+            Some((i, h)) => {
+                self.free_entry(i, &h);
+                self.bump(Counter::RemoveHit);
+                true
+            }
+            None => {
+                self.bump(Counter::RemoveMiss);
+                false
+            }
+        }
+    }
+
+    /// Store `e`, replacing an entry with the same id and evicting as needed. `k` units must
+    /// not exceed the shard (the cache checks sizes before locking).
+    pub fn store(&self, e: &NewEntry<'_>, now: u32) {
+        if let Some((i, h)) = self.find(e.tag, e.id) {
+            self.free_entry(i, &h);
+            self.bump(Counter::Replaced);
+        }
+        let stored_len = e.stored_len();
+        let k = self.geo.units_for(stored_len);
+        let start = if k == 1 { self.make_room_for_one(now) } else { self.make_room(k, now) };
+        self.write(start, k, e);
+        self.bump(Counter::Stores);
+    }
+
+    fn write(&self, start: usize, k: usize, e: &NewEntry<'_>) {
+        let (id_prefixed, id_off) = match e.id_in_data {
+            Some(off) => (false, off),
+            None => (true, 0),
+        };
+        let mut h = EntryHeader {
+            stored_len: e.stored_len(),
+            id_prefixed,
+            id_len: e.id.len(),
+            id_off,
+            created: e.created,
+            expires: e.expires,
+            checksum: 0,
+        };
+        let body = self.unit_ptr(start).wrapping_add(ENTRY_HEADER_BYTES);
+        // SAFETY: units start..start+k are free and inside the shard; k was computed from
+        // stored_len so header + stored bytes fit.
+        unsafe {
+            let mut at = body;
+            if id_prefixed {
+                ptr::copy_nonoverlapping(e.id.as_ptr(), at, e.id.len());
+                at = at.add(e.id.len());
+            }
+            ptr::copy_nonoverlapping(e.data.as_ptr(), at, e.data.len());
+            let stored = std::slice::from_raw_parts(body, h.stored_len);
+            h.checksum = h.compute_checksum(stored);
+            fault::point(FaultPoint::MidWrite);
+            ptr::copy_nonoverlapping(h.encode().as_ptr(), self.unit_ptr(start), ENTRY_HEADER_BYTES);
+        }
+        for j in start + 1..start + k {
+            self.set_tag(j, TAG_CONT);
+        }
+        fault::point(FaultPoint::BeforeHeadTag);
+        // The head tag last: until it is set, nothing finds the entry.
+        self.set_tag(start, e.tag);
+        self.hdr.live.store(self.hdr.live.load(Relaxed) + 1, Relaxed);
+        self.hdr.used_units.store(self.hdr.used_units.load(Relaxed) + k as u32, Relaxed);
+    }
+
+    /// Evict an entry whose units are freed by this; returns whether it was expired.
+    fn evict(&self, i: usize, h: &EntryHeader, now: u32) {
+        let expired = h.expires <= now;
+        self.free_entry(i, h);
+        self.bump(if expired { Counter::Expired } else { Counter::EvictedLive });
+    }
+
+    /// A unit for a one-unit entry: a free one, else the first-to-go expired entry, else the
+    /// oldest live entry.
+    fn make_room_for_one(&self, now: u32) -> usize {
+        let mut expired: Option<(usize, EntryHeader)> = None;
+        let mut oldest: Option<(usize, EntryHeader)> = None;
+        for i in 0..self.n() {
+            match self.tag(i) {
+                TAG_FREE => return i,
+                TAG_CONT => continue,
+                _ => {}
+            }
+            let Some(h) = self.header_at(i) else {
+                self.drop_corrupt_head(i);
+                return i;
+            };
+            if h.expires <= now {
+                if expired.is_none_or(|(_, e)| h.expires < e.expires) {
+                    expired = Some((i, h));
+                }
+            } else if oldest.is_none_or(|(_, o)| h.created < o.created) {
+                oldest = Some((i, h));
+            }
+        }
+        let (i, h) = expired.or(oldest).expect("a full shard has at least one head");
+        self.evict(i, &h, now);
+        i
+    }
+
+    /// `k` consecutive units: the window that evicts the fewest live entries, and among those
+    /// the one whose newest victim is oldest (free and expired space is used first).
+    fn make_room(&self, k: usize, now: u32) -> usize {
+        let n = self.n();
+        // owner[j]: index of the head owning unit j, or u16::MAX when free.
+        let mut owner = [u16::MAX; MAX_UNITS];
+        let mut i = 0;
+        while i < n {
+            match self.tag(i) {
+                TAG_FREE | TAG_CONT => i += 1, // a CONT here is an orphan: treat as free-able
+                _ => match self.header_at(i) {
+                    Some(h) => {
+                        let kk = self.geo.units_for(h.stored_len);
+                        owner[i..i + kk].fill(i as u16);
+                        i += kk;
+                    }
+                    None => {
+                        self.drop_corrupt_head(i);
+                        i += 1;
+                    }
+                },
+            }
+        }
+        // Cost of a window: (live victims, newest live victim's creation, victims at all).
+        let mut best: Option<(usize, (usize, u32, usize))> = None;
+        for s in 0..=n - k {
+            let mut cost = (0usize, 0u32, 0usize);
+            let mut last_head = u16::MAX;
+            for &o in &owner[s..s + k] {
+                if o == u16::MAX || o == last_head {
+                    continue;
+                }
+                last_head = o;
+                cost.2 += 1;
+                if let Some(h) = self.header_at(o as usize) {
+                    if h.expires > now {
+                        cost.0 += 1;
+                        cost.1 = cost.1.max(h.created);
+                    }
+                }
+            }
+            if best.is_none_or(|(_, b)| cost < b) {
+                best = Some((s, cost));
+                if cost == (0, 0, 0) {
+                    break;
+                }
+            }
+        }
+        let (s, _) = best.expect("k never exceeds units_per_shard");
+        // Free every entry overlapping the window (a victim may start before it).
+        let mut j = s;
+        while j < s + k {
+            let o = owner[j];
+            if o == u16::MAX {
+                if self.tag(j) == TAG_CONT {
+                    self.wipe(j, 1); // orphan continuation
+                }
+                j += 1;
+                continue;
+            }
+            let head = o as usize;
+            match self.header_at(head) {
+                Some(h) => {
+                    self.evict(head, &h, now);
+                    j = head + self.geo.units_for(h.stored_len);
+                }
+                None => {
+                    self.drop_corrupt_head(head);
+                    j += 1;
+                }
+            }
+        }
+        s
+    }
+
+    /// Remove entries expired at `now` (all entries when `now` is `None`). Returns how many.
+    pub fn flush(&self, now: Option<u32>) -> usize {
+        let mut removed = 0;
+        let mut i = 0;
+        while i < self.n() {
+            match self.tag(i) {
+                TAG_FREE | TAG_CONT => i += 1,
+                _ => match self.header_at(i) {
+                    Some(h) => {
+                        let k = self.geo.units_for(h.stored_len);
+                        if now.is_none_or(|t| h.expires <= t) {
+                            self.free_entry(i, &h);
+                            if now.is_some() {
+                                self.bump(Counter::Expired);
+                            }
+                            removed += 1;
+                        }
+                        i += k;
+                    }
+                    None => {
+                        self.drop_corrupt_head(i);
+                        i += 1;
+                    }
+                },
+            }
+        }
+        removed
+    }
+
+    /// Live entries (ids and times only), for listing and dumping.
+    pub fn entries(&self) -> Vec<EntryInfo> {
+        let mut v = Vec::new();
+        let mut i = 0;
+        while i < self.n() {
+            match self.tag(i) {
+                TAG_FREE | TAG_CONT => i += 1,
+                _ => match self.header_at(i) {
+                    Some(h) => {
+                        let k = self.geo.units_for(h.stored_len);
+                        v.push(EntryInfo {
+                            id: self.id_of(i, &h).to_vec(),
+                            payload_len: h.payload_range().len(),
+                            units: k,
+                            created: h.created,
+                            expires: h.expires,
+                        });
+                        i += k;
+                    }
+                    None => i += 1,
+                },
+            }
+        }
+        v
+    }
+
+    /// Bring the shard back to its invariants after a crash or panic inside the critical
+    /// section: keep every entry that verifies completely (structure, checksum, id hashing to
+    /// this shard with this tag), wipe everything else, recount.
+    /// `placement(id)` gives the (shard, tag) the id belongs to.
+    pub fn repair(&self, this_shard: usize, placement: &dyn Fn(&[u8]) -> (usize, u16)) -> RepairReport {
+        let mut report = RepairReport::default();
+        let (mut live, mut used) = (0u32, 0u32);
+        let mut i = 0;
+        while i < self.n() {
+            let t = self.tag(i);
+            if t == TAG_FREE || t == TAG_CONT {
+                // Free units must be zero; an orphan continuation is garbage.
+                if t == TAG_CONT || !self.unit_is_zero(i) {
+                    self.wipe(i, 1);
+                }
+                i += 1;
+                continue;
+            }
+            fault::point(FaultPoint::MidRepair);
+            let verified = self.header_at(i).filter(|h| {
+                self.checksum_ok(i, h) && placement(self.id_of(i, h)) == (this_shard, t)
+            });
+            match verified {
+                Some(h) => {
+                    let k = self.geo.units_for(h.stored_len);
+                    live += 1;
+                    used += k as u32;
+                    report.kept += 1;
+                    i += k;
+                }
+                None => {
+                    self.wipe(i, 1);
+                    self.bump(Counter::CorruptDropped);
+                    report.dropped += 1;
+                    i += 1;
+                }
+            }
+        }
+        self.hdr.live.store(live, Relaxed);
+        self.hdr.used_units.store(used, Relaxed);
+        report
+    }
+
+    fn unit_is_zero(&self, i: usize) -> bool {
+        // SAFETY: unit i lies inside the shard.
+        let u = unsafe { std::slice::from_raw_parts(self.unit_ptr(i), self.geo.unit_bytes) };
+        u.iter().all(|&b| b == 0)
+    }
+
+    /// Test support: the raw bytes of unit `i` (to corrupt them on purpose).
+    #[cfg(test)]
+    pub fn unit_bytes_mut(&self, i: usize) -> &mut [u8] {
+        // SAFETY: unit i lies inside the shard; tests hold the lock.
+        unsafe { std::slice::from_raw_parts_mut(self.unit_ptr(i), self.geo.unit_bytes) }
+    }
+}
