@@ -62,7 +62,7 @@ test-rust:
 	$(CARGO) test --release --features fault-injection
 
 test-c: $(HARNESS) $(BUILD)/certs/server.pem
-	valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect \
+	valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-possibly-lost=no \
 	  --trace-children=no $(HARNESS) $(BUILD)/certs
 
 test-integration: all $(BUILD)/certs/server.pem

@@ -1,0 +1,488 @@
+/*
+ * C test harness for shmsesscache, using only the public header. Run under valgrind by
+ * `make test-c`: every process (the parent and the forked "workers") must be free of leaks and
+ * invalid accesses, error paths included.
+ *
+ * Handshakes run over memory BIO pairs. A "worker" is a child forked after the cache and the
+ * SSL_CTXs were created, exactly like a prefork server's; it does one handshake and reports
+ * over a pipe whether the session was resumed, plus the client's session (DER) for the next
+ * worker to offer.
+ *
+ * usage: c_harness CERTDIR   (server.pem/key, vhost2.pem/key, client.pem/key)
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include <shmsesscache.h>
+
+static int passed, failed;
+static const char *certdir;
+
+#define CHECK(cond, ...)                                                   \
+    do {                                                                   \
+        if (cond) {                                                        \
+            passed++;                                                      \
+        } else {                                                           \
+            failed++;                                                      \
+            printf("FAIL %s:%d: %s — ", __FILE__, __LINE__, #cond);        \
+            printf(__VA_ARGS__);                                           \
+            printf("\n");                                                  \
+        }                                                                  \
+    } while (0)
+
+static char *cpath(const char *name)
+{
+    static char buf[4][512];
+    static int i;
+    i = (i + 1) % 4;
+    snprintf(buf[i], sizeof buf[i], "%s/%s", certdir, name);
+    return buf[i];
+}
+
+/* ---------- contexts ---------- */
+
+enum { TLS12 = TLS1_2_VERSION, TLS13 = TLS1_3_VERSION };
+
+static SSL_CTX *server_ctx(const char *name, int version, long options, unsigned max_early, int verify_client)
+{
+    char pem[64], key[64];
+    snprintf(pem, sizeof pem, "%s.pem", name);
+    snprintf(key, sizeof key, "%s.key", name);
+    SSL_CTX *c = SSL_CTX_new(TLS_server_method());
+    SSL_CTX_use_certificate_file(c, cpath(pem), SSL_FILETYPE_PEM);
+    SSL_CTX_use_PrivateKey_file(c, cpath(key), SSL_FILETYPE_PEM);
+    SSL_CTX_set_min_proto_version(c, version);
+    SSL_CTX_set_max_proto_version(c, version);
+    SSL_CTX_set_options(c, (uint64_t)options);
+    SSL_CTX_set_num_tickets(c, 1);
+    if (max_early)
+        SSL_CTX_set_max_early_data(c, max_early);
+    if (verify_client) {
+        SSL_CTX_set_verify(c, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+        SSL_CTX_load_verify_locations(c, cpath("client.pem"), NULL);
+    }
+    return c;
+}
+
+static SSL_CTX *client_ctx(int version, int with_cert)
+{
+    SSL_CTX *c = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_min_proto_version(c, version);
+    SSL_CTX_set_max_proto_version(c, version);
+    SSL_CTX_set_options(c, SSL_OP_NO_TICKET); /* TLS 1.2: use session ids */
+    if (with_cert) {
+        SSL_CTX_use_certificate_file(c, cpath("client.pem"), SSL_FILETYPE_PEM);
+        SSL_CTX_use_PrivateKey_file(c, cpath("client.key"), SSL_FILETYPE_PEM);
+    }
+    return c;
+}
+
+static shmsess_cache *new_cache(uint32_t flags)
+{
+    shmsess_options o;
+    shmsess_options_init(&o);
+    o.size_bytes = 1 << 20;
+    o.flags = flags;
+    shmsess_cache *c = NULL;
+    if (shmsess_cache_create(&o, &c) != SHMSESS_OK) {
+        printf("cannot create cache: %s\n", shmsess_last_error());
+        exit(1);
+    }
+    return c;
+}
+
+static shmsess_stats stats_of(shmsess_cache *c)
+{
+    shmsess_stats s;
+    memset(&s, 0, sizeof s);
+    if (shmsess_cache_stats(c, &s) != SHMSESS_OK)
+        printf("stats failed: %s\n", shmsess_last_error());
+    return s;
+}
+
+/* ---------- one handshake in memory ---------- */
+
+struct outcome {
+    int ok;           /* handshake completed */
+    int reused;       /* server says the session was resumed */
+    int early;        /* server accepted early data */
+    int der_len;      /* client session for the next connection */
+    unsigned char der[8192];
+};
+
+/* Handshake sctx/cctx, offering the client session `offer` (DER, may be empty). With
+ * `early`, the client sends 0-RTT data. With `clean`, both sides SSL_shutdown(); without it
+ * the server SSL is freed after the handshake without SSL_shutdown(). */
+static void handshake(SSL_CTX *sctx, SSL_CTX *cctx, const unsigned char *offer, int offer_len, int early,
+                      int clean, struct outcome *out)
+{
+    memset(out, 0, sizeof *out);
+    SSL *s = SSL_new(sctx), *c = SSL_new(cctx);
+    BIO *sb, *cb;
+    BIO_new_bio_pair(&sb, 0, &cb, 0);
+    SSL_set_bio(s, sb, sb);
+    SSL_set_bio(c, cb, cb);
+    SSL_set_accept_state(s);
+    SSL_set_connect_state(c);
+    if (offer_len > 0) {
+        const unsigned char *p = offer;
+        SSL_SESSION *sess = d2i_SSL_SESSION(NULL, &p, offer_len);
+        SSL_set_session(c, sess);
+        SSL_SESSION_free(sess);
+    }
+    int cdone = 0, sdone = 0, early_written = !early, early_read_done = !early;
+    unsigned char buf[256];
+    for (int i = 0; i < 200 && !(cdone && sdone); i++) {
+        if (!early_written) {
+            size_t w = 0;
+            if (SSL_write_early_data(c, "early!", 6, &w) == 1)
+                early_written = 1;
+        } else if (!cdone) {
+            cdone = SSL_do_handshake(c) == 1;
+        }
+        if (!early_read_done) {
+            size_t r = 0;
+            int rc = SSL_read_early_data(s, buf, sizeof buf, &r);
+            if (rc == SSL_READ_EARLY_DATA_FINISH || rc == SSL_READ_EARLY_DATA_ERROR)
+                early_read_done = 1;
+        } else if (!sdone) {
+            sdone = SSL_do_handshake(s) == 1;
+        }
+    }
+    out->ok = cdone && sdone;
+    if (out->ok) {
+        /* Let the client read the TLS 1.3 NewSessionTicket. */
+        SSL_write(s, "x", 1);
+        SSL_read(c, buf, 1);
+        out->reused = SSL_session_reused(s);
+        out->early = SSL_get_early_data_status(s) == SSL_EARLY_DATA_ACCEPTED;
+        SSL_SESSION *cs = SSL_get1_session(c);
+        if (cs) {
+            int len = i2d_SSL_SESSION(cs, NULL);
+            if (len > 0 && len <= (int)sizeof out->der) {
+                unsigned char *p = out->der;
+                out->der_len = i2d_SSL_SESSION(cs, &p);
+            }
+            SSL_SESSION_free(cs);
+        }
+    }
+    if (clean) {
+        SSL_shutdown(s);
+        SSL_shutdown(c);
+    }
+    SSL_free(s);
+    SSL_free(c);
+    ERR_clear_error();
+}
+
+/* The same in a forked child (a separate worker process). */
+static void in_worker(SSL_CTX *sctx, SSL_CTX *cctx, const struct outcome *offer, int early, struct outcome *out)
+{
+    int fds[2];
+    if (pipe(fds) != 0)
+        exit(1);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        struct outcome *o = calloc(1, sizeof *o);
+        handshake(sctx, cctx, offer ? offer->der : NULL, offer ? offer->der_len : 0, early, 1, o);
+        ssize_t w = write(fds[1], o, sizeof *o);
+        free(o);
+        close(fds[1]);
+        exit(w == (ssize_t)sizeof *o ? 0 : 1);
+    }
+    close(fds[1]);
+    memset(out, 0, sizeof *out);
+    size_t got = 0;
+    while (got < sizeof *out) {
+        ssize_t r = read(fds[0], (char *)out + got, sizeof *out - got);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(got == sizeof *out && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "worker failed (status %d; under valgrind 99 means it reported errors)", status);
+}
+
+/* ---------- tests ---------- */
+
+static void test_api_errors(void)
+{
+    shmsess_options o;
+    shmsess_cache *c = (shmsess_cache *)0x1;
+    CHECK(shmsess_options_init(NULL) == SHMSESS_ERR_NULL_ARGUMENT, "options_init(NULL)");
+    CHECK(strlen(shmsess_last_error()) > 0, "a failure leaves a message");
+    shmsess_options_init(&o);
+    CHECK(shmsess_cache_create(NULL, &c) == SHMSESS_ERR_NULL_ARGUMENT && c == NULL, "NULL opts");
+    CHECK(shmsess_cache_create(&o, NULL) == SHMSESS_ERR_NULL_ARGUMENT, "NULL out");
+    o.size_bytes = 0;
+    CHECK(shmsess_cache_create(&o, &c) == SHMSESS_ERR_INVALID_ARGUMENT, "size 0: %s", shmsess_last_error());
+    o.size_bytes = 1000;
+    CHECK(shmsess_cache_create(&o, &c) == SHMSESS_ERR_INVALID_ARGUMENT && strstr(shmsess_last_error(), "too small"),
+          "size 1000: %s", shmsess_last_error());
+    shmsess_options_init(&o);
+    o.slot_bytes = 7;
+    CHECK(shmsess_cache_create(&o, &c) == SHMSESS_ERR_INVALID_ARGUMENT, "slot_bytes 7");
+    shmsess_options_init(&o);
+    o.struct_size = 4;
+    CHECK(shmsess_cache_create(&o, &c) == SHMSESS_ERR_INVALID_ARGUMENT, "struct_size 4");
+    shmsess_options_init(&o);
+    o.flags = 0x100;
+    CHECK(shmsess_cache_create(&o, &c) == SHMSESS_ERR_INVALID_ARGUMENT, "unknown flag");
+    shmsess_options_init(&o);
+    o.session_id_context_len = 40;
+    o.session_id_context = (const uint8_t *)"0123456789012345678901234567890123456789";
+    CHECK(shmsess_cache_create(&o, &c) == SHMSESS_ERR_INVALID_ARGUMENT, "sid ctx of 40 bytes");
+
+    c = new_cache(0);
+    unsigned char id[33] = { 1, 2, 3 }, data[8193], buf[64];
+    memset(data, 7, sizeof data);
+    size_t out_len = 0;
+    CHECK(shmsess_cache_store(c, id, 0, data, 10, 2000000000) == SHMSESS_ERR_INVALID_ARGUMENT, "id length 0");
+    CHECK(shmsess_cache_store(c, id, 33, data, 10, 2000000000) == SHMSESS_ERR_INVALID_ARGUMENT, "id length 33");
+    CHECK(shmsess_cache_store(c, NULL, 32, data, 10, 2000000000) == SHMSESS_ERR_NULL_ARGUMENT, "NULL id");
+    CHECK(shmsess_cache_store(c, id, 32, NULL, 10, 2000000000) == SHMSESS_ERR_NULL_ARGUMENT, "NULL data");
+    CHECK(shmsess_cache_store(c, id, 32, data, 8193, 2000000000) == SHMSESS_ERR_TOO_LARGE, "8193 bytes");
+    CHECK(stats_of(c).too_large == 1, "too large is counted");
+    CHECK(shmsess_cache_store(c, id, 32, data, 8192, 2000000000) == SHMSESS_OK, "8192 bytes: %s", shmsess_last_error());
+    CHECK(shmsess_cache_lookup(c, id, 32, buf, sizeof buf, &out_len, 0) == SHMSESS_ERR_BUFFER_TOO_SMALL && out_len == 8192,
+          "small buffer reports the size needed (%zu)", out_len);
+    CHECK(shmsess_cache_lookup(c, id, 32, NULL, 0, NULL, 0) == SHMSESS_ERR_NULL_ARGUMENT, "NULL out_len");
+    CHECK(shmsess_cache_lookup(c, (const unsigned char *)"zz", 2, buf, sizeof buf, &out_len, 0) == SHMSESS_ERR_NOT_FOUND, "miss");
+    CHECK(shmsess_cache_remove(c, (const unsigned char *)"zz", 2) == SHMSESS_ERR_NOT_FOUND, "remove unknown");
+    CHECK(shmsess_cache_remove(c, id, 32) == SHMSESS_OK, "remove known");
+    CHECK(shmsess_install(c, NULL) == SHMSESS_ERR_NULL_ARGUMENT, "install NULL ctx");
+    CHECK(shmsess_install(NULL, NULL) == SHMSESS_ERR_NULL_ARGUMENT, "install NULL cache");
+    CHECK(shmsess_cache_stats(c, NULL) == SHMSESS_ERR_NULL_ARGUMENT, "stats NULL");
+    CHECK(shmsess_cache_flush(NULL, 0) == SHMSESS_ERR_NULL_ARGUMENT, "flush NULL");
+    SSL_CTX *nocert = SSL_CTX_new(TLS_server_method());
+    CHECK(shmsess_install(c, nocert) == SHMSESS_ERR_INVALID_ARGUMENT && strstr(shmsess_last_error(), "certificate"),
+          "install without a certificate or context: %s", shmsess_last_error());
+    SSL_CTX_free(nocert);
+    shmsess_cache_free(c);
+    CHECK(shmsess_cache_stats(c, &(shmsess_stats){ 0 }) == SHMSESS_ERR_BAD_HANDLE, "use after free is refused");
+    shmsess_cache_free(c); /* double free: ignored, reported */
+    CHECK(strstr(shmsess_last_error(), "not a live handle") != NULL, "double free is reported");
+    shmsess_cache_free(NULL);
+    CHECK(strcmp(shmsess_result_name(SHMSESS_ERR_IO), "SHMSESS_ERR_IO") == 0, "result names");
+}
+
+static void test_named_segment_checks(void)
+{
+    char dir[] = "/tmp/shmsess-harness-XXXXXX";
+    if (!mkdtemp(dir))
+        return;
+    char path[600], link_path[600], bogus[600];
+    snprintf(path, sizeof path, "%s/seg", dir);
+    snprintf(link_path, sizeof link_path, "%s/link", dir);
+    snprintf(bogus, sizeof bogus, "%s/bogus", dir);
+    shmsess_options o;
+    shmsess_options_init(&o);
+    o.size_bytes = 1 << 20;
+    o.path = path;
+    shmsess_cache *a = NULL, *b = NULL;
+    CHECK(shmsess_cache_create(&o, &a) == SHMSESS_OK, "create named: %s", shmsess_last_error());
+    struct stat st;
+    CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600, "mode %o", st.st_mode & 0777);
+    CHECK(shmsess_cache_create(&o, &b) == SHMSESS_OK, "attach named: %s", shmsess_last_error());
+    unsigned char id[32] = { 9 }, buf[64];
+    size_t n = 0;
+    shmsess_cache_store(a, id, 32, (const unsigned char *)"hello", 5, 4000000000u);
+    CHECK(shmsess_cache_lookup(b, id, 32, buf, sizeof buf, &n, 0) == SHMSESS_OK && n == 5, "shared via the file");
+    shmsess_cache_free(b);
+    o.size_bytes = 2 << 20;
+    CHECK(shmsess_cache_create(&o, &b) == SHMSESS_ERR_FORMAT && strstr(shmsess_last_error(), "requested"),
+          "other size refused: %s", shmsess_last_error());
+    o.size_bytes = 1 << 20;
+    CHECK(symlink(path, link_path) == 0, "symlink");
+    o.path = link_path;
+    CHECK(shmsess_cache_create(&o, &b) == SHMSESS_ERR_SECURITY && strstr(shmsess_last_error(), "symbolic link"),
+          "symlink refused: %s", shmsess_last_error());
+    int fd = open(bogus, O_CREAT | O_WRONLY, 0600);
+    char junk[8192];
+    memset(junk, 'x', sizeof junk);
+    CHECK(fd >= 0 && write(fd, junk, sizeof junk) == (ssize_t)sizeof junk, "write bogus");
+    close(fd);
+    o.path = bogus;
+    CHECK(shmsess_cache_create(&o, &b) == SHMSESS_ERR_FORMAT && strstr(shmsess_last_error(), "magic"),
+          "wrong magic refused: %s", shmsess_last_error());
+    chmod(path, 0666);
+    o.path = path;
+    CHECK(shmsess_cache_create(&o, &b) == SHMSESS_ERR_SECURITY && strstr(shmsess_last_error(), "writable"),
+          "loose mode refused: %s", shmsess_last_error());
+    shmsess_cache_free(a);
+    unlink(path);
+    unlink(link_path);
+    unlink(bogus);
+    rmdir(dir);
+}
+
+/* Session made by worker 1, resumed by worker 2, then offered again to worker 3. */
+static void resume_across_workers(const char *label, shmsess_cache *cache, SSL_CTX *s, SSL_CTX *c, int early,
+                                  int expect_third)
+{
+    struct outcome *first = calloc(3, sizeof *first), *second = first + 1, *third = first + 2;
+    in_worker(s, c, NULL, 0, first);
+    CHECK(first->ok && !first->reused && first->der_len > 0, "%s: full handshake in worker 1", label);
+    in_worker(s, c, first, early, second);
+    CHECK(second->ok && second->reused, "%s: worker 2 resumes worker 1's session", label);
+    if (early)
+        CHECK(second->early, "%s: 0-RTT data accepted the first time", label);
+    in_worker(s, c, first, early, third);
+    CHECK(third->ok && third->reused == expect_third, "%s: the same session offered again: reused=%d, expected %d",
+          label, third->reused, expect_third);
+    if (early)
+        CHECK(!third->early, "%s: 0-RTT replay of the same ticket is refused", label);
+    (void)cache;
+    free(first);
+}
+
+static void test_resumption(void)
+{
+    shmsess_cache *cache = new_cache(0);
+    SSL_CTX *s12 = server_ctx("server", TLS12, SSL_OP_NO_TICKET, 0, 0), *c12 = client_ctx(TLS12, 0);
+    SSL_CTX *s13 = server_ctx("server", TLS13, SSL_OP_NO_TICKET, 0, 0), *c13 = client_ctx(TLS13, 0);
+    CHECK(shmsess_install(cache, s12) == SHMSESS_OK && shmsess_install(cache, s13) == SHMSESS_OK, "install: %s",
+          shmsess_last_error());
+    CHECK(SSL_CTX_get_session_cache_mode(s12) == (SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL), "default mode");
+    resume_across_workers("TLS 1.2", cache, s12, c12, 0, 1);
+    resume_across_workers("TLS 1.3 stateful", cache, s13, c13, 0, 0);
+    shmsess_stats st = stats_of(cache);
+    CHECK(st.taken == 1, "TLS 1.3 lookup took the entry (taken=%llu)", (unsigned long long)st.taken);
+
+    /* TLS 1.3 stateless tickets are not stored. */
+    SSL_CTX *s13t = server_ctx("server", TLS13, 0, 0, 0);
+    shmsess_install(cache, s13t);
+    uint64_t stores = stats_of(cache).stores;
+    struct outcome *o = calloc(1, sizeof *o);
+    handshake(s13t, c13, NULL, 0, 0, 1, o);
+    st = stats_of(cache);
+    CHECK(o->ok && st.stores == stores && st.tls13_stateless_skipped >= 1, "stateless ticket not stored (stores %llu→%llu)",
+          (unsigned long long)stores, (unsigned long long)st.stores);
+
+    /* In-process loop: any leak per hit (a wrong *copy) shows up under valgrind. */
+    handshake(s12, c12, NULL, 0, 0, 1, o);
+    struct outcome *r = calloc(1, sizeof *r);
+    int all = 1;
+    for (int i = 0; i < 20; i++) {
+        handshake(s12, c12, o->der, o->der_len, 0, 1, r);
+        all &= r->reused;
+    }
+    CHECK(all, "20 resumptions in one process");
+
+    /* The SSL_shutdown rule: freeing a connection without SSL_shutdown() removes its session
+     * from the shared cache (OpenSSL's remove callback), so it cannot be resumed anywhere. */
+    uint64_t removes = stats_of(cache).remove_hits;
+    handshake(s12, c12, NULL, 0, 0, 0, o);
+    CHECK(stats_of(cache).remove_hits == removes + 1, "unclean close removed the session");
+    handshake(s12, c12, o->der, o->der_len, 0, 1, r);
+    CHECK(!r->reused, "a session lost to an unclean close is not resumed");
+
+    /* remove_session_cb tolerates sessions that were never stored. */
+    SSL_SESSION *fresh = SSL_SESSION_new();
+    SSL_SESSION_set1_id(fresh, (const unsigned char *)"never-stored-session-id-01234567", 32);
+    uint64_t misses = stats_of(cache).remove_misses;
+    SSL_CTX_remove_session(s12, fresh);
+    CHECK(stats_of(cache).remove_misses == misses + 1, "remove of an unknown id is a counted miss");
+    SSL_SESSION_free(fresh);
+
+    free(o);
+    free(r);
+    SSL_CTX_free(s12);
+    SSL_CTX_free(s13);
+    SSL_CTX_free(s13t);
+    SSL_CTX_free(c12);
+    SSL_CTX_free(c13);
+    shmsess_cache_free(cache);
+}
+
+static void test_tls13_options(void)
+{
+    /* With SHMSESS_TLS13_ALLOW_REUSE a stateful ticket resumes again. */
+    shmsess_cache *cache = new_cache(SHMSESS_TLS13_ALLOW_REUSE);
+    SSL_CTX *s = server_ctx("server", TLS13, SSL_OP_NO_TICKET, 0, 0), *c = client_ctx(TLS13, 0);
+    shmsess_install(cache, s);
+    resume_across_workers("TLS 1.3 reuse allowed", cache, s, c, 0, 1);
+    SSL_CTX_free(s);
+    shmsess_cache_free(cache);
+
+    /* 0-RTT with SSL_OP_NO_ANTI_REPLAY: accepted once in the whole server, never twice. */
+    cache = new_cache(0);
+    s = server_ctx("server", TLS13, SSL_OP_NO_TICKET | SSL_OP_NO_ANTI_REPLAY, 16384, 0);
+    shmsess_install(cache, s);
+    SSL_CTX_set_max_early_data(c, 0);
+    resume_across_workers("TLS 1.3 0-RTT", cache, s, c, 1, 0);
+    SSL_CTX_free(s);
+    SSL_CTX_free(c);
+    shmsess_cache_free(cache);
+
+    /* SHMSESS_KEEP_INTERNAL_CACHE leaves OpenSSL's cache on. */
+    cache = new_cache(SHMSESS_KEEP_INTERNAL_CACHE);
+    s = server_ctx("server", TLS12, SSL_OP_NO_TICKET, 0, 0);
+    shmsess_install(cache, s);
+    CHECK(SSL_CTX_get_session_cache_mode(s) == SSL_SESS_CACHE_SERVER, "internal cache kept");
+    SSL_CTX_free(s);
+    shmsess_cache_free(cache);
+}
+
+static void test_vhosts_and_client_certs(void)
+{
+    shmsess_cache *cache = new_cache(0);
+    SSL_CTX *a = server_ctx("server", TLS12, SSL_OP_NO_TICKET, 0, 0);
+    SSL_CTX *b = server_ctx("vhost2", TLS12, SSL_OP_NO_TICKET, 0, 0);
+    SSL_CTX *c = client_ctx(TLS12, 0);
+    shmsess_install(cache, a);
+    shmsess_install(cache, b);
+    struct outcome *o = calloc(2, sizeof *o), *r = o + 1;
+    in_worker(a, c, NULL, 0, o);
+    in_worker(b, c, o, 0, r);
+    CHECK(r->ok && !r->reused, "a session of virtual host A is not resumed on B");
+    in_worker(a, c, o, 0, r);
+    CHECK(r->ok && r->reused, "... but is on A");
+
+    /* Sessions with a client certificate are larger (about 550 bytes) and still shared. */
+    SSL_CTX *v = server_ctx("server", TLS12, SSL_OP_NO_TICKET, 0, 1), *cc = client_ctx(TLS12, 1);
+    shmsess_install(cache, v);
+    uint64_t slots = stats_of(cache).used_slots;
+    in_worker(v, cc, NULL, 0, o);
+    CHECK(stats_of(cache).used_slots >= slots + 3, "a client-certificate session spans several slots");
+    in_worker(v, cc, o, 0, r);
+    CHECK(r->ok && r->reused, "client-certificate session resumed in another worker");
+    free(o);
+    SSL_CTX_free(a);
+    SSL_CTX_free(b);
+    SSL_CTX_free(c);
+    SSL_CTX_free(v);
+    SSL_CTX_free(cc);
+    shmsess_cache_free(cache);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s CERTDIR\n", argv[0]);
+        return 2;
+    }
+    certdir = argv[1];
+    test_api_errors();
+    test_named_segment_checks();
+    test_resumption();
+    test_tls13_options();
+    test_vhosts_and_client_certs();
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
