@@ -52,7 +52,8 @@ header:
 
 # Fails if the committed header is not what cbindgen generates now.
 check-header:
-	@$(CARGO) run -q --example gen_header > $(BUILD)/shmsesscache.h.check 2>/dev/null || { mkdir -p $(BUILD); $(CARGO) run -q --example gen_header > $(BUILD)/shmsesscache.h.check; }
+	@mkdir -p $(BUILD)
+	@$(CARGO) run -q --example gen_header > $(BUILD)/shmsesscache.h.check
 	@diff -u include/shmsesscache.h $(BUILD)/shmsesscache.h.check && echo "header in sync" || { echo "include/shmsesscache.h is out of date: run 'make header'"; exit 1; }
 
 test: all check-header test-rust test-c test-integration
