@@ -2,7 +2,8 @@
 //! `tests/header_in_sync.rs` fails when the committed header differs).
 fn main() {
     let dir = env!("CARGO_MANIFEST_DIR");
-    let config = cbindgen::Config::from_file(format!("{dir}/cbindgen.toml")).expect("cbindgen.toml");
+    let config =
+        cbindgen::Config::from_file(format!("{dir}/cbindgen.toml")).expect("cbindgen.toml");
     let bindings = cbindgen::Builder::new()
         .with_src(format!("{dir}/src/ffi.rs"))
         .with_config(config)

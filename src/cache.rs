@@ -148,14 +148,31 @@ impl Cache {
     /// Attach to an existing named segment, whatever its size (for tools).
     pub fn attach(path: &Path, lock_timeout: Option<Duration>) -> Result<Cache> {
         let map = segment::attach(path)?;
-        Self::from_mapping(map, Origin::AttachedFile, Some(path.to_owned()), lock_timeout)
+        Self::from_mapping(
+            map,
+            Origin::AttachedFile,
+            Some(path.to_owned()),
+            lock_timeout,
+        )
     }
 
-    fn from_mapping(map: Mapping, origin: Origin, path: Option<PathBuf>, lock_timeout: Option<Duration>) -> Result<Cache> {
+    fn from_mapping(
+        map: Mapping,
+        origin: Origin,
+        path: Option<PathBuf>,
+        lock_timeout: Option<Duration>,
+    ) -> Result<Cache> {
         let h = segment::header(&map);
         let geo = Geometry::from_header(h, map.len() as u64).map_err(Error::format)?;
         let hash_key = h.hash_key;
-        Ok(Cache { map, geo, hash_key, origin, path, lock_timeout })
+        Ok(Cache {
+            map,
+            geo,
+            hash_key,
+            origin,
+            path,
+            lock_timeout,
+        })
     }
 
     pub fn geometry(&self) -> &Geometry {
@@ -183,7 +200,11 @@ impl Cache {
     fn shard_base(&self, idx: usize) -> *mut u8 {
         debug_assert!(idx < self.geo.shard_count);
         // SAFETY: idx < shard_count, so the shard lies inside the mapping (validated geometry).
-        unsafe { self.map.base().add(HEADER_BYTES + idx * self.geo.shard_stride) }
+        unsafe {
+            self.map
+                .base()
+                .add(HEADER_BYTES + idx * self.geo.shard_stride)
+        }
     }
 
     #[cfg(test)]
@@ -222,17 +243,28 @@ impl Cache {
             // Stay dirty throughout the repair: dying in it makes the next locker start over.
             guard.hdr.dirty.store(1, Relaxed);
             let report = guard.repair(idx, &|id| self.placement(id));
-            guard.bump(if acquired == Acquired::OwnerDied { Counter::OwnerDied } else { Counter::DirtyRepairs });
+            guard.bump(if acquired == Acquired::OwnerDied {
+                Counter::OwnerDied
+            } else {
+                Counter::DirtyRepairs
+            });
             if acquired == Acquired::OwnerDied {
                 if let Err(e) = guard.lock.mark_consistent() {
-                    log::emit(Level::Error, &format!("shard {idx}: pthread_mutex_consistent failed: {e}"));
+                    log::emit(
+                        Level::Error,
+                        &format!("shard {idx}: pthread_mutex_consistent failed: {e}"),
+                    );
                 }
             }
             log::emit(
                 Level::Warning,
                 &format!(
                     "shard {idx}: recovered after {} (kept {} entries, dropped {})",
-                    if acquired == Acquired::OwnerDied { "a process died holding its lock" } else { "a panic inside its lock" },
+                    if acquired == Acquired::OwnerDied {
+                        "a process died holding its lock"
+                    } else {
+                        "a panic inside its lock"
+                    },
                     report.kept,
                     report.dropped
                 ),
@@ -260,7 +292,14 @@ impl Cache {
         self.store_at(id, data, created, expires, crate::util::now_unix())
     }
 
-    pub fn store_at(&self, id: &[u8], data: &[u8], created: u32, expires: u32, now: u32) -> Result<()> {
+    pub fn store_at(
+        &self,
+        id: &[u8],
+        data: &[u8],
+        created: u32,
+        expires: u32,
+        now: u32,
+    ) -> Result<()> {
         if let Err(e) = check_id(id) {
             self.globals().bad_input.fetch_add(1, Relaxed);
             return Err(e);
@@ -271,14 +310,30 @@ impl Cache {
         }
         if data.len() > MAX_SESSION_BYTES {
             self.globals().too_large.fetch_add(1, Relaxed);
-            log::emit(Level::Info, &format!("refused a {}-byte session (maximum {MAX_SESSION_BYTES})", data.len()));
+            log::emit(
+                Level::Info,
+                &format!(
+                    "refused a {}-byte session (maximum {MAX_SESSION_BYTES})",
+                    data.len()
+                ),
+            );
             return Err(Error::new(
                 ErrorKind::TooLarge,
-                format!("session of {} bytes is larger than the maximum {MAX_SESSION_BYTES}", data.len()),
+                format!(
+                    "session of {} bytes is larger than the maximum {MAX_SESSION_BYTES}",
+                    data.len()
+                ),
             ));
         }
         let (idx, tag) = self.placement(id);
-        let entry = NewEntry { id, data, id_in_data: find_id(data, id), tag, created, expires };
+        let entry = NewEntry {
+            id,
+            data,
+            id_in_data: find_id(data, id),
+            tag,
+            created,
+            expires,
+        };
         let guard = self.lock_shard(idx)?;
         guard.store(&entry, now);
         Ok(())
@@ -343,8 +398,10 @@ impl Cache {
 
     pub fn stats(&self) -> Stats {
         let mut sum = [0u64; COUNTERS];
-        let mut s = Stats::default();
-        s.min_shard_used_units = u64::MAX;
+        let mut s = Stats {
+            min_shard_used_units: u64::MAX,
+            ..Stats::default()
+        };
         for idx in 0..self.geo.shard_count {
             let h = self.shard_header(idx);
             for (acc, c) in sum.iter_mut().zip(h.counters.iter()) {
@@ -391,9 +448,12 @@ fn init_segment(m: &Mapping, geo: &Geometry, hash_key: [u64; 2]) -> Result<()> {
     for idx in 0..geo.shard_count {
         // SAFETY: shard idx lies inside the fresh mapping; nobody else can see it yet.
         let lock = unsafe {
-            ShardLock::from_ptr(m.base().add(HEADER_BYTES + idx * geo.shard_stride) as *mut libc::pthread_mutex_t)
+            ShardLock::from_ptr(
+                m.base().add(HEADER_BYTES + idx * geo.shard_stride) as *mut libc::pthread_mutex_t
+            )
         };
-        lock.init().map_err(|e| Error::io("pthread_mutex_init", e))?;
+        lock.init()
+            .map_err(|e| Error::io("pthread_mutex_init", e))?;
     }
     segment::write_header(m, geo, hash_key);
     Ok(())

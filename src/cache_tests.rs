@@ -10,7 +10,12 @@ use crate::layout::{Geometry, DEFAULT_UNIT_BYTES, MAX_SESSION_BYTES};
 const NOW: u32 = 1_800_000_000;
 
 fn cache(size: u64) -> Cache {
-    Cache::create(&Config { size_bytes: size, lock_timeout: Some(Duration::from_secs(5)), ..Config::default() }).unwrap()
+    Cache::create(&Config {
+        size_bytes: size,
+        lock_timeout: Some(Duration::from_secs(5)),
+        ..Config::default()
+    })
+    .unwrap()
 }
 
 /// A cache with exactly one shard, so tests control what competes for space.
@@ -50,14 +55,18 @@ fn get(c: &Cache, n: u32, now: u32) -> Option<Vec<u8>> {
 fn store_then_lookup_returns_the_same_bytes() {
     let c = cache(1 << 20);
     for n in 0..100 {
-        c.store_at(&id(n), &der(n, 160), NOW, NOW + 300, NOW).unwrap();
+        c.store_at(&id(n), &der(n, 160), NOW, NOW + 300, NOW)
+            .unwrap();
     }
     for n in 0..100 {
         assert_eq!(get(&c, n, NOW + 1), Some(der(n, 160)), "entry {n}");
     }
     assert_eq!(get(&c, 1000, NOW), None);
     let s = c.stats();
-    assert_eq!((s.stores, s.lookup_hits, s.lookup_misses, s.entries), (100, 100, 1, 100));
+    assert_eq!(
+        (s.stores, s.lookup_hits, s.lookup_misses, s.entries),
+        (100, 100, 1, 100)
+    );
     // Every 160-byte session took exactly one unit: the id inside the DER is not stored twice.
     assert_eq!(s.used_units, 100);
 }
@@ -68,14 +77,20 @@ fn data_without_the_id_inside_is_stored_with_the_id_prepended() {
     let data = vec![0x11u8; 170];
     c.store_at(&id(1), &data, NOW, NOW + 60, NOW).unwrap();
     assert_eq!(get(&c, 1, NOW), Some(data));
-    assert_eq!(c.stats().used_units, 2, "170 + 32 + 16 bytes need two 200-byte units");
+    assert_eq!(
+        c.stats().used_units,
+        2,
+        "170 + 32 + 16 bytes need two 200-byte units"
+    );
 }
 
 #[test]
 fn store_replaces_an_entry_with_the_same_id() {
     let c = cache(1 << 20);
-    c.store_at(&id(7), &der(7, 160), NOW, NOW + 60, NOW).unwrap();
-    c.store_at(&id(7), &der(8, 900), NOW, NOW + 60, NOW).unwrap();
+    c.store_at(&id(7), &der(7, 160), NOW, NOW + 60, NOW)
+        .unwrap();
+    c.store_at(&id(7), &der(8, 900), NOW, NOW + 60, NOW)
+        .unwrap();
     let mut expected = der(8, 900);
     expected[15..47].copy_from_slice(&id(8));
     assert_eq!(get(&c, 7, NOW), Some(expected));
@@ -87,21 +102,29 @@ fn store_replaces_an_entry_with_the_same_id() {
 fn remove_tolerates_unknown_ids_and_wipes_the_slot() {
     let c = one_shard();
     assert!(!c.remove(&id(1)).unwrap());
-    c.store_at(&id(2), &der(2, 160), NOW, NOW + 60, NOW).unwrap();
+    c.store_at(&id(2), &der(2, 160), NOW, NOW + 60, NOW)
+        .unwrap();
     assert!(c.remove(&id(2)).unwrap());
     assert_eq!(get(&c, 2, NOW), None);
     let s = c.stats();
-    assert_eq!((s.remove_hits, s.remove_misses, s.entries, s.used_units), (1, 1, 0, 0));
+    assert_eq!(
+        (s.remove_hits, s.remove_misses, s.entries, s.used_units),
+        (1, 1, 0, 0)
+    );
     let g = c.lock_shard(0).unwrap();
     for i in 0..c.geometry().units_per_shard {
-        assert!(g.unit_bytes_mut(i).iter().all(|&b| b == 0), "unit {i} not wiped");
+        assert!(
+            g.unit_bytes_mut(i).iter().all(|&b| b == 0),
+            "unit {i} not wiped"
+        );
     }
 }
 
 #[test]
 fn expired_entries_miss_and_are_reclaimed() {
     let c = cache(1 << 20);
-    c.store_at(&id(1), &der(1, 160), NOW, NOW + 10, NOW).unwrap();
+    c.store_at(&id(1), &der(1, 160), NOW, NOW + 10, NOW)
+        .unwrap();
     assert!(get(&c, 1, NOW + 9).is_some());
     assert_eq!(get(&c, 1, NOW + 10), None);
     let s = c.stats();
@@ -111,39 +134,80 @@ fn expired_entries_miss_and_are_reclaimed() {
 #[test]
 fn take_returns_the_entry_once() {
     let c = cache(1 << 20);
-    c.store_at(&id(3), &der(3, 160), NOW, NOW + 60, NOW).unwrap();
+    c.store_at(&id(3), &der(3, 160), NOW, NOW + 60, NOW)
+        .unwrap();
     let mut buf = [0u8; 512];
-    assert!(matches!(c.lookup_at(&id(3), &mut buf, true, NOW).unwrap(), Found::Hit { len: 160, .. }));
-    assert_eq!(c.lookup_at(&id(3), &mut buf, true, NOW).unwrap(), Found::Miss);
+    assert!(matches!(
+        c.lookup_at(&id(3), &mut buf, true, NOW).unwrap(),
+        Found::Hit { len: 160, .. }
+    ));
+    assert_eq!(
+        c.lookup_at(&id(3), &mut buf, true, NOW).unwrap(),
+        Found::Miss
+    );
     assert_eq!(c.stats().taken, 1);
 }
 
 #[test]
 fn a_small_buffer_is_reported_and_changes_nothing() {
     let c = cache(1 << 20);
-    c.store_at(&id(3), &der(3, 600), NOW, NOW + 60, NOW).unwrap();
+    c.store_at(&id(3), &der(3, 600), NOW, NOW + 60, NOW)
+        .unwrap();
     let mut buf = [0u8; 100];
-    assert_eq!(c.lookup_at(&id(3), &mut buf, true, NOW).unwrap(), Found::BufferTooSmall { needed: 600 });
+    assert_eq!(
+        c.lookup_at(&id(3), &mut buf, true, NOW).unwrap(),
+        Found::BufferTooSmall { needed: 600 }
+    );
     assert_eq!(get(&c, 3, NOW).map(|v| v.len()), Some(600));
 }
 
 #[test]
 fn sizes_and_ids_are_checked() {
     let c = cache(1 << 20);
-    let e = c.store_at(&id(1), &vec![1u8; MAX_SESSION_BYTES + 1], NOW, NOW + 60, NOW).unwrap_err();
+    let e = c
+        .store_at(
+            &id(1),
+            &vec![1u8; MAX_SESSION_BYTES + 1],
+            NOW,
+            NOW + 60,
+            NOW,
+        )
+        .unwrap_err();
     assert_eq!(e.kind, ErrorKind::TooLarge);
     assert_eq!(c.stats().too_large, 1);
-    c.store_at(&id(1), &der(1, MAX_SESSION_BYTES), NOW, NOW + 60, NOW).unwrap();
+    c.store_at(&id(1), &der(1, MAX_SESSION_BYTES), NOW, NOW + 60, NOW)
+        .unwrap();
     assert_eq!(get(&c, 1, NOW), Some(der(1, MAX_SESSION_BYTES)));
-    assert_eq!(c.store_at(&[], b"x", NOW, NOW + 1, NOW).unwrap_err().kind, ErrorKind::Invalid);
-    assert_eq!(c.store_at(&[0u8; 33], b"x", NOW, NOW + 1, NOW).unwrap_err().kind, ErrorKind::Invalid);
-    assert_eq!(c.store_at(&[1u8; 4], b"", NOW, NOW + 1, NOW).unwrap_err().kind, ErrorKind::Invalid);
-    assert_eq!(c.lookup_at(&[0u8; 33], &mut [0u8; 8], false, NOW).unwrap_err().kind, ErrorKind::Invalid);
+    assert_eq!(
+        c.store_at(&[], b"x", NOW, NOW + 1, NOW).unwrap_err().kind,
+        ErrorKind::Invalid
+    );
+    assert_eq!(
+        c.store_at(&[0u8; 33], b"x", NOW, NOW + 1, NOW)
+            .unwrap_err()
+            .kind,
+        ErrorKind::Invalid
+    );
+    assert_eq!(
+        c.store_at(&[1u8; 4], b"", NOW, NOW + 1, NOW)
+            .unwrap_err()
+            .kind,
+        ErrorKind::Invalid
+    );
+    assert_eq!(
+        c.lookup_at(&[0u8; 33], &mut [0u8; 8], false, NOW)
+            .unwrap_err()
+            .kind,
+        ErrorKind::Invalid
+    );
     assert_eq!(c.remove(&[]).unwrap_err().kind, ErrorKind::Invalid);
     // Short ids (not 32 bytes) work too.
     c.store_at(&[9u8], b"short id", NOW, NOW + 60, NOW).unwrap();
     let mut buf = [0u8; 64];
-    assert!(matches!(c.lookup_at(&[9u8], &mut buf, false, NOW).unwrap(), Found::Hit { len: 8, .. }));
+    assert!(matches!(
+        c.lookup_at(&[9u8], &mut buf, false, NOW).unwrap(),
+        Found::Hit { len: 8, .. }
+    ));
 }
 
 #[test]
@@ -151,10 +215,12 @@ fn a_full_shard_evicts_the_oldest_live_entry() {
     let c = one_shard();
     let n = c.geometry().units_per_shard as u32;
     for i in 0..n {
-        c.store_at(&id(i), &der(i, 160), NOW + i, NOW + 10_000, NOW + i).unwrap();
+        c.store_at(&id(i), &der(i, 160), NOW + i, NOW + 10_000, NOW + i)
+            .unwrap();
     }
     assert_eq!(c.stats().evicted_live, 0);
-    c.store_at(&id(n), &der(n, 160), NOW + n, NOW + 10_000, NOW + n).unwrap();
+    c.store_at(&id(n), &der(n, 160), NOW + n, NOW + 10_000, NOW + n)
+        .unwrap();
     assert_eq!(c.stats().evicted_live, 1);
     assert_eq!(get(&c, 0, NOW + n), None, "the oldest entry goes first");
     for i in 1..=n {
@@ -169,9 +235,11 @@ fn a_full_shard_reclaims_expired_entries_before_live_ones() {
     for i in 0..n {
         // Entry 100 expires early; entry 0 is the oldest but still live.
         let expires = if i == 100 { NOW + 50 } else { NOW + 10_000 };
-        c.store_at(&id(i), &der(i, 160), NOW + i, expires, NOW + i).unwrap();
+        c.store_at(&id(i), &der(i, 160), NOW + i, expires, NOW + i)
+            .unwrap();
     }
-    c.store_at(&id(n), &der(n, 160), NOW + 1000, NOW + 10_000, NOW + 1000).unwrap();
+    c.store_at(&id(n), &der(n, 160), NOW + 1000, NOW + 10_000, NOW + 1000)
+        .unwrap();
     let s = c.stats();
     assert_eq!((s.expired, s.evicted_live), (1, 0));
     assert!(get(&c, 0, NOW + 1000).is_some());
@@ -183,15 +251,27 @@ fn large_entries_find_room_among_small_ones() {
     let c = one_shard();
     let units = c.geometry().units_per_shard as u32;
     for i in 0..units {
-        c.store_at(&id(i), &der(i, 160), NOW + i, NOW + 10_000, NOW + i).unwrap();
+        c.store_at(&id(i), &der(i, 160), NOW + i, NOW + 10_000, NOW + i)
+            .unwrap();
     }
     // An 8 KiB session needs 42 consecutive units: the oldest 42 small entries make way.
-    c.store_at(&id(9999), &der(9999, 8000), NOW + 5000, NOW + 10_000, NOW + 5000).unwrap();
+    c.store_at(
+        &id(9999),
+        &der(9999, 8000),
+        NOW + 5000,
+        NOW + 10_000,
+        NOW + 5000,
+    )
+    .unwrap();
     assert_eq!(get(&c, 9999, NOW + 5000), Some(der(9999, 8000)));
     let s = c.stats();
     assert_eq!(s.evicted_live, 41, "8000 + 16 bytes take 41 units");
     for i in 0..41 {
-        assert_eq!(get(&c, i, NOW + 5000), None, "entry {i} was among the oldest");
+        assert_eq!(
+            get(&c, i, NOW + 5000),
+            None,
+            "entry {i} was among the oldest"
+        );
     }
     for i in 41..units {
         assert!(get(&c, i, NOW + 5000).is_some(), "entry {i} should survive");
@@ -220,12 +300,17 @@ fn mixed_sizes_under_pressure_never_return_wrong_bytes() {
                 let len = sizes[((r >> 20) % sizes.len() as u64) as usize];
                 let mut d = der(n, len);
                 d[0] = step as u8;
-                c.store_at(&id(n), &d, NOW + step, NOW + 1_000_000, NOW + step).unwrap();
+                c.store_at(&id(n), &d, NOW + step, NOW + 1_000_000, NOW + step)
+                    .unwrap();
                 model.insert(n, d);
             }
             8..=13 => {
                 if let Some(got) = get(&c, n, NOW + step) {
-                    assert_eq!(Some(&got), model.get(&n), "wrong bytes for {n} at step {step}");
+                    assert_eq!(
+                        Some(&got),
+                        model.get(&n),
+                        "wrong bytes for {n} at step {step}"
+                    );
                     hits += 1;
                 }
             }
@@ -249,7 +334,14 @@ fn density_of_typical_sessions_is_at_least_5000_per_mib() {
     let c = cache(4 << 20);
     let capacity = c.stats().capacity_units as u32;
     for n in 0..capacity * 3 / 2 {
-        c.store_at(&id(n), &der(n, 160), NOW + n / 1000, NOW + 10_000, NOW + n / 1000).unwrap();
+        c.store_at(
+            &id(n),
+            &der(n, 160),
+            NOW + n / 1000,
+            NOW + 10_000,
+            NOW + n / 1000,
+        )
+        .unwrap();
     }
     let s = c.stats();
     let per_mib = s.entries as f64 / 4.0;
@@ -260,8 +352,10 @@ fn density_of_typical_sessions_is_at_least_5000_per_mib() {
 #[test]
 fn a_corrupted_entry_is_dropped_not_returned() {
     let c = one_shard();
-    c.store_at(&id(1), &der(1, 160), NOW, NOW + 60, NOW).unwrap();
-    c.store_at(&id(2), &der(2, 160), NOW, NOW + 60, NOW).unwrap();
+    c.store_at(&id(1), &der(1, 160), NOW, NOW + 60, NOW)
+        .unwrap();
+    c.store_at(&id(2), &der(2, 160), NOW, NOW + 60, NOW)
+        .unwrap();
     {
         let g = c.lock_shard(0).unwrap();
         // Flip a data byte of whichever unit holds entry 1 (units 0 and 1 are the two entries).
@@ -282,7 +376,8 @@ fn a_corrupted_entry_is_dropped_not_returned() {
 fn a_dirty_shard_is_repaired_on_the_next_lock() {
     let c = one_shard();
     for i in 0..10 {
-        c.store_at(&id(i), &der(i, 160), NOW, NOW + 60, NOW).unwrap();
+        c.store_at(&id(i), &der(i, 160), NOW, NOW + 60, NOW)
+            .unwrap();
     }
     {
         let g = c.lock_shard(0).unwrap();
@@ -295,12 +390,15 @@ fn a_dirty_shard_is_repaired_on_the_next_lock() {
         lock.unlock();
     }
     let s0 = c.stats();
-    assert_eq!(get(&c, 0, NOW).is_some(), true);
+    assert!(get(&c, 0, NOW).is_some());
     let s = c.stats();
     assert_eq!(s.dirty_repairs, s0.dirty_repairs + 1);
     assert_eq!(s.entries, 9, "the torn entry is dropped, the others kept");
     let g = c.lock_shard(0).unwrap();
-    assert!(g.unit_bytes_mut(200).iter().all(|&b| b == 0), "garbage in a free unit is wiped");
+    assert!(
+        g.unit_bytes_mut(200).iter().all(|&b| b == 0),
+        "garbage in a free unit is wiped"
+    );
 }
 
 fn c_shard_mutex(c: &Cache) -> *mut libc::pthread_mutex_t {

@@ -2,6 +2,8 @@
 //! [`shmsess_result`] and leaves a message for [`shmsess_last_error`] on failure.
 //! `include/shmsesscache.h` is generated from this file by cbindgen (`make header`).
 #![allow(non_camel_case_types)]
+// C callers pass raw pointers; each export checks them for NULL and documents what it needs.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -211,7 +213,9 @@ fn guard(func: &str, f: impl FnOnce() -> Result<shmsess_result, Fail>) -> shmses
             r
         }
         Err(_) => {
-            set_error(&format!("{func}: internal error (panic caught at the API boundary)"));
+            set_error(&format!(
+                "{func}: internal error (panic caught at the API boundary)"
+            ));
             SHMSESS_ERR_PANIC
         }
     }
@@ -225,7 +229,10 @@ fn handle(cache: *const shmsess_cache) -> Result<Arc<Handle>, Fail> {
     }
     let live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
     if !live.as_ref().is_some_and(|s| s.contains(&(cache as usize))) {
-        return Err(Fail(SHMSESS_ERR_BAD_HANDLE, "cache is not a live handle (freed already?)".into()));
+        return Err(Fail(
+            SHMSESS_ERR_BAD_HANDLE,
+            "cache is not a live handle (freed already?)".into(),
+        ));
     }
     // SAFETY: the pointer is in LIVE, so it came from Arc::into_raw and has not been released.
     unsafe {
@@ -289,7 +296,10 @@ pub extern "C" fn shmsess_options_init(opts: *mut shmsess_options) -> shmsess_re
 /// The handle is owned by the caller (free it with `shmsess_cache_free`); it may be used from
 /// any thread and in every forked child.
 #[no_mangle]
-pub extern "C" fn shmsess_cache_create(opts: *const shmsess_options, out: *mut *mut shmsess_cache) -> shmsess_result {
+pub extern "C" fn shmsess_cache_create(
+    opts: *const shmsess_options,
+    out: *mut *mut shmsess_cache,
+) -> shmsess_result {
     guard("shmsess_cache_create", || {
         if out.is_null() {
             return Err(null("out"));
@@ -302,15 +312,22 @@ pub extern "C" fn shmsess_cache_create(opts: *const shmsess_options, out: *mut *
         // SAFETY: opts points to a caller-owned struct of at least struct_size bytes; we read
         // only the fields that existed when this version was written (all of them, for now).
         let o = unsafe { &*opts };
-        let min = std::mem::offset_of!(shmsess_options, session_id_context) + std::mem::size_of::<*const u8>();
+        let min = std::mem::offset_of!(shmsess_options, session_id_context)
+            + std::mem::size_of::<*const u8>();
         if (o.struct_size as usize) < min {
             return Err(Fail(
                 SHMSESS_ERR_INVALID_ARGUMENT,
-                format!("opts->struct_size {} is too small: call shmsess_options_init first", o.struct_size),
+                format!(
+                    "opts->struct_size {} is too small: call shmsess_options_init first",
+                    o.struct_size
+                ),
             ));
         }
         if o.flags & !KNOWN_FLAGS != 0 {
-            return Err(Fail(SHMSESS_ERR_INVALID_ARGUMENT, format!("unknown flags 0x{:x}", o.flags & !KNOWN_FLAGS)));
+            return Err(Fail(
+                SHMSESS_ERR_INVALID_ARGUMENT,
+                format!("unknown flags 0x{:x}", o.flags & !KNOWN_FLAGS),
+            ));
         }
         if o.size_bytes == 0 {
             return Err(Fail(SHMSESS_ERR_INVALID_ARGUMENT, "size_bytes is 0".into()));
@@ -321,22 +338,36 @@ pub extern "C" fn shmsess_cache_create(opts: *const shmsess_options, out: *mut *
             // SAFETY: a NUL-terminated string from the caller.
             let s = unsafe { CStr::from_ptr(o.path) };
             if s.to_bytes().is_empty() {
-                return Err(Fail(SHMSESS_ERR_INVALID_ARGUMENT, "path is empty (use NULL for an anonymous segment)".into()));
+                return Err(Fail(
+                    SHMSESS_ERR_INVALID_ARGUMENT,
+                    "path is empty (use NULL for an anonymous segment)".into(),
+                ));
             }
-            Some(PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(s.to_bytes())))
+            Some(PathBuf::from(
+                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(s.to_bytes()),
+            ))
         };
         let sid_ctx = match (o.session_id_context.is_null(), o.session_id_context_len) {
             (_, 0) => None,
             (true, _) => return Err(null("session_id_context (with a non-zero length)")),
             (false, n) if n as usize > MAX_ID_LEN => {
-                return Err(Fail(SHMSESS_ERR_INVALID_ARGUMENT, format!("session_id_context_len {n} is larger than 32")))
+                return Err(Fail(
+                    SHMSESS_ERR_INVALID_ARGUMENT,
+                    format!("session_id_context_len {n} is larger than 32"),
+                ))
             }
-            (false, n) => Some(bytes(o.session_id_context, n as usize, "session_id_context")?.to_vec()),
+            (false, n) => {
+                Some(bytes(o.session_id_context, n as usize, "session_id_context")?.to_vec())
+            }
         };
         let cfg = Config {
             path,
             size_bytes: o.size_bytes,
-            unit_bytes: if o.slot_bytes == 0 { DEFAULT_UNIT_BYTES } else { o.slot_bytes },
+            unit_bytes: if o.slot_bytes == 0 {
+                DEFAULT_UNIT_BYTES
+            } else {
+                o.slot_bytes
+            },
             lock_timeout: match o.lock_timeout_ms {
                 SHMSESS_WAIT_FOREVER => None,
                 0 => Some(Duration::from_millis(DEFAULT_LOCK_TIMEOUT_MS)),
@@ -353,7 +384,10 @@ pub extern "C" fn shmsess_cache_create(opts: *const shmsess_options, out: *mut *
         };
         let cache = Cache::create(&cfg)?;
         let p = Arc::into_raw(Arc::new(Handle { cache, install })) as *mut shmsess_cache;
-        LIVE.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashSet::new).insert(p as usize);
+        LIVE.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(HashSet::new)
+            .insert(p as usize);
         // SAFETY: out checked above.
         unsafe { *out = p };
         Ok(SHMSESS_OK)
@@ -369,9 +403,16 @@ pub extern "C" fn shmsess_cache_free(cache: *mut shmsess_cache) {
         if cache.is_null() {
             return Ok(SHMSESS_OK);
         }
-        let removed = LIVE.lock().unwrap_or_else(|p| p.into_inner()).as_mut().is_some_and(|s| s.remove(&(cache as usize)));
+        let removed = LIVE
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+            .is_some_and(|s| s.remove(&(cache as usize)));
         if !removed {
-            return Err(Fail(SHMSESS_ERR_BAD_HANDLE, "cache is not a live handle (freed twice?)".into()));
+            return Err(Fail(
+                SHMSESS_ERR_BAD_HANDLE,
+                "cache is not a live handle (freed twice?)".into(),
+            ));
         }
         // SAFETY: it was live, so this releases the reference created in shmsess_cache_create.
         drop(unsafe { Arc::from_raw(cache as *const Handle) });
@@ -402,27 +443,41 @@ pub extern "C" fn shmsess_install(cache: *mut shmsess_cache, ctx: *mut SSL_CTX) 
 /// Fill `*stats` with the cache's statistics (counts of all processes). The struct is fully
 /// written, `struct_size` included. Thread- and process-safe, takes no lock.
 #[no_mangle]
-pub extern "C" fn shmsess_cache_stats(cache: *const shmsess_cache, stats: *mut shmsess_stats) -> shmsess_result {
+pub extern "C" fn shmsess_cache_stats(
+    cache: *const shmsess_cache,
+    stats: *mut shmsess_stats,
+) -> shmsess_result {
     shmsess_cache_stats_sized(cache, stats, std::mem::size_of::<shmsess_stats>())
 }
 
 /// Like `shmsess_cache_stats`, for a caller whose `shmsess_stats` has `size` bytes (from an
 /// older or newer header): fills only the fields that fit. `size` below 8 is an error.
 #[no_mangle]
-pub extern "C" fn shmsess_cache_stats_sized(cache: *const shmsess_cache, stats: *mut shmsess_stats, size: usize) -> shmsess_result {
+pub extern "C" fn shmsess_cache_stats_sized(
+    cache: *const shmsess_cache,
+    stats: *mut shmsess_stats,
+    size: usize,
+) -> shmsess_result {
     guard("shmsess_cache_stats", || {
         let h = handle(cache)?;
         if stats.is_null() {
             return Err(null("stats"));
         }
         if size < 8 {
-            return Err(Fail(SHMSESS_ERR_INVALID_ARGUMENT, format!("stats size {size} is too small")));
+            return Err(Fail(
+                SHMSESS_ERR_INVALID_ARGUMENT,
+                format!("stats size {size} is too small"),
+            ));
         }
         let full = to_c_stats(&h.cache.stats());
         let n = size.min(std::mem::size_of::<shmsess_stats>());
         // SAFETY: the caller's struct has at least `size` >= n bytes.
         unsafe {
-            std::ptr::copy_nonoverlapping(&full as *const shmsess_stats as *const u8, stats as *mut u8, n);
+            std::ptr::copy_nonoverlapping(
+                &full as *const shmsess_stats as *const u8,
+                stats as *mut u8,
+                n,
+            );
             (*stats).struct_size = n as u32;
         }
         Ok(SHMSESS_OK)
@@ -468,7 +523,10 @@ fn to_c_stats(s: &Stats) -> shmsess_stats {
 /// Process-safe; locks one shard at a time. SHMSESS_ERR_LOCK if a shard could not be locked
 /// (the others are flushed anyway).
 #[no_mangle]
-pub extern "C" fn shmsess_cache_flush(cache: *mut shmsess_cache, expired_at: u64) -> shmsess_result {
+pub extern "C" fn shmsess_cache_flush(
+    cache: *mut shmsess_cache,
+    expired_at: u64,
+) -> shmsess_result {
     guard("shmsess_cache_flush", || {
         let h = handle(cache)?;
         let when = (expired_at != 0).then(|| expired_at.min(u64::from(u32::MAX)) as u32);
@@ -495,7 +553,8 @@ pub extern "C" fn shmsess_cache_store(
         let id = id_arg(id, id_len)?;
         let data = bytes(data, data_len, "data")?;
         let now = crate::util::now_unix();
-        h.cache.store(id, data, now, expires.min(u64::from(u32::MAX)) as u32)?;
+        h.cache
+            .store(id, data, now, expires.min(u64::from(u32::MAX)) as u32)?;
         Ok(SHMSESS_OK)
     })
 }
@@ -552,7 +611,11 @@ pub extern "C" fn shmsess_cache_lookup(
 /// Remove the entry for `id` (1..32 bytes). SHMSESS_ERR_NOT_FOUND if there was none, which is
 /// normal (OpenSSL removes sessions it never stored). Thread- and process-safe.
 #[no_mangle]
-pub extern "C" fn shmsess_cache_remove(cache: *mut shmsess_cache, id: *const u8, id_len: usize) -> shmsess_result {
+pub extern "C" fn shmsess_cache_remove(
+    cache: *mut shmsess_cache,
+    id: *const u8,
+    id_len: usize,
+) -> shmsess_result {
     guard("shmsess_cache_remove", || {
         let h = handle(cache)?;
         let id = id_arg(id, id_len)?;
@@ -604,14 +667,23 @@ pub extern "C" fn shmsess_version() -> *const c_char {
 /// 4 debug). NULL `callback` turns logging off (the default: nothing is printed). Messages
 /// never contain session contents. Process-wide; safe to call at any time.
 #[no_mangle]
-pub extern "C" fn shmsess_set_log_callback(callback: shmsess_log_fn, userdata: *mut c_void, max_level: c_int) -> shmsess_result {
+pub extern "C" fn shmsess_set_log_callback(
+    callback: shmsess_log_fn,
+    userdata: *mut c_void,
+    max_level: c_int,
+) -> shmsess_result {
     guard("shmsess_set_log_callback", || {
         let level = match max_level {
             1 => Level::Error,
             2 => Level::Warning,
             3 => Level::Info,
             4 => Level::Debug,
-            _ => return Err(Fail(SHMSESS_ERR_INVALID_ARGUMENT, format!("max_level {max_level} is not 1..4"))),
+            _ => {
+                return Err(Fail(
+                    SHMSESS_ERR_INVALID_ARGUMENT,
+                    format!("max_level {max_level} is not 1..4"),
+                ))
+            }
         };
         log::set(callback, userdata, level);
         Ok(SHMSESS_OK)

@@ -70,7 +70,9 @@ pub struct Handle {
 fn ex_index() -> c_int {
     static INDEX: OnceLock<c_int> = OnceLock::new();
     // SAFETY: registering an ex_data index with a free function of the right signature.
-    *INDEX.get_or_init(|| unsafe { ossl::SSL_CTX_get_ex_new_index(0, std::ptr::null_mut(), None, None, Some(free_ex)) })
+    *INDEX.get_or_init(|| unsafe {
+        ossl::SSL_CTX_get_ex_new_index(0, std::ptr::null_mut(), None, None, Some(free_ex))
+    })
 }
 
 /// Called by OpenSSL when an SSL_CTX carrying our handle is freed: drops its reference.
@@ -108,7 +110,11 @@ fn with_handle<R>(ssl: *const SSL, f: impl FnOnce(&Handle) -> R) -> Option<R> {
     if let Some(h) = handle_for_ctx(ctx) {
         return Some(f(h));
     }
-    let sole = SOLE.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|(w, only)| only.then(|| w.upgrade()).flatten());
+    let sole = SOLE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .and_then(|(w, only)| only.then(|| w.upgrade()).flatten());
     sole.map(|h| f(&h))
 }
 
@@ -121,7 +127,12 @@ fn is_tls13(ssl: *const SSL) -> bool {
 /// data is on with OpenSSL's anti-replay (OpenSSL 3.0 `tls_construct_new_session_ticket`).
 fn tls13_stateful(ssl: *const SSL) -> bool {
     // SAFETY: live SSL.
-    let (opts, early) = unsafe { (extra::SSL_get_options(ssl), ossl::SSL_get_max_early_data(ssl)) };
+    let (opts, early) = unsafe {
+        (
+            extra::SSL_get_options(ssl),
+            ossl::SSL_get_max_early_data(ssl),
+        )
+    };
     opts & extra::SSL_OP_NO_TICKET != 0 || (early > 0 && opts & extra::SSL_OP_NO_ANTI_REPLAY == 0)
 }
 
@@ -140,8 +151,12 @@ fn clamp_u32(v: i64) -> u32 {
     v.clamp(0, i64::from(u32::MAX)) as u32
 }
 
+/// # Safety
+/// Called by OpenSSL with live objects, as registered by `install`.
 pub unsafe extern "C" fn new_session_cb(ssl: *mut SSL, sess: *mut SSL_SESSION) -> c_int {
-    let _ = catch_unwind(AssertUnwindSafe(|| with_handle(ssl, |h| store_session(h, ssl, sess))));
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        with_handle(ssl, |h| store_session(h, ssl, sess))
+    }));
     // 0: OpenSSL keeps its reference; we keep only the bytes.
     0
 }
@@ -174,7 +189,10 @@ fn store_session(h: &Handle, ssl: *const SSL, sess: *mut SSL_SESSION) {
     }
     if len as usize > MAX_SESSION_BYTES {
         g.too_large.fetch_add(1, Relaxed);
-        log::emit(Level::Info, &format!("not caching a {len}-byte session (maximum {MAX_SESSION_BYTES})"));
+        log::emit(
+            Level::Info,
+            &format!("not caching a {len}-byte session (maximum {MAX_SESSION_BYTES})"),
+        );
         return;
     }
     let mut buf = [0u8; MAX_SESSION_BYTES];
@@ -187,9 +205,14 @@ fn store_session(h: &Handle, ssl: *const SSL, sess: *mut SSL_SESSION) {
         return;
     }
     // SAFETY: live session.
-    let (created, timeout) = unsafe { (ossl::SSL_SESSION_get_time(sess), ossl::SSL_SESSION_get_timeout(sess)) };
-    let created = clamp_u32(created as i64);
-    let expires = clamp_u32(created as i64 + timeout as i64);
+    let (time, timeout) = unsafe {
+        (
+            ossl::SSL_SESSION_get_time(sess),
+            ossl::SSL_SESSION_get_timeout(sess),
+        )
+    };
+    let created = clamp_u32(time);
+    let expires = clamp_u32(time.saturating_add(timeout));
     if let Err(e) = h.cache.store(&id, &buf[..len as usize], created, expires) {
         if e.kind != ErrorKind::TooLarge {
             log::emit(Level::Warning, &format!("could not store a session: {e}"));
@@ -199,6 +222,8 @@ fn store_session(h: &Handle, ssl: *const SSL, sess: *mut SSL_SESSION) {
     buf[..len as usize].fill(0);
 }
 
+/// # Safety
+/// Called by OpenSSL with live objects, as registered by `install`.
 pub unsafe extern "C" fn get_session_cb(
     ssl: *mut SSL,
     id: *const c_uchar,
@@ -213,10 +238,12 @@ pub unsafe extern "C" fn get_session_cb(
         return std::ptr::null_mut();
     }
     let id = std::slice::from_raw_parts(id, id_len as usize);
-    catch_unwind(AssertUnwindSafe(|| with_handle(ssl, |h| fetch_session(h, ssl, id)).flatten()))
-        .ok()
-        .flatten()
-        .unwrap_or(std::ptr::null_mut())
+    catch_unwind(AssertUnwindSafe(|| {
+        with_handle(ssl, |h| fetch_session(h, ssl, id)).flatten()
+    }))
+    .ok()
+    .flatten()
+    .unwrap_or(std::ptr::null_mut())
 }
 
 fn fetch_session(h: &Handle, ssl: *const SSL, id: &[u8]) -> Option<*mut SSL_SESSION> {
@@ -245,6 +272,8 @@ fn fetch_session(h: &Handle, ssl: *const SSL, id: &[u8]) -> Option<*mut SSL_SESS
     Some(sess)
 }
 
+/// # Safety
+/// Called by OpenSSL with live objects, as registered by `install`.
 pub unsafe extern "C" fn remove_session_cb(ctx: *mut SSL_CTX, sess: *mut SSL_SESSION) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         let id = session_id(sess);
@@ -253,7 +282,12 @@ pub unsafe extern "C" fn remove_session_cb(ctx: *mut SSL_CTX, sess: *mut SSL_SES
         }
         if let Some(h) = handle_for_ctx(ctx) {
             let _ = h.cache.remove(id);
-        } else if let Some(h) = SOLE.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|(w, only)| only.then(|| w.upgrade()).flatten()) {
+        } else if let Some(h) = SOLE
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|(w, only)| only.then(|| w.upgrade()).flatten())
+        {
             let _ = h.cache.remove(id);
         }
     }));
@@ -261,7 +295,7 @@ pub unsafe extern "C" fn remove_session_cb(ctx: *mut SSL_CTX, sess: *mut SSL_SES
 
 /// Install the callbacks, cache mode and session id context on `ctx`. The SSL_CTX keeps a
 /// reference to the cache until it is freed.
-pub fn install(handle: &Arc<Handle>, ctx: *mut SSL_CTX) -> Result<()> {
+pub(crate) fn install(handle: &Arc<Handle>, ctx: *mut SSL_CTX) -> Result<()> {
     let sid_ctx = if handle.install.keep_session_id_context {
         None
     } else {
@@ -272,13 +306,24 @@ pub fn install(handle: &Arc<Handle>, ctx: *mut SSL_CTX) -> Result<()> {
     };
     let idx = ex_index();
     if idx < 0 {
-        return Err(Error::new(ErrorKind::OpenSsl, "SSL_CTX_get_ex_new_index failed"));
+        return Err(Error::new(
+            ErrorKind::OpenSsl,
+            "SSL_CTX_get_ex_new_index failed",
+        ));
     }
     // SAFETY: ctx is the caller's live SSL_CTX (checked non-NULL by the FFI layer).
     unsafe {
         if let Some(ctx_bytes) = &sid_ctx {
-            if ossl::SSL_CTX_set_session_id_context(ctx, ctx_bytes.as_ptr(), ctx_bytes.len() as c_uint) != 1 {
-                return Err(Error::new(ErrorKind::OpenSsl, "SSL_CTX_set_session_id_context failed"));
+            if ossl::SSL_CTX_set_session_id_context(
+                ctx,
+                ctx_bytes.as_ptr(),
+                ctx_bytes.len() as c_uint,
+            ) != 1
+            {
+                return Err(Error::new(
+                    ErrorKind::OpenSsl,
+                    "SSL_CTX_set_session_id_context failed",
+                ));
             }
         }
         let old = ossl::SSL_CTX_get_ex_data(ctx, idx) as *const Handle;
@@ -325,15 +370,29 @@ fn derive_session_id_context(ctx: *mut SSL_CTX) -> Result<Vec<u8>> {
     unsafe {
         let len = ossl::i2d_X509(cert, std::ptr::null_mut());
         if len <= 0 {
-            return Err(Error::new(ErrorKind::OpenSsl, "i2d_X509 failed on the certificate"));
+            return Err(Error::new(
+                ErrorKind::OpenSsl,
+                "i2d_X509 failed on the certificate",
+            ));
         }
         let mut der = vec![0u8; len as usize];
         let mut p = der.as_mut_ptr();
         ossl::i2d_X509(cert, &mut p);
         let mut md = [0u8; 32];
         let mut md_len: c_uint = 0;
-        if extra::EVP_Digest(der.as_ptr() as *const c_void, der.len(), md.as_mut_ptr(), &mut md_len, ossl::EVP_sha256(), std::ptr::null_mut()) != 1 {
-            return Err(Error::new(ErrorKind::OpenSsl, "SHA-256 of the certificate failed"));
+        if extra::EVP_Digest(
+            der.as_ptr() as *const c_void,
+            der.len(),
+            md.as_mut_ptr(),
+            &mut md_len,
+            ossl::EVP_sha256(),
+            std::ptr::null_mut(),
+        ) != 1
+        {
+            return Err(Error::new(
+                ErrorKind::OpenSsl,
+                "SHA-256 of the certificate failed",
+            ));
         }
         Ok(md.to_vec())
     }

@@ -150,7 +150,9 @@ impl Geometry {
             ));
         }
         if total_bytes > MAX_SEGMENT_BYTES {
-            return Err(format!("size_bytes {total_bytes} is larger than the maximum {MAX_SEGMENT_BYTES}"));
+            return Err(format!(
+                "size_bytes {total_bytes} is larger than the maximum {MAX_SEGMENT_BYTES}"
+            ));
         }
         let unit = unit_bytes as usize;
         let max_units = (ENTRY_HEADER_BYTES + MAX_STORED_BYTES).div_ceil(unit);
@@ -323,7 +325,10 @@ mod tests {
     fn default_geometry_is_dense() {
         let g = Geometry::plan(8 << 20, DEFAULT_UNIT_BYTES).unwrap();
         let per_mib = g.capacity_units() as f64 / 8.0;
-        assert!(per_mib >= 5000.0, "only {per_mib} one-unit sessions per MiB");
+        assert!(
+            per_mib >= 5000.0,
+            "only {per_mib} one-unit sessions per MiB"
+        );
         assert!(g.units_for(180) == 1 && g.units_for(185) == 2);
         assert_eq!(g.max_entry_units(), 42);
         assert!(g.units_per_shard >= 2 * g.max_entry_units());
@@ -332,7 +337,9 @@ mod tests {
 
     #[test]
     fn impossible_geometry_is_refused() {
-        assert!(Geometry::plan(0, DEFAULT_UNIT_BYTES).unwrap_err().contains("too small"));
+        assert!(Geometry::plan(0, DEFAULT_UNIT_BYTES)
+            .unwrap_err()
+            .contains("too small"));
         assert!(Geometry::plan(1 << 20, 7).is_err());
         assert!(Geometry::plan(1 << 20, 100_000).is_err());
         assert!(Geometry::plan(u64::MAX, DEFAULT_UNIT_BYTES).is_err());

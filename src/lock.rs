@@ -39,7 +39,9 @@ impl std::fmt::Display for LockError {
             LockError::NotRecoverable => {
                 write!(f, "shard lock is not recoverable (ENOTRECOVERABLE)")
             }
-            LockError::Os(e) => write!(f, "shard lock failed: {}", io::Error::from_raw_os_error(*e)),
+            LockError::Os(e) => {
+                write!(f, "shard lock failed: {}", io::Error::from_raw_os_error(*e))
+            }
         }
     }
 }
@@ -66,10 +68,19 @@ impl ShardLock {
             let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
             check(libc::pthread_mutexattr_init(&mut attr))?;
             let result = (|| {
-                check(libc::pthread_mutexattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED))?;
-                check(libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST))?;
+                check(libc::pthread_mutexattr_setpshared(
+                    &mut attr,
+                    libc::PTHREAD_PROCESS_SHARED,
+                ))?;
+                check(libc::pthread_mutexattr_setrobust(
+                    &mut attr,
+                    libc::PTHREAD_MUTEX_ROBUST,
+                ))?;
                 // Error checking makes a relock by the same thread an error instead of a hang.
-                check(libc::pthread_mutexattr_settype(&mut attr, libc::PTHREAD_MUTEX_ERRORCHECK))?;
+                check(libc::pthread_mutexattr_settype(
+                    &mut attr,
+                    libc::PTHREAD_MUTEX_ERRORCHECK,
+                ))?;
                 check(libc::pthread_mutex_init(self.mutex, &attr))
             })();
             libc::pthread_mutexattr_destroy(&mut attr);
@@ -149,14 +160,19 @@ fn check(rc: i32) -> io::Result<()> {
 
 /// `pthread_mutex_timedlock` takes an absolute CLOCK_REALTIME deadline.
 fn realtime_deadline(after: Duration) -> libc::timespec {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the provided timespec.
     unsafe {
         libc::clock_gettime(libc::CLOCK_REALTIME, &mut now);
     }
     let nanos = now.tv_nsec as u64 + u64::from(after.subsec_nanos());
     libc::timespec {
-        tv_sec: now.tv_sec + after.as_secs() as libc::time_t + (nanos / 1_000_000_000) as libc::time_t,
+        tv_sec: now.tv_sec
+            + after.as_secs() as libc::time_t
+            + (nanos / 1_000_000_000) as libc::time_t,
         tv_nsec: (nanos % 1_000_000_000) as _,
     }
 }
@@ -198,7 +214,10 @@ mod tests {
         assert_eq!(lock.lock(None), Ok(Acquired::OwnerDied));
         lock.mark_consistent().unwrap();
         lock.unlock();
-        assert_eq!(lock.lock(Some(Duration::from_millis(100))), Ok(Acquired::Clean));
+        assert_eq!(
+            lock.lock(Some(Duration::from_millis(100))),
+            Ok(Acquired::Clean)
+        );
         lock.unlock();
     }
 
@@ -239,14 +258,20 @@ mod tests {
         }
         let mut b = [0u8; 1];
         unsafe { libc::read(fds[0], b.as_mut_ptr() as *mut _, 1) };
-        assert_eq!(lock.lock(Some(Duration::from_millis(30))), Err(LockError::Timeout));
+        assert_eq!(
+            lock.lock(Some(Duration::from_millis(30))),
+            Err(LockError::Timeout)
+        );
         assert_eq!(lock.try_lock(), Ok(None));
         unsafe {
             libc::kill(pid, libc::SIGKILL);
             let mut status = 0;
             libc::waitpid(pid, &mut status, 0);
         }
-        assert_eq!(lock.lock(Some(Duration::from_secs(5))), Ok(Acquired::OwnerDied));
+        assert_eq!(
+            lock.lock(Some(Duration::from_secs(5))),
+            Ok(Acquired::OwnerDied)
+        );
         lock.mark_consistent().unwrap();
         lock.unlock();
     }

@@ -27,7 +27,11 @@ static SINK: RwLock<Option<Sink>> = RwLock::new(None);
 
 pub fn set(f: Option<LogFn>, userdata: *mut c_void, max_level: Level) {
     let mut s = SINK.write().unwrap_or_else(|p| p.into_inner());
-    *s = f.map(|f| Sink { f, userdata: userdata as usize, max_level });
+    *s = f.map(|f| Sink {
+        f,
+        userdata: userdata as usize,
+        max_level,
+    });
 }
 
 pub fn emit(level: Level, message: &str) {

@@ -33,16 +33,34 @@ impl Mapping {
         self.len
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     fn map(fd: libc::c_int, len: usize) -> io::Result<Mapping> {
-        let flags = if fd < 0 { libc::MAP_SHARED | libc::MAP_ANONYMOUS } else { libc::MAP_SHARED };
+        let flags = if fd < 0 {
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS
+        } else {
+            libc::MAP_SHARED
+        };
         // SAFETY: a fresh mapping; the kernel validates fd and len.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, fd, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd,
+                0,
+            )
         };
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Mapping { base: p as *mut u8, len })
+        Ok(Mapping {
+            base: p as *mut u8,
+            len,
+        })
     }
 }
 
@@ -65,7 +83,8 @@ pub enum Origin {
 
 /// A freshly created anonymous segment. The caller initialises it.
 pub fn create_anonymous(geo: &Geometry) -> Result<Mapping> {
-    Mapping::map(-1, geo.total_bytes).map_err(|e| Error::io(format!("mmap of {} bytes", geo.total_bytes), e))
+    Mapping::map(-1, geo.total_bytes)
+        .map_err(|e| Error::io(format!("mmap of {} bytes", geo.total_bytes), e))
 }
 
 struct Fd(libc::c_int);
@@ -96,7 +115,9 @@ pub fn create_or_attach(
         Err(CreateError::Exists) => {
             let m = attach(path)?;
             let h = header(&m);
-            if h.total_bytes as usize != geo.total_bytes || h.format.unit_bytes as usize != geo.unit_bytes {
+            if h.total_bytes as usize != geo.total_bytes
+                || h.format.unit_bytes as usize != geo.unit_bytes
+            {
                 return Err(Error::format(format!(
                     "{}: existing segment has {} bytes with {}-byte slots, but {} bytes with {}-byte slots were requested",
                     path.display(),
@@ -117,7 +138,11 @@ enum CreateError {
     Other(Error),
 }
 
-fn create_file(path: &Path, geo: &Geometry, init: &dyn Fn(&Mapping) -> Result<()>) -> std::result::Result<Mapping, CreateError> {
+fn create_file(
+    path: &Path,
+    geo: &Geometry,
+    init: &dyn Fn(&Mapping) -> Result<()>,
+) -> std::result::Result<Mapping, CreateError> {
     let final_c = cpath(path).map_err(CreateError::Other)?;
     // A quick check avoids building a temporary file when the segment is already there.
     // SAFETY: lstat on a valid C string into a zeroed struct.
@@ -132,7 +157,10 @@ fn create_file(path: &Path, geo: &Geometry, init: &dyn Fn(&Mapping) -> Result<()
     let fd = unsafe { libc::open(tmp_c.as_ptr(), oflags, 0o600 as libc::c_uint) };
     if fd < 0 {
         let e = io::Error::last_os_error();
-        return Err(CreateError::Other(Error::io(format!("cannot create {}", tmp.display()), e)));
+        return Err(CreateError::Other(Error::io(
+            format!("cannot create {}", tmp.display()),
+            e,
+        )));
     }
     let fd = Fd(fd);
     let cleanup = |e: Error| {
@@ -146,11 +174,19 @@ fn create_file(path: &Path, geo: &Geometry, init: &dyn Fn(&Mapping) -> Result<()
         || unsafe { libc::ftruncate(fd.0, geo.total_bytes as libc::off_t) } != 0
     {
         let e = io::Error::last_os_error();
-        return Err(cleanup(Error::io(format!("cannot size {}", tmp.display()), e)));
+        return Err(cleanup(Error::io(
+            format!("cannot size {}", tmp.display()),
+            e,
+        )));
     }
     let m = match Mapping::map(fd.0, geo.total_bytes) {
         Ok(m) => m,
-        Err(e) => return Err(cleanup(Error::io(format!("cannot map {}", tmp.display()), e))),
+        Err(e) => {
+            return Err(cleanup(Error::io(
+                format!("cannot map {}", tmp.display()),
+                e,
+            )))
+        }
     };
     if let Err(e) = init(&m) {
         return Err(cleanup(e));
@@ -164,7 +200,10 @@ fn create_file(path: &Path, geo: &Geometry, init: &dyn Fn(&Mapping) -> Result<()
         if link_err.raw_os_error() == Some(libc::EEXIST) {
             return Err(CreateError::Exists);
         }
-        return Err(CreateError::Other(Error::io(format!("cannot create {}", path.display()), link_err)));
+        return Err(CreateError::Other(Error::io(
+            format!("cannot create {}", path.display()),
+            link_err,
+        )));
     }
     Ok(m)
 }
@@ -173,7 +212,11 @@ fn temp_name(path: &Path) -> PathBuf {
     let mut r = [0u8; 8];
     crate::util::random_bytes(&mut r);
     let mut name = path.as_os_str().to_owned();
-    name.push(format!(".tmp.{}.{:016x}", std::process::id(), u64::from_ne_bytes(r)));
+    name.push(format!(
+        ".tmp.{}.{:016x}",
+        std::process::id(),
+        u64::from_ne_bytes(r)
+    ));
     PathBuf::from(name)
 }
 
@@ -182,11 +225,19 @@ fn temp_name(path: &Path) -> PathBuf {
 pub fn attach(path: &Path) -> Result<Mapping> {
     let c = cpath(path)?;
     // SAFETY: open with a valid path; O_NOFOLLOW refuses a symlink as the last component.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
     if fd < 0 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::ELOOP) {
-            return Err(Error::security(format!("{} is a symbolic link; refusing to follow it", path.display())));
+            return Err(Error::security(format!(
+                "{} is a symbolic link; refusing to follow it",
+                path.display()
+            )));
         }
         return Err(Error::io(format!("cannot open {}", path.display()), e));
     }
@@ -194,7 +245,10 @@ pub fn attach(path: &Path) -> Result<Mapping> {
     // SAFETY: fstat into a zeroed struct on our descriptor.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstat(fd.0, &mut st) } != 0 {
-        return Err(Error::io(format!("cannot stat {}", path.display()), io::Error::last_os_error()));
+        return Err(Error::io(
+            format!("cannot stat {}", path.display()),
+            io::Error::last_os_error(),
+        ));
     }
     check_file_trust(path, &st)?;
     let size = st.st_size as u64;
@@ -205,20 +259,29 @@ pub fn attach(path: &Path) -> Result<Mapping> {
         )));
     }
     // Map only the header first: geometry is trusted only after it matches the file size.
-    let head = Mapping::map(fd.0, HEADER_BYTES).map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
+    let head = Mapping::map(fd.0, HEADER_BYTES)
+        .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
     // SAFETY: the header page is mapped and SegmentHeader is plain data smaller than a page.
     let hdr: SegmentHeader = unsafe { std::ptr::read(head.base() as *const SegmentHeader) };
     drop(head);
     if hdr.magic != MAGIC {
-        return Err(Error::format(format!("{}: not a shmsesscache segment (bad magic)", path.display())));
+        return Err(Error::format(format!(
+            "{}: not a shmsesscache segment (bad magic)",
+            path.display()
+        )));
     }
-    let geo = Geometry::from_header(&hdr, size).map_err(|m| Error::format(format!("{}: {m}", path.display())))?;
-    Mapping::map(fd.0, geo.total_bytes).map_err(|e| Error::io(format!("cannot map {}", path.display()), e))
+    let geo = Geometry::from_header(&hdr, size)
+        .map_err(|m| Error::format(format!("{}: {m}", path.display())))?;
+    Mapping::map(fd.0, geo.total_bytes)
+        .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))
 }
 
 fn check_file_trust(path: &Path, st: &libc::stat) -> Result<()> {
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(Error::security(format!("{} is not a regular file", path.display())));
+        return Err(Error::security(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
     }
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };

@@ -12,7 +12,9 @@ use std::ptr;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::fault::{self, FaultPoint};
-use crate::layout::{Counter, EntryHeader, Geometry, ShardHeader, ENTRY_HEADER_BYTES, TAG_CONT, TAG_FREE};
+use crate::layout::{
+    Counter, EntryHeader, Geometry, ShardHeader, ENTRY_HEADER_BYTES, TAG_CONT, TAG_FREE,
+};
 
 /// The largest number of units a shard can have (unit_bytes >= 64 bounds it).
 const MAX_UNITS: usize = 512;
@@ -28,9 +30,15 @@ pub struct Shard<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Found {
     /// Copied `len` payload bytes into the caller's buffer.
-    Hit { len: usize, created: u32, expires: u32 },
+    Hit {
+        len: usize,
+        created: u32,
+        expires: u32,
+    },
     /// An entry exists but the buffer holds fewer than `needed` bytes; nothing was changed.
-    BufferTooSmall { needed: usize },
+    BufferTooSmall {
+        needed: usize,
+    },
     Miss,
 }
 
@@ -56,7 +64,12 @@ pub struct NewEntry<'d> {
 
 impl NewEntry<'_> {
     pub fn stored_len(&self) -> usize {
-        self.data.len() + if self.id_in_data.is_some() { 0 } else { self.id.len() }
+        self.data.len()
+            + if self.id_in_data.is_some() {
+                0
+            } else {
+                self.id.len()
+            }
     }
 }
 
@@ -123,7 +136,9 @@ impl<'a> Shard<'a> {
     fn stored(&self, i: usize, h: &EntryHeader) -> &[u8] {
         // SAFETY: header_at checked that the entry's units lie inside the shard; units are
         // contiguous, so the stored bytes are too.
-        unsafe { std::slice::from_raw_parts(self.unit_ptr(i).add(ENTRY_HEADER_BYTES), h.stored_len) }
+        unsafe {
+            std::slice::from_raw_parts(self.unit_ptr(i).add(ENTRY_HEADER_BYTES), h.stored_len)
+        }
     }
 
     fn id_of<'s>(&'s self, i: usize, h: &EntryHeader) -> &'s [u8] {
@@ -149,16 +164,25 @@ impl<'a> Shard<'a> {
     fn free_entry(&self, i: usize, h: &EntryHeader) {
         let k = self.geo.units_for(h.stored_len);
         self.wipe(i, k);
-        self.hdr.live.store(self.hdr.live.load(Relaxed).saturating_sub(1), Relaxed);
-        self.hdr.used_units.store(self.hdr.used_units.load(Relaxed).saturating_sub(k as u32), Relaxed);
+        self.hdr
+            .live
+            .store(self.hdr.live.load(Relaxed).saturating_sub(1), Relaxed);
+        self.hdr.used_units.store(
+            self.hdr.used_units.load(Relaxed).saturating_sub(k as u32),
+            Relaxed,
+        );
     }
 
     /// A head whose header is garbage: only its own unit can be trusted to be its.
     fn drop_corrupt_head(&self, i: usize) {
         self.wipe(i, 1);
         self.bump(Counter::CorruptDropped);
-        self.hdr.live.store(self.hdr.live.load(Relaxed).saturating_sub(1), Relaxed);
-        self.hdr.used_units.store(self.hdr.used_units.load(Relaxed).saturating_sub(1), Relaxed);
+        self.hdr
+            .live
+            .store(self.hdr.live.load(Relaxed).saturating_sub(1), Relaxed);
+        self.hdr
+            .used_units
+            .store(self.hdr.used_units.load(Relaxed).saturating_sub(1), Relaxed);
     }
 
     /// Find the head of the entry for `id`.
@@ -197,7 +221,9 @@ impl<'a> Shard<'a> {
         }
         let payload = &self.stored(i, &h)[h.payload_range()];
         if out.len() < payload.len() {
-            return Found::BufferTooSmall { needed: payload.len() };
+            return Found::BufferTooSmall {
+                needed: payload.len(),
+            };
         }
         out[..payload.len()].copy_from_slice(payload);
         let len = payload.len();
@@ -206,7 +232,11 @@ impl<'a> Shard<'a> {
             self.bump(Counter::Taken);
         }
         self.bump(Counter::LookupHit);
-        Found::Hit { len, created: h.created, expires: h.expires }
+        Found::Hit {
+            len,
+            created: h.created,
+            expires: h.expires,
+        }
     }
 
     pub fn remove(&self, tag: u16, id: &[u8]) -> bool {
@@ -232,7 +262,11 @@ impl<'a> Shard<'a> {
         }
         let stored_len = e.stored_len();
         let k = self.geo.units_for(stored_len);
-        let start = if k == 1 { self.make_room_for_one(now) } else { self.make_room(k, now) };
+        let start = if k == 1 {
+            self.make_room_for_one(now)
+        } else {
+            self.make_room(k, now)
+        };
         self.write(start, k, e);
         self.bump(Counter::Stores);
     }
@@ -264,7 +298,11 @@ impl<'a> Shard<'a> {
             let stored = std::slice::from_raw_parts(body, h.stored_len);
             h.checksum = h.compute_checksum(stored);
             fault::point(FaultPoint::MidWrite);
-            ptr::copy_nonoverlapping(h.encode().as_ptr(), self.unit_ptr(start), ENTRY_HEADER_BYTES);
+            ptr::copy_nonoverlapping(
+                h.encode().as_ptr(),
+                self.unit_ptr(start),
+                ENTRY_HEADER_BYTES,
+            );
         }
         for j in start + 1..start + k {
             self.set_tag(j, TAG_CONT);
@@ -272,15 +310,23 @@ impl<'a> Shard<'a> {
         fault::point(FaultPoint::BeforeHeadTag);
         // The head tag last: until it is set, nothing finds the entry.
         self.set_tag(start, e.tag);
-        self.hdr.live.store(self.hdr.live.load(Relaxed) + 1, Relaxed);
-        self.hdr.used_units.store(self.hdr.used_units.load(Relaxed) + k as u32, Relaxed);
+        self.hdr
+            .live
+            .store(self.hdr.live.load(Relaxed) + 1, Relaxed);
+        self.hdr
+            .used_units
+            .store(self.hdr.used_units.load(Relaxed) + k as u32, Relaxed);
     }
 
     /// Evict an entry whose units are freed by this; returns whether it was expired.
     fn evict(&self, i: usize, h: &EntryHeader, now: u32) {
         let expired = h.expires <= now;
         self.free_entry(i, h);
-        self.bump(if expired { Counter::Expired } else { Counter::EvictedLive });
+        self.bump(if expired {
+            Counter::Expired
+        } else {
+            Counter::EvictedLive
+        });
     }
 
     /// A unit for a one-unit entry: a free one, else the first-to-go expired entry, else the
@@ -306,7 +352,9 @@ impl<'a> Shard<'a> {
                 oldest = Some((i, h));
             }
         }
-        let (i, h) = expired.or(oldest).expect("a full shard has at least one head");
+        let (i, h) = expired
+            .or(oldest)
+            .expect("a full shard has at least one head");
         self.evict(i, &h, now);
         i
     }
@@ -445,7 +493,11 @@ impl<'a> Shard<'a> {
     /// section: keep every entry that verifies completely (structure, checksum, id hashing to
     /// this shard with this tag), wipe everything else, recount.
     /// `placement(id)` gives the (shard, tag) the id belongs to.
-    pub fn repair(&self, this_shard: usize, placement: &dyn Fn(&[u8]) -> (usize, u16)) -> RepairReport {
+    pub fn repair(
+        &self,
+        this_shard: usize,
+        placement: &dyn Fn(&[u8]) -> (usize, u16),
+    ) -> RepairReport {
         let mut report = RepairReport::default();
         let (mut live, mut used) = (0u32, 0u32);
         let mut i = 0;
@@ -492,6 +544,7 @@ impl<'a> Shard<'a> {
 
     /// Test support: the raw bytes of unit `i` (to corrupt them on purpose).
     #[cfg(test)]
+    #[allow(clippy::mut_from_ref)] // shared memory: exclusivity comes from the shard lock
     pub fn unit_bytes_mut(&self, i: usize) -> &mut [u8] {
         // SAFETY: unit i lies inside the shard; tests hold the lock.
         unsafe { std::slice::from_raw_parts_mut(self.unit_ptr(i), self.geo.unit_bytes) }

@@ -14,7 +14,11 @@ pub fn random_bytes(buf: &mut [u8]) {
     while filled < buf.len() {
         // SAFETY: writes at most the remaining length into our buffer.
         let n = unsafe {
-            libc::getrandom(buf[filled..].as_mut_ptr() as *mut libc::c_void, buf.len() - filled, 0)
+            libc::getrandom(
+                buf[filled..].as_mut_ptr() as *mut libc::c_void,
+                buf.len() - filled,
+                0,
+            )
         };
         if n > 0 {
             filled += n as usize;

@@ -45,7 +45,12 @@ fn random_ops(c: &Cache, rng: &mut Rng, ops: u32) -> i32 {
 
 fn thousand_kills_under_load() {
     // Small: few shards, so kills, repairs and the steady workers collide often.
-    let cache = Cache::create(&Config { size_bytes: 200 << 10, lock_timeout: Some(Duration::from_secs(10)), ..Config::default() }).unwrap();
+    let cache = Cache::create(&Config {
+        size_bytes: 200 << 10,
+        lock_timeout: Some(Duration::from_secs(10)),
+        ..Config::default()
+    })
+    .unwrap();
     let stop = SharedFlag::new();
     let steady: Vec<_> = (0..2u64)
         .map(|w| {
@@ -67,8 +72,14 @@ fn thousand_kills_under_load() {
     let mut rng = Rng(0x1234_5678);
     let (mut kills, mut spawned) = (0u32, 0u32);
     while kills < KILLS {
-        assert!(spawned < 20 * KILLS, "too few fault points are reached: {kills} kills in {spawned} processes");
-        assert!(started.elapsed() < Duration::from_secs(240), "kill loop too slow: {kills} kills");
+        assert!(
+            spawned < 20 * KILLS,
+            "too few fault points are reached: {kills} kills in {spawned} processes"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "kill loop too slow: {kills} kills"
+        );
         let point = ALL_POINTS[rng.below(ALL_POINTS.len() as u64) as usize];
         let nth = 1 + rng.below(3);
         let seed = rng.next();
@@ -86,7 +97,11 @@ fn thousand_kills_under_load() {
     }
     stop.set(1);
     for pid in steady {
-        assert_eq!(wait(pid, Duration::from_secs(30)), Exit::Code(0), "a steady worker read wrong bytes or failed");
+        assert_eq!(
+            wait(pid, Duration::from_secs(30)),
+            Exit::Code(0),
+            "a steady worker read wrong bytes or failed"
+        );
     }
     // Lock every shard once so that the last deaths are recovered too.
     let entries = cache.entries().unwrap();
@@ -94,7 +109,10 @@ fn thousand_kills_under_load() {
     for (_, e) in &entries {
         let n = u32::from_le_bytes(e.id[..4].try_into().unwrap());
         if let Found::Hit { len, .. } = cache.lookup(&e.id, &mut buf, false).unwrap() {
-            assert!(verify(n, &buf[..len]), "entry {n} survived the crashes damaged");
+            assert!(
+                verify(n, &buf[..len]),
+                "entry {n} survived the crashes damaged"
+            );
         }
     }
     let s = cache.stats();
@@ -112,7 +130,11 @@ fn thousand_kills_under_load() {
 }
 
 fn panic_inside_a_critical_section_is_repaired() {
-    let cache = Cache::create(&Config { size_bytes: 256 << 10, ..Config::default() }).unwrap();
+    let cache = Cache::create(&Config {
+        size_bytes: 256 << 10,
+        ..Config::default()
+    })
+    .unwrap();
     for n in 0..50 {
         cache.store(&id(n), &make(n, 1), 0, u32::MAX).unwrap();
     }
@@ -128,7 +150,11 @@ fn panic_inside_a_critical_section_is_repaired() {
             Found::Miss | Found::BufferTooSmall { .. } => panic!("entry {n} lost"),
         }
     }
-    assert_eq!(cache.lookup(&id(1000), &mut buf, false).unwrap(), Found::Miss, "the half-written entry is not served");
+    assert_eq!(
+        cache.lookup(&id(1000), &mut buf, false).unwrap(),
+        Found::Miss,
+        "the half-written entry is not served"
+    );
     let s = cache.stats();
     assert_eq!(s.dirty_repairs, 1, "{s:?}");
     assert_eq!(s.owner_died_recoveries, 0);

@@ -11,7 +11,11 @@ use shmsesscache::{Cache, Config, Found};
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn new_cache(size: u64) -> Cache {
-    Cache::create(&Config { size_bytes: size, ..Config::default() }).unwrap()
+    Cache::create(&Config {
+        size_bytes: size,
+        ..Config::default()
+    })
+    .unwrap()
 }
 
 #[test]
@@ -60,7 +64,11 @@ fn workers_see_each_others_entries() {
         })
         .collect();
     for pid in readers {
-        assert_eq!(wait(pid, LIMIT), Exit::Code(0), "a reader missed an entry another process stored");
+        assert_eq!(
+            wait(pid, LIMIT),
+            Exit::Code(0),
+            "a reader missed an entry another process stored"
+        );
     }
     let s = cache.stats();
     assert_eq!(s.entries, 2000);
@@ -93,7 +101,11 @@ fn take_is_exclusive_across_processes() {
             }
             // SAFETY: writing our result to the pipe.
             let w = unsafe { libc::write(fds[1], got.as_ptr() as *const _, got.len()) };
-            if w as usize == got.len() { 0 } else { 4 }
+            if w as usize == got.len() {
+                0
+            } else {
+                4
+            }
         }));
         // SAFETY: the parent keeps only the read end.
         unsafe { libc::close(fds[1]) };
@@ -112,7 +124,10 @@ fn take_is_exclusive_across_processes() {
         }
         unsafe { libc::close(fd) };
     }
-    assert!(taken.iter().all(|&t| t == 1), "every entry must be taken exactly once: {taken:?}");
+    assert!(
+        taken.iter().all(|&t| t == 1),
+        "every entry must be taken exactly once: {taken:?}"
+    );
     assert_eq!(cache.stats().taken, 300);
 }
 
@@ -148,9 +163,16 @@ fn concurrent_mixed_load_never_returns_wrong_bytes() {
         })
         .collect();
     for pid in pids {
-        assert_eq!(wait(pid, LIMIT), Exit::Code(0), "a process read bytes nobody stored");
+        assert_eq!(
+            wait(pid, LIMIT),
+            Exit::Code(0),
+            "a process read bytes nobody stored"
+        );
     }
     let s = cache.stats();
     assert!(s.evicted_live > 0 && s.lookup_hits > 0, "{s:?}");
-    assert_eq!((s.corrupt_dropped, s.owner_died_recoveries, s.lock_timeouts), (0, 0, 0));
+    assert_eq!(
+        (s.corrupt_dropped, s.owner_died_recoveries, s.lock_timeouts),
+        (0, 0, 0)
+    );
 }

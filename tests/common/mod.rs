@@ -20,7 +20,9 @@ pub fn make(n: u32, version: u32) -> Vec<u8> {
         1 | 2 => 560,
         _ => 60 + (h as usize % 130),
     };
-    let mut d: Vec<u8> = (0..len).map(|i| (i as u32 * 31 + n * 7 + version * 13) as u8).collect();
+    let mut d: Vec<u8> = (0..len)
+        .map(|i| (i as u32 * 31 + n * 7 + version * 13) as u8)
+        .collect();
     d[..4].copy_from_slice(&n.to_le_bytes());
     d[4..8].copy_from_slice(&version.to_le_bytes());
     d[8..40].copy_from_slice(&id(n));
@@ -84,7 +86,14 @@ impl SharedFlag {
     pub fn new() -> SharedFlag {
         // SAFETY: a fresh shared anonymous page, never unmapped during the test.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
         assert_ne!(p, libc::MAP_FAILED);
         SharedFlag(p as *mut std::sync::atomic::AtomicU32)
