@@ -17,6 +17,7 @@ LIB_A     := $(BUILD)/libshmsesscache.a
 PC        := $(BUILD)/shmsesscache.pc
 SERVER    := $(BUILD)/prefork_server
 HARNESS   := $(BUILD)/c_harness
+FAULT_SERVER := $(BUILD)/fault/prefork_server
 RUST_SRC  := $(wildcard src/*.rs src/bin/*.rs) Cargo.toml build.rs
 
 .PHONY: all lib header check-header test test-rust test-c test-integration demo install clean
@@ -66,8 +67,18 @@ test-c: $(HARNESS) $(BUILD)/certs/server.pem
 	valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-possibly-lost=no \
 	  --trace-children=no $(HARNESS) $(BUILD)/certs
 
-test-integration: all $(BUILD)/certs/server.pem
+test-integration: all $(FAULT_SERVER) $(BUILD)/certs/server.pem
 	python3 tests/integration/test_prefork.py --server $(SERVER) --certs $(BUILD)/certs
+	python3 tests/integration/test_worker_kills.py --server $(FAULT_SERVER) --certs $(BUILD)/certs
+
+# The example server linked against a fault-injection build of the library (tests only: it
+# dies inside critical sections when SHMSESS_TEST_FAULT says so).
+$(FAULT_SERVER): c-examples/prefork_server.c include/shmsesscache.h $(RUST_SRC)
+	$(CARGO) build --release --lib --features fault-injection --target-dir target/fault
+	@mkdir -p $(BUILD)/fault
+	cp target/fault/release/libshmsesscache.so $(BUILD)/fault/libshmsesscache.so.$(SOVERSION)
+	ln -sf libshmsesscache.so.$(SOVERSION) $(BUILD)/fault/libshmsesscache.so
+	$(CC) $(CFLAGS) $(WARN) -Iinclude $< -o $@ -L$(BUILD)/fault -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
 
 $(BUILD)/certs/server.pem:
 	scripts/make-certs.sh $(BUILD)/certs
