@@ -20,7 +20,7 @@ HARNESS   := $(BUILD)/c_harness
 FAULT_SERVER := $(BUILD)/fault/prefork_server
 RUST_SRC  := $(wildcard src/*.rs src/bin/*.rs) Cargo.toml build.rs
 
-.PHONY: all lib header check-header test test-rust test-c test-integration demo install clean
+.PHONY: all lib header check-header test test-rust test-c test-integration test-fuzz fuzz demo install clean
 
 all: $(LIB_SO) $(LIB_A) $(PC) $(SERVER)
 
@@ -57,7 +57,7 @@ check-header:
 	@$(CARGO) run -q --example gen_header > $(BUILD)/shmsesscache.h.check
 	@diff -u include/shmsesscache.h $(BUILD)/shmsesscache.h.check && echo "header in sync" || { echo "include/shmsesscache.h is out of date: run 'make header'"; exit 1; }
 
-test: all check-header test-rust test-c test-integration
+test: all check-header test-rust test-c test-integration test-fuzz
 	@echo "all tests passed"
 
 test-rust:
@@ -79,6 +79,34 @@ $(FAULT_SERVER): c-examples/prefork_server.c include/shmsesscache.h $(RUST_SRC)
 	cp target/fault/release/libshmsesscache.so $(BUILD)/fault/libshmsesscache.so.$(SOVERSION)
 	ln -sf libshmsesscache.so.$(SOVERSION) $(BUILD)/fault/libshmsesscache.so
 	$(CC) $(CFLAGS) $(WARN) -Iinclude $< -o $@ -L$(BUILD)/fault -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
+
+# libFuzzer targets (fuzz/) on stable Rust: SanitizerCoverage passes, no nightly needed.
+# `make fuzz` runs each for FUZZ_SECONDS; `make test` runs a short smoke of each.
+FUZZ_SECONDS ?= 300
+FUZZ_TARGET  := x86_64-unknown-linux-gnu
+FUZZ_BIN     := fuzz/target/$(FUZZ_TARGET)/release
+FUZZ_FLAGS   := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=3 \
+                -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+                -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks
+
+fuzz-build:
+	cd fuzz && RUSTFLAGS="$(FUZZ_FLAGS)" $(CARGO) build --release --target $(FUZZ_TARGET)
+
+define run_fuzz
+	@mkdir -p fuzz/corpus/$(1) fuzz/artifacts
+	$(FUZZ_BIN)/$(1) -max_total_time=$(2) -rss_limit_mb=2048 -print_final_stats=1 \
+	  -artifact_prefix=fuzz/artifacts/$(1)- fuzz/corpus/$(1) 2>&1 | grep -E "^(Done|stat::number_of_executed_units)|ERROR|panicked" ; test $${PIPESTATUS[0]} -eq 0
+endef
+
+fuzz: SHELL := /bin/bash
+fuzz: fuzz-build
+	$(call run_fuzz,api_ops,$(FUZZ_SECONDS))
+	$(call run_fuzz,segment_bytes,$(FUZZ_SECONDS))
+
+test-fuzz: SHELL := /bin/bash
+test-fuzz: fuzz-build
+	$(call run_fuzz,api_ops,10)
+	$(call run_fuzz,segment_bytes,10)
 
 $(BUILD)/certs/server.pem:
 	scripts/make-certs.sh $(BUILD)/certs
