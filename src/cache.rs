@@ -242,12 +242,15 @@ impl Cache {
         if acquired == Acquired::OwnerDied || dirty {
             // Stay dirty throughout the repair: dying in it makes the next locker start over.
             guard.hdr.dirty.store(1, Relaxed);
-            let report = guard.repair(idx, &|id| self.placement(id));
+            // Counted when observed, before repairing: if we die in the repair, the next locker
+            // sees EOWNERDEAD again and counts it again, so the counter equals the number of
+            // EOWNERDEAD results (= deaths inside a critical section).
             guard.bump(if acquired == Acquired::OwnerDied {
                 Counter::OwnerDied
             } else {
                 Counter::DirtyRepairs
             });
+            let report = guard.repair(idx, &|id| self.placement(id));
             if acquired == Acquired::OwnerDied {
                 if let Err(e) = guard.lock.mark_consistent() {
                     log::emit(

@@ -71,6 +71,7 @@ fn thousand_kills_under_load() {
     let started = Instant::now();
     let mut rng = Rng(0x1234_5678);
     let (mut kills, mut spawned) = (0u32, 0u32);
+    let mut kills_at = [0u32; ALL_POINTS.len()];
     while kills < KILLS {
         assert!(
             spawned < 20 * KILLS,
@@ -80,7 +81,8 @@ fn thousand_kills_under_load() {
             started.elapsed() < Duration::from_secs(240),
             "kill loop too slow: {kills} kills"
         );
-        let point = ALL_POINTS[rng.below(ALL_POINTS.len() as u64) as usize];
+        let which = rng.below(ALL_POINTS.len() as u64) as usize;
+        let point = ALL_POINTS[which];
         let nth = 1 + rng.below(3);
         let seed = rng.next();
         let c = &cache;
@@ -90,7 +92,10 @@ fn thousand_kills_under_load() {
         });
         spawned += 1;
         match wait(pid, Duration::from_secs(30)) {
-            Exit::Signal(libc::SIGKILL) => kills += 1,
+            Exit::Signal(libc::SIGKILL) => {
+                kills += 1;
+                kills_at[which] += 1;
+            }
             Exit::Code(0) => {} // the armed point was not reached often enough
             other => panic!("a killer child ended with {other:?} (3: it read bytes nobody stored)"),
         }
@@ -103,6 +108,34 @@ fn thousand_kills_under_load() {
             "a steady worker read wrong bytes or failed"
         );
     }
+    // A second death during repair: one process dies holding a shard lock, the next one to
+    // take that lock dies while repairing the shard, the one after that must still recover.
+    let mut repair_kills = 0;
+    for n in 0..20u32 {
+        let c = &cache;
+        let first = spawn(move || {
+            fault::arm(fault::FaultPoint::AfterLock, 1, FaultAction::Kill);
+            let _ = c.store(&id(n), &make(n, 99), 0, u32::MAX);
+            0
+        });
+        assert_eq!(
+            wait(first, Duration::from_secs(30)),
+            Exit::Signal(libc::SIGKILL)
+        );
+        let second = spawn(move || {
+            fault::arm(fault::FaultPoint::MidRepair, 1, FaultAction::Kill);
+            let _ = c.lookup(&id(n), &mut [0u8; 8192], false);
+            0
+        });
+        assert_eq!(
+            wait(second, Duration::from_secs(30)),
+            Exit::Signal(libc::SIGKILL),
+            "did not die in the repair"
+        );
+        kills += 2;
+        repair_kills += 1;
+    }
+    kills_at[4] += repair_kills;
     // Lock every shard once so that the last deaths are recovered too.
     let entries = cache.entries().unwrap();
     let mut buf = vec![0u8; 8192];
@@ -117,12 +150,17 @@ fn thousand_kills_under_load() {
     }
     let s = cache.stats();
     // Every kill happened while holding exactly one shard lock, so each left exactly one
-    // EOWNERDEAD for the next locker, and each was followed by a completed repair.
+    // EOWNERDEAD for the next locker, which counts it (and repairs, or dies trying).
     assert_eq!(s.owner_died_recoveries, u64::from(kills), "{s:?}");
     assert_eq!((s.lock_timeouts, s.lock_errors), (0, 0), "{s:?}");
     assert!(s.used_units <= s.capacity_units);
+    // Every point was reached, MidRepair included: a second death during a repair.
+    for (p, k) in ALL_POINTS.iter().zip(kills_at) {
+        assert!(k > 0, "no process died at {p:?}: {kills_at:?}");
+    }
     eprintln!(
-        "{kills} kills in {spawned} processes, {:?}; recoveries {}, entries dropped as damaged {}",
+        "{kills} kills in {spawned} processes ({:?} per point {kills_at:?}), {:?}; recoveries {}, entries dropped as damaged {}",
+        ALL_POINTS,
         started.elapsed(),
         s.owner_died_recoveries,
         s.corrupt_dropped
