@@ -386,7 +386,7 @@ fn a_dirty_shard_is_repaired_on_the_next_lock() {
         g.unit_bytes_mut(200)[..16].fill(0x5a);
         g.unit_bytes_mut(3)[20] ^= 1;
         std::mem::forget(g); // leave the lock held and the shard dirty, as a crash would
-        let lock = unsafe { crate::lock::ShardLock::from_ptr(c_shard_mutex(&c)) };
+        let lock = unsafe { crate::lock::ShardLock::from_ptr(c.shard_mutex_for_tests(0)) };
         lock.unlock();
     }
     let s0 = c.stats();
@@ -399,10 +399,6 @@ fn a_dirty_shard_is_repaired_on_the_next_lock() {
         g.unit_bytes_mut(200).iter().all(|&b| b == 0),
         "garbage in a free unit is wiped"
     );
-}
-
-fn c_shard_mutex(c: &Cache) -> *mut libc::pthread_mutex_t {
-    c.shard_mutex_for_tests(0)
 }
 
 #[test]

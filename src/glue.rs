@@ -104,9 +104,9 @@ fn handle_for_ctx<'a>(ctx: *const SSL_CTX) -> Option<&'a Handle> {
     (!p.is_null()).then(|| unsafe { &*p })
 }
 
-fn with_handle<R>(ssl: *const SSL, f: impl FnOnce(&Handle) -> R) -> Option<R> {
-    // SAFETY: ssl is the live SSL OpenSSL passed to the callback.
-    let ctx = unsafe { ossl::SSL_get_SSL_CTX(ssl) };
+/// Run `f` with the cache installed on `ctx`, or else with the one cache of this process (an
+/// SNI callback may have switched to an SSL_CTX nothing was installed on).
+fn with_ctx_handle<R>(ctx: *const SSL_CTX, f: impl FnOnce(&Handle) -> R) -> Option<R> {
     if let Some(h) = handle_for_ctx(ctx) {
         return Some(f(h));
     }
@@ -116,6 +116,11 @@ fn with_handle<R>(ssl: *const SSL, f: impl FnOnce(&Handle) -> R) -> Option<R> {
         .as_ref()
         .and_then(|(w, only)| only.then(|| w.upgrade()).flatten());
     sole.map(|h| f(&h))
+}
+
+fn with_handle<R>(ssl: *const SSL, f: impl FnOnce(&Handle) -> R) -> Option<R> {
+    // SAFETY: ssl is the live SSL OpenSSL passed to the callback.
+    with_ctx_handle(unsafe { ossl::SSL_get_SSL_CTX(ssl) }, f)
 }
 
 fn is_tls13(ssl: *const SSL) -> bool {
@@ -172,7 +177,7 @@ fn store_session(h: &Handle, ssl: *const SSL, sess: *mut SSL_SESSION) {
             return;
         }
     }
-    let id = session_id(sess).to_vec();
+    let id = session_id(sess);
     if id.is_empty() {
         return;
     }
@@ -213,7 +218,7 @@ fn store_session(h: &Handle, ssl: *const SSL, sess: *mut SSL_SESSION) {
     };
     let created = clamp_u32(time);
     let expires = clamp_u32(time.saturating_add(timeout));
-    if let Err(e) = h.cache.store(&id, &buf[..len as usize], created, expires) {
+    if let Err(e) = h.cache.store(id, &buf[..len as usize], created, expires) {
         if e.kind != ErrorKind::TooLarge {
             log::emit(Level::Warning, &format!("could not store a session: {e}"));
         }
@@ -280,16 +285,7 @@ pub unsafe extern "C" fn remove_session_cb(ctx: *mut SSL_CTX, sess: *mut SSL_SES
         if id.is_empty() {
             return;
         }
-        if let Some(h) = handle_for_ctx(ctx) {
-            let _ = h.cache.remove(id);
-        } else if let Some(h) = SOLE
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .and_then(|(w, only)| only.then(|| w.upgrade()).flatten())
-        {
-            let _ = h.cache.remove(id);
-        }
+        with_ctx_handle(ctx, |h| h.cache.remove(id));
     }));
 }
 

@@ -185,6 +185,23 @@ impl<'a> Shard<'a> {
             .store(self.hdr.used_units.load(Relaxed).saturating_sub(1), Relaxed);
     }
 
+    /// Visit every head unit in order with its header, or `None` if the header is not sound.
+    /// The walk steps over a sound entry's continuation units (computed before `visit` runs,
+    /// so `visit` may free the entry) and over free and orphan continuation units.
+    fn for_each_head(&self, mut visit: impl FnMut(usize, Option<EntryHeader>)) {
+        let mut i = 0;
+        while i < self.n() {
+            if matches!(self.tag(i), TAG_FREE | TAG_CONT) {
+                i += 1;
+                continue;
+            }
+            let h = self.header_at(i);
+            let step = h.map_or(1, |h| self.geo.units_for(h.stored_len));
+            visit(i, h);
+            i += step;
+        }
+    }
+
     /// Find the head of the entry for `id`.
     pub fn find(&self, tag: u16, id: &[u8]) -> Option<(usize, EntryHeader)> {
         for i in 0..self.n() {
@@ -365,23 +382,11 @@ impl<'a> Shard<'a> {
         let n = self.n();
         // owner[j]: index of the head owning unit j, or u16::MAX when free.
         let mut owner = [u16::MAX; MAX_UNITS];
-        let mut i = 0;
-        while i < n {
-            match self.tag(i) {
-                TAG_FREE | TAG_CONT => i += 1, // a CONT here is an orphan: treat as free-able
-                _ => match self.header_at(i) {
-                    Some(h) => {
-                        let kk = self.geo.units_for(h.stored_len);
-                        owner[i..i + kk].fill(i as u16);
-                        i += kk;
-                    }
-                    None => {
-                        self.drop_corrupt_head(i);
-                        i += 1;
-                    }
-                },
-            }
-        }
+        // A CONT with no sound head before it is an orphan: its unit counts as free.
+        self.for_each_head(|i, h| match h {
+            Some(h) => owner[i..i + self.geo.units_for(h.stored_len)].fill(i as u16),
+            None => self.drop_corrupt_head(i),
+        });
         // Cost of a window: (live victims, newest live victim's creation, victims at all).
         let mut best: Option<(usize, (usize, u32, usize))> = None;
         for s in 0..=n - k {
@@ -437,55 +442,35 @@ impl<'a> Shard<'a> {
     /// Remove entries expired at `now` (all entries when `now` is `None`). Returns how many.
     pub fn flush(&self, now: Option<u32>) -> usize {
         let mut removed = 0;
-        let mut i = 0;
-        while i < self.n() {
-            match self.tag(i) {
-                TAG_FREE | TAG_CONT => i += 1,
-                _ => match self.header_at(i) {
-                    Some(h) => {
-                        let k = self.geo.units_for(h.stored_len);
-                        if now.is_none_or(|t| h.expires <= t) {
-                            self.free_entry(i, &h);
-                            if now.is_some() {
-                                self.bump(Counter::Expired);
-                            }
-                            removed += 1;
-                        }
-                        i += k;
-                    }
-                    None => {
-                        self.drop_corrupt_head(i);
-                        i += 1;
-                    }
-                },
+        self.for_each_head(|i, h| match h {
+            Some(h) if now.is_none_or(|t| h.expires <= t) => {
+                self.free_entry(i, &h);
+                if now.is_some() {
+                    self.bump(Counter::Expired);
+                }
+                removed += 1;
             }
-        }
+            Some(_) => {}
+            None => self.drop_corrupt_head(i),
+        });
         removed
     }
 
     /// Live entries (ids and times only), for listing and dumping.
     pub fn entries(&self) -> Vec<EntryInfo> {
         let mut v = Vec::new();
-        let mut i = 0;
-        while i < self.n() {
-            match self.tag(i) {
-                TAG_FREE | TAG_CONT => i += 1,
-                _ => match self.header_at(i) {
-                    Some(h) => {
-                        let k = self.geo.units_for(h.stored_len);
-                        v.push(EntryInfo {
-                            id: self.id_of(i, &h).to_vec(),
-                            payload_len: h.payload_range().len(),
-                            units: k,
-                            created: h.created,
-                            expires: h.expires,
-                        });
-                        i += k;
-                    }
-                    None => i += 1,
-                },
+        // Read-only: a damaged head is skipped here and dropped by the next lookup or flush.
+        self.for_each_head(|i, h| {
+            if let Some(h) = h {
+                v.push(EntryInfo {
+                    id: self.id_of(i, &h).to_vec(),
+                    payload_len: h.payload_range().len(),
+                    units: self.geo.units_for(h.stored_len),
+                    created: h.created,
+                    expires: h.expires,
+                });
             }
-        }
+        });
         v
     }
 
