@@ -30,6 +30,9 @@ pub enum LockError {
     NotRecoverable,
     /// Any other errno from pthreads (EINVAL on a garbage mutex, for instance).
     Os(i32),
+    /// The mutex is not one we initialised (damaged segment): locking it could make glibc
+    /// abort the process, so it is refused.
+    Corrupt,
 }
 
 impl std::fmt::Display for LockError {
@@ -41,6 +44,9 @@ impl std::fmt::Display for LockError {
             }
             LockError::Os(e) => {
                 write!(f, "shard lock failed: {}", io::Error::from_raw_os_error(*e))
+            }
+            LockError::Corrupt => {
+                write!(f, "shard lock is damaged (not a mutex this library made)")
             }
         }
     }
@@ -62,34 +68,29 @@ impl ShardLock {
     /// Initialise the mutex in place. Only the creator of a segment calls this, before any
     /// other process can see the segment.
     pub fn init(&self) -> io::Result<()> {
-        // SAFETY: attr is initialised by pthread_mutexattr_init before use and destroyed after;
-        // self.mutex points into the mapping (see from_ptr).
-        unsafe {
-            let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
-            check(libc::pthread_mutexattr_init(&mut attr))?;
-            let result = (|| {
-                check(libc::pthread_mutexattr_setpshared(
-                    &mut attr,
-                    libc::PTHREAD_PROCESS_SHARED,
-                ))?;
-                check(libc::pthread_mutexattr_setrobust(
-                    &mut attr,
-                    libc::PTHREAD_MUTEX_ROBUST,
-                ))?;
-                // Error checking makes a relock by the same thread an error instead of a hang.
-                check(libc::pthread_mutexattr_settype(
-                    &mut attr,
-                    libc::PTHREAD_MUTEX_ERRORCHECK,
-                ))?;
-                check(libc::pthread_mutex_init(self.mutex, &attr))
-            })();
-            libc::pthread_mutexattr_destroy(&mut attr);
-            result
+        // SAFETY: self.mutex points into the mapping (see from_ptr).
+        unsafe { init_at(self.mutex) }
+    }
+
+    /// A segment may come from a damaged or hostile file: glibc aborts the process (an
+    /// assertion in its priority-protocol code) when asked to lock a mutex whose kind word has
+    /// bits we never set. So the kind must be exactly what `init` writes.
+    fn kind_ok(&self) -> bool {
+        match expected_kind() {
+            // SAFETY: the mutex lies inside the mapping; KIND_OFFSET is within its size.
+            Some(k) => unsafe {
+                std::ptr::read_volatile((self.mutex as *const u8).add(KIND_OFFSET) as *const i32)
+                    == k
+            },
+            None => true,
         }
     }
 
     /// Take the lock, waiting at most `timeout` (`None`: wait as long as it takes).
     pub fn lock(&self, timeout: Option<Duration>) -> Result<Acquired, LockError> {
+        if !self.kind_ok() {
+            return Err(LockError::Corrupt);
+        }
         // SAFETY: self.mutex points to an initialised process-shared mutex (see from_ptr).
         let rc = unsafe {
             match timeout {
@@ -111,6 +112,9 @@ impl ShardLock {
 
     /// Try once without waiting. `Ok(None)`: somebody else holds it.
     pub fn try_lock(&self) -> Result<Option<Acquired>, LockError> {
+        if !self.kind_ok() {
+            return Err(LockError::Corrupt);
+        }
         // SAFETY: as in lock().
         let rc = unsafe { libc::pthread_mutex_trylock(self.mutex) };
         if rc == libc::EBUSY {
@@ -138,6 +142,65 @@ impl ShardLock {
             libc::pthread_mutex_unlock(self.mutex);
         }
     }
+}
+
+/// Initialise a robust, process-shared, error-checking mutex at `mutex`.
+///
+/// # Safety
+/// `mutex` must point to writable memory of `pthread_mutex_t` size and alignment that nobody
+/// else uses yet.
+unsafe fn init_at(mutex: *mut libc::pthread_mutex_t) -> io::Result<()> {
+    let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
+    check(libc::pthread_mutexattr_init(&mut attr))?;
+    let result = (|| {
+        check(libc::pthread_mutexattr_setpshared(
+            &mut attr,
+            libc::PTHREAD_PROCESS_SHARED,
+        ))?;
+        check(libc::pthread_mutexattr_setrobust(
+            &mut attr,
+            libc::PTHREAD_MUTEX_ROBUST,
+        ))?;
+        // Error checking makes a relock by the same thread an error instead of a hang.
+        check(libc::pthread_mutexattr_settype(
+            &mut attr,
+            libc::PTHREAD_MUTEX_ERRORCHECK,
+        ))?;
+        check(libc::pthread_mutex_init(mutex, &attr))
+    })();
+    libc::pthread_mutexattr_destroy(&mut attr);
+    result
+}
+
+/// glibc on 64-bit Linux: `__kind` follows `__lock`, `__count`, `__owner`, `__nusers`.
+#[cfg(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64"))]
+const KIND_OFFSET: usize = 16;
+#[cfg(not(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64")))]
+const KIND_OFFSET: usize = 0;
+
+/// The kind word `init_at` produces, read off a scratch mutex; `None` where the layout is not
+/// known (then no check is made).
+fn expected_kind() -> Option<i32> {
+    if cfg!(not(all(
+        target_os = "linux",
+        target_env = "gnu",
+        target_pointer_width = "64"
+    ))) {
+        return None;
+    }
+    static KIND: std::sync::OnceLock<Option<i32>> = std::sync::OnceLock::new();
+    *KIND.get_or_init(|| {
+        // SAFETY: a zeroed local mutex, initialised, read and destroyed here.
+        unsafe {
+            let mut m: libc::pthread_mutex_t = std::mem::zeroed();
+            init_at(&mut m).ok()?;
+            let k = std::ptr::read(
+                (&m as *const libc::pthread_mutex_t as *const u8).add(KIND_OFFSET) as *const i32,
+            );
+            libc::pthread_mutex_destroy(&mut m);
+            Some(k)
+        }
+    })
 }
 
 fn classify(rc: i32) -> Result<Acquired, LockError> {

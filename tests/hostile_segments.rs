@@ -204,6 +204,28 @@ fn hostile_segment_files() {
     fs::create_dir(&p).unwrap();
     assert!(attach(&p).is_err());
 
+    // A shard mutex whose kind word says priority-protect, not robust (found by the fuzzer):
+    // glibc would abort inside pthread_mutex_lock; the shard is refused instead.
+    let p = fresh(d, "mutex-kind");
+    let mut f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let kind_at = HEADER_BYTES as u64 + 16;
+    let mut kind = [0u8; 4];
+    f.seek(SeekFrom::Start(kind_at)).unwrap();
+    f.read_exact(&mut kind).unwrap();
+    // Robust bit (0x10) cleared, PTHREAD_MUTEX_PRIO_PROTECT_NP (0x40) set, ceiling 0.
+    let k = (i32::from_ne_bytes(kind) & !0x10) | 0x40;
+    f.seek(SeekFrom::Start(kind_at)).unwrap();
+    f.write_all(&k.to_ne_bytes()).unwrap();
+    drop(f);
+    let c = attach(&p).unwrap();
+    exercise(&c);
+    let s = c.stats();
+    assert!(
+        s.lock_errors > 0,
+        "the damaged shard must be refused: {s:?}"
+    );
+    drop(c);
+
     // Random bytes in the slots and tags (not the mutexes): attaches; garbage is dropped.
     let p = fresh(d, "slots");
     scribble(&p, false);
