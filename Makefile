@@ -18,11 +18,12 @@ PC        := $(BUILD)/shmsesscache.pc
 SERVER    := $(BUILD)/prefork_server
 HARNESS   := $(BUILD)/c_harness
 FAULT_SERVER := $(BUILD)/fault/prefork_server
-RUST_SRC  := $(wildcard src/*.rs src/bin/*.rs) Cargo.toml build.rs
+RUST_SRC  := $(wildcard src/*.rs src/bin/*.rs src/bin/*/*.rs) Cargo.toml build.rs
+CLI       := $(BUILD)/shmsesscache
 
 .PHONY: all lib header check-header test test-rust test-c test-integration test-fuzz fuzz demo install clean
 
-all: $(LIB_SO) $(LIB_A) $(PC) $(SERVER)
+all: $(LIB_SO) $(LIB_A) $(PC) $(SERVER) $(CLI)
 
 $(TARGETDIR)/libshmsesscache.so: $(RUST_SRC)
 	$(CARGO) build --release --lib --bins
@@ -35,6 +36,10 @@ $(LIB_SO): $(TARGETDIR)/libshmsesscache.so
 	cp $(TARGETDIR)/libshmsesscache.a $(LIB_A)
 
 $(LIB_A): $(LIB_SO)
+
+# The operator's command-line tool (stat, list, flush, create, dump, load).
+$(CLI): $(LIB_SO)
+	cp $(TARGETDIR)/shmsesscache $(CLI)
 
 $(PC): shmsesscache.pc.in Cargo.toml
 	@mkdir -p $(BUILD)
@@ -69,6 +74,7 @@ test-c: $(HARNESS) $(BUILD)/certs/server.pem
 
 test-integration: all $(FAULT_SERVER) $(BUILD)/certs/server.pem
 	python3 tests/integration/test_prefork.py --server $(SERVER) --certs $(BUILD)/certs
+	python3 tests/integration/test_operations.py --server $(SERVER) --cli $(CLI) --certs $(BUILD)/certs
 	python3 tests/integration/test_worker_kills.py --server $(FAULT_SERVER) --certs $(BUILD)/certs
 
 # The example server linked against a fault-injection build of the library (tests only: it
@@ -121,6 +127,7 @@ install: all
 	install -m 0644 $(LIB_A) $(DESTDIR)$(PREFIX)/lib/
 	install -m 0644 include/shmsesscache.h $(DESTDIR)$(PREFIX)/include/
 	install -m 0644 $(PC) $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	install -m 0755 $(CLI) $(DESTDIR)$(PREFIX)/bin/
 
 clean:
 	rm -rf $(BUILD)

@@ -8,7 +8,10 @@
  *
  *   prefork_server --listen 127.0.0.1:PORT --workers N --cert FILE --key FILE
  *                  [--cache-size BYTES] [--cache-path PATH | --no-cache] [--tls13-stateful]
+ *                  [--id-prefix TEXT] [--session-timeout SECONDS]
  *
+ * --id-prefix makes every session id start with TEXT followed by "w" and the worker's slot
+ * number (e.g. "web1w3"), the rest random: a load balancer can route a resuming client on it.
  * Prints "ready HOST:PORT" on stdout once listening (PORT 0 picks a free port). SIGTERM or
  * SIGINT stops the workers and the parent, which prints the cache statistics as one
  * "stats key=value ..." line; SIGUSR1 prints them without stopping. A worker that dies is
@@ -55,7 +58,8 @@ static void usage(const char *argv0)
 {
     fprintf(stderr,
             "usage: %s --listen HOST:PORT --workers N --cert FILE --key FILE\n"
-            "          [--cache-size BYTES] [--cache-path PATH | --no-cache] [--tls13-stateful]\n",
+            "          [--cache-size BYTES] [--cache-path PATH | --no-cache] [--tls13-stateful]\n"
+            "          [--id-prefix TEXT] [--session-timeout SECONDS]\n",
             argv0);
     exit(2);
 }
@@ -122,8 +126,15 @@ static int read_request(SSL *ssl, char *first_line, size_t n)
     return 1;
 }
 
-static void serve(SSL_CTX *ctx, int lfd)
+static void serve(SSL_CTX *ctx, int lfd, shmsess_cache *cache, const char *id_prefix, int slot)
 {
+    if (cache != NULL && id_prefix != NULL) {
+        /* The host's prefix plus this worker's slot: ids say which worker made them. */
+        char p[SHMSESS_MAX_ID_PREFIX + 1];
+        int n = snprintf(p, sizeof p, "%sw%d", id_prefix, slot);
+        if (n > 0 && shmsess_set_session_id_prefix(cache, (const uint8_t *)p, strlen(p)) != SHMSESS_OK)
+            fprintf(stderr, "prefork_server: session id prefix: %s\n", shmsess_last_error());
+    }
     signal(SIGTERM, SIG_DFL);
     signal(SIGINT, SIG_DFL);
     signal(SIGUSR1, SIG_IGN);
@@ -182,19 +193,13 @@ static void print_stats(shmsess_cache *cache)
         fprintf(stderr, "prefork_server: stats: %s\n", shmsess_last_error());
         return;
     }
-    printf("stats stores=%llu replaced=%llu expired=%llu evicted=%llu lookup_hits=%llu lookup_misses=%llu "
-           "remove_hits=%llu remove_misses=%llu taken=%llu too_large=%llu tls13_stateless_skipped=%llu "
-           "lock_owner_died=%llu dirty_repairs=%llu corrupt_dropped=%llu lock_timeouts=%llu "
-           "entries=%llu used_slots=%llu capacity_slots=%llu shards=%llu\n",
-           (unsigned long long)s.stores, (unsigned long long)s.replaced, (unsigned long long)s.expired,
-           (unsigned long long)s.evicted, (unsigned long long)s.lookup_hits,
-           (unsigned long long)s.lookup_misses, (unsigned long long)s.remove_hits,
-           (unsigned long long)s.remove_misses, (unsigned long long)s.taken,
-           (unsigned long long)s.too_large, (unsigned long long)s.tls13_stateless_skipped,
-           (unsigned long long)s.lock_owner_died, (unsigned long long)s.dirty_repairs,
-           (unsigned long long)s.corrupt_dropped, (unsigned long long)s.lock_timeouts,
-           (unsigned long long)s.entries, (unsigned long long)s.used_slots,
-           (unsigned long long)s.capacity_slots, (unsigned long long)s.shards);
+    /* Every field by name: new library versions add fields without changes here. */
+    printf("stats");
+    const char *name;
+    uint64_t value;
+    for (size_t i = 0; shmsess_stats_field(&s, i, &name, &value) == SHMSESS_OK; i++)
+        printf(" %s=%llu", name, (unsigned long long)value);
+    printf("\n");
     fflush(stdout);
 }
 
@@ -209,6 +214,8 @@ int main(int argc, char **argv)
     const char *listen_spec = NULL, *cert = NULL, *key = NULL, *cache_path = NULL;
     unsigned long long cache_size = 8ULL << 20;
     int workers = 4, no_cache = 0, tls13_stateful = 0;
+    const char *id_prefix = NULL;
+    unsigned long session_timeout = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -220,9 +227,12 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--cache-path") && v) cache_path = argv[++i];
         else if (!strcmp(a, "--no-cache")) no_cache = 1;
         else if (!strcmp(a, "--tls13-stateful")) tls13_stateful = 1;
+        else if (!strcmp(a, "--id-prefix") && v) id_prefix = argv[++i];
+        else if (!strcmp(a, "--session-timeout") && v) session_timeout = strtoul(argv[++i], NULL, 10);
         else usage(argv[0]);
     }
-    if (!listen_spec || !cert || !key || workers < 1 || workers > MAX_WORKERS || (no_cache && cache_path))
+    if (!listen_spec || !cert || !key || workers < 1 || workers > MAX_WORKERS || (no_cache && cache_path) ||
+        (id_prefix && strlen(id_prefix) > SHMSESS_MAX_ID_PREFIX - 4) || session_timeout > 86400 * 365)
         usage(argv[0]);
 
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
@@ -251,6 +261,11 @@ int main(int argc, char **argv)
         shmsess_options_init(&opts);
         opts.path = cache_path; /* NULL: anonymous segment, inherited by the workers */
         opts.size_bytes = cache_size;
+        opts.session_timeout = (uint32_t)session_timeout;
+        if (id_prefix != NULL) {
+            opts.session_id_prefix = (const uint8_t *)id_prefix;
+            opts.session_id_prefix_len = (uint32_t)strlen(id_prefix);
+        }
         if (shmsess_cache_create(&opts, &cache) != SHMSESS_OK) {
             fprintf(stderr, "prefork_server: cannot create the session cache: %s\n", shmsess_last_error());
             return 1;
@@ -279,7 +294,7 @@ int main(int argc, char **argv)
         if (p < 0)
             die("fork failed");
         if (p == 0)
-            serve(ctx, lfd);
+            serve(ctx, lfd, cache, id_prefix, i);
         pids[i] = p;
     }
     printf("ready %s\n", bound);
@@ -301,7 +316,7 @@ int main(int argc, char **argv)
                     WIFSIGNALED(status) ? "killed by signal" : "exited with", WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
             pid_t np = fork();
             if (np == 0)
-                serve(ctx, lfd);
+                serve(ctx, lfd, cache, id_prefix, i);
             pids[i] = np > 0 ? np : 0;
         }
     }

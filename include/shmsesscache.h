@@ -34,6 +34,14 @@
 // Do not set a session id context in `shmsess_install` (the caller has set its own).
 #define SHMSESS_KEEP_SESSION_ID_CONTEXT 8
 
+// Install the library's session id generator even without a prefix: ids of the full length
+// from the kernel's CSPRNG, checked for uniqueness against the shared cache. Implied by a
+// non-empty `session_id_prefix`.
+#define SHMSESS_GENERATE_SESSION_IDS 16
+
+// Longest session id prefix (bytes); the other 16 or more of a 32-byte id stay random.
+#define SHMSESS_MAX_ID_PREFIX 16
+
 // Largest session id (bytes).
 #define SHMSESS_MAX_ID_LEN 32
 
@@ -42,6 +50,9 @@
 
 // `lock_timeout_ms` value meaning "wait as long as it takes".
 #define SHMSESS_WAIT_FOREVER UINT32_MAX
+
+// Version of `shmsess_stats` this library fills (`version` field).
+#define SHMSESS_STATS_VERSION 2
 
 // Status of every call. `SHMSESS_OK` is 0; anything else comes with a message from
 // `shmsess_last_error()`.
@@ -104,6 +115,14 @@ typedef struct shmsess_options {
   // Session id context `shmsess_install` sets on each SSL_CTX. NULL: the SHA-256 of the
   // SSL_CTX's certificate. Copied at creation.
   const uint8_t *session_id_context;
+  // Bytes every session id generated in this server starts with (a host or worker tag a
+  // load balancer can route on), 0..16 bytes; the rest of the 32-byte id comes from the
+  // kernel's CSPRNG. Non-empty: `shmsess_install` installs the generator. Ids travel in
+  // clear text: put nothing secret here. Copied at creation; a worker may change its own
+  // with `shmsess_set_session_id_prefix`. (Field added in 0.2; older callers leave it out.)
+  const uint8_t *session_id_prefix;
+  // Length of `session_id_prefix` (0..16).
+  uint32_t session_id_prefix_len;
 } shmsess_options;
 
 // Statistics of a cache (all processes together). Counters only grow.
@@ -154,6 +173,22 @@ typedef struct shmsess_stats {
   uint64_t min_shard_used_slots;
   uint64_t max_shard_used_slots;
   uint64_t size_bytes;
+  // Session ids made by the library's generator.
+  uint64_t ids_generated;
+  // Generated candidates thrown away because the id was in use.
+  uint64_t id_collisions;
+  // When the segment was created (Unix seconds).
+  uint64_t created_unix;
+  // When these statistics were taken (Unix seconds).
+  uint64_t now_unix;
+  // Creation time of the oldest and newest live entry, 0 when the cache is empty.
+  uint64_t oldest_created_unix;
+  uint64_t newest_created_unix;
+  // Earliest and latest expiry among live entries, 0 when the cache is empty.
+  uint64_t earliest_expiry_unix;
+  uint64_t latest_expiry_unix;
+  // Average seconds left before the live entries expire.
+  uint64_t avg_time_left_s;
 } shmsess_stats;
 
 // Called with each library message: its level (1 error .. 4 debug), the message (valid during
@@ -196,7 +231,9 @@ void shmsess_cache_free(struct shmsess_cache *cache);
 enum shmsess_result shmsess_install(struct shmsess_cache *cache, SSL_CTX *ctx);
 
 // Fill `*stats` with the cache's statistics (counts of all processes). The struct is fully
-// written, `struct_size` included. Thread- and process-safe, takes no lock.
+// written, `struct_size` included. Thread- and process-safe. The counters are read without
+// locks; the entry ages lock each shard in turn for a 256-tag scan (a shard whose lock times
+// out is left out of the ages), so call it from a status page, not per handshake.
 enum shmsess_result shmsess_cache_stats(const struct shmsess_cache *cache,
                                         struct shmsess_stats *stats);
 
@@ -205,6 +242,30 @@ enum shmsess_result shmsess_cache_stats(const struct shmsess_cache *cache,
 enum shmsess_result shmsess_cache_stats_sized(const struct shmsess_cache *cache,
                                               struct shmsess_stats *stats,
                                               size_t size);
+
+// Number of numeric fields `shmsess_stats_field` can name (in this library version).
+size_t shmsess_stats_field_count(void);
+
+// The `index`-th numeric field of `*stats`: its name (a static string, e.g. "lookup_hits")
+// in `*name` and its value in `*value`. Lets a server print or export every statistic
+// without knowing the struct (new versions add fields at the end). SHMSESS_ERR_NOT_FOUND when
+// `index` is past the last field or past what `stats->struct_size` covers (a struct filled
+// by an older library). Pure function of its arguments; thread-safe.
+enum shmsess_result shmsess_stats_field(const struct shmsess_stats *stats,
+                                        size_t index,
+                                        const char **name,
+                                        uint64_t *value);
+
+// Fraction of lookups that hit (0.0 when there were none). NULL gives 0.0.
+double shmsess_stats_hit_ratio(const struct shmsess_stats *stats);
+
+// Set the prefix this process's generated session ids start with (0..16 bytes; 0 removes
+// it), e.g. in each worker after fork to add a worker number to the host's prefix. Affects
+// only the calling process and only SSL_CTXs on which the generator was installed (a prefix
+// or SHMSESS_GENERATE_SESSION_IDS at creation). The bytes are copied. Thread-safe.
+enum shmsess_result shmsess_set_session_id_prefix(struct shmsess_cache *cache,
+                                                  const uint8_t *prefix,
+                                                  size_t prefix_len);
 
 // Remove every entry (`expired_at == 0`) or those expired at Unix time `expired_at`.
 // Process-safe; locks one shard at a time. SHMSESS_ERR_LOCK if a shard could not be locked

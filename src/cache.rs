@@ -18,7 +18,7 @@ use crate::layout::{
 use crate::lock::{Acquired, LockError, ShardLock};
 use crate::log::{self, Level};
 use crate::segment::{self, Mapping, Origin};
-pub use crate::shard::{EntryInfo, Found};
+pub use crate::shard::{Ages, EntryInfo, ExportedEntry, Found};
 use crate::shard::{NewEntry, Shard};
 
 /// How to build or find a segment.
@@ -31,6 +31,9 @@ pub struct Config {
     /// Longest wait for a shard lock before an operation gives up (a lookup becomes a miss).
     /// `None` waits forever (only a live, stuck owner can make it wait: a dead one is recovered).
     pub lock_timeout: Option<Duration>,
+    /// Owner (uid, gid) to give a newly created named segment file, e.g. when root
+    /// pre-creates it for a server that runs as another user. `None`: the creator's.
+    pub owner: Option<(u32, u32)>,
 }
 
 impl Default for Config {
@@ -40,6 +43,7 @@ impl Default for Config {
             size_bytes: 8 << 20,
             unit_bytes: crate::layout::DEFAULT_UNIT_BYTES,
             lock_timeout: Some(Duration::from_millis(DEFAULT_LOCK_TIMEOUT_MS)),
+            owner: None,
         }
     }
 }
@@ -78,6 +82,10 @@ pub struct Stats {
     pub tls13_stateless_skipped: u64,
     pub encode_errors: u64,
     pub decode_errors: u64,
+    pub ids_generated: u64,
+    pub id_collisions: u64,
+    /// When the segment was created (Unix seconds).
+    pub created_unix: u64,
     pub entries: u64,
     pub used_units: u64,
     pub capacity_units: u64,
@@ -140,14 +148,24 @@ impl Cache {
                 init(&m)?;
                 (m, Origin::Anonymous)
             }
-            Some(p) => segment::create_or_attach(p, &geo, &init)?,
+            Some(p) => segment::create_or_attach(p, &geo, cfg.owner, &init)?,
         };
         Self::from_mapping(map, origin, cfg.path.clone(), cfg.lock_timeout)
     }
 
     /// Attach to an existing named segment, whatever its size (for tools).
     pub fn attach(path: &Path, lock_timeout: Option<Duration>) -> Result<Cache> {
-        let map = segment::attach(path)?;
+        Self::attach_with(path, lock_timeout, segment::Trust::Owner)
+    }
+
+    /// Attach with an explicit owner policy (`shmsesscache` run by root inspects segments
+    /// whatever their owner).
+    pub fn attach_with(
+        path: &Path,
+        lock_timeout: Option<Duration>,
+        trust: segment::Trust,
+    ) -> Result<Cache> {
+        let map = segment::attach_with(path, trust)?;
         Self::from_mapping(
             map,
             Origin::AttachedFile,
@@ -338,8 +356,36 @@ impl Cache {
             expires,
         };
         let guard = self.lock_shard(idx)?;
-        guard.store(&entry, now);
+        let evicted = guard.store(&entry, now);
+        drop(guard);
+        if evicted > 0 {
+            self.report_full_shard(idx, evicted);
+        }
         Ok(())
+    }
+
+    /// A store had to evict live sessions: the segment is too small for the load. Said at most
+    /// once a minute per process (with the count since), so a full cache cannot flood the log.
+    fn report_full_shard(&self, idx: usize, evicted: u64) {
+        static FULL: RateLimit = RateLimit::new(60);
+        if let Some(n) = FULL.note(evicted, u64::from(crate::util::now_unix())) {
+            log::emit(
+                Level::Warning,
+                &format!(
+                    "shard {idx} is full: {n} live session(s) evicted since the last report; the {}-byte segment is too small for this load",
+                    self.geo.total_bytes
+                ),
+            );
+        }
+    }
+
+    /// Whether an entry with `id` is stored (expired or not). Counts nothing: for the session id
+    /// generator's uniqueness check, not for resumption.
+    pub fn contains(&self, id: &[u8]) -> Result<bool> {
+        check_id(id)?;
+        let (idx, tag) = self.placement(id);
+        let guard = self.lock_shard(idx)?;
+        Ok(guard.find(tag, id).is_some())
     }
 
     /// Copy the entry for `id` into `out`. With `take`, the entry is removed atomically with the
@@ -399,6 +445,34 @@ impl Cache {
         Ok(v)
     }
 
+    /// Copies of every live, verified entry with its payload (for `shmsesscache dump`). A shard
+    /// whose lock cannot be had is skipped; the error is returned with what was exported.
+    pub fn export(&self, now: u32) -> (Vec<ExportedEntry>, Option<Error>) {
+        let mut v = Vec::new();
+        let mut first_err = None;
+        for idx in 0..self.geo.shard_count {
+            match self.lock_shard(idx) {
+                Ok(g) => v.extend(g.export(now)),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        (v, first_err)
+    }
+
+    /// Creation and expiry times of the live entries, shard by shard under each lock (a shard
+    /// whose lock times out is left out).
+    pub fn ages(&self, now: u32) -> Ages {
+        let mut a = Ages::default();
+        for idx in 0..self.geo.shard_count {
+            if let Ok(g) = self.lock_shard(idx) {
+                a.merge(&g.ages(now));
+            }
+        }
+        a
+    }
+
     pub fn stats(&self) -> Stats {
         let mut sum = [0u64; COUNTERS];
         let mut s = Stats {
@@ -437,12 +511,49 @@ impl Cache {
         s.tls13_stateless_skipped = g.tls13_stateless_skipped.load(Relaxed);
         s.encode_errors = g.encode_errors.load(Relaxed);
         s.decode_errors = g.decode_errors.load(Relaxed);
+        s.ids_generated = g.ids_generated.load(Relaxed);
+        s.id_collisions = g.id_collisions.load(Relaxed);
+        s.created_unix = self.created_unix();
         s.capacity_units = self.geo.capacity_units();
         s.shard_count = self.geo.shard_count as u64;
         s.unit_bytes = self.geo.unit_bytes as u64;
         s.units_per_shard = self.geo.units_per_shard as u64;
         s.total_bytes = self.geo.total_bytes as u64;
         s
+    }
+}
+
+/// Counts events and says when to report them: at most once per `period` seconds, with the
+/// number of events since the last report. Lock-free; per process.
+pub struct RateLimit {
+    period: u64,
+    pending: std::sync::atomic::AtomicU64,
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl RateLimit {
+    pub const fn new(period: u64) -> RateLimit {
+        RateLimit {
+            period,
+            pending: std::sync::atomic::AtomicU64::new(0),
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Record `n` events at `now`; `Some(total)` when a report is due.
+    pub fn note(&self, n: u64, now: u64) -> Option<u64> {
+        let total = self.pending.fetch_add(n, Relaxed) + n;
+        let last = self.last.load(Relaxed);
+        if (last == 0 || now >= last + self.period)
+            && self
+                .last
+                .compare_exchange(last, now.max(1), Relaxed, Relaxed)
+                .is_ok()
+        {
+            self.pending.fetch_sub(total, Relaxed);
+            return Some(total);
+        }
+        None
     }
 }
 

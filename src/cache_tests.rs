@@ -413,3 +413,68 @@ fn flush_removes_all_or_only_expired() {
     assert_eq!(c.flush(None).unwrap(), 30);
     assert_eq!(c.stats().entries, 0);
 }
+
+#[test]
+fn export_and_ages_cover_live_verified_entries_only() {
+    let c = cache(1 << 20);
+    for n in 0..10 {
+        c.store_at(&id(n), &der(n, 160), NOW + n, NOW + 100 + n, NOW)
+            .unwrap();
+    }
+    c.store_at(&id(99), &der(99, 160), NOW - 500, NOW - 1, NOW)
+        .unwrap(); // already expired
+    let (v, err) = c.export(NOW);
+    assert!(err.is_none());
+    assert_eq!(v.len(), 10, "the expired entry is not exported");
+    for e in &v {
+        let n = u32::from_le_bytes(e.id[..4].try_into().unwrap());
+        assert_eq!(e.data, der(n, 160));
+        assert_eq!((e.created, e.expires), (NOW + n, NOW + 100 + n));
+    }
+    let a = c.ages(NOW);
+    assert_eq!(a.live, 10);
+    assert_eq!(
+        (a.oldest_created, a.newest_created),
+        (Some(NOW), Some(NOW + 9))
+    );
+    assert_eq!(
+        (a.earliest_expiry, a.latest_expiry),
+        (Some(NOW + 100), Some(NOW + 109))
+    );
+    assert_eq!(a.time_left_sum, (100..110).sum::<u64>());
+    assert_eq!(cache(1 << 20).ages(NOW).oldest_created, None);
+}
+
+#[test]
+fn contains_counts_nothing() {
+    let c = cache(1 << 20);
+    c.store_at(&id(1), &der(1, 160), NOW, NOW + 300, NOW)
+        .unwrap();
+    let before = c.stats();
+    assert!(c.contains(&id(1)).unwrap());
+    assert!(!c.contains(&id(2)).unwrap());
+    assert_eq!(
+        c.stats(),
+        before,
+        "the generator's uniqueness probe must not skew hit ratios"
+    );
+    assert!(c.contains(&[]).is_err());
+}
+
+#[test]
+fn full_shard_reports_are_rate_limited_with_counts() {
+    let r = crate::cache::RateLimit::new(60);
+    assert_eq!(
+        r.note(3, 1000),
+        Some(3),
+        "the first event is reported at once"
+    );
+    assert_eq!(r.note(2, 1010), None);
+    assert_eq!(r.note(5, 1059), None);
+    assert_eq!(
+        r.note(1, 1060),
+        Some(8),
+        "a minute later, with everything since"
+    );
+    assert_eq!(r.note(1, 1061), None);
+}

@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use openssl_sys::SSL_CTX;
 
-use crate::cache::{Cache, Config, Found, Stats, DEFAULT_LOCK_TIMEOUT_MS};
+use crate::cache::{Ages, Cache, Config, Found, Stats, DEFAULT_LOCK_TIMEOUT_MS};
 use crate::error::{Error, ErrorKind};
-use crate::glue::{self, Handle, InstallOptions};
+use crate::glue::{self, Handle, InstallOptions, MAX_ID_PREFIX};
 use crate::layout::{DEFAULT_UNIT_BYTES, MAX_ID_LEN};
 use crate::log::{self, Level};
 
@@ -64,7 +64,14 @@ pub const SHMSESS_TLS13_ALLOW_REUSE: u32 = 2;
 pub const SHMSESS_NO_TLS13: u32 = 4;
 /// Do not set a session id context in `shmsess_install` (the caller has set its own).
 pub const SHMSESS_KEEP_SESSION_ID_CONTEXT: u32 = 8;
-const KNOWN_FLAGS: u32 = 15;
+/// Install the library's session id generator even without a prefix: ids of the full length
+/// from the kernel's CSPRNG, checked for uniqueness against the shared cache. Implied by a
+/// non-empty `session_id_prefix`.
+pub const SHMSESS_GENERATE_SESSION_IDS: u32 = 16;
+const KNOWN_FLAGS: u32 = 31;
+
+/// Longest session id prefix (bytes); the other 16 or more of a 32-byte id stay random.
+pub const SHMSESS_MAX_ID_PREFIX: u32 = 16;
 
 /// Largest session id (bytes).
 pub const SHMSESS_MAX_ID_LEN: u32 = 32;
@@ -102,6 +109,14 @@ pub struct shmsess_options {
     /// Session id context `shmsess_install` sets on each SSL_CTX. NULL: the SHA-256 of the
     /// SSL_CTX's certificate. Copied at creation.
     pub session_id_context: *const u8,
+    /// Bytes every session id generated in this server starts with (a host or worker tag a
+    /// load balancer can route on), 0..16 bytes; the rest of the 32-byte id comes from the
+    /// kernel's CSPRNG. Non-empty: `shmsess_install` installs the generator. Ids travel in
+    /// clear text: put nothing secret here. Copied at creation; a worker may change its own
+    /// with `shmsess_set_session_id_prefix`. (Field added in 0.2; older callers leave it out.)
+    pub session_id_prefix: *const u8,
+    /// Length of `session_id_prefix` (0..16).
+    pub session_id_prefix_len: u32,
 }
 
 /// Statistics of a cache (all processes together). Counters only grow.
@@ -154,7 +169,27 @@ pub struct shmsess_stats {
     pub min_shard_used_slots: u64,
     pub max_shard_used_slots: u64,
     pub size_bytes: u64,
+    // ---- version 2 ----
+    /// Session ids made by the library's generator.
+    pub ids_generated: u64,
+    /// Generated candidates thrown away because the id was in use.
+    pub id_collisions: u64,
+    /// When the segment was created (Unix seconds).
+    pub created_unix: u64,
+    /// When these statistics were taken (Unix seconds).
+    pub now_unix: u64,
+    /// Creation time of the oldest and newest live entry, 0 when the cache is empty.
+    pub oldest_created_unix: u64,
+    pub newest_created_unix: u64,
+    /// Earliest and latest expiry among live entries, 0 when the cache is empty.
+    pub earliest_expiry_unix: u64,
+    pub latest_expiry_unix: u64,
+    /// Average seconds left before the live entries expire.
+    pub avg_time_left_s: u64,
 }
+
+/// Version of `shmsess_stats` this library fills (`version` field).
+pub const SHMSESS_STATS_VERSION: u32 = 2;
 
 /// Opaque cache handle. Created by `shmsess_cache_create`, freed by `shmsess_cache_free`.
 pub struct shmsess_cache {
@@ -250,6 +285,16 @@ fn bytes<'a>(p: *const u8, len: usize, what: &str) -> Result<&'a [u8], Fail> {
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
+fn prefix_arg<'a>(p: *const u8, len: usize) -> Result<&'a [u8], Fail> {
+    if len > MAX_ID_PREFIX {
+        return Err(Fail(
+            SHMSESS_ERR_INVALID_ARGUMENT,
+            format!("session id prefix of {len} bytes is too long: at most {MAX_ID_PREFIX}"),
+        ));
+    }
+    bytes(p, len, "session_id_prefix")
+}
+
 fn id_arg<'a>(id: *const u8, id_len: usize) -> Result<&'a [u8], Fail> {
     let id = bytes(id, id_len, "id")?;
     if id.is_empty() || id.len() > MAX_ID_LEN {
@@ -282,6 +327,8 @@ pub extern "C" fn shmsess_options_init(opts: *mut shmsess_options) -> shmsess_re
                 session_timeout: 0,
                 session_id_context_len: 0,
                 session_id_context: std::ptr::null(),
+                session_id_prefix: std::ptr::null(),
+                session_id_prefix_len: 0,
             })
         };
         Ok(SHMSESS_OK)
@@ -360,6 +407,14 @@ pub extern "C" fn shmsess_cache_create(
                 Some(bytes(o.session_id_context, n as usize, "session_id_context")?.to_vec())
             }
         };
+        // Fields after session_id_context exist only in callers built against 0.2 or later.
+        let has = |end: usize| o.struct_size as usize >= end;
+        let prefix_end = std::mem::offset_of!(shmsess_options, session_id_prefix_len) + 4;
+        let id_prefix = if has(prefix_end) && o.session_id_prefix_len > 0 {
+            prefix_arg(o.session_id_prefix, o.session_id_prefix_len as usize)?.to_vec()
+        } else {
+            Vec::new()
+        };
         let cfg = Config {
             path,
             size_bytes: o.size_bytes,
@@ -373,6 +428,7 @@ pub extern "C" fn shmsess_cache_create(
                 0 => Some(Duration::from_millis(DEFAULT_LOCK_TIMEOUT_MS)),
                 ms => Some(Duration::from_millis(u64::from(ms))),
             },
+            owner: None,
         };
         let install = InstallOptions {
             keep_internal_cache: o.flags & SHMSESS_KEEP_INTERNAL_CACHE != 0,
@@ -381,9 +437,11 @@ pub extern "C" fn shmsess_cache_create(
             session_timeout: (o.session_timeout != 0).then_some(o.session_timeout),
             session_id_context: sid_ctx,
             keep_session_id_context: o.flags & SHMSESS_KEEP_SESSION_ID_CONTEXT != 0,
+            generate_ids: o.flags & SHMSESS_GENERATE_SESSION_IDS != 0 || !id_prefix.is_empty(),
+            id_prefix,
         };
         let cache = Cache::create(&cfg)?;
-        let p = Arc::into_raw(Arc::new(Handle { cache, install })) as *mut shmsess_cache;
+        let p = Arc::into_raw(Arc::new(Handle::new(cache, install))) as *mut shmsess_cache;
         LIVE.lock()
             .unwrap_or_else(|p| p.into_inner())
             .get_or_insert_with(HashSet::new)
@@ -441,7 +499,9 @@ pub extern "C" fn shmsess_install(cache: *mut shmsess_cache, ctx: *mut SSL_CTX) 
 }
 
 /// Fill `*stats` with the cache's statistics (counts of all processes). The struct is fully
-/// written, `struct_size` included. Thread- and process-safe, takes no lock.
+/// written, `struct_size` included. Thread- and process-safe. The counters are read without
+/// locks; the entry ages lock each shard in turn for a 256-tag scan (a shard whose lock times
+/// out is left out of the ages), so call it from a status page, not per handshake.
 #[no_mangle]
 pub extern "C" fn shmsess_cache_stats(
     cache: *const shmsess_cache,
@@ -469,7 +529,8 @@ pub extern "C" fn shmsess_cache_stats_sized(
                 format!("stats size {size} is too small"),
             ));
         }
-        let full = to_c_stats(&h.cache.stats());
+        let now = crate::util::now_unix();
+        let full = to_c_stats(&h.cache.stats(), &h.cache.ages(now), now);
         let n = size.min(std::mem::size_of::<shmsess_stats>());
         // SAFETY: the caller's struct has at least `size` >= n bytes.
         unsafe {
@@ -484,10 +545,11 @@ pub extern "C" fn shmsess_cache_stats_sized(
     })
 }
 
-fn to_c_stats(s: &Stats) -> shmsess_stats {
+pub fn to_c_stats(s: &Stats, a: &Ages, now: u32) -> shmsess_stats {
+    let t = |v: Option<u32>| u64::from(v.unwrap_or(0));
     shmsess_stats {
         struct_size: std::mem::size_of::<shmsess_stats>() as u32,
-        version: 1,
+        version: SHMSESS_STATS_VERSION,
         stores: s.stores,
         replaced: s.replaced,
         expired: s.expired,
@@ -516,7 +578,160 @@ fn to_c_stats(s: &Stats) -> shmsess_stats {
         min_shard_used_slots: s.min_shard_used_units,
         max_shard_used_slots: s.max_shard_used_units,
         size_bytes: s.total_bytes,
+        ids_generated: s.ids_generated,
+        id_collisions: s.id_collisions,
+        created_unix: s.created_unix,
+        now_unix: u64::from(now),
+        oldest_created_unix: t(a.oldest_created),
+        newest_created_unix: t(a.newest_created),
+        earliest_expiry_unix: t(a.earliest_expiry),
+        latest_expiry_unix: t(a.latest_expiry),
+        avg_time_left_s: a.time_left_sum.checked_div(a.live).unwrap_or(0),
     }
+}
+
+macro_rules! stats_fields {
+    ($($f:ident),* $(,)?) => {
+        /// Name and offset of every counter of `shmsess_stats`, in struct order.
+        const STATS_FIELDS: &[(&CStr, usize)] = &[
+            $( (
+                match CStr::from_bytes_with_nul(concat!(stringify!($f), "\0").as_bytes()) {
+                    Ok(c) => c,
+                    Err(_) => panic!("field name"),
+                },
+                std::mem::offset_of!(shmsess_stats, $f),
+            ), )*
+        ];
+    };
+}
+
+stats_fields!(
+    stores,
+    replaced,
+    expired,
+    evicted,
+    lookup_hits,
+    lookup_misses,
+    remove_hits,
+    remove_misses,
+    taken,
+    too_large,
+    lock_owner_died,
+    dirty_repairs,
+    corrupt_dropped,
+    lock_timeouts,
+    lock_errors,
+    tls13_stateless_skipped,
+    bad_input,
+    encode_errors,
+    decode_errors,
+    entries,
+    used_slots,
+    capacity_slots,
+    slot_bytes,
+    shards,
+    slots_per_shard,
+    min_shard_used_slots,
+    max_shard_used_slots,
+    size_bytes,
+    ids_generated,
+    id_collisions,
+    created_unix,
+    now_unix,
+    oldest_created_unix,
+    newest_created_unix,
+    earliest_expiry_unix,
+    latest_expiry_unix,
+    avg_time_left_s,
+);
+
+/// Number of numeric fields `shmsess_stats_field` can name (in this library version).
+#[no_mangle]
+pub extern "C" fn shmsess_stats_field_count() -> usize {
+    STATS_FIELDS.len()
+}
+
+/// The `index`-th numeric field of `*stats`: its name (a static string, e.g. "lookup_hits")
+/// in `*name` and its value in `*value`. Lets a server print or export every statistic
+/// without knowing the struct (new versions add fields at the end). SHMSESS_ERR_NOT_FOUND when
+/// `index` is past the last field or past what `stats->struct_size` covers (a struct filled
+/// by an older library). Pure function of its arguments; thread-safe.
+#[no_mangle]
+pub extern "C" fn shmsess_stats_field(
+    stats: *const shmsess_stats,
+    index: usize,
+    name: *mut *const c_char,
+    value: *mut u64,
+) -> shmsess_result {
+    guard("shmsess_stats_field", || {
+        if stats.is_null() {
+            return Err(null("stats"));
+        }
+        if name.is_null() {
+            return Err(null("name"));
+        }
+        if value.is_null() {
+            return Err(null("value"));
+        }
+        // SAFETY: the caller's struct has at least struct_size (>= 8) bytes; checked below
+        // before any field is read.
+        let size = unsafe { (*stats).struct_size } as usize;
+        let Some(&(n, off)) = STATS_FIELDS.get(index).filter(|(_, off)| off + 8 <= size) else {
+            return Err(Fail(
+                SHMSESS_ERR_NOT_FOUND,
+                format!("no statistics field {index}"),
+            ));
+        };
+        // SAFETY: off + 8 <= struct_size; the field is a u64 at that offset.
+        unsafe {
+            *value = std::ptr::read_unaligned((stats as *const u8).add(off) as *const u64);
+            *name = n.as_ptr();
+        }
+        Ok(SHMSESS_OK)
+    })
+}
+
+/// Fraction of lookups that hit (0.0 when there were none). NULL gives 0.0.
+#[no_mangle]
+pub extern "C" fn shmsess_stats_hit_ratio(stats: *const shmsess_stats) -> f64 {
+    if stats.is_null() {
+        return 0.0;
+    }
+    // SAFETY: non-NULL stats filled by this library; both fields are in every version.
+    let (h, m) = unsafe { ((*stats).lookup_hits, (*stats).lookup_misses) };
+    if h + m == 0 {
+        0.0
+    } else {
+        h as f64 / (h + m) as f64
+    }
+}
+
+/// Set the prefix this process's generated session ids start with (0..16 bytes; 0 removes
+/// it), e.g. in each worker after fork to add a worker number to the host's prefix. Affects
+/// only the calling process and only SSL_CTXs on which the generator was installed (a prefix
+/// or SHMSESS_GENERATE_SESSION_IDS at creation). The bytes are copied. Thread-safe.
+#[no_mangle]
+pub extern "C" fn shmsess_set_session_id_prefix(
+    cache: *mut shmsess_cache,
+    prefix: *const u8,
+    prefix_len: usize,
+) -> shmsess_result {
+    guard("shmsess_set_session_id_prefix", || {
+        let h = handle(cache)?;
+        let p = if prefix_len == 0 {
+            Vec::new()
+        } else {
+            prefix_arg(prefix, prefix_len)?.to_vec()
+        };
+        if !h.install.generate_ids {
+            return Err(Fail(
+                SHMSESS_ERR_INVALID_ARGUMENT,
+                "the session id generator is not enabled for this cache: set session_id_prefix or SHMSESS_GENERATE_SESSION_IDS in the options".into(),
+            ));
+        }
+        *h.id_prefix.write().unwrap_or_else(|p| p.into_inner()) = p;
+        Ok(SHMSESS_OK)
+    })
 }
 
 /// Remove every entry (`expired_at == 0`) or those expired at Unix time `expired_at`.

@@ -14,7 +14,7 @@
 use std::ffi::{c_int, c_long, c_uchar, c_uint, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use openssl_sys as ossl;
 use openssl_sys::{SSL, SSL_CTX, SSL_SESSION};
@@ -30,6 +30,12 @@ mod extra {
     extern "C" {
         pub fn SSL_get_options(s: *const SSL) -> u64;
         pub fn SSL_SESSION_set_timeout(s: *mut SSL_SESSION, t: c_long) -> c_long;
+        pub fn SSL_CTX_set_generate_session_id(
+            ctx: *mut SSL_CTX,
+            cb: Option<GenSessionCb>,
+        ) -> c_int;
+        pub fn SSL_has_matching_session_id(s: *const SSL, id: *const c_uchar, len: c_uint)
+            -> c_int;
         pub fn EVP_Digest(
             data: *const c_void,
             count: usize,
@@ -39,6 +45,8 @@ mod extra {
             engine: *mut c_void,
         ) -> c_int;
     }
+    pub type GenSessionCb =
+        unsafe extern "C" fn(ssl: *mut SSL, id: *mut c_uchar, id_len: *mut c_uint) -> c_int;
     pub const SSL_OP_NO_ANTI_REPLAY: u64 = 1 << 24;
     pub const SSL_OP_NO_TICKET: u64 = 1 << 14;
     pub const TLS1_3_VERSION: c_int = 0x0304;
@@ -59,12 +67,34 @@ pub struct InstallOptions {
     pub session_id_context: Option<Vec<u8>>,
     /// Leave the SSL_CTX's session id context alone (the caller set one).
     pub keep_session_id_context: bool,
+    /// Install the library's session id generator (prefix + CSPRNG, unique in the shared
+    /// cache).
+    pub generate_ids: bool,
+    /// Prefix the generator starts every id with (at most [`MAX_ID_PREFIX`] bytes).
+    pub id_prefix: Vec<u8>,
 }
+
+/// Longest prefix the id generator accepts: at least half of a 32-byte id stays random.
+pub const MAX_ID_PREFIX: usize = 16;
 
 /// What a `shmsess_cache*` points to: the mapped cache and how to behave in OpenSSL.
 pub struct Handle {
     pub cache: Cache,
     pub install: InstallOptions,
+    /// The generator's prefix in this process: starts as `install.id_prefix`; a worker may
+    /// change it after fork (e.g. to add its own number), which affects only that worker.
+    pub id_prefix: RwLock<Vec<u8>>,
+}
+
+impl Handle {
+    pub fn new(cache: Cache, install: InstallOptions) -> Handle {
+        let id_prefix = RwLock::new(install.id_prefix.clone());
+        Handle {
+            cache,
+            install,
+            id_prefix,
+        }
+    }
 }
 
 fn ex_index() -> c_int {
@@ -289,6 +319,120 @@ pub unsafe extern "C" fn remove_session_cb(ctx: *mut SSL_CTX, sess: *mut SSL_SES
     }));
 }
 
+/// Whether `der` is an SSL_SESSION whose id is `id` (checked before a dump is loaded, so a
+/// file of other bytes cannot put garbage under a session id).
+pub fn session_der_matches_id(der: &[u8], id: &[u8]) -> bool {
+    let mut p = der.as_ptr();
+    // SAFETY: p points to der.len() readable bytes; d2i reads at most that many.
+    let sess = unsafe { ossl::d2i_SSL_SESSION(std::ptr::null_mut(), &mut p, der.len() as c_long) };
+    if sess.is_null() {
+        // SAFETY: clears the error d2i queued on this thread.
+        unsafe { ossl::ERR_clear_error() };
+        return false;
+    }
+    let ok = session_id(sess) == id;
+    // SAFETY: we own the session d2i made.
+    unsafe { ossl::SSL_SESSION_free(sess) };
+    ok
+}
+
+/// Tries before the generator gives up (the handshake then fails, as OpenSSL documents). With
+/// at least 16 random bytes a second try is already astronomically unlikely.
+const MAX_ID_ATTEMPTS: u32 = 10;
+
+/// Fill `id` with `prefix` followed by random bytes until `in_use` says the candidate is free.
+/// Returns false after [`MAX_ID_ATTEMPTS`] candidates that were all in use. Ids shorter than the
+/// prefix plus 8 random bytes get no prefix at all: a short random id is still unique, a mostly
+/// fixed one is not.
+pub(crate) fn generate_id(
+    id: &mut [u8],
+    prefix: &[u8],
+    fill_random: &mut dyn FnMut(&mut [u8]),
+    in_use: &mut dyn FnMut(&[u8]) -> bool,
+    collisions: &mut u64,
+) -> bool {
+    let fixed = if id.len() >= prefix.len() + 8 {
+        prefix.len()
+    } else {
+        0
+    };
+    id[..fixed].copy_from_slice(&prefix[..fixed]);
+    for _ in 0..MAX_ID_ATTEMPTS {
+        fill_random(&mut id[fixed..]);
+        if !in_use(id) {
+            return true;
+        }
+        *collisions += 1;
+    }
+    false
+}
+
+/// OpenSSL's GEN_SESSION_CB: `*id_len` is the length to produce (32 for TLS; TLS 1.3 needs all
+/// 32), the buffer is zeroed, and we must never write past it nor lengthen it. We keep the
+/// full length. Uniqueness is checked against the shared cache as well as OpenSSL's own
+/// (`SSL_has_matching_session_id` sees only the latter).
+unsafe extern "C" fn generate_session_id_cb(
+    ssl: *mut SSL,
+    id: *mut c_uchar,
+    id_len: *mut c_uint,
+) -> c_int {
+    if ssl.is_null() || id.is_null() || id_len.is_null() || *id_len == 0 {
+        return 0;
+    }
+    let len = (*id_len as usize).min(MAX_ID_LEN);
+    let out = std::slice::from_raw_parts_mut(id, len);
+    let ok = catch_unwind(AssertUnwindSafe(|| {
+        with_handle(ssl, |h| {
+            let prefix = h
+                .id_prefix
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let mut collisions = 0;
+            let made = generate_id(
+                out,
+                &prefix,
+                &mut |b| crate::util::random_bytes(b),
+                &mut |cand| {
+                    // SAFETY: live SSL; cand is a readable id of at most 32 bytes.
+                    let internal = unsafe {
+                        extra::SSL_has_matching_session_id(ssl, cand.as_ptr(), cand.len() as c_uint)
+                    } == 1;
+                    // A cache we cannot lock counts as free: a 128-bit random collision is
+                    // far less likely than failing a handshake over it.
+                    internal || h.cache.contains(cand).unwrap_or(false)
+                },
+                &mut collisions,
+            );
+            let g = h.cache.globals();
+            g.id_collisions.fetch_add(collisions, Relaxed);
+            if made {
+                g.ids_generated.fetch_add(1, Relaxed);
+            } else {
+                log::emit(
+                    Level::Error,
+                    &format!("could not generate a unique session id in {MAX_ID_ATTEMPTS} tries"),
+                );
+            }
+            made
+        })
+    }));
+    match ok {
+        Ok(Some(true)) => {
+            *id_len = len as c_uint;
+            1
+        }
+        // No handle (nothing installed here) or a panic: fill with random bytes, which is what
+        // OpenSSL itself would have done, rather than fail the handshake.
+        Ok(None) | Err(_) => {
+            crate::util::random_bytes(out);
+            *id_len = len as c_uint;
+            1
+        }
+        Ok(Some(false)) => 0,
+    }
+}
+
 /// Install the callbacks, cache mode and session id context on `ctx`. The SSL_CTX keeps a
 /// reference to the cache until it is freed.
 pub(crate) fn install(handle: &Arc<Handle>, ctx: *mut SSL_CTX) -> Result<()> {
@@ -334,6 +478,9 @@ pub(crate) fn install(handle: &Arc<Handle>, ctx: *mut SSL_CTX) -> Result<()> {
         ossl::SSL_CTX_sess_set_new_cb(ctx, Some(new_session_cb));
         ossl::SSL_CTX_sess_set_get_cb(ctx, Some(get_session_cb));
         ossl::SSL_CTX_sess_set_remove_cb(ctx, Some(remove_session_cb));
+        if handle.install.generate_ids {
+            extra::SSL_CTX_set_generate_session_id(ctx, Some(generate_session_id_cb));
+        }
         let mode = if handle.install.keep_internal_cache {
             ossl::SSL_SESS_CACHE_SERVER
         } else {
@@ -391,5 +538,133 @@ fn derive_session_id_context(ctx: *mut SSL_CTX) -> Result<Vec<u8>> {
             ));
         }
         Ok(md.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counter_rng() -> impl FnMut(&mut [u8]) {
+        let mut n = 0u8;
+        move |b: &mut [u8]| {
+            n += 1;
+            b.fill(n);
+        }
+    }
+
+    #[test]
+    fn generated_ids_carry_the_prefix_at_full_length() {
+        let mut id = [0u8; 32];
+        let mut coll = 0;
+        let mut rng = |b: &mut [u8]| crate::util::random_bytes(b);
+        assert!(generate_id(
+            &mut id,
+            b"web-07",
+            &mut rng,
+            &mut |_| false,
+            &mut coll
+        ));
+        assert_eq!(&id[..6], b"web-07");
+        assert_ne!(&id[6..], &[0u8; 26][..], "the rest is random");
+        assert_eq!(coll, 0);
+    }
+
+    #[test]
+    fn an_id_in_use_is_replaced_by_a_fresh_one() {
+        let mut id = [0u8; 32];
+        let mut coll = 0;
+        let mut seen = Vec::new();
+        // The first two candidates are "in the shared cache".
+        let mut in_use = |c: &[u8]| {
+            seen.push(c.to_vec());
+            seen.len() <= 2
+        };
+        assert!(generate_id(
+            &mut id,
+            b"AB",
+            &mut counter_rng(),
+            &mut in_use,
+            &mut coll
+        ));
+        assert_eq!(coll, 2);
+        assert_eq!(&id[..2], b"AB");
+        assert_eq!(id[2..], [3u8; 30], "the third candidate was kept");
+    }
+
+    #[test]
+    fn the_generator_gives_up_when_every_id_is_taken() {
+        let mut id = [0u8; 32];
+        let mut coll = 0;
+        assert!(!generate_id(
+            &mut id,
+            b"",
+            &mut counter_rng(),
+            &mut |_| true,
+            &mut coll
+        ));
+        assert_eq!(coll, u64::from(MAX_ID_ATTEMPTS));
+    }
+
+    #[test]
+    fn a_short_id_gets_no_prefix() {
+        let mut id = [0u8; 16];
+        let mut coll = 0;
+        assert!(generate_id(
+            &mut id,
+            b"0123456789",
+            &mut counter_rng(),
+            &mut |_| false,
+            &mut coll
+        ));
+        assert_eq!(id, [1u8; 16]);
+    }
+}
+
+#[cfg(test)]
+mod der_tests {
+    use super::*;
+
+    extern "C" {
+        fn SSL_SESSION_new() -> *mut SSL_SESSION;
+        fn SSL_SESSION_set1_id(s: *mut SSL_SESSION, id: *const c_uchar, len: c_uint) -> c_int;
+        fn SSL_SESSION_set_protocol_version(s: *mut SSL_SESSION, v: c_int) -> c_int;
+        fn SSL_SESSION_set_cipher(s: *mut SSL_SESSION, c: *const ossl::SSL_CIPHER) -> c_int;
+        fn SSL_CIPHER_find(ssl: *mut SSL, p: *const c_uchar) -> *const ossl::SSL_CIPHER;
+    }
+
+    #[test]
+    fn only_a_session_with_that_id_matches() {
+        // SAFETY: building and encoding a session we own.
+        let der = unsafe {
+            let s = SSL_SESSION_new();
+            assert!(!s.is_null());
+            assert_eq!(SSL_SESSION_set1_id(s, [7u8; 32].as_ptr(), 32), 1);
+            // d2i wants a protocol version and a cipher.
+            let ctx = ossl::SSL_CTX_new(ossl::TLS_method());
+            let ssl = ossl::SSL_new(ctx);
+            let aes128gcm = SSL_CIPHER_find(ssl, [0x13u8, 0x01].as_ptr());
+            assert!(!aes128gcm.is_null());
+            assert_eq!(
+                SSL_SESSION_set_protocol_version(s, extra::TLS1_3_VERSION),
+                1
+            );
+            assert_eq!(SSL_SESSION_set_cipher(s, aes128gcm), 1);
+            ossl::SSL_free(ssl);
+            ossl::SSL_CTX_free(ctx);
+            let len = ossl::i2d_SSL_SESSION(s, std::ptr::null_mut());
+            let mut v = vec![0u8; len as usize];
+            let mut p = v.as_mut_ptr();
+            ossl::i2d_SSL_SESSION(s, &mut p);
+            ossl::SSL_SESSION_free(s);
+            v
+        };
+        assert!(session_der_matches_id(&der, &[7u8; 32]));
+        assert!(!session_der_matches_id(&der, &[8u8; 32]), "another id");
+        assert!(
+            !session_der_matches_id(&[7u8; 32], &der[..32]),
+            "swapped arguments"
+        );
+        assert!(!session_der_matches_id(b"not a session", &[7u8; 32]));
     }
 }

@@ -82,7 +82,13 @@ pub struct Globals {
     pub tls13_stateless_skipped: AtomicU64,
     pub encode_errors: AtomicU64,
     pub decode_errors: AtomicU64,
-    pub reserved: [AtomicU64; 25],
+    /// Session ids made by the library's generator, and candidates it threw away because the
+    /// id was already in use (in the shared cache or OpenSSL's own).
+    pub ids_generated: AtomicU64,
+    pub id_collisions: AtomicU64,
+    /// Zero in segments made before these counters existed, so using reserved space for new
+    /// counters keeps the layout (and its version) unchanged.
+    pub reserved: [AtomicU64; 23],
 }
 
 /// Per-shard counters, updated under the shard lock (plain load+store, no RMW needed) and read

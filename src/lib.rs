@@ -8,9 +8,13 @@
 //! - [`shard`]: slot operations inside one locked shard;
 //! - [`cache`]: ids to shards, locking with crash recovery, statistics;
 //! - [`glue`]: the OpenSSL callbacks (i2d/d2i outside the locks);
-//! - [`ffi`]: the exported C functions.
+//! - [`ffi`]: the exported C functions;
+//! - [`dumpfile`]: the file format of `shmsesscache dump` / `load`.
+//!
+//! The `shmsesscache` command-line tool is `src/bin/shmsesscache/`.
 
 pub mod cache;
+pub mod dumpfile;
 pub mod error;
 pub mod fault;
 pub mod ffi;

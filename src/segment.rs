@@ -108,9 +108,10 @@ fn cpath(path: &Path) -> Result<CString> {
 pub fn create_or_attach(
     path: &Path,
     geo: &Geometry,
+    owner: Option<(u32, u32)>,
     init: &dyn Fn(&Mapping) -> Result<()>,
 ) -> Result<(Mapping, Origin)> {
-    match create_file(path, geo, init) {
+    match create_file(path, geo, owner, init) {
         Ok(m) => Ok((m, Origin::CreatedFile)),
         Err(CreateError::Exists) => {
             let m = attach(path)?;
@@ -141,6 +142,7 @@ enum CreateError {
 fn create_file(
     path: &Path,
     geo: &Geometry,
+    owner: Option<(u32, u32)>,
     init: &dyn Fn(&Mapping) -> Result<()>,
 ) -> std::result::Result<Mapping, CreateError> {
     let final_c = cpath(path).map_err(CreateError::Other)?;
@@ -178,6 +180,17 @@ fn create_file(
             format!("cannot size {}", tmp.display()),
             e,
         )));
+    }
+    if let Some((uid, gid)) = owner {
+        // Before the link: the file appears under its name already owned by the server's user.
+        // SAFETY: fchown on our descriptor.
+        if unsafe { libc::fchown(fd.0, uid, gid) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(cleanup(Error::io(
+                format!("cannot give {} to uid {uid} gid {gid}", tmp.display()),
+                e,
+            )));
+        }
     }
     let m = match Mapping::map(fd.0, geo.total_bytes) {
         Ok(m) => m,
@@ -220,9 +233,24 @@ fn temp_name(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Whose segment files an attach accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trust {
+    /// Only files owned by this process's effective uid (what servers use).
+    Owner,
+    /// Files of any owner: only for root's tools, which read whatever they are pointed at
+    /// anyway (every read of the segment is bounds- and checksum-checked).
+    AnyOwner,
+}
+
 /// Attach to an existing named segment after checking that it is a regular file (not a
 /// symlink) owned by us, not writable by group or others, and a segment this build can read.
 pub fn attach(path: &Path) -> Result<Mapping> {
+    attach_with(path, Trust::Owner)
+}
+
+/// [`attach`] with an explicit owner policy.
+pub fn attach_with(path: &Path, trust: Trust) -> Result<Mapping> {
     let c = cpath(path)?;
     // SAFETY: open with a valid path; O_NOFOLLOW refuses a symlink as the last component.
     let fd = unsafe {
@@ -250,7 +278,7 @@ pub fn attach(path: &Path) -> Result<Mapping> {
             io::Error::last_os_error(),
         ));
     }
-    check_file_trust(path, &st)?;
+    check_file_trust(path, &st, trust)?;
     let size = st.st_size as u64;
     if size < HEADER_BYTES as u64 {
         return Err(Error::format(format!(
@@ -276,7 +304,7 @@ pub fn attach(path: &Path) -> Result<Mapping> {
         .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))
 }
 
-fn check_file_trust(path: &Path, st: &libc::stat) -> Result<()> {
+fn check_file_trust(path: &Path, st: &libc::stat, trust: Trust) -> Result<()> {
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(Error::security(format!(
             "{} is not a regular file",
@@ -285,7 +313,7 @@ fn check_file_trust(path: &Path, st: &libc::stat) -> Result<()> {
     }
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
-    if st.st_uid != me {
+    if st.st_uid != me && trust == Trust::Owner {
         return Err(Error::security(format!(
             "{} is owned by uid {}, not by this process's uid {me}",
             path.display(),

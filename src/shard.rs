@@ -52,6 +52,72 @@ pub struct EntryInfo {
     pub expires: u32,
 }
 
+/// A live entry with its payload, as [`Shard::export`] copies it. The payload holds a
+/// master secret: it is zeroed when dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ExportedEntry {
+    pub id: Vec<u8>,
+    pub created: u32,
+    pub expires: u32,
+    pub data: Vec<u8>,
+}
+
+impl Drop for ExportedEntry {
+    fn drop(&mut self) {
+        crate::util::wipe(&mut self.data);
+    }
+}
+
+impl std::fmt::Debug for ExportedEntry {
+    // Never print the payload.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ExportedEntry {{ id: {} bytes, {} data bytes }}",
+            self.id.len(),
+            self.data.len()
+        )
+    }
+}
+
+/// Times of the live entries of one shard or of the whole cache.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Ages {
+    pub live: u64,
+    pub oldest_created: Option<u32>,
+    pub newest_created: Option<u32>,
+    pub earliest_expiry: Option<u32>,
+    pub latest_expiry: Option<u32>,
+    /// Sum over live entries of (expiry - now), for the average time left.
+    pub time_left_sum: u64,
+}
+
+impl Ages {
+    fn add(&mut self, created: u32, expires: u32, now: u32) {
+        self.live += 1;
+        self.oldest_created = Some(self.oldest_created.map_or(created, |o| o.min(created)));
+        self.newest_created = Some(self.newest_created.map_or(created, |o| o.max(created)));
+        self.earliest_expiry = Some(self.earliest_expiry.map_or(expires, |o| o.min(expires)));
+        self.latest_expiry = Some(self.latest_expiry.map_or(expires, |o| o.max(expires)));
+        self.time_left_sum += u64::from(expires.saturating_sub(now));
+    }
+
+    pub fn merge(&mut self, o: &Ages) {
+        fn pick(a: Option<u32>, b: Option<u32>, f: fn(u32, u32) -> u32) -> Option<u32> {
+            match (a, b) {
+                (Some(x), Some(y)) => Some(f(x, y)),
+                (x, y) => x.or(y),
+            }
+        }
+        self.live += o.live;
+        self.oldest_created = pick(self.oldest_created, o.oldest_created, u32::min);
+        self.newest_created = pick(self.newest_created, o.newest_created, u32::max);
+        self.earliest_expiry = pick(self.earliest_expiry, o.earliest_expiry, u32::min);
+        self.latest_expiry = pick(self.latest_expiry, o.latest_expiry, u32::max);
+        self.time_left_sum += o.time_left_sum;
+    }
+}
+
 pub struct NewEntry<'d> {
     pub id: &'d [u8],
     pub data: &'d [u8],
@@ -272,7 +338,9 @@ impl<'a> Shard<'a> {
 
     /// Store `e`, replacing an entry with the same id and evicting as needed. `k` units must
     /// not exceed the shard (the cache checks sizes before locking).
-    pub fn store(&self, e: &NewEntry<'_>, now: u32) {
+    /// Returns how many live entries were evicted to make room.
+    pub fn store(&self, e: &NewEntry<'_>, now: u32) -> u64 {
+        let evicted_before = self.hdr.counters[Counter::EvictedLive as usize].load(Relaxed);
         if let Some((i, h)) = self.find(e.tag, e.id) {
             self.free_entry(i, &h);
             self.bump(Counter::Replaced);
@@ -286,6 +354,9 @@ impl<'a> Shard<'a> {
         };
         self.write(start, k, e);
         self.bump(Counter::Stores);
+        self.hdr.counters[Counter::EvictedLive as usize]
+            .load(Relaxed)
+            .wrapping_sub(evicted_before)
     }
 
     fn write(&self, start: usize, k: usize, e: &NewEntry<'_>) {
@@ -470,6 +541,35 @@ impl<'a> Shard<'a> {
                     expires: h.expires,
                 });
             }
+        });
+        v
+    }
+
+    /// The creation and expiry times of the live entries, for the statistics.
+    pub fn ages(&self, now: u32) -> Ages {
+        let mut a = Ages::default();
+        self.for_each_head(|_, h| {
+            if let Some(h) = h.filter(|h| h.expires > now) {
+                a.add(h.created, h.expires, now);
+            }
+        });
+        a
+    }
+
+    /// Copies of the live entries (id, times, payload) that verify, for dumping. Allocates
+    /// under the lock: a tool's path, never a handshake's.
+    pub fn export(&self, now: u32) -> Vec<ExportedEntry> {
+        let mut v = Vec::new();
+        self.for_each_head(|i, h| {
+            let Some(h) = h.filter(|h| h.expires > now && self.checksum_ok(i, h)) else {
+                return;
+            };
+            v.push(ExportedEntry {
+                id: self.id_of(i, &h).to_vec(),
+                created: h.created,
+                expires: h.expires,
+                data: self.stored(i, &h)[h.payload_range()].to_vec(),
+            });
         });
         v
     }

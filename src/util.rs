@@ -33,3 +33,12 @@ pub fn random_bytes(buf: &mut [u8]) {
         }
     }
 }
+
+/// Zero a buffer that held secrets, in a way the optimiser does not remove.
+pub fn wipe(buf: &mut [u8]) {
+    for b in buf.iter_mut() {
+        // SAFETY: b is a valid, exclusive reference.
+        unsafe { std::ptr::write_volatile(b, 0) };
+    }
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+}

@@ -471,6 +471,98 @@ static void test_vhosts_and_client_certs(void)
     shmsess_cache_free(cache);
 }
 
+/* Session-id generator: prefix + CSPRNG at the full 32 bytes, per-worker prefixes, counted;
+ * the statistics accessor; callers built against the 0.1 options struct. */
+static void test_id_generator_and_stats_fields(void)
+{
+    shmsess_options o;
+    shmsess_options_init(&o);
+    o.size_bytes = 1 << 20;
+    o.session_id_prefix = (const uint8_t *)"host-A";
+    o.session_id_prefix_len = 6;
+    shmsess_cache *cache = NULL;
+    CHECK(shmsess_cache_create(&o, &cache) == SHMSESS_OK, "create with a prefix: %s", shmsess_last_error());
+    SSL_CTX *s12 = server_ctx("server", TLS12, SSL_OP_NO_TICKET, 0, 0), *c12 = client_ctx(TLS12, 0);
+    SSL_CTX *s13 = server_ctx("server", TLS13, SSL_OP_NO_TICKET, 0, 0), *c13 = client_ctx(TLS13, 0);
+    shmsess_install(cache, s12);
+    shmsess_install(cache, s13);
+    struct outcome *out = calloc(1, sizeof *out), *r = calloc(1, sizeof *r);
+    handshake(s12, c12, NULL, 0, 0, 1, out);
+    const unsigned char *p = out->der;
+    SSL_SESSION *sess = d2i_SSL_SESSION(NULL, &p, out->der_len);
+    unsigned int idlen = 0;
+    const unsigned char *id = sess ? SSL_SESSION_get_id(sess, &idlen) : NULL;
+    CHECK(id && idlen == 32 && memcmp(id, "host-A", 6) == 0, "TLS 1.2 id carries the prefix at 32 bytes (len %u)", idlen);
+    SSL_SESSION_free(sess);
+    handshake(s12, c12, out->der, out->der_len, 0, 1, r);
+    CHECK(r->reused, "a generated id resumes");
+
+    /* A worker sets its own prefix after fork; TLS 1.3 stateful tickets (the raw id) carry it. */
+    CHECK(shmsess_set_session_id_prefix(cache, (const uint8_t *)"host-Aw7", 8) == SHMSESS_OK, "worker prefix");
+    CHECK(shmsess_set_session_id_prefix(cache, (const uint8_t *)"0123456789abcdefX", 17) == SHMSESS_ERR_INVALID_ARGUMENT,
+          "a 17-byte prefix is refused");
+    CHECK(shmsess_set_session_id_prefix(cache, NULL, 4) == SHMSESS_ERR_NULL_ARGUMENT, "NULL prefix");
+    handshake(s13, c13, NULL, 0, 0, 1, out);
+    shmsess_stats st = stats_of(cache);
+    CHECK(st.entries == 2, "two sessions stored (%llu)", (unsigned long long)st.entries);
+    CHECK(out->ok && st.ids_generated == 2 && st.id_collisions == 0, "ids generated %llu, collisions %llu",
+          (unsigned long long)st.ids_generated, (unsigned long long)st.id_collisions);
+    handshake(s13, c13, out->der, out->der_len, 0, 1, r);
+    CHECK(r->reused, "a TLS 1.3 ticket with a generated id resumes");
+
+    /* Every field by name, in struct order, bounded by struct_size. */
+    size_t n = shmsess_stats_field_count();
+    const char *name = NULL;
+    uint64_t value = 0;
+    int saw_hits = 0, saw_avg = 0;
+    for (size_t i = 0; i < n; i++) {
+        CHECK(shmsess_stats_field(&st, i, &name, &value) == SHMSESS_OK && name, "field %zu", i);
+        if (!strcmp(name, "lookup_hits"))
+            saw_hits = value == st.lookup_hits;
+        if (!strcmp(name, "avg_time_left_s"))
+            saw_avg = value == st.avg_time_left_s;
+    }
+    CHECK(n >= 37 && saw_hits && saw_avg, "fields by name (%zu)", n);
+    CHECK(shmsess_stats_field(&st, n, &name, &value) == SHMSESS_ERR_NOT_FOUND, "past the last field");
+    CHECK(shmsess_stats_field(NULL, 0, &name, &value) == SHMSESS_ERR_NULL_ARGUMENT, "NULL stats");
+    CHECK(st.version == SHMSESS_STATS_VERSION && st.struct_size == sizeof st, "stats version %u", st.version);
+    double hr = shmsess_stats_hit_ratio(&st);
+    CHECK(hr > 0.0 && hr <= 1.0, "hit ratio %f", hr);
+    /* A caller with the version-1 struct (up to size_bytes) gets exactly those fields. */
+    size_t v1 = offsetof(shmsess_stats, size_bytes) + sizeof(uint64_t);
+    shmsess_stats small;
+    memset(&small, 0xAB, sizeof small);
+    CHECK(shmsess_cache_stats_sized(cache, &small, v1) == SHMSESS_OK && small.struct_size == v1 &&
+              small.ids_generated == 0xABABABABABABABABULL,
+          "sized stats writes only what fits");
+    size_t k = 0;
+    while (shmsess_stats_field(&small, k, &name, &value) == SHMSESS_OK)
+        k++;
+    CHECK(k == 28, "an old struct exposes its 28 fields, not more (%zu)", k);
+
+    /* A caller built against 0.1 (options end at session_id_context) still works: no prefix. */
+    shmsess_options old;
+    shmsess_options_init(&old);
+    old.size_bytes = 1 << 20;
+    old.struct_size = offsetof(shmsess_options, session_id_prefix);
+    old.session_id_prefix_len = 99; /* beyond its struct: must be ignored */
+    shmsess_cache *oc = NULL;
+    CHECK(shmsess_cache_create(&old, &oc) == SHMSESS_OK, "0.1-sized options: %s", shmsess_last_error());
+    CHECK(shmsess_set_session_id_prefix(oc, (const uint8_t *)"x", 1) == SHMSESS_ERR_INVALID_ARGUMENT,
+          "no generator without the option: %s", shmsess_last_error());
+    shmsess_cache_free(oc);
+    o.session_id_prefix_len = 17;
+    CHECK(shmsess_cache_create(&o, &oc) == SHMSESS_ERR_INVALID_ARGUMENT && oc == NULL, "prefix of 17 bytes refused");
+
+    free(out);
+    free(r);
+    SSL_CTX_free(s12);
+    SSL_CTX_free(s13);
+    SSL_CTX_free(c12);
+    SSL_CTX_free(c13);
+    shmsess_cache_free(cache);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -483,6 +575,7 @@ int main(int argc, char **argv)
     test_resumption();
     test_tls13_options();
     test_vhosts_and_client_certs();
+    test_id_generator_and_stats_fields();
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }

@@ -1,0 +1,373 @@
+//! `shmsesscache`: inspect and operate a named session cache segment.
+//!
+//! Commands: stat, list, flush, create, dump, load (see `shmsesscache --help`). Exit codes:
+//! 0 done, 1 failed (nothing or only part of it could be done, the message says why),
+//! 2 bad command line, 3 done in part (some shards were locked too long, or some records were
+//! refused). Nothing here ever prints session contents.
+
+mod report;
+mod text;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use shmsesscache::cache::{Cache, Config};
+use shmsesscache::segment::Trust;
+use shmsesscache::{dumpfile, glue, util, Error};
+
+const EXIT_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_PARTIAL: u8 = 3;
+
+/// A failure with its exit code and a message naming the file and the reason.
+struct Failure(u8, String);
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure(EXIT_FAILED, e.message)
+    }
+}
+
+fn usage(msg: impl Into<String>) -> Failure {
+    Failure(EXIT_USAGE, msg.into())
+}
+
+/// The command line after the command name: positional arguments and `--flag [value]`s.
+struct Args {
+    command: &'static str,
+    positional: Vec<String>,
+    flags: Vec<(String, Option<String>)>,
+}
+
+impl Args {
+    /// `valued` lists the flags that take a value; every other `--x` is a switch.
+    fn parse(
+        command: &'static str,
+        raw: &[String],
+        switches: &[&str],
+        valued: &[&str],
+    ) -> Result<Args, Failure> {
+        let mut a = Args {
+            command,
+            positional: Vec::new(),
+            flags: Vec::new(),
+        };
+        let mut it = raw.iter();
+        while let Some(s) = it.next() {
+            if let Some(name) = s.strip_prefix("--") {
+                let (name, inline) = match name.split_once('=') {
+                    Some((n, v)) => (n, Some(v.to_string())),
+                    None => (name, None),
+                };
+                if valued.contains(&name) {
+                    let v = match inline {
+                        Some(v) => v,
+                        None => it
+                            .next()
+                            .cloned()
+                            .ok_or_else(|| usage(format!("{command}: --{name} needs a value")))?,
+                    };
+                    a.flags.push((name.to_string(), Some(v)));
+                } else if switches.contains(&name) && inline.is_none() {
+                    a.flags.push((name.to_string(), None));
+                } else {
+                    return Err(usage(format!(
+                        "{command}: unknown option --{name} (see 'shmsesscache {command} --help')"
+                    )));
+                }
+            } else {
+                a.positional.push(s.clone());
+            }
+        }
+        Ok(a)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.flags.iter().any(|(n, _)| n == name)
+    }
+
+    fn value(&self, name: &str) -> Option<&str> {
+        self.flags
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    fn want_positional(&self, n: usize, names: &str) -> Result<(), Failure> {
+        if self.positional.len() != n {
+            return Err(usage(format!(
+                "{}: expected {names}, got {} argument(s) (see 'shmsesscache {} --help')",
+                self.command,
+                self.positional.len(),
+                self.command
+            )));
+        }
+        Ok(())
+    }
+
+    fn lock_timeout(&self) -> Result<Option<Duration>, Failure> {
+        match self.value("lock-timeout") {
+            None => Ok(Some(Duration::from_millis(1000))),
+            Some(v) => v
+                .parse::<u64>()
+                .map(|ms| Some(Duration::from_millis(ms)))
+                .map_err(|_| {
+                    usage(format!(
+                        "{}: --lock-timeout wants milliseconds, not {v:?}",
+                        self.command
+                    ))
+                }),
+        }
+    }
+}
+
+/// Root inspects segments whatever their owner (a server may run as another user); everyone
+/// else only their own, like the library itself.
+fn trust() -> Trust {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        Trust::AnyOwner
+    } else {
+        Trust::Owner
+    }
+}
+
+fn open_segment(a: &Args, path: &str) -> Result<Cache, Failure> {
+    Ok(Cache::attach_with(
+        Path::new(path),
+        a.lock_timeout()?,
+        trust(),
+    )?)
+}
+
+fn cmd_stat(raw: &[String]) -> Result<u8, Failure> {
+    let a = Args::parse("stat", raw, &["json", "prometheus"], &["lock-timeout"])?;
+    a.want_positional(1, "PATH")?;
+    let path = &a.positional[0];
+    let cache = open_segment(&a, path)?;
+    let now = util::now_unix();
+    let snap = report::Snapshot::take(&cache, path, now);
+    let out = match (a.has("json"), a.has("prometheus")) {
+        (true, true) => return Err(usage("stat: choose one of --json and --prometheus")),
+        (true, false) => report::json(&snap),
+        (false, true) => report::prometheus(&snap),
+        (false, false) => report::human(&snap),
+    };
+    print!("{out}");
+    Ok(0)
+}
+
+fn cmd_list(raw: &[String]) -> Result<u8, Failure> {
+    let a = Args::parse("list", raw, &[], &["lock-timeout"])?;
+    a.want_positional(1, "PATH")?;
+    let cache = open_segment(&a, &a.positional[0])?;
+    let entries = cache.entries()?;
+    println!(
+        "{:<64}  {:>5}  {:<20}  {:<20}  {:>5}",
+        "ID", "SIZE", "CREATED", "EXPIRES", "SHARD"
+    );
+    for (shard, e) in &entries {
+        println!(
+            "{:<64}  {:>5}  {:<20}  {:<20}  {:>5}",
+            text::hex(&e.id),
+            e.payload_len,
+            text::utc(u64::from(e.created)),
+            text::utc(u64::from(e.expires)),
+            shard
+        );
+    }
+    Ok(0)
+}
+
+fn cmd_flush(raw: &[String]) -> Result<u8, Failure> {
+    let a = Args::parse("flush", raw, &["expired"], &["lock-timeout"])?;
+    a.want_positional(1, "PATH")?;
+    let cache = open_segment(&a, &a.positional[0])?;
+    let when = a.has("expired").then(util::now_unix);
+    match cache.flush(when) {
+        Ok(n) => {
+            println!(
+                "removed {n} {}entries from {}",
+                if when.is_some() { "expired " } else { "" },
+                a.positional[0]
+            );
+            Ok(0)
+        }
+        Err(e) => Err(Failure(
+            EXIT_PARTIAL,
+            format!("{}: flushed in part: {e}", a.positional[0]),
+        )),
+    }
+}
+
+fn cmd_create(raw: &[String]) -> Result<u8, Failure> {
+    let a = Args::parse("create", raw, &[], &["size", "slot-bytes", "owner"])?;
+    a.want_positional(1, "PATH")?;
+    let path = PathBuf::from(&a.positional[0]);
+    let size = text::parse_size(
+        a.value("size")
+            .ok_or_else(|| usage("create: --size BYTES is required"))?,
+    )
+    .map_err(|m| usage(format!("create: --size: {m}")))?;
+    let unit = match a.value("slot-bytes") {
+        None => shmsesscache::layout::DEFAULT_UNIT_BYTES,
+        Some(v) => v
+            .parse()
+            .map_err(|_| usage(format!("create: --slot-bytes wants a number, not {v:?}")))?,
+    };
+    let owner = a
+        .value("owner")
+        .map(text::parse_owner)
+        .transpose()
+        .map_err(|m| usage(format!("create: --owner: {m}")))?;
+    if std::fs::symlink_metadata(&path).is_ok() {
+        return Err(Failure(
+            EXIT_FAILED,
+            format!(
+                "{}: already exists (inspect it with 'shmsesscache stat', or remove it first)",
+                path.display()
+            ),
+        ));
+    }
+    let cache = Cache::create(&Config {
+        path: Some(path.clone()),
+        size_bytes: size,
+        unit_bytes: unit,
+        owner,
+        ..Config::default()
+    })?;
+    let g = cache.geometry();
+    println!(
+        "created {}: {} bytes, {} shards x {} slots of {} bytes ({} one-slot sessions of up to {} bytes; larger ones take several slots), mode 0600{}",
+        path.display(),
+        g.total_bytes,
+        g.shard_count,
+        g.units_per_shard,
+        g.unit_bytes,
+        g.capacity_units(),
+        g.unit_bytes - shmsesscache::layout::ENTRY_HEADER_BYTES,
+        owner.map(|(u, gid)| format!(", owner {u}:{gid}")).unwrap_or_default()
+    );
+    Ok(0)
+}
+
+fn cmd_dump(raw: &[String]) -> Result<u8, Failure> {
+    let a = Args::parse("dump", raw, &[], &["lock-timeout"])?;
+    a.want_positional(2, "PATH FILE")?;
+    let cache = open_segment(&a, &a.positional[0])?;
+    let now = util::now_unix();
+    let (entries, err) = cache.export(now);
+    let mut bytes = dumpfile::encode(&entries, u64::from(now));
+    let written = dumpfile::write_private_file(Path::new(&a.positional[1]), &bytes);
+    util::wipe(&mut bytes);
+    written?;
+    println!(
+        "dumped {} live sessions from {} to {} (mode 0600)",
+        entries.len(),
+        a.positional[0],
+        a.positional[1]
+    );
+    match err {
+        None => Ok(0),
+        Some(e) => Err(Failure(
+            EXIT_PARTIAL,
+            format!("{}: dumped in part: {e}", a.positional[0]),
+        )),
+    }
+}
+
+fn cmd_load(raw: &[String]) -> Result<u8, Failure> {
+    let a = Args::parse("load", raw, &[], &["lock-timeout"])?;
+    a.want_positional(2, "PATH FILE")?;
+    let file = Path::new(&a.positional[1]);
+    let cache = open_segment(&a, &a.positional[0])?;
+    let (mut bytes, readable) = dumpfile::read_private_file(file)?;
+    if readable {
+        eprintln!(
+            "shmsesscache: warning: {} is readable by group or others; it holds session secrets (chmod 600 it)",
+            file.display()
+        );
+    }
+    let decoded = dumpfile::decode(&bytes);
+    util::wipe(&mut bytes);
+    let (records, written) = decoded.map_err(|m| {
+        Failure(
+            EXIT_FAILED,
+            format!("{}: {m}; nothing loaded", file.display()),
+        )
+    })?;
+    let now = util::now_unix();
+    let (rep, err) = dumpfile::load_into(&cache, &records, now, &|id, der| {
+        glue::session_der_matches_id(der, id)
+    });
+    println!(
+        "loaded {} sessions into {} from {} (dumped {}); skipped {} expired, refused {}",
+        rep.loaded,
+        a.positional[0],
+        file.display(),
+        text::utc(written),
+        rep.expired,
+        rep.refused
+    );
+    match err {
+        Some(e) => Err(Failure(
+            EXIT_PARTIAL,
+            format!("{}: loaded in part: {e}", a.positional[0]),
+        )),
+        None if rep.refused > 0 => Err(Failure(
+            EXIT_PARTIAL,
+            format!(
+                "{}: {} record(s) were not sessions with their ids",
+                file.display(),
+                rep.refused
+            ),
+        )),
+        None => Ok(0),
+    }
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = argv.first().map(String::as_str) else {
+        eprint!("{}", text::MAIN_HELP);
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let rest = &argv[1..];
+    if matches!(cmd, "--help" | "-h" | "help") {
+        match rest.first().and_then(|c| text::command_help(c)) {
+            Some(h) => print!("{h}"),
+            None => print!("{}", text::MAIN_HELP),
+        }
+        return ExitCode::SUCCESS;
+    }
+    if cmd == "--version" {
+        println!("shmsesscache {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    if rest.iter().any(|a| a == "--help" || a == "-h") {
+        if let Some(h) = text::command_help(cmd) {
+            print!("{h}");
+            return ExitCode::SUCCESS;
+        }
+    }
+    let result = match cmd {
+        "stat" => cmd_stat(rest),
+        "list" => cmd_list(rest),
+        "flush" => cmd_flush(rest),
+        "create" => cmd_create(rest),
+        "dump" => cmd_dump(rest),
+        "load" => cmd_load(rest),
+        other => Err(usage(format!(
+            "unknown command {other:?}; commands: stat, list, flush, create, dump, load (see 'shmsesscache --help')"
+        ))),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure(code, msg)) => {
+            eprintln!("shmsesscache: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}

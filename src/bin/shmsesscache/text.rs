@@ -1,0 +1,276 @@
+//! Help texts and the small formatting and parsing helpers of the command-line tool.
+
+pub const MAIN_HELP: &str = "\
+NAME
+    shmsesscache - inspect and operate a shared TLS session cache segment
+
+SYNOPSIS
+    shmsesscache stat   PATH [--json | --prometheus]
+    shmsesscache list   PATH
+    shmsesscache flush  PATH [--expired]
+    shmsesscache create PATH --size BYTES [--slot-bytes N] [--owner USER[:GROUP]]
+    shmsesscache dump   PATH FILE
+    shmsesscache load   PATH FILE
+    shmsesscache COMMAND --help
+
+DESCRIPTION
+    PATH is a named segment: the file a server gives in shmsess_options.path (for example
+    /dev/shm/myserver.sess). Anonymous segments live only inside the server's processes; read
+    their statistics through the server (the example server prints them on SIGUSR1).
+
+    The segment is attached like a server attaches it: a symlink, a file writable by group or
+    others, or a file of another format or layout is refused. A file owned by another user is
+    refused too, except when run as root. Running servers are not disturbed: every command
+    takes one shard lock at a time, for as long as a lookup takes.
+
+    Session contents (master secrets) are never printed. dump writes them to a 0600 file.
+
+COMMON OPTIONS
+    --lock-timeout MS   longest wait for one shard's lock (default 1000); a shard held longer
+                        by a stuck process is left out and the command exits 3.
+    --help              the manual of a command.
+
+EXIT STATUS
+    0  done
+    1  failed: the file is missing, not a segment, refused for its owner or mode, or an
+       operating-system call failed; the message names the file and the reason
+    2  bad command line
+    3  done in part: some shards could not be locked in time, or some records of a dump were
+       refused (the message says how many)
+";
+
+const STAT_HELP: &str = "\
+NAME
+    shmsesscache stat - statistics of a session cache segment
+
+SYNOPSIS
+    shmsesscache stat PATH [--json | --prometheus] [--lock-timeout MS]
+
+DESCRIPTION
+    Prints the segment's geometry, how full it is (in all and per shard: min/avg/max slots
+    used), lookups and the hit ratio, stores, removals, expiries and evictions of live
+    sessions, crash recoveries, lock trouble, refused sessions, generated session ids, and the
+    ages of the live entries (oldest, newest, time left before they expire). Counters add up
+    the work of every process since the segment was created.
+
+    Reading it:
+      evicted (live) > 0     the segment is too small: live sessions were pushed out before
+                             they expired. Make it bigger (see the README, 'Size the segment').
+      hit ratio low          clients are not coming back, or the sessions were lost: see the
+                             README, 'Sessions are not resumed'.
+      lock owner died > 0    a process died inside the cache; the shard was checked and
+                             repaired (corrupt dropped says how many entries did not verify).
+      lock timeouts > 0      a live process held a lock too long (stopped in a debugger?).
+      per shard max = slots  at least one shard is full.
+
+    --json          one JSON object (same numbers, plus derived ratios), for scripts.
+    --prometheus    the Prometheus text exposition format (counters end in _total), for a
+                    node_exporter textfile collector or a scrape handler.
+";
+
+const LIST_HELP: &str = "\
+NAME
+    shmsesscache list - the live entries of a session cache segment
+
+SYNOPSIS
+    shmsesscache list PATH [--lock-timeout MS]
+
+DESCRIPTION
+    One line per live entry: the session id in hex, the session's size in bytes, when it was
+    created and when it expires (UTC), and the shard that holds it. Never the contents.
+    With a session id prefix (shmsess_options.session_id_prefix) every id starts with it.
+    Entries past their expiry that nobody has looked up since are listed until a lookup,
+    a store or 'flush --expired' frees them.
+";
+
+const FLUSH_HELP: &str = "\
+NAME
+    shmsesscache flush - remove entries from a session cache segment
+
+SYNOPSIS
+    shmsesscache flush PATH [--expired] [--lock-timeout MS]
+
+DESCRIPTION
+    Removes every entry (clients then make full handshakes), or with --expired only those
+    past their expiry. Freed slots are zeroed. Safe while servers run.
+";
+
+const CREATE_HELP: &str = "\
+NAME
+    shmsesscache create - pre-create a named session cache segment
+
+SYNOPSIS
+    shmsesscache create PATH --size BYTES [--slot-bytes N] [--owner USER[:GROUP]]
+
+DESCRIPTION
+    Creates the segment file with mode 0600 (never following a symlink; it appears under its
+    name only once fully initialised), for example from an init script before the server
+    starts. The server must then ask for the same size and slot size, or it refuses the file.
+    Fails if PATH exists.
+
+    --size BYTES      segment size; suffixes K, M, G (powers of 1024) are accepted: 64M.
+    --slot-bytes N    bytes per slot, multiple of 8 in 64..4096 (default 200: one slot per
+                      typical session; 600 suits sessions with client certificates).
+    --owner U[:G]     give the file to this user (and group), by name or number: the user
+                      the server runs as, when root creates it.
+";
+
+const DUMP_HELP: &str = "\
+NAME
+    shmsesscache dump - save the live sessions of a segment to a file
+
+SYNOPSIS
+    shmsesscache dump PATH FILE [--lock-timeout MS]
+
+DESCRIPTION
+    Writes every live session (DER, with its creation and expiry time) to FILE, created 0600
+    through a temporary file renamed into place. FILE holds master secrets: keep it on a
+    private file system and remove it after loading. With 'load' it carries sessions across a
+    reboot or into a bigger segment (a warm restart: clients resume instead of making full
+    handshakes).
+";
+
+const LOAD_HELP: &str = "\
+NAME
+    shmsesscache load - put the sessions of a dump into a segment
+
+SYNOPSIS
+    shmsesscache load PATH FILE [--lock-timeout MS]
+
+DESCRIPTION
+    Stores the sessions of FILE (made by 'dump') into the segment PATH, which may be of
+    another size. Sessions that have expired are skipped; the others keep their own creation
+    and expiry times. The file is checked whole before anything is stored (checksums, format,
+    each record a session with its id): a damaged file loads nothing. FILE must be a regular
+    file that neither group nor others can write (else anybody could inject sessions).
+";
+
+pub fn command_help(cmd: &str) -> Option<&'static str> {
+    Some(match cmd {
+        "stat" => STAT_HELP,
+        "list" => LIST_HELP,
+        "flush" => FLUSH_HELP,
+        "create" => CREATE_HELP,
+        "dump" => DUMP_HELP,
+        "load" => LOAD_HELP,
+        _ => return None,
+    })
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, proleptic Gregorian).
+pub fn utc(t: u64) -> String {
+    let days = (t / 86_400) as i64;
+    let secs = t % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// A duration in seconds as "2h 3m 4s" (largest two units).
+pub fn duration(s: u64) -> String {
+    let (d, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{sec}s"),
+        (0, 0, _) => format!("{m}m {sec}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+/// "8388608", "64M", "512K", "1G" (powers of 1024; an optional "iB"/"B" is accepted).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{s:?} is not a size (examples: 8388608, 512K, 64M, 1G)"))
+}
+
+/// "www-data", "www-data:www-data", "33:33" to (uid, gid); a user alone gets its own group.
+pub fn parse_owner(s: &str) -> Result<(u32, u32), String> {
+    let (user, group) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    let (uid, user_gid) = lookup_user(user)?;
+    let gid = match group {
+        None => user_gid,
+        Some(g) => lookup_group(g)?,
+    };
+    Ok((uid, gid))
+}
+
+fn lookup_user(u: &str) -> Result<(u32, u32), String> {
+    let c = std::ffi::CString::new(u).map_err(|_| format!("bad user name {u:?}"))?;
+    // SAFETY: getpwnam with a valid C string; we copy the two fields out at once (the tool is
+    // single-threaded, so the static buffer is not shared).
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    if !pw.is_null() {
+        // SAFETY: non-NULL result of getpwnam.
+        return Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) });
+    }
+    match u.parse::<u32>() {
+        Ok(uid) => Ok((uid, uid)),
+        Err(_) => Err(format!("no user {u:?}")),
+    }
+}
+
+fn lookup_group(g: &str) -> Result<u32, String> {
+    let c = std::ffi::CString::new(g).map_err(|_| format!("bad group name {g:?}"))?;
+    // SAFETY: as in lookup_user.
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    if !gr.is_null() {
+        // SAFETY: non-NULL result of getgrnam.
+        return Ok(unsafe { (*gr).gr_gid });
+    }
+    g.parse::<u32>().map_err(|_| format!("no group {g:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_sizes() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(1_795_000_000), "2026-11-18T11:06:40Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(duration(59), "59s");
+        assert_eq!(duration(3725), "1h 2m");
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("512KiB").unwrap(), 512 << 10);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("0").is_err() && parse_size("lots").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+        assert_eq!(parse_owner("0:0").unwrap(), (0, 0));
+        assert_eq!(parse_owner("root").unwrap(), (0, 0));
+        assert!(parse_owner("no-such-user-here").is_err());
+    }
+}

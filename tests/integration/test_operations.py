@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""Integration: the `shmsesscache` tool against named segments used by the example server.
+
+Covers create (mode, owner, refusal to overwrite), stat (human, --json, --prometheus), list
+(ids carry the generator's prefix, nothing secret), a server restart on the same segment,
+dump/flush/load (a warm restart, and a move into a bigger segment), damaged or loose dump
+files, exit codes and --help. Each check prints PASS/FAIL; the run ends with
+"N passed, M failed" and exits non-zero if anything failed.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import ssl
+import stat
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
+from prefork_harness import Server, client_context, one_request  # noqa: E402
+
+PREFIX = "web1"
+SIZE = 2 << 20
+SESSIONS = 12
+results = {"passed": 0, "failed": 0}
+
+
+def check(name, cond, detail=""):
+    results["passed" if cond else "failed"] += 1
+    print(f"{'PASS' if cond else 'FAIL'} {name}" + (f" — {detail}" if detail else ""), flush=True)
+
+
+class Ops:
+    def __init__(self, args, workdir):
+        self.args = args
+        self.dir = workdir
+
+    def cli(self, *argv):
+        p = subprocess.run([self.args.cli, *argv], capture_output=True, text=True, timeout=60)
+        return p.returncode, p.stdout, p.stderr
+
+    def stat_json(self, path):
+        rc, out, err = self.cli("stat", path, "--json")
+        if rc != 0:
+            raise RuntimeError(f"stat --json failed ({rc}): {err}")
+        return json.loads(out)
+
+    def listing(self, path):
+        rc, out, err = self.cli("list", path)
+        if rc != 0:
+            raise RuntimeError(f"list failed ({rc}): {err}")
+        lines = out.splitlines()
+        return lines[0], [line.split() for line in lines[1:]]
+
+    def server(self, path, size=SIZE, extra=()):
+        return Server(self.args.server, self.args.certs, 2,
+                      ["--tls13-stateful", "--cache-path", path, "--cache-size", str(size),
+                       "--id-prefix", PREFIX, *extra])
+
+
+def fresh_sessions(port, version, n):
+    """n new sessions (each a full handshake), as the client keeps them."""
+    ctx = client_context(version, no_ticket=True)
+    out = []
+    for _ in range(n):
+        reused, _, sess = one_request(port, ctx)
+        if reused:
+            raise RuntimeError("a first connection was resumed")
+        out.append(sess)
+    return ctx, out
+
+
+def resumed_count(port, ctx, sessions):
+    """Offer each saved session once; returns how many resumed and the sessions to use next
+    (TLS 1.3 tickets are single-use: the client keeps the new one)."""
+    n, nxt = 0, []
+    for s in sessions:
+        reused, _, new = one_request(port, ctx, s)
+        n += bool(reused)
+        nxt.append(new)
+    return n, nxt
+
+
+def help_and_errors(ops):
+    for cmd in ("stat", "list", "flush", "create", "dump", "load"):
+        rc, out, _ = ops.cli(cmd, "--help")
+        check(f"'{cmd} --help' prints its manual", rc == 0 and "NAME" in out and "SYNOPSIS" in out and cmd in out)
+    rc, out, _ = ops.cli("--help")
+    check("'--help' documents the exit codes", rc == 0 and "EXIT STATUS" in out)
+    rc, _, err = ops.cli("frobnicate")
+    check("an unknown command exits 2", rc == 2 and "unknown command" in err, err.strip())
+    rc, _, err = ops.cli("stat")
+    check("a missing argument exits 2", rc == 2, err.strip())
+    missing = os.path.join(ops.dir, "missing.sess")
+    rc, _, err = ops.cli("stat", missing)
+    check("a missing segment exits 1 naming the file", rc == 1 and missing in err, err.strip())
+    junk = os.path.join(ops.dir, "junk.sess")
+    with open(junk, "wb") as f:
+        f.write(os.urandom(8192))
+    os.chmod(junk, 0o600)
+    rc, _, err = ops.cli("stat", junk)
+    check("a file that is not a segment exits 1 with the reason", rc == 1 and junk in err and "magic" in err, err.strip())
+
+
+def create_and_inspect(ops):
+    path = os.path.join(ops.dir, "main.sess")
+    owner = ["--owner", "root:root"] if os.geteuid() == 0 else []
+    rc, out, err = ops.cli("create", path, "--size", "2M", *owner)
+    check("create makes the segment", rc == 0 and os.path.exists(path), (out + err).strip())
+    mode = stat.S_IMODE(os.lstat(path).st_mode)
+    check("create makes it 0600", mode == 0o600, oct(mode))
+    rc, _, err = ops.cli("create", path, "--size", "2M")
+    check("create refuses an existing path", rc == 1 and "already exists" in err, err.strip())
+    link = os.path.join(ops.dir, "link.sess")
+    os.symlink(path, link)
+    rc, _, err = ops.cli("stat", link)
+    check("stat refuses a symlink", rc == 1 and "symbolic link" in err, err.strip())
+
+    with ops.server(path) as srv:
+        ctx12, s12 = fresh_sessions(srv.port, ssl.TLSVersion.TLSv1_2, SESSIONS)
+        ctx13, s13 = fresh_sessions(srv.port, ssl.TLSVersion.TLSv1_3, SESSIONS)
+        # The generator's prefix is visible to TLS 1.2 clients: the session id is in clear.
+        ids = [s.id for s in s12]
+        check("TLS 1.2 session ids carry the host/worker prefix at full length",
+              all(i.startswith(PREFIX.encode() + b"w") and len(i) == 32 for i in ids),
+              repr(ids[0][:8]))
+        workers = {i[len(PREFIX) + 1:len(PREFIX) + 2] for i in ids}
+        check("each worker adds its own number to the prefix", len(workers) >= 2, repr(workers))
+        n12, s12 = resumed_count(srv.port, ctx12, s12)
+        check("the sessions resume", n12 == SESSIONS, f"{n12}/{SESSIONS}")
+        st = ops.stat_json(path)
+        header, rows = ops.listing(path)
+        rc, human, _ = ops.cli("stat", path)
+        rc_p, prom, _ = ops.cli("stat", path, "--prometheus")
+
+    pre = PREFIX.encode().hex() + "77"  # "w"
+    check("list: one line per live entry, matching stat's entries",
+          len(rows) == st["entries"] == 2 * SESSIONS, f"{len(rows)} lines, entries={st['entries']}")
+    check("list: every id (TLS 1.2 and 1.3) carries the prefix",
+          all(len(r[0]) == 64 and r[0].startswith(pre) for r in rows), rows[0][0] if rows else "")
+    check("list: id, size, created, expires, shard — never the contents",
+          header.split() == ["ID", "SIZE", "CREATED", "EXPIRES", "SHARD"]
+          and all(len(r) == 5 and 100 < int(r[1]) < 1000 and r[2].endswith("Z") for r in rows))
+    check("stat --json: counters of all processes",
+          st["lookup_hits"] >= SESSIONS and st["stores"] == 2 * SESSIONS
+          and st["ids_generated"] >= 2 * SESSIONS and st["id_collisions"] == 0
+          and abs(st["hit_ratio"] - st["lookup_hits"] / (st["lookup_hits"] + st["lookup_misses"])) < 1e-6,
+          f"hits={st['lookup_hits']} stores={st['stores']} ids={st['ids_generated']}")
+    check("stat --json: ages of the entries",
+          0 < st["oldest_created_unix"] <= st["newest_created_unix"] <= st["now_unix"]
+          and st["earliest_expiry_unix"] > st["now_unix"] and 7000 < st["avg_time_left_s"] <= 7200,
+          f"avg_time_left_s={st['avg_time_left_s']}")
+    check("stat --json: per-shard usage",
+          st["min_shard_used_slots"] <= st["avg_shard_used_slots"] <= st["max_shard_used_slots"] <= st["slots_per_shard"])
+    check("stat: human-readable report", rc == 0 and re.search(r"hit ratio \d+\.\d%", human) and "time left" in human)
+    samples = dict(re.findall(r'^(shmsesscache_\w+)\{segment="[^"]+"\} (\S+)$', prom, re.M))
+    check("stat --prometheus: text exposition format",
+          rc_p == 0 and int(samples.get("shmsesscache_lookup_hits_total", -1)) == st["lookup_hits"]
+          and "# TYPE shmsesscache_entries gauge" in prom and len(samples) > 30, f"{len(samples)} samples")
+    return path, (ctx12, s12), (ctx13, s13)
+
+
+def restart_dump_flush_load(ops, path, tls12, tls13):
+    ctx12, s12 = tls12
+    ctx13, s13 = tls13
+    # A restarted server attaches to the segment and resumes its clients' sessions.
+    with ops.server(path) as srv:
+        n, s12 = resumed_count(srv.port, ctx12, s12)
+    check("a server restarted on the named segment resumes the old sessions", n == SESSIONS, f"{n}/{SESSIONS}")
+
+    dump = os.path.join(ops.dir, "sessions.dump")
+    rc, out, err = ops.cli("dump", path, dump)
+    check("dump writes the live sessions", rc == 0 and f"dumped {2 * SESSIONS} " in out, (out + err).strip())
+    check("dump file is 0600", stat.S_IMODE(os.lstat(dump).st_mode) == 0o600)
+    rc, out, _ = ops.cli("flush", path, "--expired")
+    check("flush --expired keeps live entries", rc == 0 and "removed 0" in out and ops.stat_json(path)["entries"] == 2 * SESSIONS, out.strip())
+    rc, out, _ = ops.cli("flush", path)
+    check("flush empties the segment", rc == 0 and ops.stat_json(path)["entries"] == 0, out.strip())
+    with ops.server(path) as srv:
+        n, _ = resumed_count(srv.port, ctx12, s12)
+    check("after flush the old sessions are gone", n == 0, f"{n} resumed")
+
+    # Damaged and loose dump files load nothing.
+    ops.cli("flush", path)
+    bad = os.path.join(ops.dir, "bad.dump")
+    with open(dump, "rb") as f:
+        data = bytearray(f.read())
+    data[len(data) // 2] ^= 0x40
+    with open(bad, "wb") as f:
+        f.write(data)
+    os.chmod(bad, 0o600)
+    rc, _, err = ops.cli("load", path, bad)
+    check("a damaged dump is refused whole", rc == 1 and "nothing loaded" in err and ops.stat_json(path)["entries"] == 0, err.strip())
+    loose = os.path.join(ops.dir, "loose.dump")
+    shutil.copy(dump, loose)
+    os.chmod(loose, 0o622)
+    rc, _, err = ops.cli("load", path, loose)
+    check("a dump others can write is refused", rc == 1 and "writable by group or others" in err, err.strip())
+
+    # Warm restart: load the dump back, the clients resume.
+    rc, out, err = ops.cli("load", path, dump)
+    check("load puts the sessions back", rc == 0 and f"loaded {2 * SESSIONS} " in out, (out + err).strip())
+    with ops.server(path) as srv:
+        n, s12 = resumed_count(srv.port, ctx12, s12)
+    check("after load the TLS 1.2 sessions resume again (warm restart)", n == SESSIONS, f"{n}/{SESSIONS}")
+
+    # Moving to a bigger segment: create, load, start the server on it; TLS 1.3 tickets resume.
+    big = os.path.join(ops.dir, "big.sess")
+    rc, _, err = ops.cli("create", big, "--size", "8M")
+    rc2, out, err2 = ops.cli("load", big, dump)
+    check("load into a bigger segment", rc == 0 and rc2 == 0 and f"loaded {2 * SESSIONS} " in out, (err + out + err2).strip())
+    with ops.server(big, size=8 << 20) as srv:
+        n13, _ = resumed_count(srv.port, ctx13, s13)
+        n12, _ = resumed_count(srv.port, ctx12, s12)
+        stats = srv.stop()
+    check("the bigger segment's server resumes TLS 1.3 and TLS 1.2 sessions",
+          n13 == SESSIONS and n12 == SESSIONS, f"TLS 1.3 {n13}/{SESSIONS}, TLS 1.2 {n12}/{SESSIONS}")
+    check("the server's stats line carries every field, including the new ones",
+          stats and "ids_generated" in stats and "avg_time_left_s" in stats and stats["taken"] == SESSIONS,
+          str(stats)[:200])
+    # A segment of another size is refused by the server rather than silently reused.
+    proc = subprocess.run([ops.args.server, "--listen", "127.0.0.1:0", "--workers", "1",
+                           "--cert", os.path.join(ops.args.certs, "server.pem"),
+                           "--key", os.path.join(ops.args.certs, "server.key"),
+                           "--cache-path", big, "--cache-size", str(SIZE)],
+                          capture_output=True, text=True, timeout=30)
+    check("a server asking for another size refuses the segment", proc.returncode != 0 and big in proc.stderr,
+          proc.stderr.strip()[:200])
+    if os.geteuid() == 0:
+        os.chown(big, 65534, 65534)
+        rc, out, err = ops.cli("stat", big, "--json")
+        check("root inspects a segment owned by the server's user",
+              rc == 0 and json.loads(out)["entries"] >= SESSIONS, err.strip())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--server", required=True)
+    ap.add_argument("--cli", required=True)
+    ap.add_argument("--certs", required=True)
+    args = ap.parse_args()
+    workdir = tempfile.mkdtemp(prefix="shmsess-ops-")
+    ops = Ops(args, workdir)
+    try:
+        for t in (help_and_errors,):
+            t(ops)
+        state = create_and_inspect(ops)
+        restart_dump_flush_load(ops, *state)
+    except Exception as e:  # a crash is a failure, not an abort
+        check("scenario ran to the end", False, f"{type(e).__name__}: {e}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"{results['passed']} passed, {results['failed']} failed")
+    sys.exit(1 if results["failed"] else 0)
+
+
+if __name__ == "__main__":
+    main()
