@@ -21,7 +21,7 @@ FAULT_SERVER := $(BUILD)/fault/prefork_server
 RUST_SRC  := $(wildcard src/*.rs src/bin/*.rs src/bin/*/*.rs) Cargo.toml build.rs
 CLI       := $(BUILD)/shmsesscache
 
-.PHONY: all lib header check-header test test-rust test-c test-integration test-fuzz fuzz demo install clean
+.PHONY: all lib header check-header test test-rust test-c test-integration test-fuzz fuzz demo bench install clean
 
 all: $(LIB_SO) $(LIB_A) $(PC) $(SERVER) $(CLI)
 
@@ -114,11 +114,26 @@ test-fuzz: fuzz-build
 	$(call run_fuzz,api_ops,10)
 	$(call run_fuzz,segment_bytes,10)
 
-$(BUILD)/certs/server.pem:
+$(BUILD)/certs/server.pem: scripts/make-certs.sh
 	scripts/make-certs.sh $(BUILD)/certs
 
 demo: all $(BUILD)/certs/server.pem
 	python3 scripts/demo.py --server $(SERVER) --certs $(BUILD)/certs
+
+# Benchmarks (never part of `make test`): see BENCHMARKS.md. BENCH_ARGS e.g. "--runs 3".
+BENCH_ARGS ?=
+$(BUILD)/bench/handshake: bench/handshake.c include/shmsesscache.h $(LIB_SO)
+	@mkdir -p $(BUILD)/bench
+	$(CC) $(CFLAGS) $(WARN) -Iinclude $< -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN/..'
+
+$(BUILD)/bench/loadgen: bench/loadgen.c
+	@mkdir -p $(BUILD)/bench
+	$(CC) $(CFLAGS) $(WARN) $< -o $@ -lssl -lcrypto
+
+bench: all $(BUILD)/certs/server.pem $(BUILD)/bench/handshake $(BUILD)/bench/loadgen
+	$(CARGO) build --release --example bench_ops
+	sh bench/install-deps.sh
+	python3 bench/run.py $(BENCH_ARGS)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin

@@ -189,6 +189,10 @@ typedef struct shmsess_stats {
   uint64_t latest_expiry_unix;
   // Average seconds left before the live entries expire.
   uint64_t avg_time_left_s;
+  // Shard lock acquisitions that had to wait for another process or thread, and the total
+  // time they waited in nanoseconds (contention; uncontended acquisitions are not timed).
+  uint64_t lock_contended;
+  uint64_t lock_wait_ns;
 } shmsess_stats;
 
 // Called with each library message: its level (1 error .. 4 debug), the message (valid during
@@ -230,10 +234,14 @@ void shmsess_cache_free(struct shmsess_cache *cache);
 // The SSL_CTX holds a reference to the cache until it is freed.
 enum shmsess_result shmsess_install(struct shmsess_cache *cache, SSL_CTX *ctx);
 
-// Fill `*stats` with the cache's statistics (counts of all processes). The struct is fully
-// written, `struct_size` included. Thread- and process-safe. The counters are read without
-// locks; the entry ages lock each shard in turn for a 256-tag scan (a shard whose lock times
-// out is left out of the ages), so call it from a status page, not per handshake.
+// Fill `*stats` with the cache's statistics (counts of all processes), `struct_size`
+// included. The header turns `shmsess_cache_stats(c, s)` into
+// `shmsess_cache_stats_sized(c, s, sizeof *(s))`, so code compiled against it gets every
+// field it knows; the exported symbol itself, which programs built against 0.1 headers
+// call, writes only the version-1 fields, never past the struct those programs allocated.
+// Thread- and process-safe. The counters are read without locks; the entry ages lock each
+// shard in turn for a 256-tag scan (a shard whose lock times out is left out of the ages),
+// so call it from a status page, not per handshake.
 enum shmsess_result shmsess_cache_stats(const struct shmsess_cache *cache,
                                         struct shmsess_stats *stats);
 
@@ -325,3 +333,8 @@ enum shmsess_result shmsess_set_log_callback(shmsess_log_fn callback,
 #endif  // __cplusplus
 
 #endif  /* SHMSESSCACHE_H */
+
+/* Callers get every field their header knows: the exported shmsess_cache_stats symbol (what
+ * programs built against 0.1 call) fills only the version-1 fields. Call
+ * (shmsess_cache_stats)(c, s) to reach the symbol itself. */
+#define shmsess_cache_stats(cache, stats) shmsess_cache_stats_sized((cache), (stats), sizeof *(stats))

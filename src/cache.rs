@@ -84,6 +84,8 @@ pub struct Stats {
     pub decode_errors: u64,
     pub ids_generated: u64,
     pub id_collisions: u64,
+    pub lock_contended: u64,
+    pub lock_wait_ns: u64,
     /// When the segment was created (Unix seconds).
     pub created_unix: u64,
     pub entries: u64,
@@ -249,7 +251,7 @@ impl Cache {
         let base = self.shard_base(idx);
         // SAFETY: the mutex is the first field of the shard header inside the mapping.
         let lock = unsafe { ShardLock::from_ptr(base as *mut libc::pthread_mutex_t) };
-        let acquired = match lock.lock(self.lock_timeout) {
+        let acquired = match self.acquire(&lock) {
             Ok(a) => a,
             Err(e) => return Err(self.lock_failed(idx, e)),
         };
@@ -294,6 +296,23 @@ impl Cache {
         guard.hdr.dirty.store(1, Relaxed);
         fault::point(FaultPoint::AfterLock);
         Ok(guard)
+    }
+
+    /// Take the lock: at once if it is free, else wait (bounded by `lock_timeout`) and count
+    /// the wait, so contention shows in the statistics.
+    fn acquire(&self, lock: &ShardLock) -> std::result::Result<Acquired, LockError> {
+        if let Some(a) = lock.try_lock()? {
+            return Ok(a);
+        }
+        let t0 = std::time::Instant::now();
+        let r = lock.lock(self.lock_timeout);
+        let g = self.globals();
+        g.lock_contended.fetch_add(1, Relaxed);
+        g.lock_wait_ns.fetch_add(
+            t0.elapsed().as_nanos().min(u64::MAX as u128) as u64,
+            Relaxed,
+        );
+        r
     }
 
     fn lock_failed(&self, idx: usize, e: LockError) -> Error {
@@ -513,6 +532,8 @@ impl Cache {
         s.decode_errors = g.decode_errors.load(Relaxed);
         s.ids_generated = g.ids_generated.load(Relaxed);
         s.id_collisions = g.id_collisions.load(Relaxed);
+        s.lock_contended = g.lock_contended.load(Relaxed);
+        s.lock_wait_ns = g.lock_wait_ns.load(Relaxed);
         s.created_unix = self.created_unix();
         s.capacity_units = self.geo.capacity_units();
         s.shard_count = self.geo.shard_count as u64;

@@ -478,3 +478,24 @@ fn full_shard_reports_are_rate_limited_with_counts() {
     );
     assert_eq!(r.note(1, 1061), None);
 }
+
+#[test]
+fn a_wait_for_a_held_lock_is_counted_as_contention() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let c = std::sync::Arc::new(one_shard());
+    assert_eq!(c.stats().lock_contended, 0);
+    let held = c.lock_shard(0).unwrap();
+    let c2 = std::sync::Arc::clone(&c);
+    let waiter = std::thread::spawn(move || get(&c2, 1, NOW));
+    // Readiness: glibc sets FUTEX_WAITERS in the robust mutex's lock word once a waiter sleeps.
+    // SAFETY: the lock word is the mutex's first 32-bit field, inside the mapping.
+    let word = unsafe { &*(c.shard_mutex_for_tests(0) as *const AtomicU32) };
+    while word.load(Ordering::SeqCst) & 0x8000_0000 == 0 {
+        std::thread::yield_now();
+    }
+    drop(held);
+    assert_eq!(waiter.join().unwrap(), None);
+    let s = c.stats();
+    assert_eq!(s.lock_contended, 1);
+    assert!(s.lock_wait_ns > 0);
+}

@@ -186,6 +186,10 @@ pub struct shmsess_stats {
     pub latest_expiry_unix: u64,
     /// Average seconds left before the live entries expire.
     pub avg_time_left_s: u64,
+    /// Shard lock acquisitions that had to wait for another process or thread, and the total
+    /// time they waited in nanoseconds (contention; uncontended acquisitions are not timed).
+    pub lock_contended: u64,
+    pub lock_wait_ns: u64,
 }
 
 /// Version of `shmsess_stats` this library fills (`version` field).
@@ -498,16 +502,24 @@ pub extern "C" fn shmsess_install(cache: *mut shmsess_cache, ctx: *mut SSL_CTX) 
     })
 }
 
-/// Fill `*stats` with the cache's statistics (counts of all processes). The struct is fully
-/// written, `struct_size` included. Thread- and process-safe. The counters are read without
-/// locks; the entry ages lock each shard in turn for a 256-tag scan (a shard whose lock times
-/// out is left out of the ages), so call it from a status page, not per handshake.
+/// Size of `shmsess_stats` version 1 (its fields up to `size_bytes`): what programs built
+/// against 0.1 headers allocate.
+const STATS_V1_BYTES: usize = std::mem::offset_of!(shmsess_stats, size_bytes) + 8;
+
+/// Fill `*stats` with the cache's statistics (counts of all processes), `struct_size`
+/// included. The header turns `shmsess_cache_stats(c, s)` into
+/// `shmsess_cache_stats_sized(c, s, sizeof *(s))`, so code compiled against it gets every
+/// field it knows; the exported symbol itself, which programs built against 0.1 headers
+/// call, writes only the version-1 fields, never past the struct those programs allocated.
+/// Thread- and process-safe. The counters are read without locks; the entry ages lock each
+/// shard in turn for a 256-tag scan (a shard whose lock times out is left out of the ages),
+/// so call it from a status page, not per handshake.
 #[no_mangle]
 pub extern "C" fn shmsess_cache_stats(
     cache: *const shmsess_cache,
     stats: *mut shmsess_stats,
 ) -> shmsess_result {
-    shmsess_cache_stats_sized(cache, stats, std::mem::size_of::<shmsess_stats>())
+    shmsess_cache_stats_sized(cache, stats, STATS_V1_BYTES)
 }
 
 /// Like `shmsess_cache_stats`, for a caller whose `shmsess_stats` has `size` bytes (from an
@@ -587,6 +599,8 @@ pub fn to_c_stats(s: &Stats, a: &Ages, now: u32) -> shmsess_stats {
         earliest_expiry_unix: t(a.earliest_expiry),
         latest_expiry_unix: t(a.latest_expiry),
         avg_time_left_s: a.time_left_sum.checked_div(a.live).unwrap_or(0),
+        lock_contended: s.lock_contended,
+        lock_wait_ns: s.lock_wait_ns,
     }
 }
 
@@ -643,6 +657,8 @@ stats_fields!(
     earliest_expiry_unix,
     latest_expiry_unix,
     avg_time_left_s,
+    lock_contended,
+    lock_wait_ns,
 );
 
 /// Number of numeric fields `shmsess_stats_field` can name (in this library version).

@@ -52,6 +52,10 @@ mod extra {
     pub const TLS1_3_VERSION: c_int = 0x0304;
 }
 
+/// Sessions up to this size (all but those with large client certificate chains) are encoded
+/// and decoded in a stack buffer; larger ones in a heap buffer of their size.
+const SMALL_SESSION_BYTES: usize = 1024;
+
 /// How a cache behaves inside OpenSSL (set from `shmsess_options` at creation).
 #[derive(Clone, Debug, Default)]
 pub struct InstallOptions {
@@ -230,13 +234,21 @@ fn store_session(h: &Handle, ssl: *const SSL, sess: *mut SSL_SESSION) {
         );
         return;
     }
-    let mut buf = [0u8; MAX_SESSION_BYTES];
+    // A stack buffer for the usual sizes (no 8 KiB zero-fill per new session), else the heap.
+    let mut small = [0u8; SMALL_SESSION_BYTES];
+    let mut big = Vec::new();
+    let buf: &mut [u8] = if len as usize <= SMALL_SESSION_BYTES {
+        &mut small[..len as usize]
+    } else {
+        big.resize(len as usize, 0u8);
+        &mut big
+    };
     let mut p = buf.as_mut_ptr();
     // SAFETY: buf holds len bytes, as measured above.
     let written = unsafe { ossl::i2d_SSL_SESSION(sess, &mut p) };
     if written != len {
         g.encode_errors.fetch_add(1, Relaxed);
-        buf.fill(0);
+        crate::util::wipe(buf);
         return;
     }
     // SAFETY: live session.
@@ -248,13 +260,13 @@ fn store_session(h: &Handle, ssl: *const SSL, sess: *mut SSL_SESSION) {
     };
     let created = clamp_u32(time);
     let expires = clamp_u32(time.saturating_add(timeout));
-    if let Err(e) = h.cache.store(id, &buf[..len as usize], created, expires) {
+    if let Err(e) = h.cache.store(id, buf, created, expires) {
         if e.kind != ErrorKind::TooLarge {
             log::emit(Level::Warning, &format!("could not store a session: {e}"));
         }
     }
-    // The DER holds the master secret: do not leave it on the stack.
-    buf[..len as usize].fill(0);
+    // The DER holds the master secret: do not leave it in memory.
+    crate::util::wipe(buf);
 }
 
 /// # Safety
@@ -289,14 +301,26 @@ fn fetch_session(h: &Handle, ssl: *const SSL, id: &[u8]) -> Option<*mut SSL_SESS
     // TLS 1.3: take the entry in the same critical section as the copy, so a ticket resumes
     // once in the whole server, whichever worker sees it first.
     let take = tls13 && !h.install.tls13_reuse;
-    let mut buf = [0u8; MAX_SESSION_BYTES];
-    let Ok(Found::Hit { len, .. }) = h.cache.lookup(id, &mut buf, take) else {
-        return None;
+    // Most sessions fit in 1 KiB: zero-filling an 8 KiB buffer on every lookup cost a quarter
+    // of the callback (callgrind). A too-small buffer changes nothing (not even a take), so
+    // the rare large session is simply fetched again into a big one.
+    let mut small = [0u8; SMALL_SESSION_BYTES];
+    let mut big = Vec::new();
+    let (buf, len): (&mut [u8], usize) = match h.cache.lookup(id, &mut small, take) {
+        Ok(Found::Hit { len, .. }) => (&mut small, len),
+        Ok(Found::BufferTooSmall { needed }) => {
+            big.resize(needed, 0u8);
+            match h.cache.lookup(id, &mut big, take) {
+                Ok(Found::Hit { len, .. }) => (&mut big, len),
+                _ => return None,
+            }
+        }
+        _ => return None,
     };
     let mut p = buf.as_ptr();
     // SAFETY: p points to the len bytes we just copied.
     let sess = unsafe { ossl::d2i_SSL_SESSION(std::ptr::null_mut(), &mut p, len as c_long) };
-    buf[..len].fill(0);
+    crate::util::wipe(&mut buf[..len]);
     if sess.is_null() {
         h.cache.globals().decode_errors.fetch_add(1, Relaxed);
         // SAFETY: clears the error d2i left on this thread's queue.

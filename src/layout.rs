@@ -86,9 +86,13 @@ pub struct Globals {
     /// id was already in use (in the shared cache or OpenSSL's own).
     pub ids_generated: AtomicU64,
     pub id_collisions: AtomicU64,
+    /// Shard lock acquisitions that found the lock held and had to wait, and the total time
+    /// they waited (nanoseconds).
+    pub lock_contended: AtomicU64,
+    pub lock_wait_ns: AtomicU64,
     /// Zero in segments made before these counters existed, so using reserved space for new
     /// counters keeps the layout (and its version) unchanged.
-    pub reserved: [AtomicU64; 23],
+    pub reserved: [AtomicU64; 21],
 }
 
 /// Per-shard counters, updated under the shard lock (plain load+store, no RMW needed) and read

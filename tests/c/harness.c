@@ -70,6 +70,7 @@ static SSL_CTX *server_ctx(const char *name, int version, long options, unsigned
     if (verify_client) {
         SSL_CTX_set_verify(c, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
         SSL_CTX_load_verify_locations(c, cpath("client.pem"), NULL);
+        SSL_CTX_load_verify_locations(c, cpath("bigclient.pem"), NULL);
     }
     return c;
 }
@@ -81,8 +82,12 @@ static SSL_CTX *client_ctx(int version, int with_cert)
     SSL_CTX_set_max_proto_version(c, version);
     SSL_CTX_set_options(c, SSL_OP_NO_TICKET); /* TLS 1.2: use session ids */
     if (with_cert) {
-        SSL_CTX_use_certificate_file(c, cpath("client.pem"), SSL_FILETYPE_PEM);
-        SSL_CTX_use_PrivateKey_file(c, cpath("client.key"), SSL_FILETYPE_PEM);
+        const char *name = with_cert == 2 ? "bigclient" : "client";
+        char pem[64], key[64];
+        snprintf(pem, sizeof pem, "%s.pem", name);
+        snprintf(key, sizeof key, "%s.key", name);
+        SSL_CTX_use_certificate_file(c, cpath(pem), SSL_FILETYPE_PEM);
+        SSL_CTX_use_PrivateKey_file(c, cpath(key), SSL_FILETYPE_PEM);
     }
     return c;
 }
@@ -462,6 +467,26 @@ static void test_vhosts_and_client_certs(void)
     CHECK(stats_of(cache).used_slots >= slots + 3, "a client-certificate session spans several slots");
     in_worker(v, cc, o, 0, r);
     CHECK(r->ok && r->reused, "client-certificate session resumed in another worker");
+
+    /* Sessions over 1 KiB (a 4096-bit client certificate) take the callbacks' heap path. */
+    SSL_CTX *cb12 = client_ctx(TLS12, 2);
+    slots = stats_of(cache).used_slots;
+    in_worker(v, cb12, NULL, 0, o);
+    CHECK(o->ok && stats_of(cache).used_slots >= slots + 7, "a >1 KiB session is stored (%llu slots)",
+          (unsigned long long)(stats_of(cache).used_slots - slots));
+    in_worker(v, cb12, o, 0, r);
+    CHECK(r->ok && r->reused, "a >1 KiB session resumes in another worker");
+    SSL_CTX *v13 = server_ctx("server", TLS13, SSL_OP_NO_TICKET, 0, 1), *cb13 = client_ctx(TLS13, 2);
+    shmsess_install(cache, v13);
+    uint64_t taken = stats_of(cache).taken;
+    in_worker(v13, cb13, NULL, 0, o);
+    in_worker(v13, cb13, o, 0, r);
+    CHECK(r->ok && r->reused && stats_of(cache).taken == taken + 1, "a >1 KiB TLS 1.3 ticket is taken and resumed");
+    in_worker(v13, cb13, o, 0, r);
+    CHECK(r->ok && !r->reused, "... once");
+    SSL_CTX_free(cb12);
+    SSL_CTX_free(v13);
+    SSL_CTX_free(cb13);
     free(o);
     SSL_CTX_free(a);
     SSL_CTX_free(b);
@@ -539,6 +564,11 @@ static void test_id_generator_and_stats_fields(void)
     while (shmsess_stats_field(&small, k, &name, &value) == SHMSESS_OK)
         k++;
     CHECK(k == 28, "an old struct exposes its 28 fields, not more (%zu)", k);
+    /* The exported symbol (what 0.1 programs call) never writes past the version-1 struct. */
+    memset(&small, 0xAB, sizeof small);
+    CHECK((shmsess_cache_stats)(cache, &small) == SHMSESS_OK && small.struct_size == v1 && small.size_bytes == st.size_bytes &&
+              small.ids_generated == 0xABABABABABABABABULL,
+          "the unsized symbol writes version 1 only (%u bytes)", small.struct_size);
 
     /* A caller built against 0.1 (options end at session_id_context) still works: no prefix. */
     shmsess_options old;

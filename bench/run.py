@@ -1,0 +1,288 @@
+#!/usr/bin/env python3
+"""`make bench`: every benchmark side by side in one run, on this machine.
+
+1. handshake cost of the cache (bench/handshake.c: memory BIOs, one process)
+2. cache operations, 1/2/4 processes, sharded vs one lock, copy vs i2d/d2i (examples/bench_ops.rs)
+3. end to end over loopback: build/prefork_server with shmsesscache, the same server with
+   OpenSSL's per-process cache (--no-cache), and nginx (`ssl_session_cache shared:SSL:10m`,
+   `ssl_session_tickets off`), 2 and 4 workers, TLS 1.2 and 1.3, one load generator
+   (bench/loadgen.c) for all
+4. density of real sessions (part of 1) against the documented figures of nginx and shmcb
+5. lookup cost as the cache fills and grows (part of 2)
+
+Writes bench/results.json and bench/*.png, prints a table. Every figure is the median of
+--runs runs, with the runs interleaved so that drift on a shared machine hits all alike.
+Servers listen on 127.0.0.1 only; every run is bounded in time.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from prefork_harness import Server  # noqa: E402
+
+# Documented densities (shared/reference/anchors.md), sessions of ~160 bytes per MiB.
+ANCHOR_DENSITY = {"nginx (64-bit)": 2700, "Apache shmcb": 4650, "HAProxy shctx": 4000, "stud": 1700}
+
+
+def median(v):
+    s = sorted(v)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def machine():
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    ossl = subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.strip()
+    ng = shutil.which("nginx")
+    ngv = subprocess.run([ng, "-v"], capture_output=True, text=True).stderr.strip() if ng else "not installed"
+    return {"cores": os.cpu_count(), "cpu": model, "kernel": platform.release(), "openssl": ossl, "nginx": ngv}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, proc, timeout=15.0):
+    """Readiness: the port accepts a TCP connection (nginx prints nothing when ready)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not start listening")
+
+
+class Nginx:
+    def __init__(self, certs, workers):
+        self.dir = tempfile.mkdtemp(prefix="shmsess-nginx-")
+        self.port = free_port()
+        conf = os.path.join(self.dir, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""
+worker_processes {workers};
+daemon off;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {self.dir}/body;
+    server {{
+        listen 127.0.0.1:{self.port} ssl;
+        ssl_certificate {os.path.abspath(certs)}/server.pem;
+        ssl_certificate_key {os.path.abspath(certs)}/server.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_tickets off;
+        ssl_session_timeout 2h;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+}}
+""")
+        self.proc = subprocess.Popen(["nginx", "-p", self.dir, "-c", conf], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+
+    def __enter__(self):
+        wait_listening(self.port, self.proc)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def loadgen(build, port, procs, secs, proto):
+    out = subprocess.run([os.path.join(build, "bench", "loadgen"), str(port), str(procs), str(secs), proto],
+                         capture_output=True, text=True, timeout=secs + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {out.stderr}")
+    return json.loads(out.stdout)
+
+
+def end_to_end(a):
+    servers = ["shmsesscache", "openssl-per-process", "nginx-shared"]
+    if not shutil.which("nginx"):
+        print("nginx is not installed: its end-to-end figures are skipped", file=sys.stderr)
+        servers.remove("nginx-shared")
+    res = []
+    for workers in (2, 4):
+        for proto in ("1.2", "1.3"):
+            runs = {s: [] for s in servers}
+            for _ in range(a.runs):
+                for s in servers:
+                    if s == "nginx-shared":
+                        with Nginx(a.certs, workers) as ng:
+                            r = loadgen(a.build, ng.port, a.clients, a.e2e_seconds, proto)
+                    else:
+                        extra = ["--tls13-stateful"] + (["--no-cache"] if s == "openssl-per-process" else [])
+                        with Server(os.path.join(a.build, "prefork_server"), a.certs, workers, extra) as srv:
+                            r = loadgen(a.build, srv.port, a.clients, a.e2e_seconds, proto)
+                    runs[s].append(r)
+            for s in servers:
+                row = {"server": s, "workers": workers, "protocol": f"TLS {proto}",
+                       "median_handshakes_per_s": median([r["handshakes_per_s"] for r in runs[s]]),
+                       "median_resumed_fraction": median([r["resumed_fraction"] for r in runs[s]]),
+                       "failed": sum(r["failed"] for r in runs[s]),
+                       "runs": [r["handshakes_per_s"] for r in runs[s]]}
+                print(f"  e2e {workers} workers TLS {proto} {s:22} {row['median_handshakes_per_s']:8.0f} hs/s "
+                      f"resumed {100 * row['median_resumed_fraction']:5.1f}%", file=sys.stderr, flush=True)
+                res.append(row)
+    return res
+
+
+def plots(r, outdir):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots", file=sys.stderr)
+        return []
+    made = []
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, codec in zip(axes, ("copy", "der")):
+        for lock, style in (("sharded", "o-"), ("one_lock", "s--")):
+            pts = [o for o in r["ops"]["ops"] if o["codec"] == codec and o["locking"] == lock]
+            ax.plot([p["procs"] for p in pts], [p["median_pairs_per_s"] / 1000 for p in pts], style,
+                    label="shmsesscache (sharded)" if lock == "sharded" else "same code, one lock (shmcb/nginx design)")
+        ax.set_title("store+lookup, " + ("raw copies" if codec == "copy" else "with i2d/d2i"))
+        ax.set_xlabel("processes")
+        ax.set_ylabel("thousand pairs/s")
+        ax.set_xticks([1, 2, 4])
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{r['machine']['cores']} cores, {r['machine']['openssl']} (median of {r['runs']} runs)", fontsize=9)
+    fig.tight_layout()
+    p = os.path.join(outdir, "ops.png")
+    fig.savefig(p, dpi=100)
+    made.append(p)
+
+    rows = r["end_to_end"]
+    if rows:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        servers = sorted({x["server"] for x in rows}, key=["shmsesscache", "nginx-shared", "openssl-per-process"].index)
+        for ax, proto in zip(axes, ("TLS 1.2", "TLS 1.3")):
+            groups = [(w, [x for x in rows if x["workers"] == w and x["protocol"] == proto]) for w in (2, 4)]
+            width = 0.8 / len(servers)
+            for i, s in enumerate(servers):
+                xs = [g + i * width for g in range(len(groups))]
+                ys = [next(x["median_handshakes_per_s"] for x in grp if x["server"] == s) for _, grp in groups]
+                rs = [next(x["median_resumed_fraction"] for x in grp if x["server"] == s) for _, grp in groups]
+                bars = ax.bar(xs, ys, width, label=s)
+                for b, rr in zip(bars, rs):
+                    ax.text(b.get_x() + b.get_width() / 2, b.get_height(), f"{100 * rr:.0f}%", ha="center",
+                            va="bottom", fontsize=7)
+            ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
+            ax.set_xticklabels([f"{w} workers" for w, _ in groups])
+            ax.set_title(f"{proto}: handshakes/s over loopback (label: resumed)")
+            ax.set_ylabel("handshakes/s")
+            ax.legend(fontsize=8)
+        fig.suptitle(f"{r['machine']['cores']} cores, {r['machine']['openssl']}, {r['machine']['nginx']}, "
+                     f"{r['clients']} client processes (median of {r['runs']} runs)", fontsize=9)
+        fig.tight_layout()
+        p = os.path.join(outdir, "end_to_end.png")
+        fig.savefig(p, dpi=100)
+        made.append(p)
+    return made
+
+
+def table(r):
+    lines = [f"machine: {r['machine']['cores']} cores, {r['machine']['cpu']}, {r['machine']['openssl']}, "
+             f"{r['machine']['nginx']}; medians of {r['runs']} runs", ""]
+    hs = r["handshake"]["handshakes"]
+    lines.append("1. resumed handshakes/s in one process (memory BIOs)")
+    for proto in ("TLS 1.2", "TLS 1.3"):
+        v = {x["mode"]: x["median_per_s"] for x in hs if x["protocol"] == proto}
+        lines.append(f"   {proto}: OpenSSL internal {v['internal']:7.0f}  shmsesscache {v['shmsesscache']:7.0f} "
+                     f"({v['shmsesscache'] / v['internal']:.3f}x internal)  no cache {v['none']:6.0f} "
+                     f"(shmsesscache {v['shmsesscache'] / v['none']:.1f}x)")
+    lines.append("2. store+lookup pairs/s (thousands), lock wait ns per pair")
+    for codec in ("copy", "der"):
+        for procs in (1, 2, 4):
+            v = {x["locking"]: x for x in r["ops"]["ops"] if x["codec"] == codec and x["procs"] == procs}
+            s, o = v["sharded"], v["one_lock"]
+            lines.append(f"   {codec:4} {procs} procs: sharded {s['median_pairs_per_s'] / 1e3:7.1f}k "
+                         f"(wait {s['median_wait_ns_per_pair']:7.0f} ns)  one lock {o['median_pairs_per_s'] / 1e3:7.1f}k "
+                         f"(wait {o['median_wait_ns_per_pair']:7.0f} ns)  ratio {s['median_pairs_per_s'] / o['median_pairs_per_s']:.2f}")
+    lines.append("3. end to end over loopback, handshakes/s (resumed)")
+    for x in r["end_to_end"]:
+        lines.append(f"   {x['workers']} workers {x['protocol']} {x['server']:22} {x['median_handshakes_per_s']:7.0f} "
+                     f"({100 * x['median_resumed_fraction']:5.1f}%)")
+    lines.append("4. density, sessions per MiB")
+    for d in r["handshake"]["density"]:
+        lines.append(f"   {d['protocol']}{' + client cert' if d['client_cert'] else '':15} {d['der_bytes']:4} bytes, "
+                     f"{d['slots']} slot(s): {d['per_mib']:6.0f}/MiB")
+    lines.append("   documented: " + ", ".join(f"{k} ~{v}" for k, v in ANCHOR_DENSITY.items()))
+    lines.append("5. lookup ns as the cache fills / grows; memory floor (one random 200-byte read, same "
+                 "spread) ns; lookup minus floor")
+    for key, label in (("fill", "fill_pct"), ("size", "sessions")):
+        for x in r["ops"][key]:
+            lines.append(f"   {key} {x[label]:>8}{'%' if key == 'fill' else ' '}: lookup {x['median_lookup_ns']:6.0f}  "
+                         f"floor {x['median_memory_floor_ns']:6.0f}  own work {x['median_lookup_ns'] - x['median_memory_floor_ns']:6.0f}"
+                         f"  hits {100 * x['hit_fraction']:.1f}%")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--certs", default=os.path.join(ROOT, "build", "certs"))
+    ap.add_argument("--ops", default=os.path.join(ROOT, "target", "release", "examples", "bench_ops"))
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=1.0, help="per in-process measurement")
+    ap.add_argument("--e2e-seconds", type=float, default=3.0)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--out", default=HERE)
+    a = ap.parse_args()
+    r = {"machine": machine(), "runs": a.runs, "clients": a.clients,
+         "commands": "make bench (bench/run.py --runs %d --seconds %g --e2e-seconds %g --clients %d)"
+                     % (a.runs, a.seconds, a.e2e_seconds, a.clients)}
+    print("1/3 handshake cost and density ...", file=sys.stderr, flush=True)
+    out = subprocess.run([os.path.join(a.build, "bench", "handshake"), a.certs, str(a.seconds), str(a.runs)],
+                         capture_output=True, text=True, check=True)
+    r["handshake"] = json.loads(out.stdout)
+    print("2/3 cache operations ...", file=sys.stderr, flush=True)
+    out = subprocess.run([a.ops, str(a.seconds), str(a.runs)], capture_output=True, text=True, check=True)
+    r["ops"] = json.loads(out.stdout)
+    print("3/3 end to end ...", file=sys.stderr, flush=True)
+    r["end_to_end"] = end_to_end(a)
+    r["anchor_density"] = ANCHOR_DENSITY
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump(r, f, indent=1)
+    r["plots"] = plots(r, a.out)
+    print(table(r))
+    print(f"\nwrote {os.path.join(a.out, 'results.json')} and {', '.join(r['plots']) or 'no plots'}")
+
+
+if __name__ == "__main__":
+    main()
