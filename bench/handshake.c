@@ -84,11 +84,10 @@ static SSL_CTX *client_ctx(int version, int with_cert)
     return c;
 }
 
-/* One handshake; returns the client's session for the next one (owned by the caller), and
- * whether the server resumed. */
-static SSL_SESSION *handshake(SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION *offer, int *reused)
+/* Connect s and c over a BIO pair, complete the handshake, and let the client read the TLS 1.3
+ * NewSessionTicket. */
+static void complete(SSL *s, SSL *c, SSL_SESSION *offer)
 {
-    SSL *s = SSL_new(sctx), *c = SSL_new(cctx);
     BIO *sb, *cb;
     BIO_new_bio_pair(&sb, 0, &cb, 0);
     SSL_set_bio(s, sb, sb);
@@ -107,14 +106,27 @@ static SSL_SESSION *handshake(SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION *offer, 
     if (!(cd && sd))
         die("handshake failed");
     unsigned char b;
-    SSL_write(s, "x", 1); /* lets the client read the TLS 1.3 NewSessionTicket */
+    SSL_write(s, "x", 1);
     SSL_read(c, &b, 1);
-    *reused = SSL_session_reused(s);
-    SSL_SESSION *next = SSL_get1_session(c);
+}
+
+static void finish(SSL *s, SSL *c)
+{
     SSL_shutdown(s);
     SSL_shutdown(c);
     SSL_free(s);
     SSL_free(c);
+}
+
+/* One handshake; returns the client's session for the next one (owned by the caller), and
+ * whether the server resumed. */
+static SSL_SESSION *handshake(SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION *offer, int *reused)
+{
+    SSL *s = SSL_new(sctx), *c = SSL_new(cctx);
+    complete(s, c, offer);
+    *reused = SSL_session_reused(s);
+    SSL_SESSION *next = SSL_get1_session(c);
+    finish(s, c);
     return next;
 }
 
@@ -180,22 +192,7 @@ static int real_session(int version, int client_cert, unsigned char *der, int ca
     static const unsigned char sid[] = "bench";
     SSL_CTX_set_session_id_context(sctx, sid, sizeof sid - 1);
     SSL *s = SSL_new(sctx), *c = SSL_new(cctx);
-    BIO *sb, *cb;
-    BIO_new_bio_pair(&sb, 0, &cb, 0);
-    SSL_set_bio(s, sb, sb);
-    SSL_set_bio(c, cb, cb);
-    SSL_set_accept_state(s);
-    SSL_set_connect_state(c);
-    int cd = 0, sd = 0;
-    for (int i = 0; i < 100 && !(cd && sd); i++) {
-        if (!cd)
-            cd = SSL_do_handshake(c) == 1;
-        if (!sd)
-            sd = SSL_do_handshake(s) == 1;
-    }
-    unsigned char b;
-    SSL_write(s, "x", 1);
-    SSL_read(c, &b, 1);
+    complete(s, c, NULL);
     SSL_SESSION *ss = SSL_get1_session(s);
     unsigned idlen;
     const unsigned char *id = SSL_SESSION_get_id(ss, &idlen);
@@ -211,10 +208,7 @@ static int real_session(int version, int client_cert, unsigned char *der, int ca
             break;
         }
     SSL_SESSION_free(ss);
-    SSL_shutdown(s);
-    SSL_shutdown(c);
-    SSL_free(s);
-    SSL_free(c);
+    finish(s, c);
     SSL_CTX_free(sctx);
     SSL_CTX_free(cctx);
     return len;

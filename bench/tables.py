@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Markdown tables for BENCHMARKS.md from bench/results.json (python3 bench/tables.py)."""
+import json
+import os
+import sys
+
+r = json.load(open(sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results.json")))
+m = r["machine"]
+print(f"Machine: {m['cores']} cores ({m['cpu']}), Linux {m['kernel']}, {m['openssl']}, {m['nginx']}. "
+      f"Every figure is the median of {r['runs']} runs, interleaved.\n")
+print("### 1. Handshake cost of the cache (one process, memory BIOs)\n")
+print("| protocol | OpenSSL internal | shmsesscache | no cache (full) | shmsesscache / internal | shmsesscache / no cache |")
+print("|---|---:|---:|---:|---:|---:|")
+for p in ("TLS 1.2", "TLS 1.3"):
+    v = {x["mode"]: x["median_per_s"] for x in r["handshake"]["handshakes"] if x["protocol"] == p}
+    print(f"| {p} | {v['internal']:.0f}/s | {v['shmsesscache']:.0f}/s | {v['none']:.0f}/s | "
+          f"**{v['shmsesscache'] / v['internal']:.3f}** | {v['shmsesscache'] / v['none']:.1f}x |")
+print("\n### 2. Cache operations: store+lookup pairs per second\n")
+print("| data | processes | sharded (ours) | one lock (shmcb/nginx design) | ratio | lock wait per pair, sharded | one lock |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for codec in ("copy", "der"):
+    for procs in (1, 2, 4):
+        v = {x["locking"]: x for x in r["ops"]["ops"] if x["codec"] == codec and x["procs"] == procs}
+        s, o = v["sharded"], v["one_lock"]
+        print(f"| {'raw copy' if codec == 'copy' else 'i2d/d2i'} | {procs} | {s['median_pairs_per_s'] / 1e3:.0f}k | "
+              f"{o['median_pairs_per_s'] / 1e3:.0f}k | **{s['median_pairs_per_s'] / o['median_pairs_per_s']:.2f}** | "
+              f"{s['median_wait_ns_per_pair']:.0f} ns | {o['median_wait_ns_per_pair']:.0f} ns |")
+print("\n### 3. End to end over loopback\n")
+print(f"{r['clients']} client processes (bench/loadgen.c), each reconnecting with its saved session.\n")
+print("| workers | protocol | shmsesscache (example server) | nginx shared:SSL:10m | OpenSSL per-process | ours / nginx |")
+print("|---:|---|---:|---:|---:|---:|")
+for w in (2, 4):
+    for p in ("TLS 1.2", "TLS 1.3"):
+        v = {x["server"]: x for x in r["end_to_end"] if x["workers"] == w and x["protocol"] == p}
+        f = lambda k: f"{v[k]['median_handshakes_per_s']:.0f}/s ({100 * v[k]['median_resumed_fraction']:.1f}% resumed)" if k in v else "-"
+        ratio = (f"{v['shmsesscache']['median_handshakes_per_s'] / v['nginx-shared']['median_handshakes_per_s']:.2f}"
+                 if "nginx-shared" in v else "-")
+        print(f"| {w} | {p} | {f('shmsesscache')} | {f('nginx-shared')} | {f('openssl-per-process')} | **{ratio}** |")
+print("\n### 4. Density (sessions held per MiB when the segment is full)\n")
+print("| session | DER bytes | slots | shmsesscache | nginx (documented) | shmcb (documented) |")
+print("|---|---:|---:|---:|---:|---:|")
+for d in r["handshake"]["density"]:
+    cc = d["client_cert"]
+    print(f"| {d['protocol']}{' + client certificate' if cc else ''} | {d['der_bytes']} | {d['slots']} | **{d['per_mib']:.0f}** | "
+          f"{'~2,700' if not cc else 'n/a'} | {'~4,650' if not cc else 'n/a'} |")
+print("\n### 5. Lookup cost as the cache fills and grows\n")
+print("| | lookup | memory floor (one random 200-byte read) | hits |")
+print("|---|---:|---:|---:|")
+for x in r["ops"]["fill"]:
+    print(f"| 64 MiB, {x['fill_pct']}% full ({x['entries']} sessions) | {x['median_lookup_ns']:.0f} ns | "
+          f"{x['median_memory_floor_ns']:.0f} ns | {100 * x['hit_fraction']:.1f}% |")
+for x in r["ops"]["size"]:
+    print(f"| {x['sessions']:,} sessions ({x['segment_bytes'] / 2**20:.0f} MiB) | {x['median_lookup_ns']:.0f} ns | "
+          f"{x['median_memory_floor_ns']:.0f} ns | {100 * x['hit_fraction']:.1f}% |")
