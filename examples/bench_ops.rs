@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use openssl_sys as ossl;
 use shmsesscache::cache::{Cache, Config, Found};
 use shmsesscache::lock::ShardLock;
+use shmsesscache::segment::Mapping;
 
 extern "C" {
     fn SSL_SESSION_new() -> *mut ossl::SSL_SESSION;
@@ -40,24 +41,17 @@ struct Shared {
     global_wait_ns: AtomicU64,
 }
 
-fn shared_page() -> &'static Shared {
-    // SAFETY: a fresh zeroed shared mapping, leaked for the life of the process.
+/// The page shared by the parent and its workers, with the one-lock mode's mutex initialised.
+fn shared_page() -> Mapping {
+    let page = Mapping::anonymous(4096).expect("mmap of one page");
+    // SAFETY: a fresh zeroed page; the mutex is initialised before any worker exists.
     unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        assert_ne!(p, libc::MAP_FAILED);
-        let s = &*(p as *const Shared);
+        let s = &*(page.base() as *const Shared);
         ShardLock::from_ptr(&s.global_lock as *const _ as *mut _)
             .init()
             .unwrap();
-        s
     }
+    page
 }
 
 fn cache(size: u64) -> Cache {
@@ -186,7 +180,9 @@ fn worker(c: &Cache, sh: &Shared, w: u64, locking: Locking, der: bool) -> u64 {
 /// Store+lookup pairs per second with `procs` processes, and lock wait per pair (ns).
 fn run_ops(procs: usize, locking: Locking, der: bool, secs: f64) -> (f64, f64) {
     let c = cache(32 << 20);
-    let sh = shared_page();
+    let page = shared_page();
+    // SAFETY: the page holds a zero-initialised Shared (atomics and a pshared mutex).
+    let sh = unsafe { &*(page.base() as *const Shared) };
     let mut pids = Vec::new();
     for w in 0..procs {
         // SAFETY: fork in a single-threaded benchmark; the child only runs `worker` and exits.
@@ -215,8 +211,6 @@ fn run_ops(procs: usize, locking: Locking, der: bool, secs: f64) -> (f64, f64) {
     let pairs = sh.pairs.load(SeqCst) as f64;
     let s = c.stats();
     let wait = s.lock_wait_ns + sh.global_wait_ns.load(SeqCst);
-    // SAFETY: unmapping the page made by shared_page (nobody uses it any more).
-    unsafe { libc::munmap(sh as *const Shared as *mut libc::c_void, 4096) };
     (pairs / el, wait as f64 / pairs.max(1.0))
 }
 

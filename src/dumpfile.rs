@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use crate::cache::{Cache, ExportedEntry};
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{MAX_ID_LEN, MAX_SESSION_BYTES};
+use crate::segment::{self, Trust};
 
 const MAGIC: &[u8; 8] = b"SHMSDUMP";
 const END: &[u8; 8] = b"SHMSEND\0";
@@ -142,61 +143,23 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-/// Read a dump file after checking that it is a regular file (not a symlink) owned by us (or
-/// by anyone, for root) that neither group nor others can write: a writable dump would let
-/// somebody else inject sessions. Returns the bytes and whether others could *read* it (the
-/// caller warns: it holds secrets).
-pub fn read_private_file(path: &Path) -> Result<(Vec<u8>, bool)> {
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                Error::security(format!(
-                    "{} is a symbolic link; refusing to follow it",
-                    path.display()
-                ))
-            } else {
-                Error::io(format!("cannot open {}", path.display()), e)
-            }
-        })?;
-    let md = f
-        .metadata()
-        .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
-    use std::os::unix::fs::MetadataExt;
-    if !md.file_type().is_file() {
-        return Err(Error::security(format!(
-            "{} is not a regular file",
-            path.display()
-        )));
-    }
-    // SAFETY: no preconditions.
-    let me = unsafe { libc::geteuid() };
-    if md.uid() != me && me != 0 {
-        return Err(Error::security(format!(
-            "{} is owned by uid {}, not by this process's uid {me}",
-            path.display(),
-            md.uid()
-        )));
-    }
-    if md.mode() & 0o022 != 0 {
-        return Err(Error::security(format!(
-            "{} is writable by group or others (mode {:o}); it must be 0600",
-            path.display(),
-            md.mode() & 0o777
-        )));
-    }
-    if md.len() > MAX_FILE_BYTES {
+/// Read a dump file after checking, like a segment file, that it is a regular file (not a
+/// symlink) owned by us (or by anyone, with `Trust::AnyOwner`) that neither group nor others
+/// can write: a writable dump would let somebody else inject sessions. Returns the bytes and
+/// whether others could *read* it (the caller warns: it holds secrets).
+pub fn read_private_file(path: &Path, trust: Trust) -> Result<(Vec<u8>, bool)> {
+    let (mut f, st) = segment::open_trusted(path, false, trust)?;
+    let len = st.st_size as u64;
+    if len > MAX_FILE_BYTES {
         return Err(Error::format(format!(
             "{} is too large for a dump",
             path.display()
         )));
     }
-    let mut b = Vec::with_capacity(md.len() as usize);
+    let mut b = Vec::with_capacity(len as usize);
     f.read_to_end(&mut b)
         .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-    Ok((b, md.mode() & 0o044 != 0))
+    Ok((b, st.st_mode & 0o044 != 0))
 }
 
 /// What a load did.
@@ -327,14 +290,20 @@ mod tests {
         write_private_file(&p, b"hello").unwrap();
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert_eq!(read_private_file(&p).unwrap(), (b"hello".to_vec(), false));
+        assert_eq!(
+            read_private_file(&p, Trust::Owner).unwrap(),
+            (b"hello".to_vec(), false)
+        );
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o620)).unwrap();
-        assert_eq!(read_private_file(&p).unwrap_err().kind, ErrorKind::Security);
+        assert_eq!(
+            read_private_file(&p, Trust::Owner).unwrap_err().kind,
+            ErrorKind::Security
+        );
         let link = dir.join("link.bin");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&p, &link).unwrap();
         assert_eq!(
-            read_private_file(&link).unwrap_err().kind,
+            read_private_file(&link, Trust::Owner).unwrap_err().kind,
             ErrorKind::Security
         );
         // Writing over a symlink replaces the link, it does not write through it.

@@ -245,19 +245,11 @@ mod tests {
     use super::*;
 
     fn shared_mutex() -> *mut libc::pthread_mutex_t {
-        // SAFETY: anonymous shared mapping of one page, never unmapped in tests.
-        unsafe {
-            let p = libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert_ne!(p, libc::MAP_FAILED);
-            p as *mut libc::pthread_mutex_t
-        }
+        let page = crate::segment::Mapping::anonymous(4096).unwrap();
+        let p = page.base() as *mut libc::pthread_mutex_t;
+        // Never unmapped: the tests' forked children use it until they exit.
+        std::mem::forget(page);
+        p
     }
 
     #[test]

@@ -7,7 +7,9 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -35,6 +37,12 @@ impl Mapping {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// `len` bytes of zeroed anonymous `MAP_SHARED` memory: shared with children forked
+    /// afterwards (a segment, or a page of flags and locks between test processes).
+    pub fn anonymous(len: usize) -> io::Result<Mapping> {
+        Self::map(-1, len)
     }
 
     fn map(fd: libc::c_int, len: usize) -> io::Result<Mapping> {
@@ -83,7 +91,7 @@ pub enum Origin {
 
 /// A freshly created anonymous segment. The caller initialises it.
 pub fn create_anonymous(geo: &Geometry) -> Result<Mapping> {
-    Mapping::map(-1, geo.total_bytes)
+    Mapping::anonymous(geo.total_bytes)
         .map_err(|e| Error::io(format!("mmap of {} bytes", geo.total_bytes), e))
 }
 
@@ -251,34 +259,8 @@ pub fn attach(path: &Path) -> Result<Mapping> {
 
 /// [`attach`] with an explicit owner policy.
 pub fn attach_with(path: &Path, trust: Trust) -> Result<Mapping> {
-    let c = cpath(path)?;
-    // SAFETY: open with a valid path; O_NOFOLLOW refuses a symlink as the last component.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ELOOP) {
-            return Err(Error::security(format!(
-                "{} is a symbolic link; refusing to follow it",
-                path.display()
-            )));
-        }
-        return Err(Error::io(format!("cannot open {}", path.display()), e));
-    }
-    let fd = Fd(fd);
-    // SAFETY: fstat into a zeroed struct on our descriptor.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(fd.0, &mut st) } != 0 {
-        return Err(Error::io(
-            format!("cannot stat {}", path.display()),
-            io::Error::last_os_error(),
-        ));
-    }
-    check_file_trust(path, &st, trust)?;
+    let (file, st) = open_trusted(path, true, trust)?;
+    let fd = file.as_raw_fd();
     let size = st.st_size as u64;
     if size < HEADER_BYTES as u64 {
         return Err(Error::format(format!(
@@ -287,7 +269,7 @@ pub fn attach_with(path: &Path, trust: Trust) -> Result<Mapping> {
         )));
     }
     // Map only the header first: geometry is trusted only after it matches the file size.
-    let head = Mapping::map(fd.0, HEADER_BYTES)
+    let head = Mapping::map(fd, HEADER_BYTES)
         .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
     // SAFETY: the header page is mapped and SegmentHeader is plain data smaller than a page.
     let hdr: SegmentHeader = unsafe { std::ptr::read(head.base() as *const SegmentHeader) };
@@ -300,10 +282,43 @@ pub fn attach_with(path: &Path, trust: Trust) -> Result<Mapping> {
     }
     let geo = Geometry::from_header(&hdr, size)
         .map_err(|m| Error::format(format!("{}: {m}", path.display())))?;
-    Mapping::map(fd.0, geo.total_bytes)
+    Mapping::map(fd, geo.total_bytes)
         .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))
 }
 
+/// Open `path` (read-write or read-only) without following a symlink, and check that the file
+/// may be trusted (see [`check_file_trust`]). Shared by segments and dump files, which both
+/// hold session secrets and both must not be planted by somebody else.
+pub fn open_trusted(path: &Path, write: bool, trust: Trust) -> Result<(std::fs::File, libc::stat)> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                Error::security(format!(
+                    "{} is a symbolic link; refusing to follow it",
+                    path.display()
+                ))
+            } else {
+                Error::io(format!("cannot open {}", path.display()), e)
+            }
+        })?;
+    // SAFETY: fstat into a zeroed struct on our open descriptor.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(file.as_raw_fd(), &mut st) } != 0 {
+        return Err(Error::io(
+            format!("cannot stat {}", path.display()),
+            io::Error::last_os_error(),
+        ));
+    }
+    check_file_trust(path, &st, trust)?;
+    Ok((file, st))
+}
+
+/// A regular file, owned by this process's user (unless `trust` says any owner), that
+/// neither group nor others can write.
 fn check_file_trust(path: &Path, st: &libc::stat, trust: Trust) -> Result<()> {
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(Error::security(format!(

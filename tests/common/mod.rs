@@ -80,31 +80,21 @@ pub fn wait(pid: libc::pid_t, limit: Duration) -> Exit {
 }
 
 /// One page of anonymous shared memory for flags between processes.
-pub struct SharedFlag(*mut std::sync::atomic::AtomicU32);
+pub struct SharedFlag(shmsesscache::segment::Mapping);
 
 impl SharedFlag {
     pub fn new() -> SharedFlag {
-        // SAFETY: a fresh shared anonymous page, never unmapped during the test.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        SharedFlag(p as *mut std::sync::atomic::AtomicU32)
+        SharedFlag(shmsesscache::segment::Mapping::anonymous(4096).expect("mmap of one page"))
+    }
+    fn word(&self) -> &std::sync::atomic::AtomicU32 {
+        // SAFETY: the page is mapped, zero-initialised and page aligned.
+        unsafe { &*(self.0.base() as *const std::sync::atomic::AtomicU32) }
     }
     pub fn get(&self) -> u32 {
-        // SAFETY: the page is mapped and zero-initialised.
-        unsafe { (*self.0).load(std::sync::atomic::Ordering::SeqCst) }
+        self.word().load(std::sync::atomic::Ordering::SeqCst)
     }
     pub fn set(&self, v: u32) {
-        // SAFETY: as above.
-        unsafe { (*self.0).store(v, std::sync::atomic::Ordering::SeqCst) }
+        self.word().store(v, std::sync::atomic::Ordering::SeqCst)
     }
 }
 

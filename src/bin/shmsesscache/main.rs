@@ -283,7 +283,7 @@ fn cmd_load(raw: &[String]) -> Result<u8, Failure> {
     a.want_positional(2, "PATH FILE")?;
     let file = Path::new(&a.positional[1]);
     let cache = open_segment(&a, &a.positional[0])?;
-    let (mut bytes, readable) = dumpfile::read_private_file(file)?;
+    let (mut bytes, readable) = dumpfile::read_private_file(file, trust())?;
     if readable {
         eprintln!(
             "shmsesscache: warning: {} is readable by group or others; it holds session secrets (chmod 600 it)",
