@@ -407,11 +407,9 @@ unsafe extern "C" fn generate_session_id_cb(
     let out = std::slice::from_raw_parts_mut(id, len);
     let ok = catch_unwind(AssertUnwindSafe(|| {
         with_handle(ssl, |h| {
-            let prefix = h
-                .id_prefix
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            // Held, not cloned: readers do not block each other, and only
+            // shmsess_set_session_id_prefix writes.
+            let prefix = h.id_prefix.read().unwrap_or_else(|p| p.into_inner());
             let mut collisions = 0;
             let made = generate_id(
                 out,
