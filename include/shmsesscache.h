@@ -51,6 +51,18 @@
 // `lock_timeout_ms` value meaning "wait as long as it takes".
 #define SHMSESS_WAIT_FOREVER UINT32_MAX
 
+// `take` of `shmsess_cache_lookup`: leave the entry in place.
+#define SHMSESS_LOOKUP_KEEP 0
+
+// `take` of `shmsess_cache_lookup`: remove the entry with the copy (single use).
+#define SHMSESS_LOOKUP_TAKE 1
+
+// `take` of `shmsess_cache_lookup`: remove the entry only if its bytes are a DER
+// `SSL_SESSION` of TLS 1.3, decided inside the same critical section. For callers that store
+// i2d output without the SSL at hand (an Apache socache provider): TLS 1.3 stateful tickets
+// become single use, TLS 1.2 sessions stay for the client's next connection.
+#define SHMSESS_LOOKUP_TAKE_TLS13 2
+
 // Version of `shmsess_stats` this library fills (`version` field).
 #define SHMSESS_STATS_VERSION 2
 
@@ -195,6 +207,16 @@ typedef struct shmsess_stats {
   uint64_t lock_wait_ns;
 } shmsess_stats;
 
+// Called by `shmsess_cache_iterate` with each live entry: its id, its bytes (both valid only
+// during the call), its expiry (Unix seconds) and the caller's `userdata`. Return 0 to go on,
+// anything else to stop.
+typedef int (*shmsess_entry_fn)(const uint8_t *id,
+                                size_t id_len,
+                                const uint8_t *data,
+                                size_t data_len,
+                                uint64_t expires,
+                                void *userdata);
+
 // Called with each library message: its level (1 error .. 4 debug), the message (valid during
 // the call), and the `userdata` given at registration. May be called from any thread that
 // uses the cache, including inside OpenSSL callbacks; must not call back into this library.
@@ -292,8 +314,10 @@ enum shmsess_result shmsess_cache_store(struct shmsess_cache *cache,
                                         uint64_t expires);
 
 // Copy the entry for `id` into `buf` (`buf_len` bytes) and its length into `*out_len`.
-// With `take` non-zero the entry is removed in the same step (exactly one of several
-// concurrent takers gets it). SHMSESS_ERR_NOT_FOUND on a miss or an expired entry;
+// With `take` SHMSESS_LOOKUP_TAKE the entry is removed in the same step (exactly one of
+// several concurrent takers gets it); with SHMSESS_LOOKUP_TAKE_TLS13 only if it is a TLS 1.3
+// session; SHMSESS_LOOKUP_KEEP (0) leaves it. Other values count as SHMSESS_LOOKUP_TAKE.
+// SHMSESS_ERR_NOT_FOUND on a miss or an expired entry;
 // SHMSESS_ERR_BUFFER_TOO_SMALL with `*out_len` set to the size needed (nothing taken).
 // Thread- and process-safe.
 enum shmsess_result shmsess_cache_lookup(struct shmsess_cache *cache,
@@ -303,6 +327,17 @@ enum shmsess_result shmsess_cache_lookup(struct shmsess_cache *cache,
                                          size_t buf_len,
                                          size_t *out_len,
                                          int take);
+
+// Call `callback` once for every live (unexpired, checksum-verified) entry, one shard at a
+// time. Each shard's entries are copied under its lock and handed out after it is released,
+// so the callback may take its time and may call into the cache (an entry stored or removed
+// meanwhile may or may not be seen). Copies are wiped after the callback returns. Returns
+// SHMSESS_OK when every shard was visited or the callback stopped the walk;
+// SHMSESS_ERR_LOCK if a shard's lock could not be had (the others were still visited).
+// Thread- and process-safe.
+enum shmsess_result shmsess_cache_iterate(struct shmsess_cache *cache,
+                                          shmsess_entry_fn callback,
+                                          void *userdata);
 
 // Remove the entry for `id` (1..32 bytes). SHMSESS_ERR_NOT_FOUND if there was none, which is
 // normal (OpenSSL removes sessions it never stored). Thread- and process-safe.

@@ -18,7 +18,7 @@ use crate::layout::{
 use crate::lock::{Acquired, LockError, ShardLock};
 use crate::log::{self, Level};
 use crate::segment::{self, Mapping, Origin};
-pub use crate::shard::{Ages, EntryInfo, ExportedEntry, Found};
+pub use crate::shard::{Ages, EntryInfo, ExportedEntry, Found, Take};
 use crate::shard::{NewEntry, Shard};
 
 /// How to build or find a segment.
@@ -415,13 +415,18 @@ impl Cache {
     }
 
     pub fn lookup_at(&self, id: &[u8], out: &mut [u8], take: bool, now: u32) -> Result<Found> {
+        self.lookup_taking(id, out, Take::from(take), now)
+    }
+
+    /// [`lookup_at`](Self::lookup_at) with the take decided per entry (see [`Take`]).
+    pub fn lookup_taking(&self, id: &[u8], out: &mut [u8], take: Take, now: u32) -> Result<Found> {
         if let Err(e) = check_id(id) {
             self.globals().bad_input.fetch_add(1, Relaxed);
             return Err(e);
         }
         let (idx, tag) = self.placement(id);
         let guard = self.lock_shard(idx)?;
-        Ok(guard.lookup(tag, id, out, take, now))
+        Ok(guard.lookup_taking(tag, id, out, take, now))
     }
 
     /// Remove the entry for `id`; `Ok(false)` if there was none (unknown ids are normal).
@@ -470,8 +475,8 @@ impl Cache {
         let mut v = Vec::new();
         let mut first_err = None;
         for idx in 0..self.geo.shard_count {
-            match self.lock_shard(idx) {
-                Ok(g) => v.extend(g.export(now)),
+            match self.export_shard(idx, now) {
+                Ok(entries) => v.extend(entries),
                 Err(e) => {
                     first_err.get_or_insert(e);
                 }
@@ -482,6 +487,11 @@ impl Cache {
 
     /// Creation and expiry times of the live entries, shard by shard under each lock (a shard
     /// whose lock times out is left out).
+    /// Copies of the live entries of shard `idx`, taken under its lock.
+    pub fn export_shard(&self, idx: usize, now: u32) -> Result<Vec<ExportedEntry>> {
+        Ok(self.lock_shard(idx)?.export(now))
+    }
+
     pub fn ages(&self, now: u32) -> Ages {
         let mut a = Ages::default();
         for idx in 0..self.geo.shard_count {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::cache::{Cache, Config, Found};
+use crate::cache::{Cache, Config, Found, Take};
 use crate::error::ErrorKind;
 use crate::layout::{Geometry, DEFAULT_UNIT_BYTES, MAX_SESSION_BYTES};
 
@@ -146,6 +146,32 @@ fn take_returns_the_entry_once() {
         Found::Miss
     );
     assert_eq!(c.stats().taken, 1);
+}
+
+#[test]
+fn a_conditional_take_removes_only_what_the_predicate_picks() {
+    let c = cache(1 << 20);
+    // The predicate sees the copied payload: entries whose first byte is odd are single use.
+    fn odd_first_byte(p: &[u8]) -> bool {
+        p.first().is_some_and(|b| b % 2 == 1)
+    }
+    let (mut odd, mut even) = (der(1, 160), der(2, 160));
+    odd[0] = 1;
+    even[0] = 2;
+    c.store_at(&id(1), &odd, NOW, NOW + 60, NOW).unwrap();
+    c.store_at(&id(2), &even, NOW, NOW + 60, NOW).unwrap();
+    let mut buf = [0u8; 512];
+    for _ in 0..2 {
+        let r = c.lookup_taking(&id(2), &mut buf, Take::If(odd_first_byte), NOW);
+        assert!(matches!(r.unwrap(), Found::Hit { len: 160, .. }));
+    }
+    let r = c.lookup_taking(&id(1), &mut buf, Take::If(odd_first_byte), NOW);
+    assert!(matches!(r.unwrap(), Found::Hit { len: 160, .. }));
+    assert_eq!(&buf[..160], &odd[..]);
+    let r = c.lookup_taking(&id(1), &mut buf, Take::If(odd_first_byte), NOW);
+    assert_eq!(r.unwrap(), Found::Miss);
+    assert_eq!(c.stats().taken, 1);
+    assert!(get(&c, 2, NOW).is_some());
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use openssl_sys::SSL_CTX;
 
-use crate::cache::{Ages, Cache, Config, Found, Stats, DEFAULT_LOCK_TIMEOUT_MS};
+use crate::cache::{Ages, Cache, Config, Found, Stats, Take, DEFAULT_LOCK_TIMEOUT_MS};
 use crate::error::{Error, ErrorKind};
 use crate::glue::{self, Handle, InstallOptions, MAX_ID_PREFIX};
 use crate::layout::{DEFAULT_UNIT_BYTES, MAX_ID_LEN};
@@ -79,6 +79,16 @@ pub const SHMSESS_MAX_ID_LEN: u32 = 32;
 pub const SHMSESS_MAX_SESSION_BYTES: u32 = 8192;
 /// `lock_timeout_ms` value meaning "wait as long as it takes".
 pub const SHMSESS_WAIT_FOREVER: u32 = u32::MAX;
+
+/// `take` of `shmsess_cache_lookup`: leave the entry in place.
+pub const SHMSESS_LOOKUP_KEEP: c_int = 0;
+/// `take` of `shmsess_cache_lookup`: remove the entry with the copy (single use).
+pub const SHMSESS_LOOKUP_TAKE: c_int = 1;
+/// `take` of `shmsess_cache_lookup`: remove the entry only if its bytes are a DER
+/// `SSL_SESSION` of TLS 1.3, decided inside the same critical section. For callers that store
+/// i2d output without the SSL at hand (an Apache socache provider): TLS 1.3 stateful tickets
+/// become single use, TLS 1.2 sessions stay for the client's next connection.
+pub const SHMSESS_LOOKUP_TAKE_TLS13: c_int = 2;
 
 /// Options for `shmsess_cache_create`. Always start from `shmsess_options_init`, which sets
 /// `struct_size` and the defaults; fields added later go at the end, so a program built
@@ -791,8 +801,10 @@ pub extern "C" fn shmsess_cache_store(
 }
 
 /// Copy the entry for `id` into `buf` (`buf_len` bytes) and its length into `*out_len`.
-/// With `take` non-zero the entry is removed in the same step (exactly one of several
-/// concurrent takers gets it). SHMSESS_ERR_NOT_FOUND on a miss or an expired entry;
+/// With `take` SHMSESS_LOOKUP_TAKE the entry is removed in the same step (exactly one of
+/// several concurrent takers gets it); with SHMSESS_LOOKUP_TAKE_TLS13 only if it is a TLS 1.3
+/// session; SHMSESS_LOOKUP_KEEP (0) leaves it. Other values count as SHMSESS_LOOKUP_TAKE.
+/// SHMSESS_ERR_NOT_FOUND on a miss or an expired entry;
 /// SHMSESS_ERR_BUFFER_TOO_SMALL with `*out_len` set to the size needed (nothing taken).
 /// Thread- and process-safe.
 #[no_mangle]
@@ -820,7 +832,12 @@ pub extern "C" fn shmsess_cache_lookup(
             // SAFETY: the caller promises buf_len writable bytes at buf.
             unsafe { std::slice::from_raw_parts_mut(buf, buf_len) }
         };
-        match h.cache.lookup(id, out, take != 0)? {
+        let take = match take {
+            SHMSESS_LOOKUP_KEEP => Take::Never,
+            SHMSESS_LOOKUP_TAKE_TLS13 => Take::If(glue::der_session_is_tls13),
+            _ => Take::Always,
+        };
+        match h.cache.lookup_taking(id, out, take, crate::util::now_unix())? {
             Found::Hit { len, .. } => {
                 // SAFETY: checked non-NULL.
                 unsafe { *out_len = len };
@@ -835,6 +852,73 @@ pub extern "C" fn shmsess_cache_lookup(
                     format!("buffer of {buf_len} bytes is too small for the {needed}-byte entry"),
                 ))
             }
+        }
+    })
+}
+
+/// Called by `shmsess_cache_iterate` with each live entry: its id, its bytes (both valid only
+/// during the call), its expiry (Unix seconds) and the caller's `userdata`. Return 0 to go on,
+/// anything else to stop.
+pub type shmsess_entry_fn = Option<
+    unsafe extern "C" fn(
+        id: *const u8,
+        id_len: usize,
+        data: *const u8,
+        data_len: usize,
+        expires: u64,
+        userdata: *mut c_void,
+    ) -> c_int,
+>;
+
+/// Call `callback` once for every live (unexpired, checksum-verified) entry, one shard at a
+/// time. Each shard's entries are copied under its lock and handed out after it is released,
+/// so the callback may take its time and may call into the cache (an entry stored or removed
+/// meanwhile may or may not be seen). Copies are wiped after the callback returns. Returns
+/// SHMSESS_OK when every shard was visited or the callback stopped the walk;
+/// SHMSESS_ERR_LOCK if a shard's lock could not be had (the others were still visited).
+/// Thread- and process-safe.
+#[no_mangle]
+pub extern "C" fn shmsess_cache_iterate(
+    cache: *mut shmsess_cache,
+    callback: shmsess_entry_fn,
+    userdata: *mut c_void,
+) -> shmsess_result {
+    guard("shmsess_cache_iterate", || {
+        let h = handle(cache)?;
+        let Some(callback) = callback else {
+            return Err(null("callback"));
+        };
+        let now = crate::util::now_unix();
+        let mut skipped = None;
+        for shard in 0..h.cache.geometry().shard_count {
+            let entries = match h.cache.export_shard(shard, now) {
+                Ok(v) => v,
+                Err(e) => {
+                    skipped.get_or_insert(e);
+                    continue;
+                }
+            };
+            for e in &entries {
+                // SAFETY: pointers to our own copies, valid for the call; the callback is the
+                // caller's, who promised it is a function of this type.
+                let stop = unsafe {
+                    callback(
+                        e.id.as_ptr(),
+                        e.id.len(),
+                        e.data.as_ptr(),
+                        e.data.len(),
+                        u64::from(e.expires),
+                        userdata,
+                    )
+                };
+                if stop != 0 {
+                    return Ok(SHMSESS_OK);
+                }
+            }
+        }
+        match skipped {
+            Some(e) => Err(e.into()),
+            None => Ok(SHMSESS_OK),
         }
     })
 }

@@ -26,6 +26,33 @@ pub struct Shard<'a> {
     geo: &'a Geometry,
 }
 
+/// Whether a lookup removes the entry it found, in the same critical section as the copy.
+#[derive(Clone, Copy, Debug)]
+pub enum Take {
+    Never,
+    Always,
+    /// Only when the predicate says so about the payload. Callers that store opaque bytes
+    /// (the Apache provider) use it to make TLS 1.3 sessions single use and leave TLS 1.2
+    /// sessions, which clients legitimately resume many times, in place.
+    If(fn(&[u8]) -> bool),
+}
+
+impl Take {
+    fn applies_to(self, payload: &[u8]) -> bool {
+        match self {
+            Take::Never => false,
+            Take::Always => true,
+            Take::If(pred) => pred(payload),
+        }
+    }
+}
+
+impl From<bool> for Take {
+    fn from(take: bool) -> Take {
+        if take { Take::Always } else { Take::Never }
+    }
+}
+
 /// What a lookup found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Found {
@@ -314,6 +341,12 @@ impl<'a> Shard<'a> {
     /// Copy the entry for `id` into `out`; with `take`, remove it in the same critical section
     /// (TLS 1.3 single use). Expired or corrupt entries are removed and reported as a miss.
     pub fn lookup(&self, tag: u16, id: &[u8], out: &mut [u8], take: bool, now: u32) -> Found {
+        self.lookup_taking(tag, id, out, Take::from(take), now)
+    }
+
+    /// [`lookup`](Self::lookup) with the decision to remove the entry made by `take`, which
+    /// may look at the copied payload while the lock is still held.
+    pub fn lookup_taking(&self, tag: u16, id: &[u8], out: &mut [u8], take: Take, now: u32) -> Found {
         let Some((i, h)) = self.find(tag, id) else {
             self.bump(Counter::LookupMiss);
             return Found::Miss;
@@ -338,7 +371,7 @@ impl<'a> Shard<'a> {
         }
         out[..payload.len()].copy_from_slice(payload);
         let len = payload.len();
-        if take {
+        if take.applies_to(&out[..len]) {
             self.free_entry(i, &h);
             self.bump(Counter::Taken);
         }

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -415,6 +416,76 @@ static void test_resumption(void)
     shmsess_cache_free(cache);
 }
 
+/* Collects what shmsess_cache_iterate hands out; stops after `stop_after` entries if set. */
+struct walk {
+    int seen, stop_after, saw_12, saw_13;
+    const unsigned char *id12, *id13;
+};
+
+static int walk_entry(const uint8_t *id, size_t id_len, const uint8_t *data, size_t data_len, uint64_t expires,
+                      void *userdata)
+{
+    struct walk *w = userdata;
+    w->seen++;
+    if (id_len == 32 && memcmp(id, w->id12, 32) == 0 && data_len > 0 && data[0] == 0x30 && expires > 0)
+        w->saw_12 = 1;
+    if (id_len == 32 && memcmp(id, w->id13, 32) == 0 && data_len > 0 && expires > 0)
+        w->saw_13 = 1;
+    return w->stop_after && w->seen >= w->stop_after;
+}
+
+/* The raw API as an Apache socache provider uses it: i2d'd sessions stored by id, looked up
+ * with SHMSESS_LOOKUP_TAKE_TLS13 (TLS 1.3 single use, TLS 1.2 kept), walked by iterate. */
+static void test_raw_take_modes_and_iterate(void)
+{
+    shmsess_cache *cache = new_cache(0);
+    struct outcome *o12 = calloc(1, sizeof *o12), *o13 = calloc(1, sizeof *o13);
+    SSL_CTX *s12 = server_ctx("server", TLS12, SSL_OP_NO_TICKET, 0, 0), *c12 = client_ctx(TLS12, 0);
+    SSL_CTX *s13 = server_ctx("server", TLS13, SSL_OP_NO_TICKET, 0, 0), *c13 = client_ctx(TLS13, 0);
+    handshake(s12, c12, NULL, 0, 0, 1, o12);
+    handshake(s13, c13, NULL, 0, 0, 1, o13);
+    CHECK(o12->ok && o12->der_len > 0 && o13->ok && o13->der_len > 0, "sessions to store");
+    const unsigned char *p12 = o12->der, *p13 = o13->der;
+    SSL_SESSION *sess12 = d2i_SSL_SESSION(NULL, &p12, o12->der_len);
+    SSL_SESSION *sess13 = d2i_SSL_SESSION(NULL, &p13, o13->der_len);
+    unsigned int l12 = 0, l13 = 0;
+    const unsigned char *id12 = SSL_SESSION_get_id(sess12, &l12), *id13 = SSL_SESSION_get_id(sess13, &l13);
+    CHECK(l12 == 32 && l13 == 32, "32-byte ids (%u, %u)", l12, l13);
+    uint64_t later = (uint64_t)time(NULL) + 300;
+    CHECK(shmsess_cache_store(cache, id12, l12, o12->der, o12->der_len, later) == SHMSESS_OK, "store 1.2");
+    CHECK(shmsess_cache_store(cache, id13, l13, o13->der, o13->der_len, later) == SHMSESS_OK, "store 1.3");
+
+    struct walk w = { .id12 = id12, .id13 = id13 };
+    CHECK(shmsess_cache_iterate(cache, walk_entry, &w) == SHMSESS_OK && w.seen == 2 && w.saw_12 && w.saw_13,
+          "iterate sees both entries (%d)", w.seen);
+    struct walk w1 = { .stop_after = 1, .id12 = id12, .id13 = id13 };
+    CHECK(shmsess_cache_iterate(cache, walk_entry, &w1) == SHMSESS_OK && w1.seen == 1, "a callback can stop the walk");
+    CHECK(shmsess_cache_iterate(cache, NULL, NULL) == SHMSESS_ERR_NULL_ARGUMENT, "iterate without callback");
+
+    unsigned char buf[8192];
+    size_t n = 0;
+    for (int i = 0; i < 2; i++)
+        CHECK(shmsess_cache_lookup(cache, id12, l12, buf, sizeof buf, &n, SHMSESS_LOOKUP_TAKE_TLS13) == SHMSESS_OK &&
+                  n == (size_t)o12->der_len && memcmp(buf, o12->der, n) == 0,
+              "TLS 1.2 session stays after a TLS1.3-take lookup (%d)", i);
+    CHECK(shmsess_cache_lookup(cache, id13, l13, buf, sizeof buf, &n, SHMSESS_LOOKUP_TAKE_TLS13) == SHMSESS_OK &&
+              n == (size_t)o13->der_len,
+          "TLS 1.3 session found once");
+    CHECK(shmsess_cache_lookup(cache, id13, l13, buf, sizeof buf, &n, SHMSESS_LOOKUP_TAKE_TLS13) == SHMSESS_ERR_NOT_FOUND,
+          "TLS 1.3 session taken by the first lookup");
+    CHECK(stats_of(cache).taken == 1, "one take counted");
+
+    SSL_SESSION_free(sess12);
+    SSL_SESSION_free(sess13);
+    free(o12);
+    free(o13);
+    SSL_CTX_free(s12);
+    SSL_CTX_free(c12);
+    SSL_CTX_free(s13);
+    SSL_CTX_free(c13);
+    shmsess_cache_free(cache);
+}
+
 static void test_tls13_options(void)
 {
     /* With SHMSESS_TLS13_ALLOW_REUSE a stateful ticket resumes again. */
@@ -604,6 +675,7 @@ int main(int argc, char **argv)
     test_named_segment_checks();
     test_resumption();
     test_tls13_options();
+    test_raw_take_modes_and_iterate();
     test_vhosts_and_client_certs();
     test_id_generator_and_stats_fields();
     printf("%d passed, %d failed\n", passed, failed);
