@@ -21,7 +21,8 @@ FAULT_SERVER := $(BUILD)/fault/prefork_server
 RUST_SRC  := $(wildcard src/*.rs src/bin/*.rs src/bin/*/*.rs) Cargo.toml build.rs
 CLI       := $(BUILD)/shmsesscache
 
-.PHONY: all lib header check-header test test-rust test-c test-integration test-fuzz fuzz demo bench install clean
+.PHONY: all lib header check-header test test-rust test-c test-integration test-apache test-fuzz fuzz demo bench install \
+        apache-module install-apache-module test-deps clean
 
 all: $(LIB_SO) $(LIB_A) $(PC) $(SERVER) $(CLI)
 
@@ -62,7 +63,7 @@ check-header:
 	@$(CARGO) run -q --example gen_header > $(BUILD)/shmsesscache.h.check
 	@diff -u include/shmsesscache.h $(BUILD)/shmsesscache.h.check && echo "header in sync" || { echo "include/shmsesscache.h is out of date: run 'make header'"; exit 1; }
 
-test: all check-header test-rust test-c test-integration test-fuzz
+test: all check-header test-rust test-c test-integration test-apache test-fuzz
 	@echo "all tests passed"
 
 test-rust:
@@ -76,6 +77,39 @@ test-integration: all $(FAULT_SERVER) $(BUILD)/certs/server.pem
 	python3 tests/integration/test_prefork.py --server $(SERVER) --certs $(BUILD)/certs
 	python3 tests/integration/test_operations.py --server $(SERVER) --cli $(CLI) --certs $(BUILD)/certs
 	python3 tests/integration/test_worker_kills.py --server $(FAULT_SERVER) --certs $(BUILD)/certs
+
+# Debian packages the tests need beyond the build (apache2, apache2-dev, redis-server): installed
+# when missing and running as root, otherwise a clear message.
+test-deps:
+	sh scripts/install-test-deps.sh
+
+# mod_socache_shmsess, the Apache httpd socache provider (apache/), built with apxs against
+# apache2-dev. Linked to libshmsesscache.so.0, found in build/ or, once installed, $(PREFIX)/lib.
+APXS       ?= apxs
+APACHE_MOD := $(BUILD)/mod_socache_shmsess.so
+define apxs_build
+	@command -v $(APXS) >/dev/null 2>&1 || { echo "apxs not found: install apache2-dev (make test-deps)" >&2; exit 1; }
+	@mkdir -p $(1)
+	cp apache/mod_socache_shmsess.c $(1)/
+	cd $(1) && $(APXS) -c -Wc,-Wall -Wc,-Wextra -Wc,-Werror -I$(CURDIR)/include -L$(CURDIR)/$(BUILD) -lshmsesscache \
+	  -Wl,-Wl,-rpath,$(2) mod_socache_shmsess.c >apxs.log 2>&1 || { cat apxs.log; exit 1; }
+endef
+
+apache-module: $(APACHE_MOD)
+
+$(APACHE_MOD): apache/mod_socache_shmsess.c include/shmsesscache.h $(LIB_SO)
+	$(call apxs_build,$(BUILD)/apache,$(CURDIR)/$(BUILD):$(PREFIX)/lib)
+	cp $(BUILD)/apache/.libs/mod_socache_shmsess.so $@
+
+# Installs the module into Apache's module directory, linked to $(PREFIX)/lib only (run
+# `make install` for the library itself).
+install-apache-module: $(LIB_SO)
+	$(call apxs_build,$(BUILD)/apache-install,$(PREFIX)/lib)
+	install -m 0644 $(BUILD)/apache-install/.libs/mod_socache_shmsess.so $(DESTDIR)$$($(APXS) -q LIBEXECDIR)/
+
+test-apache: test-deps all $(BUILD)/certs/server.pem
+	$(MAKE) --no-print-directory apache-module
+	python3 tests/integration/test_apache.py --module $(APACHE_MOD) --cli $(CLI) --certs $(BUILD)/certs
 
 # The example server linked against a fault-injection build of the library (tests only: it
 # dies inside critical sections when SHMSESS_TEST_FAULT says so).

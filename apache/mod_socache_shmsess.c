@@ -1,0 +1,372 @@
+/* mod_socache_shmsess: an Apache httpd "socache" provider on libshmsesscache.
+ *
+ *     LoadModule socache_shmsess_module modules/mod_socache_shmsess.so
+ *     SSLSessionCache shmsess:/run/apache2/ssl_sessions(64M)
+ *     SSLSessionCache shmsess                  (anonymous segment of 8 MiB)
+ *     SSLSessionCache shmsess:(64M)            (anonymous segment of 64 MiB)
+ *
+ * The library locks each shard with its own robust process-shared mutex, so the provider is
+ * safe for concurrent use: it does not set AP_SOCACHE_FLAG_NOTMPSAFE, and mod_ssl takes no
+ * global mutex around it (shmcb needs one around every call). TLS 1.3 sessions are taken out
+ * of the cache by the lookup that finds them (single use across all children); TLS 1.2
+ * sessions stay until they expire. A named segment outlives restarts, so sessions survive an
+ * `apachectl graceful`; an anonymous one lasts as long as the configuration generation.
+ *
+ * Callers of this provider: mod_ssl (sessions, ids of up to 32 bytes) and SSLStaplingCache
+ * (20-byte ids). Ids longer than 32 bytes (mod_authn_socache's keys) are refused.
+ */
+
+#include "httpd.h"
+#include "http_config.h"
+#include "http_log.h"
+#include "http_main.h"
+#include "http_protocol.h"
+#include "ap_provider.h"
+#include "ap_socache.h"
+#include "mod_status.h"
+#include "apr_strings.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdlib.h>
+
+#include <shmsesscache.h>
+
+
+module AP_MODULE_DECLARE_DATA socache_shmsess_module;
+APLOG_USE_MODULE(socache_shmsess);
+
+/* Default segment size when the configuration gives none (shmcb's is 512000 bytes; sessions
+ * are 160-byte-ish DER, so 8 MiB holds about 40,000 of them). */
+#define DEFAULT_SIZE (8u * 1024 * 1024)
+
+struct ap_socache_instance_t {
+    const char *path;    /* NULL: anonymous shared memory, inherited by the children */
+    apr_uint64_t size;   /* segment bytes */
+    shmsess_cache *cache;
+    int fell_back;       /* the named segment was refused; an anonymous one is used */
+};
+
+/* "64M", "512000", "2G": bytes with an optional K/M/G suffix (powers of 1024). */
+static const char *parse_size(const char *text, apr_uint64_t *out)
+{
+    char *end = NULL;
+    errno = 0;
+    unsigned long long n = strtoull(text, &end, 10);
+    if (end == text || errno || text[0] == '-')
+        return "size must be a number of bytes, optionally with K, M or G";
+    apr_uint64_t unit = 1;
+    switch (toupper((unsigned char)*end)) {
+    case 'K': unit = 1024; end++; break;
+    case 'M': unit = 1024 * 1024; end++; break;
+    case 'G': unit = 1024 * 1024 * 1024; end++; break;
+    default: break;
+    }
+    if (*end != '\0')
+        return "unexpected text after the size";
+    if (n == 0 || n > (~(apr_uint64_t)0) / unit)
+        return "size out of range";
+    *out = n * unit;
+    return NULL;
+}
+
+/* Configuration time: parse "[path][(size)]"; nothing is created yet (configtest runs this). */
+static const char *socache_shmsess_create(ap_socache_instance_t **instance, const char *arg,
+                                          apr_pool_t *tmp, apr_pool_t *p)
+{
+    ap_socache_instance_t *ctx = apr_pcalloc(p, sizeof *ctx);
+    ctx->size = DEFAULT_SIZE;
+    *instance = ctx;
+    if (arg == NULL || *arg == '\0')
+        return NULL;
+
+    char *path = apr_pstrdup(tmp, arg);
+    char *open_paren = strchr(path, '(');
+    if (open_paren) {
+        char *close_paren = strchr(open_paren, ')');
+        if (close_paren == NULL || close_paren[1] != '\0')
+            return apr_psprintf(tmp, "shmsess: invalid argument '%s': expected path(size), e.g. "
+                                     "/run/apache2/ssl_sessions(64M)", arg);
+        *open_paren = '\0';
+        *close_paren = '\0';
+        const char *err = parse_size(open_paren + 1, &ctx->size);
+        if (err)
+            return apr_psprintf(tmp, "shmsess: invalid size in '%s': %s", arg, err);
+    }
+    if (*path) {
+        ctx->path = ap_runtime_dir_relative(p, path);
+        if (ctx->path == NULL)
+            return apr_psprintf(tmp, "shmsess: invalid path '%s'", path);
+    }
+    return NULL;
+}
+
+/* Library messages (lock recoveries, refused sessions, full shards) go to the main error
+ * log. ap_server_conf is used rather than a server_rec of one generation, which a restart
+ * frees while the callback stays registered. Messages never contain session contents. */
+static void log_to_apache(int level, const char *message, void *userdata)
+{
+    (void)userdata;
+    int ap_level = level <= 1 ? APLOG_ERR : level == 2 ? APLOG_WARNING : level == 3 ? APLOG_INFO : APLOG_DEBUG;
+    ap_log_error(APLOG_MARK, ap_level, 0, ap_server_conf, "shmsesscache: %s", message);
+}
+
+static shmsess_result open_segment(ap_socache_instance_t *ctx, const char *path, shmsess_cache **out)
+{
+    shmsess_options opts;
+    shmsess_options_init(&opts);
+    opts.path = path;
+    opts.size_bytes = ctx->size;
+    return shmsess_cache_create(&opts, out);
+}
+
+/* post_config, in the parent before the children are forked (they inherit the mapping). */
+static apr_status_t socache_shmsess_init(ap_socache_instance_t *ctx, const char *cname,
+                                         const struct ap_socache_hints *hints, server_rec *s,
+                                         apr_pool_t *p)
+{
+    (void)hints;
+    (void)p;
+    shmsess_set_log_callback(log_to_apache, NULL, 4);
+    ctx->fell_back = 0;
+    shmsess_result r = open_segment(ctx, ctx->path, &ctx->cache);
+    if (r == SHMSESS_ERR_FORMAT && ctx->path) {
+        /* A segment of another size or build: refusing to start would turn a size change
+         * plus `apachectl graceful` into an outage, and deleting a file we did not make is
+         * not ours to do. Serve from anonymous memory and say so loudly. */
+        ap_log_error(APLOG_MARK, APLOG_ERR, 0, s,
+                     "shmsess: cannot use %s for %s: %s. Using an anonymous segment of %" APR_UINT64_T_FMT
+                     " bytes instead (sessions will not survive a restart). Remove the file, or move "
+                     "its sessions with 'shmsesscache dump' and 'shmsesscache load', to use it again.",
+                     ctx->path, cname, shmsess_last_error(), ctx->size);
+        ctx->fell_back = 1;
+        r = open_segment(ctx, NULL, &ctx->cache);
+    }
+    if (r != SHMSESS_OK) {
+        ap_log_error(APLOG_MARK, APLOG_CRIT, 0, s, "shmsess: cannot create the %s cache (%s): %s", cname,
+                     ctx->path ? ctx->path : "anonymous", shmsess_last_error());
+        return r == SHMSESS_ERR_INVALID_ARGUMENT ? APR_EINVAL : APR_EGENERAL;
+    }
+    ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, "shmsess: %s cache of %" APR_UINT64_T_FMT " bytes in %s", cname,
+                 ctx->size, ctx->path && !ctx->fell_back ? ctx->path : "anonymous shared memory");
+    return APR_SUCCESS;
+}
+
+/* The segment file is kept: a restart attaches to it again with the sessions inside. */
+static void socache_shmsess_destroy(ap_socache_instance_t *ctx, server_rec *s)
+{
+    (void)s;
+    if (ctx->cache) {
+        shmsess_cache_free(ctx->cache);
+        ctx->cache = NULL;
+    }
+}
+
+static apr_status_t status_of(shmsess_result r)
+{
+    switch (r) {
+    case SHMSESS_OK: return APR_SUCCESS;
+    case SHMSESS_ERR_NOT_FOUND: return APR_NOTFOUND;
+    case SHMSESS_ERR_BUFFER_TOO_SMALL:
+    case SHMSESS_ERR_TOO_LARGE: return APR_ENOSPC;
+    case SHMSESS_ERR_NULL_ARGUMENT:
+    case SHMSESS_ERR_INVALID_ARGUMENT: return APR_EINVAL;
+    case SHMSESS_ERR_LOCK: return APR_TIMEUP;
+    default: return APR_EGENERAL;
+    }
+}
+
+static apr_status_t socache_shmsess_store(ap_socache_instance_t *ctx, server_rec *s, const unsigned char *id,
+                                          unsigned int idlen, apr_time_t expiry, unsigned char *data,
+                                          unsigned int datalen, apr_pool_t *p)
+{
+    (void)p;
+    if (ctx->cache == NULL)
+        return APR_EGENERAL;
+    apr_time_t seconds = apr_time_sec(expiry);
+    shmsess_result r = shmsess_cache_store(ctx->cache, id, idlen, data, datalen, seconds > 0 ? (uint64_t)seconds : 0);
+    if (r != SHMSESS_OK)
+        ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, s, "shmsess: store of a %u-byte entry refused: %s", datalen,
+                     shmsess_last_error());
+    return status_of(r);
+}
+
+static apr_status_t socache_shmsess_retrieve(ap_socache_instance_t *ctx, server_rec *s, const unsigned char *id,
+                                             unsigned int idlen, unsigned char *dest, unsigned int *destlen,
+                                             apr_pool_t *p)
+{
+    (void)s;
+    (void)p;
+    if (ctx->cache == NULL)
+        return APR_EGENERAL;
+    size_t got = 0;
+    shmsess_result r = shmsess_cache_lookup(ctx->cache, id, idlen, dest, *destlen, &got, SHMSESS_LOOKUP_TAKE_TLS13);
+    if (r == SHMSESS_OK)
+        *destlen = (unsigned int)got;
+    return status_of(r);
+}
+
+static apr_status_t socache_shmsess_remove(ap_socache_instance_t *ctx, server_rec *s, const unsigned char *id,
+                                           unsigned int idlen, apr_pool_t *p)
+{
+    (void)s;
+    (void)p;
+    if (ctx->cache == NULL)
+        return APR_EGENERAL;
+    return status_of(shmsess_cache_remove(ctx->cache, id, idlen));
+}
+
+static long seconds_until(uint64_t when, uint64_t now)
+{
+    return when > now ? (long)(when - now) : 0;
+}
+
+static int percent(uint64_t part, uint64_t whole)
+{
+    return whole ? (int)(100 * part / whole) : 0;
+}
+
+/* mod_status: shmcb's lines and ?auto keys (so existing monitoring keeps parsing them), then
+ * what only this cache has. */
+static void socache_shmsess_status(ap_socache_instance_t *ctx, request_rec *r, int flags)
+{
+    shmsess_stats st;
+    memset(&st, 0, sizeof st);
+    if (ctx->cache == NULL || shmsess_cache_stats(ctx->cache, &st) != SHMSESS_OK) {
+        ap_rputs(flags & AP_STATUS_SHORT ? "CacheType: SHMSESS\nCacheError: 1\n"
+                                         : "cache type: <b>SHMSESS</b>, statistics unavailable<br>",
+                 r);
+        return;
+    }
+    const char *where = ctx->path && !ctx->fell_back ? ctx->path : "anonymous";
+    int index_pct = percent(st.entries, st.capacity_slots);
+    int cache_pct = percent(st.used_slots, st.capacity_slots);
+    long avg_left = (long)st.avg_time_left_s;
+    long min_left = seconds_until(st.earliest_expiry_unix, st.now_unix);
+    long max_left = seconds_until(st.latest_expiry_unix, st.now_unix);
+    uint64_t recoveries = st.lock_owner_died + st.dirty_repairs;
+
+    if (flags & AP_STATUS_SHORT) {
+        ap_rprintf(r, "CacheType: SHMSESS\n");
+        ap_rprintf(r, "CacheSharedMemory: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.size_bytes);
+        ap_rprintf(r, "CacheCurrentEntries: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.entries);
+        ap_rprintf(r, "CacheSubcaches: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.shards);
+        ap_rprintf(r, "CacheIndexesPerSubcaches: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.slots_per_shard);
+        if (st.entries) {
+            ap_rprintf(r, "CacheTimeLeftOldestAvg: %ld\n", avg_left);
+            ap_rprintf(r, "CacheTimeLeftOldestMin: %ld\n", min_left);
+            ap_rprintf(r, "CacheTimeLeftOldestMax: %ld\n", max_left);
+        }
+        ap_rprintf(r, "CacheIndexUsage: %d%%\n", index_pct);
+        ap_rprintf(r, "CacheUsage: %d%%\n", cache_pct);
+        ap_rprintf(r, "CacheStoreCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.stores);
+        ap_rprintf(r, "CacheReplaceCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.replaced);
+        ap_rprintf(r, "CacheExpireCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.expired);
+        ap_rprintf(r, "CacheDiscardCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.evicted);
+        ap_rprintf(r, "CacheRetrieveHitCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.lookup_hits);
+        ap_rprintf(r, "CacheRetrieveMissCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.lookup_misses);
+        ap_rprintf(r, "CacheRemoveHitCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.remove_hits);
+        ap_rprintf(r, "CacheRemoveMissCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.remove_misses);
+        ap_rprintf(r, "CacheSingleUseTakenCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.taken);
+        ap_rprintf(r, "CacheTooLargeCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.too_large);
+        ap_rprintf(r, "CacheLockRecoveryCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)recoveries);
+        ap_rprintf(r, "CacheCorruptDroppedCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.corrupt_dropped);
+        ap_rprintf(r, "CacheLockTimeoutCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.lock_timeouts);
+        ap_rprintf(r, "CacheLockContendedCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.lock_contended);
+        return;
+    }
+
+    ap_rprintf(r, "cache type: <b>SHMSESS</b>, shared memory: <b>%" APR_UINT64_T_FMT "</b> bytes, "
+                  "current entries: <b>%" APR_UINT64_T_FMT "</b><br>",
+               (apr_uint64_t)st.size_bytes, (apr_uint64_t)st.entries);
+    ap_rprintf(r, "segment: <b>%s</b>%s, shards: <b>%" APR_UINT64_T_FMT "</b>, slots per shard: <b>%" APR_UINT64_T_FMT
+                  "</b> of <b>%" APR_UINT64_T_FMT "</b> bytes<br>",
+               ap_escape_html(r->pool, where), ctx->fell_back ? " (the named segment was refused, see the error log)" : "",
+               (apr_uint64_t)st.shards, (apr_uint64_t)st.slots_per_shard, (apr_uint64_t)st.slot_bytes);
+    if (st.entries)
+        ap_rprintf(r, "time left on entries: avg: <b>%ld</b> seconds, (range: %ld...%ld)<br>", avg_left, min_left,
+                   max_left);
+    ap_rprintf(r, "index usage: <b>%d%%</b>, cache usage: <b>%d%%</b> (fullest shard %" APR_UINT64_T_FMT
+                  " of %" APR_UINT64_T_FMT " slots)<br>",
+               index_pct, cache_pct, (apr_uint64_t)st.max_shard_used_slots, (apr_uint64_t)st.slots_per_shard);
+    ap_rprintf(r, "total entries stored since starting: <b>%" APR_UINT64_T_FMT "</b><br>", (apr_uint64_t)st.stores);
+    ap_rprintf(r, "total entries replaced since starting: <b>%" APR_UINT64_T_FMT "</b><br>", (apr_uint64_t)st.replaced);
+    ap_rprintf(r, "total entries expired since starting: <b>%" APR_UINT64_T_FMT "</b><br>", (apr_uint64_t)st.expired);
+    ap_rprintf(r, "total (pre-expiry) entries scrolled out of the cache: <b>%" APR_UINT64_T_FMT "</b><br>",
+               (apr_uint64_t)st.evicted);
+    ap_rprintf(r, "total retrieves since starting: <b>%" APR_UINT64_T_FMT "</b> hit, <b>%" APR_UINT64_T_FMT
+                  "</b> miss<br>",
+               (apr_uint64_t)st.lookup_hits, (apr_uint64_t)st.lookup_misses);
+    ap_rprintf(r, "total removes since starting: <b>%" APR_UINT64_T_FMT "</b> hit, <b>%" APR_UINT64_T_FMT
+                  "</b> miss<br>",
+               (apr_uint64_t)st.remove_hits, (apr_uint64_t)st.remove_misses);
+    ap_rprintf(r, "TLS 1.3 sessions taken by their single use: <b>%" APR_UINT64_T_FMT "</b>, "
+                  "refused as too large: <b>%" APR_UINT64_T_FMT "</b><br>",
+               (apr_uint64_t)st.taken, (apr_uint64_t)st.too_large);
+    ap_rprintf(r, "locks recovered after a crashed holder: <b>%" APR_UINT64_T_FMT "</b>, corrupt entries dropped: <b>%"
+                  APR_UINT64_T_FMT "</b>, lock timeouts: <b>%" APR_UINT64_T_FMT "</b>, contended: <b>%" APR_UINT64_T_FMT
+                  "</b><br>",
+               (apr_uint64_t)recoveries, (apr_uint64_t)st.corrupt_dropped, (apr_uint64_t)st.lock_timeouts,
+               (apr_uint64_t)st.lock_contended);
+}
+
+struct iterate_call {
+    ap_socache_instance_t *ctx;
+    server_rec *s;
+    void *userctx;
+    ap_socache_iterator_t *iterator;
+    apr_pool_t *pool;
+    apr_status_t status;
+};
+
+static int iterate_one(const uint8_t *id, size_t id_len, const uint8_t *data, size_t data_len, uint64_t expires,
+                       void *userdata)
+{
+    (void)expires;
+    struct iterate_call *call = userdata;
+    call->status = call->iterator(call->ctx, call->s, call->userctx, id, (unsigned int)id_len, data,
+                                  (unsigned int)data_len, call->pool);
+    return call->status != APR_SUCCESS;
+}
+
+/* Entries are copied shard by shard and handed to the iterator outside the locks. */
+static apr_status_t socache_shmsess_iterate(ap_socache_instance_t *ctx, server_rec *s, void *userctx,
+                                            ap_socache_iterator_t *iterator, apr_pool_t *pool)
+{
+    if (ctx->cache == NULL)
+        return APR_EGENERAL;
+    struct iterate_call call = { ctx, s, userctx, iterator, pool, APR_SUCCESS };
+    shmsess_result r = shmsess_cache_iterate(ctx->cache, iterate_one, &call);
+    if (call.status != APR_SUCCESS)
+        return call.status;
+    return status_of(r);
+}
+
+static const ap_socache_provider_t socache_shmsess = {
+    "shmsess",
+    0, /* safe for concurrent use: no AP_SOCACHE_FLAG_NOTMPSAFE, so no global mutex */
+    socache_shmsess_create,
+    socache_shmsess_init,
+    socache_shmsess_destroy,
+    socache_shmsess_store,
+    socache_shmsess_retrieve,
+    socache_shmsess_remove,
+    socache_shmsess_status,
+    socache_shmsess_iterate,
+};
+
+static void register_hooks(apr_pool_t *p)
+{
+    ap_register_provider(p, AP_SOCACHE_PROVIDER_GROUP, "shmsess", AP_SOCACHE_PROVIDER_VERSION, &socache_shmsess);
+}
+
+module AP_MODULE_DECLARE_DATA socache_shmsess_module = {
+    STANDARD20_MODULE_STUFF,
+    NULL, /* per-directory config */
+    NULL, /* merge per-directory */
+    NULL, /* per-server config */
+    NULL, /* merge per-server */
+    NULL, /* directives: none, everything is in the SSLSessionCache argument */
+    register_hooks,
+    AP_MODULE_FLAG_NONE,
+};

@@ -1,0 +1,22 @@
+#!/bin/sh
+# Install the Debian packages the integration tests run against: Apache httpd with mod_ssl and
+# apxs (the socache provider test), redis-server (the second tier). Does nothing when they are
+# there; installs them as root; otherwise names what is missing and fails.
+set -eu
+need=""
+for p in apache2 apache2-dev redis-server redis-tools; do
+    dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
+done
+[ -z "$need" ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+    echo "missing packages:$need (run 'make test-deps' as root, or apt-get install them)" >&2
+    exit 1
+fi
+echo "installing$need" >&2
+apt-get update -qq
+# Debian's postinst may try to start the services; the tests run their own instances on
+# loopback with throw-away configurations, so stop any that did start.
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
+for svc in apache2 redis-server; do
+    if command -v service >/dev/null 2>&1; then service "$svc" stop >/dev/null 2>&1 || true; fi
+done

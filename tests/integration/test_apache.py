@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""Integration: Debian's Apache httpd with mod_ssl and mod_socache_shmsess.
+
+A real httpd (mpm_prefork, 4 children, MaxConnectionsPerChild 8 so children are replaced
+during every run) in the foreground on a loopback port with a generated configuration. mod_ssl's
+trace lines give the pid that stored each session and the pids that found it, so resumption
+across children is checked from the server's side, not guessed from the client's.
+
+Each check prints PASS/FAIL; the run ends with "N passed, M failed" and exits non-zero if
+anything failed.
+"""
+
+import argparse
+import json
+import os
+import re
+import ssl
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
+from apache_harness import Apache, client_context, get, session_events, status_auto  # noqa: E402
+
+RECONNECTS = 40
+MAX_CONN = 8  # MaxConnectionsPerChild
+results = {"passed": 0, "failed": 0}
+TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
+
+
+def check(name, cond, detail=""):
+    results["passed" if cond else "failed"] += 1
+    print(f"{'PASS' if cond else 'FAIL'} {name}" + (f" — {detail}" if detail else ""), flush=True)
+
+
+def chain(port, version, count):
+    """`count` connections, each offering the session the previous one left (TLS 1.3: the
+    newest ticket). Returns (resumed count, first connection resumed?, last session)."""
+    ctx = client_context(version)
+    session, resumed, first = None, 0, None
+    for i in range(count):
+        status, _, reused, session_out = get(port, ctx, session=session)
+        if status != 200:
+            raise RuntimeError(f"GET gave {status}")
+        if i == 0:
+            first = reused
+        resumed += reused
+        session = session_out
+    return resumed, first, session
+
+
+def same_session(port, version, count):
+    """One full handshake, then `count` connections all offering its session (TLS 1.2)."""
+    ctx = client_context(version)
+    _, _, _, session = get(port, ctx)
+    return sum(get(port, ctx, session=session)[2] for _ in range(count)), session
+
+
+def cross_child(events):
+    """Lookups that found a session stored by another process: (found, found elsewhere, pids)."""
+    setter = {}
+    found = elsewhere = 0
+    pids = set()
+    for pid, req, status, sid in events:
+        if req == "SET" and status == "OK":
+            setter.setdefault(sid, pid)
+        elif req == "GET" and status == "FOUND":
+            found += 1
+            pids.add(pid)
+            if setter.get(sid) not in (None, pid):
+                elsewhere += 1
+    return found, elsewhere, pids
+
+
+def s_client_reconnect(port):
+    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-reconnect", "-tls1_2"],
+                         input="", capture_output=True, text=True, timeout=60)
+    return re.findall(r"^(New|Reused), ", out.stdout, re.M)
+
+
+def anonymous_segment(args):
+    with Apache(args.module, args.certs, "shmsess") as a:
+        # TLS 1.2: one session offered 40 times. Its child serves at most MAX_CONN connections
+        # before it is replaced, so at least 40 - MAX_CONN lookups happen in other processes.
+        reused12, _ = same_session(a.port, TLS12, RECONNECTS)
+        check("TLS 1.2: every reconnection resumes", reused12 == RECONNECTS, f"{reused12}/{RECONNECTS}")
+        ev12 = session_events(a.error_log())
+        found, elsewhere, pids = cross_child(ev12)
+        check("TLS 1.2: resumed in children other than the one that stored the session",
+              elsewhere >= RECONNECTS - MAX_CONN, f"{elsewhere} of {found} lookups, in pids {sorted(pids)}")
+        check("children were replaced during the run (MaxConnectionsPerChild)", len(pids) > 4, f"{len(pids)} pids")
+
+        # TLS 1.3 with SSLSessionTickets off: stateful tickets, each resumption gets a new one.
+        n_before = len(ev12)
+        reused13, first13, last = chain(a.port, TLS13, RECONNECTS)
+        check("TLS 1.3: every connection after the first resumes", reused13 == RECONNECTS - 1 and not first13,
+              f"{reused13}/{RECONNECTS - 1}")
+        ev13 = session_events(a.error_log())[n_before:]
+        found13, elsewhere13, pids13 = cross_child(ev13)
+        # 40 connections, at most MAX_CONN per child: at least 5 children, so at least 4 hand-overs.
+        check("TLS 1.3: tickets stored by one child resume in another", elsewhere13 >= RECONNECTS // MAX_CONN - 1,
+              f"{elsewhere13} of {found13} lookups, in pids {sorted(pids13)}")
+
+        # Single use across the whole server: the newest ticket resumes once, never twice.
+        ctx13 = client_context(TLS13)
+        once = get(a.port, ctx13, session=last)[2]
+        twice = get(a.port, ctx13, session=last)[2]
+        check("TLS 1.3: a ticket resumes once in the whole server, never twice", once and not twice,
+              f"first {once}, second {twice}")
+
+        words = s_client_reconnect(a.port)
+        # s_client reconnects without sending a request: its first reconnection may reach
+        # another child a moment before mod_ssl has stored the session (same race as nginx).
+        s_reused = words.count("Reused")
+        check("openssl s_client -reconnect -tls1_2: New, then Reused (at least 4 of 5)",
+              len(words) == 6 and words[0] == "New" and s_reused >= 4, " ".join(words))
+
+        # Concurrent clients: no global mutex around the provider, nothing lost.
+        outcomes = []
+
+        def worker():
+            try:
+                outcomes.append(same_session(a.port, TLS12, 10)[0])
+            except Exception as e:  # noqa: BLE001 - reported as a failed check below
+                outcomes.append(e)
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        check("4 concurrent clients: all 40 reconnections resume", outcomes == [10, 10, 10, 10], str(outcomes))
+        par = sum(o for o in outcomes if isinstance(o, int))
+
+        ctx12 = client_context(TLS12)
+        auto = status_auto(a.port, ctx12)
+        resumed_total = reused12 + reused13 + 1 + s_reused + par
+        check("mod_status ?auto: the shmsess section is there", auto.get("CacheType") == "SHMSESS" and
+              "TLSSessionCacheStatus" in auto, str({k: v for k, v in auto.items() if k.startswith("Cache")}))
+        hits = int(auto.get("CacheRetrieveHitCount", -1))
+        check("mod_status ?auto: retrieve hits = resumptions the clients saw", hits == resumed_total,
+              f"{hits} vs {resumed_total}")
+        taken = int(auto.get("CacheSingleUseTakenCount", -1))
+        check("mod_status ?auto: every TLS 1.3 resumption took its ticket", taken == reused13 + 1,
+              f"taken {taken}, TLS 1.3 resumptions {reused13 + 1}")
+        keys = ["CacheSharedMemory", "CacheCurrentEntries", "CacheSubcaches", "CacheIndexesPerSubcaches",
+                "CacheIndexUsage", "CacheUsage", "CacheStoreCount", "CacheReplaceCount", "CacheExpireCount",
+                "CacheDiscardCount", "CacheRetrieveMissCount", "CacheRemoveHitCount", "CacheRemoveMissCount",
+                "CacheTimeLeftOldestAvg"]
+        check("mod_status ?auto: every key shmcb reports", all(k in auto for k in keys),
+              str([k for k in keys if k not in auto]))
+        check("mod_status ?auto: the segment size", auto.get("CacheSharedMemory") == str(8 << 20),
+              auto.get("CacheSharedMemory", ""))
+        status, html, _, _ = get(a.port, ctx12, "/server-status")
+        check("mod_status HTML: the cache section with the hit count",
+              status == 200 and "cache type: <b>SHMSESS</b>" in html and
+              f"total retrieves since starting: <b>{hits}</b> hit" in html, f"status {status}")
+        check("mod_ssl created no global session cache mutex (provider is safe for concurrent use)",
+              not [f for f in os.listdir(a.root) if f.startswith("ssl-cache")], str(os.listdir(a.root)))
+    a.cleanup()
+
+
+def shmcb_contrast(args):
+    """The same server on shmcb: the checks above that are ours alone do fail there."""
+    with Apache(args.module, args.certs, "shmcb:{root}/scache(512000)") as a:
+        _, _, last = chain(a.port, TLS13, 2)
+        ctx13 = client_context(TLS13)
+        twice = [get(a.port, ctx13, session=last)[2] for _ in range(2)]
+        files = os.listdir(a.root)
+    a.cleanup()
+    check("contrast, shmcb: the same TLS 1.3 ticket resumes twice", twice == [True, True], str(twice))
+    check("contrast, shmcb: mod_ssl takes its global ssl-cache mutex",
+          any(f.startswith("ssl-cache") for f in files), str(files))
+
+
+def named_segment(args):
+    root = tempfile.mkdtemp(prefix="shmsess-apache-")
+    try:
+        spec = "shmsess:{root}/sessions(8M)"
+        with Apache(args.module, args.certs, spec, root=root) as a:
+            reused, session = same_session(a.port, TLS12, 5)
+            check("named segment: TLS 1.2 sessions resume", reused == 5, f"{reused}/5")
+            port = a.port
+        seg = os.path.join(root, "sessions")
+        st = os.lstat(seg)
+        check("named segment: the file is 0600 and owned by the user that started httpd",
+              stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.geteuid(), f"{oct(st.st_mode)} uid {st.st_uid}")
+        out = subprocess.run([args.cli, "stat", "--json", seg], capture_output=True, text=True)
+        entries = json.loads(out.stdout).get("entries", 0) if out.returncode == 0 else -1
+        check("named segment: shmsesscache stat reads Apache's segment", entries >= 1,
+              f"entries {entries} {out.stderr.strip()}")
+
+        # A restart attaches to the same file: the session made before it still resumes.
+        with Apache(args.module, args.certs, spec, root=root, port=port) as a:
+            after = get(a.port, client_context(TLS12), session=session)[2]
+        check("named segment: a session survives an httpd restart", after, f"resumed {after}")
+
+        # Another size in the configuration: httpd starts anyway, on anonymous memory, and says why.
+        with Apache(args.module, args.certs, "shmsess:{root}/sessions(16M)", root=root) as a:
+            reused, _ = same_session(a.port, TLS12, 5)
+            auto = status_auto(a.port, client_context(TLS12))
+            log = a.error_log()
+        check("size changed: httpd still starts and resumes, on an anonymous segment",
+              reused == 5 and auto.get("CacheSharedMemory") == str(16 << 20), f"{reused}/5")
+        check("size changed: the error log says why the file was not used",
+              "Using an anonymous segment" in log and seg in log, "")
+    finally:
+        subprocess.run(["rm", "-rf", root])
+
+
+def bad_configuration(args):
+    for arg, why in (("shmsess:(12Q)", "invalid size"), ("shmsess:/tmp/x(64M", "expected path(size)")):
+        a = Apache(args.module, args.certs, arg)
+        try:
+            a.start()
+            ok, detail = False, "httpd started"
+        except RuntimeError as e:
+            ok, detail = why in str(e), str(e).splitlines()[0][:160]
+        finally:
+            a.stop()
+            a.cleanup()
+        check(f"SSLSessionCache {arg}: httpd refuses to start with a clear message", ok, detail)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--module", required=True)
+    ap.add_argument("--cli", required=True)
+    ap.add_argument("--certs", required=True)
+    args = ap.parse_args()
+    anonymous_segment(args)
+    shmcb_contrast(args)
+    named_segment(args)
+    bad_configuration(args)
+    print(f"{results['passed']} passed, {results['failed']} failed")
+    sys.exit(1 if results["failed"] else 0)
+
+
+if __name__ == "__main__":
+    main()
