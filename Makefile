@@ -167,6 +167,7 @@ $(BUILD)/bench/loadgen: bench/loadgen.c
 bench: all $(BUILD)/certs/server.pem $(BUILD)/bench/handshake $(BUILD)/bench/loadgen
 	$(CARGO) build --release --example bench_ops
 	sh bench/install-deps.sh
+	$(MAKE) --no-print-directory apache-module
 	python3 bench/run.py $(BENCH_ARGS)
 
 install: all

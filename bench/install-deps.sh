@@ -12,6 +12,8 @@ if ! command -v nginx >/dev/null 2>&1; then
         echo "nginx is missing (run as root to install it); its figures will be skipped" >&2
     fi
 fi
+# Apache httpd and apache2-dev (the shmcb vs shmsess comparison), as for the tests.
+sh "$(dirname "$0")/../scripts/install-test-deps.sh" || echo "Apache figures will be skipped" >&2
 if ! python3 -c "import matplotlib" >/dev/null 2>&1; then
     python3 -m pip install -q matplotlib >/dev/null 2>&1 || echo "matplotlib could not be installed: no plots" >&2
 fi

@@ -9,6 +9,11 @@
    (bench/loadgen.c) for all
 4. density of real sessions (part of 1) against the documented figures of nginx and shmcb
 5. lookup cost as the cache fills and grows (part of 2)
+6. Apache httpd side by side: the same httpd (mpm_prefork, 4 children), the same load,
+   `SSLSessionCache shmcb` vs `shmsess` (both 8 MiB) vs `none`, TLS 1.2 and 1.3
+
+`--only apache` (or another part: handshake, ops, e2e) runs just that part and keeps the
+others' figures from the existing results.json.
 
 Writes bench/results.json and bench/*.png, prints a table. Every figure is the median of
 --runs runs, with the runs interleaved so that drift on a shared machine hits all alike.
@@ -31,6 +36,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from prefork_harness import Server  # noqa: E402
+import apache_harness  # noqa: E402
 
 # Documented densities (shared/reference/anchors.md), sessions of ~160 bytes per MiB.
 ANCHOR_DENSITY = {"nginx (64-bit)": 2700, "Apache shmcb": 4650, "HAProxy shctx": 4000, "stud": 1700}
@@ -160,6 +166,38 @@ def end_to_end(a):
     return res
 
 
+APACHE_CACHES = {"shmsess": "shmsess:(8M)", "shmcb": "shmcb:{root}/scache(8388608)", "none": "none"}
+
+
+def apache(a):
+    """The same httpd and load with each session cache; medians of interleaved runs."""
+    module = os.path.join(a.build, "mod_socache_shmsess.so")
+    if not (apache_harness.apache_binary() and os.path.exists(module)):
+        print("Apache httpd or the module is missing: its figures are skipped", file=sys.stderr)
+        return []
+    res = []
+    for proto in ("1.2", "1.3"):
+        runs = {c: [] for c in APACHE_CACHES}
+        for _ in range(a.runs):
+            for name, spec in APACHE_CACHES.items():
+                # No trace logging and no child recycling: only the cache differs.
+                with apache_harness.Apache(module, a.certs, spec, workers=a.apache_workers, max_conn=0,
+                                           ssl_level="warn") as httpd:
+                    r = loadgen(a.build, httpd.port, a.clients, a.e2e_seconds, proto)
+                httpd.cleanup()
+                runs[name].append(r)
+        for name in APACHE_CACHES:
+            row = {"cache": name, "workers": a.apache_workers, "protocol": f"TLS {proto}",
+                   "median_handshakes_per_s": median([r["handshakes_per_s"] for r in runs[name]]),
+                   "median_resumed_fraction": median([r["resumed_fraction"] for r in runs[name]]),
+                   "failed": sum(r["failed"] for r in runs[name]),
+                   "runs": [r["handshakes_per_s"] for r in runs[name]]}
+            print(f"  apache TLS {proto} {name:8} {row['median_handshakes_per_s']:8.0f} hs/s "
+                  f"resumed {100 * row['median_resumed_fraction']:5.1f}%", file=sys.stderr, flush=True)
+            res.append(row)
+    return res
+
+
 def plots(r, outdir):
     try:
         import matplotlib
@@ -250,6 +288,11 @@ def table(r):
             lines.append(f"   {key} {x[label]:>8}{'%' if key == 'fill' else ' '}: lookup {x['median_lookup_ns']:6.0f}  "
                          f"floor {x['median_memory_floor_ns']:6.0f}  own work {x['median_lookup_ns'] - x['median_memory_floor_ns']:6.0f}"
                          f"  hits {100 * x['hit_fraction']:.1f}%")
+    if r.get("apache"):
+        lines.append(f"6. Apache httpd {r['apache'][0]['workers']} prefork children, handshakes/s (resumed)")
+        for x in r["apache"]:
+            lines.append(f"   {x['protocol']} SSLSessionCache {x['cache']:8} {x['median_handshakes_per_s']:7.0f} "
+                         f"({100 * x['median_resumed_fraction']:5.1f}%)")
     return "\n".join(lines)
 
 
@@ -262,20 +305,34 @@ def main():
     ap.add_argument("--seconds", type=float, default=1.0, help="per in-process measurement")
     ap.add_argument("--e2e-seconds", type=float, default=3.0)
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--apache-workers", type=int, default=4)
     ap.add_argument("--out", default=HERE)
+    ap.add_argument("--only", choices=["handshake", "ops", "e2e", "apache"],
+                    help="run one part; the others keep their figures from results.json")
     a = ap.parse_args()
-    r = {"machine": machine(), "runs": a.runs, "clients": a.clients,
-         "commands": "make bench (bench/run.py --runs %d --seconds %g --e2e-seconds %g --clients %d)"
-                     % (a.runs, a.seconds, a.e2e_seconds, a.clients)}
-    print("1/3 handshake cost and density ...", file=sys.stderr, flush=True)
-    out = subprocess.run([os.path.join(a.build, "bench", "handshake"), a.certs, str(a.seconds), str(a.runs)],
-                         capture_output=True, text=True, check=True)
-    r["handshake"] = json.loads(out.stdout)
-    print("2/3 cache operations ...", file=sys.stderr, flush=True)
-    out = subprocess.run([a.ops, str(a.seconds), str(a.runs)], capture_output=True, text=True, check=True)
-    r["ops"] = json.loads(out.stdout)
-    print("3/3 end to end ...", file=sys.stderr, flush=True)
-    r["end_to_end"] = end_to_end(a)
+    parts = [a.only] if a.only else ["handshake", "ops", "e2e", "apache"]
+    r = {}
+    if a.only and os.path.exists(os.path.join(a.out, "results.json")):
+        with open(os.path.join(a.out, "results.json")) as f:
+            r = json.load(f)
+    r.update({"machine": machine(), "runs": a.runs, "clients": a.clients,
+              "commands": "make bench (bench/run.py --runs %d --seconds %g --e2e-seconds %g --clients %d)"
+                          % (a.runs, a.seconds, a.e2e_seconds, a.clients)})
+    if "handshake" in parts:
+        print("handshake cost and density ...", file=sys.stderr, flush=True)
+        out = subprocess.run([os.path.join(a.build, "bench", "handshake"), a.certs, str(a.seconds), str(a.runs)],
+                             capture_output=True, text=True, check=True)
+        r["handshake"] = json.loads(out.stdout)
+    if "ops" in parts:
+        print("cache operations ...", file=sys.stderr, flush=True)
+        out = subprocess.run([a.ops, str(a.seconds), str(a.runs)], capture_output=True, text=True, check=True)
+        r["ops"] = json.loads(out.stdout)
+    if "e2e" in parts:
+        print("end to end ...", file=sys.stderr, flush=True)
+        r["end_to_end"] = end_to_end(a)
+    if "apache" in parts:
+        print("Apache httpd: shmcb vs shmsess ...", file=sys.stderr, flush=True)
+        r["apache"] = apache(a)
     r["anchor_density"] = ANCHOR_DENSITY
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(r, f, indent=1)

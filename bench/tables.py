@@ -52,3 +52,14 @@ for x in r["ops"]["fill"]:
 for x in r["ops"]["size"]:
     print(f"| {x['sessions']:,} sessions ({x['segment_bytes'] / 2**20:.0f} MiB) | {x['median_lookup_ns']:.0f} ns | "
           f"{x['median_memory_floor_ns']:.0f} ns | {100 * x['hit_fraction']:.1f}% |")
+if r.get("apache"):
+    print("\n### 6. Apache httpd: SSLSessionCache shmsess vs shmcb\n")
+    print(f"The same httpd (mpm_prefork, {r['apache'][0]['workers']} children, MaxConnectionsPerChild 0), the same "
+          f"load ({r['clients']} loadgen processes), both caches 8 MiB; `none` is mod_ssl without a cache.\n")
+    print("| protocol | shmsess | shmcb | none | shmsess / shmcb |")
+    print("|---|---:|---:|---:|---:|")
+    for p in ("TLS 1.2", "TLS 1.3"):
+        v = {x["cache"]: x for x in r["apache"] if x["protocol"] == p}
+        f = lambda k: f"{v[k]['median_handshakes_per_s']:.0f}/s ({100 * v[k]['median_resumed_fraction']:.1f}% resumed)"
+        print(f"| {p} | {f('shmsess')} | {f('shmcb')} | {f('none')} | "
+              f"**{v['shmsess']['median_handshakes_per_s'] / v['shmcb']['median_handshakes_per_s']:.2f}** |")

@@ -55,6 +55,7 @@ Mutex flock:{root} ssl-cache
 LoadModule mpm_prefork_module {mods}/mod_mpm_prefork.so
 LoadModule authz_core_module {mods}/mod_authz_core.so
 LoadModule status_module {mods}/mod_status.so
+LoadModule dir_module {mods}/mod_dir.so
 LoadModule socache_shmcb_module {mods}/mod_socache_shmcb.so
 LoadModule ssl_module {mods}/mod_ssl.so
 LoadModule socache_shmsess_module "{module}"
@@ -66,6 +67,7 @@ MaxRequestWorkers {max_workers}
 MaxConnectionsPerChild {max_conn}
 KeepAlive Off
 DocumentRoot "{root}/htdocs"
+DirectoryIndex index.html
 ExtendedStatus On
 <Location /server-status>
     SetHandler server-status
