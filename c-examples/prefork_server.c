@@ -9,6 +9,10 @@
  *   prefork_server --listen 127.0.0.1:PORT --workers N --cert FILE --key FILE
  *                  [--cache-size BYTES] [--cache-path PATH | --no-cache] [--tls13-stateful]
  *                  [--id-prefix TEXT] [--session-timeout SECONDS]
+ *                  [--remote URL --remote-key FILE [--remote-timeout-ms N] [--remote-backoff-ms N]]
+ *
+ * --remote adds the second tier shared by several hosts (e.g. redis://127.0.0.1:6379/0), with
+ * sessions sealed under the keys of --remote-key (a 0600 file of `openssl rand -hex 32` lines).
  *
  * --id-prefix makes every session id start with TEXT followed by "w" and the worker's slot
  * number (e.g. "web1w3"), the rest random: a load balancer can route a resuming client on it.
@@ -59,7 +63,8 @@ static void usage(const char *argv0)
     fprintf(stderr,
             "usage: %s --listen HOST:PORT --workers N --cert FILE --key FILE\n"
             "          [--cache-size BYTES] [--cache-path PATH | --no-cache] [--tls13-stateful]\n"
-            "          [--id-prefix TEXT] [--session-timeout SECONDS]\n",
+            "          [--id-prefix TEXT] [--session-timeout SECONDS]\n"
+            "          [--remote URL --remote-key FILE [--remote-timeout-ms N] [--remote-backoff-ms N]]\n",
             argv0);
     exit(2);
 }
@@ -216,6 +221,8 @@ int main(int argc, char **argv)
     int workers = 4, no_cache = 0, tls13_stateful = 0;
     const char *id_prefix = NULL;
     unsigned long session_timeout = 0;
+    const char *remote_url = NULL, *remote_key = NULL;
+    unsigned long remote_timeout_ms = 0, remote_backoff_ms = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -229,10 +236,15 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--tls13-stateful")) tls13_stateful = 1;
         else if (!strcmp(a, "--id-prefix") && v) id_prefix = argv[++i];
         else if (!strcmp(a, "--session-timeout") && v) session_timeout = strtoul(argv[++i], NULL, 10);
+        else if (!strcmp(a, "--remote") && v) remote_url = argv[++i];
+        else if (!strcmp(a, "--remote-key") && v) remote_key = argv[++i];
+        else if (!strcmp(a, "--remote-timeout-ms") && v) remote_timeout_ms = strtoul(argv[++i], NULL, 10);
+        else if (!strcmp(a, "--remote-backoff-ms") && v) remote_backoff_ms = strtoul(argv[++i], NULL, 10);
         else usage(argv[0]);
     }
     if (!listen_spec || !cert || !key || workers < 1 || workers > MAX_WORKERS || (no_cache && cache_path) ||
-        (id_prefix && strlen(id_prefix) > SHMSESS_MAX_ID_PREFIX - 4) || session_timeout > 86400 * 365)
+        (id_prefix && strlen(id_prefix) > SHMSESS_MAX_ID_PREFIX - 4) || session_timeout > 86400 * 365 ||
+        (remote_url && (no_cache || !remote_key)) || remote_timeout_ms > 60000 || remote_backoff_ms > 3600000)
         usage(argv[0]);
 
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
@@ -266,6 +278,12 @@ int main(int argc, char **argv)
             opts.session_id_prefix = (const uint8_t *)id_prefix;
             opts.session_id_prefix_len = (uint32_t)strlen(id_prefix);
         }
+        opts.remote_url = remote_url;
+        opts.remote_key_file = remote_key;
+        if (remote_timeout_ms)
+            opts.remote_timeout_ms = (uint32_t)remote_timeout_ms;
+        if (remote_backoff_ms)
+            opts.remote_backoff_ms = (uint32_t)remote_backoff_ms;
         if (shmsess_cache_create(&opts, &cache) != SHMSESS_OK) {
             fprintf(stderr, "prefork_server: cannot create the session cache: %s\n", shmsess_last_error());
             return 1;

@@ -64,7 +64,7 @@
 #define SHMSESS_LOOKUP_TAKE_TLS13 2
 
 // Version of `shmsess_stats` this library fills (`version` field).
-#define SHMSESS_STATS_VERSION 2
+#define SHMSESS_STATS_VERSION 3
 
 // Status of every call. `SHMSESS_OK` is 0; anything else comes with a message from
 // `shmsess_last_error()`.
@@ -135,13 +135,31 @@ typedef struct shmsess_options {
   const uint8_t *session_id_prefix;
   // Length of `session_id_prefix` (0..16).
   uint32_t session_id_prefix_len;
+  // NULL (default): one host. Otherwise the second tier shared by several hosts, e.g.
+  // `redis://127.0.0.1:6379/0` or `redis://user:password@10.0.0.5:6379/2` (AUTH and SELECT
+  // on connect; use an IP address: name lookups are not bounded by the timeout). Each
+  // process connects lazily, after fork. Requires `remote_key_file`. Copied at creation.
+  // (Fields from here on added in 0.3.)
+  const char *remote_url;
+  // Key file for the second tier: one AES-256 key per line, 64 hex digits (`openssl rand
+  // -hex 32`); the first seals, later ones are still accepted (rotation). Must be owned by
+  // the user creating the cache and mode 0600; read once, at creation.
+  const char *remote_key_file;
+  // Prefix of the Redis keys (NULL: "shmsess:"); keys are the prefix and the id in hex.
+  const char *remote_key_prefix;
+  // Longest a remote operation may take, connect included, in ms (0: 25 ms). A slower or
+  // unreachable store costs a handshake at most this much per operation.
+  uint32_t remote_timeout_ms;
+  // After 3 failed remote operations in a row, a process skips the tier for this long, in
+  // ms, then tries again by itself (0: 2000 ms).
+  uint32_t remote_backoff_ms;
 } shmsess_options;
 
 // Statistics of a cache (all processes together). Counters only grow.
 typedef struct shmsess_stats {
   // `sizeof` of the structure the library filled.
   uint32_t struct_size;
-  // Layout version of this structure (1).
+  // Layout version of this structure (`SHMSESS_STATS_VERSION` of the library that filled it).
   uint32_t version;
   uint64_t stores;
   // Stores that replaced an entry with the same id.
@@ -205,6 +223,18 @@ typedef struct shmsess_stats {
   // time they waited in nanoseconds (contention; uncontended acquisitions are not timed).
   uint64_t lock_contended;
   uint64_t lock_wait_ns;
+  // Second tier (version 3): sessions written to it; local misses it answered and those it
+  // did not have; operations that failed, timed out, or were skipped while it backed off;
+  // values dropped because they did not authenticate; TLS 1.3 tickets found locally but
+  // already resumed on another host (refused).
+  uint64_t remote_stores;
+  uint64_t remote_hits;
+  uint64_t remote_misses;
+  uint64_t remote_errors;
+  uint64_t remote_timeouts;
+  uint64_t remote_skipped;
+  uint64_t remote_rejected;
+  uint64_t remote_replays_refused;
 } shmsess_stats;
 
 // Called by `shmsess_cache_iterate` with each live entry: its id, its bytes (both valid only

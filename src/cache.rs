@@ -86,6 +86,8 @@ pub struct Stats {
     pub id_collisions: u64,
     pub lock_contended: u64,
     pub lock_wait_ns: u64,
+    /// The second tier's counters, in `RemoteCounters` order.
+    pub remote: [u64; 8],
     /// When the segment was created (Unix seconds).
     pub created_unix: u64,
     pub entries: u64,
@@ -544,6 +546,18 @@ impl Cache {
         s.id_collisions = g.id_collisions.load(Relaxed);
         s.lock_contended = g.lock_contended.load(Relaxed);
         s.lock_wait_ns = g.lock_wait_ns.load(Relaxed);
+        let r = &g.remote;
+        s.remote = [
+            &r.stores,
+            &r.hits,
+            &r.misses,
+            &r.errors,
+            &r.timeouts,
+            &r.skipped,
+            &r.rejected,
+            &r.replays_refused,
+        ]
+        .map(|c| c.load(Relaxed));
         s.created_unix = self.created_unix();
         s.capacity_units = self.geo.capacity_units();
         s.shard_count = self.geo.shard_count as u64;

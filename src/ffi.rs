@@ -20,6 +20,7 @@ use crate::error::{Error, ErrorKind};
 use crate::glue::{self, Handle, InstallOptions, MAX_ID_PREFIX};
 use crate::layout::{DEFAULT_UNIT_BYTES, MAX_ID_LEN};
 use crate::log::{self, Level};
+use crate::remote::{Remote, RemoteConfig};
 
 /// Status of every call. `SHMSESS_OK` is 0; anything else comes with a message from
 /// `shmsess_last_error()`.
@@ -127,6 +128,24 @@ pub struct shmsess_options {
     pub session_id_prefix: *const u8,
     /// Length of `session_id_prefix` (0..16).
     pub session_id_prefix_len: u32,
+    /// NULL (default): one host. Otherwise the second tier shared by several hosts, e.g.
+    /// `redis://127.0.0.1:6379/0` or `redis://user:password@10.0.0.5:6379/2` (AUTH and SELECT
+    /// on connect; use an IP address: name lookups are not bounded by the timeout). Each
+    /// process connects lazily, after fork. Requires `remote_key_file`. Copied at creation.
+    /// (Fields from here on added in 0.3.)
+    pub remote_url: *const c_char,
+    /// Key file for the second tier: one AES-256 key per line, 64 hex digits (`openssl rand
+    /// -hex 32`); the first seals, later ones are still accepted (rotation). Must be owned by
+    /// the user creating the cache and mode 0600; read once, at creation.
+    pub remote_key_file: *const c_char,
+    /// Prefix of the Redis keys (NULL: "shmsess:"); keys are the prefix and the id in hex.
+    pub remote_key_prefix: *const c_char,
+    /// Longest a remote operation may take, connect included, in ms (0: 25 ms). A slower or
+    /// unreachable store costs a handshake at most this much per operation.
+    pub remote_timeout_ms: u32,
+    /// After 3 failed remote operations in a row, a process skips the tier for this long, in
+    /// ms, then tries again by itself (0: 2000 ms).
+    pub remote_backoff_ms: u32,
 }
 
 /// Statistics of a cache (all processes together). Counters only grow.
@@ -135,7 +154,7 @@ pub struct shmsess_options {
 pub struct shmsess_stats {
     /// `sizeof` of the structure the library filled.
     pub struct_size: u32,
-    /// Layout version of this structure (1).
+    /// Layout version of this structure (`SHMSESS_STATS_VERSION` of the library that filled it).
     pub version: u32,
     pub stores: u64,
     /// Stores that replaced an entry with the same id.
@@ -200,10 +219,22 @@ pub struct shmsess_stats {
     /// time they waited in nanoseconds (contention; uncontended acquisitions are not timed).
     pub lock_contended: u64,
     pub lock_wait_ns: u64,
+    /// Second tier (version 3): sessions written to it; local misses it answered and those it
+    /// did not have; operations that failed, timed out, or were skipped while it backed off;
+    /// values dropped because they did not authenticate; TLS 1.3 tickets found locally but
+    /// already resumed on another host (refused).
+    pub remote_stores: u64,
+    pub remote_hits: u64,
+    pub remote_misses: u64,
+    pub remote_errors: u64,
+    pub remote_timeouts: u64,
+    pub remote_skipped: u64,
+    pub remote_rejected: u64,
+    pub remote_replays_refused: u64,
 }
 
 /// Version of `shmsess_stats` this library fills (`version` field).
-pub const SHMSESS_STATS_VERSION: u32 = 2;
+pub const SHMSESS_STATS_VERSION: u32 = 3;
 
 /// Opaque cache handle. Created by `shmsess_cache_create`, freed by `shmsess_cache_free`.
 pub struct shmsess_cache {
@@ -343,6 +374,11 @@ pub extern "C" fn shmsess_options_init(opts: *mut shmsess_options) -> shmsess_re
                 session_id_context: std::ptr::null(),
                 session_id_prefix: std::ptr::null(),
                 session_id_prefix_len: 0,
+                remote_url: std::ptr::null(),
+                remote_key_file: std::ptr::null(),
+                remote_key_prefix: std::ptr::null(),
+                remote_timeout_ms: crate::remote::DEFAULT_TIMEOUT.as_millis() as u32,
+                remote_backoff_ms: crate::remote::DEFAULT_BACKOFF.as_millis() as u32,
             })
         };
         Ok(SHMSESS_OK)
@@ -454,8 +490,15 @@ pub extern "C" fn shmsess_cache_create(
             generate_ids: o.flags & SHMSESS_GENERATE_SESSION_IDS != 0 || !id_prefix.is_empty(),
             id_prefix,
         };
+        let remote_end = std::mem::offset_of!(shmsess_options, remote_backoff_ms) + 4;
+        let remote = if has(remote_end) {
+            remote_from(o)?
+        } else {
+            None
+        };
         let cache = Cache::create(&cfg)?;
-        let p = Arc::into_raw(Arc::new(Handle::new(cache, install))) as *mut shmsess_cache;
+        let handle = Handle::new(cache, install).with_remote(remote);
+        let p = Arc::into_raw(Arc::new(handle)) as *mut shmsess_cache;
         LIVE.lock()
             .unwrap_or_else(|p| p.into_inner())
             .get_or_insert_with(HashSet::new)
@@ -464,6 +507,50 @@ pub extern "C" fn shmsess_cache_create(
         unsafe { *out = p };
         Ok(SHMSESS_OK)
     })
+}
+
+/// The second tier the options ask for, if any (URL parsed and key file read now, in the
+/// process that creates the cache; nothing is connected).
+fn remote_from(o: &shmsess_options) -> Result<Option<Remote>, Fail> {
+    let text = |p: *const c_char, what: &str| -> Result<Option<String>, Fail> {
+        if p.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: a NUL-terminated string from the caller.
+        let s = unsafe { CStr::from_ptr(p) };
+        match s.to_str() {
+            Ok("") => Ok(None),
+            Ok(v) => Ok(Some(v.to_owned())),
+            Err(_) => Err(Fail(SHMSESS_ERR_INVALID_ARGUMENT, format!("{what} is not UTF-8"))),
+        }
+    };
+    let Some(url) = text(o.remote_url, "remote_url")? else {
+        return Ok(None);
+    };
+    let Some(key_file) = text(o.remote_key_file, "remote_key_file")? else {
+        return Err(Fail(
+            SHMSESS_ERR_INVALID_ARGUMENT,
+            "remote_url needs remote_key_file: sessions leave the host only sealed".into(),
+        ));
+    };
+    let keys = crate::seal::Keyring::load(std::path::Path::new(&key_file))?;
+    let prefix = text(o.remote_key_prefix, "remote_key_prefix")?
+        .unwrap_or_else(|| crate::remote::DEFAULT_PREFIX.to_owned());
+    let ms = |v: u32, default: Duration| {
+        if v == 0 {
+            default
+        } else {
+            Duration::from_millis(u64::from(v))
+        }
+    };
+    let remote = Remote::new(RemoteConfig {
+        url,
+        prefix,
+        timeout: ms(o.remote_timeout_ms, crate::remote::DEFAULT_TIMEOUT),
+        backoff: ms(o.remote_backoff_ms, crate::remote::DEFAULT_BACKOFF),
+        keys,
+    })?;
+    Ok(Some(remote))
 }
 
 /// Release the caller's handle. SSL_CTXs the cache was installed on keep it mapped until they
@@ -611,6 +698,14 @@ pub fn to_c_stats(s: &Stats, a: &Ages, now: u32) -> shmsess_stats {
         avg_time_left_s: a.time_left_sum.checked_div(a.live).unwrap_or(0),
         lock_contended: s.lock_contended,
         lock_wait_ns: s.lock_wait_ns,
+        remote_stores: s.remote[0],
+        remote_hits: s.remote[1],
+        remote_misses: s.remote[2],
+        remote_errors: s.remote[3],
+        remote_timeouts: s.remote[4],
+        remote_skipped: s.remote[5],
+        remote_rejected: s.remote[6],
+        remote_replays_refused: s.remote[7],
     }
 }
 
@@ -669,6 +764,14 @@ stats_fields!(
     avg_time_left_s,
     lock_contended,
     lock_wait_ns,
+    remote_stores,
+    remote_hits,
+    remote_misses,
+    remote_errors,
+    remote_timeouts,
+    remote_skipped,
+    remote_rejected,
+    remote_replays_refused,
 );
 
 /// Number of numeric fields `shmsess_stats_field` can name (in this library version).

@@ -23,6 +23,7 @@ use crate::cache::{Cache, Found};
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{MAX_ID_LEN, MAX_SESSION_BYTES};
 use crate::log::{self, Level};
+use crate::remote::{Fetched, Remote};
 
 /// Symbols libssl.so.3 exports that openssl-sys does not declare.
 mod extra {
@@ -88,6 +89,8 @@ pub struct Handle {
     /// The generator's prefix in this process: starts as `install.id_prefix`; a worker may
     /// change it after fork (e.g. to add its own number), which affects only that worker.
     pub id_prefix: RwLock<Vec<u8>>,
+    /// The optional second tier (Redis), shared by hosts.
+    pub remote: Option<Remote>,
 }
 
 impl Handle {
@@ -97,7 +100,13 @@ impl Handle {
             cache,
             install,
             id_prefix,
+            remote: None,
         }
+    }
+
+    pub fn with_remote(mut self, remote: Option<Remote>) -> Handle {
+        self.remote = remote;
+        self
     }
 }
 
@@ -265,6 +274,9 @@ fn store_session(h: &Handle, ssl: *const SSL, sess: *mut SSL_SESSION) {
             log::emit(Level::Warning, &format!("could not store a session: {e}"));
         }
     }
+    if let Some(r) = &h.remote {
+        r.store(&g.remote, id, buf, created, expires, crate::util::now_unix());
+    }
     // The DER holds the master secret: do not leave it in memory.
     crate::util::wipe(buf);
 }
@@ -306,21 +318,52 @@ fn fetch_session(h: &Handle, ssl: *const SSL, id: &[u8]) -> Option<*mut SSL_SESS
     // the rare large session is simply fetched again into a big one.
     let mut small = [0u8; SMALL_SESSION_BYTES];
     let mut big = Vec::new();
-    let (buf, len): (&mut [u8], usize) = match h.cache.lookup(id, &mut small, take) {
-        Ok(Found::Hit { len, .. }) => (&mut small, len),
+    let local: Option<&mut [u8]> = match h.cache.lookup(id, &mut small, take) {
+        Ok(Found::Hit { len, .. }) => Some(&mut small[..len]),
         Ok(Found::BufferTooSmall { needed }) => {
             big.resize(needed, 0u8);
             match h.cache.lookup(id, &mut big, take) {
-                Ok(Found::Hit { len, .. }) => (&mut big, len),
-                _ => return None,
+                Ok(Found::Hit { len, .. }) => Some(&mut big[..len]),
+                _ => None,
             }
         }
-        _ => return None,
+        _ => None,
     };
-    let mut p = buf.as_ptr();
-    // SAFETY: p points to the len bytes we just copied.
-    let sess = unsafe { ossl::d2i_SSL_SESSION(std::ptr::null_mut(), &mut p, len as c_long) };
-    crate::util::wipe(&mut buf[..len]);
+    match (local, &h.remote) {
+        (Some(der), None) => decode_session(h, id, der),
+        (Some(der), Some(r)) => {
+            // A ticket found here may have been resumed on another host already (its copy in
+            // the remote tier is gone): it is consumed fleet-wide by deleting that copy, and
+            // refused if somebody else did. If the tier cannot be asked, local single use is
+            // what is left.
+            if take && r.delete(&h.cache.globals().remote, id) == Some(false) {
+                h.cache.globals().remote.replays_refused.fetch_add(1, Relaxed);
+                crate::util::wipe(der);
+                return None;
+            }
+            decode_session(h, id, der)
+        }
+        (None, Some(r)) => {
+            let now = crate::util::now_unix();
+            let Fetched::Hit(mut o) = r.fetch(&h.cache.globals().remote, id, take, now) else {
+                return None;
+            };
+            if !take {
+                // The next resumption on this host is a local hit.
+                let _ = h.cache.store(id, &o.der, o.created, o.expires);
+            }
+            decode_session(h, id, &mut o.der)
+        }
+        (None, None) => None,
+    }
+}
+
+/// d2i the session bytes, then wipe them. An entry that does not decode is dropped.
+fn decode_session(h: &Handle, id: &[u8], der: &mut [u8]) -> Option<*mut SSL_SESSION> {
+    let mut p = der.as_ptr();
+    // SAFETY: p points to the der.len() bytes we hold.
+    let sess = unsafe { ossl::d2i_SSL_SESSION(std::ptr::null_mut(), &mut p, der.len() as c_long) };
+    crate::util::wipe(der);
     if sess.is_null() {
         h.cache.globals().decode_errors.fetch_add(1, Relaxed);
         // SAFETY: clears the error d2i left on this thread's queue.
@@ -339,7 +382,12 @@ pub unsafe extern "C" fn remove_session_cb(ctx: *mut SSL_CTX, sess: *mut SSL_SES
         if id.is_empty() {
             return;
         }
-        with_ctx_handle(ctx, |h| h.cache.remove(id));
+        with_ctx_handle(ctx, |h| {
+            let _ = h.cache.remove(id);
+            if let Some(r) = &h.remote {
+                r.delete(&h.cache.globals().remote, id);
+            }
+        });
     }));
 }
 

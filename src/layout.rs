@@ -90,9 +90,32 @@ pub struct Globals {
     /// they waited (nanoseconds).
     pub lock_contended: AtomicU64,
     pub lock_wait_ns: AtomicU64,
+    /// The second tier (Redis), counted by every process of every server on this segment.
+    pub remote: RemoteCounters,
     /// Zero in segments made before these counters existed, so using reserved space for new
     /// counters keeps the layout (and its version) unchanged.
-    pub reserved: [AtomicU64; 21],
+    pub reserved: [AtomicU64; 13],
+}
+
+/// What the second tier did (see `remote.rs`). Carved out of `Globals::reserved`.
+#[repr(C)]
+pub struct RemoteCounters {
+    /// Sessions written to the remote store.
+    pub stores: AtomicU64,
+    /// Local misses the remote store answered with a value that authenticated.
+    pub hits: AtomicU64,
+    /// Local misses the remote store did not have either.
+    pub misses: AtomicU64,
+    /// Remote operations that failed (refused connection, server error), timeouts excluded.
+    pub errors: AtomicU64,
+    /// Remote operations that gave up after the configured timeout.
+    pub timeouts: AtomicU64,
+    /// Remote operations not tried because the tier was backing off after failures.
+    pub skipped: AtomicU64,
+    /// Remote values dropped because they did not authenticate (tampered, unknown key).
+    pub rejected: AtomicU64,
+    /// TLS 1.3 tickets found locally but already consumed on another host: not resumed.
+    pub replays_refused: AtomicU64,
 }
 
 /// Per-shard counters, updated under the shard lock (plain load+store, no RMW needed) and read

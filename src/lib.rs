@@ -9,7 +9,9 @@
 //! - [`cache`]: ids to shards, locking with crash recovery, statistics;
 //! - [`glue`]: the OpenSSL callbacks (i2d/d2i outside the locks);
 //! - [`ffi`]: the exported C functions;
-//! - [`dumpfile`]: the file format of `shmsesscache dump` / `load`.
+//! - [`dumpfile`]: the file format of `shmsesscache dump` / `load`;
+//! - [`seal`]: AES-256-GCM sealing of sessions that leave the host;
+//! - [`remote`]: the optional second tier in Redis, for several hosts.
 //!
 //! The `shmsesscache` command-line tool is `src/bin/shmsesscache/`.
 
@@ -22,6 +24,8 @@ pub mod glue;
 pub mod layout;
 pub mod lock;
 pub mod log;
+pub mod remote;
+pub mod seal;
 pub mod segment;
 pub mod shard;
 pub mod util;

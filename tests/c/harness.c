@@ -287,6 +287,52 @@ static void test_api_errors(void)
     CHECK(strcmp(shmsess_result_name(SHMSESS_ERR_IO), "SHMSESS_ERR_IO") == 0, "result names");
 }
 
+/* The second tier's options are checked at creation, with messages that name the problem and
+ * never echo a URL (it may carry a password) or a key. */
+static void test_remote_options(void)
+{
+    char dir[] = "/tmp/shmsess-remote-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL, "temp dir");
+    char key[600], loose[600];
+    snprintf(key, sizeof key, "%s/key", dir);
+    snprintf(loose, sizeof loose, "%s/loose", dir);
+    const char *hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n";
+    int fd = open(key, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    CHECK(fd >= 0 && write(fd, hex, strlen(hex)) == (ssize_t)strlen(hex), "write key");
+    close(fd);
+    fd = open(loose, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    CHECK(fd >= 0 && write(fd, hex, strlen(hex)) == (ssize_t)strlen(hex), "write loose key");
+    fchmod(fd, 0644);
+    close(fd);
+
+    shmsess_options o;
+    shmsess_cache *c = NULL;
+    shmsess_options_init(&o);
+    CHECK(o.remote_url == NULL && o.remote_timeout_ms == 25 && o.remote_backoff_ms == 2000, "remote defaults");
+    o.size_bytes = 1 << 20;
+    o.remote_url = "redis://127.0.0.1:1/0";
+    CHECK(shmsess_cache_create(&o, &c) == SHMSESS_ERR_INVALID_ARGUMENT && strstr(shmsess_last_error(), "remote_key_file"),
+          "a remote tier without a key file: %s", shmsess_last_error());
+    o.remote_key_file = loose;
+    CHECK(shmsess_cache_create(&o, &c) == SHMSESS_ERR_SECURITY && strstr(shmsess_last_error(), "600"),
+          "a key file others can read: %s", shmsess_last_error());
+    o.remote_key_file = key;
+    o.remote_url = "http://user:hunter2@example/";
+    CHECK(shmsess_cache_create(&o, &c) == SHMSESS_ERR_INVALID_ARGUMENT && !strstr(shmsess_last_error(), "hunter2"),
+          "a URL that is not redis: %s", shmsess_last_error());
+    o.remote_url = "redis://127.0.0.1:1/0";
+    CHECK(shmsess_cache_create(&o, &c) == SHMSESS_OK, "a remote tier is created without connecting: %s",
+          shmsess_last_error());
+    /* Nothing listens on port 1: lookups are misses, stores are dropped, nothing fails. */
+    unsigned char id[32] = { 1 }, buf[64];
+    size_t n;
+    CHECK(shmsess_cache_lookup(c, id, 32, buf, sizeof buf, &n, 0) == SHMSESS_ERR_NOT_FOUND, "raw API stays local");
+    shmsess_cache_free(c);
+    unlink(key);
+    unlink(loose);
+    rmdir(dir);
+}
+
 static void test_named_segment_checks(void)
 {
     char dir[] = "/tmp/shmsess-harness-XXXXXX";
@@ -673,6 +719,7 @@ int main(int argc, char **argv)
     certdir = argv[1];
     test_api_errors();
     test_named_segment_checks();
+    test_remote_options();
     test_resumption();
     test_tls13_options();
     test_raw_take_modes_and_iterate();

@@ -189,6 +189,29 @@ pub fn human(snap: &Snapshot) -> String {
         "session ids       {} generated, {} collisions",
         s.ids_generated, s.id_collisions
     );
+    let remote_used = s.remote_stores + s.remote_hits + s.remote_misses + s.remote_errors
+        + s.remote_timeouts + s.remote_skipped;
+    if remote_used > 0 {
+        let _ = writeln!(
+            w,
+            "remote tier       {} stored, {} hits, {} misses after local misses",
+            s.remote_stores, s.remote_hits, s.remote_misses
+        );
+        let _ = writeln!(
+            w,
+            "remote trouble    {} errors, {} timeouts, {} skipped while backing off",
+            s.remote_errors, s.remote_timeouts, s.remote_skipped
+        );
+        let _ = writeln!(
+            w,
+            "remote refused    {} values that did not authenticate{}, {} TLS 1.3 replays",
+            s.remote_rejected,
+            if s.remote_rejected > 0 { " (tampered, or a key missing from the key file)" } else { "" },
+            s.remote_replays_refused
+        );
+    } else {
+        let _ = writeln!(w, "remote tier       not used");
+    }
     o
 }
 

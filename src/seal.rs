@@ -1,0 +1,376 @@
+//! Sealing sessions for the remote tier: AES-256-GCM (OpenSSL EVP) under a key shared by the
+//! fleet, with the session id as associated data, so a value can be neither read nor altered
+//! nor moved to another id by whoever can reach the store.
+//!
+//! Sealed value: `"SSR1"` | key id (4 bytes: SHA-256(key)[..4]) | nonce (12 random bytes) |
+//! ciphertext | tag (16). Plaintext: created (u64 LE) | expires (u64 LE) | session DER.
+//! Associated data: the 20 header bytes followed by the session id.
+//!
+//! Random 96-bit nonces: NIST's bound for one key is 2^32 seals, so rotate keys (the key file
+//! takes several) well before a fleet has stored four billion sessions under one.
+
+use std::ffi::c_int;
+use std::io::Read;
+use std::path::Path;
+
+use openssl_sys as ossl;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::segment::{self, Trust};
+
+const MAGIC: &[u8; 4] = b"SSR1";
+const KEY_ID_BYTES: usize = 4;
+const NONCE_BYTES: usize = 12;
+const TAG_BYTES: usize = 16;
+const HEADER_BYTES: usize = MAGIC.len() + KEY_ID_BYTES + NONCE_BYTES;
+const TIMES_BYTES: usize = 16;
+/// Bytes a sealed value adds to the session DER.
+pub const OVERHEAD: usize = HEADER_BYTES + TIMES_BYTES + TAG_BYTES;
+
+const EVP_CTRL_GCM_GET_TAG: c_int = 0x10;
+const EVP_CTRL_GCM_SET_TAG: c_int = 0x11;
+
+/// One 256-bit key and its id. Wiped when dropped.
+pub struct Key {
+    id: [u8; KEY_ID_BYTES],
+    bytes: [u8; 32],
+}
+
+impl Key {
+    pub fn new(bytes: [u8; 32]) -> Key {
+        let mut md = [0u8; 32];
+        // SAFETY: SHA256 reads 32 bytes from `bytes` and writes 32 into `md`.
+        unsafe { ossl::SHA256(bytes.as_ptr(), bytes.len(), md.as_mut_ptr()) };
+        let mut id = [0u8; KEY_ID_BYTES];
+        id.copy_from_slice(&md[..KEY_ID_BYTES]);
+        Key { id, bytes }
+    }
+}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        crate::util::wipe(&mut self.bytes);
+    }
+}
+
+/// The key values are sealed with, and older keys still accepted when opening (rotation).
+pub struct Keyring {
+    current: Key,
+    older: Vec<Key>,
+}
+
+/// What opening a sealed value gave.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Opened {
+    pub created: u32,
+    pub expires: u32,
+    pub der: Vec<u8>,
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        crate::util::wipe(&mut self.der);
+    }
+}
+
+impl Keyring {
+    pub fn new(current: Key, older: Vec<Key>) -> Keyring {
+        Keyring { current, older }
+    }
+
+    /// Read a key file: one key per line as 64 hex digits (`openssl rand -hex 32`), blank lines
+    /// and `#` comments ignored. The first key seals; the others are accepted for opening only.
+    /// The file must be a regular file owned by this user and readable by nobody else.
+    pub fn load(path: &Path) -> Result<Keyring> {
+        let (mut file, st) = segment::open_trusted(path, false, Trust::Owner)?;
+        if st.st_mode & 0o077 != 0 {
+            return Err(Error::security(format!(
+                "key file {} has mode {:o}: it must be readable by its owner only (chmod 600)",
+                path.display(),
+                st.st_mode & 0o777
+            )));
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text)
+            .map_err(|e| Error::io(format!("cannot read key file {}", path.display()), e))?;
+        let parsed = Self::parse(&text).map_err(|m| {
+            Error::new(ErrorKind::Invalid, format!("key file {}: {m}", path.display()))
+        });
+        // The text held the keys in hex: do not leave it behind.
+        // SAFETY: zeroing bytes keeps the String valid UTF-8.
+        crate::util::wipe(unsafe { text.as_bytes_mut() });
+        parsed
+    }
+
+    fn parse(text: &str) -> std::result::Result<Keyring, String> {
+        let mut keys = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut bytes = [0u8; 32];
+            if line.len() != 64 || hex_decode(line, &mut bytes).is_none() {
+                crate::util::wipe(&mut bytes);
+                // Never echo the line: it may be a key with a typo.
+                return Err(format!(
+                    "line {} is not a key of 64 hex digits (make one with: openssl rand -hex 32)",
+                    n + 1
+                ));
+            }
+            keys.push(Key::new(bytes));
+            crate::util::wipe(&mut bytes);
+        }
+        if keys.is_empty() {
+            return Err("no key in it (make one with: openssl rand -hex 32)".into());
+        }
+        let current = keys.remove(0);
+        Ok(Keyring::new(current, keys))
+    }
+
+    /// Seal a session for `id`.
+    pub fn seal(&self, id: &[u8], der: &[u8], created: u32, expires: u32) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(OVERHEAD + der.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.current.id);
+        let mut nonce = [0u8; NONCE_BYTES];
+        crate::util::random_bytes(&mut nonce);
+        out.extend_from_slice(&nonce);
+        let mut plain = Vec::with_capacity(TIMES_BYTES + der.len());
+        plain.extend_from_slice(&u64::from(created).to_le_bytes());
+        plain.extend_from_slice(&u64::from(expires).to_le_bytes());
+        plain.extend_from_slice(der);
+        let aad = [&out[..HEADER_BYTES], id].concat();
+        let sealed = gcm(true, &self.current.bytes, &nonce, &aad, &plain, None);
+        crate::util::wipe(&mut plain);
+        let (ct, tag) = sealed?;
+        out.extend_from_slice(&ct);
+        out.extend_from_slice(&tag);
+        Ok(out)
+    }
+
+    /// Open a value read for `id`; `None` if it is not one we sealed for that id with a key we
+    /// hold (tampered, truncated, moved from another id, sealed under a retired key).
+    pub fn open(&self, id: &[u8], value: &[u8]) -> Option<Opened> {
+        if value.len() < OVERHEAD || &value[..MAGIC.len()] != MAGIC {
+            return None;
+        }
+        let key_id = &value[MAGIC.len()..MAGIC.len() + KEY_ID_BYTES];
+        let key = std::iter::once(&self.current)
+            .chain(&self.older)
+            .find(|k| k.id == key_id)?;
+        let nonce = &value[MAGIC.len() + KEY_ID_BYTES..HEADER_BYTES];
+        let (ct, tag) = value[HEADER_BYTES..].split_at(value.len() - HEADER_BYTES - TAG_BYTES);
+        let aad = [&value[..HEADER_BYTES], id].concat();
+        let (mut plain, _) = gcm(false, &key.bytes, nonce, &aad, ct, Some(tag)).ok()?;
+        let times = |r: std::ops::Range<usize>| {
+            u64::from_le_bytes(plain[r].try_into().unwrap()).min(u64::from(u32::MAX)) as u32
+        };
+        let opened = Opened {
+            created: times(0..8),
+            expires: times(8..16),
+            der: plain[TIMES_BYTES..].to_vec(),
+        };
+        crate::util::wipe(&mut plain);
+        Some(opened)
+    }
+}
+
+fn hex_decode(s: &str, out: &mut [u8]) -> Option<()> {
+    let digits = s.as_bytes();
+    for (i, o) in out.iter_mut().enumerate() {
+        let hi = (digits[2 * i] as char).to_digit(16)?;
+        let lo = (digits[2 * i + 1] as char).to_digit(16)?;
+        *o = (hi * 16 + lo) as u8;
+    }
+    Some(())
+}
+
+/// One AES-256-GCM pass. Encrypting returns (ciphertext, tag); decrypting checks `tag` and
+/// returns (plaintext, empty), or an error if the value does not authenticate.
+fn gcm(
+    encrypt: bool,
+    key: &[u8; 32],
+    nonce: &[u8],
+    aad: &[u8],
+    input: &[u8],
+    tag: Option<&[u8]>,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let fail = |what: &str| {
+        // SAFETY: clears this thread's OpenSSL error queue.
+        unsafe { ossl::ERR_clear_error() };
+        Error::new(ErrorKind::OpenSsl, format!("AES-256-GCM: {what}"))
+    };
+    // SAFETY: a fresh context, freed by the guard below on every path.
+    let ctx = unsafe { ossl::EVP_CIPHER_CTX_new() };
+    if ctx.is_null() {
+        return Err(fail("no cipher context"));
+    }
+    struct Free(*mut ossl::EVP_CIPHER_CTX);
+    impl Drop for Free {
+        fn drop(&mut self) {
+            // SAFETY: the context we made; freeing also cleanses the key schedule.
+            unsafe { ossl::EVP_CIPHER_CTX_free(self.0) };
+        }
+    }
+    let _free = Free(ctx);
+    let mut out = vec![0u8; input.len() + 16];
+    let mut n: c_int = 0;
+    let mut total = 0usize;
+    // SAFETY: every pointer below is to a live buffer of the length given with it; a 12-byte
+    // nonce is GCM's default IV length.
+    unsafe {
+        let cipher = ossl::EVP_aes_256_gcm();
+        let init = if encrypt {
+            ossl::EVP_EncryptInit_ex(ctx, cipher, std::ptr::null_mut(), key.as_ptr(), nonce.as_ptr())
+        } else {
+            ossl::EVP_DecryptInit_ex(ctx, cipher, std::ptr::null_mut(), key.as_ptr(), nonce.as_ptr())
+        };
+        if init != 1 {
+            return Err(fail("init"));
+        }
+        let update = |out: *mut u8, n: &mut c_int, data: &[u8]| {
+            if encrypt {
+                ossl::EVP_EncryptUpdate(ctx, out, n, data.as_ptr(), data.len() as c_int)
+            } else {
+                ossl::EVP_DecryptUpdate(ctx, out, n, data.as_ptr(), data.len() as c_int)
+            }
+        };
+        if update(std::ptr::null_mut(), &mut n, aad) != 1 {
+            return Err(fail("associated data"));
+        }
+        if update(out.as_mut_ptr(), &mut n, input) != 1 {
+            return Err(fail("update"));
+        }
+        total += n as usize;
+        if let Some(tag) = tag {
+            if tag.len() != TAG_BYTES
+                || ossl::EVP_CIPHER_CTX_ctrl(
+                    ctx,
+                    EVP_CTRL_GCM_SET_TAG,
+                    TAG_BYTES as c_int,
+                    tag.as_ptr() as *mut _,
+                ) != 1
+            {
+                return Err(fail("tag"));
+            }
+        }
+        let fin = if encrypt {
+            ossl::EVP_EncryptFinal_ex(ctx, out.as_mut_ptr().add(total), &mut n)
+        } else {
+            ossl::EVP_DecryptFinal_ex(ctx, out.as_mut_ptr().add(total), &mut n)
+        };
+        if fin != 1 {
+            crate::util::wipe(&mut out);
+            return Err(fail("the value does not authenticate"));
+        }
+        total += n as usize;
+        out.truncate(total);
+        let mut t = Vec::new();
+        if encrypt {
+            t = vec![0u8; TAG_BYTES];
+            if ossl::EVP_CIPHER_CTX_ctrl(
+                ctx,
+                EVP_CTRL_GCM_GET_TAG,
+                TAG_BYTES as c_int,
+                t.as_mut_ptr() as *mut _,
+            ) != 1
+            {
+                return Err(fail("get tag"));
+            }
+        }
+        Ok((out, t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(seed: u8) -> Keyring {
+        Keyring::new(Key::new([seed; 32]), Vec::new())
+    }
+
+    const ID: [u8; 32] = [9; 32];
+
+    #[test]
+    fn a_sealed_session_opens_with_its_times_and_bytes() {
+        let k = ring(1);
+        let v = k.seal(&ID, b"session der", 100, 400).unwrap();
+        assert_eq!(v.len(), OVERHEAD + 11);
+        assert!(!v.windows(11).any(|w| w == b"session der"), "the DER is not in clear");
+        let o = k.open(&ID, &v).unwrap();
+        assert_eq!((o.created, o.expires, &o.der[..]), (100, 400, &b"session der"[..]));
+        // A fresh nonce per seal: the same session never seals to the same bytes.
+        assert_ne!(v, k.seal(&ID, b"session der", 100, 400).unwrap());
+    }
+
+    #[test]
+    fn every_flipped_bit_and_every_truncation_is_refused() {
+        let k = ring(1);
+        let v = k.seal(&ID, &[0x30; 160], 1, 2).unwrap();
+        for i in 0..v.len() {
+            for bit in 0..8 {
+                let mut t = v.clone();
+                t[i] ^= 1 << bit;
+                assert!(k.open(&ID, &t).is_none(), "byte {i} bit {bit}");
+            }
+        }
+        for n in 0..v.len() {
+            assert!(k.open(&ID, &v[..n]).is_none(), "truncated to {n}");
+        }
+    }
+
+    #[test]
+    fn a_value_moved_to_another_id_or_key_is_refused() {
+        let k = ring(1);
+        let v = k.seal(&ID, b"der", 1, 2).unwrap();
+        assert!(k.open(&[8; 32], &v).is_none(), "another id");
+        assert!(ring(2).open(&ID, &v).is_none(), "another key");
+    }
+
+    #[test]
+    fn rotation_opens_old_values_and_seals_with_the_new_key() {
+        let old = ring(1);
+        let sealed_old = old.seal(&ID, b"der", 1, 2).unwrap();
+        let rotated = Keyring::new(Key::new([2; 32]), vec![Key::new([1; 32])]);
+        assert!(rotated.open(&ID, &sealed_old).is_some(), "old key still opens");
+        let sealed_new = rotated.seal(&ID, b"der", 1, 2).unwrap();
+        assert!(old.open(&ID, &sealed_new).is_none(), "sealed with the new key");
+        assert!(ring(2).open(&ID, &sealed_new).is_some());
+    }
+
+    #[test]
+    fn key_files_are_parsed_strictly() {
+        let one = "a".repeat(64);
+        let two = "0123456789abcdefABCDEF0123456789abcdef0123456789abcdef0123456789";
+        let k = Keyring::parse(&format!("# fleet key\n\n{two}\n{one}\n")).unwrap();
+        assert_eq!(k.older.len(), 1);
+        assert_eq!(k.current.bytes[..3], [0x01, 0x23, 0x45]);
+        assert!(Keyring::parse("").is_err());
+        assert!(Keyring::parse("# only a comment\n").is_err());
+        let err = Keyring::parse(&"g".repeat(64)).err().unwrap();
+        assert!(!err.contains("ggg"), "the line is not echoed: {err}");
+        assert!(Keyring::parse(&"a".repeat(62)).is_err());
+        assert!(Keyring::parse(&"a".repeat(66)).is_err());
+    }
+
+    #[test]
+    fn key_files_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("shmsess-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("key");
+        std::fs::write(&path, "b".repeat(64)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Keyring::load(&path).err().unwrap();
+        assert_eq!(e.kind, ErrorKind::Security, "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Keyring::load(&path).is_ok());
+        let link = dir.join("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert_eq!(Keyring::load(&link).err().unwrap().kind, ErrorKind::Security);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
