@@ -21,7 +21,7 @@ FAULT_SERVER := $(BUILD)/fault/prefork_server
 RUST_SRC  := $(wildcard src/*.rs src/bin/*.rs src/bin/*/*.rs) Cargo.toml build.rs
 CLI       := $(BUILD)/shmsesscache
 
-.PHONY: all lib header check-header test test-rust test-c test-integration test-apache test-fuzz fuzz demo bench install \
+.PHONY: all lib header check-header test test-rust test-c test-integration test-remote test-apache test-fuzz fuzz demo bench install \
         apache-module install-apache-module test-deps clean
 
 all: $(LIB_SO) $(LIB_A) $(PC) $(SERVER) $(CLI)
@@ -63,7 +63,7 @@ check-header:
 	@$(CARGO) run -q --example gen_header > $(BUILD)/shmsesscache.h.check
 	@diff -u include/shmsesscache.h $(BUILD)/shmsesscache.h.check && echo "header in sync" || { echo "include/shmsesscache.h is out of date: run 'make header'"; exit 1; }
 
-test: all check-header test-rust test-c test-integration test-apache test-fuzz
+test: all check-header test-rust test-c test-integration test-remote test-apache test-fuzz
 	@echo "all tests passed"
 
 test-rust:
@@ -106,6 +106,10 @@ $(APACHE_MOD): apache/mod_socache_shmsess.c include/shmsesscache.h $(LIB_SO)
 install-apache-module: $(LIB_SO)
 	$(call apxs_build,$(BUILD)/apache-install,$(PREFIX)/lib)
 	install -m 0644 $(BUILD)/apache-install/.libs/mod_socache_shmsess.so $(DESTDIR)$$($(APXS) -q LIBEXECDIR)/
+
+# Two example servers ("hosts") sharing a throw-away redis-server on 127.0.0.1.
+test-remote: test-deps all $(BUILD)/certs/server.pem
+	python3 tests/integration/test_remote.py --server $(SERVER) --cli $(CLI) --certs $(BUILD)/certs
 
 test-apache: test-deps all $(BUILD)/certs/server.pem
 	$(MAKE) --no-print-directory apache-module

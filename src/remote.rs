@@ -81,9 +81,12 @@ impl Breaker {
     }
 }
 
+/// An idle connection of this process, with the full timeout set on it.
+struct Pooled(redis::Connection);
+
 struct ProcessState {
     pid: u32,
-    idle: Vec<redis::Connection>,
+    idle: Vec<Pooled>,
     breaker: Breaker,
 }
 
@@ -112,10 +115,16 @@ impl Remote {
     /// Parse the URL (nothing is connected yet: connections are made in the process that
     /// uses them, after fork).
     pub fn new(cfg: RemoteConfig) -> Result<Remote> {
-        let client = redis::Client::open(cfg.url.as_str()).map_err(|e| {
-            // The URL may hold a password: name the problem, not the URL.
+        use redis::IntoConnectionInfo;
+        // The URL may hold a password: name the problem, not the URL.
+        let bad = |e: redis::RedisError| {
             Error::new(ErrorKind::Invalid, format!("remote URL is not usable: {}", e.kind_name()))
-        })?;
+        };
+        let info = cfg.url.as_str().into_connection_info().map_err(bad)?;
+        // No CLIENT SETINFO on connect: each reply the setup waits for is another full
+        // timeout against a hung server (strace: AUTH plus two SETINFOs took 3 x the timeout).
+        let redis_info = info.redis_settings().clone().set_skip_set_lib_name();
+        let client = redis::Client::open(info.set_redis_settings(redis_info)).map_err(bad)?;
         if cfg.timeout.is_zero() {
             return Err(Error::new(ErrorKind::Invalid, "remote timeout is 0"));
         }
@@ -164,10 +173,9 @@ impl Remote {
             st.idle.pop()
         };
         let result = match conn {
-            Some(conn) => Ok(conn),
-            None => self.connect(),
-        }
-        .and_then(|mut conn| op(&mut conn).map(|v| (v, conn)));
+            Some(mut conn) => op(&mut conn.0).map(|v| (v, conn)),
+            None => self.connect_and_run(op),
+        };
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok((v, conn)) => {
@@ -201,11 +209,26 @@ impl Remote {
         }
     }
 
-    fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        let conn = self.client.get_connection_with_timeout(self.timeout)?;
+    /// Connect (AUTH and SELECT included) and run `op` within one timeout in all, so a
+    /// handshake waits at most `timeout` per remote operation even when it has to connect.
+    fn connect_and_run<T>(
+        &self,
+        op: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> redis::RedisResult<(T, Pooled)> {
+        let start = Instant::now();
+        let mut conn = self.client.get_connection_with_timeout(self.timeout)?;
+        let left = self
+            .timeout
+            .checked_sub(start.elapsed())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_millis(1));
+        conn.set_read_timeout(Some(left))?;
+        conn.set_write_timeout(Some(left))?;
+        let v = op(&mut conn)?;
+        // Pooled connections carry the full timeout for their next operation.
         conn.set_read_timeout(Some(self.timeout))?;
         conn.set_write_timeout(Some(self.timeout))?;
-        Ok(conn)
+        Ok((v, Pooled(conn)))
     }
 
     /// Write a new session, sealed, with Redis expiring it when the session does.

@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""Integration: two "hosts" (two example servers, each with its own segment) sharing one
+throw-away redis-server on 127.0.0.1 as the second tier.
+
+Each check prints PASS/FAIL; the run ends with "N passed, M failed" and exits non-zero if
+anything failed.
+"""
+
+import argparse
+import json
+import os
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
+from prefork_harness import Server, client_context, one_request  # noqa: E402
+from redis_harness import Redis  # noqa: E402
+
+TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
+TIMEOUT_MS = 50
+BACKOFF_MS = 1000
+# A handshake may wait for at most a few remote operations (a lookup, a store, a delete), each
+# bounded by TIMEOUT_MS, connect included. The bound checked is far above that and far below what an
+# unbounded wait on a hung Redis would take (forever) or a TCP timeout (minutes).
+HANDSHAKE_BOUND_S = 1.5
+results = {"passed": 0, "failed": 0}
+
+
+def check(name, cond, detail=""):
+    results["passed" if cond else "failed"] += 1
+    print(f"{'PASS' if cond else 'FAIL'} {name}" + (f" — {detail}" if detail else ""), flush=True)
+
+
+class Fleet:
+    """Two hosts, A and B, with named segments (so the CLI can read their counters) and the
+    same Redis and key file."""
+
+    def __init__(self, args, tmp, redis, tier=True, key=None):
+        self.args, self.tmp = args, tmp
+        self.hosts = {}
+        for name in ("A", "B"):
+            extra = ["--tls13-stateful", "--cache-path", os.path.join(tmp, f"{name}.seg")]
+            if tier:
+                extra += ["--remote", redis.url, "--remote-key", key or os.path.join(tmp, "key"),
+                          "--remote-timeout-ms", str(TIMEOUT_MS), "--remote-backoff-ms", str(BACKOFF_MS)]
+            self.hosts[name] = Server(args.server, args.certs, 2, extra)
+
+    def __enter__(self):
+        for h in self.hosts.values():
+            h.start()
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.hosts.values():
+            h.stop()
+        for name in self.hosts:
+            try:
+                os.unlink(os.path.join(self.tmp, f"{name}.seg"))
+            except FileNotFoundError:
+                pass
+
+    def port(self, name):
+        return self.hosts[name].port
+
+    def stats(self, name):
+        out = subprocess.run([self.args.cli, "stat", "--json", os.path.join(self.tmp, f"{name}.seg")],
+                             capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)
+
+
+def write_key(path, lines):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+def new_key():
+    return subprocess.run(["openssl", "rand", "-hex", "32"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def across_hosts(args, tmp, redis):
+    with Fleet(args, tmp, redis) as fl:
+        ctx12 = client_context(TLS12, no_ticket=True)
+        _, _, s12 = one_request(fl.port("A"), ctx12)
+        order = ["B", "A", "B", "B", "A"]
+        got = [one_request(fl.port(h), ctx12, s12)[0] for h in order]
+        check("TLS 1.2: a session made on host A resumes on B and back", all(got), f"{list(zip(order, got))}")
+
+        ctx13 = client_context(TLS13, no_ticket=True)
+        _, _, s13 = one_request(fl.port("A"), ctx13)
+        chain = []
+        for h in ["B", "A", "B", "A", "B"]:
+            reused, _, s13 = one_request(fl.port(h), ctx13, s13)
+            chain.append(reused)
+        check("TLS 1.3 stateful: each new ticket resumes on the other host", all(chain), str(chain))
+
+        _, _, t = one_request(fl.port("A"), ctx13)
+        uses = [one_request(fl.port(h), ctx13, t)[0] for h in ("B", "A", "B")]
+        check("TLS 1.3: a ticket from A resumes once on B, then nowhere", uses == [True, False, False], str(uses))
+        _, _, t = one_request(fl.port("A"), ctx13)
+        uses = [one_request(fl.port(h), ctx13, t)[0] for h in ("A", "B", "A")]
+        check("TLS 1.3: a ticket resumed on A (its own host) is gone on B too", uses == [True, False, False],
+              str(uses))
+
+        a, b = fl.stats("A"), fl.stats("B")
+        check("statistics: the hosts stored to the tier and found each other's sessions",
+              a["remote_stores"] > 0 and b["remote_hits"] >= 3 and a["remote_hits"] >= 1,
+              f"A stores {a['remote_stores']} hits {a['remote_hits']}, B hits {b['remote_hits']}")
+        check("statistics: the refused replay is counted", a["remote_replays_refused"] + b["remote_replays_refused"] >= 1,
+              f"A {a['remote_replays_refused']} B {b['remote_replays_refused']}")
+        check("statistics: no errors, timeouts or rejected values",
+              all(x[k] == 0 for x in (a, b) for k in ("remote_errors", "remote_timeouts", "remote_rejected")), "")
+        human = subprocess.run([args.cli, "stat", os.path.join(tmp, "B.seg")], capture_output=True, text=True).stdout
+        check("shmsesscache stat shows the remote tier", f"remote tier       {b['remote_stores']} stored, "
+              f"{b['remote_hits']} hits" in human, " / ".join(ln for ln in human.splitlines() if ln.startswith("remote")))
+        keys = redis.cli("--scan", "--pattern", "shmsess:*").split()
+        raw = subprocess.run(["redis-cli", "-p", str(redis.port), "-a", redis.password, "--no-auth-warning",
+                              "--raw", "GET", keys[0]], capture_output=True).stdout if keys else b""
+        check("what Redis holds is sealed, not DER", keys and raw[:4] == b"SSR1" and b"\x30\x82" not in raw[:4],
+              f"{len(keys)} keys, value starts {raw[:4]!r}")
+        ttl = int(redis.cli("PTTL", keys[0]).strip()) if keys else -1
+        check("Redis expires the values with the sessions", 0 < ttl <= 7200 * 1000, f"PTTL {ttl} ms")
+
+
+def without_tier(args, tmp, redis):
+    with Fleet(args, tmp, redis, tier=False) as fl:
+        ctx12 = client_context(TLS12, no_ticket=True)
+        _, _, s12 = one_request(fl.port("A"), ctx12)
+        on_b = one_request(fl.port("B"), ctx12, s12)[0]
+    check("contrast, no tier: a session from A does not resume on B", not on_b, f"resumed {on_b}")
+
+
+def tampering(args, tmp, redis):
+    with Fleet(args, tmp, redis) as fl:
+        ctx12 = client_context(TLS12, no_ticket=True)
+        _, _, s = one_request(fl.port("A"), ctx12)
+        key = "shmsess:" + s.id.hex()
+        cmd = ["redis-cli", "-p", str(redis.port), "-a", redis.password, "--no-auth-warning", "--raw"]
+        value = subprocess.run(cmd + ["GET", key], capture_output=True).stdout.rstrip(b"\n")
+        check("the session is in Redis under its id", len(value) > 40, f"{len(value)} bytes")
+        pos = len(value) // 2
+        flipped = value[pos] ^ 0x01 or value[pos] ^ 0x02  # argv cannot carry a NUL byte
+        subprocess.run(cmd[:-1] + ["SETRANGE", key, str(pos)] + [bytes([flipped])], check=True, capture_output=True)
+        after = subprocess.run(cmd + ["GET", key], capture_output=True).stdout.rstrip(b"\n")
+        check("one byte of the value flipped with redis-cli", len(after) == len(value) and
+              sum(x != y for x, y in zip(after, value)) == 1, "")
+        on_b = one_request(fl.port("B"), ctx12, s)[0]
+        b = fl.stats("B")
+        check("a tampered value is refused, never resumed", not on_b and b["remote_rejected"] == 1,
+              f"resumed {on_b}, rejected {b['remote_rejected']}")
+        on_a = one_request(fl.port("A"), ctx12, s)[0]
+        check("the host that made it still resumes it from shared memory", on_a, "")
+
+
+def key_rotation(args, tmp, redis):
+    old, new = new_key(), new_key()
+    write_key(os.path.join(tmp, "old"), [old])
+    write_key(os.path.join(tmp, "rotated"), [new, old])
+    write_key(os.path.join(tmp, "other"), [new_key()])
+    a = Server(args.server, args.certs, 2, ["--tls13-stateful", "--remote", redis.url, "--remote-key",
+                                           os.path.join(tmp, "old")])
+    b = Server(args.server, args.certs, 2, ["--tls13-stateful", "--remote", redis.url, "--remote-key",
+                                           os.path.join(tmp, "rotated")])
+    c = Server(args.server, args.certs, 2, ["--tls13-stateful", "--remote", redis.url, "--remote-key",
+                                           os.path.join(tmp, "other")])
+    with a, b, c:
+        ctx12 = client_context(TLS12, no_ticket=True)
+        _, _, s_old = one_request(a.port, ctx12)
+        _, _, s_new = one_request(b.port, ctx12)
+        _, _, s_new2 = one_request(b.port, ctx12)
+        old_on_b = one_request(b.port, ctx12, s_old)[0]
+        new_on_a = one_request(a.port, ctx12, s_new)[0]
+        on_other = one_request(c.port, ctx12, s_new2)[0]
+    check("rotation: a host with [new, old] resumes sessions sealed with the old key", old_on_b, "")
+    check("rotation: sessions sealed with the new key do not open with the old one alone", not new_on_a, "")
+    check("a host with an unrelated key resumes nothing from the tier", not on_other, "")
+
+
+def outage(args, tmp, redis):
+    """Redis down (stopped), then hung (SIGSTOP), then back: handshakes never fail and never
+    wait long; resumption falls back to each host's own memory; the tier comes back alone."""
+    with Fleet(args, tmp, redis) as fl:
+        ctx12 = client_context(TLS12, no_ticket=True)
+        worst = 0.0
+        failures = []
+
+        def timed(host, session=None):
+            nonlocal worst
+            t0 = time.monotonic()
+            try:
+                r = one_request(fl.port(host), ctx12, session)
+            except OSError as e:
+                failures.append(repr(e))
+                return False, None
+            worst = max(worst, time.monotonic() - t0)
+            return r[0], r[2]
+
+        _, before = timed("A")
+        check("before the outage: A's session resumes on B", timed("B", before)[0], "")
+
+        for phase, stop, start in (("stopped", redis.stop, redis.start), ("hung", redis.pause, redis.resume)):
+            stop()
+            local, remote = [], []
+            for _ in range(8):
+                _, s = timed("A")
+                local.append(timed("A", s)[0])
+                remote.append(timed("B", s)[0])
+            check(f"Redis {phase}: every handshake completes", not failures, str(failures[:3]))
+            check(f"Redis {phase}: sessions still resume on the host that made them", all(local), str(local))
+            check(f"Redis {phase}: ... and not on the other host (no tier to carry them)", not any(remote),
+                  str(remote))
+            check(f"Redis {phase}: no handshake waited long", worst < HANDSHAKE_BOUND_S,
+                  f"slowest {1000 * worst:.0f} ms (remote timeout {TIMEOUT_MS} ms)")
+            start()
+            # Back: the hosts find the tier again by themselves once their back-off ends. Each
+            # try is a real client connection; bounded by a deadline of several back-offs.
+            deadline = time.monotonic() + 10 * BACKOFF_MS / 1000
+            back, tries = False, 0
+            while not back and time.monotonic() < deadline:
+                _, s = timed("A")
+                back = timed("B", s)[0]
+                tries += 1
+            check(f"Redis {phase} then back: the tier resumes by itself", back, f"after {tries} tries")
+        a, b = fl.stats("A"), fl.stats("B")
+        trouble = {k: a[k] + b[k] for k in ("remote_errors", "remote_timeouts", "remote_skipped")}
+        check("statistics: the outage shows as errors, timeouts and skipped operations",
+              all(v > 0 for v in trouble.values()), str(trouble))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--server", required=True)
+    ap.add_argument("--cli", required=True)
+    ap.add_argument("--certs", required=True)
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="shmsess-remote-")
+    try:
+        write_key(os.path.join(tmp, "key"), [new_key()])
+        # AUTH: the server requires a password; the URL carries it.
+        with Redis(password="test-" + os.urandom(6).hex()) as redis:
+            across_hosts(args, tmp, redis)
+            without_tier(args, tmp, redis)
+            tampering(args, tmp, redis)
+            key_rotation(args, tmp, redis)
+            outage(args, tmp, redis)
+    finally:
+        subprocess.run(["rm", "-rf", tmp])
+    print(f"{results['passed']} passed, {results['failed']} failed")
+    sys.exit(1 if results["failed"] else 0)
+
+
+if __name__ == "__main__":
+    main()
