@@ -1,7 +1,11 @@
 /*
  * loadgen: the same TLS load for every server in the end-to-end benchmark.
  *
- *   loadgen PORT PROCS SECONDS 1.2|1.3
+ *   loadgen PORT[,PORT...] PROCS SECONDS 1.2|1.3
+ *
+ * With several ports (several "hosts" behind a load balancer without stickiness) each
+ * connection goes to one of them picked at random, so about half of the reconnections of a
+ * client land on a host other than the one that made its session.
  *
  * Forks PROCS client processes against 127.0.0.1:PORT. Each reconnects in a loop for SECONDS:
  * TCP connect, TLS handshake offering the session its previous connection left (TLS 1.2
@@ -96,12 +100,23 @@ static SSL_SESSION *one(SSL_CTX *ctx, int port, SSL_SESSION *offer, struct tally
 int main(int argc, char **argv)
 {
     if (argc != 5) {
-        fprintf(stderr, "usage: %s PORT PROCS SECONDS 1.2|1.3\n", argv[0]);
+        fprintf(stderr, "usage: %s PORT[,PORT...] PROCS SECONDS 1.2|1.3\n", argv[0]);
         return 2;
     }
-    int port = atoi(argv[1]), procs = atoi(argv[2]);
+    int ports[8] = { 0 }, nports = 0;
+    for (char *p = argv[1]; *p && nports < 8;) {
+        ports[nports++] = atoi(p);
+        char *comma = strchr(p, ',');
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    int port = ports[0], procs = atoi(argv[2]);
     double secs = atof(argv[3]);
     int version = strcmp(argv[4], "1.3") == 0 ? TLS1_3_VERSION : TLS1_2_VERSION;
+    for (int i = 0; i < nports; i++)
+        if (ports[i] <= 0)
+            port = 0;
     if (port <= 0 || procs < 1 || procs > 64 || secs <= 0 || secs > 600) {
         fprintf(stderr, "loadgen: bad arguments\n");
         return 2;
@@ -120,8 +135,9 @@ int main(int argc, char **argv)
                 SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
             struct tally t = { 0, 0, 0 };
             SSL_SESSION *sess = NULL;
+            unsigned seed = (unsigned)getpid();
             while (now() - t0 < secs)
-                sess = one(ctx, port, sess, &t);
+                sess = one(ctx, ports[nports > 1 ? rand_r(&seed) % nports : 0], sess, &t);
             if (write(pipes[i][1], &t, sizeof t) != (ssize_t)sizeof t)
                 _exit(1);
             _exit(0);

@@ -9,10 +9,13 @@
    (bench/loadgen.c) for all
 4. density of real sessions (part of 1) against the documented figures of nginx and shmcb
 5. lookup cost as the cache fills and grows (part of 2)
+7. Several hosts (the Redis tier): the cost of a lookup per tier (examples/bench_tiers.rs),
+   and two example servers ("hosts", 2 workers each) behind a load generator that picks a
+   host at random for every connection, with the tier and without it
 6. Apache httpd side by side: the same httpd (mpm_prefork, 4 children), the same load,
    `SSLSessionCache shmcb` vs `shmsess` (both 8 MiB) vs `none`, TLS 1.2 and 1.3
 
-`--only apache` (or another part: handshake, ops, e2e) runs just that part and keeps the
+`--only apache` (or another part: handshake, ops, e2e, tiers) runs just that part and keeps the
 others' figures from the existing results.json.
 
 Writes bench/results.json and bench/*.png, prints a table. Every figure is the median of
@@ -37,6 +40,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from prefork_harness import Server  # noqa: E402
 import apache_harness  # noqa: E402
+from redis_harness import Redis  # noqa: E402
 
 # Documented densities (shared/reference/anchors.md), sessions of ~160 bytes per MiB.
 ANCHOR_DENSITY = {"nginx (64-bit)": 2700, "Apache shmcb": 4650, "HAProxy shctx": 4000, "stud": 1700}
@@ -198,6 +202,47 @@ def apache(a):
     return res
 
 
+def tiers(a):
+    """Lookup cost per tier, then two hosts with and without the tier."""
+    if not shutil.which("redis-server"):
+        print("redis-server is missing: the tier figures are skipped", file=sys.stderr)
+        return {}
+    tmp = tempfile.mkdtemp(prefix="shmsess-bench-")
+    key = os.path.join(tmp, "key")
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(os.urandom(32).hex() + "\n")
+    out = {"two_hosts": []}
+    try:
+        with Redis() as redis:
+            res = subprocess.run([a.tiers, redis.url, key, str(a.seconds), str(a.runs)], capture_output=True,
+                                 text=True, check=True)
+            out["lookup"] = json.loads(res.stdout)
+            redis.cli("FLUSHALL")
+            server = os.path.join(a.build, "prefork_server")
+            for proto in ("1.2", "1.3"):
+                runs = {"tier": [], "no tier": []}
+                for _ in range(a.runs):
+                    for mode in runs:
+                        extra = ["--tls13-stateful"]
+                        if mode == "tier":
+                            extra += ["--remote", redis.url, "--remote-key", key]
+                        with Server(server, a.certs, 2, extra) as h1, Server(server, a.certs, 2, extra) as h2:
+                            r = loadgen(a.build, f"{h1.port},{h2.port}", a.clients, a.e2e_seconds, proto)
+                        runs[mode].append(r)
+                for mode, rs in runs.items():
+                    row = {"mode": mode, "protocol": f"TLS {proto}", "hosts": 2, "workers_per_host": 2,
+                           "median_handshakes_per_s": median([r["handshakes_per_s"] for r in rs]),
+                           "median_resumed_fraction": median([r["resumed_fraction"] for r in rs]),
+                           "failed": sum(r["failed"] for r in rs), "runs": [r["handshakes_per_s"] for r in rs]}
+                    print(f"  two hosts TLS {proto} {mode:8} {row['median_handshakes_per_s']:8.0f} hs/s "
+                          f"resumed {100 * row['median_resumed_fraction']:5.1f}%", file=sys.stderr, flush=True)
+                    out["two_hosts"].append(row)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def plots(r, outdir):
     try:
         import matplotlib
@@ -293,6 +338,13 @@ def table(r):
         for x in r["apache"]:
             lines.append(f"   {x['protocol']} SSLSessionCache {x['cache']:8} {x['median_handshakes_per_s']:7.0f} "
                          f"({100 * x['median_resumed_fraction']:5.1f}%)")
+    if r.get("tiers", {}).get("lookup"):
+        t = r["tiers"]["lookup"]
+        lines.append("7. lookup cost per tier (ns, median): " + ", ".join(
+            f"{k} {t[k]['median_ns']:.0f}" for k in ("local_hit", "remote_hit", "miss", "remote_store", "local_store")))
+        for x in r["tiers"]["two_hosts"]:
+            lines.append(f"   two hosts {x['protocol']} {x['mode']:8} {x['median_handshakes_per_s']:7.0f} "
+                         f"({100 * x['median_resumed_fraction']:5.1f}%)")
     return "\n".join(lines)
 
 
@@ -307,10 +359,11 @@ def main():
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--apache-workers", type=int, default=4)
     ap.add_argument("--out", default=HERE)
-    ap.add_argument("--only", choices=["handshake", "ops", "e2e", "apache"],
+    ap.add_argument("--tiers", default=os.path.join(ROOT, "target", "release", "examples", "bench_tiers"))
+    ap.add_argument("--only", choices=["handshake", "ops", "e2e", "apache", "tiers"],
                     help="run one part; the others keep their figures from results.json")
     a = ap.parse_args()
-    parts = [a.only] if a.only else ["handshake", "ops", "e2e", "apache"]
+    parts = [a.only] if a.only else ["handshake", "ops", "e2e", "apache", "tiers"]
     r = {}
     if a.only and os.path.exists(os.path.join(a.out, "results.json")):
         with open(os.path.join(a.out, "results.json")) as f:
@@ -333,6 +386,9 @@ def main():
     if "apache" in parts:
         print("Apache httpd: shmcb vs shmsess ...", file=sys.stderr, flush=True)
         r["apache"] = apache(a)
+    if "tiers" in parts:
+        print("several hosts: the Redis tier ...", file=sys.stderr, flush=True)
+        r["tiers"] = tiers(a)
     r["anchor_density"] = ANCHOR_DENSITY
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(r, f, indent=1)

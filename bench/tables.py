@@ -63,3 +63,25 @@ if r.get("apache"):
         f = lambda k: f"{v[k]['median_handshakes_per_s']:.0f}/s ({100 * v[k]['median_resumed_fraction']:.1f}% resumed)"
         print(f"| {p} | {f('shmsess')} | {f('shmcb')} | {f('none')} | "
               f"**{v['shmsess']['median_handshakes_per_s'] / v['shmcb']['median_handshakes_per_s']:.2f}** |")
+if r.get("tiers", {}).get("lookup"):
+    t = r["tiers"]["lookup"]
+    print("\n### 7. Several hosts: the Redis tier\n")
+    print(f"Cost of one lookup or store per tier ({t['session_bytes']}-byte session, one process, Redis on "
+          "loopback on the same 2 cores; d2i/i2d left out, they are the same on every path):\n")
+    print("| operation | ns (median) | vs local hit |")
+    print("|---|---:|---:|")
+    names = {"local_hit": "local hit (shared memory)", "remote_hit": "remote hit (local miss, GET, unseal, copy in)",
+             "miss": "miss in both tiers (local miss, GET nil)", "remote_store": "remote store (seal, SET PX)",
+             "local_store": "local store (shared memory)"}
+    base = t["local_hit"]["median_ns"]
+    for k, label in names.items():
+        print(f"| {label} | {t[k]['median_ns']:,.0f} | {t[k]['median_ns'] / base:,.0f}x |")
+    print(f"\nTwo hosts (example servers, 2 workers each, own segments), {r['clients']} loadgen processes "
+          "picking a host at random for every connection:\n")
+    print("| protocol | with the tier | without | with / without |")
+    print("|---|---:|---:|---:|")
+    for p in ("TLS 1.2", "TLS 1.3"):
+        v = {x["mode"]: x for x in r["tiers"]["two_hosts"] if x["protocol"] == p}
+        f = lambda k: f"{v[k]['median_handshakes_per_s']:.0f}/s ({100 * v[k]['median_resumed_fraction']:.1f}% resumed)"
+        print(f"| {p} | {f('tier')} | {f('no tier')} | "
+              f"**{v['tier']['median_handshakes_per_s'] / v['no tier']['median_handshakes_per_s']:.2f}** |")
