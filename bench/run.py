@@ -131,6 +131,15 @@ http {{
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def summary(loads, **labels):
+    """One result row: the labels, then medians over the loadgen runs (and the runs)."""
+    return {**labels,
+            "median_handshakes_per_s": median([r["handshakes_per_s"] for r in loads]),
+            "median_resumed_fraction": median([r["resumed_fraction"] for r in loads]),
+            "failed": sum(r["failed"] for r in loads),
+            "runs": [r["handshakes_per_s"] for r in loads]}
+
+
 def loadgen(build, port, procs, secs, proto):
     out = subprocess.run([os.path.join(build, "bench", "loadgen"), str(port), str(procs), str(secs), proto],
                          capture_output=True, text=True, timeout=secs + 60)
@@ -159,11 +168,7 @@ def end_to_end(a):
                             r = loadgen(a.build, srv.port, a.clients, a.e2e_seconds, proto)
                     runs[s].append(r)
             for s in servers:
-                row = {"server": s, "workers": workers, "protocol": f"TLS {proto}",
-                       "median_handshakes_per_s": median([r["handshakes_per_s"] for r in runs[s]]),
-                       "median_resumed_fraction": median([r["resumed_fraction"] for r in runs[s]]),
-                       "failed": sum(r["failed"] for r in runs[s]),
-                       "runs": [r["handshakes_per_s"] for r in runs[s]]}
+                row = summary(runs[s], server=s, workers=workers, protocol=f"TLS {proto}")
                 print(f"  e2e {workers} workers TLS {proto} {s:22} {row['median_handshakes_per_s']:8.0f} hs/s "
                       f"resumed {100 * row['median_resumed_fraction']:5.1f}%", file=sys.stderr, flush=True)
                 res.append(row)
@@ -191,11 +196,7 @@ def apache(a):
                 httpd.cleanup()
                 runs[name].append(r)
         for name in APACHE_CACHES:
-            row = {"cache": name, "workers": a.apache_workers, "protocol": f"TLS {proto}",
-                   "median_handshakes_per_s": median([r["handshakes_per_s"] for r in runs[name]]),
-                   "median_resumed_fraction": median([r["resumed_fraction"] for r in runs[name]]),
-                   "failed": sum(r["failed"] for r in runs[name]),
-                   "runs": [r["handshakes_per_s"] for r in runs[name]]}
+            row = summary(runs[name], cache=name, workers=a.apache_workers, protocol=f"TLS {proto}")
             print(f"  apache TLS {proto} {name:8} {row['median_handshakes_per_s']:8.0f} hs/s "
                   f"resumed {100 * row['median_resumed_fraction']:5.1f}%", file=sys.stderr, flush=True)
             res.append(row)
@@ -231,10 +232,7 @@ def tiers(a):
                             r = loadgen(a.build, f"{h1.port},{h2.port}", a.clients, a.e2e_seconds, proto)
                         runs[mode].append(r)
                 for mode, rs in runs.items():
-                    row = {"mode": mode, "protocol": f"TLS {proto}", "hosts": 2, "workers_per_host": 2,
-                           "median_handshakes_per_s": median([r["handshakes_per_s"] for r in rs]),
-                           "median_resumed_fraction": median([r["resumed_fraction"] for r in rs]),
-                           "failed": sum(r["failed"] for r in rs), "runs": [r["handshakes_per_s"] for r in rs]}
+                    row = summary(rs, mode=mode, protocol=f"TLS {proto}", hosts=2, workers_per_host=2)
                     print(f"  two hosts TLS {proto} {mode:8} {row['median_handshakes_per_s']:8.0f} hs/s "
                           f"resumed {100 * row['median_resumed_fraction']:5.1f}%", file=sys.stderr, flush=True)
                     out["two_hosts"].append(row)

@@ -21,18 +21,14 @@ import sys
 import tempfile
 import threading
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
+from checks import check, finish  # noqa: E402
 from apache_harness import Apache, client_context, get, session_events, status_auto  # noqa: E402
 
 RECONNECTS = 40
 MAX_CONN = 8  # MaxConnectionsPerChild
-results = {"passed": 0, "failed": 0}
 TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
-
-
-def check(name, cond, detail=""):
-    results["passed" if cond else "failed"] += 1
-    print(f"{'PASS' if cond else 'FAIL'} {name}" + (f" — {detail}" if detail else ""), flush=True)
 
 
 def chain(port, version, count):
@@ -234,8 +230,7 @@ def main():
     shmcb_contrast(args)
     named_segment(args)
     bad_configuration(args)
-    print(f"{results['passed']} passed, {results['failed']} failed")
-    sys.exit(1 if results["failed"] else 0)
+    finish()
 
 
 if __name__ == "__main__":

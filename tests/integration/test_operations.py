@@ -19,18 +19,14 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
+from checks import check, finish  # noqa: E402
 from prefork_harness import Server, client_context, one_request  # noqa: E402
 
 PREFIX = "web1"
 SIZE = 2 << 20
 SESSIONS = 12
-results = {"passed": 0, "failed": 0}
-
-
-def check(name, cond, detail=""):
-    results["passed" if cond else "failed"] += 1
-    print(f"{'PASS' if cond else 'FAIL'} {name}" + (f" — {detail}" if detail else ""), flush=True)
 
 
 class Ops:
@@ -253,8 +249,7 @@ def main():
         check("scenario ran to the end", False, f"{type(e).__name__}: {e}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"{results['passed']} passed, {results['failed']} failed")
-    sys.exit(1 if results["failed"] else 0)
+    finish()
 
 
 if __name__ == "__main__":

@@ -12,17 +12,13 @@ import stat
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
+from checks import check, finish  # noqa: E402
 from prefork_harness import (Server, client_context, one_request, reconnect_run,  # noqa: E402
                              s_client_reconnect, summarize)
 
 RECONNECTS = 40
-results = {"passed": 0, "failed": 0}
-
-
-def check(name, cond, detail=""):
-    results["passed" if cond else "failed"] += 1
-    print(f"{'PASS' if cond else 'FAIL'} {name}" + (f" — {detail}" if detail else ""), flush=True)
 
 
 def cached_runs(args):
@@ -98,8 +94,7 @@ def main():
             t(args)
         except Exception as e:  # a crash of one scenario is a failure, not an abort
             check(t.__name__, False, f"{type(e).__name__}: {e}")
-    print(f"{results['passed']} passed, {results['failed']} failed")
-    sys.exit(1 if results["failed"] else 0)
+    finish()
 
 
 if __name__ == "__main__":

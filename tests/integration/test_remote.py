@@ -15,7 +15,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
+from checks import check, finish  # noqa: E402
 from prefork_harness import Server, client_context, one_request  # noqa: E402
 from redis_harness import Redis  # noqa: E402
 
@@ -26,12 +28,6 @@ BACKOFF_MS = 1000
 # bounded by TIMEOUT_MS, connect included. The bound checked is far above that and far below what an
 # unbounded wait on a hung Redis would take (forever) or a TCP timeout (minutes).
 HANDSHAKE_BOUND_S = 1.5
-results = {"passed": 0, "failed": 0}
-
-
-def check(name, cond, detail=""):
-    results["passed" if cond else "failed"] += 1
-    print(f"{'PASS' if cond else 'FAIL'} {name}" + (f" — {detail}" if detail else ""), flush=True)
 
 
 class Fleet:
@@ -248,8 +244,7 @@ def main():
             outage(args, tmp, redis)
     finally:
         subprocess.run(["rm", "-rf", tmp])
-    print(f"{results['passed']} passed, {results['failed']} failed")
-    sys.exit(1 if results["failed"] else 0)
+    finish()
 
 
 if __name__ == "__main__":

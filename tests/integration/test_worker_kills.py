@@ -19,15 +19,10 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
+from checks import check, finish  # noqa: E402
 from prefork_harness import Server, client_context, one_request, reconnect_run, summarize  # noqa: E402
-
-results = {"passed": 0, "failed": 0}
-
-
-def check(name, cond, detail=""):
-    results["passed" if cond else "failed"] += 1
-    print(f"{'PASS' if cond else 'FAIL'} {name}" + (f" — {detail}" if detail else ""), flush=True)
 
 
 def main():
@@ -45,8 +40,7 @@ def main():
     finally:
         if os.path.exists(flag.name):
             os.unlink(flag.name)
-    print(f"{results['passed']} passed, {results['failed']} failed")
-    sys.exit(1 if results["failed"] else 0)
+    finish()
 
 
 def run(args, flag):
