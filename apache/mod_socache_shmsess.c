@@ -12,8 +12,8 @@
  * sessions stay until they expire. A named segment outlives restarts, so sessions survive an
  * `apachectl graceful`; an anonymous one lasts as long as the configuration generation.
  *
- * Callers of this provider: mod_ssl (sessions, ids of up to 32 bytes) and SSLStaplingCache
- * (20-byte ids). Ids longer than 32 bytes (mod_authn_socache's keys) are refused.
+ * Callers of this provider: mod_ssl's session cache (ids of up to 32 bytes); SSLStaplingCache
+ * (20-byte ids) fits too. Ids longer than 32 bytes (mod_authn_socache's keys) are refused.
  */
 
 #include "httpd.h"

@@ -117,8 +117,21 @@ impl Remote {
     pub fn new(cfg: RemoteConfig) -> Result<Remote> {
         use redis::IntoConnectionInfo;
         // The URL may hold a password: name the problem, not the URL.
+        if cfg.url.starts_with("rediss:") || cfg.url.starts_with("valkeys:") {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "remote URL: TLS to Redis (rediss://) is not built in; use redis:// on a private \
+                 network or through a local TLS tunnel (values are sealed either way)",
+            ));
+        }
         let bad = |e: redis::RedisError| {
-            Error::new(ErrorKind::Invalid, format!("remote URL is not usable: {}", e.kind_name()))
+            Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "remote URL is not usable ({}): expected redis://[user:password@]host:port/db",
+                    e.kind_name()
+                ),
+            )
         };
         let info = cfg.url.as_str().into_connection_info().map_err(bad)?;
         // No CLIENT SETINFO on connect: each reply the setup waits for is another full
@@ -390,5 +403,6 @@ mod tests {
         .unwrap();
         assert_eq!(e.kind, ErrorKind::Invalid);
         assert!(!e.message.contains("secretpw"), "{e}");
+        assert!(e.message.contains("redis://[user:password@]host:port/db"), "{e}");
     }
 }
