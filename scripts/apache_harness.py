@@ -152,6 +152,19 @@ class Apache:
                 # Polling a port that is not yet open: the socket error is the signal.
                 time.sleep(0.05)
 
+    def graceful(self):
+        """`apachectl graceful` (SIGUSR1), returning once the new generation says it runs: its
+        own "resuming normal operations" line in the error log is the signal."""
+        marker = "resuming normal operations"
+        seen = self.error_log().count(marker)
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while self.error_log().count(marker) <= seen:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"httpd did not come back from a graceful restart\n{self.error_log()}")
+            # The log is written by httpd as it goes; re-reading it is the only signal it gives.
+            time.sleep(0.05)
+
     def error_log_path(self):
         return os.path.join(self.root, "error.log")
 

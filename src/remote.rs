@@ -155,10 +155,12 @@ impl Remote {
     }
 
     fn key(&self, id: &[u8]) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut k = String::with_capacity(self.prefix.len() + 2 * id.len());
         k.push_str(&self.prefix);
-        for b in id {
-            k.push_str(&format!("{b:02x}"));
+        for &b in id {
+            k.push(HEX[usize::from(b >> 4)] as char);
+            k.push(HEX[usize::from(b & 15)] as char);
         }
         k
     }

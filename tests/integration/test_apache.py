@@ -179,6 +179,15 @@ def named_segment(args):
             reused, session = same_session(a.port, TLS12, 5)
             check("named segment: TLS 1.2 sessions resume", reused == 5, f"{reused}/5")
             port = a.port
+            # apachectl graceful: a new configuration generation attaches to the same file,
+            # and its new children resume what the old ones stored.
+            before = {pid for pid, *_ in session_events(a.error_log())} | {a.proc.pid}
+            a.graceful()
+            after_graceful = [get(a.port, client_context(TLS12), session=session)[2] for _ in range(10)]
+            new_pids = {pid for pid, req, st, _ in session_events(a.error_log())
+                        if req == "GET" and st == "FOUND"} - before
+            check("named segment: sessions survive apachectl graceful, in the new children",
+                  all(after_graceful) and new_pids, f"{sum(after_graceful)}/10, new pids {sorted(new_pids)}")
         seg = os.path.join(root, "sessions")
         st = os.lstat(seg)
         check("named segment: the file is 0600 and owned by the user that started httpd",
