@@ -111,9 +111,10 @@ install-apache-module: $(LIB_SO)
 test-remote: test-deps all $(BUILD)/certs/server.pem
 	python3 tests/integration/test_remote.py --server $(SERVER) --cli $(CLI) --certs $(BUILD)/certs
 
-test-apache: test-deps all $(BUILD)/certs/server.pem
+test-apache: test-deps all $(FAULT_SERVER) $(BUILD)/certs/server.pem
 	$(MAKE) --no-print-directory apache-module
-	python3 tests/integration/test_apache.py --module $(APACHE_MOD) --cli $(CLI) --certs $(BUILD)/certs
+	python3 tests/integration/test_apache.py --module $(APACHE_MOD) --cli $(CLI) --certs $(BUILD)/certs \
+	  --fault-lib $(BUILD)/fault
 
 # The example server linked against a fault-injection build of the library (tests only: it
 # dies inside critical sections when SHMSESS_TEST_FAULT says so).

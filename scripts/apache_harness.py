@@ -89,7 +89,7 @@ class Apache:
     `root` may be passed to reuse a directory (and a named segment in it) across runs."""
 
     def __init__(self, module, certs, cache, workers=4, max_conn=8, root=None, ssl_level="trace2",
-                 max_workers=None, port=None):
+                 max_workers=None, port=None, env=None):
         self.module = os.path.abspath(module)
         self.certs = os.path.abspath(certs)
         self.cache = cache
@@ -101,6 +101,7 @@ class Apache:
         self.ssl_level = ssl_level
         self.proc = None
         self.port = port
+        self.env = env
 
     def start(self):
         os.makedirs(os.path.join(self.root, "htdocs"), exist_ok=True)
@@ -126,7 +127,7 @@ class Apache:
         # would otherwise include the test.
         self.proc = subprocess.Popen([apache_binary(), "-f", conf_path, "-DFOREGROUND"],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
+                                     start_new_session=True, env={**os.environ, **(self.env or {})})
         self._wait_ready()
         return self
 

@@ -215,6 +215,43 @@ def named_segment(args):
         subprocess.run(["rm", "-rf", root])
 
 
+def children_killed_inside_the_cache(args):
+    """httpd on a fault-injection build of the library (LD_LIBRARY_PATH wins over the
+    module's RUNPATH): while a flag file exists, every pass of a critical-section fault point
+    SIGKILLs the child with probability 1/40. httpd replaces the dead; the cache must neither
+    hang nor lose its consistency, and resumes everything once the deaths stop."""
+    flag = os.path.join(tempfile.mkdtemp(prefix="shmsess-kill-"), "armed")
+    os.chmod(os.path.dirname(flag), 0o755)  # children run as www-data and must see the flag
+    env = {"LD_LIBRARY_PATH": os.path.abspath(args.fault_lib), "SHMSESS_TEST_FAULT": f"0:40:{flag}"}
+    with Apache(args.module, args.certs, "shmsess:(1M)", env=env, max_conn=0, ssl_level="warn") as a:
+        ctxs = {v: client_context(v) for v in (TLS12, TLS13)}
+        sessions = {TLS12: None, TLS13: None}
+        open(flag, "w").close()  # armed only now: the parent's startup is not a target
+        served = cut = 0
+        for i in range(300):
+            v = TLS12 if i % 2 else TLS13
+            try:
+                _, _, _, sessions[v] = get(a.port, ctxs[v], session=sessions[v])
+                served += 1
+            except (OSError, ssl.SSLError, ValueError, IndexError):
+                cut += 1  # the child serving us died inside the cache: expected here
+                sessions[v] = None
+        os.unlink(flag)
+        check("children killed inside the cache: httpd kept serving", served >= 150 and cut >= 1,
+              f"{served} connections served, {cut} cut by a child dying inside the cache")
+        reused12, _ = same_session(a.port, TLS12, 20)
+        reused13, first, _ = chain(a.port, TLS13, 21)
+        check("after the kills stop: every reconnection resumes (TLS 1.2 and 1.3)",
+              reused12 == 20 and reused13 == 20, f"TLS 1.2 {reused12}/20, TLS 1.3 {reused13}/20")
+        auto = status_auto(a.port, client_context(TLS12))
+        recovered = int(auto.get("CacheLockRecoveryCount", 0))
+        check("mod_status: the locks of killed children were recovered (and their shards checked)",
+              recovered >= 1 and int(auto.get("CacheLockTimeoutCount", -1)) == 0,
+              f"recoveries {recovered}, lock timeouts {auto.get('CacheLockTimeoutCount')}")
+    a.cleanup()
+    os.rmdir(os.path.dirname(flag))
+
+
 def bad_configuration(args):
     for arg, why in (("shmsess:(12Q)", "invalid size"), ("shmsess:/tmp/x(64M", "expected path(size)")):
         a = Apache(args.module, args.certs, arg)
@@ -234,10 +271,12 @@ def main():
     ap.add_argument("--module", required=True)
     ap.add_argument("--cli", required=True)
     ap.add_argument("--certs", required=True)
+    ap.add_argument("--fault-lib", required=True, help="directory of a fault-injection libshmsesscache.so.0")
     args = ap.parse_args()
     anonymous_segment(args)
     shmcb_contrast(args)
     named_segment(args)
+    children_killed_inside_the_cache(args)
     bad_configuration(args)
     finish()
 
