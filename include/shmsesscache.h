@@ -139,6 +139,8 @@ typedef struct shmsess_options {
   // `redis://127.0.0.1:6379/0` or `redis://user:password@10.0.0.5:6379/2` (AUTH and SELECT
   // on connect; use an IP address: name lookups are not bounded by the timeout). Each
   // process connects lazily, after fork. Requires `remote_key_file`. Copied at creation.
+  // Used by the session callbacks `shmsess_install` sets; `shmsess_cache_store`, `_lookup`,
+  // `_remove` and `_iterate` stay on the local segment.
   // (Fields from here on added in 0.3.)
   const char *remote_url;
   // Key file for the second tier: one AES-256 key per line, 64 hex digits (`openssl rand
