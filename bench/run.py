@@ -38,7 +38,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from prefork_harness import Server  # noqa: E402
+from prefork_harness import Server, free_port  # noqa: E402
 import apache_harness  # noqa: E402
 from redis_harness import Redis  # noqa: E402
 
@@ -66,12 +66,6 @@ def machine():
     ng = shutil.which("nginx")
     ngv = subprocess.run([ng, "-v"], capture_output=True, text=True).stderr.strip() if ng else "not installed"
     return {"cores": os.cpu_count(), "cpu": model, "kernel": platform.release(), "openssl": ossl, "nginx": ngv}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_listening(port, proc, timeout=15.0):

@@ -15,6 +15,9 @@ import subprocess
 import tempfile
 import time
 
+import prefork_harness
+from prefork_harness import free_port
+
 READY_TIMEOUT = 20.0
 IO_TIMEOUT = 10.0
 
@@ -30,12 +33,6 @@ def modules_dir():
     out = subprocess.run(["apxs", "-q", "LIBEXECDIR"], capture_output=True, text=True)
     d = out.stdout.strip()
     return d if out.returncode == 0 and d else "/usr/lib/apache2/modules"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 CONFIG = """\
@@ -206,15 +203,9 @@ _contexts = {}
 def client_context(version):
     """One client context per protocol version (a session can only be offered through the
     context that made it). No tickets: TLS 1.2 uses session ids, so the server's cache."""
-    if version in _contexts:
-        return _contexts[version]
-    ctx = _contexts[version] = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    ctx.minimum_version = version
-    ctx.maximum_version = version
-    ctx.options |= ssl.OP_NO_TICKET
-    return ctx
+    if version not in _contexts:
+        _contexts[version] = prefork_harness.client_context(version, no_ticket=True)
+    return _contexts[version]
 
 
 def get(port, ctx, path="/index.html", session=None):

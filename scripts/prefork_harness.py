@@ -72,6 +72,13 @@ class Server:
         self.stop()
 
 
+def free_port():
+    """A loopback port nothing listens on now (for servers that cannot be told to pick one)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def parse_stats(line):
     return {k: (int(v) if v.isdigit() else v) for k, v in re.findall(r"(\w+)=(\S+)", line)}
 

@@ -7,18 +7,13 @@ persisted (no RDB, no AOF). Readiness is the server's own "Ready to accept conne
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 
+from prefork_harness import free_port
+
 READY_TIMEOUT = 15.0
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Redis:

@@ -13,7 +13,6 @@ anything failed.
 import argparse
 import json
 import os
-import re
 import ssl
 import stat
 import subprocess
@@ -25,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
 from checks import check, finish  # noqa: E402
 from apache_harness import Apache, client_context, get, session_events, status_auto  # noqa: E402
+from prefork_harness import s_client_reconnect  # noqa: E402
 
 RECONNECTS = 40
 MAX_CONN = 8  # MaxConnectionsPerChild
@@ -70,12 +70,6 @@ def cross_child(events):
     return found, elsewhere, pids
 
 
-def s_client_reconnect(port):
-    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-reconnect", "-tls1_2"],
-                         input="", capture_output=True, text=True, timeout=60)
-    return re.findall(r"^(New|Reused), ", out.stdout, re.M)
-
-
 def anonymous_segment(args):
     with Apache(args.module, args.certs, "shmsess") as a:
         # TLS 1.2: one session offered 40 times. Its child serves at most MAX_CONN connections
@@ -106,7 +100,7 @@ def anonymous_segment(args):
         check("TLS 1.3: a ticket resumes once in the whole server, never twice", once and not twice,
               f"first {once}, second {twice}")
 
-        words = s_client_reconnect(a.port)
+        words = s_client_reconnect(a.port, ("-tls1_2",))
         # s_client reconnects without sending a request: its first reconnection may reach
         # another child a moment before mod_ssl has stored the session (same race as nginx).
         s_reused = words.count("Reused")
