@@ -3,6 +3,7 @@
 //! OpenSSL; `glue.rs` turns sessions into bytes outside any lock.
 
 use std::hash::Hasher;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -12,8 +13,8 @@ use siphasher::sip::SipHasher13;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fault::{self, FaultPoint};
 use crate::layout::{
-    Counter, Geometry, Globals, ShardHeader, COUNTERS, GLOBALS_OFFSET, HEADER_BYTES, MAX_ID_LEN,
-    MAX_SESSION_BYTES,
+    Counter, Geometry, Globals, RemoteStats, ShardHeader, COUNTERS, GLOBALS_OFFSET, HEADER_BYTES,
+    MAX_ID_LEN, MAX_SESSION_BYTES,
 };
 use crate::lock::{Acquired, LockError, ShardLock};
 use crate::log::{self, Level};
@@ -86,8 +87,8 @@ pub struct Stats {
     pub id_collisions: u64,
     pub lock_contended: u64,
     pub lock_wait_ns: u64,
-    /// The second tier's counters, in `RemoteCounters` order.
-    pub remote: [u64; 8],
+    /// The second tier's counters.
+    pub remote: RemoteStats,
     /// When the segment was created (Unix seconds).
     pub created_unix: u64,
     pub entries: u64,
@@ -475,25 +476,40 @@ impl Cache {
     /// whose lock cannot be had is skipped; the error is returned with what was exported.
     pub fn export(&self, now: u32) -> (Vec<ExportedEntry>, Option<Error>) {
         let mut v = Vec::new();
+        let first_err = self.export_each(now, |entries| {
+            v.extend(entries);
+            ControlFlow::Continue(())
+        });
+        (v, first_err)
+    }
+
+    /// Hand the copies of each shard's live, verified entries to `f`, one shard at a time; the
+    /// copies are taken under the shard's lock and handed over after it is released, so `f`
+    /// may take its time. `f` may stop the walk. A shard whose lock cannot be had is skipped;
+    /// the first such error is returned after the others were visited.
+    pub fn export_each(
+        &self,
+        now: u32,
+        mut f: impl FnMut(Vec<ExportedEntry>) -> ControlFlow<()>,
+    ) -> Option<Error> {
         let mut first_err = None;
         for idx in 0..self.geo.shard_count {
-            match self.export_shard(idx, now) {
-                Ok(entries) => v.extend(entries),
+            let entries = match self.lock_shard(idx) {
+                Ok(g) => g.export(now),
                 Err(e) => {
                     first_err.get_or_insert(e);
+                    continue;
                 }
+            };
+            if f(entries).is_break() {
+                break;
             }
         }
-        (v, first_err)
+        first_err
     }
 
     /// Creation and expiry times of the live entries, shard by shard under each lock (a shard
     /// whose lock times out is left out).
-    /// Copies of the live entries of shard `idx`, taken under its lock.
-    pub fn export_shard(&self, idx: usize, now: u32) -> Result<Vec<ExportedEntry>> {
-        Ok(self.lock_shard(idx)?.export(now))
-    }
-
     pub fn ages(&self, now: u32) -> Ages {
         let mut a = Ages::default();
         for idx in 0..self.geo.shard_count {
@@ -546,18 +562,7 @@ impl Cache {
         s.id_collisions = g.id_collisions.load(Relaxed);
         s.lock_contended = g.lock_contended.load(Relaxed);
         s.lock_wait_ns = g.lock_wait_ns.load(Relaxed);
-        let r = &g.remote;
-        s.remote = [
-            &r.stores,
-            &r.hits,
-            &r.misses,
-            &r.errors,
-            &r.timeouts,
-            &r.skipped,
-            &r.rejected,
-            &r.replays_refused,
-        ]
-        .map(|c| c.load(Relaxed));
+        s.remote = g.remote.load();
         s.created_unix = self.created_unix();
         s.capacity_units = self.geo.capacity_units();
         s.shard_count = self.geo.shard_count as u64;

@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -700,14 +701,14 @@ pub fn to_c_stats(s: &Stats, a: &Ages, now: u32) -> shmsess_stats {
         avg_time_left_s: a.time_left_sum.checked_div(a.live).unwrap_or(0),
         lock_contended: s.lock_contended,
         lock_wait_ns: s.lock_wait_ns,
-        remote_stores: s.remote[0],
-        remote_hits: s.remote[1],
-        remote_misses: s.remote[2],
-        remote_errors: s.remote[3],
-        remote_timeouts: s.remote[4],
-        remote_skipped: s.remote[5],
-        remote_rejected: s.remote[6],
-        remote_replays_refused: s.remote[7],
+        remote_stores: s.remote.stores,
+        remote_hits: s.remote.hits,
+        remote_misses: s.remote.misses,
+        remote_errors: s.remote.errors,
+        remote_timeouts: s.remote.timeouts,
+        remote_skipped: s.remote.skipped,
+        remote_rejected: s.remote.rejected,
+        remote_replays_refused: s.remote.replays_refused,
     }
 }
 
@@ -993,16 +994,8 @@ pub extern "C" fn shmsess_cache_iterate(
         let Some(callback) = callback else {
             return Err(null("callback"));
         };
-        let now = crate::util::now_unix();
-        let mut skipped = None;
-        for shard in 0..h.cache.geometry().shard_count {
-            let entries = match h.cache.export_shard(shard, now) {
-                Ok(v) => v,
-                Err(e) => {
-                    skipped.get_or_insert(e);
-                    continue;
-                }
-            };
+        let mut stopped = false;
+        let skipped = h.cache.export_each(crate::util::now_unix(), |entries| {
             for e in &entries {
                 // SAFETY: pointers to our own copies, valid for the call; the callback is the
                 // caller's, who promised it is a function of this type.
@@ -1017,13 +1010,15 @@ pub extern "C" fn shmsess_cache_iterate(
                     )
                 };
                 if stop != 0 {
-                    return Ok(SHMSESS_OK);
+                    stopped = true;
+                    return ControlFlow::Break(());
                 }
             }
-        }
+            ControlFlow::Continue(())
+        });
         match skipped {
-            Some(e) => Err(e.into()),
-            None => Ok(SHMSESS_OK),
+            Some(e) if !stopped => Err(e.into()),
+            _ => Ok(SHMSESS_OK),
         }
     })
 }

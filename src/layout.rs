@@ -118,6 +118,35 @@ pub struct RemoteCounters {
     pub replays_refused: AtomicU64,
 }
 
+/// A reading of [`RemoteCounters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemoteStats {
+    pub stores: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub errors: u64,
+    pub timeouts: u64,
+    pub skipped: u64,
+    pub rejected: u64,
+    pub replays_refused: u64,
+}
+
+impl RemoteCounters {
+    pub fn load(&self) -> RemoteStats {
+        let l = |c: &AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        RemoteStats {
+            stores: l(&self.stores),
+            hits: l(&self.hits),
+            misses: l(&self.misses),
+            errors: l(&self.errors),
+            timeouts: l(&self.timeouts),
+            skipped: l(&self.skipped),
+            rejected: l(&self.rejected),
+            replays_refused: l(&self.replays_refused),
+        }
+    }
+}
+
 /// Per-shard counters, updated under the shard lock (plain load+store, no RMW needed) and read
 /// racily by statistics.
 #[repr(usize)]

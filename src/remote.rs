@@ -106,11 +106,6 @@ pub enum Fetched {
     Unavailable,
 }
 
-enum Failure {
-    Skipped,
-    Failed,
-}
-
 impl Remote {
     /// Parse the URL (nothing is connected yet: connections are made in the process that
     /// uses them, after fork).
@@ -129,7 +124,7 @@ impl Remote {
                 ErrorKind::Invalid,
                 format!(
                     "remote URL is not usable ({}): expected redis://[user:password@]host:port/db",
-                    e.kind_name()
+                    kind_name(&e)
                 ),
             )
         };
@@ -166,11 +161,12 @@ impl Remote {
     }
 
     /// Run one command on a connection of this process, under the timeout and the breaker.
+    /// `None` if it was skipped or failed (counted either way).
     fn run<T>(
         &self,
         c: &RemoteCounters,
         op: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> std::result::Result<T, Failure> {
+    ) -> Option<T> {
         let conn = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let pid = std::process::id();
@@ -183,7 +179,7 @@ impl Remote {
             }
             if !st.breaker.allows(Instant::now()) {
                 c.skipped.fetch_add(1, Relaxed);
-                return Err(Failure::Skipped);
+                return None;
             }
             st.idle.pop()
         };
@@ -200,7 +196,7 @@ impl Remote {
                 if st.breaker.success() {
                     log::emit(Level::Info, "remote tier: working again");
                 }
-                Ok(v)
+                Some(v)
             }
             Err(e) => {
                 if e.is_timeout() {
@@ -219,7 +215,7 @@ impl Remote {
                         ),
                     );
                 }
-                Err(Failure::Failed)
+                None
             }
         }
     }
@@ -265,7 +261,7 @@ impl Remote {
                 .arg(ttl_ms)
                 .query::<()>(conn)
         });
-        if stored.is_ok() {
+        if stored.is_some() {
             c.stores.fetch_add(1, Relaxed);
         }
     }
@@ -280,7 +276,7 @@ impl Remote {
                 .query::<Option<Vec<u8>>>(conn)
         });
         match got {
-            Ok(Some(mut value)) => {
+            Some(Some(mut value)) => {
                 let opened = self.keys.open(id, &value);
                 crate::util::wipe(&mut value);
                 match opened {
@@ -302,11 +298,11 @@ impl Remote {
                     }
                 }
             }
-            Ok(None) => {
+            Some(None) => {
                 c.misses.fetch_add(1, Relaxed);
                 Fetched::Miss
             }
-            Err(Failure::Skipped) | Err(Failure::Failed) => Fetched::Unavailable,
+            None => Fetched::Unavailable,
         }
     }
 
@@ -315,7 +311,6 @@ impl Remote {
     pub fn delete(&self, c: &RemoteCounters, id: &[u8]) -> Option<bool> {
         let key = self.key(id);
         self.run(c, |conn| redis::cmd("DEL").arg(&key).query::<u64>(conn))
-            .ok()
             .map(|n| n > 0)
     }
 }
@@ -327,20 +322,14 @@ fn describe(e: &redis::RedisError) -> String {
     } else if e.is_connection_refusal() {
         "connection refused".into()
     } else if e.is_io_error() {
-        format!("I/O error ({})", e.kind_name())
+        format!("I/O error ({})", kind_name(e))
     } else {
-        format!("Redis said {}", e.kind_name())
+        format!("Redis said {}", kind_name(e))
     }
 }
 
-trait KindName {
-    fn kind_name(&self) -> String;
-}
-
-impl KindName for redis::RedisError {
-    fn kind_name(&self) -> String {
-        format!("{:?}", self.kind())
-    }
+fn kind_name(e: &redis::RedisError) -> String {
+    format!("{:?}", e.kind())
 }
 
 #[cfg(test)]

@@ -60,7 +60,6 @@ pub struct Keyring {
 }
 
 /// What opening a sealed value gave.
-#[derive(Debug, PartialEq, Eq)]
 pub struct Opened {
     pub created: u32,
     pub expires: u32,
