@@ -17,8 +17,10 @@ LIB_A     := $(BUILD)/libshmsesscache.a
 PC        := $(BUILD)/shmsesscache.pc
 SERVER    := $(BUILD)/prefork_server
 HARNESS   := $(BUILD)/c_harness
+CONTRACT  := $(BUILD)/c_contract
+TESTLIB   := tests/c/testlib.c tests/c/testlib.h
 FAULT_SERVER := $(BUILD)/fault/prefork_server
-RUST_SRC  := $(wildcard src/*.rs src/bin/*.rs src/bin/*/*.rs) Cargo.toml build.rs
+RUST_SRC  := $(wildcard src/*.rs src/*/*.rs src/bin/*/*.rs) Cargo.toml build.rs
 CLI       := $(BUILD)/shmsesscache
 
 .PHONY: all lib header check-header test test-rust test-c test-integration test-remote test-apache test-fuzz fuzz demo bench install \
@@ -49,8 +51,12 @@ $(PC): shmsesscache.pc.in Cargo.toml
 $(SERVER): c-examples/prefork_server.c include/shmsesscache.h $(LIB_SO)
 	$(CC) $(CFLAGS) $(WARN) -Iinclude $< -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
 
-$(HARNESS): tests/c/harness.c include/shmsesscache.h $(LIB_SO)
-	$(CC) $(CFLAGS) $(WARN) -Iinclude $< -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
+$(HARNESS): tests/c/harness.c $(TESTLIB) include/shmsesscache.h $(LIB_SO)
+	$(CC) $(CFLAGS) $(WARN) -Iinclude $< tests/c/testlib.c -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
+
+# The OpenSSL contract under real behaviour: HRR, SNI callbacks, housekeeping, early data, reloads.
+$(CONTRACT): tests/c/contract.c $(TESTLIB) include/shmsesscache.h $(LIB_SO)
+	$(CC) $(CFLAGS) $(WARN) -Iinclude $< tests/c/testlib.c -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
 
 # Regenerate the committed header from src/ffi.rs.
 header:
@@ -69,9 +75,11 @@ test: all check-header test-rust test-c test-integration test-remote test-apache
 test-rust:
 	$(CARGO) test --release --features fault-injection
 
-test-c: $(HARNESS) $(BUILD)/certs/server.pem
-	valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-possibly-lost=no \
-	  --trace-children=no $(HARNESS) $(BUILD)/certs
+VALGRIND := valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-possibly-lost=no
+
+test-c: $(HARNESS) $(CONTRACT) $(BUILD)/certs/server.pem
+	$(VALGRIND) --trace-children=no $(HARNESS) $(BUILD)/certs
+	$(VALGRIND) --trace-children=no $(CONTRACT) $(BUILD)/certs
 
 test-integration: all $(FAULT_SERVER) $(BUILD)/certs/server.pem
 	python3 tests/integration/test_prefork.py --server $(SERVER) --certs $(BUILD)/certs

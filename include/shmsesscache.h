@@ -64,7 +64,7 @@
 #define SHMSESS_LOOKUP_TAKE_TLS13 2
 
 // Version of `shmsess_stats` this library fills (`version` field).
-#define SHMSESS_STATS_VERSION 3
+#define SHMSESS_STATS_VERSION 4
 
 // Status of every call. `SHMSESS_OK` is 0; anything else comes with a message from
 // `shmsess_last_error()`.
@@ -237,6 +237,15 @@ typedef struct shmsess_stats {
   uint64_t remote_skipped;
   uint64_t remote_rejected;
   uint64_t remote_replays_refused;
+  // Resumptions refused because the ClientHello named another server than the session was
+  // made for (virtual hosts chosen by an SNI or ClientHello callback).
+  uint64_t sni_mismatch;
+  // TLS 1.3 tickets resumed after a HelloRetryRequest (the retried ClientHello found the
+  // copy its first lookup kept on the connection).
+  uint64_t hrr_resumed;
+  // TLS 1.3 lookups skipped because early data is on with OpenSSL's anti-replay, which
+  // refuses every external-cache resumption (tickets are left in place; see the log).
+  uint64_t anti_replay_skipped;
 } shmsess_stats;
 
 // Called by `shmsess_cache_iterate` with each live entry: its id, its bytes (both valid only

@@ -89,6 +89,9 @@ pub struct Stats {
     pub lock_wait_ns: u64,
     /// The second tier's counters.
     pub remote: RemoteStats,
+    pub sni_mismatch: u64,
+    pub hrr_resumed: u64,
+    pub anti_replay_skipped: u64,
     /// When the segment was created (Unix seconds).
     pub created_unix: u64,
     pub entries: u64,
@@ -563,6 +566,9 @@ impl Cache {
         s.lock_contended = g.lock_contended.load(Relaxed);
         s.lock_wait_ns = g.lock_wait_ns.load(Relaxed);
         s.remote = g.remote.load();
+        s.sni_mismatch = g.sni_mismatch.load(Relaxed);
+        s.hrr_resumed = g.hrr_resumed.load(Relaxed);
+        s.anti_replay_skipped = g.anti_replay_skipped.load(Relaxed);
         s.created_unix = self.created_unix();
         s.capacity_units = self.geo.capacity_units();
         s.shard_count = self.geo.shard_count as u64;

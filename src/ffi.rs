@@ -234,10 +234,20 @@ pub struct shmsess_stats {
     pub remote_skipped: u64,
     pub remote_rejected: u64,
     pub remote_replays_refused: u64,
+    // ---- version 4 ----
+    /// Resumptions refused because the ClientHello named another server than the session was
+    /// made for (virtual hosts chosen by an SNI or ClientHello callback).
+    pub sni_mismatch: u64,
+    /// TLS 1.3 tickets resumed after a HelloRetryRequest (the retried ClientHello found the
+    /// copy its first lookup kept on the connection).
+    pub hrr_resumed: u64,
+    /// TLS 1.3 lookups skipped because early data is on with OpenSSL's anti-replay, which
+    /// refuses every external-cache resumption (tickets are left in place; see the log).
+    pub anti_replay_skipped: u64,
 }
 
 /// Version of `shmsess_stats` this library fills (`version` field).
-pub const SHMSESS_STATS_VERSION: u32 = 3;
+pub const SHMSESS_STATS_VERSION: u32 = 4;
 
 /// Opaque cache handle. Created by `shmsess_cache_create`, freed by `shmsess_cache_free`.
 pub struct shmsess_cache {
@@ -524,7 +534,10 @@ fn remote_from(o: &shmsess_options) -> Result<Option<Remote>, Fail> {
         match s.to_str() {
             Ok("") => Ok(None),
             Ok(v) => Ok(Some(v.to_owned())),
-            Err(_) => Err(Fail(SHMSESS_ERR_INVALID_ARGUMENT, format!("{what} is not UTF-8"))),
+            Err(_) => Err(Fail(
+                SHMSESS_ERR_INVALID_ARGUMENT,
+                format!("{what} is not UTF-8"),
+            )),
         }
     };
     let Some(url) = text(o.remote_url, "remote_url")? else {
@@ -709,6 +722,9 @@ pub fn to_c_stats(s: &Stats, a: &Ages, now: u32) -> shmsess_stats {
         remote_skipped: s.remote.skipped,
         remote_rejected: s.remote.rejected,
         remote_replays_refused: s.remote.replays_refused,
+        sni_mismatch: s.sni_mismatch,
+        hrr_resumed: s.hrr_resumed,
+        anti_replay_skipped: s.anti_replay_skipped,
     }
 }
 
@@ -775,6 +791,9 @@ stats_fields!(
     remote_skipped,
     remote_rejected,
     remote_replays_refused,
+    sni_mismatch,
+    hrr_resumed,
+    anti_replay_skipped,
 );
 
 /// Number of numeric fields `shmsess_stats_field` can name (in this library version).
@@ -943,7 +962,10 @@ pub extern "C" fn shmsess_cache_lookup(
             SHMSESS_LOOKUP_TAKE_TLS13 => Take::If(glue::der_session_is_tls13),
             _ => Take::Always,
         };
-        match h.cache.lookup_taking(id, out, take, crate::util::now_unix())? {
+        match h
+            .cache
+            .lookup_taking(id, out, take, crate::util::now_unix())?
+        {
             Found::Hit { len, .. } => {
                 // SAFETY: checked non-NULL.
                 unsafe { *out_len = len };

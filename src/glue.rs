@@ -14,7 +14,7 @@
 use std::ffi::{c_int, c_long, c_uchar, c_uint, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 
 use openssl_sys as ossl;
 use openssl_sys::{SSL, SSL_CTX, SSL_SESSION};
@@ -31,6 +31,8 @@ mod extra {
     extern "C" {
         pub fn SSL_get_options(s: *const SSL) -> u64;
         pub fn SSL_SESSION_set_timeout(s: *mut SSL_SESSION, t: c_long) -> c_long;
+        pub fn SSL_CTX_set_timeout(ctx: *mut SSL_CTX, t: c_long) -> c_long;
+        pub fn SSL_CTX_get_client_CA_list(ctx: *const SSL_CTX) -> *mut ossl::stack_st_X509_NAME;
         pub fn SSL_CTX_set_generate_session_id(
             ctx: *mut SSL_CTX,
             cb: Option<GenSessionCb>,
@@ -132,9 +134,10 @@ unsafe extern "C" fn free_ex(
     }
 }
 
-/// The handle of the one cache installed in this process, for an SSL whose SNI callback
-/// switched to an SSL_CTX on which nothing was installed. `None` once two caches are in use.
-static SOLE: Mutex<Option<(Weak<Handle>, bool)>> = Mutex::new(None);
+/// The cache most recently installed in this process, for an SSL whose SNI or ClientHello
+/// callback switched to an SSL_CTX nothing was installed on. A reload that frees the old cache
+/// and installs a new one moves it to the new one.
+static LATEST: RwLock<Weak<Handle>> = RwLock::new(Weak::new());
 
 fn handle_for_ctx<'a>(ctx: *const SSL_CTX) -> Option<&'a Handle> {
     if ctx.is_null() {
@@ -147,18 +150,14 @@ fn handle_for_ctx<'a>(ctx: *const SSL_CTX) -> Option<&'a Handle> {
     (!p.is_null()).then(|| unsafe { &*p })
 }
 
-/// Run `f` with the cache installed on `ctx`, or else with the one cache of this process (an
-/// SNI callback may have switched to an SSL_CTX nothing was installed on).
+/// Run `f` with the cache installed on `ctx`, or else with the cache most recently installed
+/// in this process (an SNI callback may have switched to an SSL_CTX nothing was installed on).
 fn with_ctx_handle<R>(ctx: *const SSL_CTX, f: impl FnOnce(&Handle) -> R) -> Option<R> {
     if let Some(h) = handle_for_ctx(ctx) {
         return Some(f(h));
     }
-    let sole = SOLE
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-        .and_then(|(w, only)| only.then(|| w.upgrade()).flatten());
-    sole.map(|h| f(&h))
+    let latest = LATEST.read().unwrap_or_else(|p| p.into_inner()).upgrade();
+    latest.map(|h| f(&h))
 }
 
 fn with_handle<R>(ssl: *const SSL, f: impl FnOnce(&Handle) -> R) -> Option<R> {
@@ -275,7 +274,14 @@ fn store_session(h: &Handle, ssl: *const SSL, sess: *mut SSL_SESSION) {
         }
     }
     if let Some(r) = &h.remote {
-        r.store(&g.remote, id, buf, created, expires, crate::util::now_unix());
+        r.store(
+            &g.remote,
+            id,
+            buf,
+            created,
+            expires,
+            crate::util::now_unix(),
+        );
     }
     // The DER holds the master secret: do not leave it in memory.
     crate::util::wipe(buf);
@@ -305,43 +311,67 @@ pub unsafe extern "C" fn get_session_cb(
     .unwrap_or(std::ptr::null_mut())
 }
 
-fn fetch_session(h: &Handle, ssl: *const SSL, id: &[u8]) -> Option<*mut SSL_SESSION> {
+fn fetch_session(h: &Handle, ssl: *mut SSL, id: &[u8]) -> Option<*mut SSL_SESSION> {
     let tls13 = is_tls13(ssl);
-    if tls13 && h.install.skip_tls13 {
+    if tls13 && (h.install.skip_tls13 || anti_replay_refuses_external(h, ssl)) {
         return None;
     }
     // TLS 1.3: take the entry in the same critical section as the copy, so a ticket resumes
     // once in the whole server, whichever worker sees it first.
     let take = tls13 && !h.install.tls13_reuse;
+    if take {
+        // The ClientHello after a HelloRetryRequest offers the ticket its first one took.
+        if let Some(mut parked) = crate::tls::parked::take_back(ssl, id) {
+            let sess = decode_session(h, id, parked.der_mut())?;
+            h.cache.globals().hrr_resumed.fetch_add(1, Relaxed);
+            return Some(sess);
+        }
+    }
     // Most sessions fit in 1 KiB: zero-filling an 8 KiB buffer on every lookup cost a quarter
     // of the callback (callgrind). A too-small buffer changes nothing (not even a take), so
     // the rare large session is simply fetched again into a big one.
     let mut small = [0u8; SMALL_SESSION_BYTES];
     let mut big = Vec::new();
-    let local: Option<&mut [u8]> = match h.cache.lookup(id, &mut small, take) {
-        Ok(Found::Hit { len, .. }) => Some(&mut small[..len]),
+    let local = match h.cache.lookup(id, &mut small, take) {
+        Ok(Found::Hit {
+            len,
+            created,
+            expires,
+        }) => Some((&mut small[..len], created, expires)),
         Ok(Found::BufferTooSmall { needed }) => {
             big.resize(needed, 0u8);
             match h.cache.lookup(id, &mut big, take) {
-                Ok(Found::Hit { len, .. }) => Some(&mut big[..len]),
+                Ok(Found::Hit {
+                    len,
+                    created,
+                    expires,
+                }) => Some((&mut big[..len], created, expires)),
                 _ => None,
             }
         }
         _ => None,
     };
     match (local, &h.remote) {
-        (Some(der), None) => decode_session(h, id, der),
-        (Some(der), Some(r)) => {
+        (Some((der, created, expires)), remote) => {
             // A ticket found here may have been resumed on another host already (its copy in
             // the remote tier is gone): it is consumed fleet-wide by deleting that copy, and
             // refused if somebody else did. If the tier cannot be asked, local single use is
             // what is left.
-            if take && r.delete(&h.cache.globals().remote, id) == Some(false) {
-                h.cache.globals().remote.replays_refused.fetch_add(1, Relaxed);
-                crate::util::wipe(der);
-                return None;
+            if let Some(r) = remote.as_ref().filter(|_| take) {
+                if r.delete(&h.cache.globals().remote, id) == Some(false) {
+                    h.cache
+                        .globals()
+                        .remote
+                        .replays_refused
+                        .fetch_add(1, Relaxed);
+                    crate::util::wipe(der);
+                    return None;
+                }
             }
-            decode_session(h, id, der)
+            let put_back = take.then_some((created, expires));
+            let sess = accept_session(h, ssl, id, der, take, put_back);
+            crate::util::wipe(der);
+            sess
         }
         (None, Some(r)) => {
             let now = crate::util::now_unix();
@@ -352,18 +382,85 @@ fn fetch_session(h: &Handle, ssl: *const SSL, id: &[u8]) -> Option<*mut SSL_SESS
                 // The next resumption on this host is a local hit.
                 let _ = h.cache.store(id, &o.der, o.created, o.expires);
             }
-            decode_session(h, id, &mut o.der)
+            let put_back = take.then_some((o.created, o.expires));
+            accept_session(h, ssl, id, &mut o.der, take, put_back)
         }
         (None, None) => None,
     }
 }
 
-/// d2i the session bytes, then wipe them. An entry that does not decode is dropped.
-fn decode_session(h: &Handle, id: &[u8], der: &mut [u8]) -> Option<*mut SSL_SESSION> {
+/// The session in `der` if it may resume this handshake: it decodes and was made for the
+/// host this ClientHello names. A taken ticket is parked on the connection for a retried
+/// ClientHello; a refused one goes back into the cache (`put_back`: its created and expiry
+/// times), since it was not used. The caller wipes `der`.
+fn accept_session(
+    h: &Handle,
+    ssl: *mut SSL,
+    id: &[u8],
+    der: &mut [u8],
+    taken: bool,
+    put_back: Option<(u32, u32)>,
+) -> Option<*mut SSL_SESSION> {
+    let sess = decode(h, id, der)?;
+    if !crate::tls::sni::same_host(ssl, sess) {
+        // SAFETY: we own the session d2i made.
+        unsafe { ossl::SSL_SESSION_free(sess) };
+        h.cache.globals().sni_mismatch.fetch_add(1, Relaxed);
+        if let Some((created, expires)) = put_back {
+            let _ = h.cache.store(id, der, created, expires);
+        }
+        return None;
+    }
+    if taken {
+        crate::tls::parked::park(ssl, id, der);
+    }
+    Some(sess)
+}
+
+/// With early data on and OpenSSL's anti-replay left on, OpenSSL refuses every TLS 1.3
+/// resumption that does not come from its internal cache (it cannot remove it there: OpenSSL
+/// issue 6313), after the lookup would have taken the ticket. Such lookups are not made, so no
+/// ticket is burnt, and the server's log says once what to change.
+fn anti_replay_refuses_external(h: &Handle, ssl: *const SSL) -> bool {
+    if h.install.keep_internal_cache || !anti_replay_on(ssl) {
+        return false;
+    }
+    h.cache.globals().anti_replay_skipped.fetch_add(1, Relaxed);
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| log::emit(Level::Warning, ANTI_REPLAY_MESSAGE));
+    true
+}
+
+const ANTI_REPLAY_MESSAGE: &str = "early data is on (max_early_data > 0) without SSL_OP_NO_ANTI_REPLAY: OpenSSL then refuses every TLS 1.3 resumption from an external cache, so TLS 1.3 sessions are not looked up; set SSL_OP_NO_ANTI_REPLAY (this cache's single-use lookup is the anti-replay, across all processes) or turn early data off";
+
+fn ctx_anti_replay_on(ctx: *const SSL_CTX) -> bool {
+    // SAFETY: live SSL_CTX.
+    let (opts, early) = unsafe {
+        (
+            ossl::SSL_CTX_get_options(ctx),
+            ossl::SSL_CTX_get_max_early_data(ctx),
+        )
+    };
+    early > 0 && opts & extra::SSL_OP_NO_ANTI_REPLAY == 0
+}
+
+fn anti_replay_on(ssl: *const SSL) -> bool {
+    // SAFETY: live SSL.
+    let (opts, early) = unsafe {
+        (
+            extra::SSL_get_options(ssl),
+            ossl::SSL_get_max_early_data(ssl),
+        )
+    };
+    early > 0 && opts & extra::SSL_OP_NO_ANTI_REPLAY == 0
+}
+
+/// d2i the session bytes (left in place for the caller to wipe). An entry that does not
+/// decode is dropped.
+fn decode(h: &Handle, id: &[u8], der: &[u8]) -> Option<*mut SSL_SESSION> {
     let mut p = der.as_ptr();
     // SAFETY: p points to the der.len() bytes we hold.
     let sess = unsafe { ossl::d2i_SSL_SESSION(std::ptr::null_mut(), &mut p, der.len() as c_long) };
-    crate::util::wipe(der);
     if sess.is_null() {
         h.cache.globals().decode_errors.fetch_add(1, Relaxed);
         // SAFETY: clears the error d2i left on this thread's queue.
@@ -372,6 +469,13 @@ fn decode_session(h: &Handle, id: &[u8], der: &mut [u8]) -> Option<*mut SSL_SESS
         return None;
     }
     Some(sess)
+}
+
+/// d2i the session bytes, then wipe them.
+fn decode_session(h: &Handle, id: &[u8], der: &mut [u8]) -> Option<*mut SSL_SESSION> {
+    let sess = decode(h, id, der);
+    crate::util::wipe(der);
+    sess
 }
 
 /// # Safety
@@ -383,6 +487,12 @@ pub unsafe extern "C" fn remove_session_cb(ctx: *mut SSL_CTX, sess: *mut SSL_SES
             return;
         }
         with_ctx_handle(ctx, |h| {
+            if h.install.keep_internal_cache {
+                // With OpenSSL's own cache kept, this callback also reports its housekeeping
+                // (SSL_CTX_free, flushes, eviction when it is full), which is no reason to
+                // delete a session for every process and host.
+                return;
+            }
             let _ = h.cache.remove(id);
             if let Some(r) = &h.remote {
                 r.delete(&h.cache.globals().remote, id);
@@ -588,6 +698,11 @@ pub(crate) fn install(handle: &Arc<Handle>, ctx: *mut SSL_CTX) -> Result<()> {
         if handle.install.generate_ids {
             extra::SSL_CTX_set_generate_session_id(ctx, Some(generate_session_id_cb));
         }
+        if let Some(t) = handle.install.session_timeout {
+            // New sessions get this lifetime when they are made, so the lifetime hint of a
+            // ticket tells clients the truth (the new-session callback runs after it is sent).
+            extra::SSL_CTX_set_timeout(ctx, c_long::from(t.min(i32::MAX as u32) as i32));
+        }
         let mode = if handle.install.keep_internal_cache {
             ossl::SSL_SESS_CACHE_SERVER
         } else {
@@ -595,19 +710,17 @@ pub(crate) fn install(handle: &Arc<Handle>, ctx: *mut SSL_CTX) -> Result<()> {
         };
         ossl::SSL_CTX_set_session_cache_mode(ctx, mode);
     }
-    let mut sole = SOLE.lock().unwrap_or_else(|p| p.into_inner());
-    *sole = match sole.take() {
-        None => Some((Arc::downgrade(handle), true)),
-        Some((w, only)) => {
-            let same = w.upgrade().is_some_and(|h| Arc::ptr_eq(&h, handle));
-            Some((w, only && same))
-        }
-    };
+    *LATEST.write().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(handle);
+    if !handle.install.keep_internal_cache && ctx_anti_replay_on(ctx) {
+        log::emit(Level::Warning, ANTI_REPLAY_MESSAGE);
+    }
     Ok(())
 }
 
-/// SHA-256 of the certificate's DER: virtual hosts with different certificates get different
-/// contexts, so a session from one is never resumed on another.
+/// SHA-256 of what makes a virtual host's sessions its own: the certificate, the verify mode
+/// and the client CA names it sends. Virtual hosts with different certificates, or with one
+/// certificate and different client-certificate policies, get different contexts. Call
+/// `shmsess_install` after configuring verification.
 fn derive_session_id_context(ctx: *mut SSL_CTX) -> Result<Vec<u8>> {
     // SAFETY: live SSL_CTX.
     let cert = unsafe { ossl::SSL_CTX_get0_certificate(ctx) };
@@ -616,36 +729,64 @@ fn derive_session_id_context(ctx: *mut SSL_CTX) -> Result<Vec<u8>> {
             "the SSL_CTX has no certificate to derive a session id context from: load the certificate before shmsess_install, or set session_id_context in the options",
         ));
     }
-    // SAFETY: cert is live; i2d with NULL measures, then encodes into a buffer of that size.
+    let mut input = der_of(|p| unsafe { ossl::i2d_X509(cert, p) })
+        .ok_or_else(|| Error::new(ErrorKind::OpenSsl, "i2d_X509 failed on the certificate"))?;
+    // SAFETY: live SSL_CTX.
+    let mode = unsafe { ossl::SSL_CTX_get_verify_mode(ctx) };
+    input.extend_from_slice(b"verify");
+    input.extend_from_slice(&mode.to_le_bytes());
+    // SAFETY: live SSL_CTX; the stack and its names belong to it and outlive this call.
     unsafe {
-        let len = ossl::i2d_X509(cert, std::ptr::null_mut());
-        if len <= 0 {
-            return Err(Error::new(
-                ErrorKind::OpenSsl,
-                "i2d_X509 failed on the certificate",
-            ));
+        let names = extra::SSL_CTX_get_client_CA_list(ctx) as *const ossl::OPENSSL_STACK;
+        let n = if names.is_null() {
+            0
+        } else {
+            ossl::OPENSSL_sk_num(names)
+        };
+        for i in 0..n {
+            let name = ossl::OPENSSL_sk_value(names, i) as *mut ossl::X509_NAME;
+            let der = der_of(|p| ossl::i2d_X509_NAME(name, p)).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::OpenSsl,
+                    "i2d_X509_NAME failed on a client CA name",
+                )
+            })?;
+            input.extend_from_slice(b"ca");
+            input.extend_from_slice(&(der.len() as u32).to_le_bytes());
+            input.extend_from_slice(&der);
         }
-        let mut der = vec![0u8; len as usize];
-        let mut p = der.as_mut_ptr();
-        ossl::i2d_X509(cert, &mut p);
-        let mut md = [0u8; 32];
-        let mut md_len: c_uint = 0;
-        if extra::EVP_Digest(
-            der.as_ptr() as *const c_void,
-            der.len(),
+    }
+    let mut md = [0u8; 32];
+    let mut md_len: c_uint = 0;
+    // SAFETY: digest of our own buffer into a 32-byte one.
+    let ok = unsafe {
+        extra::EVP_Digest(
+            input.as_ptr() as *const c_void,
+            input.len(),
             md.as_mut_ptr(),
             &mut md_len,
             ossl::EVP_sha256(),
             std::ptr::null_mut(),
-        ) != 1
-        {
-            return Err(Error::new(
-                ErrorKind::OpenSsl,
-                "SHA-256 of the certificate failed",
-            ));
-        }
-        Ok(md.to_vec())
+        )
+    };
+    if ok != 1 {
+        return Err(Error::new(
+            ErrorKind::OpenSsl,
+            "SHA-256 for the session id context failed",
+        ));
     }
+    Ok(md.to_vec())
+}
+
+/// The DER an OpenSSL i2d function writes: called once to measure, once to encode.
+fn der_of(i2d: impl Fn(*mut *mut u8) -> c_int) -> Option<Vec<u8>> {
+    let len = i2d(std::ptr::null_mut());
+    if len <= 0 {
+        return None;
+    }
+    let mut der = vec![0u8; len as usize];
+    let mut p = der.as_mut_ptr();
+    (i2d(&mut p) == len).then_some(der)
 }
 
 #[cfg(test)]
@@ -778,11 +919,18 @@ mod der_tests {
         // Truncated before the version is complete: never TLS 1.3; the peek needs only the
         // first few bytes, never the whole session.
         let first_true = (0..=tls13.len()).find(|&n| der_session_is_tls13(&tls13[..n]));
-        assert!(matches!(first_true, Some(n) if (9..=12).contains(&n)), "{first_true:?}");
+        assert!(
+            matches!(first_true, Some(n) if (9..=12).contains(&n)),
+            "{first_true:?}"
+        );
         assert!(!der_session_is_tls13(b""));
         assert!(!der_session_is_tls13(b"\x30\x03\x02\x01\x01"));
-        assert!(!der_session_is_tls13(&[0x31, 0x08, 0x02, 0x01, 0x01, 0x02, 0x02, 0x03, 0x04]));
-        assert!(der_session_is_tls13(&[0x30, 0x08, 0x02, 0x01, 0x01, 0x02, 0x02, 0x03, 0x04]));
+        assert!(!der_session_is_tls13(&[
+            0x31, 0x08, 0x02, 0x01, 0x01, 0x02, 0x02, 0x03, 0x04
+        ]));
+        assert!(der_session_is_tls13(&[
+            0x30, 0x08, 0x02, 0x01, 0x01, 0x02, 0x02, 0x03, 0x04
+        ]));
         assert!(der_session_is_tls13(&[
             0x30, 0x82, 0x01, 0x00, 0x02, 0x01, 0x01, 0x02, 0x02, 0x03, 0x04
         ]));

@@ -92,9 +92,18 @@ pub struct Globals {
     pub lock_wait_ns: AtomicU64,
     /// The second tier (Redis), counted by every process of every server on this segment.
     pub remote: RemoteCounters,
+    /// Resumptions refused because the ClientHello named another host than the session was
+    /// made for (a virtual host picked after the lookup by an SNI or ClientHello callback).
+    pub sni_mismatch: AtomicU64,
+    /// TLS 1.3 tickets resumed by the ClientHello that followed a HelloRetryRequest, from the
+    /// copy their first lookup parked on the connection.
+    pub hrr_resumed: AtomicU64,
+    /// TLS 1.3 lookups not made because early data is on with OpenSSL's anti-replay, which
+    /// refuses every resumption from an external cache (the ticket is left in place).
+    pub anti_replay_skipped: AtomicU64,
     /// Zero in segments made before these counters existed, so using reserved space for new
     /// counters keeps the layout (and its version) unchanged.
-    pub reserved: [AtomicU64; 13],
+    pub reserved: [AtomicU64; 10],
 }
 
 /// What the second tier did (see `remote.rs`). Carved out of `Globals::reserved`.

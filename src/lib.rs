@@ -8,6 +8,7 @@
 //! - [`shard`]: slot operations inside one locked shard;
 //! - [`cache`]: ids to shards, locking with crash recovery, statistics;
 //! - [`glue`]: the OpenSSL callbacks (i2d/d2i outside the locks);
+//! - [`tls`]: HelloRetryRequest and virtual-host rules of the lookup;
 //! - [`ffi`]: the exported C functions;
 //! - [`dumpfile`]: the file format of `shmsesscache dump` / `load`;
 //! - [`seal`]: AES-256-GCM sealing of sessions that leave the host;
@@ -28,6 +29,7 @@ pub mod remote;
 pub mod seal;
 pub mod segment;
 pub mod shard;
+pub mod tls;
 pub mod util;
 
 pub use cache::{Cache, Config, EntryInfo, Found, Stats};

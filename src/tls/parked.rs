@@ -1,0 +1,139 @@
+//! TLS 1.3 tickets taken by a lookup, kept on their connection for the ClientHello that
+//! follows a HelloRetryRequest.
+//!
+//! OpenSSL looks the ticket up while it processes the first ClientHello, before it decides to
+//! send a HelloRetryRequest (the client's key share is for a group the server does not want),
+//! and again for the second ClientHello, which offers the same ticket. The single-use lookup
+//! removed the entry the first time, so without this the second lookup misses and the ticket
+//! is burnt. The taken bytes are therefore parked on the `SSL` (ex_data) together with the
+//! ClientHello's random, which RFC 8446 §4.1.2 keeps unchanged in the retried ClientHello, and
+//! handed back exactly once to a lookup of the same id with the same random on the same `SSL`.
+//! Another connection, in this process or any other, never sees them: the ticket still
+//! resumes once in the whole server.
+
+use std::ffi::{c_int, c_long, c_void};
+use std::panic::catch_unwind;
+use std::sync::OnceLock;
+
+use openssl_sys as ossl;
+use openssl_sys::SSL;
+
+const RANDOM_BYTES: usize = 32;
+
+/// The bytes of one taken ticket and what identifies its handshake. Wiped when dropped.
+struct Parked {
+    id: Vec<u8>,
+    client_random: [u8; RANDOM_BYTES],
+    der: Vec<u8>,
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        crate::util::wipe(&mut self.der);
+    }
+}
+
+fn index() -> c_int {
+    static INDEX: OnceLock<c_int> = OnceLock::new();
+    // SAFETY: registers an ex_data index whose free function has the right signature.
+    *INDEX.get_or_init(|| unsafe {
+        ossl::SSL_get_ex_new_index(0, std::ptr::null_mut(), None, None, Some(free_parked))
+    })
+}
+
+/// Called by OpenSSL when an `SSL` is freed: wipes and frees what is still parked on it.
+unsafe extern "C" fn free_parked(
+    _parent: *mut c_void,
+    ptr: *mut c_void,
+    _ad: *mut ossl::CRYPTO_EX_DATA,
+    _idx: c_int,
+    _argl: c_long,
+    _argp: *mut c_void,
+) {
+    if !ptr.is_null() {
+        let _ = catch_unwind(|| drop(Box::from_raw(ptr as *mut Parked)));
+    }
+}
+
+fn client_random(ssl: *const SSL) -> Option<[u8; RANDOM_BYTES]> {
+    let mut r = [0u8; RANDOM_BYTES];
+    // SAFETY: live SSL; OpenSSL copies at most RANDOM_BYTES into r.
+    let n = unsafe { ossl::SSL_get_client_random(ssl, r.as_mut_ptr(), r.len()) };
+    (n == RANDOM_BYTES && r != [0u8; RANDOM_BYTES]).then_some(r)
+}
+
+/// Take what is parked on `ssl` off it (the caller owns it now).
+fn unpark(ssl: *mut SSL, idx: c_int) -> Option<Box<Parked>> {
+    // SAFETY: the slot holds NULL or a Box<Parked> we put there.
+    let p = unsafe { ossl::SSL_get_ex_data(ssl, idx) } as *mut Parked;
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: clearing the slot first, so the Box has exactly one owner.
+    unsafe { ossl::SSL_set_ex_data(ssl, idx, std::ptr::null_mut()) };
+    // SAFETY: p came from Box::into_raw in `park`.
+    Some(unsafe { Box::from_raw(p) })
+}
+
+/// Keep a copy of a ticket just taken for this handshake (replacing anything parked before).
+/// Without a ClientHello random to bind it to, nothing is parked.
+pub(crate) fn park(ssl: *mut SSL, id: &[u8], der: &[u8]) {
+    let idx = index();
+    if idx < 0 {
+        return;
+    }
+    let Some(client_random) = client_random(ssl) else {
+        return;
+    };
+    drop(unpark(ssl, idx));
+    let p = Box::into_raw(Box::new(Parked {
+        id: id.to_vec(),
+        client_random,
+        der: der.to_vec(),
+    }));
+    // SAFETY: live SSL; on failure the Box is reclaimed.
+    if unsafe { ossl::SSL_set_ex_data(ssl, idx, p as *mut c_void) } != 1 {
+        // SAFETY: not stored, so still ours.
+        drop(unsafe { Box::from_raw(p) });
+    }
+}
+
+/// A ticket handed back by [`take_back`]; its bytes are wiped when it is dropped.
+pub struct Unparked(Box<Parked>);
+
+impl Unparked {
+    pub fn der_mut(&mut self) -> &mut [u8] {
+        &mut self.0.der
+    }
+}
+
+/// The bytes parked on `ssl` for ticket `id` by the lookup of this handshake's first
+/// ClientHello, handed out once. `None` for any other id, handshake or connection. What was
+/// parked for an earlier handshake on this `SSL` (a server that reuses it after `SSL_clear`)
+/// is dropped; what was parked for another identity of this ClientHello stays.
+pub(crate) fn take_back(ssl: *mut SSL, id: &[u8]) -> Option<Unparked> {
+    let idx = index();
+    if idx < 0 {
+        return None;
+    }
+    // SAFETY: the slot holds NULL or a Box<Parked> we put there; only read here.
+    let p = unsafe { ossl::SSL_get_ex_data(ssl, idx) } as *const Parked;
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: see above; the reference ends before the slot is changed.
+    let (same_id, same_hello) = unsafe {
+        (
+            (*p).id == id,
+            client_random(ssl) == Some((*p).client_random),
+        )
+    };
+    if !same_hello {
+        drop(unpark(ssl, idx));
+        return None;
+    }
+    if !same_id {
+        return None;
+    }
+    unpark(ssl, idx).map(Unparked)
+}

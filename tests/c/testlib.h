@@ -1,0 +1,70 @@
+/*
+ * Helpers shared by the C test programs in tests/c: checks, certificates, contexts, and
+ * handshakes over memory BIO pairs, in this process or in a forked "worker" process.
+ */
+#ifndef SHMSESS_TESTLIB_H
+#define SHMSESS_TESTLIB_H
+
+#include <stdio.h>
+
+#include <openssl/ssl.h>
+
+#include <shmsesscache.h>
+
+extern int passed, failed;
+extern const char *certdir;
+
+#define CHECK(cond, ...)                                                   \
+    do {                                                                   \
+        if (cond) {                                                        \
+            passed++;                                                      \
+        } else {                                                           \
+            failed++;                                                      \
+            printf("FAIL %s:%d: %s — ", __FILE__, __LINE__, #cond);        \
+            printf(__VA_ARGS__);                                           \
+            printf("\n");                                                  \
+        }                                                                  \
+    } while (0)
+
+enum { TLS12 = TLS1_2_VERSION, TLS13 = TLS1_3_VERSION };
+
+/* certdir/name, in one of four rotating static buffers. */
+char *cpath(const char *name);
+/* A server context with certificate NAME.pem/NAME.key, one protocol version, options, early
+ * data limit, and (verify_client) a required client certificate. */
+SSL_CTX *server_ctx(const char *name, int version, long options, unsigned max_early, int verify_client);
+/* A client context for one version; with_cert 1: client.pem, 2: bigclient.pem (4096-bit). */
+SSL_CTX *client_ctx(int version, int with_cert);
+shmsess_cache *new_cache(uint32_t flags);
+shmsess_stats stats_of(shmsess_cache *c);
+
+struct outcome {
+    int ok;            /* handshake completed */
+    int reused;        /* server says the session was resumed */
+    int early;         /* server accepted early data */
+    int peer_cert;     /* the server saw a client certificate */
+    int server_hellos; /* ServerHellos the client read: 2 after a HelloRetryRequest */
+    unsigned long lifetime_hint; /* of the session (ticket) the client got */
+    int der_len;       /* client session for the next connection */
+    unsigned char der[8192];
+};
+
+struct hs_options {
+    int early;        /* the client sends 0-RTT data */
+    int unclean;      /* the server SSL is freed without SSL_shutdown() */
+    const char *sni;  /* server name the client asks for, or NULL */
+};
+
+/* Handshake sctx/cctx, offering the client session `offer` (may be NULL). */
+void handshake_with(SSL_CTX *sctx, SSL_CTX *cctx, const struct outcome *offer, const struct hs_options *o,
+                    struct outcome *out);
+/* The same in a forked child (a separate worker process). */
+void in_worker_with(SSL_CTX *sctx, SSL_CTX *cctx, const struct outcome *offer, const struct hs_options *o,
+                    struct outcome *out);
+
+/* Older forms: offer as bytes, early data, clean shutdown. */
+void handshake(SSL_CTX *sctx, SSL_CTX *cctx, const unsigned char *offer, int offer_len, int early, int clean,
+               struct outcome *out);
+void in_worker(SSL_CTX *sctx, SSL_CTX *cctx, const struct outcome *offer, int early, struct outcome *out);
+
+#endif
