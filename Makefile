@@ -75,9 +75,15 @@ test: all check-header test-rust test-c test-integration test-remote test-apache
 test-rust:
 	$(CARGO) test --release --features fault-injection
 
+# Programs built against the 0.1 and 0.2 headers' structs, run with this library.
+OLD_ABI := $(BUILD)/c_old_abi_v1 $(BUILD)/c_old_abi_v2
+$(BUILD)/c_old_abi_v%: tests/c/old_abi.c $(LIB_SO)
+	$(CC) $(CFLAGS) $(WARN) -DOLD_HEADER=$* -DEXPECTED_VERSION='"$(VERSION)"' $< -o $@ -L$(BUILD) -lshmsesscache -Wl,-rpath,'$$ORIGIN'
+
 VALGRIND := valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-possibly-lost=no
 
-test-c: $(HARNESS) $(CONTRACT) $(BUILD)/certs/server.pem
+test-c: $(HARNESS) $(CONTRACT) $(OLD_ABI) $(BUILD)/certs/server.pem
+	for t in $(OLD_ABI); do $(VALGRIND) $$t || exit 1; done
 	$(VALGRIND) --trace-children=no $(HARNESS) $(BUILD)/certs
 	$(VALGRIND) --trace-children=no $(CONTRACT) $(BUILD)/certs
 

@@ -269,8 +269,22 @@ extern "C" {
 
 // Fill `opts` with the defaults: anonymous segment of 8 MiB, 200-byte slots, 200 ms lock
 // timeout, sessions' own timeouts, context from the certificate, no flags.
+//
+// The header turns `shmsess_options_init(o)` into `shmsess_options_init_sized(o, sizeof *(o))`,
+// so code compiled against it gets every field it knows. The exported symbol itself, which
+// programs built against earlier headers call, cannot know their struct's size: it writes only
+// the 0.1 fields (48 bytes, never past any caller's struct) and sets `struct_size` to match,
+// so fields such a program sets beyond them (the session id prefix of 0.2, the remote tier of
+// 0.3) are not read: rebuild against this header to use them. Call
+// `(shmsess_options_init)(o)` to reach the symbol itself.
 // Returns SHMSESS_ERR_NULL_ARGUMENT if `opts` is NULL. Thread-safe.
 enum shmsess_result shmsess_options_init(struct shmsess_options *opts);
+
+// Like `shmsess_options_init`, for a caller whose `shmsess_options` has `size` bytes (its
+// `sizeof`): writes the defaults of the fields that fit, never more than `size` bytes, and
+// sets `struct_size` to what it filled. A `size` below the 0.1 struct (48 bytes) is
+// SHMSESS_ERR_INVALID_ARGUMENT and nothing is written. Thread-safe.
+enum shmsess_result shmsess_options_init_sized(struct shmsess_options *opts, size_t size);
 
 // Create a cache as `opts` says and store a new handle in `*out` (set to NULL on failure).
 // Call it in the parent before forking workers: an anonymous segment is shared only with
@@ -393,7 +407,8 @@ const char *shmsess_last_error(void);
 // Short constant name of a status code, e.g. "SHMSESS_ERR_IO". Never NULL.
 const char *shmsess_result_name(int r);
 
-// The library's version string, e.g. "0.1.0". Static; never NULL.
+// The library's version string, e.g. "0.4.0" (the crate's version, which this build was made
+// from). Static; never NULL.
 const char *shmsess_version(void);
 
 // Route the library's messages (lock recoveries, refused sessions, lock timeouts) to
@@ -414,3 +429,8 @@ enum shmsess_result shmsess_set_log_callback(shmsess_log_fn callback,
  * programs built against 0.1 call) fills only the version-1 fields. Call
  * (shmsess_cache_stats)(c, s) to reach the symbol itself. */
 #define shmsess_cache_stats(cache, stats) shmsess_cache_stats_sized((cache), (stats), sizeof *(stats))
+
+/* The same for the options: the exported shmsess_options_init symbol (what programs built
+ * against earlier headers call) writes only the 0.1 fields. Call (shmsess_options_init)(o) to
+ * reach the symbol itself. */
+#define shmsess_options_init(opts) shmsess_options_init_sized((opts), sizeof *(opts))

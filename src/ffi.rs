@@ -364,38 +364,105 @@ fn id_arg<'a>(id: *const u8, id_len: usize) -> Result<&'a [u8], Fail> {
     Ok(id)
 }
 
+/// Size of `shmsess_options` in the 0.1 header (its fields up to `session_id_context`): the
+/// smallest struct any caller has.
+const OPTIONS_V1_BYTES: usize =
+    std::mem::offset_of!(shmsess_options, session_id_context) + std::mem::size_of::<*const u8>();
+
+fn default_options() -> shmsess_options {
+    shmsess_options {
+        struct_size: std::mem::size_of::<shmsess_options>() as u32,
+        flags: 0,
+        path: std::ptr::null(),
+        size_bytes: 8 << 20,
+        slot_bytes: DEFAULT_UNIT_BYTES,
+        lock_timeout_ms: DEFAULT_LOCK_TIMEOUT_MS as u32,
+        session_timeout: 0,
+        session_id_context_len: 0,
+        session_id_context: std::ptr::null(),
+        session_id_prefix: std::ptr::null(),
+        session_id_prefix_len: 0,
+        remote_url: std::ptr::null(),
+        remote_key_file: std::ptr::null(),
+        remote_key_prefix: std::ptr::null(),
+        remote_timeout_ms: crate::remote::DEFAULT_TIMEOUT.as_millis() as u32,
+        remote_backoff_ms: crate::remote::DEFAULT_BACKOFF.as_millis() as u32,
+    }
+}
+
 /// Fill `opts` with the defaults: anonymous segment of 8 MiB, 200-byte slots, 200 ms lock
 /// timeout, sessions' own timeouts, context from the certificate, no flags.
+///
+/// The header turns `shmsess_options_init(o)` into `shmsess_options_init_sized(o, sizeof *(o))`,
+/// so code compiled against it gets every field it knows. The exported symbol itself, which
+/// programs built against earlier headers call, cannot know their struct's size: it writes only
+/// the 0.1 fields (48 bytes, never past any caller's struct) and sets `struct_size` to match,
+/// so fields such a program sets beyond them (the session id prefix of 0.2, the remote tier of
+/// 0.3) are not read: rebuild against this header to use them. Call
+/// `(shmsess_options_init)(o)` to reach the symbol itself.
 /// Returns SHMSESS_ERR_NULL_ARGUMENT if `opts` is NULL. Thread-safe.
 #[no_mangle]
 pub extern "C" fn shmsess_options_init(opts: *mut shmsess_options) -> shmsess_result {
+    shmsess_options_init_sized(opts, OPTIONS_V1_BYTES)
+}
+
+/// Like `shmsess_options_init`, for a caller whose `shmsess_options` has `size` bytes (its
+/// `sizeof`): writes the defaults of the fields that fit, never more than `size` bytes, and
+/// sets `struct_size` to what it filled. A `size` below the 0.1 struct (48 bytes) is
+/// SHMSESS_ERR_INVALID_ARGUMENT and nothing is written. Thread-safe.
+#[no_mangle]
+pub extern "C" fn shmsess_options_init_sized(
+    opts: *mut shmsess_options,
+    size: usize,
+) -> shmsess_result {
     guard("shmsess_options_init", || {
         if opts.is_null() {
             return Err(null("opts"));
         }
-        // SAFETY: opts points to a caller-owned shmsess_options.
+        if size < OPTIONS_V1_BYTES {
+            return Err(Fail(
+                SHMSESS_ERR_INVALID_ARGUMENT,
+                format!("options size {size} is smaller than the smallest shmsess_options ({OPTIONS_V1_BYTES} bytes)"),
+            ));
+        }
+        let n = size.min(std::mem::size_of::<shmsess_options>());
+        let mut d = default_options();
+        d.struct_size = n as u32;
+        // SAFETY: the caller's struct has at least `size` >= n writable bytes; no reference to
+        // it is made, only bytes copied.
         unsafe {
-            opts.write(shmsess_options {
-                struct_size: std::mem::size_of::<shmsess_options>() as u32,
-                flags: 0,
-                path: std::ptr::null(),
-                size_bytes: 8 << 20,
-                slot_bytes: DEFAULT_UNIT_BYTES,
-                lock_timeout_ms: DEFAULT_LOCK_TIMEOUT_MS as u32,
-                session_timeout: 0,
-                session_id_context_len: 0,
-                session_id_context: std::ptr::null(),
-                session_id_prefix: std::ptr::null(),
-                session_id_prefix_len: 0,
-                remote_url: std::ptr::null(),
-                remote_key_file: std::ptr::null(),
-                remote_key_prefix: std::ptr::null(),
-                remote_timeout_ms: crate::remote::DEFAULT_TIMEOUT.as_millis() as u32,
-                remote_backoff_ms: crate::remote::DEFAULT_BACKOFF.as_millis() as u32,
-            })
+            std::ptr::copy_nonoverlapping(
+                &d as *const shmsess_options as *const u8,
+                opts as *mut u8,
+                n,
+            )
         };
         Ok(SHMSESS_OK)
     })
+}
+
+/// A private copy of the caller's options: the `struct_size` bytes it says it has (at most
+/// ours), the rest zero (absent fields). No reference into the caller's memory is made, which
+/// may be shorter than this library's struct.
+fn read_options(opts: *const shmsess_options) -> Result<shmsess_options, Fail> {
+    // SAFETY: every caller's struct starts with struct_size (4 readable bytes).
+    let size = unsafe { std::ptr::read_unaligned(opts as *const u32) } as usize;
+    if size < OPTIONS_V1_BYTES {
+        return Err(Fail(
+            SHMSESS_ERR_INVALID_ARGUMENT,
+            format!("opts->struct_size {size} is too small: call shmsess_options_init first"),
+        ));
+    }
+    let n = size.min(std::mem::size_of::<shmsess_options>());
+    let mut o = std::mem::MaybeUninit::<shmsess_options>::zeroed();
+    // SAFETY: the caller's struct has struct_size >= n readable bytes; the zeroed rest is a
+    // valid value of every field (0 and NULL).
+    unsafe {
+        std::ptr::copy_nonoverlapping(opts as *const u8, o.as_mut_ptr() as *mut u8, n);
+        let mut o = o.assume_init();
+        o.struct_size = n as u32;
+        Ok(o)
+    }
 }
 
 /// Create a cache as `opts` says and store a new handle in `*out` (set to NULL on failure).
@@ -419,20 +486,7 @@ pub extern "C" fn shmsess_cache_create(
         if opts.is_null() {
             return Err(null("opts"));
         }
-        // SAFETY: opts points to a caller-owned struct of at least struct_size bytes; we read
-        // only the fields that existed when this version was written (all of them, for now).
-        let o = unsafe { &*opts };
-        let min = std::mem::offset_of!(shmsess_options, session_id_context)
-            + std::mem::size_of::<*const u8>();
-        if (o.struct_size as usize) < min {
-            return Err(Fail(
-                SHMSESS_ERR_INVALID_ARGUMENT,
-                format!(
-                    "opts->struct_size {} is too small: call shmsess_options_init first",
-                    o.struct_size
-                ),
-            ));
-        }
+        let o = &read_options(opts)?;
         if o.flags & !KNOWN_FLAGS != 0 {
             return Err(Fail(
                 SHMSESS_ERR_INVALID_ARGUMENT,
@@ -470,10 +524,8 @@ pub extern "C" fn shmsess_cache_create(
                 Some(bytes(o.session_id_context, n as usize, "session_id_context")?.to_vec())
             }
         };
-        // Fields after session_id_context exist only in callers built against 0.2 or later.
-        let has = |end: usize| o.struct_size as usize >= end;
-        let prefix_end = std::mem::offset_of!(shmsess_options, session_id_prefix_len) + 4;
-        let id_prefix = if has(prefix_end) && o.session_id_prefix_len > 0 {
+        // Fields a caller's struct does not have are zero in the copy: absent.
+        let id_prefix = if o.session_id_prefix_len > 0 {
             prefix_arg(o.session_id_prefix, o.session_id_prefix_len as usize)?.to_vec()
         } else {
             Vec::new()
@@ -503,12 +555,7 @@ pub extern "C" fn shmsess_cache_create(
             generate_ids: o.flags & SHMSESS_GENERATE_SESSION_IDS != 0 || !id_prefix.is_empty(),
             id_prefix,
         };
-        let remote_end = std::mem::offset_of!(shmsess_options, remote_backoff_ms) + 4;
-        let remote = if has(remote_end) {
-            remote_from(o)?
-        } else {
-            None
-        };
+        let remote = remote_from(o)?;
         let cache = Cache::create(&cfg)?;
         let handle = Handle::new(cache, install).with_remote(remote);
         let p = Arc::into_raw(Arc::new(handle)) as *mut shmsess_cache;
@@ -1093,7 +1140,8 @@ pub extern "C" fn shmsess_result_name(r: c_int) -> *const c_char {
     s.as_ptr()
 }
 
-/// The library's version string, e.g. "0.1.0". Static; never NULL.
+/// The library's version string, e.g. "0.4.0" (the crate's version, which this build was made
+/// from). Static; never NULL.
 #[no_mangle]
 pub extern "C" fn shmsess_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char

@@ -34,7 +34,8 @@ static void test_api_errors(void)
 {
     shmsess_options o;
     shmsess_cache *c = (shmsess_cache *)0x1;
-    CHECK(shmsess_options_init(NULL) == SHMSESS_ERR_NULL_ARGUMENT, "options_init(NULL)");
+    CHECK((shmsess_options_init)(NULL) == SHMSESS_ERR_NULL_ARGUMENT, "options_init(NULL)");
+    CHECK(shmsess_options_init_sized(&o, 40) == SHMSESS_ERR_INVALID_ARGUMENT, "options smaller than 0.1");
     CHECK(strlen(shmsess_last_error()) > 0, "a failure leaves a message");
     shmsess_options_init(&o);
     CHECK(shmsess_cache_create(NULL, &c) == SHMSESS_ERR_NULL_ARGUMENT && c == NULL, "NULL opts");
