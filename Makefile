@@ -80,9 +80,14 @@ OLD_ABI := $(BUILD)/c_old_abi_v1 $(BUILD)/c_old_abi_v2
 $(BUILD)/c_old_abi_v%: tests/c/old_abi.c $(LIB_SO)
 	$(CC) $(CFLAGS) $(WARN) -DOLD_HEADER=$* -DEXPECTED_VERSION='"$(VERSION)"' $< -o $@ -L$(BUILD) -lshmsesscache -Wl,-rpath,'$$ORIGIN'
 
+# dlopen, install, dlclose, then SSL_CTX_free: the library must stay loaded (-z nodelete).
+$(BUILD)/c_unload: tests/c/unload.c
+	$(CC) $(CFLAGS) $(WARN) $< -o $@ -ldl -lssl -lcrypto
+
 VALGRIND := valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-possibly-lost=no
 
-test-c: $(HARNESS) $(CONTRACT) $(OLD_ABI) $(BUILD)/certs/server.pem
+test-c: $(HARNESS) $(CONTRACT) $(OLD_ABI) $(BUILD)/c_unload $(BUILD)/certs/server.pem
+	$(BUILD)/c_unload $(CURDIR)/$(LIB_SO).$(SOVERSION) $(BUILD)/certs
 	for t in $(OLD_ABI); do $(VALGRIND) $$t || exit 1; done
 	$(VALGRIND) --trace-children=no $(HARNESS) $(BUILD)/certs
 	$(VALGRIND) --trace-children=no $(CONTRACT) $(BUILD)/certs
