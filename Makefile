@@ -189,7 +189,7 @@ $(BUILD)/bench/loadgen: bench/loadgen.c
 	$(CC) $(CFLAGS) $(WARN) $< -o $@ -lssl -lcrypto
 
 bench: all $(BUILD)/certs/server.pem $(BUILD)/bench/handshake $(BUILD)/bench/loadgen
-	$(CARGO) build --release --example bench_ops --example bench_tiers
+	$(CARGO) build --release --example bench_ops --example bench_tiers --example bench_threads
 	sh bench/install-deps.sh
 	$(MAKE) --no-print-directory apache-module
 	python3 bench/run.py $(BENCH_ARGS)

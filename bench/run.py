@@ -352,10 +352,11 @@ def main():
     ap.add_argument("--apache-workers", type=int, default=4)
     ap.add_argument("--out", default=HERE)
     ap.add_argument("--tiers", default=os.path.join(ROOT, "target", "release", "examples", "bench_tiers"))
-    ap.add_argument("--only", choices=["handshake", "ops", "e2e", "apache", "tiers"],
+    ap.add_argument("--threads-bench", default=os.path.join(ROOT, "target", "release", "examples", "bench_threads"))
+    ap.add_argument("--only", choices=["handshake", "ops", "e2e", "apache", "tiers", "threads"],
                     help="run one part; the others keep their figures from results.json")
     a = ap.parse_args()
-    parts = [a.only] if a.only else ["handshake", "ops", "e2e", "apache", "tiers"]
+    parts = [a.only] if a.only else ["handshake", "ops", "e2e", "apache", "tiers", "threads"]
     r = {}
     if a.only and os.path.exists(os.path.join(a.out, "results.json")):
         with open(os.path.join(a.out, "results.json")) as f:
@@ -381,6 +382,11 @@ def main():
     if "tiers" in parts:
         print("several hosts: the Redis tier ...", file=sys.stderr, flush=True)
         r["tiers"] = tiers(a)
+    if "threads" in parts:
+        print("threads of one process ...", file=sys.stderr, flush=True)
+        out = subprocess.run([a.threads_bench, str(a.seconds), str(a.runs)], capture_output=True, text=True,
+                             check=True)
+        r["threads"] = json.loads(out.stdout)
     r["anchor_density"] = ANCHOR_DENSITY
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(r, f, indent=1)

@@ -6,12 +6,11 @@
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use std::cell::RefCell;
-use std::collections::HashSet;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openssl_sys::SSL_CTX;
@@ -264,9 +263,6 @@ thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
 
-/// Handles currently alive, so that a freed or foreign pointer is refused instead of used.
-static LIVE: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
-
 fn set_error(msg: &str) {
     let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
     LAST_ERROR.with(|e| *e.borrow_mut() = c);
@@ -320,14 +316,15 @@ fn handle(cache: *const shmsess_cache) -> Result<Arc<Handle>, Fail> {
     if cache.is_null() {
         return Err(null("cache"));
     }
-    let live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
-    if !live.as_ref().is_some_and(|s| s.contains(&(cache as usize))) {
+    if !crate::handles::is_live(cache as usize) {
         return Err(Fail(
             SHMSESS_ERR_BAD_HANDLE,
             "cache is not a live handle (freed already?)".into(),
         ));
     }
-    // SAFETY: the pointer is in LIVE, so it came from Arc::into_raw and has not been released.
+    // SAFETY: the pointer is live, so it came from Arc::into_raw and has not been released (a
+    // shmsess_cache_free racing with this call on the same handle is the caller's bug, as with
+    // free(); documented on shmsess_cache_free).
     unsafe {
         let p = cache as *const Handle;
         Arc::increment_strong_count(p);
@@ -559,10 +556,14 @@ pub extern "C" fn shmsess_cache_create(
         let cache = Cache::create(&cfg)?;
         let handle = Handle::new(cache, install).with_remote(remote);
         let p = Arc::into_raw(Arc::new(handle)) as *mut shmsess_cache;
-        LIVE.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert_with(HashSet::new)
-            .insert(p as usize);
+        if !crate::handles::register(p as usize) {
+            // SAFETY: just made and never handed out.
+            drop(unsafe { Arc::from_raw(p as *const Handle) });
+            return Err(Fail(
+                SHMSESS_ERR_INVALID_ARGUMENT,
+                format!("{} caches are alive in this process already: free some with shmsess_cache_free", crate::handles::MAX_LIVE),
+            ));
+        }
         // SAFETY: out checked above.
         unsafe { *out = p };
         Ok(SHMSESS_OK)
@@ -618,19 +619,16 @@ fn remote_from(o: &shmsess_options) -> Result<Option<Remote>, Fail> {
 
 /// Release the caller's handle. SSL_CTXs the cache was installed on keep it mapped until they
 /// are freed. NULL is accepted; a pointer that is not a live handle is ignored (and reported
-/// through `shmsess_last_error`). A named segment's file is left in place.
+/// through `shmsess_last_error`). A named segment's file is left in place. As with `free()`,
+/// no other thread may still be calling the library with this handle: handles are checked
+/// without a process-wide lock, so a call racing with the free is not protected.
 #[no_mangle]
 pub extern "C" fn shmsess_cache_free(cache: *mut shmsess_cache) {
     guard("shmsess_cache_free", || {
         if cache.is_null() {
             return Ok(SHMSESS_OK);
         }
-        let removed = LIVE
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
-            .is_some_and(|s| s.remove(&(cache as usize)));
-        if !removed {
+        if !crate::handles::unregister(cache as usize) {
             return Err(Fail(
                 SHMSESS_ERR_BAD_HANDLE,
                 "cache is not a live handle (freed twice?)".into(),

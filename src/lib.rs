@@ -9,6 +9,7 @@
 //! - [`cache`]: ids to shards, locking with crash recovery, statistics;
 //! - [`glue`]: the OpenSSL callbacks (i2d/d2i outside the locks);
 //! - [`tls`]: HelloRetryRequest and virtual-host rules of the lookup;
+//! - [`handles`]: the lock-free set of live C handles;
 //! - [`ffi`]: the exported C functions;
 //! - [`dumpfile`]: the file format of `shmsesscache dump` / `load`;
 //! - [`seal`]: AES-256-GCM sealing of sessions that leave the host;
@@ -22,6 +23,7 @@ pub mod error;
 pub mod fault;
 pub mod ffi;
 pub mod glue;
+pub mod handles;
 pub mod layout;
 pub mod lock;
 pub mod log;
