@@ -27,14 +27,30 @@
  * The SSL_shutdown rule (see README): OpenSSL removes a session from the cache when an SSL
  * whose handshake completed is freed without SSL_shutdown() ("unclean" close), and with an
  * external cache that removal reaches every worker. So after answering we always call
- * SSL_shutdown() (sending close_notify; we do not wait for the client's). When the
- * connection broke in the middle, we mark it shut down with SSL_set_shutdown() only if the
- * handshake had completed and no TLS-level error occurred, which keeps the session usable
- * (the choice 001_*.txt describes); after a protocol error we let OpenSSL drop it.
+ * SSL_shutdown() (sending close_notify; we do not wait for the client's). A client that drops
+ * TCP without close_notify (a browser's unused preconnect) makes SSL_read fail with an
+ * "unexpected EOF", which OpenSSL treats as fatal and answers by removing the session before
+ * we see the error; SSL_OP_IGNORE_UNEXPECTED_EOF makes it a plain end of stream instead, as
+ * servers that keep sessions do. When the connection broke in the middle, we mark it shut
+ * down with SSL_set_shutdown() only if the handshake had completed and no TLS-level error
+ * occurred, which keeps the session usable (the choice 001_*.txt describes); after a protocol
+ * error we let OpenSSL drop it.
+ *
+ * Process management: the parent blocks SIGTERM, SIGINT, SIGUSR1 and SIGCHLD and takes them
+ * with sigtimedwait(), so a stop request can never slip in between a check and a blocking
+ * wait. Workers are forked with those signals still blocked and reset them to their default
+ * action before unblocking, so a SIGTERM that reaches a worker early is not swallowed by the
+ * parent's disposition. accept() errors that concern one connection (ECONNABORTED, EPROTO) are
+ * skipped, and running out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) backs
+ * off for 100 ms instead of exiting. A fork that fails, or a worker that dies within a second
+ * of starting, is retried after a delay that doubles up to 5 s: no slot stays empty for good
+ * and a crash loop does not spin.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <poll.h>
+#include <time.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -52,11 +68,18 @@
 
 #define MAX_WORKERS 256
 
-static volatile sig_atomic_t stop_requested = 0;
-static volatile sig_atomic_t stats_requested = 0;
-
-static void on_stop(int sig) { (void)sig; stop_requested = 1; }
-static void on_usr1(int sig) { (void)sig; stats_requested = 1; }
+/* The signals the parent takes with sigtimedwait(); blocked in the parent and, until they
+ * are reset, in a freshly forked worker. */
+static sigset_t parent_signals(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGUSR1);
+    sigaddset(&set, SIGCHLD);
+    return set;
+}
 
 static void usage(const char *argv0)
 {
@@ -140,15 +163,24 @@ static void serve(SSL_CTX *ctx, int lfd, shmsess_cache *cache, const char *id_pr
         if (n > 0 && shmsess_set_session_id_prefix(cache, (const uint8_t *)p, strlen(p)) != SHMSESS_OK)
             fprintf(stderr, "prefork_server: session id prefix: %s\n", shmsess_last_error());
     }
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGINT, SIG_DFL);
-    signal(SIGUSR1, SIG_IGN);
-    signal(SIGPIPE, SIG_IGN);
     for (;;) {
         int fd = accept(lfd, NULL, NULL);
         if (fd < 0) {
-            if (errno == EINTR)
+            if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
+                continue; /* that connection is gone; the next one is fine */
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* Out of descriptors or memory: exiting would only make the parent respawn us
+                 * into the same wall. Wait for connections to close instead. */
+                static time_t said;
+                time_t now = time(NULL);
+                if (now != said) {
+                    fprintf(stderr, "prefork_server: worker %d: accept: %s; backing off\n", (int)getpid(),
+                            strerror(errno));
+                    said = now;
+                }
+                poll(NULL, 0, 100);
                 continue;
+            }
             perror("prefork_server: accept");
             _exit(1);
         }
@@ -208,6 +240,100 @@ static void print_stats(shmsess_cache *cache)
     fflush(stdout);
 }
 
+static long long monotonic_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* One worker slot: its process, when it started, and when an empty slot may be refilled. */
+struct slot {
+    pid_t pid;
+    long long started_ms;
+    long long restart_at_ms;
+    long long delay_ms; /* back-off for the next failed start or early death */
+};
+
+struct worker_ctx {
+    SSL_CTX *ctx;
+    int lfd;
+    shmsess_cache *cache;
+    const char *id_prefix;
+    const sigset_t *mask; /* the signal mask to give workers */
+};
+
+static void backoff(struct slot *s)
+{
+    s->delay_ms = s->delay_ms == 0 ? 250 : s->delay_ms * 2;
+    if (s->delay_ms > 5000)
+        s->delay_ms = 5000;
+    s->restart_at_ms = monotonic_ms() + s->delay_ms;
+}
+
+static void start_worker(const struct worker_ctx *w, struct slot *slots, int i)
+{
+    pid_t p = fork();
+    if (p == 0) {
+        /* Default dispositions first, then the signals the parent blocked are delivered. */
+        signal(SIGTERM, SIG_DFL);
+        signal(SIGINT, SIG_DFL);
+        signal(SIGCHLD, SIG_DFL);
+        signal(SIGUSR1, SIG_IGN);
+        sigprocmask(SIG_SETMASK, w->mask, NULL);
+        serve(w->ctx, w->lfd, w->cache, w->id_prefix, i);
+        _exit(0);
+    }
+    if (p < 0) {
+        fprintf(stderr, "prefork_server: fork for worker %d: %s; retrying\n", i, strerror(errno));
+        slots[i].pid = 0;
+        backoff(&slots[i]);
+        return;
+    }
+    slots[i].pid = p;
+    slots[i].started_ms = monotonic_ms();
+}
+
+/* Collect every worker that exited; its slot is refilled at once, or after a back-off if it
+ * died within a second of starting (a crash loop). */
+static void reap(struct slot *slots, int workers)
+{
+    int status;
+    pid_t p;
+    while ((p = waitpid(-1, &status, WNOHANG)) > 0) {
+        for (int i = 0; i < workers; i++) {
+            if (slots[i].pid != p)
+                continue;
+            fprintf(stderr, "prefork_server: worker %d %s %d; starting another\n", (int)p,
+                    WIFSIGNALED(status) ? "killed by signal" : "exited with",
+                    WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+            slots[i].pid = 0;
+            if (monotonic_ms() - slots[i].started_ms < 1000) {
+                backoff(&slots[i]);
+            } else {
+                slots[i].delay_ms = 0;
+                slots[i].restart_at_ms = 0;
+            }
+        }
+    }
+}
+
+/* How long the parent may sleep: until the earliest pending restart, or forever (-1). */
+static struct timespec next_restart(const struct slot *slots, int workers)
+{
+    long long soonest = -1, now = monotonic_ms();
+    for (int i = 0; i < workers; i++)
+        if (slots[i].pid == 0 && (soonest < 0 || slots[i].restart_at_ms < soonest))
+            soonest = slots[i].restart_at_ms;
+    struct timespec t = { -1, 0 };
+    if (soonest >= 0) {
+        long long ms = soonest > now ? soonest - now : 0;
+        t.tv_sec = ms / 1000;
+        t.tv_nsec = (ms % 1000) * 1000000;
+    }
+    return t;
+}
+
 static void log_to_stderr(int level, const char *msg, void *userdata)
 {
     (void)userdata;
@@ -252,6 +378,9 @@ int main(int argc, char **argv)
         die("SSL_CTX_new failed");
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1 || SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
         die("cannot load the certificate or key");
+    /* A client that drops TCP without close_notify is an end of stream, not a fatal error that
+     * removes its session from the cache of every worker (see the SSL_shutdown rule above). */
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
     /* Stateful TLS 1.3 tickets (looked up in the cache) and TLS 1.2 session ids instead of
      * tickets: like nginx's "ssl_session_tickets off". Without it OpenSSL issues stateless
      * tickets, which never touch any session cache. */
@@ -297,47 +426,34 @@ int main(int argc, char **argv)
     char bound[96];
     int lfd = listen_on(listen_spec, bound, sizeof bound);
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_stop; /* no SA_RESTART: waitpid returns EINTR */
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    sa.sa_handler = on_usr1;
-    sigaction(SIGUSR1, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    sigset_t sigs = parent_signals(), old_mask;
+    sigprocmask(SIG_BLOCK, &sigs, &old_mask);
 
-    pid_t pids[MAX_WORKERS] = { 0 };
-    for (int i = 0; i < workers; i++) {
-        pid_t p = fork();
-        if (p < 0)
-            die("fork failed");
-        if (p == 0)
-            serve(ctx, lfd, cache, id_prefix, i);
-        pids[i] = p;
-    }
+    struct slot slots[MAX_WORKERS];
+    memset(slots, 0, sizeof slots);
+    struct worker_ctx w = { ctx, lfd, cache, id_prefix, &old_mask };
+    for (int i = 0; i < workers; i++)
+        start_worker(&w, slots, i);
     printf("ready %s\n", bound);
     fflush(stdout);
 
-    while (!stop_requested) {
-        int status;
-        pid_t p = waitpid(-1, &status, 0);
-        if (stats_requested) {
-            stats_requested = 0;
+    for (;;) {
+        struct timespec wait = next_restart(slots, workers);
+        siginfo_t info;
+        int sig = sigtimedwait(&sigs, &info, wait.tv_sec < 0 ? NULL : &wait);
+        if (sig == SIGTERM || sig == SIGINT)
+            break;
+        if (sig == SIGUSR1)
             print_stats(cache);
-        }
-        if (p <= 0 || stop_requested)
-            continue;
-        for (int i = 0; i < workers; i++) {
-            if (pids[i] != p)
-                continue;
-            fprintf(stderr, "prefork_server: worker %d %s %d; starting another\n", (int)p,
-                    WIFSIGNALED(status) ? "killed by signal" : "exited with", WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
-            pid_t np = fork();
-            if (np == 0)
-                serve(ctx, lfd, cache, id_prefix, i);
-            pids[i] = np > 0 ? np : 0;
-        }
+        reap(slots, workers);
+        for (int i = 0; i < workers; i++)
+            if (slots[i].pid == 0 && monotonic_ms() >= slots[i].restart_at_ms)
+                start_worker(&w, slots, i);
     }
+    pid_t pids[MAX_WORKERS];
+    for (int i = 0; i < workers; i++)
+        pids[i] = slots[i].pid;
     for (int i = 0; i < workers; i++)
         if (pids[i] > 0)
             kill(pids[i], SIGTERM);

@@ -223,6 +223,7 @@ fn store_session(h: &Handle, ssl: *const SSL, sess: *mut SSL_SESSION) {
     if id.is_empty() {
         return;
     }
+    crate::tls::sni::record_host(ssl, sess);
     if let Some(t) = h.install.session_timeout {
         // So OpenSSL's own check on resumption agrees with our expiry.
         // SAFETY: live session.

@@ -4,17 +4,38 @@
 //! SNI (servername) or ClientHello callback switches it to the virtual host's context, so the
 //! session id context alone cannot keep virtual hosts apart: a session made on a host without
 //! client certificates would resume on one that requires them. Every session records the
-//! server name it was made under (`SSL_SESSION_get0_hostname`); the lookup compares it with the
+//! server name it was made under (`SSL_SESSION_get0_hostname`, recorded by [`record_host`] where
+//! OpenSSL did not); the lookup compares it with the
 //! name in this ClientHello, read from the raw extension because OpenSSL has not parsed it yet
 //! (TLS 1.2) or has not acted on it yet (TLS 1.3). RFC 6066 §3 asks the same of servers.
 
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, c_int, CStr};
 
 use openssl_sys as ossl;
 use openssl_sys::{SSL, SSL_SESSION};
 
 extern "C" {
     fn SSL_SESSION_get0_hostname(s: *const SSL_SESSION) -> *const c_char;
+    fn SSL_SESSION_set1_hostname(s: *mut SSL_SESSION, hostname: *const c_char) -> c_int;
+    fn SSL_get_servername(s: *const SSL, kind: c_int) -> *const c_char;
+}
+
+const TLSEXT_NAMETYPE_HOST_NAME: c_int = 0;
+
+/// Record in `sess` the server name its handshake's ClientHello asked for, if OpenSSL did not:
+/// it stores the name only when a servername callback accepted it, so without a callback every
+/// session would look as if it were made for no name at all.
+pub(crate) fn record_host(ssl: *const SSL, sess: *mut SSL_SESSION) {
+    // SAFETY: live SSL and session; OpenSSL copies the name.
+    unsafe {
+        if !SSL_SESSION_get0_hostname(sess).is_null() {
+            return;
+        }
+        let name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_HOST_NAME);
+        if !name.is_null() {
+            SSL_SESSION_set1_hostname(sess, name);
+        }
+    }
 }
 
 const TLSEXT_TYPE_SERVER_NAME: u32 = 0;

@@ -143,6 +143,26 @@ static void sni_case(int version)
     shmsess_cache_free(cache);
 }
 
+/* No servername callback at all (one host, or hosts told apart by certificate): OpenSSL then
+ * records no name in the session, the library does; the same name resumes, another does not. */
+static void test_sni_without_callback(void)
+{
+    shmsess_cache *cache = new_cache(0);
+    SSL_CTX *s = server_ctx("server", TLS12, SSL_OP_NO_TICKET, 0, 0), *c = client_ctx(TLS12, 0);
+    shmsess_install(cache, s);
+    struct outcome *o = calloc(2, sizeof *o), *r = o + 1;
+    struct hs_options to_a = { .sni = "a.test" }, to_b = { .sni = "b.test" };
+    in_worker_with(s, c, NULL, &to_a, o);
+    in_worker_with(s, c, o, &to_a, r);
+    CHECK(r->ok && r->reused, "without a servername callback, the same name resumes");
+    in_worker_with(s, c, o, &to_b, r);
+    CHECK(r->ok && !r->reused, "... another name does not");
+    free(o);
+    SSL_CTX_free(s);
+    SSL_CTX_free(c);
+    shmsess_cache_free(cache);
+}
+
 /* Same certificate, different client-certificate policy: the derived session id context must
  * differ, or a session made without a client certificate resumes where one is required. */
 static void test_policy_in_session_id_context(void)
@@ -317,6 +337,7 @@ int main(int argc, char **argv)
     test_hello_retry_request();
     sni_case(TLS12);
     sni_case(TLS13);
+    test_sni_without_callback();
     test_policy_in_session_id_context();
     test_internal_housekeeping_stays_local();
     test_anti_replay_does_not_burn_tickets();
