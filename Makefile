@@ -92,8 +92,14 @@ test-c: $(HARNESS) $(CONTRACT) $(OLD_ABI) $(BUILD)/c_unload $(BUILD)/certs/serve
 	$(VALGRIND) --trace-children=no $(HARNESS) $(BUILD)/certs
 	$(VALGRIND) --trace-children=no $(CONTRACT) $(BUILD)/certs
 
-test-integration: all $(FAULT_SERVER) $(BUILD)/certs/server.pem
+# LD_PRELOAD shim that makes accept, fork and waitpid fail or stall on request (tests only).
+FAULT_SHIM := $(BUILD)/fault_shim.so
+$(FAULT_SHIM): tests/c/fault_shim.c
+	$(CC) $(CFLAGS) $(WARN) -shared -fPIC $< -o $@ -ldl
+
+test-integration: all $(FAULT_SERVER) $(FAULT_SHIM) $(BUILD)/certs/server.pem
 	python3 tests/integration/test_prefork.py --server $(SERVER) --certs $(BUILD)/certs
+	python3 tests/integration/test_example_server.py --server $(SERVER) --certs $(BUILD)/certs --shim $(FAULT_SHIM)
 	python3 tests/integration/test_operations.py --server $(SERVER) --cli $(CLI) --certs $(BUILD)/certs
 	python3 tests/integration/test_worker_kills.py --server $(FAULT_SERVER) --certs $(BUILD)/certs
 

@@ -290,6 +290,8 @@ static void start_worker(const struct worker_ctx *w, struct slot *slots, int i)
         backoff(&slots[i]);
         return;
     }
+    if (slots[i].started_ms != 0)
+        fprintf(stderr, "prefork_server: worker %d restarted (pid %d)\n", i, (int)p);
     slots[i].pid = p;
     slots[i].started_ms = monotonic_ms();
 }
