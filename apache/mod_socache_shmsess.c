@@ -30,6 +30,8 @@
 #include <errno.h>
 #include <stdlib.h>
 
+#include <openssl/crypto.h>
+
 #include <shmsesscache.h>
 
 
@@ -191,18 +193,82 @@ static apr_status_t socache_shmsess_store(ap_socache_instance_t *ctx, server_rec
     return status_of(r);
 }
 
+/* A TLS 1.3 ticket taken by a retrieve, kept for the ClientHello that follows a
+ * HelloRetryRequest: OpenSSL looks the ticket up for the first ClientHello, before it decides
+ * to ask the client for another key share, and again for the retried one. mod_ssl passes the
+ * connection's pool to retrieve, so the copy lives on that connection only (another connection
+ * offering the same ticket never sees it: single use holds) and is wiped when it ends. */
+struct parked {
+    size_t len;
+    unsigned char der[];
+};
+
+static apr_status_t wipe_parked(void *data)
+{
+    struct parked *pk = data;
+    OPENSSL_cleanse(pk->der, pk->len);
+    pk->len = 0;
+    return APR_SUCCESS;
+}
+
+static const char *parked_key(const unsigned char *id, unsigned int idlen, apr_pool_t *p)
+{
+    static const char hex[] = "0123456789abcdef";
+    char *k = apr_palloc(p, sizeof "shmsess-parked:" + 2 * idlen);
+    char *o = k + strlen(strcpy(k, "shmsess-parked:"));
+    for (unsigned int i = 0; i < idlen; i++) {
+        *o++ = hex[id[i] >> 4];
+        *o++ = hex[id[i] & 15];
+    }
+    *o = '\0';
+    return k;
+}
+
+static void park(const unsigned char *id, unsigned int idlen, const unsigned char *der, size_t len, apr_pool_t *p)
+{
+    struct parked *pk = apr_palloc(p, sizeof *pk + len);
+    pk->len = len;
+    memcpy(pk->der, der, len);
+    apr_pool_cleanup_register(p, pk, wipe_parked, apr_pool_cleanup_null);
+    apr_pool_userdata_set(pk, parked_key(id, idlen, p), NULL, p);
+}
+
+/* The copy parked on this connection for `id`, handed out once. */
+static int unpark(const unsigned char *id, unsigned int idlen, unsigned char *dest, unsigned int *destlen,
+                  apr_pool_t *p)
+{
+    const char *key = parked_key(id, idlen, p);
+    void *data = NULL;
+    if (apr_pool_userdata_get(&data, key, p) != APR_SUCCESS || data == NULL)
+        return 0;
+    struct parked *pk = data;
+    int ok = pk->len > 0 && pk->len <= *destlen;
+    if (ok) {
+        memcpy(dest, pk->der, pk->len);
+        *destlen = (unsigned int)pk->len;
+    }
+    wipe_parked(pk);
+    apr_pool_userdata_set(NULL, key, NULL, p);
+    return ok;
+}
+
 static apr_status_t socache_shmsess_retrieve(ap_socache_instance_t *ctx, server_rec *s, const unsigned char *id,
                                              unsigned int idlen, unsigned char *dest, unsigned int *destlen,
                                              apr_pool_t *p)
 {
     (void)s;
-    (void)p;
     if (ctx->cache == NULL)
         return APR_EGENERAL;
     size_t got = 0;
     shmsess_result r = shmsess_cache_lookup(ctx->cache, id, idlen, dest, *destlen, &got, SHMSESS_LOOKUP_TAKE_TLS13);
-    if (r == SHMSESS_OK)
+    if (r == SHMSESS_OK) {
         *destlen = (unsigned int)got;
+        if (p != NULL && shmsess_session_is_tls13(dest, got))
+            park(id, idlen, dest, got, p);
+        return APR_SUCCESS;
+    }
+    if (r == SHMSESS_ERR_NOT_FOUND && p != NULL && unpark(id, idlen, dest, destlen, p))
+        return APR_SUCCESS;
     return status_of(r);
 }
 

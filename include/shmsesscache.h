@@ -298,7 +298,9 @@ enum shmsess_result shmsess_cache_create(const struct shmsess_options *opts,
 
 // Release the caller's handle. SSL_CTXs the cache was installed on keep it mapped until they
 // are freed. NULL is accepted; a pointer that is not a live handle is ignored (and reported
-// through `shmsess_last_error`). A named segment's file is left in place.
+// through `shmsess_last_error`). A named segment's file is left in place. As with `free()`,
+// no other thread may still be calling the library with this handle: handles are checked
+// without a process-wide lock, so a call racing with the free is not protected.
 void shmsess_cache_free(struct shmsess_cache *cache);
 
 // Make `ctx` use the cache: sets the new/get/remove session callbacks, the cache mode
@@ -382,6 +384,13 @@ enum shmsess_result shmsess_cache_lookup(struct shmsess_cache *cache,
                                          size_t buf_len,
                                          size_t *out_len,
                                          int take);
+
+// 1 if `der` (`len` bytes) is an encoded `SSL_SESSION` of TLS 1.3, 0 otherwise (also for NULL
+// or bytes that are not a session). Reads only the first fields, without decoding: what
+// `SHMSESS_LOOKUP_TAKE_TLS13` decides by, for a provider that must know whether its lookup
+// took the entry (e.g. to keep it for the ClientHello after a HelloRetryRequest). Pure
+// function; thread-safe.
+int shmsess_session_is_tls13(const uint8_t *der, size_t len);
 
 // Call `callback` once for every live (unexpired, checksum-verified) entry, one shard at a
 // time. Each shard's entries are copied under its lock and handed out after it is released,

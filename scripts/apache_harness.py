@@ -76,6 +76,7 @@ SSLProtocol -all +TLSv1.2 +TLSv1.3
 SSLEngine on
 SSLCertificateFile "{certs}/server.pem"
 SSLCertificateKeyFile "{certs}/server.key"
+{extra}
 """
 
 
@@ -86,7 +87,7 @@ class Apache:
     `root` may be passed to reuse a directory (and a named segment in it) across runs."""
 
     def __init__(self, module, certs, cache, workers=4, max_conn=8, root=None, ssl_level="trace2",
-                 max_workers=None, port=None, env=None):
+                 max_workers=None, port=None, env=None, extra=""):
         self.module = os.path.abspath(module)
         self.certs = os.path.abspath(certs)
         self.cache = cache
@@ -99,6 +100,7 @@ class Apache:
         self.proc = None
         self.port = port
         self.env = env
+        self.extra = extra
 
     def start(self):
         os.makedirs(os.path.join(self.root, "htdocs"), exist_ok=True)
@@ -114,7 +116,7 @@ class Apache:
         conf = CONFIG.format(root=self.root, port=self.port, mods=modules_dir(), module=self.module,
                              workers=self.workers, max_workers=self.max_workers, max_conn=self.max_conn,
                              cache=self.cache.format(root=self.root), certs=self.certs, user=user,
-                             ssl_level=self.ssl_level)
+                             ssl_level=self.ssl_level, extra=self.extra)
         conf_path = os.path.join(self.root, "httpd.conf")
         with open(conf_path, "w") as f:
             f.write(conf)
@@ -206,6 +208,38 @@ def client_context(version):
     if version not in _contexts:
         _contexts[version] = prefork_harness.client_context(version, no_ticket=True)
     return _contexts[version]
+
+
+def s_client_chain(port, count, groups, sess_dir):
+    """`openssl s_client -tls1_3 -groups GROUPS`, `count` + 1 times, each offering the ticket
+    the previous one left (-sess_in/-sess_out): what a client whose first key share is not a
+    group the server accepts sees (a HelloRetryRequest on every handshake). Returns the list of
+    "New"/"Reused" words and the path of the first session file."""
+    words = []
+    prev = None
+    for i in range(count + 1):
+        out_path = os.path.join(sess_dir, f"sess{i}.pem")
+        cmd = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3", "-groups", groups,
+               "-no_ticket", "-ign_eof", "-sess_out", out_path]
+        if prev:
+            cmd += ["-sess_in", prev]
+        # A request, read to the server's close: the NewSessionTicket arrives before the end.
+        res = subprocess.run(cmd, input="GET / HTTP/1.0\r\nHost: localhost\r\n\r\n", capture_output=True,
+                             text=True, timeout=30)
+        m = re.search(r"^(New|Reused), ", res.stdout, re.M)
+        words.append(m.group(1) if m else "none")
+        prev = out_path
+    return words, os.path.join(sess_dir, "sess0.pem")
+
+
+def s_client_offer(port, groups, sess_in):
+    """One s_client -tls1_3 offering the session in `sess_in`: "New" or "Reused"."""
+    res = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3", "-groups", groups,
+                          "-no_ticket", "-ign_eof", "-sess_in", sess_in],
+                         input="GET / HTTP/1.0\r\nHost: localhost\r\n\r\n", capture_output=True, text=True,
+                         timeout=30)
+    m = re.search(r"^(New|Reused), ", res.stdout, re.M)
+    return m.group(1) if m else "none"
 
 
 def get(port, ctx, path="/index.html", session=None):

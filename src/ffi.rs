@@ -1029,6 +1029,21 @@ pub extern "C" fn shmsess_cache_lookup(
     })
 }
 
+/// 1 if `der` (`len` bytes) is an encoded `SSL_SESSION` of TLS 1.3, 0 otherwise (also for NULL
+/// or bytes that are not a session). Reads only the first fields, without decoding: what
+/// `SHMSESS_LOOKUP_TAKE_TLS13` decides by, for a provider that must know whether its lookup
+/// took the entry (e.g. to keep it for the ClientHello after a HelloRetryRequest). Pure
+/// function; thread-safe.
+#[no_mangle]
+pub extern "C" fn shmsess_session_is_tls13(der: *const u8, len: usize) -> c_int {
+    if der.is_null() {
+        return 0;
+    }
+    // SAFETY: the caller promises `len` readable bytes at `der`.
+    let der = unsafe { std::slice::from_raw_parts(der, len) };
+    c_int::from(catch_unwind(|| glue::der_session_is_tls13(der)).unwrap_or(false))
+}
+
 /// Called by `shmsess_cache_iterate` with each live entry: its id, its bytes (both valid only
 /// during the call), its expiry (Unix seconds) and the caller's `userdata`. Return 0 to go on,
 /// anything else to stop.

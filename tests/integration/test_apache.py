@@ -23,7 +23,8 @@ import threading
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
 from checks import check, finish  # noqa: E402
-from apache_harness import Apache, client_context, get, session_events, status_auto  # noqa: E402
+from apache_harness import (Apache, client_context, get, s_client_chain, s_client_offer,  # noqa: E402
+                            session_events, status_auto)
 from prefork_harness import s_client_reconnect  # noqa: E402
 
 RECONNECTS = 40
@@ -165,6 +166,24 @@ def shmcb_contrast(args):
           any(f.startswith("ssl-cache") for f in files), str(files))
 
 
+def hello_retry_request(args):
+    """The server accepts only P-256; the client's first key share is X25519, so every TLS 1.3
+    handshake goes through a HelloRetryRequest, and OpenSSL looks the ticket up twice."""
+    sess_dir = tempfile.mkdtemp(prefix="shmsess-hrr-")
+    with Apache(args.module, args.certs, "shmsess", extra="SSLOpenSSLConfCmd Groups P-256") as a:
+        words, first = s_client_chain(a.port, 10, "X25519:P-256", sess_dir)
+        again = s_client_offer(a.port, "X25519:P-256", first)
+        again_direct = s_client_offer(a.port, "P-256", first)
+    a.cleanup()
+    check("TLS 1.3 through a HelloRetryRequest (Groups P-256, client X25519:P-256): tickets resume",
+          words[0] == "New" and words[1:].count("Reused") == 10, " ".join(words))
+    check("... each once: a used ticket offered again is refused, through an HRR or not",
+          again == "New" and again_direct == "New", f"{again}, {again_direct}")
+    for f in os.listdir(sess_dir):
+        os.unlink(os.path.join(sess_dir, f))
+    os.rmdir(sess_dir)
+
+
 def named_segment(args):
     root = tempfile.mkdtemp(prefix="shmsess-apache-")
     try:
@@ -269,6 +288,7 @@ def main():
     args = ap.parse_args()
     anonymous_segment(args)
     shmcb_contrast(args)
+    hello_retry_request(args)
     named_segment(args)
     children_killed_inside_the_cache(args)
     bad_configuration(args)
