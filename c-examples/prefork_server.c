@@ -8,11 +8,18 @@
  *
  *   prefork_server --listen 127.0.0.1:PORT --workers N --cert FILE --key FILE
  *                  [--cache-size BYTES] [--cache-path PATH | --no-cache] [--tls13-stateful]
- *                  [--id-prefix TEXT] [--session-timeout SECONDS]
+ *                  [--id-prefix TEXT] [--session-timeout SECONDS] [--groups LIST]
+ *                  [--client-timeout SECONDS]
  *                  [--remote URL --remote-key FILE [--remote-timeout-ms N] [--remote-backoff-ms N]]
  *
  * --remote adds the second tier shared by several hosts (e.g. redis://127.0.0.1:6379/0), with
  * sessions sealed under the keys of --remote-key (a 0600 file of `openssl rand -hex 32` lines).
+ *
+ * --client-timeout bounds the handshake and the request of one connection together (default
+ * 10 s), so clients that trickle bytes cannot hold every worker.
+ *
+ * --groups sets the key exchange groups the server accepts (e.g. P-256): a client whose first
+ * key share is another group gets a HelloRetryRequest on every handshake.
  *
  * --id-prefix makes every session id start with TEXT followed by "w" and the worker's slot
  * number (e.g. "web1w3"), the rest random: a load balancer can route a resuming client on it.
@@ -43,8 +50,8 @@
  * parent's disposition. accept() errors that concern one connection (ECONNABORTED, EPROTO) are
  * skipped, and running out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) backs
  * off for 100 ms instead of exiting. A fork that fails, or a worker that dies within a second
- * of starting, is retried after a delay that doubles up to 5 s: no slot stays empty for good
- * and a crash loop does not spin.
+ * of starting for the fourth time in a row, is retried after a delay that doubles up to 5 s:
+ * no slot stays empty for good and a crash loop does not spin.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -86,7 +93,7 @@ static void usage(const char *argv0)
     fprintf(stderr,
             "usage: %s --listen HOST:PORT --workers N --cert FILE --key FILE\n"
             "          [--cache-size BYTES] [--cache-path PATH | --no-cache] [--tls13-stateful]\n"
-            "          [--id-prefix TEXT] [--session-timeout SECONDS]\n"
+            "          [--id-prefix TEXT] [--session-timeout SECONDS] [--groups LIST] [--client-timeout SECONDS]\n"
             "          [--remote URL --remote-key FILE [--remote-timeout-ms N] [--remote-backoff-ms N]]\n",
             argv0);
     exit(2);
@@ -154,8 +161,19 @@ static int read_request(SSL *ssl, char *first_line, size_t n)
     return 1;
 }
 
+/* SIGALRM ends a connection that takes too long: installed without SA_RESTART, it makes the
+ * blocked read fail with EINTR, which OpenSSL reports as a want-read, and the connection is
+ * closed. SO_RCVTIMEO alone bounds each read, not a client that sends a byte at a time. */
+static void on_alarm(int sig) { (void)sig; }
+
+static unsigned client_timeout_s = 10;
+
 static void serve(SSL_CTX *ctx, int lfd, shmsess_cache *cache, const char *id_prefix, int slot)
 {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_alarm;
+    sigaction(SIGALRM, &sa, NULL);
     if (cache != NULL && id_prefix != NULL) {
         /* The host's prefix plus this worker's slot: ids say which worker made them. */
         char p[SHMSESS_MAX_ID_PREFIX + 1];
@@ -189,6 +207,7 @@ static void serve(SSL_CTX *ctx, int lfd, shmsess_cache *cache, const char *id_pr
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
         SSL *ssl = SSL_new(ctx);
         SSL_set_fd(ssl, fd);
+        alarm(client_timeout_s); /* the handshake and the request together */
         int ok = SSL_accept(ssl) == 1;
         int clean = 0;
         if (ok) {
@@ -208,6 +227,7 @@ static void serve(SSL_CTX *ctx, int lfd, shmsess_cache *cache, const char *id_pr
                 clean = SSL_get_error(ssl, r) == SSL_ERROR_ZERO_RETURN || ERR_peek_error() == 0;
             }
         }
+        alarm(0);
         if (ok && clean)
             SSL_shutdown(ssl);
         else if (ok && ERR_peek_error() == 0)
@@ -253,6 +273,7 @@ struct slot {
     long long started_ms;
     long long restart_at_ms;
     long long delay_ms; /* back-off for the next failed start or early death */
+    int early_deaths;   /* deaths within a second of starting, in a row */
 };
 
 struct worker_ctx {
@@ -310,9 +331,13 @@ static void reap(struct slot *slots, int workers)
                     WIFSIGNALED(status) ? "killed by signal" : "exited with",
                     WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
             slots[i].pid = 0;
-            if (monotonic_ms() - slots[i].started_ms < 1000) {
+            /* A few quick deaths in a row are restarted at once (workers killed under load);
+             * from the fourth on it is a crash loop, and restarts back off. */
+            if (monotonic_ms() - slots[i].started_ms < 1000 && ++slots[i].early_deaths > 3) {
                 backoff(&slots[i]);
             } else {
+                if (monotonic_ms() - slots[i].started_ms >= 1000)
+                    slots[i].early_deaths = 0;
                 slots[i].delay_ms = 0;
                 slots[i].restart_at_ms = 0;
             }
@@ -347,7 +372,7 @@ int main(int argc, char **argv)
     const char *listen_spec = NULL, *cert = NULL, *key = NULL, *cache_path = NULL;
     unsigned long long cache_size = 8ULL << 20;
     int workers = 4, no_cache = 0, tls13_stateful = 0;
-    const char *id_prefix = NULL;
+    const char *id_prefix = NULL, *groups = NULL;
     unsigned long session_timeout = 0;
     const char *remote_url = NULL, *remote_key = NULL;
     unsigned long remote_timeout_ms = 0, remote_backoff_ms = 0;
@@ -363,6 +388,8 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--no-cache")) no_cache = 1;
         else if (!strcmp(a, "--tls13-stateful")) tls13_stateful = 1;
         else if (!strcmp(a, "--id-prefix") && v) id_prefix = argv[++i];
+        else if (!strcmp(a, "--groups") && v) groups = argv[++i];
+        else if (!strcmp(a, "--client-timeout") && v) client_timeout_s = (unsigned)strtoul(argv[++i], NULL, 10);
         else if (!strcmp(a, "--session-timeout") && v) session_timeout = strtoul(argv[++i], NULL, 10);
         else if (!strcmp(a, "--remote") && v) remote_url = argv[++i];
         else if (!strcmp(a, "--remote-key") && v) remote_key = argv[++i];
@@ -372,7 +399,8 @@ int main(int argc, char **argv)
     }
     if (!listen_spec || !cert || !key || workers < 1 || workers > MAX_WORKERS || (no_cache && cache_path) ||
         (id_prefix && strlen(id_prefix) > SHMSESS_MAX_ID_PREFIX - 4) || session_timeout > 86400 * 365 ||
-        (remote_url && (no_cache || !remote_key)) || remote_timeout_ms > 60000 || remote_backoff_ms > 3600000)
+        (remote_url && (no_cache || !remote_key)) || remote_timeout_ms > 60000 || remote_backoff_ms > 3600000 ||
+        client_timeout_s < 1 || client_timeout_s > 3600)
         usage(argv[0]);
 
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
@@ -383,6 +411,8 @@ int main(int argc, char **argv)
     /* A client that drops TCP without close_notify is an end of stream, not a fatal error that
      * removes its session from the cache of every worker (see the SSL_shutdown rule above). */
     SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    if (groups != NULL && SSL_CTX_set1_groups_list(ctx, groups) != 1)
+        die("--groups: not a list of groups OpenSSL knows (e.g. P-256:X25519)");
     /* Stateful TLS 1.3 tickets (looked up in the cache) and TLS 1.2 session ids instead of
      * tickets: like nginx's "ssl_session_tickets off". Without it OpenSSL issues stateless
      * tickets, which never touch any session cache. */

@@ -22,7 +22,10 @@
 
 // Keep OpenSSL's per-process session cache in front of the shared one
 // (`SSL_SESS_CACHE_SERVER` instead of `SERVER | NO_INTERNAL`). Weakens TLS 1.3 single use
-// within one process.
+// within one process. OpenSSL then also calls the remove callback for its own housekeeping
+// (`SSL_CTX_free`, flushes, eviction), so with this flag removals never reach the shared
+// cache: sessions OpenSSL drops as bad and `SSL_CTX_remove_session` stay there for other
+// processes; revoke one everywhere with `shmsess_cache_remove`.
 #define SHMSESS_KEEP_INTERNAL_CACHE 1
 
 // Allow a TLS 1.3 stateful ticket to resume more than once (default: once in the server).
@@ -275,8 +278,10 @@ extern "C" {
 // programs built against earlier headers call, cannot know their struct's size: it writes only
 // the 0.1 fields (48 bytes, never past any caller's struct) and sets `struct_size` to match,
 // so fields such a program sets beyond them (the session id prefix of 0.2, the remote tier of
-// 0.3) are not read: rebuild against this header to use them. Call
-// `(shmsess_options_init)(o)` to reach the symbol itself.
+// 0.3) are not read: rebuild against this header to use them. `shmsess_cache_create` then
+// logs a warning once (the symbol marks the struct it filled). Call
+// `(shmsess_options_init)(o)` to reach the symbol itself; bindings that cannot expand the
+// macro (cgo, ctypes) should call `shmsess_options_init_sized`.
 // Returns SHMSESS_ERR_NULL_ARGUMENT if `opts` is NULL. Thread-safe.
 enum shmsess_result shmsess_options_init(struct shmsess_options *opts);
 

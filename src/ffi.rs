@@ -57,7 +57,10 @@ use shmsess_result::*;
 
 /// Keep OpenSSL's per-process session cache in front of the shared one
 /// (`SSL_SESS_CACHE_SERVER` instead of `SERVER | NO_INTERNAL`). Weakens TLS 1.3 single use
-/// within one process.
+/// within one process. OpenSSL then also calls the remove callback for its own housekeeping
+/// (`SSL_CTX_free`, flushes, eviction), so with this flag removals never reach the shared
+/// cache: sessions OpenSSL drops as bad and `SSL_CTX_remove_session` stay there for other
+/// processes; revoke one everywhere with `shmsess_cache_remove`.
 pub const SHMSESS_KEEP_INTERNAL_CACHE: u32 = 1;
 /// Allow a TLS 1.3 stateful ticket to resume more than once (default: once in the server).
 pub const SHMSESS_TLS13_ALLOW_REUSE: u32 = 2;
@@ -395,12 +398,19 @@ fn default_options() -> shmsess_options {
 /// programs built against earlier headers call, cannot know their struct's size: it writes only
 /// the 0.1 fields (48 bytes, never past any caller's struct) and sets `struct_size` to match,
 /// so fields such a program sets beyond them (the session id prefix of 0.2, the remote tier of
-/// 0.3) are not read: rebuild against this header to use them. Call
-/// `(shmsess_options_init)(o)` to reach the symbol itself.
+/// 0.3) are not read: rebuild against this header to use them. `shmsess_cache_create` then
+/// logs a warning once (the symbol marks the struct it filled). Call
+/// `(shmsess_options_init)(o)` to reach the symbol itself; bindings that cannot expand the
+/// macro (cgo, ctypes) should call `shmsess_options_init_sized`.
 /// Returns SHMSESS_ERR_NULL_ARGUMENT if `opts` is NULL. Thread-safe.
 #[no_mangle]
 pub extern "C" fn shmsess_options_init(opts: *mut shmsess_options) -> shmsess_result {
-    shmsess_options_init_sized(opts, OPTIONS_V1_BYTES)
+    let r = shmsess_options_init_sized(opts, OPTIONS_V1_BYTES);
+    if r == SHMSESS_OK {
+        // SAFETY: initialised above, so at least 48 bytes and non-NULL.
+        unsafe { std::ptr::write_unaligned(opts as *mut u32, OPTIONS_LEGACY_INIT) };
+    }
+    r
 }
 
 /// Like `shmsess_options_init`, for a caller whose `shmsess_options` has `size` bytes (its
@@ -438,19 +448,67 @@ pub extern "C" fn shmsess_options_init_sized(
     })
 }
 
-/// A private copy of the caller's options: the `struct_size` bytes it says it has (at most
+/// `struct_size` that the exported `shmsess_options_init` symbol writes: the 0.1 size with the
+/// top bit set, so `shmsess_cache_create` can tell options a program initialised through the
+/// legacy symbol (it was built against a header before 0.4, or cannot expand the header's
+/// macro) and say that their later fields are not read.
+const OPTIONS_LEGACY_INIT: u32 = 0x8000_0000 | OPTIONS_V1_BYTES as u32;
+
+/// Offset and size of every field of `shmsess_options`, in order: a `struct_size` that ends
+/// inside a field leaves that field out rather than reading half a pointer.
+const OPTIONS_FIELDS: [(usize, usize); 16] = {
+    use std::mem::{offset_of, size_of};
+    type O = shmsess_options;
+    [
+        (offset_of!(O, struct_size), 4),
+        (offset_of!(O, flags), 4),
+        (offset_of!(O, path), size_of::<*const c_char>()),
+        (offset_of!(O, size_bytes), 8),
+        (offset_of!(O, slot_bytes), 4),
+        (offset_of!(O, lock_timeout_ms), 4),
+        (offset_of!(O, session_timeout), 4),
+        (offset_of!(O, session_id_context_len), 4),
+        (offset_of!(O, session_id_context), size_of::<*const u8>()),
+        (offset_of!(O, session_id_prefix), size_of::<*const u8>()),
+        (offset_of!(O, session_id_prefix_len), 4),
+        (offset_of!(O, remote_url), size_of::<*const c_char>()),
+        (offset_of!(O, remote_key_file), size_of::<*const c_char>()),
+        (offset_of!(O, remote_key_prefix), size_of::<*const c_char>()),
+        (offset_of!(O, remote_timeout_ms), 4),
+        (offset_of!(O, remote_backoff_ms), 4),
+    ]
+};
+
+/// How many of the caller's bytes to read: its `struct_size`, at most ours, cut back to the
+/// end of the last field it holds whole.
+fn options_bytes(struct_size: usize) -> usize {
+    let n = struct_size.min(std::mem::size_of::<shmsess_options>());
+    OPTIONS_FIELDS
+        .iter()
+        .map(|&(off, len)| off + len)
+        .filter(|&end| end <= n)
+        .max()
+        .unwrap_or(0)
+}
+
+/// A private copy of the caller's options: the fields its `struct_size` covers whole (at most
 /// ours), the rest zero (absent fields). No reference into the caller's memory is made, which
 /// may be shorter than this library's struct.
 fn read_options(opts: *const shmsess_options) -> Result<shmsess_options, Fail> {
     // SAFETY: every caller's struct starts with struct_size (4 readable bytes).
-    let size = unsafe { std::ptr::read_unaligned(opts as *const u32) } as usize;
+    let raw = unsafe { std::ptr::read_unaligned(opts as *const u32) };
+    let legacy = raw == OPTIONS_LEGACY_INIT;
+    let size = if legacy { OPTIONS_V1_BYTES } else { raw as usize };
     if size < OPTIONS_V1_BYTES {
         return Err(Fail(
             SHMSESS_ERR_INVALID_ARGUMENT,
             format!("opts->struct_size {size} is too small: call shmsess_options_init first"),
         ));
     }
-    let n = size.min(std::mem::size_of::<shmsess_options>());
+    if legacy {
+        warn_legacy_init();
+    }
+    let n = options_bytes(size);
     let mut o = std::mem::MaybeUninit::<shmsess_options>::zeroed();
     // SAFETY: the caller's struct has struct_size >= n readable bytes; the zeroed rest is a
     // valid value of every field (0 and NULL).
@@ -460,6 +518,16 @@ fn read_options(opts: *const shmsess_options) -> Result<shmsess_options, Fail> {
         o.struct_size = n as u32;
         Ok(o)
     }
+}
+
+fn warn_legacy_init() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        log::emit(
+            Level::Warning,
+            "options were initialised by the legacy shmsess_options_init symbol (a program built against a header before 0.4, or a binding that calls the symbol): only the 0.1 fields are read, so a session id prefix or a remote tier set in them is ignored; rebuild against this header, or call shmsess_options_init_sized(opts, sizeof *opts)",
+        )
+    });
 }
 
 /// Create a cache as `opts` says and store a new handle in `*out` (set to NULL on failure).

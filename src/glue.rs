@@ -208,7 +208,10 @@ pub unsafe extern "C" fn new_session_cb(ssl: *mut SSL, sess: *mut SSL_SESSION) -
     0
 }
 
-fn store_session(h: &Handle, ssl: *const SSL, sess: *mut SSL_SESSION) {
+fn store_session(h: &Handle, ssl: *mut SSL, sess: *mut SSL_SESSION) {
+    // A new ticket means this handshake is over: a ticket parked for a HelloRetryRequest must
+    // not outlive it (a server that reuses the SSL after SSL_clear).
+    crate::tls::parked::discard(ssl);
     let g = h.cache.globals();
     if is_tls13(ssl) {
         if h.install.skip_tls13 {
@@ -216,6 +219,11 @@ fn store_session(h: &Handle, ssl: *const SSL, sess: *mut SSL_SESSION) {
         }
         if !tls13_stateful(ssl) {
             g.tls13_stateless_skipped.fetch_add(1, Relaxed);
+            return;
+        }
+        if !h.install.keep_internal_cache && anti_replay_on(ssl) {
+            // Never looked up (see anti_replay_refuses_external): storing it is churn.
+            g.anti_replay_skipped.fetch_add(1, Relaxed);
             return;
         }
     }
@@ -321,11 +329,15 @@ fn fetch_session(h: &Handle, ssl: *mut SSL, id: &[u8]) -> Option<*mut SSL_SESSIO
     // once in the whole server, whichever worker sees it first.
     let take = tls13 && !h.install.tls13_reuse;
     if take {
-        // The ClientHello after a HelloRetryRequest offers the ticket its first one took.
+        // The ClientHello after a HelloRetryRequest offers the ticket its first one took. It
+        // may name another host than the first did: the name is checked again.
         if let Some(mut parked) = crate::tls::parked::take_back(ssl, id) {
-            let sess = decode_session(h, id, parked.der_mut())?;
-            h.cache.globals().hrr_resumed.fetch_add(1, Relaxed);
-            return Some(sess);
+            let put_back = Some(parked.times());
+            let sess = accept_session(h, ssl, id, parked.der_mut(), false, put_back);
+            if sess.is_some() {
+                h.cache.globals().hrr_resumed.fetch_add(1, Relaxed);
+            }
+            return sess;
         }
     }
     // Most sessions fit in 1 KiB: zero-filling an 8 KiB buffer on every lookup cost a quarter
@@ -412,8 +424,8 @@ fn accept_session(
         }
         return None;
     }
-    if taken {
-        crate::tls::parked::park(ssl, id, der);
+    if let (true, Some(times)) = (taken, put_back) {
+        crate::tls::parked::park(ssl, id, der, times);
     }
     Some(sess)
 }
@@ -472,12 +484,6 @@ fn decode(h: &Handle, id: &[u8], der: &[u8]) -> Option<*mut SSL_SESSION> {
     Some(sess)
 }
 
-/// d2i the session bytes, then wipe them.
-fn decode_session(h: &Handle, id: &[u8], der: &mut [u8]) -> Option<*mut SSL_SESSION> {
-    let sess = decode(h, id, der);
-    crate::util::wipe(der);
-    sess
-}
 
 /// # Safety
 /// Called by OpenSSL with live objects, as registered by `install`.

@@ -9,7 +9,9 @@
 //! ClientHello's random, which RFC 8446 §4.1.2 keeps unchanged in the retried ClientHello, and
 //! handed back exactly once to a lookup of the same id with the same random on the same `SSL`.
 //! Another connection, in this process or any other, never sees them: the ticket still
-//! resumes once in the whole server.
+//! resumes once in the whole server. The parked copy is dropped when the handshake issues its
+//! new ticket (the new-session callback), so a server that reuses the `SSL` after `SSL_clear`
+//! cannot hand it to a replayed ClientHello.
 
 use std::ffi::{c_int, c_long, c_void};
 use std::panic::catch_unwind;
@@ -25,6 +27,8 @@ struct Parked {
     id: Vec<u8>,
     client_random: [u8; RANDOM_BYTES],
     der: Vec<u8>,
+    /// Created and expiry times, to put the ticket back if the retry is refused.
+    times: (u32, u32),
 }
 
 impl Drop for Parked {
@@ -77,7 +81,7 @@ fn unpark(ssl: *mut SSL, idx: c_int) -> Option<Box<Parked>> {
 
 /// Keep a copy of a ticket just taken for this handshake (replacing anything parked before).
 /// Without a ClientHello random to bind it to, nothing is parked.
-pub(crate) fn park(ssl: *mut SSL, id: &[u8], der: &[u8]) {
+pub(crate) fn park(ssl: *mut SSL, id: &[u8], der: &[u8], times: (u32, u32)) {
     let idx = index();
     if idx < 0 {
         return;
@@ -90,6 +94,7 @@ pub(crate) fn park(ssl: *mut SSL, id: &[u8], der: &[u8]) {
         id: id.to_vec(),
         client_random,
         der: der.to_vec(),
+        times,
     }));
     // SAFETY: live SSL; on failure the Box is reclaimed.
     if unsafe { ossl::SSL_set_ex_data(ssl, idx, p as *mut c_void) } != 1 {
@@ -104,6 +109,19 @@ pub struct Unparked(Box<Parked>);
 impl Unparked {
     pub fn der_mut(&mut self) -> &mut [u8] {
         &mut self.0.der
+    }
+
+    /// Created and expiry times of the ticket.
+    pub fn times(&self) -> (u32, u32) {
+        self.0.times
+    }
+}
+
+/// Drop (and wipe) whatever is parked on `ssl`: its handshake is over.
+pub(crate) fn discard(ssl: *mut SSL) {
+    let idx = index();
+    if idx >= 0 {
+        drop(unpark(ssl, idx));
     }
 }
 

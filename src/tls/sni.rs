@@ -110,7 +110,9 @@ fn split_u16(b: &[u8]) -> Option<(usize, &[u8])> {
 }
 
 /// Whether `sess` may resume in the handshake of `ssl`: the name it was made under and the
-/// name this ClientHello asks for are the same (ASCII case ignored), or both are absent.
+/// name this ClientHello asks for are the same bytes, or both are absent. Byte for byte, not
+/// ignoring case: a servername callback may compare names with strcmp and send "A.TEST" to
+/// another host than "a.test"; clients offer a session with the very name it was made under.
 pub(crate) fn same_host(ssl: *mut SSL, sess: *const SSL_SESSION) -> bool {
     // SAFETY: live session; the string lives as long as it.
     let made_for = unsafe {
@@ -119,7 +121,7 @@ pub(crate) fn same_host(ssl: *mut SSL, sess: *const SSL_SESSION) -> bool {
     };
     match (hello_name(ssl), made_for) {
         (HelloName::Absent, None) => true,
-        (HelloName::Host(asked), Some(made)) => asked.eq_ignore_ascii_case(made),
+        (HelloName::Host(asked), Some(made)) => asked == made,
         // Outside a handshake there is nothing to compare with; inside one, a malformed
         // extension fails the handshake in OpenSSL anyway.
         (HelloName::Unknown, _) => true,

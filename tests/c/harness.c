@@ -503,6 +503,14 @@ static void test_id_generator_and_stats_fields(void)
     CHECK(shmsess_set_session_id_prefix(oc, (const uint8_t *)"x", 1) == SHMSESS_ERR_INVALID_ARGUMENT,
           "no generator without the option: %s", shmsess_last_error());
     shmsess_cache_free(oc);
+    /* A struct_size that ends inside a pointer field leaves that field out, never half-read. */
+    shmsess_options part;
+    shmsess_options_init(&part);
+    part.size_bytes = 1 << 20;
+    part.remote_url = "redis://127.0.0.1:1/0"; /* no key file: would be refused if read */
+    part.struct_size = offsetof(shmsess_options, remote_url) + 4;
+    CHECK(shmsess_cache_create(&part, &oc) == SHMSESS_OK, "struct_size inside remote_url: %s", shmsess_last_error());
+    shmsess_cache_free(oc);
     o.session_id_prefix_len = 17;
     CHECK(shmsess_cache_create(&o, &oc) == SHMSESS_ERR_INVALID_ARGUMENT && oc == NULL, "prefix of 17 bytes refused");
 

@@ -123,6 +123,13 @@ void handshake_with(SSL_CTX *sctx, SSL_CTX *cctx, const struct outcome *offer, c
     }
     int cdone = 0, sdone = 0, early_written = !o->early, early_read_done = !o->early;
     unsigned char buf[256];
+    if (o->sni_after_hrr) {
+        /* First ClientHello, the server's answer (a HelloRetryRequest if the groups disagree),
+         * then another name for the second ClientHello: nothing in TLS stops a client. */
+        SSL_do_handshake(c);
+        SSL_do_handshake(s);
+        SSL_set_tlsext_host_name(c, o->sni_after_hrr);
+    }
     for (int i = 0; i < 200 && !(cdone && sdone); i++) {
         if (!early_written) {
             size_t w = 0;

@@ -53,6 +53,7 @@ struct hs_options {
     int early;        /* the client sends 0-RTT data */
     int unclean;      /* the server SSL is freed without SSL_shutdown() */
     const char *sni;  /* server name the client asks for, or NULL */
+    const char *sni_after_hrr; /* if set, the name the client asks for in its second ClientHello */
 };
 
 /* Handshake sctx/cctx, offering the client session `offer` (may be NULL). */

@@ -194,6 +194,41 @@ def failed_fork_is_retried(args):
         srv.kill()
 
 
+def trickling_clients_do_not_hold_workers(args):
+    # Two clients that send a ClientHello one byte at a time occupy both workers; with
+    # --client-timeout 1 each is cut after a second, so a normal client is served long before
+    # the tricklers would have finished (6 s). SO_RCVTIMEO alone never fires: bytes keep coming.
+    with Server(args.server, args.certs, 2, ["--client-timeout", "1"]) as srv:
+        stop = threading.Event()
+        connected = [threading.Event(), threading.Event()]
+
+        def trickle(i):
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=IO_TIMEOUT) as s:
+                s.sendall(b"\x16")
+                connected[i].set()  # both idle workers take these before the normal client
+                for _ in range(20):
+                    if stop.wait(0.3):
+                        return
+                    try:
+                        s.sendall(b"\x16")
+                    except OSError:
+                        return
+
+        ts = [threading.Thread(target=trickle, args=(i,)) for i in range(2)]
+        for t in ts:
+            t.start()
+        for e in connected:
+            e.wait(IO_TIMEOUT)
+        t0 = time.monotonic()
+        _, pid, _ = one_request(srv.port, client_context(ssl.TLSVersion.TLSv1_2))
+        waited = time.monotonic() - t0
+        stop.set()
+        for t in ts:
+            t.join()
+    check("clients that trickle bytes are cut after --client-timeout: a normal client is served",
+          waited < 4.5, f"served after {waited:.1f} s")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--server", required=True)
@@ -201,7 +236,7 @@ def main():
     ap.add_argument("--shim", required=True)
     args = ap.parse_args()
     for t in (dropped_connections_keep_sessions, stop_request_while_about_to_wait, sigterm_to_a_new_worker,
-              emfile_backs_off, failed_fork_is_retried):
+              emfile_backs_off, failed_fork_is_retried, trickling_clients_do_not_hold_workers):
         try:
             t(args)
         except Exception as e:  # a crash of one scenario is a failure, not an abort
