@@ -106,19 +106,13 @@ fn main() {
         res.entry("remote_hit").or_default().push(remote_hit);
         let local_hit = timed(secs, |i| {
             let k = id(tag, i % hits.max(1));
-            assert!(matches!(
-                cache.lookup(&k, &mut buf, false),
-                Ok(Found::Hit { .. })
-            ));
+            assert!(matches!(cache.lookup(&k, &mut buf, false), Ok(Found::Hit { .. })));
         });
         res.entry("local_hit").or_default().push(local_hit);
         let miss = timed(secs, |i| {
             let k = id(0xEE, i);
             let _ = cache.lookup(&k, &mut buf, false);
-            assert!(matches!(
-                remote.fetch(&counters, &k, false, now),
-                Fetched::Miss
-            ));
+            assert!(matches!(remote.fetch(&counters, &k, false, now), Fetched::Miss));
         });
         res.entry("miss").or_default().push(miss);
         // Replacing entries that exist: warm pages, like a server's steady state (fresh pages
@@ -137,11 +131,7 @@ fn main() {
         .iter()
         .map(|(k, v)| {
             let runs: Vec<String> = v.iter().map(|x| format!("{x:.0}")).collect();
-            format!(
-                "\"{k}\":{{\"median_ns\":{:.0},\"runs\":[{}]}}",
-                median(v.clone()),
-                runs.join(",")
-            )
+            format!("\"{k}\":{{\"median_ns\":{:.0},\"runs\":[{}]}}", median(v.clone()), runs.join(","))
         })
         .collect();
     println!("{{\"session_bytes\":{SESSION_BYTES},{}}}", body.join(","));

@@ -524,10 +524,7 @@ fn remote_from(o: &shmsess_options) -> Result<Option<Remote>, Fail> {
         match s.to_str() {
             Ok("") => Ok(None),
             Ok(v) => Ok(Some(v.to_owned())),
-            Err(_) => Err(Fail(
-                SHMSESS_ERR_INVALID_ARGUMENT,
-                format!("{what} is not UTF-8"),
-            )),
+            Err(_) => Err(Fail(SHMSESS_ERR_INVALID_ARGUMENT, format!("{what} is not UTF-8"))),
         }
     };
     let Some(url) = text(o.remote_url, "remote_url")? else {
@@ -946,10 +943,7 @@ pub extern "C" fn shmsess_cache_lookup(
             SHMSESS_LOOKUP_TAKE_TLS13 => Take::If(glue::der_session_is_tls13),
             _ => Take::Always,
         };
-        match h
-            .cache
-            .lookup_taking(id, out, take, crate::util::now_unix())?
-        {
+        match h.cache.lookup_taking(id, out, take, crate::util::now_unix())? {
             Found::Hit { len, .. } => {
                 // SAFETY: checked non-NULL.
                 unsafe { *out_len = len };

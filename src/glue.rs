@@ -275,14 +275,7 @@ fn store_session(h: &Handle, ssl: *const SSL, sess: *mut SSL_SESSION) {
         }
     }
     if let Some(r) = &h.remote {
-        r.store(
-            &g.remote,
-            id,
-            buf,
-            created,
-            expires,
-            crate::util::now_unix(),
-        );
+        r.store(&g.remote, id, buf, created, expires, crate::util::now_unix());
     }
     // The DER holds the master secret: do not leave it in memory.
     crate::util::wipe(buf);
@@ -344,11 +337,7 @@ fn fetch_session(h: &Handle, ssl: *const SSL, id: &[u8]) -> Option<*mut SSL_SESS
             // refused if somebody else did. If the tier cannot be asked, local single use is
             // what is left.
             if take && r.delete(&h.cache.globals().remote, id) == Some(false) {
-                h.cache
-                    .globals()
-                    .remote
-                    .replays_refused
-                    .fetch_add(1, Relaxed);
+                h.cache.globals().remote.replays_refused.fetch_add(1, Relaxed);
                 crate::util::wipe(der);
                 return None;
             }
@@ -789,18 +778,11 @@ mod der_tests {
         // Truncated before the version is complete: never TLS 1.3; the peek needs only the
         // first few bytes, never the whole session.
         let first_true = (0..=tls13.len()).find(|&n| der_session_is_tls13(&tls13[..n]));
-        assert!(
-            matches!(first_true, Some(n) if (9..=12).contains(&n)),
-            "{first_true:?}"
-        );
+        assert!(matches!(first_true, Some(n) if (9..=12).contains(&n)), "{first_true:?}");
         assert!(!der_session_is_tls13(b""));
         assert!(!der_session_is_tls13(b"\x30\x03\x02\x01\x01"));
-        assert!(!der_session_is_tls13(&[
-            0x31, 0x08, 0x02, 0x01, 0x01, 0x02, 0x02, 0x03, 0x04
-        ]));
-        assert!(der_session_is_tls13(&[
-            0x30, 0x08, 0x02, 0x01, 0x01, 0x02, 0x02, 0x03, 0x04
-        ]));
+        assert!(!der_session_is_tls13(&[0x31, 0x08, 0x02, 0x01, 0x01, 0x02, 0x02, 0x03, 0x04]));
+        assert!(der_session_is_tls13(&[0x30, 0x08, 0x02, 0x01, 0x01, 0x02, 0x02, 0x03, 0x04]));
         assert!(der_session_is_tls13(&[
             0x30, 0x82, 0x01, 0x00, 0x02, 0x01, 0x01, 0x02, 0x02, 0x03, 0x04
         ]));

@@ -243,15 +243,7 @@ impl Remote {
     }
 
     /// Write a new session, sealed, with Redis expiring it when the session does.
-    pub fn store(
-        &self,
-        c: &RemoteCounters,
-        id: &[u8],
-        der: &[u8],
-        created: u32,
-        expires: u32,
-        now: u32,
-    ) {
+    pub fn store(&self, c: &RemoteCounters, id: &[u8], der: &[u8], created: u32, expires: u32, now: u32) {
         let ttl_ms = u64::from(expires.saturating_sub(now)) * 1000;
         if ttl_ms == 0 {
             return;
@@ -354,10 +346,7 @@ mod tests {
         assert!(b.allows(t0), "two failures: still trying");
         assert!(b.failure(t0), "the third failure trips it");
         assert!(!b.allows(t0 + Duration::from_millis(1999)));
-        assert!(
-            b.allows(t0 + Duration::from_secs(2)),
-            "retried after the back-off"
-        );
+        assert!(b.allows(t0 + Duration::from_secs(2)), "retried after the back-off");
         // The retry fails: skipped again at once, without another warning.
         let t1 = t0 + Duration::from_secs(2);
         assert!(!b.failure(t1));
@@ -385,10 +374,7 @@ mod tests {
         .unwrap();
         let c: RemoteCounters = unsafe { std::mem::zeroed() };
         for _ in 0..5 {
-            assert!(matches!(
-                r.fetch(&c, &[1; 32], false, 0),
-                Fetched::Unavailable
-            ));
+            assert!(matches!(r.fetch(&c, &[1; 32], false, 0), Fetched::Unavailable));
         }
         assert_eq!(c.errors.load(Relaxed), 3, "three tries, then the breaker");
         assert_eq!(c.skipped.load(Relaxed), 2);
@@ -408,9 +394,6 @@ mod tests {
         .unwrap();
         assert_eq!(e.kind, ErrorKind::Invalid);
         assert!(!e.message.contains("secretpw"), "{e}");
-        assert!(
-            e.message.contains("redis://[user:password@]host:port/db"),
-            "{e}"
-        );
+        assert!(e.message.contains("redis://[user:password@]host:port/db"), "{e}");
     }
 }

@@ -93,10 +93,7 @@ impl Keyring {
         file.read_to_string(&mut text)
             .map_err(|e| Error::io(format!("cannot read key file {}", path.display()), e))?;
         let parsed = Self::parse(&text).map_err(|m| {
-            Error::new(
-                ErrorKind::Invalid,
-                format!("key file {}: {m}", path.display()),
-            )
+            Error::new(ErrorKind::Invalid, format!("key file {}: {m}", path.display()))
         });
         // The text held the keys in hex: do not leave it behind.
         // SAFETY: zeroing bytes keeps the String valid UTF-8.
@@ -224,21 +221,9 @@ fn gcm(
     unsafe {
         let cipher = ossl::EVP_aes_256_gcm();
         let init = if encrypt {
-            ossl::EVP_EncryptInit_ex(
-                ctx,
-                cipher,
-                std::ptr::null_mut(),
-                key.as_ptr(),
-                nonce.as_ptr(),
-            )
+            ossl::EVP_EncryptInit_ex(ctx, cipher, std::ptr::null_mut(), key.as_ptr(), nonce.as_ptr())
         } else {
-            ossl::EVP_DecryptInit_ex(
-                ctx,
-                cipher,
-                std::ptr::null_mut(),
-                key.as_ptr(),
-                nonce.as_ptr(),
-            )
+            ossl::EVP_DecryptInit_ex(ctx, cipher, std::ptr::null_mut(), key.as_ptr(), nonce.as_ptr())
         };
         if init != 1 {
             return Err(fail("init"));
@@ -312,15 +297,9 @@ mod tests {
         let k = ring(1);
         let v = k.seal(&ID, b"session der", 100, 400).unwrap();
         assert_eq!(v.len(), OVERHEAD + 11);
-        assert!(
-            !v.windows(11).any(|w| w == b"session der"),
-            "the DER is not in clear"
-        );
+        assert!(!v.windows(11).any(|w| w == b"session der"), "the DER is not in clear");
         let o = k.open(&ID, &v).unwrap();
-        assert_eq!(
-            (o.created, o.expires, &o.der[..]),
-            (100, 400, &b"session der"[..])
-        );
+        assert_eq!((o.created, o.expires, &o.der[..]), (100, 400, &b"session der"[..]));
         // A fresh nonce per seal: the same session never seals to the same bytes.
         assert_ne!(v, k.seal(&ID, b"session der", 100, 400).unwrap());
     }
@@ -354,15 +333,9 @@ mod tests {
         let old = ring(1);
         let sealed_old = old.seal(&ID, b"der", 1, 2).unwrap();
         let rotated = Keyring::new(Key::new([2; 32]), vec![Key::new([1; 32])]);
-        assert!(
-            rotated.open(&ID, &sealed_old).is_some(),
-            "old key still opens"
-        );
+        assert!(rotated.open(&ID, &sealed_old).is_some(), "old key still opens");
         let sealed_new = rotated.seal(&ID, b"der", 1, 2).unwrap();
-        assert!(
-            old.open(&ID, &sealed_new).is_none(),
-            "sealed with the new key"
-        );
+        assert!(old.open(&ID, &sealed_new).is_none(), "sealed with the new key");
         assert!(ring(2).open(&ID, &sealed_new).is_some());
     }
 
@@ -396,10 +369,7 @@ mod tests {
         let link = dir.join("link");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&path, &link).unwrap();
-        assert_eq!(
-            Keyring::load(&link).err().unwrap().kind,
-            ErrorKind::Security
-        );
+        assert_eq!(Keyring::load(&link).err().unwrap().kind, ErrorKind::Security);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
