@@ -60,8 +60,11 @@ fn full_filesystem_is_a_clean_error(base: &Path) {
     let shown = big.display().to_string();
     in_child("8 MiB segment on a 1 MiB tmpfs", move || {
         let err = match create(&big, 8 << 20) {
-            Ok(_) => {
-                eprintln!("an 8 MiB segment was created on a 1 MiB tmpfs");
+            Ok(c) => {
+                eprintln!("an 8 MiB segment was created on a 1 MiB tmpfs; storing into it");
+                for n in 0..40_000 {
+                    let _ = c.store(&id(n), &make(n, 1), 0, u32::MAX);
+                }
                 return 1;
             }
             Err(e) => e,
