@@ -57,6 +57,9 @@ pub struct FormatWord {
     /// mutexes have the same size but nothing else in common, so processes of the two would
     /// share the segment without mutual exclusion.
     pub c_library: u32,
+    /// Zero. Keeps the header free of padding bytes, which the header CRC would read
+    /// uninitialised.
+    pub spare: u32,
 }
 
 /// [`FormatWord::c_library`] of this build.
@@ -284,6 +287,7 @@ impl Geometry {
             shard_count: self.shard_count as u32,
             max_session_bytes: MAX_SESSION_BYTES as u32,
             c_library: C_LIBRARY,
+            spare: 0,
         }
     }
 
@@ -338,6 +342,10 @@ pub fn header_crc(h: &SegmentHeader) -> u32 {
 }
 
 const _: () = assert!(size_of::<SegmentHeader>() <= GLOBALS_OFFSET);
+// No padding anywhere in the header: the CRC covers its bytes, all of which must be written.
+const _: () = assert!(size_of::<FormatWord>() == 4 * 10);
+const _: () = assert!(std::mem::offset_of!(SegmentHeader, total_bytes) == 8 + size_of::<FormatWord>());
+const _: () = assert!(std::mem::offset_of!(SegmentHeader, header_crc) + 4 == size_of::<SegmentHeader>());
 const _: () = assert!(GLOBALS_OFFSET + size_of::<Globals>() <= HEADER_BYTES);
 
 /// The 16-byte header at the start of an entry's first unit (little endian, unaligned).
