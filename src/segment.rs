@@ -452,7 +452,8 @@ fn temp_creator_pid(file: &[u8], name: &[u8]) -> Option<libc::pid_t> {
 
 fn process_exists(pid: libc::pid_t) -> bool {
     // SAFETY: signal 0 only checks for existence.
-    unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() != libc::ESRCH }
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 fn remove_if_abandoned(p: &Path) -> bool {
