@@ -59,6 +59,12 @@ impl Mapping {
         self.raw.len() == 0
     }
 
+    /// The open file behind a named segment (`None` for an anonymous one): for `fstat`,
+    /// `pread` or an `flock` on the segment without opening its path again.
+    pub fn file(&self) -> Option<&File> {
+        self.backing.as_ref().map(|b| &b.file)
+    }
+
     /// `len` bytes of zeroed `MAP_SHARED` memory that no file name reaches: shared with children
     /// forked afterwards (a segment, or a page of flags and locks between test processes).
     /// It is a `memfd` mapped shared (memmap2's anonymous maps are private, useless after fork);
