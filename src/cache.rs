@@ -189,7 +189,14 @@ impl Cache {
         lock_timeout: Option<Duration>,
     ) -> Result<Cache> {
         let h = segment::header(&map);
-        let geo = Geometry::from_header(h, map.len() as u64).map_err(Error::format)?;
+        let geo = Geometry::from_header(&h, map.len() as u64).map_err(Error::format)?;
+        if geo.total_bytes != map.len() {
+            return Err(Error::format(format!(
+                "segment geometry covers {} bytes but {} are mapped",
+                geo.total_bytes,
+                map.len()
+            )));
+        }
         let hash_key = h.hash_key;
         Ok(Cache {
             map,
@@ -215,6 +222,11 @@ impl Cache {
 
     pub fn created_unix(&self) -> u64 {
         segment::header(&self.map).created_unix
+    }
+
+    /// Address of this process's mapping of the segment (diagnostics: /proc/PID/smaps).
+    pub fn segment_base(&self) -> usize {
+        self.map.base() as usize
     }
 
     pub(crate) fn globals(&self) -> &Globals {
@@ -254,6 +266,7 @@ impl Cache {
 
     /// Take shard `idx`'s lock, repairing the shard first if its last holder died or panicked.
     pub fn lock_shard(&self, idx: usize) -> Result<ShardGuard<'_>> {
+        self.map.check_backing(false)?; // a truncated file: an error, not SIGBUS
         let base = self.shard_base(idx);
         // SAFETY: the mutex is the first field of the shard header inside the mapping.
         let lock = unsafe { ShardLock::from_ptr(base as *mut libc::pthread_mutex_t) };

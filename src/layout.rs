@@ -20,8 +20,9 @@ use std::mem::size_of;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 pub const MAGIC: [u8; 8] = *b"SHMSESS\0";
-/// Bumped whenever anything in this file changes meaning.
-pub const LAYOUT_VERSION: u32 = 1;
+/// Bumped whenever anything in this file changes meaning. 2: the format word names the C
+/// library (a segment of version 1 is refused as another format).
+pub const LAYOUT_VERSION: u32 = 2;
 pub const HEADER_BYTES: usize = 4096;
 pub const GLOBALS_OFFSET: usize = 512;
 pub const ENTRY_HEADER_BYTES: usize = 16;
@@ -52,6 +53,31 @@ pub struct FormatWord {
     pub units_per_shard: u32,
     pub shard_count: u32,
     pub max_session_bytes: u32,
+    /// The C library whose `pthread_mutex_t` the shard locks are ([`C_LIBRARY`]): glibc and musl
+    /// mutexes have the same size but nothing else in common, so processes of the two would
+    /// share the segment without mutual exclusion.
+    pub c_library: u32,
+    /// Zero. Keeps the header free of padding bytes, which the header CRC would read
+    /// uninitialised.
+    pub spare: u32,
+}
+
+/// [`FormatWord::c_library`] of this build.
+#[cfg(target_env = "gnu")]
+pub const C_LIBRARY: u32 = u32::from_le_bytes(*b"glbc");
+#[cfg(target_env = "musl")]
+pub const C_LIBRARY: u32 = u32::from_le_bytes(*b"musl");
+#[cfg(not(any(target_env = "gnu", target_env = "musl")))]
+pub const C_LIBRARY: u32 = u32::from_le_bytes(*b"othr");
+
+/// A readable name for a [`FormatWord::c_library`] value.
+pub fn c_library_name(v: u32) -> String {
+    match &v.to_le_bytes() {
+        b"glbc" => "glibc".into(),
+        b"musl" => "musl".into(),
+        b"othr" => "another C library".into(),
+        _ => format!("an unknown C library ({v:#x})"),
+    }
 }
 
 /// Page 0 of the segment. Written once by the creator, never modified afterwards.
@@ -269,6 +295,8 @@ impl Geometry {
             units_per_shard: self.units_per_shard as u32,
             shard_count: self.shard_count as u32,
             max_session_bytes: MAX_SESSION_BYTES as u32,
+            c_library: C_LIBRARY,
+            spare: 0,
         }
     }
 
@@ -281,12 +309,19 @@ impl Geometry {
         let f = h.format;
         if f.layout_version != LAYOUT_VERSION {
             return Err(format!(
-                "segment layout version {} is not this library's version {LAYOUT_VERSION}",
+                "segment layout version {} is not this library's version {LAYOUT_VERSION}: another format, made by another version of shmsesscache (remove the file; the server creates a new one)",
                 f.layout_version
             ));
         }
         if header_crc(h) != h.header_crc {
             return Err("segment header checksum mismatch (corrupted header)".into());
+        }
+        if f.c_library != C_LIBRARY {
+            return Err(format!(
+                "segment was made by a process linked with {}, but this process uses {}: their shard locks cannot exclude each other, so they must not share a segment (give each its own)",
+                c_library_name(f.c_library),
+                c_library_name(C_LIBRARY)
+            ));
         }
         if h.total_bytes != file_bytes {
             return Err(format!(
@@ -316,6 +351,10 @@ pub fn header_crc(h: &SegmentHeader) -> u32 {
 }
 
 const _: () = assert!(size_of::<SegmentHeader>() <= GLOBALS_OFFSET);
+// No padding anywhere in the header: the CRC covers its bytes, all of which must be written.
+const _: () = assert!(size_of::<FormatWord>() == 4 * 10);
+const _: () = assert!(std::mem::offset_of!(SegmentHeader, total_bytes) == 8 + size_of::<FormatWord>());
+const _: () = assert!(std::mem::offset_of!(SegmentHeader, header_crc) + 4 == size_of::<SegmentHeader>());
 const _: () = assert!(GLOBALS_OFFSET + size_of::<Globals>() <= HEADER_BYTES);
 
 /// The 16-byte header at the start of an entry's first unit (little endian, unaligned).

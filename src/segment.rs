@@ -2,83 +2,167 @@
 //! restarted processes attach to.
 //!
 //! A named segment is never visible half-initialised: the creator builds it in a private
-//! temporary file (0600, `O_EXCL|O_NOFOLLOW`) in the same directory, then `link()`s it to the
-//! final name, which fails atomically if somebody else won the race; the loser attaches.
+//! temporary file (0600, `O_EXCL|O_NOFOLLOW`) in the same directory, reserves every page of it
+//! (`fallocate`, so a full filesystem is an `ENOSPC` error here and not a `SIGBUS` later), then
+//! `link()`s it to the final name, which fails atomically if somebody else won the race; the
+//! loser attaches. The temporary file is removed on every failure path, and temporary files
+//! left by a creator that was killed are swept by the next creator.
+//!
+//! Every mapping is marked `MADV_DONTDUMP`: the segment holds every master secret, and a
+//! worker's core dump must not write them to disk.
 
 use std::ffi::{CStr, CString};
+use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::error::{Error, Result};
+use memmap2::{Advice, MmapOptions, MmapRaw};
+
+use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{self, Geometry, SegmentHeader, HEADER_BYTES, MAGIC};
+use crate::log::{self, Level};
 
-/// One process's mapping of a segment. Dropping it unmaps this process's view only.
+/// How often (at most) a process re-checks the size of a named segment's file.
+const BACKING_CHECK_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// One process's mapping of a segment (through `memmap2`). Dropping it unmaps this process's
+/// view only.
 pub struct Mapping {
-    base: *mut u8,
-    len: usize,
+    raw: MmapRaw,
+    /// A named segment's file, kept open so that its size can be re-checked cheaply.
+    backing: Option<Backing>,
 }
 
-// SAFETY: the mapping is plain shared memory; every access to its contents goes through the
-// shard locks or atomics.
-unsafe impl Send for Mapping {}
-unsafe impl Sync for Mapping {}
+struct Backing {
+    file: File,
+    path: PathBuf,
+    /// CLOCK_MONOTONIC_COARSE time (ns) of the next size check; 0: check at the next use.
+    next_check_ns: AtomicU64,
+    /// The file's size once it was found shorter than the mapping (for good); else u64::MAX.
+    truncated_to: AtomicU64,
+}
 
 impl Mapping {
     pub fn base(&self) -> *mut u8 {
-        self.base
+        self.raw.as_mut_ptr()
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.raw.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.raw.len() == 0
     }
 
-    /// `len` bytes of zeroed anonymous `MAP_SHARED` memory: shared with children forked
-    /// afterwards (a segment, or a page of flags and locks between test processes).
+    /// The open file behind a named segment (`None` for an anonymous one): for `fstat`,
+    /// `pread` or an `flock` on the segment without opening its path again.
+    pub fn file(&self) -> Option<&File> {
+        self.backing.as_ref().map(|b| &b.file)
+    }
+
+    /// `len` bytes of zeroed `MAP_SHARED` memory that no file name reaches: shared with children
+    /// forked afterwards (a segment, or a page of flags and locks between test processes).
+    /// It is a `memfd` mapped shared (memmap2's anonymous maps are private, useless after fork);
+    /// the descriptor is closed at once, the mapping keeps the memory alive.
     pub fn anonymous(len: usize) -> io::Result<Mapping> {
-        Self::map(-1, len)
-    }
-
-    fn map(fd: libc::c_int, len: usize) -> io::Result<Mapping> {
-        let flags = if fd < 0 {
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS
-        } else {
-            libc::MAP_SHARED
-        };
-        // SAFETY: a fresh mapping; the kernel validates fd and len.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                fd,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
+        // SAFETY: a valid NUL-terminated name and flags.
+        let fd = unsafe { libc::memfd_create(c"shmsesscache".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
             return Err(io::Error::last_os_error());
         }
+        // SAFETY: memfd_create just returned this descriptor; the File owns it from here.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(len as u64)?;
         Ok(Mapping {
-            base: p as *mut u8,
-            len,
+            raw: map_shared(file.as_raw_fd(), len)?,
+            backing: None,
         })
+    }
+
+    fn with_file(file: File, path: &Path, len: usize) -> io::Result<Mapping> {
+        let raw = map_shared(file.as_raw_fd(), len)?;
+        Ok(Mapping {
+            raw,
+            backing: Some(Backing {
+                file,
+                path: path.to_owned(),
+                next_check_ns: AtomicU64::new(0),
+                truncated_to: AtomicU64::new(u64::MAX),
+            }),
+        })
+    }
+
+    /// For a named segment: fail, instead of dying of `SIGBUS` on the next access, once the
+    /// file is shorter than the mapping (somebody truncated it). The size is looked at (one
+    /// `fstat`) at the first use in a process and then at most once a second, unless `force`.
+    /// Once a truncation is seen, every later call fails too: the process keeps serving,
+    /// without the cache.
+    pub fn check_backing(&self, force: bool) -> Result<()> {
+        let Some(b) = &self.backing else {
+            return Ok(());
+        };
+        let seen = b.truncated_to.load(Relaxed);
+        if seen != u64::MAX {
+            return Err(self.truncated_error(b, seen));
+        }
+        let now = coarse_now_ns();
+        if !force && now < b.next_check_ns.load(Relaxed) {
+            return Ok(());
+        }
+        let size = match b.file.metadata() {
+            Ok(m) => m.len(),
+            // Cannot tell: keep going (the mapping itself is unaffected by fstat failing).
+            Err(_) => return Ok(()),
+        };
+        if size < self.len() as u64 {
+            if b.truncated_to.swap(size, Relaxed) == u64::MAX {
+                log::emit(Level::Error, &self.truncated_error(b, size).message);
+            }
+            return Err(self.truncated_error(b, size));
+        }
+        if !force {
+            // A forced check (at create/attach) leaves the first use to check again.
+            b.next_check_ns
+                .store(now.saturating_add(BACKING_CHECK_INTERVAL_NS), Relaxed);
+        }
+        Ok(())
+    }
+
+    fn truncated_error(&self, b: &Backing, size: u64) -> Error {
+        Error::new(
+            ErrorKind::Io,
+            format!(
+                "{}: the segment file was truncated to {size} bytes while mapped ({} bytes); the cache is off in this process (touching the lost pages would be SIGBUS). Recreate the segment and restart the server; only the file's owner or root can truncate it",
+                b.path.display(),
+                self.len()
+            ),
+        )
     }
 }
 
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: base/len came from a successful mmap.
-        unsafe {
-            libc::munmap(self.base as *mut libc::c_void, self.len);
-        }
-    }
+/// Map `len` bytes of `fd` shared and read-write, excluded from core dumps.
+fn map_shared(fd: RawFd, len: usize) -> io::Result<MmapRaw> {
+    let raw = MmapOptions::new().len(len).map_raw(fd)?;
+    // Linux ≥ 3.4. Failing here means the secrets would be in every core dump: refuse.
+    raw.advise(Advice::DontDump)?;
+    Ok(raw)
+}
+
+fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes into our timespec; CLOCK_MONOTONIC_COARSE is a vDSO read (no syscall).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// How a segment came to be in this process.
@@ -92,17 +176,7 @@ pub enum Origin {
 /// A freshly created anonymous segment. The caller initialises it.
 pub fn create_anonymous(geo: &Geometry) -> Result<Mapping> {
     Mapping::anonymous(geo.total_bytes)
-        .map_err(|e| Error::io(format!("mmap of {} bytes", geo.total_bytes), e))
-}
-
-struct Fd(libc::c_int);
-impl Drop for Fd {
-    fn drop(&mut self) {
-        // SAFETY: we own the descriptor.
-        unsafe {
-            libc::close(self.0);
-        }
-    }
+        .map_err(|e| Error::io(format!("shared mapping of {} bytes", geo.total_bytes), e))
 }
 
 fn cpath(path: &Path) -> Result<CString> {
@@ -147,86 +221,185 @@ enum CreateError {
     Other(Error),
 }
 
+impl From<Error> for CreateError {
+    fn from(e: Error) -> CreateError {
+        CreateError::Other(e)
+    }
+}
+
+/// The creator's temporary file. Removed when dropped unless it was linked into place; held
+/// under an exclusive `flock` while it is being built, so that a sweeper can tell a creator at
+/// work from one that was killed.
+struct TempFile {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl TempFile {
+    fn create(final_path: &Path) -> Result<TempFile> {
+        let path = temp_name(final_path);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
+        // SAFETY: flock on our own descriptor. A fresh O_EXCL file: nobody else holds it.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        Ok(TempFile {
+            path,
+            file: Some(file),
+        })
+    }
+
+    fn fd(&self) -> RawFd {
+        self.file.as_ref().map_or(-1, |f| f.as_raw_fd())
+    }
+
+    fn remove(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
 fn create_file(
     path: &Path,
     geo: &Geometry,
     owner: Option<(u32, u32)>,
     init: &dyn Fn(&Mapping) -> Result<()>,
 ) -> std::result::Result<Mapping, CreateError> {
-    let final_c = cpath(path).map_err(CreateError::Other)?;
+    let final_c = cpath(path)?;
     // A quick check avoids building a temporary file when the segment is already there.
-    // SAFETY: lstat on a valid C string into a zeroed struct.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::lstat(final_c.as_ptr(), &mut st) } == 0 {
+    if std::fs::symlink_metadata(path).is_ok() {
         return Err(CreateError::Exists);
     }
-    let tmp = temp_name(path);
-    let tmp_c = cpath(&tmp).map_err(CreateError::Other)?;
-    let oflags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    // SAFETY: open with a valid path.
-    let fd = unsafe { libc::open(tmp_c.as_ptr(), oflags, 0o600 as libc::c_uint) };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        return Err(CreateError::Other(Error::io(
-            format!("cannot create {}", tmp.display()),
-            e,
-        )));
-    }
-    let fd = Fd(fd);
-    let cleanup = |e: Error| {
-        // SAFETY: unlinking our own temporary file.
-        unsafe { libc::unlink(tmp_c.as_ptr()) };
-        CreateError::Other(e)
-    };
+    sweep_stale_temps(path);
+    let mut tmp = TempFile::create(path)?;
     // The umask can only remove bits, but be explicit: the file holds master secrets.
-    // SAFETY: fchmod/ftruncate on our descriptor.
-    if unsafe { libc::fchmod(fd.0, 0o600) } != 0
-        || unsafe { libc::ftruncate(fd.0, geo.total_bytes as libc::off_t) } != 0
-    {
+    // SAFETY: fchmod on our descriptor.
+    if unsafe { libc::fchmod(tmp.fd(), 0o600) } != 0 {
         let e = io::Error::last_os_error();
-        return Err(cleanup(Error::io(
-            format!("cannot size {}", tmp.display()),
-            e,
-        )));
+        return Err(Error::io(format!("cannot chmod {}", tmp.path.display()), e).into());
     }
     if let Some((uid, gid)) = owner {
         // Before the link: the file appears under its name already owned by the server's user.
         // SAFETY: fchown on our descriptor.
-        if unsafe { libc::fchown(fd.0, uid, gid) } != 0 {
+        if unsafe { libc::fchown(tmp.fd(), uid, gid) } != 0 {
             let e = io::Error::last_os_error();
-            return Err(cleanup(Error::io(
-                format!("cannot give {} to uid {uid} gid {gid}", tmp.display()),
+            return Err(Error::io(
+                format!("cannot give {} to uid {uid} gid {gid}", tmp.path.display()),
                 e,
-            )));
+            )
+            .into());
         }
     }
-    let m = match Mapping::map(fd.0, geo.total_bytes) {
-        Ok(m) => m,
-        Err(e) => {
-            return Err(cleanup(Error::io(
-                format!("cannot map {}", tmp.display()),
-                e,
-            )))
-        }
-    };
-    if let Err(e) = init(&m) {
-        return Err(cleanup(e));
+    if let Err(e) = reserve(tmp.fd(), geo.total_bytes as u64) {
+        tmp.remove(); // before measuring the free space: it held part of the reservation
+        return Err(reserve_error(path, geo.total_bytes, e).into());
     }
+    let file = tmp.file.as_ref().expect("not removed yet").try_clone();
+    let m = file
+        .and_then(|f| Mapping::with_file(f, path, geo.total_bytes))
+        .map_err(|e| Error::io(format!("cannot map {}", tmp.path.display()), e))?;
+    m.check_backing(true)?;
+    init(&m)?;
     // SAFETY: link between two valid paths; fails with EEXIST if the final name appeared.
+    let tmp_c = cpath(&tmp.path)?;
     let rc = unsafe { libc::link(tmp_c.as_ptr(), final_c.as_ptr()) };
     let link_err = io::Error::last_os_error();
-    // SAFETY: the temporary name is ours.
-    unsafe { libc::unlink(tmp_c.as_ptr()) };
+    // The file is complete: whoever sweeps may treat the temporary name as abandoned now.
+    // SAFETY: flock on our own descriptor.
+    unsafe { libc::flock(tmp.fd(), libc::LOCK_UN) };
+    tmp.remove();
     if rc != 0 {
         if link_err.raw_os_error() == Some(libc::EEXIST) {
             return Err(CreateError::Exists);
         }
-        return Err(CreateError::Other(Error::io(
-            format!("cannot create {}", path.display()),
-            link_err,
-        )));
+        return Err(Error::io(format!("cannot create {}", path.display()), link_err).into());
     }
     Ok(m)
+}
+
+/// Allocate every byte of the file now (it is created empty): later page faults never need
+/// space the filesystem does not have. Filesystems without `fallocate` get zeros written.
+fn reserve(fd: RawFd, len: u64) -> io::Result<()> {
+    loop {
+        // SAFETY: fallocate on our descriptor; mode 0 also extends the file to `len`.
+        if unsafe { libc::fallocate(fd, 0, 0, len as libc::off_t) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => return write_zeros(fd, len),
+            _ => return Err(e),
+        }
+    }
+}
+
+fn write_zeros(fd: RawFd, len: u64) -> io::Result<()> {
+    // SAFETY: the descriptor stays open (owned by the caller) while this File exists, and
+    // ManuallyDrop keeps it from being closed here.
+    let f = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
+    let zeros = vec![0u8; 1 << 16];
+    let mut off = 0u64;
+    while off < len {
+        let n = (len - off).min(zeros.len() as u64) as usize;
+        f.write_all_at(&zeros[..n], off)?;
+        off += n as u64;
+    }
+    f.sync_data()
+}
+
+/// The error for a failed reservation: the segment, the size wanted and, for a full
+/// filesystem, how much is free and what to do.
+fn reserve_error(path: &Path, want: usize, e: io::Error) -> Error {
+    let what = format!("{}: cannot reserve {want} bytes for the segment", path.display());
+    if !matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+        return Error::io(what, e);
+    }
+    let dir = parent_dir(path);
+    let space = match free_space(dir) {
+        Some((free, total)) => format!(
+            "the filesystem holding {} has {free} bytes free of {total}",
+            dir.display()
+        ),
+        None => format!("the filesystem holding {} is full", dir.display()),
+    };
+    Error::new(
+        ErrorKind::Io,
+        format!(
+            "{what}: {e}; {space}. Ask for a smaller segment or give the filesystem more room (a tmpfs's size= mount option; Docker's --shm-size)"
+        ),
+    )
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// (bytes available to this user, bytes in all) of the filesystem holding `dir`.
+fn free_space(dir: &Path) -> Option<(u64, u64)> {
+    let c = cpath(dir).ok()?;
+    // SAFETY: statvfs on a valid C string into a zeroed struct.
+    let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut v) } != 0 {
+        return None;
+    }
+    let frsize = v.f_frsize as u64;
+    Some((v.f_bavail as u64 * frsize, v.f_blocks as u64 * frsize))
 }
 
 fn temp_name(path: &Path) -> PathBuf {
@@ -241,6 +414,79 @@ fn temp_name(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Remove `NAME.tmp.PID.RANDOM` files that a creator of `path` left behind when it was killed
+/// (each may be as large as the segment). Only ours: a regular file (never a symlink) owned by
+/// this user, whose creator PID is dead and which nobody holds locked. Best effort.
+pub fn sweep_stale_temps(path: &Path) {
+    let Some(name) = path.file_name() else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(parent_dir(path)) else {
+        return;
+    };
+    for ent in entries.flatten() {
+        let fname = ent.file_name();
+        let Some(pid) = temp_creator_pid(fname.as_bytes(), name.as_bytes()) else {
+            continue;
+        };
+        if process_exists(pid) {
+            continue;
+        }
+        let p = parent_dir(path).join(&fname);
+        if remove_if_abandoned(&p) {
+            log::emit(
+                Level::Warning,
+                &format!(
+                    "removed {}, left behind by process {pid} that died creating the segment",
+                    p.display()
+                ),
+            );
+        }
+    }
+}
+
+/// The PID in `NAME.tmp.PID.<16 hex digits>`, if `file` is such a name for `name`.
+fn temp_creator_pid(file: &[u8], name: &[u8]) -> Option<libc::pid_t> {
+    let rest = file.strip_prefix(name)?.strip_prefix(b".tmp.")?;
+    let dot = rest.iter().position(|&b| b == b'.')?;
+    let (pid, random) = (&rest[..dot], &rest[dot + 1..]);
+    if random.len() != 16 || !random.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    std::str::from_utf8(pid).ok()?.parse().ok().filter(|&p| p > 0)
+}
+
+fn process_exists(pid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+fn remove_if_abandoned(p: &Path) -> bool {
+    let Ok(before) = std::fs::symlink_metadata(p) else {
+        return false;
+    };
+    // SAFETY: no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !before.file_type().is_file() || before.uid() != me {
+        return false;
+    }
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(p)
+    else {
+        return false;
+    };
+    let same = f
+        .metadata()
+        .is_ok_and(|m| m.dev() == before.dev() && m.ino() == before.ino());
+    // A creator at work (perhaps in another PID namespace) holds the lock.
+    // SAFETY: flock on our own descriptor.
+    let unlocked = same && unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    unlocked && std::fs::remove_file(p).is_ok()
+}
+
 /// Whose segment files an attach accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trust {
@@ -252,7 +498,8 @@ pub enum Trust {
 }
 
 /// Attach to an existing named segment after checking that it is a regular file (not a
-/// symlink) owned by us, not writable by group or others, and a segment this build can read.
+/// symlink) owned by us, neither readable nor writable by group or others, and a segment this
+/// build can read.
 pub fn attach(path: &Path) -> Result<Mapping> {
     attach_with(path, Trust::Owner)
 }
@@ -260,30 +507,54 @@ pub fn attach(path: &Path) -> Result<Mapping> {
 /// [`attach`] with an explicit owner policy.
 pub fn attach_with(path: &Path, trust: Trust) -> Result<Mapping> {
     let (file, st) = open_trusted(path, true, trust)?;
-    let fd = file.as_raw_fd();
+    refuse_readable(path, &st)?;
     let size = st.st_size as u64;
+    // The header is read into a private copy (pread, not through a mapping that could SIGBUS
+    // or change under us) and the geometry is trusted only after it matches the file size.
+    let hdr = read_header(&file, path, size)?;
+    let geo = Geometry::from_header(&hdr, size)
+        .map_err(|m| Error::format(format!("{}: {m}", path.display())))?;
+    let m = Mapping::with_file(file, path, geo.total_bytes)
+        .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
+    // Truncated between the fstat and the mmap: refuse now rather than SIGBUS later.
+    m.check_backing(true)?;
+    Ok(m)
+}
+
+fn read_header(file: &File, path: &Path, size: u64) -> Result<SegmentHeader> {
+    const LEN: usize = std::mem::size_of::<SegmentHeader>();
     if size < HEADER_BYTES as u64 {
         return Err(Error::format(format!(
             "{}: file has {size} bytes, smaller than a segment header ({HEADER_BYTES})",
             path.display()
         )));
     }
-    // Map only the header first: geometry is trusted only after it matches the file size.
-    let head = Mapping::map(fd, HEADER_BYTES)
-        .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
-    // SAFETY: the header page is mapped and SegmentHeader is plain data smaller than a page.
-    let hdr: SegmentHeader = unsafe { std::ptr::read(head.base() as *const SegmentHeader) };
-    drop(head);
+    let mut buf = [0u8; LEN];
+    file.read_exact_at(&mut buf, 0)
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    // SAFETY: SegmentHeader is plain data (integers and byte arrays); any bytes are a value.
+    let hdr: SegmentHeader = unsafe { std::ptr::read_unaligned(buf.as_ptr() as *const _) };
     if hdr.magic != MAGIC {
         return Err(Error::format(format!(
             "{}: not a shmsesscache segment (bad magic)",
             path.display()
         )));
     }
-    let geo = Geometry::from_header(&hdr, size)
-        .map_err(|m| Error::format(format!("{}: {m}", path.display())))?;
-    Mapping::map(fd, geo.total_bytes)
-        .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))
+    Ok(hdr)
+}
+
+/// Segments hold every master secret: a file that group or others can read is refused like
+/// one they can write (checked after [`check_file_trust`], which reports writable first).
+fn refuse_readable(path: &Path, st: &libc::stat) -> Result<()> {
+    if st.st_mode & 0o077 != 0 {
+        return Err(Error::security(format!(
+            "{} is readable by group or others (mode {:o}) and holds TLS master secrets; it must be 0600: chmod 600 {}",
+            path.display(),
+            st.st_mode & 0o777,
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Open `path` (read-write or read-only) without following a symlink, and check that the file
@@ -337,18 +608,21 @@ fn check_file_trust(path: &Path, st: &libc::stat, trust: Trust) -> Result<()> {
     }
     if st.st_mode & 0o022 != 0 {
         return Err(Error::security(format!(
-            "{} is writable by group or others (mode {:o}); it must be 0600",
+            "{} is writable by group or others (mode {:o}); it must be 0600: chmod 600 {}",
             path.display(),
-            st.st_mode & 0o777
+            st.st_mode & 0o777,
+            path.display()
         )));
     }
     Ok(())
 }
 
-/// The header of a mapped segment.
-pub fn header(m: &Mapping) -> &SegmentHeader {
-    // SAFETY: every Mapping handed out is at least HEADER_BYTES long and page aligned.
-    unsafe { &*(m.base() as *const SegmentHeader) }
+/// A private copy of a mapped segment's header (the mapping is shared with every process on
+/// the segment: what is validated must not be what another process can change afterwards).
+pub fn header(m: &Mapping) -> SegmentHeader {
+    // SAFETY: every Mapping handed out is at least HEADER_BYTES long and page aligned, and
+    // SegmentHeader is plain data; a volatile read copies it once, as it is now.
+    unsafe { std::ptr::read_volatile(m.base() as *const SegmentHeader) }
 }
 
 /// Fill in the header of a new segment (the rest is zero: mmap of a new file or anonymous

@@ -266,16 +266,23 @@ impl<'a> Shard<'a> {
         );
     }
 
-    /// A head whose header is garbage: only its own unit can be trusted to be its.
+    /// A head whose header is garbage. Its length cannot be trusted, but the run of
+    /// continuation units right after it can only be its own (a continuation always follows its
+    /// head), so the head and that run are wiped (they hold session bytes) and given back.
     fn drop_corrupt_head(&self, i: usize) {
-        self.wipe(i, 1);
+        let k = 1
+            + (i + 1..self.n())
+                .take_while(|&j| self.tag(j) == TAG_CONT)
+                .count();
+        self.wipe(i, k);
         self.bump(Counter::CorruptDropped);
         self.hdr
             .live
             .store(self.hdr.live.load(Relaxed).saturating_sub(1), Relaxed);
-        self.hdr
-            .used_units
-            .store(self.hdr.used_units.load(Relaxed).saturating_sub(1), Relaxed);
+        self.hdr.used_units.store(
+            self.hdr.used_units.load(Relaxed).saturating_sub(k as u32),
+            Relaxed,
+        );
     }
 
     /// Visit every head unit in order with its header, or `None` if the header is not sound.
@@ -694,5 +701,58 @@ impl<'a> Shard<'a> {
     pub fn unit_bytes_mut(&self, i: usize) -> &mut [u8] {
         // SAFETY: unit i lies inside the shard; tests hold the lock.
         unsafe { std::slice::from_raw_parts_mut(self.unit_ptr(i), self.geo.unit_bytes) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::cache::{Cache, Config, Found};
+    use crate::layout::{Geometry, DEFAULT_UNIT_BYTES, HEADER_BYTES};
+
+    const NOW: u32 = 1_800_000_000;
+
+    /// A head whose header no longer decodes is dropped together with its continuation units:
+    /// none of its session bytes stay behind and `used_units` goes back to zero.
+    #[test]
+    fn a_corrupt_head_takes_its_continuations_with_it() {
+        let g = Geometry::plan(1 << 20, DEFAULT_UNIT_BYTES).unwrap();
+        let c = Cache::create(&Config {
+            size_bytes: (HEADER_BYTES + g.shard_stride) as u64,
+            lock_timeout: Some(Duration::from_secs(5)),
+            ..Config::default()
+        })
+        .unwrap();
+        let id = [0x5au8; 32];
+        let data = vec![0xC3u8; 900]; // five 200-byte units
+        c.store_at(&id, &data, NOW, NOW + 60, NOW).unwrap();
+        let k = c.geometry().units_for(900 + 32);
+        assert_eq!(c.stats().used_units, k as u64);
+        {
+            let guard = c.lock_shard(0).unwrap();
+            let head = (0..c.geometry().units_per_shard)
+                .find(|&i| guard.unit_bytes_mut(i)[16..].starts_with(&id))
+                .expect("the entry's head unit");
+            guard.unit_bytes_mut(head)[2] = 0; // id length 0: the header no longer decodes
+        }
+        let mut buf = vec![0u8; 2048];
+        assert!(matches!(
+            c.lookup_at(&id, &mut buf, false, NOW).unwrap(),
+            Found::Miss
+        ));
+        let s = c.stats();
+        assert_eq!(
+            (s.corrupt_dropped, s.entries, s.used_units),
+            (1, 0, 0),
+            "{s:?}"
+        );
+        let guard = c.lock_shard(0).unwrap();
+        for i in 0..c.geometry().units_per_shard {
+            assert!(
+                guard.unit_bytes_mut(i).iter().all(|&b| b == 0),
+                "unit {i} still holds bytes of the dropped entry"
+            );
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! finish, and never return bytes that were not stored.
 #![no_main]
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -57,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
         img.truncate(img.len() - (flags as usize >> 3) * 512);
     }
     let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(path).unwrap();
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).unwrap();
     f.write_all(&img).unwrap();
     drop(f);
     let Ok(c) = Cache::attach(path, Some(Duration::from_millis(1))) else { return };

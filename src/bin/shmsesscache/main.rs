@@ -203,9 +203,8 @@ fn cmd_flush(raw: &[String]) -> Result<u8, Failure> {
 }
 
 fn cmd_create(raw: &[String]) -> Result<u8, Failure> {
-    let a = Args::parse("create", raw, &[], &["size", "slot-bytes", "owner"])?;
-    a.want_positional(1, "PATH")?;
-    let path = PathBuf::from(&a.positional[0]);
+    let a = Args::parse("create", raw, &[], &["size", "slot-bytes", "owner", "dir"])?;
+    a.want_positional(1, "NAME or PATH")?;
     let size = text::parse_size(
         a.value("size")
             .ok_or_else(|| usage("create: --size BYTES is required"))?,
@@ -222,6 +221,7 @@ fn cmd_create(raw: &[String]) -> Result<u8, Failure> {
         .map(text::parse_owner)
         .transpose()
         .map_err(|m| usage(format!("create: --owner: {m}")))?;
+    let path = create_path(&a, owner)?;
     if std::fs::symlink_metadata(&path).is_ok() {
         return Err(Failure(
             EXIT_FAILED,
@@ -251,6 +251,31 @@ fn cmd_create(raw: &[String]) -> Result<u8, Failure> {
         owner.map(|(u, gid)| format!(", owner {u}:{gid}")).unwrap_or_default()
     );
     Ok(0)
+}
+
+/// Where `create` puts the segment. A bare NAME goes into a directory that only the server's
+/// user can write (made 0700 if missing), so nobody else can take the name first; an explicit
+/// PATH in a directory others can write gets a warning saying why that is risky.
+fn create_path(a: &Args, owner: Option<(u32, u32)>) -> Result<PathBuf, Failure> {
+    let arg = &a.positional[0];
+    if arg.contains('/') {
+        if a.value("dir").is_some() {
+            return Err(usage("create: --dir goes with a NAME, not with a PATH"));
+        }
+        let path = PathBuf::from(arg);
+        if let Some(w) = text::squatting_warning(&path) {
+            eprintln!("warning: {w}");
+        }
+        return Ok(path);
+    }
+    if arg.is_empty() || arg == "." || arg == ".." {
+        return Err(usage(format!("create: {arg:?} is not a segment name")));
+    }
+    let dir = PathBuf::from(a.value("dir").unwrap_or(text::DEFAULT_SEGMENT_DIR));
+    // SAFETY: no preconditions.
+    let (uid, gid) = owner.unwrap_or_else(|| unsafe { (libc::geteuid(), libc::getegid()) });
+    text::private_dir(&dir, uid, gid).map_err(|m| Failure(EXIT_FAILED, m))?;
+    Ok(dir.join(arg))
 }
 
 fn cmd_dump(raw: &[String]) -> Result<u8, Failure> {

@@ -8,7 +8,7 @@ SYNOPSIS
     shmsesscache stat   PATH [--json | --prometheus]
     shmsesscache list   PATH
     shmsesscache flush  PATH [--expired]
-    shmsesscache create PATH --size BYTES [--slot-bytes N] [--owner USER[:GROUP]]
+    shmsesscache create NAME|PATH --size BYTES [--slot-bytes N] [--owner USER[:GROUP]] [--dir DIR]
     shmsesscache dump   PATH FILE
     shmsesscache load   PATH FILE
     shmsesscache COMMAND --help
@@ -100,19 +100,30 @@ NAME
     shmsesscache create - pre-create a named session cache segment
 
 SYNOPSIS
+    shmsesscache create NAME --size BYTES [--slot-bytes N] [--owner USER[:GROUP]] [--dir DIR]
     shmsesscache create PATH --size BYTES [--slot-bytes N] [--owner USER[:GROUP]]
 
 DESCRIPTION
     Creates the segment file with mode 0600 (never following a symlink; it appears under its
-    name only once fully initialised), for example from an init script before the server
+    name only once fully initialised, with all its space reserved, so a full filesystem is an
+    error now and not a crash later), for example from an init script before the server
     starts. The server must then ask for the same size and slot size, or it refuses the file.
-    Fails if PATH exists.
+    Fails if the file exists.
+
+    A NAME (no slash) is created in /run/shmsesscache (or --dir DIR), a directory made 0700
+    and owned by the --owner user (else by you) if it is missing, and refused if somebody
+    else owns it or others can write it: only the server's user can create names there, so
+    no other local user can take the name first and keep the server from starting, as
+    anybody can in /dev/shm. A PATH is used as given (with a warning if others can write its
+    directory). The command prints the path to give the server.
 
     --size BYTES      segment size; suffixes K, M, G (powers of 1024) are accepted: 64M.
     --slot-bytes N    bytes per slot, multiple of 8 in 64..4096 (default 200: one slot per
                       typical session; 600 suits sessions with client certificates).
-    --owner U[:G]     give the file to this user (and group), by name or number: the user
-                      the server runs as, when root creates it.
+    --owner U[:G]     give the file (and a new directory) to this user (and group), by name or
+                      number: the user the server runs as, when root creates it.
+    --dir DIR         where a NAME goes (default /run/shmsesscache). One directory per server
+                      user: it belongs to that user.
 ";
 
 const DUMP_HELP: &str = "\
@@ -253,6 +264,65 @@ fn lookup_group(g: &str) -> Result<u32, String> {
     g.parse::<u32>().map_err(|_| format!("no group {g:?}"))
 }
 
+/// Where `shmsesscache create NAME` puts segments.
+pub const DEFAULT_SEGMENT_DIR: &str = "/run/shmsesscache";
+
+/// Make `dir` (one level) a directory that only `uid` can write: created 0700 and given to
+/// uid:gid if missing; an existing one must be a real directory (not a symlink) owned by
+/// `uid` that group and others cannot write.
+pub fn private_dir(dir: &std::path::Path, uid: u32, gid: u32) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let d = dir.display();
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| format!("cannot create the directory {d}: {e} (choose another with --dir, or run as root)"))?;
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+                .map_err(|e| format!("cannot give {d} to uid {uid}: {e}"))?;
+            std::fs::symlink_metadata(dir).map_err(|e| format!("cannot stat {d}: {e}"))?
+        }
+        Err(e) => return Err(format!("cannot stat {d}: {e}")),
+    };
+    if !meta.file_type().is_dir() {
+        return Err(format!("{d} is not a directory (a symlink is not followed)"));
+    }
+    let squat = "anybody who can write there can create the segment's name first (name squatting) or swap files";
+    if meta.uid() != uid {
+        return Err(format!(
+            "{d} is owned by uid {}, not by uid {uid} who will own the segment: {squat}. Use a directory of that user (--dir)",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{d} is writable by group or others (mode {:o}): {squat}. Make it 0700 (chmod 700 {d}) or use another (--dir)",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// A warning when other users can create files next to `path` (e.g. /dev/shm, /tmp).
+pub fn squatting_warning(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let m = std::fs::metadata(dir).ok()?;
+    (m.mode() & 0o022 != 0).then(|| {
+        format!(
+            "{} is writable by other users (mode {:o}): any local user can create {} there before the server does and keep it from starting (name squatting). Prefer a directory only the server's user can write: 'shmsesscache create NAME --owner USER' uses {DEFAULT_SEGMENT_DIR}",
+            dir.display(),
+            m.mode() & 0o7777,
+            path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,3 +344,4 @@ mod tests {
         assert!(parse_owner("no-such-user-here").is_err());
     }
 }
+
