@@ -648,7 +648,11 @@ ngx_http_shmsess_init_module(ngx_cycle_t *cycle)
     ngx_int_t                      rc;
     ngx_http_shmsess_main_conf_t  *smcf;
 
-    /* `nginx -t` and the `nginx -s` signaller read the configuration too: no segment */
+    /*
+     * `nginx -t` runs init_module too: no segment there. The `nginx -s` signaller returns
+     * from ngx_init_cycle before init_module in 1.22; checked anyway, as it is in the same
+     * spirit and costs nothing.
+     */
     if (ngx_test_config || ngx_process == NGX_PROCESS_SIGNALLER) {
         return NGX_OK;
     }

@@ -9,7 +9,8 @@
 # only, with its configure flags in conf_flags). Another tree (NGINX_SRC) is configured with
 # its own conf_flags if it has one, else with NGINX_CONF_FLAGS (default --with-compat
 # --with-http_ssl_module). The tree is copied: configure writes into it.
-# SHMSESS_INCLUDE, SHMSESS_LIBDIR, SHMSESS_RPATH: see nginx/config.
+# SHMSESS_INCLUDE, SHMSESS_LIBDIR, SHMSESS_RPATH: see nginx/config. SHMSESS_MODULE_DIR: the
+# module source (default nginx/ of this checkout).
 set -euo pipefail
 out=$1
 src=${2:-/usr/share/nginx/src}
@@ -36,7 +37,7 @@ cd "$tree"
 export SHMSESS_INCLUDE=${SHMSESS_INCLUDE:-$here/include}
 export SHMSESS_LIBDIR=${SHMSESS_LIBDIR:-$here/build}
 ./configure "${NGX_CONF_FLAGS[@]}" --with-cc-opt="-Wall -Wextra -Werror -Wno-unused-parameter" \
-    --add-dynamic-module="$here/nginx" >"$out/configure.log" 2>&1 \
+    --add-dynamic-module="${SHMSESS_MODULE_DIR:-$here/nginx}" >"$out/configure.log" 2>&1 \
     || { tail -30 "$out/configure.log"; exit 1; }
 make -f objs/Makefile modules >"$out/make.log" 2>&1 || { tail -40 "$out/make.log"; exit 1; }
 cp objs/ngx_http_shmsess_module.so "$out/"

@@ -72,7 +72,8 @@ class Nginx:
     """One nginx: `with Nginx(module, certs, shmsess_cache()) as n: ... n.port ...`.
 
     `http` goes into the http block (the cache directives), `server` into the test server,
-    `servers` after it (more server blocks, "{root}" and "{port2}" are filled in). A `root`
+    `servers` after it (more server blocks; "{root}", "{certs}", "{port2}" and "{port3}"
+    are filled in). A `root`
     may be passed to reuse a directory (and a named segment in it) across runs."""
 
     def __init__(self, module, certs, http, workers=2, server="", servers="", root=None, port=None,
@@ -87,6 +88,7 @@ class Nginx:
         self.root = root or tempfile.mkdtemp(prefix="shmsess-nginx-")
         self.port = port
         self.port2 = None
+        self.port3 = None
         self.env = env
         self.pass_env = pass_env
         self.status = status
@@ -102,7 +104,8 @@ class Nginx:
         os.makedirs(os.path.join(self.root, "tmp"), exist_ok=True)
         self.port = self.port or free_port()
         self.port2 = self.port2 or free_port()
-        fill = {"root": self.root, "port2": self.port2}
+        self.port3 = self.port3 or free_port()
+        fill = {"root": self.root, "port2": self.port2, "port3": self.port3, "certs": self.certs}
         conf = CONFIG.format(
             module=self.module, workers=self.workers, root=self.root, log_level=self.log_level,
             env="\n".join(f"env {name};" for name in self.pass_env), certs=self.certs,

@@ -195,10 +195,18 @@ def nginx_shared_contrast(args):
           early == [(True, True), (True, True)], str(early))
 
 
-OFF_SERVERS = """
+# Next to the test server: one with `ssl_session_cache off`, and one with the same certificate
+# that asks for client certificates (nginx puts the client CA names in its session id context).
+MORE_SERVERS = """
     server {{
         listen 127.0.0.1:{port2} ssl;
         ssl_session_cache off;
+        location / {{ return 200 "worker=$pid reused=$shmsess_reused early=0\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port3} ssl;
+        ssl_client_certificate "{certs}/client.pem";
+        ssl_verify_client optional;
         location / {{ return 200 "worker=$pid reused=$shmsess_reused early=0\\n"; }}
     }}
 """
@@ -210,7 +218,7 @@ def named_segment(args):
     seg = os.path.join(root, "ssl.sess")
     cache = shmsess_cache("{root}/ssl.sess", "8m")
     try:
-        n = Nginx(args.module, args.certs, cache, servers=OFF_SERVERS, root=root)
+        n = Nginx(args.module, args.certs, cache, servers=MORE_SERVERS, root=root)
         n.write_config()
         t = n.command("-t")
         s = n.command("-s", "stop")  # the signaller reads the configuration, finds no master
@@ -227,6 +235,11 @@ def named_segment(args):
             check("a server with ssl_session_cache off is left alone (no resumption there)",
                   summarize(off)[0] == 0 and "has \"ssl_session_cache off\": left alone" in n.error_log(),
                   f"{summarize(off)[0]}/5 resumed")
+
+            other = one_request(n.port3, client_context(TLS12), session12)[0]
+            check("nginx's session id context is kept: a session is not resumed by a server with "
+                  "other client-certificate settings", not other and "installed on 2 TLS server(s)" in n.error_log(),
+                  f"resumed there: {other}")
 
             old = n.worker_pids()
             new = n.reload()
