@@ -126,9 +126,10 @@ install-nginx-module: $(LIB_SO)
 	SHMSESS_RPATH=$(PREFIX)/lib scripts/build-nginx-module.sh $(CURDIR)/$(BUILD)/nginx-install $(NGINX_SRC)
 	install -m 0644 $(BUILD)/nginx-install/ngx_http_shmsess_module.so $(DESTDIR)$(NGINX_MODULES_DIR)/
 
-test-nginx: test-deps all $(BUILD)/certs/server.pem
+test-nginx: test-deps all $(FAULT_SERVER) $(BUILD)/certs/server.pem
 	$(MAKE) --no-print-directory nginx-module
-	python3 tests/integration/test_nginx.py --module $(NGINX_MOD) --cli $(CLI) --certs $(BUILD)/certs
+	python3 tests/integration/test_nginx.py --module $(NGINX_MOD) --cli $(CLI) --certs $(BUILD)/certs \
+	  --fault-lib $(BUILD)/fault
 
 FORCE:
 
@@ -198,6 +199,7 @@ bench: all $(BUILD)/certs/server.pem $(BUILD)/bench/handshake $(BUILD)/bench/loa
 	$(CARGO) build --release --example bench_ops --example bench_tiers
 	sh bench/install-deps.sh
 	$(MAKE) --no-print-directory apache-module
+	$(MAKE) --no-print-directory nginx-module
 	python3 bench/run.py $(BENCH_ARGS)
 
 install: all

@@ -84,8 +84,10 @@ def main_server(args):
     """One anonymous cache: resumption in both workers, single use, early data, status page,
     s_client, reload, SIGKILLed workers."""
     tally = {"resumed": 0, "tls13": 0}
-    with Nginx(args.module, args.certs, shmsess_cache(), server="        ssl_early_data on;",
-               listen_opts=SPREAD) as n:
+    # nginx's own shared cache stays configured, as in many existing configurations: the
+    # module recognises nginx's callbacks (and only those) and replaces them.
+    http = shmsess_cache() + "\n" + NGINX_SHARED
+    with Nginx(args.module, args.certs, http, server="        ssl_early_data on;", listen_opts=SPREAD) as n:
         resume_across_workers(n, tally)
 
         twice = ticket_twice(n)
@@ -181,6 +183,47 @@ def workers_killed(n):
     check("after the kills: every reconnection resumes, no lock timeouts",
           reused12 == 20 and reused13 == 20 and st.get("lock_timeouts") == 0,
           f"TLS 1.2 {reused12}/20, TLS 1.3 {reused13}/20, lock timeouts {st.get('lock_timeouts')}")
+
+
+def workers_killed_inside_the_cache(args):
+    """nginx on a fault-injection build of the library (LD_LIBRARY_PATH wins over the
+    module's RUNPATH): while a flag file exists, every pass of a critical-section fault point
+    SIGKILLs the worker with probability 1/40. The master respawns the dead; the cache must
+    neither hang nor lose its consistency, and resumes everything once the deaths stop."""
+    flag_dir = tempfile.mkdtemp(prefix="shmsess-kill-")
+    os.chmod(flag_dir, 0o755)  # workers run as nobody when started as root and must see the flag
+    flag = os.path.join(flag_dir, "armed")
+    env = {"LD_LIBRARY_PATH": os.path.abspath(args.fault_lib), "SHMSESS_TEST_FAULT": f"0:40:{flag}"}
+    with Nginx(args.module, args.certs, shmsess_cache(size="1m"), env=env,
+               pass_env=("SHMSESS_TEST_FAULT",), listen_opts=SPREAD) as n:
+        ctxs = {v: client_context(v) for v in (TLS12, TLS13)}
+        sessions = {TLS12: None, TLS13: None}
+        open(flag, "w").close()  # armed only now: the master's startup is not a target
+        served = cut = 0
+        for i in range(300):
+            v = TLS12 if i % 2 else TLS13
+            try:
+                _, _, sessions[v] = one_request(n.port, ctxs[v], sessions[v])
+                served += 1
+            except (OSError, ssl.SSLError, RuntimeError):
+                cut += 1  # the worker serving us died inside the cache: expected here
+                sessions[v] = None
+        os.unlink(flag)
+        died = n.error_log().count("exited on signal 9")
+        check("workers killed inside the cache: nginx kept serving", served >= 150 and cut >= 1 and died >= 1,
+              f"{served} connections served, {cut} cut, {died} workers died")
+        n.wait_workers([])
+        r12, _ = same_session(n.port, TLS12, 20)
+        r13, _ = same_session(n.port, TLS13, 20)
+        reused12, reused13 = summarize(r12)[0], summarize(r13)[0]
+        st = n.stats()
+        check("after the kills inside the cache: every reconnection resumes, locks recovered, no timeouts",
+              reused12 == 20 and reused13 == 20 and st.get("lock_owner_died", 0) >= 1
+              and st.get("lock_timeouts") == 0,
+              f"TLS 1.2 {reused12}/20, TLS 1.3 {reused13}/20, lock owners died {st.get('lock_owner_died')}, "
+              f"lock timeouts {st.get('lock_timeouts')}")
+    n.cleanup()
+    os.rmdir(flag_dir)
 
 
 def nginx_shared_contrast(args):
@@ -293,8 +336,10 @@ def main():
     ap.add_argument("--module", required=True)
     ap.add_argument("--cli", required=True)
     ap.add_argument("--certs", required=True)
+    ap.add_argument("--fault-lib", required=True, help="directory of a fault-injection libshmsesscache.so.0")
     args = ap.parse_args()
     main_server(args)
+    workers_killed_inside_the_cache(args)
     nginx_shared_contrast(args)
     named_segment(args)
     bad_configuration(args)
