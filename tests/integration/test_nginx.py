@@ -27,6 +27,7 @@ from checks import check, finish  # noqa: E402
 from nginx_harness import (NGINX_SHARED, Nginx, client_context, get, s_client_early,  # noqa: E402
                            s_client_save, shmsess_cache)
 from prefork_harness import one_request, s_client_reconnect, summarize  # noqa: E402
+from redis_harness import Redis  # noqa: E402
 
 RECONNECTS = 40
 TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
@@ -307,6 +308,41 @@ def named_segment(args):
         subprocess.run(["rm", "-rf", root])
 
 
+def two_hosts_on_redis(args):
+    """Two nginx "hosts" with the Redis tier (shmsess_remote, shmsess_remote_key): a session
+    made on one resumes on the other; a TLS 1.3 ticket resumes once in the fleet."""
+    tmp = tempfile.mkdtemp(prefix="shmsess-nginx-redis-")
+    key = os.path.join(tmp, "key")
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(os.urandom(32).hex() + "\n")
+    try:
+        with Redis() as redis:
+            tier = (shmsess_cache() + f"\n    shmsess_remote {redis.url};\n    shmsess_remote_key {key};"
+                    "\n    shmsess_remote_timeout 200ms;")
+            with Nginx(args.module, args.certs, tier) as a, Nginx(args.module, args.certs, tier) as b:
+                _, _, s12 = one_request(a.port, client_context(TLS12))
+                on_b = [one_request(b.port, client_context(TLS12), s12)[0] for _ in range(3)]
+                _, _, t13 = one_request(a.port, client_context(TLS13))
+                t13_b = one_request(b.port, client_context(TLS13), t13)[0]
+                t13_a = one_request(a.port, client_context(TLS13), t13)[0]
+                sb = b.stats()
+            for n in (a, b):
+                n.cleanup()
+            with Nginx(args.module, args.certs, shmsess_cache()) as c, Nginx(args.module, args.certs, shmsess_cache()) as d:
+                _, _, s = one_request(c.port, client_context(TLS12))
+                without = one_request(d.port, client_context(TLS12), s)[0]
+            for n in (c, d):
+                n.cleanup()
+    finally:
+        subprocess.run(["rm", "-rf", tmp])
+    check("Redis tier: a TLS 1.2 session made on host A resumes on host B", all(on_b) and sb.get("remote_hits", 0) >= 1,
+          f"{on_b}, B's remote hits {sb.get('remote_hits')}")
+    check("Redis tier: a TLS 1.3 ticket from A resumes on B, then not again on A", t13_b and not t13_a,
+          f"on B {t13_b}, then on A {t13_a}")
+    check("contrast, no tier: host B does not resume host A's session", not without, f"resumed {without}")
+
+
 def bad_configuration(args):
     cases = (
         ("    shmsess_session_cache anonymous 12Q;", "invalid size \"12Q\""),
@@ -342,6 +378,7 @@ def main():
     workers_killed_inside_the_cache(args)
     nginx_shared_contrast(args)
     named_segment(args)
+    two_hosts_on_redis(args)
     bad_configuration(args)
     finish()
 
