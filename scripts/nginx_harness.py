@@ -26,7 +26,7 @@ NGINX = "/usr/sbin/nginx"
 
 CONFIG = """\
 load_module "{module}";
-daemon off;
+daemon {daemon};
 master_process on;
 worker_processes {workers};
 error_log "{root}/error.log" {log_level};
@@ -73,11 +73,12 @@ class Nginx:
 
     `http` goes into the http block (the cache directives), `server` into the test server,
     `servers` after it (more server blocks; "{root}", "{certs}", "{port2}" and "{port3}"
-    are filled in). A `root`
+    are filled in). nginx runs in the foreground unless `daemon` (needed for a binary upgrade:
+    nginx refuses USR2 while its master's parent is the one that started it). A `root`
     may be passed to reuse a directory (and a named segment in it) across runs."""
 
     def __init__(self, module, certs, http, workers=2, server="", servers="", root=None, port=None,
-                 env=None, pass_env=(), status=True, log_level="info", listen_opts=""):
+                 env=None, pass_env=(), status=True, log_level="info", listen_opts="", daemon=False):
         self.module = os.path.abspath(module)
         self.certs = os.path.abspath(certs)
         self.http = http
@@ -94,7 +95,9 @@ class Nginx:
         self.status = status
         self.log_level = log_level
         self.listen_opts = listen_opts
+        self.daemon = daemon
         self.proc = None
+        self.master = None  # the master's pid: the child we started, until a binary upgrade
         self.log_offset = 0
 
     def conf_path(self):
@@ -107,7 +110,7 @@ class Nginx:
         self.port3 = self.port3 or free_port()
         fill = {"root": self.root, "port2": self.port2, "port3": self.port3, "certs": self.certs}
         conf = CONFIG.format(
-            module=self.module, workers=self.workers, root=self.root, log_level=self.log_level,
+            module=self.module, daemon="on" if self.daemon else "off", workers=self.workers, root=self.root, log_level=self.log_level,
             env="\n".join(f"env {name};" for name in self.pass_env), certs=self.certs,
             http=self.http.format(**fill), port=self.port, listen_opts=self.listen_opts,
             server=self.server.format(**fill), servers=self.servers.format(**fill),
@@ -131,19 +134,68 @@ class Nginx:
                                       self.error_log_path()],
                                      stdout=self.stderr_file, stderr=subprocess.STDOUT,
                                      start_new_session=True, env={**os.environ, **(self.env or {})})
+        self.master = self.proc.pid
+        if self.daemon:
+            # The started process exits once the daemon runs; the daemon's pid file says who.
+            if self.proc.wait(timeout=READY_TIMEOUT) != 0 or not self.read_pid_file():
+                raise RuntimeError(f"nginx did not daemonize\n{self.stderr_text()}\n{self.error_log()}")
+            self.master = self.read_pid_file()
         self.wait_workers(())
         return self
 
     def worker_pids(self):
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.master)], capture_output=True, text=True)
         return sorted(int(p) for p in out.stdout.split())
+
+    def master_alive(self, pid=None):
+        pid = pid or self.master
+        if pid == self.proc.pid:
+            return self.proc.poll() is None
+        try:  # a daemon is not our child: a zombie counts as gone
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    def wait_gone(self, pid, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while self.master_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # not our child: no wait() for it, the process table is the signal
+        return not self.master_alive(pid)
+
+    def read_pid_file(self):
+        try:
+            with open(os.path.join(self.root, "nginx.pid")) as f:
+                return int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def upgrade(self):
+        """Binary upgrade on the fly (daemon mode only): USR2 starts a new master (the same
+        binary, exec'd, so nothing mapped is inherited), then QUIT ends the old one. Returns the
+        new workers once they answer and the old master is gone; the new master's pid file is
+        the signal."""
+        old_master, old_workers = self.master, self.worker_pids()
+        os.kill(old_master, signal.SIGUSR2)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while self.read_pid_file() in (0, old_master):
+            if time.monotonic() > deadline or not self.master_alive():
+                raise RuntimeError(f"no new master after USR2\n{self.error_log()}")
+            # nginx writes the new master's pid file when it runs: polled, no other signal.
+            time.sleep(0.05)
+        self.master = self.read_pid_file()
+        pids = self.wait_workers(old_workers)
+        os.kill(old_master, signal.SIGQUIT)
+        if not self.wait_gone(old_master, READY_TIMEOUT):
+            raise RuntimeError("the old master did not quit")
+        return pids
 
     def wait_workers(self, old):
         """Return once `workers` workers not in `old` run, none of `old` is left, and a
         request is answered: nginx's own process list and a served request are the signals."""
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
-            if self.proc.poll() is not None:
+            if not self.master_alive():
                 raise RuntimeError(f"nginx exited with {self.proc.returncode}\n{self.stderr_text()}\n{self.error_log()}")
             pids = self.worker_pids()
             if len(pids) == self.workers and not set(pids) & set(old) and self._answers():
@@ -198,6 +250,10 @@ class Nginx:
             return ""
 
     def stop(self):
+        if self.master and self.proc and self.master != self.proc.pid and self.master_alive():
+            os.kill(self.master, signal.SIGTERM)
+            if not self.wait_gone(self.master):
+                os.kill(self.master, signal.SIGKILL)
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

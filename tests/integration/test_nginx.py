@@ -299,11 +299,20 @@ def named_segment(args):
         entries = json.loads(out.stdout).get("entries", 0) if out.returncode == 0 else -1
         check("shmsesscache stat reads nginx's segment", entries >= 2, f"entries {entries} {out.stderr.strip()}")
 
-        with Nginx(args.module, args.certs, cache, root=root, port=port) as n2:
+        # This time as a daemon, as init systems run it: nginx only upgrades its binary then.
+        with Nginx(args.module, args.certs, cache, root=root, port=port, daemon=True) as n2:
             after12 = one_request(n2.port, client_context(TLS12), session12)[0]
-            after13 = one_request(n2.port, client_context(TLS13), ticket)[0]
-        check("named segment: TLS 1.2 session and TLS 1.3 ticket survive an nginx restart",
-              after12 and after13, f"TLS 1.2 {after12}, TLS 1.3 {after13}")
+            after13, _, ticket = one_request(n2.port, client_context(TLS13), ticket)
+            check("named segment: TLS 1.2 session and TLS 1.3 ticket survive an nginx restart",
+                  after12 and after13, f"TLS 1.2 {after12}, TLS 1.3 {after13}")
+
+            old_master = n2.master
+            new = n2.upgrade()
+            up12, pid12, _ = one_request(n2.port, client_context(TLS12), session12)
+            up13 = one_request(n2.port, client_context(TLS13), ticket)[0]
+            check("named segment: sessions survive a binary upgrade (USR2, then QUIT to the old master)",
+                  up12 and up13 and pid12 in new and n2.master != old_master,
+                  f"TLS 1.2 {up12} (worker {pid12} of new master {n2.master}), TLS 1.3 {up13}")
     finally:
         subprocess.run(["rm", "-rf", root])
 
