@@ -228,6 +228,7 @@ def nginx_row(runs, **labels):
         [1e6 * r["server_cpu_s"] / r["handshakes"] for r in runs if r["handshakes"]])
     per_resumed = [1e6 * r["server_cpu_s"] / n for r, n in zip(runs, resumed) if n >= 1]
     row["median_cpu_ms_per_1000_resumed"] = median(per_resumed) if per_resumed else None
+    row["cpu_ms_per_1000_resumed_runs"] = [round(c, 1) for c in per_resumed]
     return row
 
 
