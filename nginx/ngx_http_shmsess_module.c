@@ -350,23 +350,26 @@ ngx_http_shmsess_log(int level, const char *message, void *data)
 
 
 /* NUL-terminated copy of a configuration string for the library (NULL when empty). */
-static const char *
-ngx_http_shmsess_cstr(ngx_pool_t *pool, ngx_str_t *s)
+static ngx_int_t
+ngx_http_shmsess_cstr(ngx_pool_t *pool, ngx_str_t *s, const char **out)
 {
     u_char  *p;
 
+    *out = NULL;
+
     if (s->len == 0) {
-        return NULL;
+        return NGX_OK;
     }
 
     p = ngx_pnalloc(pool, s->len + 1);
     if (p == NULL) {
-        return NULL;
+        return NGX_ERROR;
     }
 
     (void) ngx_cpystrn(p, s->data, s->len + 1);
+    *out = (const char *) p;
 
-    return (const char *) p;
+    return NGX_OK;
 }
 
 
@@ -403,13 +406,20 @@ ngx_http_shmsess_create(ngx_cycle_t *cycle, ngx_http_shmsess_main_conf_t *smcf,
 
     shmsess_options_init(&opts);
 
+    /* a string that could not be copied must not turn a named segment into an anonymous one */
+    if (ngx_http_shmsess_cstr(cycle->pool, &smcf->path, &opts.path) != NGX_OK
+        || ngx_http_shmsess_cstr(cycle->pool, &smcf->remote_url, &opts.remote_url) != NGX_OK
+        || ngx_http_shmsess_cstr(cycle->pool, &smcf->remote_key_file,
+                                 &opts.remote_key_file) != NGX_OK
+        || ngx_http_shmsess_cstr(cycle->pool, &smcf->remote_key_prefix,
+                                 &opts.remote_key_prefix) != NGX_OK)
+    {
+        return SHMSESS_ERR_INVALID_ARGUMENT;
+    }
+
     /* nginx set each server's session id context (ngx_ssl_session_id_context) */
     opts.flags = SHMSESS_KEEP_SESSION_ID_CONTEXT;
     opts.size_bytes = smcf->size;
-    opts.path = ngx_http_shmsess_cstr(cycle->pool, &smcf->path);
-    opts.remote_url = ngx_http_shmsess_cstr(cycle->pool, &smcf->remote_url);
-    opts.remote_key_file = ngx_http_shmsess_cstr(cycle->pool, &smcf->remote_key_file);
-    opts.remote_key_prefix = ngx_http_shmsess_cstr(cycle->pool, &smcf->remote_key_prefix);
     opts.remote_timeout_ms = (uint32_t) smcf->remote_timeout;
 
     /* session lifetime: each session carries its server's ssl_session_timeout */
