@@ -37,6 +37,7 @@ typedef struct {
     ngx_str_t                  remote_key_file;
     ngx_str_t                  remote_key_prefix;
     ngx_msec_t                 remote_timeout;
+    ngx_str_t                  id_prefix;        /* host tag; each worker appends its number */
     ngx_flag_t                 status_used;
 } ngx_http_shmsess_main_conf_t;
 
@@ -53,6 +54,7 @@ typedef struct {
 
 
 static ngx_int_t ngx_http_shmsess_init_module(ngx_cycle_t *cycle);
+static ngx_int_t ngx_http_shmsess_init_process(ngx_cycle_t *cycle);
 static void *ngx_http_shmsess_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_shmsess_init_main_conf(ngx_conf_t *cf, void *conf);
 static char *ngx_http_shmsess_session_cache(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -62,6 +64,8 @@ static char *ngx_http_shmsess_remote(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_http_shmsess_remote_key(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_shmsess_status(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_shmsess_id_prefix(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
 
@@ -102,6 +106,13 @@ static ngx_command_t  ngx_http_shmsess_commands[] = {
       offsetof(ngx_http_shmsess_main_conf_t, remote_timeout),
       NULL },
 
+    { ngx_string("shmsess_session_id_prefix"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_shmsess_id_prefix,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("shmsess_status"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_shmsess_status,
@@ -135,7 +146,7 @@ ngx_module_t  ngx_http_shmsess_module = {
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
     ngx_http_shmsess_init_module,          /* init module */
-    NULL,                                  /* init process */
+    ngx_http_shmsess_init_process,         /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
     NULL,                                  /* exit process */
@@ -175,6 +186,7 @@ ngx_http_shmsess_create_main_conf(ngx_conf_t *cf)
      *     smcf->remote_url = { 0, NULL };
      *     smcf->remote_key_file = { 0, NULL };
      *     smcf->remote_key_prefix = { 0, NULL };
+     *     smcf->id_prefix = { 0, NULL };
      *     smcf->status_used = 0;
      */
 
@@ -190,11 +202,13 @@ ngx_http_shmsess_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_http_shmsess_main_conf_t  *smcf = conf;
 
     if (smcf->size == 0
-        && (smcf->remote_url.len || smcf->remote_key_file.len || smcf->status_used))
+        && (smcf->remote_url.len || smcf->remote_key_file.len || smcf->status_used
+            || smcf->id_prefix.len))
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "shmsess_remote, shmsess_remote_key and shmsess_status "
-                           "need \"shmsess_session_cache\" in the http block");
+                           "shmsess_remote, shmsess_remote_key, shmsess_session_id_prefix "
+                           "and shmsess_status need \"shmsess_session_cache\" in the "
+                           "http block");
         return NGX_CONF_ERROR;
     }
 
@@ -332,6 +346,45 @@ ngx_http_shmsess_remote_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/*
+ * shmsess_session_id_prefix TEXT; up to 15 bytes of printable ASCII that every session id
+ * this host makes starts with (a tag a load balancer can route TLS 1.2 clients on); each
+ * worker adds one byte, its number. Ids travel in clear text.
+ */
+static char *
+ngx_http_shmsess_id_prefix(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_shmsess_main_conf_t  *smcf = conf;
+
+    ngx_str_t   *value;
+    ngx_uint_t   i;
+
+    if (smcf->id_prefix.len) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    for (i = 0; i < value[1].len; i++) {
+        if (value[1].data[i] <= 0x20 || value[1].data[i] >= 0x7f) {
+            break;
+        }
+    }
+
+    if (value[1].len == 0 || value[1].len > SHMSESS_MAX_ID_PREFIX - 1 || i < value[1].len) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid prefix \"%V\" in \"shmsess_session_id_prefix\": give "
+                           "1 to %d printable characters without spaces, e.g. \"web3\"",
+                           &value[1], SHMSESS_MAX_ID_PREFIX - 1);
+        return NGX_CONF_ERROR;
+    }
+
+    smcf->id_prefix = value[1];
+
+    return NGX_CONF_OK;
+}
+
+
 /* ---- creating the cache and putting the servers on it (init_module) ---------------------- */
 
 static void
@@ -382,16 +435,17 @@ ngx_http_shmsess_settings(ngx_pool_t *pool, ngx_http_shmsess_main_conf_t *smcf)
     u_char  *p, *last;
 
     len = smcf->path.len + smcf->remote_url.len + smcf->remote_key_file.len
-          + smcf->remote_key_prefix.len + 2 * NGX_INT64_LEN + sizeof("\n\n\n\n\n\n");
+          + smcf->remote_key_prefix.len + smcf->id_prefix.len + 2 * NGX_INT64_LEN
+          + sizeof("\n\n\n\n\n\n\n");
 
     p = ngx_pnalloc(pool, len);
     if (p == NULL) {
         return NULL;
     }
 
-    last = ngx_snprintf(p, len - 1, "%V\n%uz\n%V\n%V\n%V\n%M", &smcf->path, smcf->size,
+    last = ngx_snprintf(p, len - 1, "%V\n%uz\n%V\n%V\n%V\n%M\n%V", &smcf->path, smcf->size,
                         &smcf->remote_url, &smcf->remote_key_file,
-                        &smcf->remote_key_prefix, smcf->remote_timeout);
+                        &smcf->remote_key_prefix, smcf->remote_timeout, &smcf->id_prefix);
     *last = '\0';
 
     return p;
@@ -421,6 +475,10 @@ ngx_http_shmsess_create(ngx_cycle_t *cycle, ngx_http_shmsess_main_conf_t *smcf,
     opts.flags = SHMSESS_KEEP_SESSION_ID_CONTEXT;
     opts.size_bytes = smcf->size;
     opts.remote_timeout_ms = (uint32_t) smcf->remote_timeout;
+
+    /* a prefix at creation installs the library's id generator; workers extend it */
+    opts.session_id_prefix = smcf->id_prefix.data;
+    opts.session_id_prefix_len = (uint32_t) smcf->id_prefix.len;
 
     /* session lifetime: each session carries its server's ssl_session_timeout */
     opts.session_timeout = 0;
@@ -690,6 +748,38 @@ ngx_http_shmsess_init_module(ngx_cycle_t *cycle)
     }
 
     return rc;
+}
+
+
+/* Each worker's session ids: the host's prefix and one byte, the worker's number. */
+static ngx_int_t
+ngx_http_shmsess_init_process(ngx_cycle_t *cycle)
+{
+    u_char                         prefix[SHMSESS_MAX_ID_PREFIX];
+    ngx_http_shmsess_main_conf_t  *smcf;
+
+    if (ngx_process != NGX_PROCESS_WORKER || ngx_http_shmsess_cache == NULL) {
+        return NGX_OK;
+    }
+
+    smcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_shmsess_module);
+    if (smcf == NULL || smcf->id_prefix.len == 0) {
+        return NGX_OK;
+    }
+
+    ngx_memcpy(prefix, smcf->id_prefix.data, smcf->id_prefix.len);
+    prefix[smcf->id_prefix.len] = (u_char) ngx_worker;
+
+    if (shmsess_set_session_id_prefix(ngx_http_shmsess_cache, prefix,
+                                      smcf->id_prefix.len + 1)
+        != SHMSESS_OK)
+    {
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                      "shmsess: worker %ui keeps the host's session id prefix: %s",
+                      ngx_worker, shmsess_last_error());
+    }
+
+    return NGX_OK;
 }
 
 

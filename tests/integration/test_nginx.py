@@ -63,6 +63,20 @@ def resume_across_workers(n, tally):
               f"{reused}/{RECONNECTS} resumed by workers {reused_pids}")
 
 
+def id_prefixes(n):
+    """shmsess_session_id_prefix web3: every session id starts with "web3" and the number of
+    the worker that made it (one number per worker). TLS 1.2: a TLS 1.3 client's session
+    object holds the ticket apart from a random id of its own, so only TLS 1.2 shows it."""
+    by_pid = {}
+    for _ in range(20):
+        _, pid, session = one_request(n.port, client_context(TLS12))
+        by_pid.setdefault(pid, set()).add(session.id[:5])
+    tags = sorted(t for ts in by_pid.values() for t in ts)
+    check("shmsess_session_id_prefix: ids start with the prefix and the worker's number, one per worker",
+          len(by_pid) == 2 and all(len(ts) == 1 for ts in by_pid.values())
+          and sorted(tags) == [b"web3\x00", b"web3\x01"], str({p: sorted(ts) for p, ts in by_pid.items()}))
+
+
 def ticket_twice(n):
     """Offer the same TLS 1.3 ticket twice: [resumed first, resumed second]."""
     ctx = client_context(TLS13)
@@ -87,9 +101,10 @@ def main_server(args):
     tally = {"resumed": 0, "tls13": 0}
     # nginx's own shared cache stays configured, as in many existing configurations: the
     # module recognises nginx's callbacks (and only those) and replaces them.
-    http = shmsess_cache() + "\n" + NGINX_SHARED
+    http = shmsess_cache() + "\n" + NGINX_SHARED + "\n    shmsess_session_id_prefix web3;"
     with Nginx(args.module, args.certs, http, server="        ssl_early_data on;", listen_opts=SPREAD) as n:
         resume_across_workers(n, tally)
+        id_prefixes(n)
 
         twice = ticket_twice(n)
         tally["resumed"] += sum(twice)
