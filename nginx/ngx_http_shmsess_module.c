@@ -548,9 +548,10 @@ ngx_http_shmsess_open(ngx_cycle_t *cycle, ngx_http_shmsess_main_conf_t *smcf)
 
     if (rc != SHMSESS_OK) {
         level = ngx_http_shmsess_cache ? NGX_LOG_ALERT : NGX_LOG_EMERG;
-        ngx_log_error(level, cycle->log, 0, "shmsess: cannot %s session cache \"%V\": %s%s",
+        ngx_log_error(level, cycle->log, 0, "shmsess: cannot %s session cache%s%V%s: %s%s",
                       smcf->path.len ? "open the" : "create the anonymous",
-                      &smcf->path, shmsess_last_error(),
+                      smcf->path.len ? " \"" : "", &smcf->path, smcf->path.len ? "\"" : "",
+                      shmsess_last_error(),
                       ngx_http_shmsess_cache ? "; the previous cache is kept" : "");
         return ngx_http_shmsess_cache ? NGX_DECLINED : NGX_ERROR;
     }

@@ -367,6 +367,38 @@ def two_hosts_on_redis(args):
     check("contrast, no tier: host B does not resume host A's session", not without, f"resumed {without}")
 
 
+def segment_refused(args):
+    """A named segment file of another size: a reload keeps the running cache (the master must
+    not exit), a start is refused with the library's reason."""
+    root = tempfile.mkdtemp(prefix="shmsess-nginx-")
+    try:
+        with Nginx(args.module, args.certs, shmsess_cache("{root}/ssl.sess", "8m"), root=root) as n:
+            _, _, session = one_request(n.port, client_context(TLS12))
+            n.http = shmsess_cache("{root}/ssl.sess", "16m")
+            try:
+                n.reload()
+                resumed = one_request(n.port, client_context(TLS12), session)[0]
+            except RuntimeError as e:  # the master exited
+                resumed = False
+                print(str(e).splitlines()[0])
+            log = n.error_log()
+        check("reload to a size the segment file does not have: nginx runs on, on the previous cache",
+              resumed and "the previous cache is kept" in log,
+              next((ln for ln in log.splitlines() if "cannot open" in ln), "no alert")[:200])
+        n2 = Nginx(args.module, args.certs, shmsess_cache("{root}/ssl.sess", "16m"), root=root)
+        try:
+            n2.start()
+            refused = "nginx started"
+        except RuntimeError as e:
+            refused = next((ln for ln in str(e).splitlines() if "cannot open the session cache" in ln), str(e)[:200])
+        finally:
+            n2.stop()
+        check("start with a segment file of another size: refused, with the reason", "[emerg]" in refused and
+              "cannot open the session cache" in refused, refused[:220])
+    finally:
+        subprocess.run(["rm", "-rf", root])
+
+
 def bad_configuration(args):
     cases = (
         ("    shmsess_session_cache anonymous 12Q;", "invalid size \"12Q\""),
@@ -403,6 +435,7 @@ def main():
     nginx_shared_contrast(args)
     named_segment(args)
     two_hosts_on_redis(args)
+    segment_refused(args)
     bad_configuration(args)
     finish()
 
