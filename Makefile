@@ -124,6 +124,7 @@ $(NGINX_MOD): nginx/ngx_http_shmsess_module.c nginx/config scripts/build-nginx-m
 # `make install` for the library itself).
 install-nginx-module: $(LIB_SO)
 	SHMSESS_RPATH=$(PREFIX)/lib scripts/build-nginx-module.sh $(CURDIR)/$(BUILD)/nginx-install $(NGINX_SRC)
+	install -d $(DESTDIR)$(NGINX_MODULES_DIR)
 	install -m 0644 $(BUILD)/nginx-install/ngx_http_shmsess_module.so $(DESTDIR)$(NGINX_MODULES_DIR)/
 
 test-nginx: test-deps all $(FAULT_SERVER) $(BUILD)/certs/server.pem
