@@ -98,6 +98,7 @@ class Nginx:
         self.daemon = daemon
         self.proc = None
         self.master = None  # the master's pid: the child we started, until a binary upgrade
+        self.seen_workers = set()
         self.log_offset = 0
 
     def conf_path(self):
@@ -145,7 +146,9 @@ class Nginx:
 
     def worker_pids(self):
         out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.master)], capture_output=True, text=True)
-        return sorted(int(p) for p in out.stdout.split())
+        pids = sorted(int(p) for p in out.stdout.split())
+        self.seen_workers.update(pids)
+        return pids
 
     def master_alive(self, pid=None):
         pid = pid or self.master
@@ -263,6 +266,19 @@ class Nginx:
                 self.proc.wait()
         if self.proc:
             self.stderr_file.close()
+        self._kill_orphaned_workers()
+
+    def _kill_orphaned_workers(self):
+        """A master that exits on its own (a failed reload) leaves its workers running: end
+        those this harness saw, by pid, if they are still nginx workers."""
+        for pid in self.seen_workers:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if not f.read().startswith(b"nginx: worker"):
+                        continue
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass  # already gone
 
     def cleanup(self):
         if self.own_root:
