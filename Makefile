@@ -24,7 +24,7 @@ RUST_SRC  := $(wildcard src/*.rs src/*/*.rs src/bin/*/*.rs) Cargo.toml build.rs
 CLI       := $(BUILD)/shmsesscache
 
 .PHONY: all lib header check-header test test-rust test-c test-integration test-remote test-apache test-fuzz fuzz demo bench install \
-        apache-module install-apache-module test-deps clean
+        apache-module install-apache-module test-deps clean nginx-module install-nginx-module test-nginx
 
 all: $(LIB_SO) $(LIB_A) $(PC) $(SERVER) $(CLI)
 
@@ -69,7 +69,7 @@ check-header:
 	@$(CARGO) run -q --example gen_header > $(BUILD)/shmsesscache.h.check
 	@diff -u include/shmsesscache.h $(BUILD)/shmsesscache.h.check && echo "header in sync" || { echo "include/shmsesscache.h is out of date: run 'make header'"; exit 1; }
 
-test: all check-header test-rust test-c test-integration test-remote test-apache test-fuzz
+test: all check-header test-rust test-c test-integration test-remote test-apache test-nginx test-fuzz
 	@echo "all tests passed"
 
 test-rust:
@@ -131,6 +131,33 @@ $(APACHE_MOD): apache/mod_socache_shmsess.c include/shmsesscache.h $(LIB_SO)
 install-apache-module: $(LIB_SO)
 	$(call apxs_build,$(BUILD)/apache-install,$(PREFIX)/lib)
 	install -m 0644 $(BUILD)/apache-install/.libs/mod_socache_shmsess.so $(DESTDIR)$$($(APXS) -q LIBEXECDIR)/
+
+# ngx_http_shmsess_module (nginx/), a dynamic module for the installed nginx (configured with
+# Debian's nginx-dev flags) or, with NGINX_SRC=DIR, for that nginx source tree. Linked to
+# libshmsesscache.so.0, found in build/ or, once installed, $(PREFIX)/lib.
+NGINX_SRC ?=
+NGINX_MOD := $(BUILD)/nginx/ngx_http_shmsess_module.so
+NGINX_MODULES_DIR ?= /usr/lib/nginx/modules
+
+nginx-module: $(NGINX_MOD)
+
+$(NGINX_MOD): nginx/ngx_http_shmsess_module.c nginx/config scripts/build-nginx-module.sh include/shmsesscache.h \
+              $(LIB_SO) $(if $(NGINX_SRC),FORCE)
+	SHMSESS_RPATH=$(CURDIR)/$(BUILD):$(PREFIX)/lib scripts/build-nginx-module.sh $(CURDIR)/$(BUILD)/nginx $(NGINX_SRC)
+
+# Installs the module into nginx's module directory, linked to $(PREFIX)/lib only (run
+# `make install` for the library itself).
+install-nginx-module: $(LIB_SO)
+	SHMSESS_RPATH=$(PREFIX)/lib scripts/build-nginx-module.sh $(CURDIR)/$(BUILD)/nginx-install $(NGINX_SRC)
+	install -d $(DESTDIR)$(NGINX_MODULES_DIR)
+	install -m 0644 $(BUILD)/nginx-install/ngx_http_shmsess_module.so $(DESTDIR)$(NGINX_MODULES_DIR)/
+
+test-nginx: test-deps all $(FAULT_SERVER) $(BUILD)/certs/server.pem
+	$(MAKE) --no-print-directory nginx-module
+	python3 tests/integration/test_nginx.py --module $(NGINX_MOD) --cli $(CLI) --certs $(BUILD)/certs \
+	  --fault-lib $(BUILD)/fault
+
+FORCE:
 
 # Two example servers ("hosts") sharing a throw-away redis-server on 127.0.0.1.
 test-remote: test-deps all $(BUILD)/certs/server.pem
@@ -198,6 +225,7 @@ bench: all $(BUILD)/certs/server.pem $(BUILD)/bench/handshake $(BUILD)/bench/loa
 	$(CARGO) build --release --example bench_ops --example bench_tiers --example bench_threads
 	sh bench/install-deps.sh
 	$(MAKE) --no-print-directory apache-module
+	$(MAKE) --no-print-directory nginx-module
 	python3 bench/run.py $(BENCH_ARGS)
 
 install: all

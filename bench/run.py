@@ -14,6 +14,10 @@
    host at random for every connection, with the tier and without it
 6. Apache httpd side by side: the same httpd (mpm_prefork, 4 children), the same load,
    `SSLSessionCache shmcb` vs `shmsess` (both 8 MiB) vs `none`, TLS 1.2 and 1.3
+8. nginx side by side: the same nginx binary (Debian's) and workers, the same load,
+   `shmsess_session_cache` (ngx_http_shmsess_module) vs `ssl_session_cache shared:SSL:10m` vs
+   `ssl_session_cache off`, TLS 1.2 and 1.3: resumed and full handshakes/s and the server's
+   CPU (master + workers, from /proc/PID/stat) per 1,000 resumed handshakes
 
 `--only apache` (or another part: handshake, ops, e2e, tiers) runs just that part and keeps the
 others' figures from the existing results.json.
@@ -40,6 +44,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from prefork_harness import Server, free_port  # noqa: E402
 import apache_harness  # noqa: E402
+import nginx_harness  # noqa: E402
 from redis_harness import Redis  # noqa: E402
 
 # Documented densities (shared/reference/anchors.md), sessions of ~160 bytes per MiB.
@@ -197,6 +202,65 @@ def apache(a):
     return res
 
 
+NGINX_CACHES = {"shmsess": nginx_harness.shmsess_cache("anonymous", "10m"),
+                "shared:SSL": nginx_harness.NGINX_SHARED, "off": nginx_harness.NO_CACHE}
+
+
+def cpu_seconds(pids):
+    """User + system CPU seconds the processes have used so far (/proc/PID/stat)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone: its CPU is lost, which only flatters that run
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def nginx_row(runs, **labels):
+    row = summary(runs, **labels)
+    resumed = [r["handshakes"] * r["resumed_fraction"] for r in runs]
+    row["median_resumed_per_s"] = median([r["handshakes_per_s"] * r["resumed_fraction"] for r in runs])
+    row["median_full_per_s"] = median([r["handshakes_per_s"] * (1 - r["resumed_fraction"]) for r in runs])
+    row["median_cpu_ms_per_1000_handshakes"] = median(
+        [1e6 * r["server_cpu_s"] / r["handshakes"] for r in runs if r["handshakes"]])
+    per_resumed = [1e6 * r["server_cpu_s"] / n for r, n in zip(runs, resumed) if n >= 1]
+    row["median_cpu_ms_per_1000_resumed"] = median(per_resumed) if per_resumed else None
+    row["cpu_ms_per_1000_resumed_runs"] = [round(c, 1) for c in per_resumed]
+    return row
+
+
+def nginx(a):
+    """The same nginx and load with each session cache; medians of interleaved runs."""
+    module = os.path.join(a.build, "nginx", "ngx_http_shmsess_module.so")
+    if not (os.access(nginx_harness.NGINX, os.X_OK) and os.path.exists(module)):
+        print("nginx or the module is missing (make nginx-module): its figures are skipped", file=sys.stderr)
+        return []
+    res = []
+    for proto in ("1.2", "1.3"):
+        runs = {c: [] for c in NGINX_CACHES}
+        for _ in range(a.runs):
+            for name, http in NGINX_CACHES.items():
+                with nginx_harness.Nginx(module, a.certs, http, workers=a.nginx_workers, status=False,
+                                         log_level="warn") as ng:
+                    pids = [ng.proc.pid] + ng.worker_pids()
+                    before = cpu_seconds(pids)
+                    r = loadgen(a.build, ng.port, a.clients, a.e2e_seconds, proto)
+                    r["server_cpu_s"] = cpu_seconds(pids) - before
+                ng.cleanup()
+                runs[name].append(r)
+        for name in NGINX_CACHES:
+            row = nginx_row(runs[name], cache=name, workers=a.nginx_workers, protocol=f"TLS {proto}")
+            cpu = row["median_cpu_ms_per_1000_resumed"]
+            print(f"  nginx TLS {proto} {name:10} {row['median_handshakes_per_s']:8.0f} hs/s "
+                  f"resumed {row['median_resumed_per_s']:7.0f}/s "
+                  f"cpu/1000 resumed {'-' if cpu is None else f'{cpu:.0f} ms'}", file=sys.stderr, flush=True)
+            res.append(row)
+    return res
+
+
 def tiers(a):
     """Lookup cost per tier, then two hosts with and without the tier."""
     if not shutil.which("redis-server"):
@@ -330,6 +394,15 @@ def table(r):
         for x in r["apache"]:
             lines.append(f"   {x['protocol']} SSLSessionCache {x['cache']:8} {x['median_handshakes_per_s']:7.0f} "
                          f"({100 * x['median_resumed_fraction']:5.1f}%)")
+    if r.get("nginx"):
+        lines.append(f"8. nginx, {r['nginx'][0]['workers']} workers: handshakes/s (resumed), resumed/s, full/s, "
+                     "server CPU ms per 1,000 resumed (per 1,000 handshakes)")
+        for x in r["nginx"]:
+            cpu = x["median_cpu_ms_per_1000_resumed"]
+            lines.append(f"   {x['protocol']} {x['cache']:10} {x['median_handshakes_per_s']:7.0f} "
+                         f"({100 * x['median_resumed_fraction']:5.1f}%)  {x['median_resumed_per_s']:7.0f}  "
+                         f"{x['median_full_per_s']:7.0f}  {'-' if cpu is None else f'{cpu:6.0f}'} "
+                         f"({x['median_cpu_ms_per_1000_handshakes']:.0f})")
     if r.get("tiers", {}).get("lookup"):
         t = r["tiers"]["lookup"]
         lines.append("7. lookup cost per tier (ns, median): " + ", ".join(
@@ -350,13 +423,14 @@ def main():
     ap.add_argument("--e2e-seconds", type=float, default=3.0)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--apache-workers", type=int, default=4)
+    ap.add_argument("--nginx-workers", type=int, default=2)
     ap.add_argument("--out", default=HERE)
     ap.add_argument("--tiers", default=os.path.join(ROOT, "target", "release", "examples", "bench_tiers"))
     ap.add_argument("--threads-bench", default=os.path.join(ROOT, "target", "release", "examples", "bench_threads"))
-    ap.add_argument("--only", choices=["handshake", "ops", "e2e", "apache", "tiers", "threads"],
+    ap.add_argument("--only", choices=["handshake", "ops", "e2e", "apache", "tiers", "threads", "nginx"],
                     help="run one part; the others keep their figures from results.json")
     a = ap.parse_args()
-    parts = [a.only] if a.only else ["handshake", "ops", "e2e", "apache", "tiers", "threads"]
+    parts = [a.only] if a.only else ["handshake", "ops", "e2e", "apache", "tiers", "threads", "nginx"]
     r = {}
     if a.only and os.path.exists(os.path.join(a.out, "results.json")):
         with open(os.path.join(a.out, "results.json")) as f:
@@ -387,6 +461,9 @@ def main():
         out = subprocess.run([a.threads_bench, str(a.seconds), str(a.runs)], capture_output=True, text=True,
                              check=True)
         r["threads"] = json.loads(out.stdout)
+    if "nginx" in parts:
+        print("nginx: shmsess_session_cache vs shared:SSL vs off ...", file=sys.stderr, flush=True)
+        r["nginx"] = nginx(a)
     r["anchor_density"] = ANCHOR_DENSITY
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(r, f, indent=1)

@@ -85,3 +85,24 @@ if r.get("tiers", {}).get("lookup"):
         f = lambda k: f"{v[k]['median_handshakes_per_s']:.0f}/s ({100 * v[k]['median_resumed_fraction']:.1f}% resumed)"
         print(f"| {p} | {f('tier')} | {f('no tier')} | "
               f"**{v['tier']['median_handshakes_per_s'] / v['no tier']['median_handshakes_per_s']:.2f}** |")
+if r.get("nginx"):
+    print("\n### 8. nginx: shmsess_session_cache vs ssl_session_cache shared:SSL\n")
+    print(f"The same nginx binary ({r['machine']['nginx']}), {r['nginx'][0]['workers']} workers, "
+          f"`ssl_session_tickets off`, the same load ({r['clients']} loadgen processes); `off` is "
+          "`ssl_session_cache off` (full handshakes only). CPU: user+system of master and workers "
+          "(/proc/PID/stat) over the run.\n")
+    print("| protocol | cache | handshakes/s (resumed) | resumed/s | full/s | CPU ms per 1,000 resumed | per run |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    for x in r["nginx"]:
+        cpu = x["median_cpu_ms_per_1000_resumed"]
+        print(f"| {x['protocol']} | {x['cache']} | {x['median_handshakes_per_s']:.0f} "
+              f"({100 * x['median_resumed_fraction']:.1f}%) | {x['median_resumed_per_s']:.0f} | "
+              f"{x['median_full_per_s']:.0f} | {'-' if cpu is None else f'{cpu:.0f}'} | "
+              f"{', '.join(f'{c:.0f}' for c in x.get('cpu_ms_per_1000_resumed_runs', [])) or '-'} |")
+    print("\n| protocol | shmsess / shared:SSL, resumed/s | shmsess / shared:SSL, CPU per resumed |")
+    print("|---|---:|---:|")
+    for p in ("TLS 1.2", "TLS 1.3"):
+        v = {x["cache"]: x for x in r["nginx"] if x["protocol"] == p}
+        a, b = v["shmsess"], v["shared:SSL"]
+        print(f"| {p} | **{a['median_resumed_per_s'] / b['median_resumed_per_s']:.2f}** | "
+              f"**{a['median_cpu_ms_per_1000_resumed'] / b['median_cpu_ms_per_1000_resumed']:.2f}** |")

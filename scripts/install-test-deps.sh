@@ -1,10 +1,11 @@
 #!/bin/sh
 # Install the Debian packages the integration tests run against: Apache httpd with mod_ssl and
-# apxs (the socache provider test), redis-server (the second tier). Does nothing when they are
+# apxs (the socache provider test), redis-server (the second tier), nginx with nginx-dev and the
+# libraries its configure checks for (the nginx module). Does nothing when they are
 # there; installs them as root; otherwise names what is missing and fails.
 set -eu
 need=""
-for p in apache2 apache2-dev redis-server redis-tools; do
+for p in apache2 apache2-dev redis-server redis-tools nginx nginx-dev libpcre2-dev zlib1g-dev; do
     dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
 done
 [ -z "$need" ] && exit 0
@@ -17,6 +18,6 @@ apt-get update -qq
 # Debian's postinst may try to start the services; the tests run their own instances on
 # loopback with throw-away configurations, so stop any that did start.
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
-for svc in apache2 redis-server; do
+for svc in apache2 redis-server nginx; do
     if command -v service >/dev/null 2>&1; then service "$svc" stop >/dev/null 2>&1 || true; fi
 done

@@ -1,0 +1,43 @@
+#!/bin/bash
+# Build ngx_http_shmsess_module.so the way nginx builds dynamic modules: configure an nginx
+# source tree with the flags the target binary was built with (so the module's signature
+# matches it) plus --add-dynamic-module, then `make modules`.
+#
+#   build-nginx-module.sh OUT_DIR [SRC_DIR]
+#
+# SRC_DIR defaults to Debian's nginx-dev tree (/usr/share/nginx/src, headers and configure
+# only, with its configure flags in conf_flags). Another tree (NGINX_SRC) is configured with
+# its own conf_flags if it has one, else with NGINX_CONF_FLAGS (default --with-compat
+# --with-http_ssl_module). The tree is copied: configure writes into it.
+# SHMSESS_INCLUDE, SHMSESS_LIBDIR, SHMSESS_RPATH: see nginx/config. SHMSESS_MODULE_DIR: the
+# module source (default nginx/ of this checkout).
+set -euo pipefail
+out=$1
+src=${2:-/usr/share/nginx/src}
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+if [ ! -x "$src/configure" ]; then
+    echo "no nginx source tree in $src: install nginx-dev (make test-deps) or set NGINX_SRC" >&2
+    exit 1
+fi
+
+NGX_CONF_FLAGS=()
+if [ -f "$src/conf_flags" ]; then
+    # shellcheck disable=SC1091
+    . "$src/conf_flags"
+else
+    read -r -a NGX_CONF_FLAGS <<<"${NGINX_CONF_FLAGS:---with-compat --with-http_ssl_module}"
+fi
+
+tree=$out/tree
+rm -rf "$tree"
+mkdir -p "$out"
+cp -r "$src" "$tree"
+cd "$tree"
+export SHMSESS_INCLUDE=${SHMSESS_INCLUDE:-$here/include}
+export SHMSESS_LIBDIR=${SHMSESS_LIBDIR:-$here/build}
+./configure "${NGX_CONF_FLAGS[@]}" --with-cc-opt="-Wall -Wextra -Werror -Wno-unused-parameter" \
+    --add-dynamic-module="${SHMSESS_MODULE_DIR:-$here/nginx}" >"$out/configure.log" 2>&1 \
+    || { tail -30 "$out/configure.log"; exit 1; }
+make -f objs/Makefile modules >"$out/make.log" 2>&1 || { tail -40 "$out/make.log"; exit 1; }
+cp objs/ngx_http_shmsess_module.so "$out/"

@@ -1,0 +1,346 @@
+"""Run Debian's nginx (master + workers, in the foreground) on a loopback port with a generated
+configuration and ngx_http_shmsess_module loaded, as the nginx integration test and
+`make bench` need it.
+
+Nothing here touches the system's nginx configuration: prefix, configuration, logs, pid file,
+temp paths and the session segment all live in a throw-away directory. Every response says
+which worker served it ("worker=PID reused=0|1 early=0|1"), in the format
+prefork_harness.one_request reads.
+"""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+
+import prefork_harness
+from prefork_harness import free_port
+
+READY_TIMEOUT = 20.0
+NGINX = "/usr/sbin/nginx"
+
+CONFIG = """\
+load_module "{module}";
+daemon {daemon};
+master_process on;
+worker_processes {workers};
+error_log "{root}/error.log" {log_level};
+pid "{root}/nginx.pid";
+{env}
+events {{ worker_connections 512; }}
+http {{
+    access_log off;
+    client_body_temp_path "{root}/tmp/body";
+    proxy_temp_path "{root}/tmp/proxy";
+    fastcgi_temp_path "{root}/tmp/fastcgi";
+    uwsgi_temp_path "{root}/tmp/uwsgi";
+    scgi_temp_path "{root}/tmp/scgi";
+    keepalive_timeout 0;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_tickets off;
+    ssl_session_timeout 300s;
+    ssl_certificate "{certs}/server.pem";
+    ssl_certificate_key "{certs}/server.key";
+    map $ssl_session_reused $shmsess_reused {{ r 1; default 0; }}
+    map $ssl_early_data $shmsess_early {{ 1 1; default 0; }}
+{http}
+    server {{
+        listen 127.0.0.1:{port} ssl{listen_opts};
+{server}
+        location / {{ return 200 "worker=$pid reused=$shmsess_reused early=$shmsess_early\\n"; }}
+{status}
+    }}
+{servers}
+}}
+"""
+
+# The cache of each benchmark/test variant: the http-level directives.
+def shmsess_cache(segment="anonymous", size="8m"):
+    return f"    shmsess_session_cache {segment} {size};"
+
+
+NGINX_SHARED = "    ssl_session_cache shared:SSL:10m;"
+NO_CACHE = "    ssl_session_cache off;"
+
+
+class Nginx:
+    """One nginx: `with Nginx(module, certs, shmsess_cache()) as n: ... n.port ...`.
+
+    `http` goes into the http block (the cache directives), `server` into the test server,
+    `servers` after it (more server blocks; "{root}", "{certs}", "{port2}" and "{port3}"
+    are filled in). nginx runs in the foreground unless `daemon` (needed for a binary upgrade:
+    nginx refuses USR2 while its master's parent is the one that started it). A `root`
+    may be passed to reuse a directory (and a named segment in it) across runs."""
+
+    def __init__(self, module, certs, http, workers=2, server="", servers="", root=None, port=None,
+                 env=None, pass_env=(), status=True, log_level="info", listen_opts="", daemon=False):
+        self.module = os.path.abspath(module)
+        self.certs = os.path.abspath(certs)
+        self.http = http
+        self.server = server
+        self.servers = servers
+        self.workers = workers
+        self.own_root = root is None
+        self.root = root or tempfile.mkdtemp(prefix="shmsess-nginx-")
+        self.port = port
+        self.port2 = None
+        self.port3 = None
+        self.env = env
+        self.pass_env = pass_env
+        self.status = status
+        self.log_level = log_level
+        self.listen_opts = listen_opts
+        self.daemon = daemon
+        self.proc = None
+        self.master = None  # the master's pid: the child we started, until a binary upgrade
+        self.seen_workers = set()
+        self.log_offset = 0
+
+    def conf_path(self):
+        return os.path.join(self.root, "nginx.conf")
+
+    def write_config(self):
+        os.makedirs(os.path.join(self.root, "tmp"), exist_ok=True)
+        self.port = self.port or free_port()
+        self.port2 = self.port2 or free_port()
+        self.port3 = self.port3 or free_port()
+        fill = {"root": self.root, "port2": self.port2, "port3": self.port3, "certs": self.certs}
+        conf = CONFIG.format(
+            module=self.module, daemon="on" if self.daemon else "off", workers=self.workers, root=self.root, log_level=self.log_level,
+            env="\n".join(f"env {name};" for name in self.pass_env), certs=self.certs,
+            http=self.http.format(**fill), port=self.port, listen_opts=self.listen_opts,
+            server=self.server.format(**fill), servers=self.servers.format(**fill),
+            status="        location = /sessions { shmsess_status; }" if self.status else "")
+        with open(self.conf_path(), "w") as f:
+            f.write(conf)
+
+    def command(self, *args):
+        """nginx run on this configuration with extra arguments (-t, -s reload)."""
+        return subprocess.run([NGINX, "-p", self.root, "-c", self.conf_path(), "-e",
+                               os.path.join(self.root, "error.log"), *args],
+                              capture_output=True, text=True, timeout=30)
+
+    def start(self):
+        self.write_config()
+        open(self.error_log_path(), "a").close()
+        self.log_offset = os.path.getsize(self.error_log_path())
+        self.stderr_file = open(os.path.join(self.root, "stderr.log"), "w")
+        # A session of its own: signals meant for nginx's process group stay there.
+        self.proc = subprocess.Popen([NGINX, "-p", self.root, "-c", self.conf_path(), "-e",
+                                      self.error_log_path()],
+                                     stdout=self.stderr_file, stderr=subprocess.STDOUT,
+                                     start_new_session=True, env={**os.environ, **(self.env or {})})
+        self.master = self.proc.pid
+        if self.daemon:
+            # The started process exits once the daemon runs; the daemon's pid file says who.
+            if self.proc.wait(timeout=READY_TIMEOUT) != 0 or not self.read_pid_file():
+                raise RuntimeError(f"nginx did not daemonize\n{self.stderr_text()}\n{self.error_log()}")
+            self.master = self.read_pid_file()
+        self.wait_workers(())
+        return self
+
+    def worker_pids(self):
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.master)], capture_output=True, text=True)
+        pids = sorted(int(p) for p in out.stdout.split())
+        self.seen_workers.update(pids)
+        return pids
+
+    def master_alive(self, pid=None):
+        pid = pid or self.master
+        if pid == self.proc.pid:
+            return self.proc.poll() is None
+        try:  # a daemon is not our child: a zombie counts as gone
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    def wait_gone(self, pid, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while self.master_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # not our child: no wait() for it, the process table is the signal
+        return not self.master_alive(pid)
+
+    def read_pid_file(self):
+        try:
+            with open(os.path.join(self.root, "nginx.pid")) as f:
+                return int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def upgrade(self):
+        """Binary upgrade on the fly (daemon mode only): USR2 starts a new master (the same
+        binary, exec'd, so nothing mapped is inherited), then QUIT ends the old one. Returns the
+        new workers once they answer and the old master is gone; the new master's pid file is
+        the signal."""
+        old_master, old_workers = self.master, self.worker_pids()
+        os.kill(old_master, signal.SIGUSR2)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while self.read_pid_file() in (0, old_master):
+            if time.monotonic() > deadline or not self.master_alive():
+                raise RuntimeError(f"no new master after USR2\n{self.error_log()}")
+            # nginx writes the new master's pid file when it runs: polled, no other signal.
+            time.sleep(0.05)
+        self.master = self.read_pid_file()
+        pids = self.wait_workers(old_workers)
+        os.kill(old_master, signal.SIGQUIT)
+        if not self.wait_gone(old_master, READY_TIMEOUT):
+            raise RuntimeError("the old master did not quit")
+        return pids
+
+    def wait_workers(self, old):
+        """Return once `workers` workers not in `old` run, none of `old` is left, and a
+        request is answered: nginx's own process list and a served request are the signals."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            if not self.master_alive():
+                raise RuntimeError(f"nginx exited with {self.proc.returncode}\n{self.stderr_text()}\n{self.error_log()}")
+            pids = self.worker_pids()
+            if len(pids) == self.workers and not set(pids) & set(old) and self._answers():
+                return pids
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"nginx not ready after {READY_TIMEOUT}s (workers {pids}, old {sorted(old)})\n"
+                                   f"{self.error_log()}")
+            # Polling the process table and the port: there is no other signal to wait on.
+            time.sleep(0.05)
+
+    def _answers(self):
+        try:
+            prefork_harness.one_request(self.port, client_context(ssl.TLSVersion.TLSv1_2))
+            return True
+        except (OSError, ssl.SSLError, RuntimeError):
+            return False
+
+    def reload(self):
+        """`nginx -s reload` (the signaller), returning the new workers once the old are gone."""
+        old = self.worker_pids()
+        self.write_config()
+        r = self.command("-s", "reload")
+        if r.returncode != 0:
+            raise RuntimeError(f"nginx -s reload failed: {r.stderr}")
+        return self.wait_workers(old)
+
+    def stats(self):
+        """The shmsess_status page as {field: value} (Prometheus names without "shmsess_")."""
+        status, body = get(self.port, "/sessions")
+        if status != 200:
+            raise RuntimeError(f"/sessions gave {status}: {body}")
+        return parse_prometheus(body)
+
+    def error_log_path(self):
+        return os.path.join(self.root, "error.log")
+
+    def error_log(self):
+        """This run's part of the error log."""
+        try:
+            with open(self.error_log_path(), errors="replace") as f:
+                f.seek(self.log_offset)
+                return f.read()
+        except OSError:
+            return ""
+
+    def stderr_text(self):
+        try:
+            with open(os.path.join(self.root, "stderr.log"), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.master and self.proc and self.master != self.proc.pid and self.master_alive():
+            os.kill(self.master, signal.SIGTERM)
+            if not self.wait_gone(self.master):
+                os.kill(self.master, signal.SIGKILL)
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.proc:
+            self.stderr_file.close()
+        self._kill_orphaned_workers()
+
+    def _kill_orphaned_workers(self):
+        """A master that exits on its own (a failed reload) leaves its workers running: end
+        those this harness saw, by pid, if they are still nginx workers."""
+        for pid in self.seen_workers:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if not f.read().startswith(b"nginx: worker"):
+                        continue
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass  # already gone
+
+    def cleanup(self):
+        if self.own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+_contexts = {}
+
+
+def client_context(version):
+    """One client context per protocol version (a session can only be offered through the
+    context that made it). No tickets: TLS 1.2 uses session ids, so the server's cache."""
+    if version not in _contexts:
+        _contexts[version] = prefork_harness.client_context(version, no_ticket=True)
+    return _contexts[version]
+
+
+def get(port, path):
+    """A plain GET over a fresh TLS 1.2 connection: (status, body)."""
+    ctx = client_context(ssl.TLSVersion.TLSv1_2)
+    with socket.create_connection(("127.0.0.1", port), timeout=prefork_harness.IO_TIMEOUT) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+            data = b""
+            while True:
+                chunk = tls.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+    return status, body.decode(errors="replace")
+
+
+def parse_prometheus(body):
+    out = {}
+    for m in re.finditer(r"^shmsess_(\w+) (\d+)$", body, re.M):
+        name = m.group(1)
+        out[name[:-len("_total")] if name.endswith("_total") else name] = int(m.group(2))
+    return out
+
+
+def s_client_early(port, sess_in, request_file):
+    """`openssl s_client -sess_in -early_data`: offer a saved TLS 1.3 session with a request
+    as 0-RTT data. Returns (resumed, early data accepted)."""
+    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3",
+                          "-sess_in", sess_in, "-early_data", request_file],
+                         input="", capture_output=True, text=True, timeout=30)
+    return bool(re.search(r"^Reused, ", out.stdout, re.M)), "Early data was accepted" in out.stdout
+
+
+def s_client_save(port, sess_out, request_file):
+    """A full TLS 1.3 handshake with `openssl s_client -sess_out`, reading the response (and
+    so the ticket) to EOF. Returns the response."""
+    with open(request_file) as req:
+        out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3",
+                              "-sess_out", sess_out, "-ign_eof"],
+                             stdin=req, capture_output=True, text=True, timeout=30)
+    return out.stdout

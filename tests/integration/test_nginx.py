@@ -1,0 +1,444 @@
+#!/usr/bin/env python3
+"""Integration: Debian's packaged nginx with ngx_http_shmsess_module.
+
+A real nginx (master + 2 workers, in the foreground, tickets off) on a loopback port with a
+generated configuration. Every response names the worker that served it, so resumption across
+workers is checked from the server's side. Contrasts run the same checks on nginx's own
+`ssl_session_cache shared:SSL:10m`, where the checks that are ours alone fail.
+
+Each check prints PASS/FAIL; the run ends with "N passed, M failed" and exits non-zero if
+anything failed.
+"""
+
+import argparse
+import json
+import os
+import signal
+import ssl
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
+from checks import check, finish  # noqa: E402
+from nginx_harness import (NGINX_SHARED, Nginx, client_context, get, s_client_early,  # noqa: E402
+                           s_client_save, shmsess_cache)
+from prefork_harness import one_request, s_client_reconnect, summarize  # noqa: E402
+from redis_harness import Redis  # noqa: E402
+
+RECONNECTS = 40
+TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
+# reuseport: the kernel spreads connections over both workers by the client's port, so
+# sequential clients reach both (without it one worker may take every connection).
+SPREAD = " reuseport"
+
+
+def same_session(port, version, count, session=None):
+    """A full handshake (unless `session` is given), then `count` connections offering its
+    session (TLS 1.2; TLS 1.3 offers the newest ticket each time). Returns the list of
+    (resumed, worker pid) and the last session."""
+    ctx = client_context(version)
+    if session is None:
+        _, _, session = one_request(port, ctx)
+    results = []
+    for _ in range(count):
+        reused, pid, new_session = one_request(port, ctx, session)
+        results.append((reused, pid))
+        if version == TLS13:
+            session = new_session
+    return results, session
+
+
+def resume_across_workers(n, tally):
+    for version, name in ((TLS12, "TLS 1.2"), (TLS13, "TLS 1.3")):
+        results, _ = same_session(n.port, version, RECONNECTS)
+        reused, pids, reused_pids = summarize(results)
+        tally["resumed"] += reused
+        tally["tls13"] += reused if version == TLS13 else 0
+        check(f"{name}: >= {RECONNECTS - 1}/{RECONNECTS} reconnections resume, in both workers",
+              reused >= RECONNECTS - 1 and len(reused_pids) == 2,
+              f"{reused}/{RECONNECTS} resumed by workers {reused_pids}")
+
+
+def id_prefixes(n):
+    """shmsess_session_id_prefix web3: every session id starts with "web3" and the number of
+    the worker that made it (one number per worker). TLS 1.2: a TLS 1.3 client's session
+    object holds the ticket apart from a random id of its own, so only TLS 1.2 shows it."""
+    by_pid = {}
+    for _ in range(20):
+        _, pid, session = one_request(n.port, client_context(TLS12))
+        by_pid.setdefault(pid, set()).add(session.id[:5])
+    tags = sorted(t for ts in by_pid.values() for t in ts)
+    check("shmsess_session_id_prefix: ids start with the prefix and the worker's number, one per worker",
+          len(by_pid) == 2 and all(len(ts) == 1 for ts in by_pid.values())
+          and sorted(tags) == [b"web3\x00", b"web3\x01"], str({p: sorted(ts) for p, ts in by_pid.items()}))
+
+
+def ticket_twice(n):
+    """Offer the same TLS 1.3 ticket twice: [resumed first, resumed second]."""
+    ctx = client_context(TLS13)
+    _, _, ticket = one_request(n.port, ctx)
+    return [one_request(n.port, ctx, ticket)[0] for _ in range(2)]
+
+
+def early_data_twice(n):
+    """Save a TLS 1.3 session with s_client, then offer it twice with 0-RTT data:
+    [(resumed, early accepted), (resumed, early accepted)]."""
+    req = os.path.join(n.root, "request.txt")
+    sess = os.path.join(n.root, "early.sess")
+    with open(req, "w") as f:
+        f.write("GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+    s_client_save(n.port, sess, req)
+    return [s_client_early(n.port, sess, req) for _ in range(2)]
+
+
+def main_server(args):
+    """One anonymous cache: resumption in both workers, single use, early data, status page,
+    s_client, reload, SIGKILLed workers."""
+    tally = {"resumed": 0, "tls13": 0}
+    # nginx's own shared cache stays configured, as in many existing configurations: the
+    # module recognises nginx's callbacks (and only those) and replaces them.
+    http = shmsess_cache() + "\n" + NGINX_SHARED + "\n    shmsess_session_id_prefix web3;"
+    with Nginx(args.module, args.certs, http, server="        ssl_early_data on;", listen_opts=SPREAD) as n:
+        resume_across_workers(n, tally)
+        id_prefixes(n)
+
+        twice = ticket_twice(n)
+        tally["resumed"] += sum(twice)
+        tally["tls13"] += sum(twice)
+        check("TLS 1.3: a ticket resumes once in the whole server, never twice", twice == [True, False], str(twice))
+
+        early = early_data_twice(n)
+        tally["resumed"] += sum(r for r, _ in early)
+        tally["tls13"] += sum(r for r, _ in early)
+        check("ssl_early_data on: 0-RTT accepted once, refused on replay",
+              early == [(True, True), (False, False)], f"(resumed, early accepted): {early}")
+
+        words = s_client_reconnect(n.port)
+        tally["resumed"] += words.count("Reused")
+        check("openssl s_client -reconnect -tls1_2 -no_ticket: New, then Reused x5",
+              words == ["New"] + ["Reused"] * 5, " ".join(words))
+
+        st = n.stats()
+        check("shmsess_status: lookup hits = resumptions the clients saw",
+              st.get("lookup_hits") == tally["resumed"], f"{st.get('lookup_hits')} vs {tally['resumed']}")
+        check("shmsess_status: taken = TLS 1.3 resumptions (single use)",
+              st.get("taken") == tally["tls13"], f"{st.get('taken')} vs {tally['tls13']}")
+        check("shmsess_status: the anonymous segment's size", st.get("size_bytes") == 8 << 20,
+              str(st.get("size_bytes")))
+
+        anonymous_reload(n)
+        workers_killed(n)
+        log = n.error_log()
+    n.cleanup()
+    # The only alerts expected are the master's notes on the workers this test killed.
+    alerts = [ln for ln in log.splitlines() if ("[alert]" in ln or "[emerg]" in ln) and "on signal 9" not in ln]
+    check("error log: the cache was installed on the TLS server, no other alerts",
+          "installed on 1 TLS server(s)" in log and not alerts, alerts[0] if alerts else "")
+
+
+def anonymous_reload(n):
+    """nginx -s reload: the new cycle's contexts get the anonymous segment made at start."""
+    _, session = same_session(n.port, TLS12, 1)
+    old = n.worker_pids()
+    new = n.reload()
+    results, _ = same_session(n.port, TLS12, 10, session)
+    reused, _, pids = summarize(results)
+    check("anonymous segment: a session survives nginx -s reload, resumed by the new workers",
+          reused == 10 and set(pids) <= set(new) and not set(new) & set(old),
+          f"{reused}/10 by {pids}, old workers {old}")
+
+
+def workers_killed(n):
+    """SIGKILL a worker four times while two clients keep connecting; nginx respawns it. The
+    cache keeps working: every reconnection resumes once the kills stop."""
+    stop = threading.Event()
+    progress = threading.Condition()
+    served, errors = [0], [0]
+
+    def load(version):
+        ctx, session = client_context(version), None
+        while not stop.is_set():
+            try:
+                _, _, session = one_request(n.port, ctx, session)
+                with progress:
+                    served[0] += 1
+                    progress.notify_all()
+            except (OSError, ssl.SSLError, RuntimeError):
+                errors[0] += 1  # a connection the killed worker was serving
+                session = None
+
+    def served_more(count):
+        with progress:
+            target = served[0] + count
+            return progress.wait_for(lambda: served[0] >= target, timeout=30)
+
+    threads = [threading.Thread(target=load, args=(v,)) for v in (TLS12, TLS13)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(4):
+            served_more(10)  # under load: connections are being served when the kill lands
+            victim = n.worker_pids()[0]
+            os.kill(victim, signal.SIGKILL)
+            n.wait_workers([victim])
+        kept_serving = served_more(10)  # after the last kill too
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    check("workers SIGKILLed under load: nginx kept serving", kept_serving and served[0] >= 50,
+          f"{served[0]} connections served, {errors[0]} cut")
+    r12, _ = same_session(n.port, TLS12, 20)
+    r13, _ = same_session(n.port, TLS13, 20)
+    reused12, reused13 = summarize(r12)[0], summarize(r13)[0]
+    st = n.stats()
+    check("after the kills: every reconnection resumes, no lock timeouts",
+          reused12 == 20 and reused13 == 20 and st.get("lock_timeouts") == 0,
+          f"TLS 1.2 {reused12}/20, TLS 1.3 {reused13}/20, lock timeouts {st.get('lock_timeouts')}")
+
+
+def workers_killed_inside_the_cache(args):
+    """nginx on a fault-injection build of the library (LD_LIBRARY_PATH wins over the
+    module's RUNPATH): while a flag file exists, every pass of a critical-section fault point
+    SIGKILLs the worker with probability 1/40. The master respawns the dead; the cache must
+    neither hang nor lose its consistency, and resumes everything once the deaths stop."""
+    flag_dir = tempfile.mkdtemp(prefix="shmsess-kill-")
+    os.chmod(flag_dir, 0o755)  # workers run as nobody when started as root and must see the flag
+    flag = os.path.join(flag_dir, "armed")
+    env = {"LD_LIBRARY_PATH": os.path.abspath(args.fault_lib), "SHMSESS_TEST_FAULT": f"0:40:{flag}"}
+    with Nginx(args.module, args.certs, shmsess_cache(size="1m"), env=env,
+               pass_env=("SHMSESS_TEST_FAULT",), listen_opts=SPREAD) as n:
+        ctxs = {v: client_context(v) for v in (TLS12, TLS13)}
+        sessions = {TLS12: None, TLS13: None}
+        open(flag, "w").close()  # armed only now: the master's startup is not a target
+        served = cut = 0
+        for i in range(300):
+            v = TLS12 if i % 2 else TLS13
+            try:
+                _, _, sessions[v] = one_request(n.port, ctxs[v], sessions[v])
+                served += 1
+            except (OSError, ssl.SSLError, RuntimeError):
+                cut += 1  # the worker serving us died inside the cache: expected here
+                sessions[v] = None
+        os.unlink(flag)
+        died = n.error_log().count("exited on signal 9")
+        check("workers killed inside the cache: nginx kept serving", served >= 150 and cut >= 1 and died >= 1,
+              f"{served} connections served, {cut} cut, {died} workers died")
+        n.wait_workers([])
+        r12, _ = same_session(n.port, TLS12, 20)
+        r13, _ = same_session(n.port, TLS13, 20)
+        reused12, reused13 = summarize(r12)[0], summarize(r13)[0]
+        st = n.stats()
+        check("after the kills inside the cache: every reconnection resumes, locks recovered, no timeouts",
+              reused12 == 20 and reused13 == 20 and st.get("lock_owner_died", 0) >= 1
+              and st.get("lock_timeouts") == 0,
+              f"TLS 1.2 {reused12}/20, TLS 1.3 {reused13}/20, lock owners died {st.get('lock_owner_died')}, "
+              f"lock timeouts {st.get('lock_timeouts')}")
+    n.cleanup()
+    os.rmdir(flag_dir)
+
+
+def nginx_shared_contrast(args):
+    """The same server on nginx's own shared:SSL cache: replays succeed there."""
+    with Nginx(args.module, args.certs, NGINX_SHARED, server="        ssl_early_data on;",
+               status=False) as n:
+        twice = ticket_twice(n)
+        early = early_data_twice(n)
+    n.cleanup()
+    check("contrast, shared:SSL: the same TLS 1.3 ticket resumes twice", twice == [True, True], str(twice))
+    check("contrast, shared:SSL: 0-RTT data is accepted again on replay",
+          early == [(True, True), (True, True)], str(early))
+
+
+# Next to the test server: one with `ssl_session_cache off`, and one with the same certificate
+# that asks for client certificates (nginx puts the client CA names in its session id context).
+MORE_SERVERS = """
+    server {{
+        listen 127.0.0.1:{port2} ssl;
+        ssl_session_cache off;
+        location / {{ return 200 "worker=$pid reused=$shmsess_reused early=0\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port3} ssl;
+        ssl_client_certificate "{certs}/client.pem";
+        ssl_verify_client optional;
+        location / {{ return 200 "worker=$pid reused=$shmsess_reused early=0\\n"; }}
+    }}
+"""
+
+
+def named_segment(args):
+    root = tempfile.mkdtemp(prefix="shmsess-nginx-")
+    os.chmod(root, 0o755)
+    seg = os.path.join(root, "ssl.sess")
+    cache = shmsess_cache("{root}/ssl.sess", "8m")
+    try:
+        n = Nginx(args.module, args.certs, cache, servers=MORE_SERVERS, root=root)
+        n.write_config()
+        t = n.command("-t")
+        s = n.command("-s", "stop")  # the signaller reads the configuration, finds no master
+        check("nginx -t and the nginx -s signaller create no segment",
+              t.returncode == 0 and s.returncode != 0 and not os.path.exists(seg),
+              f"-t rc {t.returncode}, -s rc {s.returncode}, segment exists: {os.path.exists(seg)}")
+
+        with n:
+            results, session12 = same_session(n.port, TLS12, 5)
+            check("named segment: TLS 1.2 sessions resume", summarize(results)[0] == 5, f"{summarize(results)[0]}/5")
+            _, _, ticket = one_request(n.port, client_context(TLS13))
+
+            off, _ = same_session(n.port2, TLS12, 5)
+            check("a server with ssl_session_cache off is left alone (no resumption there)",
+                  summarize(off)[0] == 0 and "has \"ssl_session_cache off\": left alone" in n.error_log(),
+                  f"{summarize(off)[0]}/5 resumed")
+
+            other = one_request(n.port3, client_context(TLS12), session12)[0]
+            check("nginx's session id context is kept: a session is not resumed by a server with "
+                  "other client-certificate settings", not other and "installed on 2 TLS server(s)" in n.error_log(),
+                  f"resumed there: {other}")
+
+            old = n.worker_pids()
+            new = n.reload()
+            results, _ = same_session(n.port, TLS12, 5, session12)
+            reused, _, pids = summarize(results)
+            check("named segment: a session survives nginx -s reload, in the new workers",
+                  reused == 5 and set(pids) <= set(new), f"{reused}/5 by {pids}, old {old}")
+            port = n.port
+        st = os.lstat(seg)
+        check("named segment: the file is 0600, owned by the user that started nginx",
+              stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.geteuid(), f"{oct(st.st_mode)} uid {st.st_uid}")
+        out = subprocess.run([args.cli, "stat", "--json", seg], capture_output=True, text=True)
+        entries = json.loads(out.stdout).get("entries", 0) if out.returncode == 0 else -1
+        check("shmsesscache stat reads nginx's segment", entries >= 2, f"entries {entries} {out.stderr.strip()}")
+
+        # This time as a daemon, as init systems run it: nginx only upgrades its binary then.
+        with Nginx(args.module, args.certs, cache, root=root, port=port, daemon=True) as n2:
+            after12 = one_request(n2.port, client_context(TLS12), session12)[0]
+            after13, _, ticket = one_request(n2.port, client_context(TLS13), ticket)
+            check("named segment: TLS 1.2 session and TLS 1.3 ticket survive an nginx restart",
+                  after12 and after13, f"TLS 1.2 {after12}, TLS 1.3 {after13}")
+
+            old_master = n2.master
+            new = n2.upgrade()
+            up12, pid12, _ = one_request(n2.port, client_context(TLS12), session12)
+            up13 = one_request(n2.port, client_context(TLS13), ticket)[0]
+            check("named segment: sessions survive a binary upgrade (USR2, then QUIT to the old master)",
+                  up12 and up13 and pid12 in new and n2.master != old_master,
+                  f"TLS 1.2 {up12} (worker {pid12} of new master {n2.master}), TLS 1.3 {up13}")
+    finally:
+        subprocess.run(["rm", "-rf", root])
+
+
+def two_hosts_on_redis(args):
+    """Two nginx "hosts" with the Redis tier (shmsess_remote, shmsess_remote_key): a session
+    made on one resumes on the other; a TLS 1.3 ticket resumes once in the fleet."""
+    tmp = tempfile.mkdtemp(prefix="shmsess-nginx-redis-")
+    key = os.path.join(tmp, "key")
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(os.urandom(32).hex() + "\n")
+    try:
+        with Redis() as redis:
+            tier = (shmsess_cache() + f"\n    shmsess_remote {redis.url};\n    shmsess_remote_key {key};"
+                    "\n    shmsess_remote_timeout 200ms;")
+            with Nginx(args.module, args.certs, tier) as a, Nginx(args.module, args.certs, tier) as b:
+                _, _, s12 = one_request(a.port, client_context(TLS12))
+                on_b = [one_request(b.port, client_context(TLS12), s12)[0] for _ in range(3)]
+                _, _, t13 = one_request(a.port, client_context(TLS13))
+                t13_b = one_request(b.port, client_context(TLS13), t13)[0]
+                t13_a = one_request(a.port, client_context(TLS13), t13)[0]
+                sb = b.stats()
+            for n in (a, b):
+                n.cleanup()
+            with Nginx(args.module, args.certs, shmsess_cache()) as c, Nginx(args.module, args.certs, shmsess_cache()) as d:
+                _, _, s = one_request(c.port, client_context(TLS12))
+                without = one_request(d.port, client_context(TLS12), s)[0]
+            for n in (c, d):
+                n.cleanup()
+    finally:
+        subprocess.run(["rm", "-rf", tmp])
+    check("Redis tier: a TLS 1.2 session made on host A resumes on host B", all(on_b) and sb.get("remote_hits", 0) >= 1,
+          f"{on_b}, B's remote hits {sb.get('remote_hits')}")
+    check("Redis tier: a TLS 1.3 ticket from A resumes on B, then not again on A", t13_b and not t13_a,
+          f"on B {t13_b}, then on A {t13_a}")
+    check("contrast, no tier: host B does not resume host A's session", not without, f"resumed {without}")
+
+
+def segment_refused(args):
+    """A named segment file of another size: a reload keeps the running cache (the master must
+    not exit), a start is refused with the library's reason."""
+    root = tempfile.mkdtemp(prefix="shmsess-nginx-")
+    try:
+        with Nginx(args.module, args.certs, shmsess_cache("{root}/ssl.sess", "8m"), root=root) as n:
+            _, _, session = one_request(n.port, client_context(TLS12))
+            n.http = shmsess_cache("{root}/ssl.sess", "16m")
+            try:
+                n.reload()
+                resumed = one_request(n.port, client_context(TLS12), session)[0]
+            except RuntimeError as e:  # the master exited
+                resumed = False
+                print(str(e).splitlines()[0])
+            log = n.error_log()
+        check("reload to a size the segment file does not have: nginx runs on, on the previous cache",
+              resumed and "the previous cache is kept" in log,
+              next((ln for ln in log.splitlines() if "cannot open" in ln), "no alert")[:200])
+        n2 = Nginx(args.module, args.certs, shmsess_cache("{root}/ssl.sess", "16m"), root=root)
+        try:
+            n2.start()
+            refused = "nginx started"
+        except RuntimeError as e:
+            refused = next((ln for ln in str(e).splitlines() if "cannot open the session cache" in ln), str(e)[:200])
+        finally:
+            n2.stop()
+        check("start with a segment file of another size: refused, with the reason", "[emerg]" in refused and
+              "cannot open the session cache" in refused, refused[:220])
+    finally:
+        subprocess.run(["rm", "-rf", root])
+
+
+def bad_configuration(args):
+    cases = (
+        ("    shmsess_session_cache anonymous 12Q;", "invalid size \"12Q\""),
+        ("    shmsess_session_cache anonymous 64k;", "give at least 1m"),
+        ("    shmsess_session_cache ssl.sess 8m;", "give an absolute file name"),
+        ("    shmsess_session_cache anonymous 8m;\n    shmsess_remote http://127.0.0.1:6379;",
+         "expected redis://"),
+        ("    shmsess_session_cache anonymous 8m;\n    shmsess_remote redis://127.0.0.1:6379;",
+         "needs \"shmsess_remote_key\""),
+        ("    shmsess_session_cache anonymous 8m;\n    shmsess_remote_key /nonexistent/key;",
+         "cannot read \"/nonexistent/key\""),
+        ("", "need \"shmsess_session_cache\""),  # shmsess_status without a cache
+    )
+    for http, why in cases:
+        what = http.strip().splitlines()[-1] if http else "shmsess_status without shmsess_session_cache"
+        n = Nginx(args.module, args.certs, http)
+        n.write_config()
+        r = n.command("-t")
+        n.cleanup()
+        line = next((ln for ln in r.stderr.splitlines() if "[emerg]" in ln), r.stderr.strip())
+        check(f"nginx -t refuses {what!r} with a clear message",
+              r.returncode != 0 and why in r.stderr, line[:200])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--module", required=True)
+    ap.add_argument("--cli", required=True)
+    ap.add_argument("--certs", required=True)
+    ap.add_argument("--fault-lib", required=True, help="directory of a fault-injection libshmsesscache.so.0")
+    args = ap.parse_args()
+    main_server(args)
+    workers_killed_inside_the_cache(args)
+    nginx_shared_contrast(args)
+    named_segment(args)
+    two_hosts_on_redis(args)
+    segment_refused(args)
+    bad_configuration(args)
+    finish()
+
+
+if __name__ == "__main__":
+    main()
