@@ -64,7 +64,7 @@
 #define SHMSESS_LOOKUP_TAKE_TLS13 2
 
 // Version of `shmsess_stats` this library fills (`version` field).
-#define SHMSESS_STATS_VERSION 3
+#define SHMSESS_STATS_VERSION 4
 
 // Status of every call. `SHMSESS_OK` is 0; anything else comes with a message from
 // `shmsess_last_error()`.
@@ -237,6 +237,12 @@ typedef struct shmsess_stats {
   uint64_t remote_skipped;
   uint64_t remote_rejected;
   uint64_t remote_replays_refused;
+  // Version 4: shard locks re-initialised because nobody could ever take them again (held
+  // by a thread that no longer exists, not recoverable, damaged), each followed by a repair
+  // of the shard; lock attempts refused because the process's user does not own the
+  // segment file.
+  uint64_t lock_resets;
+  uint64_t lock_refused_owner;
 } shmsess_stats;
 
 // Called by `shmsess_cache_iterate` with each live entry: its id, its bytes (both valid only

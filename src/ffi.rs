@@ -234,10 +234,16 @@ pub struct shmsess_stats {
     pub remote_skipped: u64,
     pub remote_rejected: u64,
     pub remote_replays_refused: u64,
+    /// Version 4: shard locks re-initialised because nobody could ever take them again (held
+    /// by a thread that no longer exists, not recoverable, damaged), each followed by a repair
+    /// of the shard; lock attempts refused because the process's user does not own the
+    /// segment file.
+    pub lock_resets: u64,
+    pub lock_refused_owner: u64,
 }
 
 /// Version of `shmsess_stats` this library fills (`version` field).
-pub const SHMSESS_STATS_VERSION: u32 = 3;
+pub const SHMSESS_STATS_VERSION: u32 = 4;
 
 /// Opaque cache handle. Created by `shmsess_cache_create`, freed by `shmsess_cache_free`.
 pub struct shmsess_cache {
@@ -524,7 +530,10 @@ fn remote_from(o: &shmsess_options) -> Result<Option<Remote>, Fail> {
         match s.to_str() {
             Ok("") => Ok(None),
             Ok(v) => Ok(Some(v.to_owned())),
-            Err(_) => Err(Fail(SHMSESS_ERR_INVALID_ARGUMENT, format!("{what} is not UTF-8"))),
+            Err(_) => Err(Fail(
+                SHMSESS_ERR_INVALID_ARGUMENT,
+                format!("{what} is not UTF-8"),
+            )),
         }
     };
     let Some(url) = text(o.remote_url, "remote_url")? else {
@@ -709,6 +718,8 @@ pub fn to_c_stats(s: &Stats, a: &Ages, now: u32) -> shmsess_stats {
         remote_skipped: s.remote.skipped,
         remote_rejected: s.remote.rejected,
         remote_replays_refused: s.remote.replays_refused,
+        lock_resets: s.lock_resets,
+        lock_refused_owner: s.lock_refused_owner,
     }
 }
 
@@ -775,6 +786,8 @@ stats_fields!(
     remote_skipped,
     remote_rejected,
     remote_replays_refused,
+    lock_resets,
+    lock_refused_owner,
 );
 
 /// Number of numeric fields `shmsess_stats_field` can name (in this library version).
@@ -943,7 +956,10 @@ pub extern "C" fn shmsess_cache_lookup(
             SHMSESS_LOOKUP_TAKE_TLS13 => Take::If(glue::der_session_is_tls13),
             _ => Take::Always,
         };
-        match h.cache.lookup_taking(id, out, take, crate::util::now_unix())? {
+        match h
+            .cache
+            .lookup_taking(id, out, take, crate::util::now_unix())?
+        {
             Found::Hit { len, .. } => {
                 // SAFETY: checked non-NULL.
                 unsafe { *out_len = len };

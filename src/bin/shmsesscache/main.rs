@@ -1,6 +1,12 @@
 //! `shmsesscache`: inspect and operate a named session cache segment.
 //!
-//! Commands: stat, list, flush, create, dump, load (see `shmsesscache --help`). Exit codes:
+//! Commands: stat, list, flush, create, dump, load, repair (see `shmsesscache --help`).
+//!
+//! Privileges: a shard lock lives in the segment, which its owner can write, and glibc writes
+//! through pointers stored in a robust mutex. So this tool never locks a segment as another
+//! user: `stat`, `list` and `dump` read a private, validated copy of the file (no lock at
+//! all), and `flush`, `load` and `repair` run as the file's owner (root switches to that user
+//! first; anybody else is refused). Exit codes:
 //! 0 done, 1 failed (nothing or only part of it could be done, the message says why),
 //! 2 bad command line, 3 done in part (some shards were locked too long, or some records were
 //! refused). Nothing here ever prints session contents.
@@ -134,19 +140,65 @@ fn trust() -> Trust {
     }
 }
 
-fn open_segment(a: &Args, path: &str) -> Result<Cache, Failure> {
-    Ok(Cache::attach_with(
-        Path::new(path),
-        a.lock_timeout()?,
-        trust(),
-    )?)
+/// A private copy of the segment, for the commands that only read (no lock is taken).
+fn read_segment(path: &str) -> Result<Cache, Failure> {
+    Ok(Cache::snapshot(Path::new(path), trust())?)
+}
+
+/// Attach to the segment to change it, as its owner: root becomes the file's owner first
+/// (supplementary groups, gid, uid; for good), anybody else must be the owner.
+fn open_segment_as_owner(a: &Args, path: &str) -> Result<Cache, Failure> {
+    let p = Path::new(path);
+    let (uid, gid) = owner_of(p)?;
+    // SAFETY: no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if me != uid {
+        if me != 0 {
+            return Err(Failure(
+                EXIT_FAILED,
+                format!(
+                    "{path}: owned by uid {uid}, not by you (uid {me}); run '{}' as that user",
+                    a.command
+                ),
+            ));
+        }
+        become_user(uid, gid).map_err(|e| {
+            Failure(
+                EXIT_FAILED,
+                format!("{path}: cannot switch to its owner uid {uid} gid {gid}: {e}"),
+            )
+        })?;
+    }
+    Ok(Cache::attach_with(p, a.lock_timeout()?, Trust::Owner)?)
+}
+
+fn owner_of(p: &Path) -> Result<(u32, u32), Failure> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p)
+        .map_err(|e| Failure(EXIT_FAILED, format!("cannot stat {}: {e}", p.display())))?;
+    Ok((m.uid(), m.gid()))
+}
+
+/// Drop root for good: only the owner's gid as group, then gid, then uid; checked.
+fn become_user(uid: u32, gid: u32) -> std::io::Result<()> {
+    let os = || Err(std::io::Error::last_os_error());
+    // SAFETY: plain credential calls on this single-threaded process.
+    unsafe {
+        if libc::setgroups(1, &gid) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+            return os();
+        }
+        if libc::geteuid() != uid || libc::getegid() != gid || (uid != 0 && libc::setuid(0) == 0) {
+            return Err(std::io::Error::other("the switch did not stick"));
+        }
+    }
+    Ok(())
 }
 
 fn cmd_stat(raw: &[String]) -> Result<u8, Failure> {
     let a = Args::parse("stat", raw, &["json", "prometheus"], &["lock-timeout"])?;
     a.want_positional(1, "PATH")?;
     let path = &a.positional[0];
-    let cache = open_segment(&a, path)?;
+    let cache = read_segment(path)?;
     let now = util::now_unix();
     let snap = report::Snapshot::take(&cache, path, now);
     let out = match (a.has("json"), a.has("prometheus")) {
@@ -162,7 +214,7 @@ fn cmd_stat(raw: &[String]) -> Result<u8, Failure> {
 fn cmd_list(raw: &[String]) -> Result<u8, Failure> {
     let a = Args::parse("list", raw, &[], &["lock-timeout"])?;
     a.want_positional(1, "PATH")?;
-    let cache = open_segment(&a, &a.positional[0])?;
+    let cache = read_segment(&a.positional[0])?;
     let entries = cache.entries()?;
     println!(
         "{:<64}  {:>5}  {:<20}  {:<20}  {:>5}",
@@ -184,7 +236,7 @@ fn cmd_list(raw: &[String]) -> Result<u8, Failure> {
 fn cmd_flush(raw: &[String]) -> Result<u8, Failure> {
     let a = Args::parse("flush", raw, &["expired"], &["lock-timeout"])?;
     a.want_positional(1, "PATH")?;
-    let cache = open_segment(&a, &a.positional[0])?;
+    let cache = open_segment_as_owner(&a, &a.positional[0])?;
     let when = a.has("expired").then(util::now_unix);
     match cache.flush(when) {
         Ok(n) => {
@@ -256,7 +308,7 @@ fn cmd_create(raw: &[String]) -> Result<u8, Failure> {
 fn cmd_dump(raw: &[String]) -> Result<u8, Failure> {
     let a = Args::parse("dump", raw, &[], &["lock-timeout"])?;
     a.want_positional(2, "PATH FILE")?;
-    let cache = open_segment(&a, &a.positional[0])?;
+    let cache = read_segment(&a.positional[0])?;
     let now = util::now_unix();
     let (entries, err) = cache.export(now);
     let mut bytes = dumpfile::encode(&entries, u64::from(now));
@@ -282,8 +334,16 @@ fn cmd_load(raw: &[String]) -> Result<u8, Failure> {
     let a = Args::parse("load", raw, &[], &["lock-timeout"])?;
     a.want_positional(2, "PATH FILE")?;
     let file = Path::new(&a.positional[1]);
-    let cache = open_segment(&a, &a.positional[0])?;
-    let (mut bytes, readable) = dumpfile::read_private_file(file, trust())?;
+    // The dump must be the loader's own (root included): anybody else's could inject
+    // sessions, client identities with them. Read before switching to the segment's owner.
+    let (mut bytes, readable) = dumpfile::read_private_file(file, Trust::Owner)?;
+    let cache = match open_segment_as_owner(&a, &a.positional[0]) {
+        Ok(c) => c,
+        Err(e) => {
+            util::wipe(&mut bytes);
+            return Err(e);
+        }
+    };
     if readable {
         eprintln!(
             "shmsesscache: warning: {} is readable by group or others; it holds session secrets (chmod 600 it)",
@@ -328,6 +388,33 @@ fn cmd_load(raw: &[String]) -> Result<u8, Failure> {
     }
 }
 
+fn cmd_repair(raw: &[String]) -> Result<u8, Failure> {
+    let a = Args::parse("repair", raw, &["force"], &["lock-timeout"])?;
+    a.want_positional(1, "PATH")?;
+    let path = &a.positional[0];
+    let cache = open_segment_as_owner(&a, path)?;
+    let (resets, failed) = cache.repair_all(a.has("force"))?;
+    println!(
+        "{path}: {} shards checked, {resets} lock(s) re-initialised, {} shard(s) still unusable",
+        cache.geometry().shard_count,
+        failed.len()
+    );
+    for (idx, e) in &failed {
+        eprintln!("shmsesscache: {path}: shard {idx}: {e}");
+    }
+    if failed.is_empty() {
+        Ok(0)
+    } else {
+        Err(Failure(
+            EXIT_PARTIAL,
+            format!(
+                "{path}: {} shard(s) are held by live processes; stop them, or use --force to break their locks",
+                failed.len()
+            ),
+        ))
+    }
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = argv.first().map(String::as_str) else {
@@ -359,8 +446,9 @@ fn main() -> ExitCode {
         "create" => cmd_create(rest),
         "dump" => cmd_dump(rest),
         "load" => cmd_load(rest),
+        "repair" => cmd_repair(rest),
         other => Err(usage(format!(
-            "unknown command {other:?}; commands: stat, list, flush, create, dump, load (see 'shmsesscache --help')"
+            "unknown command {other:?}; commands: stat, list, flush, create, dump, load, repair (see 'shmsesscache --help')"
         ))),
     };
     match result {
