@@ -399,8 +399,8 @@ fn cmd_repair(raw: &[String]) -> Result<u8, Failure> {
         cache.geometry().shard_count,
         failed.len()
     );
-    for (idx, e) in &failed {
-        eprintln!("shmsesscache: {path}: shard {idx}: {e}");
+    for (_, e) in &failed {
+        eprintln!("shmsesscache: {path}: {e}");
     }
     if failed.is_empty() {
         Ok(0)
