@@ -61,6 +61,10 @@ pub struct Cache {
     /// The user owning the segment file (for an anonymous segment: its creator). Nobody else
     /// takes its locks (see `check_owner`).
     owner_uid: u32,
+    /// Set when this process can never run as anybody but the owner (real, effective and
+    /// saved uid are all the owner's, not root; a process given CAP_SETUID without root is not
+    /// considered): the owner check then costs no system call.
+    owner_for_good: bool,
     /// A private copy of a segment file read by a tool: validated, never locked, never
     /// written back.
     snapshot: bool,
@@ -346,6 +350,7 @@ impl Cache {
             path,
             lock_timeout,
             owner_uid,
+            owner_for_good: only_ever(owner_uid),
             snapshot: false,
         })
     }
@@ -448,6 +453,9 @@ impl Cache {
     /// root can open it, and its mapping reaches other users only through a root parent that
     /// forked them (Apache, nginx), which never locks it itself.
     fn check_owner(&self, idx: usize) -> Result<()> {
+        if self.owner_for_good {
+            return Ok(());
+        }
         let me = current_euid();
         if self.owner_uid == 0 || me == self.owner_uid {
             return Ok(());
@@ -907,6 +915,14 @@ impl Drop for RecoveryWord<'_> {
     fn drop(&mut self) {
         self.0.store(0, Relaxed);
     }
+}
+
+/// Whether this process runs as `uid` (not root) for good: real, effective and saved uid.
+fn only_ever(uid: u32) -> bool {
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: getresuid writes three uids.
+    let ok = unsafe { libc::getresuid(&mut r, &mut e, &mut s) } == 0;
+    ok && uid != 0 && r == uid && e == uid && s == uid
 }
 
 fn current_euid() -> u32 {

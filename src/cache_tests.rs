@@ -631,6 +631,7 @@ fn a_process_that_does_not_own_the_segment_never_locks_it() {
         .unwrap();
     let me = unsafe { libc::geteuid() };
     c.owner_uid = if me == 12345 { 12346 } else { 12345 };
+    c.owner_for_good = false;
     let before: Vec<u8> = mutex_bytes(&c);
     let e = c
         .lookup_at(&id(1), &mut [0u8; 512], false, NOW)
