@@ -891,22 +891,30 @@ impl ShardGuard<'_> {
     }
 }
 
-/// The segment's recovery word, held: released when dropped.
+/// The segment's recovery word, held: released when dropped. It holds the holder's pid (low
+/// 32 bits) and when it took the word (Unix seconds, high 32 bits).
 struct RecoveryWord<'a>(&'a std::sync::atomic::AtomicU64);
 
+/// A reset takes microseconds: a word held longer than this was left behind (its holder's pid
+/// reused after a reboot, or hostile bytes) and is taken over.
+const RECOVERY_WORD_STALE_SECS: u64 = 10;
+
 impl<'a> RecoveryWord<'a> {
-    /// Take the word: free, or held by a process that no longer exists. `None`: another
-    /// process is resetting a lock right now (the caller fails this time and retries later).
+    /// Take the word: free, held by a process that no longer exists, or held for too long.
+    /// `None`: another process is resetting a lock right now (the caller fails this time and
+    /// retries later).
     fn take(word: &'a std::sync::atomic::AtomicU64) -> Option<RecoveryWord<'a>> {
-        let me = u64::from(std::process::id());
+        let now = u64::from(crate::util::now_unix());
+        let mine = now << 32 | u64::from(std::process::id());
         let cur = word.load(Relaxed);
-        let free = cur == 0 || {
+        let (pid, since) = (cur & 0xffff_ffff, cur >> 32);
+        let free = cur == 0 || now.abs_diff(since) > RECOVERY_WORD_STALE_SECS || {
             // SAFETY: signal 0 only checks existence.
-            let pid = cur.min(i32::MAX as u64) as libc::pid_t;
-            let rc = unsafe { libc::kill(pid, 0) };
-            rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+            let rc = unsafe { libc::kill(pid.min(i32::MAX as u64) as libc::pid_t, 0) };
+            pid == 0
+                || rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
         };
-        (free && word.compare_exchange(cur, me, Relaxed, Relaxed).is_ok())
+        (free && word.compare_exchange(cur, mine, Relaxed, Relaxed).is_ok())
             .then_some(RecoveryWord(word))
     }
 }

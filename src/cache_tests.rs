@@ -771,3 +771,33 @@ fn lock_timeouts_are_logged_rate_limited() {
         "5 timeouts gave {errors} error lines: {lines:?}"
     );
 }
+
+#[test]
+fn resets_are_serialised_by_the_recovery_word_and_a_left_behind_word_is_taken_over() {
+    let c = short_timeout_one_shard();
+    c.store_at(&id(1), &der(1, 160), NOW, NOW + 60, NOW)
+        .unwrap();
+    let word = &c.globals().recovery_word;
+    let now = u64::from(crate::util::now_unix());
+    let live_pid = u64::from(std::process::id());
+    // Another process (alive) is resetting right now: this one does not reset too.
+    plant_stale_owner(&c, 0);
+    word.store(now << 32 | live_pid, std::sync::atomic::Ordering::Relaxed);
+    let e = c
+        .lookup_at(&id(1), &mut [0u8; 512], false, NOW)
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Lock, "{e}");
+    assert_eq!(c.stats().lock_resets, 0);
+    // The same word, taken an hour ago (a reused pid after a reboot): taken over.
+    word.store(
+        (now - 3600) << 32 | live_pid,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    assert_eq!(get(&c, 1, NOW), Some(der(1, 160)));
+    assert_eq!(c.stats().lock_resets, 1);
+    assert_eq!(
+        word.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "released"
+    );
+}
