@@ -287,6 +287,59 @@ def plant_stale_owner(path):
         f.write(struct.pack("<i", tid))
 
 
+def map_and_become_nobody(path):
+    """What Apache's children do: inherit (here: map) root's segment, then run as nobody.
+    Returns the pid once it runs as nobody with the mapping."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            fd = os.open(path, os.O_RDWR)
+            mm = mmap.mmap(fd, os.fstat(fd).st_size)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            os.write(w, b"x")
+            signal.pause()
+            mm.close()
+        finally:
+            os._exit(0)
+    os.close(w)
+    ready = os.read(r, 1)
+    os.close(r)
+    if ready != b"x":
+        raise RuntimeError("the mapping child did not start")
+    return pid
+
+
+def root_never_locks_a_segment_workers_write(ops, dump):
+    """A root-owned segment mapped by processes of another user (Apache's layout): root's
+    stat reads a copy, root's flush and load are refused while they map it."""
+    if os.geteuid() != 0:
+        print("SKIP root_never_locks_a_segment_workers_write: needs root")
+        return
+    seg = os.path.join(ops.dir, "rootowned.sess")
+    rc, _, err = ops.cli("create", seg, "--size", "2M")
+    rc2, _, err2 = ops.cli("load", seg, dump)
+    check("root-owned segment created and loaded while nobody else maps it", rc == 0 and rc2 == 0, (err + err2).strip())
+    worker = map_and_become_nobody(seg)
+    try:
+        rc_f, _, err_f = ops.cli("flush", seg)
+        rc_l, _, err_l = ops.cli("load", seg, dump)
+        rc_s, out_s, _ = ops.cli("stat", seg, "--json")
+        check("root's flush and load refuse a root-owned segment that a nobody process maps",
+              rc_f == 1 and rc_l == 1 and "mapped by 1 process(es) of another user" in err_f
+              and f"uid {NOBODY}" in err_l, f"flush rc={rc_f} load rc={rc_l} {err_f.strip()[:160]}")
+        check("root's stat still reads it (a copy, no lock)",
+              rc_s == 0 and json.loads(out_s)["entries"] == 2 * SESSIONS, f"rc={rc_s}")
+    finally:
+        os.kill(worker, signal.SIGKILL)
+        os.waitpid(worker, 0)
+    rc, out, err = ops.cli("flush", seg)
+    check("once no other user maps it, root's flush works", rc == 0 and f"removed {2 * SESSIONS} " in out, (out + err).strip())
+
+
 def root_never_locks_a_users_segment(ops, dump):
     """Root and a segment owned by the server's user (nobody): root's reads take no lock,
     root's changes run as nobody, a dump of another user is refused, and locks nobody can take
@@ -374,6 +427,7 @@ def main():
         state = create_and_inspect(ops)
         dump = restart_dump_flush_load(ops, *state)
         root_never_locks_a_users_segment(ops, dump)
+        root_never_locks_a_segment_workers_write(ops, dump)
     except Exception as e:  # a crash is a failure, not an abort
         check("scenario ran to the end", False, f"{type(e).__name__}: {e}")
     finally:

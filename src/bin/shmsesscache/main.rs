@@ -169,7 +169,81 @@ fn open_segment_as_owner(a: &Args, path: &str) -> Result<Cache, Failure> {
             )
         })?;
     }
+    refuse_if_mapped_by_others(p)?;
     Ok(Cache::attach_with(p, a.lock_timeout()?, Trust::Owner)?)
+}
+
+/// A root-owned segment can still be written by other users: a root parent (Apache's, nginx's
+/// master) maps it and forks workers that switch to their user. Locking it would let those
+/// workers write into this process, so a segment that processes of another user (not root)
+/// map is refused. Found by reading every process's memory map (`/proc/PID/maps`, the file's
+/// device and inode); processes whose map this user may not read are not seen (a non-root
+/// user can only meet such mappings through a root parent anyway).
+fn refuse_if_mapped_by_others(p: &Path) -> Result<(), Failure> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p)
+        .map_err(|e| Failure(EXIT_FAILED, format!("cannot stat {}: {e}", p.display())))?;
+    // SAFETY: no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let mut others = mappers(m.dev(), m.ino())
+        .into_iter()
+        .filter(|&(_, uid)| uid != me && uid != 0)
+        .collect::<Vec<_>>();
+    others.dedup_by_key(|&mut (pid, _)| pid);
+    let Some(&(pid, uid)) = others.first() else {
+        return Ok(());
+    };
+    Err(Failure(
+        EXIT_FAILED,
+        format!(
+            "{}: mapped by {} process(es) of another user (pid {pid}, uid {uid}), which can write its locks; changing it from here would let them write into this process. Stop that server first, or use a segment owned by the server's user ('shmsesscache create --owner')",
+            p.display(),
+            others.len()
+        ),
+    ))
+}
+
+/// (pid, uid) of every process that maps the file with this device and inode.
+fn mappers(dev: u64, ino: u64) -> Vec<(u32, u32)> {
+    let want = format!("{:02x}:{:02x}", libc::major(dev), libc::minor(dev));
+    let mut v = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return v;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            continue;
+        };
+        let maps_it = maps.lines().any(|l| {
+            let mut f = l.split_ascii_whitespace().skip(3);
+            f.next() == Some(want.as_str())
+                && f.next().and_then(|i| i.parse::<u64>().ok()) == Some(ino)
+        });
+        if maps_it {
+            let mut uids = process_uids(pid);
+            uids.sort_unstable();
+            uids.dedup();
+            v.extend(uids.into_iter().map(|u| (pid, u)));
+        }
+    }
+    v
+}
+
+/// The real, effective, saved and file-system uids of a process.
+fn process_uids(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|u| {
+                u.split_ascii_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
 }
 
 fn owner_of(p: &Path) -> Result<(u32, u32), Failure> {

@@ -27,8 +27,10 @@ DESCRIPTION
     read a private copy of the file and check every entry in it (checksum, placement); run as
     root they read segments of any owner. flush, load and repair change the segment as its
     owner: run as root they switch to the file's owner (uid, gid) first; anybody else must be
-    the owner. They take one shard lock at a time, for as long as a lookup takes: running
-    servers are not disturbed.
+    the owner. They refuse a segment that processes of another user (not root) map, as
+    Apache's and nginx's workers map their root-owned segment: stop that server first. They
+    take one shard lock at a time, for as long as a lookup takes: running servers are not
+    disturbed.
 
     Session contents (master secrets) are never printed. dump writes them to a 0600 file.
 
