@@ -453,11 +453,12 @@ impl Cache {
     /// root can open it, and its mapping reaches other users only through a root parent that
     /// forked them (Apache, nginx), which never locks it itself.
     fn check_owner(&self, idx: usize) -> Result<()> {
-        if self.owner_for_good {
+        // Both shortcuts first: geteuid is a system call, a lock is not.
+        if self.owner_for_good || self.owner_uid == 0 {
             return Ok(());
         }
         let me = current_euid();
-        if self.owner_uid == 0 || me == self.owner_uid {
+        if me == self.owner_uid {
             return Ok(());
         }
         self.globals().lock_refused_owner.fetch_add(1, Relaxed);
