@@ -249,6 +249,12 @@ typedef struct shmsess_stats {
   // TLS 1.3 lookups skipped because early data is on with OpenSSL's anti-replay, which
   // refuses every external-cache resumption (tickets are left in place; see the log).
   uint64_t anti_replay_skipped;
+  // Shard locks re-initialised because nobody could ever take them again (held
+  // by a thread that no longer exists, not recoverable, damaged), each followed by a repair
+  // of the shard; lock attempts refused because the process's user does not own the
+  // segment file.
+  uint64_t lock_resets;
+  uint64_t lock_refused_owner;
 } shmsess_stats;
 
 // Called by `shmsess_cache_iterate` with each live entry: its id, its bytes (both valid only

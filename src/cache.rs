@@ -16,7 +16,7 @@ use crate::layout::{
     Counter, Geometry, Globals, RemoteStats, ShardHeader, COUNTERS, GLOBALS_OFFSET, HEADER_BYTES,
     MAX_ID_LEN, MAX_SESSION_BYTES,
 };
-use crate::lock::{Acquired, LockError, ShardLock};
+use crate::lock::{Acquired, Holder, LockError, ShardLock};
 use crate::log::{self, Level};
 use crate::segment::{self, Mapping, Origin};
 pub use crate::shard::{Ages, EntryInfo, ExportedEntry, Found, Take};
@@ -58,6 +58,16 @@ pub struct Cache {
     origin: Origin,
     path: Option<PathBuf>,
     lock_timeout: Option<Duration>,
+    /// The user owning the segment file (for an anonymous segment: its creator). Nobody else
+    /// takes its locks (see `check_owner`).
+    owner_uid: u32,
+    /// Set when this process can never run as anybody but the owner (real, effective and
+    /// saved uid are all the owner's, not root; a process given CAP_SETUID without root is not
+    /// considered): the owner check then costs no system call.
+    owner_for_good: bool,
+    /// A private copy of a segment file read by a tool: validated, never locked, never
+    /// written back.
+    snapshot: bool,
 }
 
 /// Statistics, summed over shards (read without locks: each counter is exact, the set is a
@@ -87,6 +97,10 @@ pub struct Stats {
     pub id_collisions: u64,
     pub lock_contended: u64,
     pub lock_wait_ns: u64,
+    /// Shard locks re-initialised because nobody could take them again.
+    pub lock_resets: u64,
+    /// Lock attempts refused because this process's user does not own the segment.
+    pub lock_refused_owner: u64,
     /// The second tier's counters.
     pub remote: RemoteStats,
     pub sni_mismatch: u64,
@@ -106,10 +120,72 @@ pub struct Stats {
 }
 
 /// Holds a shard lock; releasing it clears the dirty flag unless we are unwinding from a panic,
-/// in which case the next locker repairs the shard.
+/// in which case the next locker repairs the shard. On a snapshot it holds nothing.
 pub struct ShardGuard<'a> {
     shard: Shard<'a>,
-    lock: ShardLock,
+    lock: Option<ShardLock>,
+    /// What to log once the lock is released (never format or call the user's callback
+    /// while other processes wait for this lock).
+    notes: [Option<Note>; 2],
+}
+
+/// A message about a shard, formatted and logged after its lock is released.
+#[derive(Clone, Copy, Debug)]
+enum Note {
+    Recovered {
+        idx: usize,
+        owner_died: bool,
+        kept: usize,
+        dropped: usize,
+    },
+    ConsistentFailed {
+        idx: usize,
+        err: LockError,
+    },
+    Reset {
+        idx: usize,
+        was: Holder,
+    },
+}
+
+impl Note {
+    fn emit(self) {
+        match self {
+            Note::Recovered {
+                idx,
+                owner_died,
+                kept,
+                dropped,
+            } => log::emit(
+                Level::Warning,
+                &format!(
+                    "shard {idx}: recovered after {} (kept {kept} entries, dropped {dropped})",
+                    if owner_died {
+                        "a process died holding its lock"
+                    } else {
+                        "a panic inside its lock"
+                    }
+                ),
+            ),
+            Note::ConsistentFailed { idx, err } => log::emit(
+                Level::Error,
+                &format!("shard {idx}: pthread_mutex_consistent failed: {err}"),
+            ),
+            Note::Reset { idx, was } => log::emit(
+                Level::Warning,
+                &format!(
+                    "shard {idx}: lock re-initialised ({}); the shard is repaired before use",
+                    match was {
+                        Holder::Stale(tid) =>
+                            format!("held by thread {tid}, which no longer exists"),
+                        Holder::NotRecoverable => "it was not recoverable".to_string(),
+                        Holder::Damaged => "it was damaged".to_string(),
+                        other => format!("{other:?}, by the operator"),
+                    }
+                ),
+            ),
+        }
+    }
 }
 
 impl<'a> std::ops::Deref for ShardGuard<'a> {
@@ -121,11 +197,15 @@ impl<'a> std::ops::Deref for ShardGuard<'a> {
 
 impl Drop for ShardGuard<'_> {
     fn drop(&mut self) {
+        let Some(lock) = &self.lock else { return };
         if !std::thread::panicking() {
             fault::point(FaultPoint::BeforeUnlock);
             self.shard.hdr.dirty.store(0, Relaxed);
         }
-        self.lock.unlock();
+        lock.unlock();
+        for n in self.notes.iter_mut().filter_map(Option::take) {
+            n.emit();
+        }
     }
 }
 
@@ -158,7 +238,11 @@ impl Cache {
             }
             Some(p) => segment::create_or_attach(p, &geo, cfg.owner, &init)?,
         };
-        Self::from_mapping(map, origin, cfg.path.clone(), cfg.lock_timeout)
+        let owner_uid = match &cfg.path {
+            None => current_euid(),
+            Some(p) => file_owner(p)?,
+        };
+        Self::from_mapping(map, origin, cfg.path.clone(), cfg.lock_timeout, owner_uid)
     }
 
     /// Attach to an existing named segment, whatever its size (for tools).
@@ -179,7 +263,76 @@ impl Cache {
             Origin::AttachedFile,
             Some(path.to_owned()),
             lock_timeout,
+            file_owner(path)?,
         )
+    }
+
+    /// A private copy of the named segment at `path`, read with `pread` (never mapped shared,
+    /// never locked), for tools that only look: `stat`, `list`, `dump`. Every byte is treated
+    /// as hostile: the header is validated on the copy, and every shard of the copy is put
+    /// through the repair (entries that do not verify completely, checksum included, are
+    /// dropped from the copy; counts are recomputed). A shard being written while it was read
+    /// loses at most the entries being written. Its locks are never taken: the result of
+    /// [`Cache::lock_shard`] on a snapshot guards nothing and nothing is written to the file.
+    pub fn snapshot(path: &Path, trust: segment::Trust) -> Result<Cache> {
+        let (file, st) = segment::open_trusted(path, false, trust)?;
+        let size = st.st_size as u64;
+        if !(HEADER_BYTES as u64..=crate::layout::MAX_SEGMENT_BYTES).contains(&size) {
+            return Err(Error::format(format!(
+                "{}: file has {size} bytes, not the size of a segment",
+                path.display()
+            )));
+        }
+        let map = Mapping::anonymous(size as usize).map_err(|e| {
+            Error::io(
+                format!(
+                    "cannot allocate {size} bytes for a copy of {}",
+                    path.display()
+                ),
+                e,
+            )
+        })?;
+        // SAFETY: the mapping is ours alone (private to this process until it forks) and
+        // `size` bytes long.
+        let buf = unsafe { std::slice::from_raw_parts_mut(map.base(), map.len()) };
+        std::os::unix::fs::FileExt::read_exact_at(&file, buf, 0)
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        let mut cache = Self::from_mapping(
+            map,
+            Origin::AttachedFile,
+            Some(path.to_owned()),
+            None,
+            st.st_uid,
+        )
+        .map_err(|e| Error::new(e.kind, format!("{}: {}", path.display(), e.message)))?;
+        cache.snapshot = true;
+        cache.validate_snapshot();
+        Ok(cache)
+    }
+
+    /// Repair every shard of a snapshot (see [`Cache::snapshot`]), keeping its counters as
+    /// they were read: what the copy dropped was not dropped from the segment.
+    fn validate_snapshot(&self) {
+        for idx in 0..self.geo.shard_count {
+            // SAFETY: the snapshot is private memory nobody else touches.
+            let shard = unsafe { Shard::from_base(self.shard_base(idx), &self.geo) };
+            let counters: Vec<u64> = shard.hdr.counters.iter().map(|c| c.load(Relaxed)).collect();
+            shard.repair(idx, &|id| self.placement(id));
+            for (c, v) in shard.hdr.counters.iter().zip(counters) {
+                c.store(v, Relaxed);
+            }
+            shard.hdr.dirty.store(0, Relaxed);
+        }
+    }
+
+    /// Whether this is a tool's private copy (see [`Cache::snapshot`]).
+    pub fn is_snapshot(&self) -> bool {
+        self.snapshot
+    }
+
+    /// The user owning the segment (file owner; an anonymous segment's creator).
+    pub fn owner_uid(&self) -> u32 {
+        self.owner_uid
     }
 
     fn from_mapping(
@@ -187,6 +340,7 @@ impl Cache {
         origin: Origin,
         path: Option<PathBuf>,
         lock_timeout: Option<Duration>,
+        owner_uid: u32,
     ) -> Result<Cache> {
         let h = segment::header(&map);
         let geo = Geometry::from_header(&h, map.len() as u64).map_err(Error::format)?;
@@ -205,6 +359,9 @@ impl Cache {
             origin,
             path,
             lock_timeout,
+            owner_uid,
+            owner_for_good: only_ever(owner_uid),
+            snapshot: false,
         })
     }
 
@@ -265,66 +422,110 @@ impl Cache {
     }
 
     /// Take shard `idx`'s lock, repairing the shard first if its last holder died or panicked.
+    /// A lock nobody can ever take again (held by a thread that no longer exists, not
+    /// recoverable, damaged) is re-initialised first (see [`Cache::reset_lock`]).
+    ///
+    /// Refused, with an error of kind `Security`, when this process's user is not the
+    /// segment's owner (unless root owns it): glibc writes through pointers stored inside a
+    /// robust mutex, so a process locking a mutex that another user can write lends that user
+    /// its privileges.
     pub fn lock_shard(&self, idx: usize) -> Result<ShardGuard<'_>> {
         self.map.check_backing(false)?; // a truncated file: an error, not SIGBUS
         let base = self.shard_base(idx);
+        // SAFETY: base is shard idx's (see shard_base); the guard below holds its lock, or the
+        // mapping is a private snapshot.
+        let shard = unsafe { Shard::from_base(base, &self.geo) };
+        if self.snapshot {
+            return Ok(ShardGuard {
+                shard,
+                lock: None,
+                notes: [None; 2],
+            });
+        }
+        self.check_owner(idx)?;
         // SAFETY: the mutex is the first field of the shard header inside the mapping.
         let lock = unsafe { ShardLock::from_ptr(base as *mut libc::pthread_mutex_t) };
-        let acquired = match self.acquire(&lock) {
+        let (acquired, reset) = match self.acquire(idx, &lock) {
             Ok(a) => a,
             Err(e) => return Err(self.lock_failed(idx, e)),
         };
-        // SAFETY: we hold the lock for as long as the guard lives.
-        let shard = unsafe { Shard::from_base(base, &self.geo) };
         let dirty = shard.hdr.dirty.load(Relaxed) != 0;
-        let guard = ShardGuard { shard, lock };
+        let mut guard = ShardGuard {
+            shard,
+            lock: Some(lock),
+            notes: [reset.map(|was| Note::Reset { idx, was }), None],
+        };
         if acquired == Acquired::OwnerDied || dirty {
-            // Stay dirty throughout the repair: dying in it makes the next locker start over.
-            guard.hdr.dirty.store(1, Relaxed);
-            // Counted when observed, before repairing: if we die in the repair, the next locker
-            // sees EOWNERDEAD again and counts it again, so the counter equals the number of
-            // EOWNERDEAD results (= deaths inside a critical section).
-            guard.bump(if acquired == Acquired::OwnerDied {
-                Counter::OwnerDied
-            } else {
-                Counter::DirtyRepairs
+            guard.recover(idx, acquired == Acquired::OwnerDied, &|id| {
+                self.placement(id)
             });
-            let report = guard.repair(idx, &|id| self.placement(id));
-            if acquired == Acquired::OwnerDied {
-                if let Err(e) = guard.lock.mark_consistent() {
-                    log::emit(
-                        Level::Error,
-                        &format!("shard {idx}: pthread_mutex_consistent failed: {e}"),
-                    );
-                }
-            }
-            log::emit(
-                Level::Warning,
-                &format!(
-                    "shard {idx}: recovered after {} (kept {} entries, dropped {})",
-                    if acquired == Acquired::OwnerDied {
-                        "a process died holding its lock"
-                    } else {
-                        "a panic inside its lock"
-                    },
-                    report.kept,
-                    report.dropped
-                ),
-            );
         }
         guard.hdr.dirty.store(1, Relaxed);
         fault::point(FaultPoint::AfterLock);
         Ok(guard)
     }
 
+    /// Only the segment's owner takes its locks. A root-owned segment is the exception: only
+    /// root can open it, and its mapping reaches other users only through a root parent that
+    /// forked them (Apache, nginx), which never locks it itself.
+    fn check_owner(&self, idx: usize) -> Result<()> {
+        // Both shortcuts first: geteuid is a system call, a lock is not.
+        if self.owner_for_good || self.owner_uid == 0 {
+            return Ok(());
+        }
+        let me = current_euid();
+        if me == self.owner_uid {
+            return Ok(());
+        }
+        self.globals().lock_refused_owner.fetch_add(1, Relaxed);
+        Err(Error::security(format!(
+            "shard {idx}: refusing to lock a segment owned by uid {} while running as uid {me}: its locks are writable by that user, and locking them would hand it this process's privileges; run as the owner (e.g. sudo -u), or read a copy ('shmsesscache stat')",
+            self.owner_uid
+        )))
+    }
+
     /// Take the lock: at once if it is free, else wait (bounded by `lock_timeout`) and count
-    /// the wait, so contention shows in the statistics.
-    fn acquire(&self, lock: &ShardLock) -> std::result::Result<Acquired, LockError> {
+    /// the wait, so contention shows in the statistics. A lock found unusable (see
+    /// [`Holder::is_unusable`]) is reset once and taken again; also returns what it was.
+    /// Without a timeout, the wait is cut in one-second slices to look for a stale owner.
+    fn acquire(
+        &self,
+        idx: usize,
+        lock: &ShardLock,
+    ) -> std::result::Result<(Acquired, Option<Holder>), LockError> {
+        let mut reset = None;
+        loop {
+            let r = self.acquire_once(lock, self.lock_timeout.unwrap_or(Duration::from_secs(1)));
+            match r {
+                Ok(a) => return Ok((a, reset)),
+                Err(LockError::Timeout | LockError::NotRecoverable | LockError::Corrupt)
+                    if reset.is_none() =>
+                {
+                    if let Some(was) = self.reset_lock(idx, lock, false) {
+                        reset = Some(was);
+                        continue;
+                    }
+                    if self.lock_timeout.is_none() && r == Err(LockError::Timeout) {
+                        continue;
+                    }
+                    return Err(r.unwrap_err());
+                }
+                Err(LockError::Timeout) if self.lock_timeout.is_none() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn acquire_once(
+        &self,
+        lock: &ShardLock,
+        timeout: Duration,
+    ) -> std::result::Result<Acquired, LockError> {
         if let Some(a) = lock.try_lock()? {
             return Ok(a);
         }
         let t0 = std::time::Instant::now();
-        let r = lock.lock(self.lock_timeout);
+        let r = lock.lock(Some(timeout));
         let g = self.globals();
         g.lock_contended.fetch_add(1, Relaxed);
         g.lock_wait_ns.fetch_add(
@@ -334,15 +535,66 @@ impl Cache {
         r
     }
 
+    /// Re-initialise shard `idx`'s lock if nobody can ever take it again (or, with `force`,
+    /// whoever holds it: the operator's `shmsesscache repair --force` for a live but stuck
+    /// holder). Resets are serialised by the segment's recovery word, and the state is checked
+    /// again under it, so two processes never both reset the same lock. The shard is marked
+    /// dirty: whoever locks it next repairs it. Returns what the lock was, if it was reset.
+    pub fn reset_lock(&self, idx: usize, lock: &ShardLock, force: bool) -> Option<Holder> {
+        if !force && !lock.holder().is_unusable() {
+            return None;
+        }
+        let _word = RecoveryWord::take(&self.globals().recovery_word)?;
+        let was = lock.holder();
+        if !(was.is_unusable() || force && was != Holder::Free) {
+            return None;
+        }
+        self.shard_header(idx).dirty.store(1, Relaxed);
+        lock.reset().ok()?;
+        self.globals().lock_resets.fetch_add(1, Relaxed);
+        Some(was)
+    }
+
+    /// Reset every shard lock that is unusable (all held ones with `force`) and repair every
+    /// shard: `shmsesscache repair`. Returns (locks reset, shards that still cannot be
+    /// locked, with the reason).
+    pub fn repair_all(&self, force: bool) -> Result<(u64, Vec<(usize, Error)>)> {
+        let mut resets = 0;
+        let mut failed = Vec::new();
+        for idx in 0..self.geo.shard_count {
+            self.check_owner(idx)?;
+            // SAFETY: the mutex is the first field of the shard header inside the mapping.
+            let lock =
+                unsafe { ShardLock::from_ptr(self.shard_base(idx) as *mut libc::pthread_mutex_t) };
+            let held = lock.holder();
+            if (held.is_unusable() || force && matches!(held, Holder::Live(_)))
+                && self.reset_lock(idx, &lock, force).is_some()
+            {
+                resets += 1;
+            }
+            if let Err(e) = self.lock_shard(idx) {
+                failed.push((idx, e));
+            }
+        }
+        Ok((resets, failed))
+    }
+
+    /// Count a lock failure and report it: an error, logged at most every ten seconds per
+    /// process with the number of failures since (a stuck shard must not flood the log).
     fn lock_failed(&self, idx: usize, e: LockError) -> Error {
         let g = self.globals();
         match e {
             LockError::Timeout => g.lock_timeouts.fetch_add(1, Relaxed),
             _ => g.lock_errors.fetch_add(1, Relaxed),
         };
-        let msg = format!("shard {idx}: {e}");
-        log::emit(Level::Error, &msg);
-        Error::new(ErrorKind::Lock, msg)
+        static LOCK_TROUBLE: RateLimit = RateLimit::new(10);
+        if let Some(n) = LOCK_TROUBLE.note(1, u64::from(crate::util::now_unix())) {
+            log::emit(
+                Level::Error,
+                &format!("shard {idx}: {e} ({n} lock failure(s) since the last report)"),
+            );
+        }
+        Error::new(ErrorKind::Lock, format!("shard {idx}: {e}"))
     }
 
     /// Store `data` under `id`, valid until `expires` (Unix seconds). Replaces an entry with the
@@ -545,11 +797,12 @@ impl Cache {
         for idx in 0..self.geo.shard_count {
             let h = self.shard_header(idx);
             for (acc, c) in sum.iter_mut().zip(h.counters.iter()) {
-                *acc += c.load(Relaxed);
+                // Shared memory: any value, so sums wrap rather than overflow.
+                *acc = acc.wrapping_add(c.load(Relaxed));
             }
             let used = u64::from(h.used_units.load(Relaxed));
-            s.entries += u64::from(h.live.load(Relaxed));
-            s.used_units += used;
+            s.entries = s.entries.wrapping_add(u64::from(h.live.load(Relaxed)));
+            s.used_units = s.used_units.wrapping_add(used);
             s.min_shard_used_units = s.min_shard_used_units.min(used);
             s.max_shard_used_units = s.max_shard_used_units.max(used);
         }
@@ -578,6 +831,8 @@ impl Cache {
         s.id_collisions = g.id_collisions.load(Relaxed);
         s.lock_contended = g.lock_contended.load(Relaxed);
         s.lock_wait_ns = g.lock_wait_ns.load(Relaxed);
+        s.lock_resets = g.lock_resets.load(Relaxed);
+        s.lock_refused_owner = g.lock_refused_owner.load(Relaxed);
         s.remote = g.remote.load();
         s.sni_mismatch = g.sni_mismatch.load(Relaxed);
         s.hrr_resumed = g.hrr_resumed.load(Relaxed);
@@ -624,6 +879,91 @@ impl RateLimit {
         }
         None
     }
+}
+
+impl ShardGuard<'_> {
+    /// Repair the shard after its last holder died (`owner_died`) or panicked. The mutex is
+    /// declared consistent *before* the repair, with the shard marked dirty: a panic inside the
+    /// repair then leaves a usable mutex over a shard the next locker repairs again (never
+    /// `ENOTRECOVERABLE`), and a death inside it leaves `EOWNERDEAD` again.
+    fn recover(&mut self, idx: usize, owner_died: bool, placement: &dyn Fn(&[u8]) -> (usize, u16)) {
+        self.hdr.dirty.store(1, Relaxed);
+        // Counted when observed, before repairing: if we die in the repair, the next locker
+        // sees EOWNERDEAD again and counts it again, so the counter equals the number of
+        // EOWNERDEAD results (= deaths inside a critical section).
+        self.bump(if owner_died {
+            Counter::OwnerDied
+        } else {
+            Counter::DirtyRepairs
+        });
+        if owner_died {
+            if let Some(Err(err)) = self.lock.as_ref().map(ShardLock::mark_consistent) {
+                self.notes[1] = Some(Note::ConsistentFailed { idx, err });
+            }
+        }
+        let report = self.repair(idx, placement);
+        self.notes[1] = self.notes[1].or(Some(Note::Recovered {
+            idx,
+            owner_died,
+            kept: report.kept,
+            dropped: report.dropped,
+        }));
+    }
+}
+
+/// The segment's recovery word, held: released when dropped. It holds the holder's pid (low
+/// 32 bits) and when it took the word (Unix seconds, high 32 bits).
+struct RecoveryWord<'a>(&'a std::sync::atomic::AtomicU64);
+
+/// A reset takes microseconds: a word held longer than this was left behind (its holder's pid
+/// reused after a reboot, or hostile bytes) and is taken over.
+const RECOVERY_WORD_STALE_SECS: u64 = 10;
+
+impl<'a> RecoveryWord<'a> {
+    /// Take the word: free, held by a process that no longer exists, or held for too long.
+    /// `None`: another process is resetting a lock right now (the caller fails this time and
+    /// retries later).
+    fn take(word: &'a std::sync::atomic::AtomicU64) -> Option<RecoveryWord<'a>> {
+        let now = u64::from(crate::util::now_unix());
+        let mine = now << 32 | u64::from(std::process::id());
+        let cur = word.load(Relaxed);
+        let (pid, since) = (cur & 0xffff_ffff, cur >> 32);
+        let free = cur == 0 || now.abs_diff(since) > RECOVERY_WORD_STALE_SECS || {
+            // SAFETY: signal 0 only checks existence.
+            let rc = unsafe { libc::kill(pid.min(i32::MAX as u64) as libc::pid_t, 0) };
+            pid == 0
+                || rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+        };
+        (free && word.compare_exchange(cur, mine, Relaxed, Relaxed).is_ok())
+            .then_some(RecoveryWord(word))
+    }
+}
+
+impl Drop for RecoveryWord<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Relaxed);
+    }
+}
+
+/// Whether this process runs as `uid` (not root) for good: real, effective and saved uid.
+fn only_ever(uid: u32) -> bool {
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: getresuid writes three uids.
+    let ok = unsafe { libc::getresuid(&mut r, &mut e, &mut s) } == 0;
+    ok && uid != 0 && r == uid && e == uid && s == uid
+}
+
+fn current_euid() -> u32 {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// The owner of the segment file at `path` (not following a symlink).
+fn file_owner(path: &Path) -> Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .map(|m| m.uid())
+        .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))
 }
 
 /// Initialise a zero-filled mapping: header and one robust mutex per shard.

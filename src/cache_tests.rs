@@ -525,3 +525,279 @@ fn a_wait_for_a_held_lock_is_counted_as_contention() {
     assert_eq!(s.lock_contended, 1);
     assert!(s.lock_wait_ns > 0);
 }
+
+/// Write an owner TID without the owner-died bit into shard `idx`'s lock word, as a segment
+/// kept on disk across a reboot (or hostile bytes) would have it.
+fn plant_stale_owner(c: &Cache, idx: usize) -> i32 {
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let m = c.shard_mutex_for_tests(idx) as *mut u8;
+    // SAFETY: __lock and __owner, the first and third 32-bit words of the mutex.
+    unsafe {
+        (*(m as *const std::sync::atomic::AtomicU32))
+            .store(pid as u32, std::sync::atomic::Ordering::SeqCst);
+        *(m.add(8) as *mut i32) = pid;
+    }
+    pid
+}
+
+fn short_timeout_one_shard() -> Cache {
+    let g = Geometry::plan(1 << 20, DEFAULT_UNIT_BYTES).unwrap();
+    Cache::create(&Config {
+        size_bytes: (4096 + g.shard_stride) as u64,
+        lock_timeout: Some(Duration::from_millis(20)),
+        ..Config::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_stale_lock_word_is_reset_once_and_the_shard_repaired() {
+    let c = short_timeout_one_shard();
+    for i in 0..10 {
+        c.store_at(&id(i), &der(i, 160), NOW, NOW + 60, NOW)
+            .unwrap();
+    }
+    plant_stale_owner(&c, 0);
+    // The first operation waits one timeout, finds the owner gone, resets and goes on; the
+    // others are not delayed at all (no further contention).
+    for i in 0..10 {
+        assert_eq!(get(&c, i, NOW), Some(der(i, 160)), "entry {i}");
+    }
+    let s = c.stats();
+    assert_eq!(
+        (s.lock_resets, s.lock_timeouts, s.lock_errors),
+        (1, 0, 0),
+        "{s:?}"
+    );
+    assert_eq!(
+        s.lock_contended, 1,
+        "only the first operation waited: {s:?}"
+    );
+    assert_eq!(
+        s.dirty_repairs, 1,
+        "the shard is repaired after the reset: {s:?}"
+    );
+}
+
+#[test]
+fn a_lock_without_a_timeout_still_gets_past_a_stale_owner() {
+    let g = Geometry::plan(1 << 20, DEFAULT_UNIT_BYTES).unwrap();
+    let c = Cache::create(&Config {
+        size_bytes: (4096 + g.shard_stride) as u64,
+        lock_timeout: None,
+        ..Config::default()
+    })
+    .unwrap();
+    c.store_at(&id(1), &der(1, 160), NOW, NOW + 60, NOW)
+        .unwrap();
+    plant_stale_owner(&c, 0);
+    assert_eq!(get(&c, 1, NOW), Some(der(1, 160)));
+    assert_eq!(c.stats().lock_resets, 1);
+}
+
+#[test]
+fn an_unrecoverable_lock_is_reset_and_the_shard_repaired() {
+    let c = short_timeout_one_shard();
+    c.store_at(&id(1), &der(1, 160), NOW, NOW + 60, NOW)
+        .unwrap();
+    // What a recovering owner that unlocks without pthread_mutex_consistent leaves.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let g = c.lock_shard(0).unwrap();
+        std::mem::forget(g);
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let lock = unsafe { crate::lock::ShardLock::from_ptr(c.shard_mutex_for_tests(0)) };
+    assert_eq!(lock.lock(None), Ok(crate::lock::Acquired::OwnerDied));
+    lock.unlock();
+    assert_eq!(lock.holder(), crate::lock::Holder::NotRecoverable);
+    assert_eq!(get(&c, 1, NOW), Some(der(1, 160)));
+    assert_eq!(get(&c, 1, NOW), Some(der(1, 160)));
+    let s = c.stats();
+    assert_eq!((s.lock_resets, s.lock_errors), (1, 0), "{s:?}");
+}
+
+#[test]
+fn a_process_that_does_not_own_the_segment_never_locks_it() {
+    let mut c = one_shard();
+    c.store_at(&id(1), &der(1, 160), NOW, NOW + 60, NOW)
+        .unwrap();
+    let me = unsafe { libc::geteuid() };
+    c.owner_uid = if me == 12345 { 12346 } else { 12345 };
+    c.owner_for_good = false;
+    let before: Vec<u8> = mutex_bytes(&c);
+    let e = c
+        .lookup_at(&id(1), &mut [0u8; 512], false, NOW)
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Security, "{e}");
+    assert!(e.message.contains("owned by uid 1234"), "{e}");
+    assert!(c.flush(None).is_err() && c.entries().is_err());
+    assert_eq!(mutex_bytes(&c), before, "the mutex was not touched");
+    assert_eq!(c.stats().lock_refused_owner, 3);
+    // A root-owned segment is locked by anybody its mapping reaches (Apache's children).
+    c.owner_uid = 0;
+    assert_eq!(get(&c, 1, NOW), Some(der(1, 160)));
+}
+
+fn mutex_bytes(c: &Cache) -> Vec<u8> {
+    let n = std::mem::size_of::<libc::pthread_mutex_t>();
+    unsafe { std::slice::from_raw_parts(c.shard_mutex_for_tests(0) as *const u8, n) }.to_vec()
+}
+
+#[test]
+fn a_shard_of_nothing_but_continuation_tags_takes_a_store() {
+    let c = one_shard();
+    {
+        let g = c.lock_shard(0).unwrap();
+        for i in 0..c.geometry().units_per_shard {
+            g.set_tag_for_tests(i, crate::layout::TAG_CONT);
+        }
+    }
+    // Hostile bytes: no free unit, no head. Used to panic ("a full shard has at least one
+    // head"), which a C caller sees as an internal error on every store to this shard.
+    c.store_at(&id(1), &der(1, 160), NOW, NOW + 60, NOW)
+        .unwrap();
+    assert_eq!(get(&c, 1, NOW), Some(der(1, 160)));
+}
+
+#[test]
+fn statistics_of_a_damaged_segment_wrap_instead_of_overflowing() {
+    let c = cache(1 << 20);
+    assert!(c.geometry().shard_count >= 2);
+    for idx in 0..2 {
+        let h = c.shard_header(idx);
+        for ctr in h.counters.iter() {
+            ctr.store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let s = c.stats();
+    assert_eq!(s.stores, u64::MAX.wrapping_add(u64::MAX));
+}
+
+/// Log lines seen by `record_log`, with whether shard 0's lock of `LOG_CACHE` was held.
+static LOG_LINES: std::sync::Mutex<Vec<(i32, String, bool)>> = std::sync::Mutex::new(Vec::new());
+static LOG_MUTEX: std::sync::atomic::AtomicPtr<libc::pthread_mutex_t> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+/// The log sink is global: the tests that install one run one at a time.
+static LOG_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+unsafe extern "C" fn record_log(
+    level: i32,
+    msg: *const std::ffi::c_char,
+    _: *mut std::ffi::c_void,
+) {
+    let m = LOG_MUTEX.load(std::sync::atomic::Ordering::SeqCst);
+    let held = !m.is_null()
+        && (*(m as *const std::sync::atomic::AtomicU32)).load(std::sync::atomic::Ordering::SeqCst)
+            & 0x3fff_ffff
+            != 0;
+    let text = std::ffi::CStr::from_ptr(msg).to_string_lossy().into_owned();
+    LOG_LINES.lock().unwrap().push((level, text, held));
+}
+
+#[test]
+fn recovery_messages_are_logged_after_the_lock_is_released() {
+    let _serial = LOG_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+    let c = one_shard();
+    c.store_at(&id(1), &der(1, 160), NOW, NOW + 60, NOW)
+        .unwrap();
+    c.shard_header(0)
+        .dirty
+        .store(1, std::sync::atomic::Ordering::Relaxed);
+    LOG_MUTEX.store(
+        c.shard_mutex_for_tests(0),
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    LOG_LINES.lock().unwrap().clear();
+    crate::log::set(
+        Some(record_log),
+        std::ptr::null_mut(),
+        crate::log::Level::Debug,
+    );
+    assert_eq!(get(&c, 1, NOW), Some(der(1, 160)));
+    crate::log::set(None, std::ptr::null_mut(), crate::log::Level::Debug);
+    LOG_MUTEX.store(std::ptr::null_mut(), std::sync::atomic::Ordering::SeqCst);
+    let lines = LOG_LINES.lock().unwrap().clone();
+    let rec: Vec<_> = lines
+        .iter()
+        .filter(|l| l.1.contains("recovered after a panic"))
+        .collect();
+    assert_eq!(rec.len(), 1, "{lines:?}");
+    assert!(
+        !rec[0].2,
+        "the callback ran while the shard lock was held: {lines:?}"
+    );
+}
+
+#[test]
+fn lock_timeouts_are_logged_rate_limited() {
+    let _serial = LOG_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+    let c = std::sync::Arc::new(short_timeout_one_shard());
+    let held = c.lock_shard(0).unwrap();
+    LOG_LINES.lock().unwrap().clear();
+    crate::log::set(
+        Some(record_log),
+        std::ptr::null_mut(),
+        crate::log::Level::Debug,
+    );
+    let c2 = std::sync::Arc::clone(&c);
+    // Another thread: the lock is error-checking, a relock by its holder is not a timeout.
+    let errs = std::thread::spawn(move || {
+        (0..5)
+            .map(|i| c2.lookup_at(&id(i), &mut [0u8; 64], false, NOW).is_err())
+            .filter(|&e| e)
+            .count()
+    })
+    .join()
+    .unwrap();
+    crate::log::set(None, std::ptr::null_mut(), crate::log::Level::Debug);
+    drop(held);
+    assert_eq!(errs, 5);
+    assert_eq!(c.stats().lock_timeouts, 5);
+    let lines = LOG_LINES.lock().unwrap().clone();
+    let errors = lines
+        .iter()
+        .filter(|l| l.0 == 1 && l.1.contains("timed out"))
+        .count();
+    assert!(
+        errors <= 1,
+        "5 timeouts gave {errors} error lines: {lines:?}"
+    );
+}
+
+#[test]
+fn resets_are_serialised_by_the_recovery_word_and_a_left_behind_word_is_taken_over() {
+    let c = short_timeout_one_shard();
+    c.store_at(&id(1), &der(1, 160), NOW, NOW + 60, NOW)
+        .unwrap();
+    let word = &c.globals().recovery_word;
+    let now = u64::from(crate::util::now_unix());
+    let live_pid = u64::from(std::process::id());
+    // Another process (alive) is resetting right now: this one does not reset too.
+    plant_stale_owner(&c, 0);
+    word.store(now << 32 | live_pid, std::sync::atomic::Ordering::Relaxed);
+    let e = c
+        .lookup_at(&id(1), &mut [0u8; 512], false, NOW)
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Lock, "{e}");
+    assert_eq!(c.stats().lock_resets, 0);
+    // The same word, taken an hour ago (a reused pid after a reboot): taken over.
+    word.store(
+        (now - 3600) << 32 | live_pid,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    assert_eq!(get(&c, 1, NOW), Some(der(1, 160)));
+    assert_eq!(c.stats().lock_resets, 1);
+    assert_eq!(
+        word.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "released"
+    );
+}

@@ -246,6 +246,12 @@ pub struct shmsess_stats {
     /// TLS 1.3 lookups skipped because early data is on with OpenSSL's anti-replay, which
     /// refuses every external-cache resumption (tickets are left in place; see the log).
     pub anti_replay_skipped: u64,
+    /// Shard locks re-initialised because nobody could ever take them again (held
+    /// by a thread that no longer exists, not recoverable, damaged), each followed by a repair
+    /// of the shard; lock attempts refused because the process's user does not own the
+    /// segment file.
+    pub lock_resets: u64,
+    pub lock_refused_owner: u64,
 }
 
 /// Version of `shmsess_stats` this library fills (`version` field).
@@ -838,6 +844,8 @@ pub fn to_c_stats(s: &Stats, a: &Ages, now: u32) -> shmsess_stats {
         sni_mismatch: s.sni_mismatch,
         hrr_resumed: s.hrr_resumed,
         anti_replay_skipped: s.anti_replay_skipped,
+        lock_resets: s.lock_resets,
+        lock_refused_owner: s.lock_refused_owner,
     }
 }
 
@@ -907,6 +915,8 @@ stats_fields!(
     sni_mismatch,
     hrr_resumed,
     anti_replay_skipped,
+    lock_resets,
+    lock_refused_owner,
 );
 
 /// Number of numeric fields `shmsess_stats_field` can name (in this library version).

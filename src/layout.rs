@@ -127,9 +127,19 @@ pub struct Globals {
     /// TLS 1.3 lookups not made because early data is on with OpenSSL's anti-replay, which
     /// refuses every resumption from an external cache (the ticket is left in place).
     pub anti_replay_skipped: AtomicU64,
+    /// Shard locks re-initialised because nobody could ever take them again: not recoverable,
+    /// damaged, or held by a thread that no longer exists (a stale lock word). Each reset is
+    /// followed by a repair of the shard (its damaged entries count in `corrupt_dropped`).
+    pub lock_resets: AtomicU64,
+    /// Lock attempts refused because this process's user does not own the segment file (a
+    /// mutex other users can write is never locked: see `Cache::lock_shard`).
+    pub lock_refused_owner: AtomicU64,
+    /// Serialises lock resets between processes: 0, or the pid of the process resetting (a
+    /// dead pid is taken over). Never a mutex: safe to touch whoever wrote it.
+    pub recovery_word: AtomicU64,
     /// Zero in segments made before these counters existed, so using reserved space for new
     /// counters keeps the layout (and its version) unchanged.
-    pub reserved: [AtomicU64; 10],
+    pub reserved: [AtomicU64; 7],
 }
 
 /// What the second tier did (see `remote.rs`). Carved out of `Globals::reserved`.
@@ -204,7 +214,8 @@ pub const COUNTERS: usize = 16;
 
 #[repr(C, align(64))]
 pub struct ShardHeader {
-    pub mutex: libc::pthread_mutex_t,
+    /// Changed by other processes behind our back: only reached through raw pointers.
+    pub mutex: std::cell::UnsafeCell<libc::pthread_mutex_t>,
     /// 1 while a process is inside the critical section. Found set by the next locker (after a
     /// panic or a death) it means "repair before use".
     pub dirty: AtomicU32,

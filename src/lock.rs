@@ -8,6 +8,7 @@
 //! obligation and [`ShardLock::mark_consistent`] is the only way to discharge it.
 
 use std::io;
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 /// What a successful acquisition found.
@@ -99,8 +100,8 @@ impl ShardLock {
                     // A fast path: most acquisitions are uncontended.
                     let rc = libc::pthread_mutex_trylock(self.mutex);
                     if rc == libc::EBUSY {
-                        let deadline = realtime_deadline(t);
-                        libc::pthread_mutex_timedlock(self.mutex, &deadline)
+                        let deadline = monotonic_deadline(t);
+                        pthread_mutex_clocklock(self.mutex, libc::CLOCK_MONOTONIC, &deadline)
                     } else {
                         rc
                     }
@@ -142,6 +143,121 @@ impl ShardLock {
             libc::pthread_mutex_unlock(self.mutex);
         }
     }
+}
+
+/// Who holds a mutex, as its lock word says (read without locking it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// Unlocked, or a layout this build cannot read.
+    Free,
+    /// Held by thread `tid`, which exists (it may be stopped, or busy).
+    Live(i32),
+    /// Held by thread `tid`, which does not exist, and the kernel never marked it dead: a
+    /// stale word (a segment on persistent storage after a reboot, or hostile bytes). Nobody
+    /// will ever unlock it.
+    Stale(i32),
+    /// Its owner died and the kernel said so: the next locker gets `EOWNERDEAD`.
+    OwnerDied,
+    /// Unlocked by a recovering owner that never declared it consistent: every lock fails
+    /// with `ENOTRECOVERABLE`.
+    NotRecoverable,
+    /// Its kind word is not what `init` writes (damaged or hostile bytes): never locked.
+    Damaged,
+}
+
+impl Holder {
+    /// Nobody can ever take the mutex again as it is: only a reset helps.
+    pub fn is_unusable(self) -> bool {
+        matches!(
+            self,
+            Holder::Stale(_) | Holder::NotRecoverable | Holder::Damaged
+        )
+    }
+}
+
+/// glibc's robust futex word: the owner's TID and two flag bits (linux/futex.h).
+const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
+const FUTEX_OWNER_DIED: u32 = 0x4000_0000;
+/// glibc: `__owner` (after `__lock` and `__count`) holds this once the mutex is not recoverable.
+const OWNER_OFFSET: usize = 8;
+const PTHREAD_MUTEX_NOTRECOVERABLE: u32 = (i32::MAX - 1) as u32;
+
+impl ShardLock {
+    /// Read the lock word (glibc on 64-bit Linux: `__lock` is the first word) and, if it names
+    /// an owner, whether that thread exists. A TID is only meaningful in our pid namespace:
+    /// processes sharing a segment must share one (see README).
+    pub fn holder(&self) -> Holder {
+        if expected_kind().is_none() {
+            return Holder::Free;
+        }
+        if !self.kind_ok() {
+            return Holder::Damaged;
+        }
+        let word = self.word(0);
+        let tid = (word & FUTEX_TID_MASK) as i32;
+        if self.word(OWNER_OFFSET) == PTHREAD_MUTEX_NOTRECOVERABLE {
+            Holder::NotRecoverable
+        } else if word & FUTEX_OWNER_DIED != 0 {
+            Holder::OwnerDied
+        } else if tid == 0 {
+            Holder::Free
+        } else if thread_exists(tid) {
+            Holder::Live(tid)
+        } else {
+            Holder::Stale(tid)
+        }
+    }
+
+    /// The 32-bit word at byte `offset` of the mutex, read atomically (other processes change
+    /// it concurrently).
+    fn word(&self, offset: usize) -> u32 {
+        // SAFETY: offset is one of the glibc field offsets below, inside the mutex, 4-aligned.
+        unsafe {
+            (*((self.mutex as *const u8).add(offset) as *const std::sync::atomic::AtomicU32))
+                .load(SeqCst)
+        }
+    }
+
+    /// Make the mutex a fresh, unlocked one and wake whoever sleeps on it. Only for a mutex
+    /// nobody can legitimately hold (stale owner, not recoverable, damaged) or that an operator
+    /// decided to break; the caller serialises resets (the segment's recovery word) and repairs
+    /// what the mutex guards before trusting it.
+    pub fn reset(&self) -> io::Result<()> {
+        // SAFETY: the mutex lies inside the mapping; the old bytes (hostile list pointers
+        // included) are zeroed before glibc initialises it.
+        unsafe {
+            std::ptr::write_bytes(
+                self.mutex as *mut u8,
+                0,
+                std::mem::size_of::<libc::pthread_mutex_t>(),
+            );
+            init_at(self.mutex)?;
+            // Waiters sleep on the lock word (a shared futex): let them retry now rather than
+            // at the end of their timeout.
+            libc::syscall(
+                libc::SYS_futex,
+                self.mutex as *mut u32,
+                libc::FUTEX_WAKE,
+                i32::MAX,
+                std::ptr::null::<libc::timespec>(),
+                std::ptr::null::<u32>(),
+                0u32,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Whether a thread with this id exists in our pid namespace. `kill(tid, 0)` finds
+/// processes (EPERM: it exists but is somebody else's); since Linux 6.9 it no longer finds a
+/// thread that is not its process's leader, which `/proc/TID` still does.
+fn thread_exists(tid: i32) -> bool {
+    // SAFETY: signal 0 only checks existence and permission.
+    let rc = unsafe { libc::kill(tid, 0) };
+    if rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH) {
+        return true;
+    }
+    std::path::Path::new(&format!("/proc/{tid}")).exists()
 }
 
 /// Initialise a robust, process-shared, error-checking mutex at `mutex`.
@@ -221,21 +337,35 @@ fn check(rc: i32) -> io::Result<()> {
     }
 }
 
-/// `pthread_mutex_timedlock` takes an absolute CLOCK_REALTIME deadline.
-fn realtime_deadline(after: Duration) -> libc::timespec {
+extern "C" {
+    /// glibc >= 2.30 (POSIX 2024): `pthread_mutex_timedlock` with the clock named. The libc
+    /// crate does not declare it.
+    fn pthread_mutex_clocklock(
+        mutex: *mut libc::pthread_mutex_t,
+        clock: libc::clockid_t,
+        abstime: *const libc::timespec,
+    ) -> libc::c_int;
+}
+
+/// The clock the timed lock waits on. Monotonic: a wall-clock step (NTP, an operator's
+/// `date -s`) neither stretches nor cuts a wait.
+pub const LOCK_CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;
+
+/// An absolute deadline `after` from now on [`LOCK_CLOCK`], as `pthread_mutex_clocklock`
+/// takes it.
+pub fn monotonic_deadline(after: Duration) -> libc::timespec {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes into the provided timespec.
     unsafe {
-        libc::clock_gettime(libc::CLOCK_REALTIME, &mut now);
+        libc::clock_gettime(LOCK_CLOCK, &mut now);
     }
     let nanos = now.tv_nsec as u64 + u64::from(after.subsec_nanos());
+    let secs = (after.as_secs() as libc::time_t).saturating_add((nanos / 1_000_000_000) as _);
     libc::timespec {
-        tv_sec: now.tv_sec
-            + after.as_secs() as libc::time_t
-            + (nanos / 1_000_000_000) as libc::time_t,
+        tv_sec: now.tv_sec.saturating_add(secs),
         tv_nsec: (nanos % 1_000_000_000) as _,
     }
 }
@@ -328,6 +458,94 @@ mod tests {
             Ok(Acquired::OwnerDied)
         );
         lock.mark_consistent().unwrap();
+        lock.unlock();
+    }
+
+    fn now_on(clock: libc::clockid_t) -> libc::timespec {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        unsafe { libc::clock_gettime(clock, &mut t) };
+        t
+    }
+
+    #[test]
+    fn the_timed_lock_deadline_is_on_the_monotonic_clock() {
+        // The monotonic clock counts from boot, the real-time clock from 1970: a deadline 5 s
+        // ahead on one is decades away from the other, so this tells them apart.
+        assert_eq!(LOCK_CLOCK, libc::CLOCK_MONOTONIC);
+        let d = monotonic_deadline(Duration::from_secs(5));
+        let ahead = d.tv_sec - now_on(libc::CLOCK_MONOTONIC).tv_sec;
+        assert!(
+            (4..=5).contains(&ahead),
+            "deadline {ahead} s ahead of CLOCK_MONOTONIC"
+        );
+        assert!((0..1_000_000_000).contains(&d.tv_nsec));
+        // A sub-second carry lands in tv_sec.
+        let d = monotonic_deadline(Duration::from_nanos(999_999_999));
+        assert!((0..1_000_000_000).contains(&d.tv_nsec));
+    }
+
+    /// Fork a child that exits at once; its pid names no thread afterwards.
+    fn dead_tid() -> i32 {
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        pid
+    }
+
+    #[test]
+    fn a_stale_owner_word_is_told_from_a_live_owner_and_reset() {
+        let m = shared_mutex();
+        let lock = unsafe { ShardLock::from_ptr(m) };
+        lock.init().unwrap();
+        assert_eq!(lock.holder(), Holder::Free);
+        // What a segment from before a reboot holds: an owner TID, no owner-died bit.
+        let tid = dead_tid();
+        unsafe {
+            (*(m as *const std::sync::atomic::AtomicU32)).store(tid as u32, SeqCst);
+            *((m as *mut u8).add(OWNER_OFFSET) as *mut i32) = tid;
+        }
+        assert_eq!(lock.holder(), Holder::Stale(tid));
+        assert_eq!(
+            lock.lock(Some(Duration::from_millis(20))),
+            Err(LockError::Timeout)
+        );
+        lock.reset().unwrap();
+        assert_eq!(lock.holder(), Holder::Free);
+        assert_eq!(
+            lock.lock(Some(Duration::from_millis(20))),
+            Ok(Acquired::Clean)
+        );
+        let me = unsafe { libc::gettid() };
+        assert_eq!(lock.holder(), Holder::Live(me));
+        lock.unlock();
+    }
+
+    #[test]
+    fn a_mutex_left_inconsistent_is_seen_as_not_recoverable_and_reset() {
+        let m = shared_mutex();
+        let lock = unsafe { ShardLock::from_ptr(m) };
+        lock.init().unwrap();
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let l = unsafe { ShardLock::from_ptr(m) };
+            let _ = l.lock(None);
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(lock.holder(), Holder::OwnerDied);
+        assert_eq!(lock.lock(None), Ok(Acquired::OwnerDied));
+        lock.unlock(); // without mark_consistent: what a panic in the repair used to do
+        assert_eq!(lock.holder(), Holder::NotRecoverable);
+        assert_eq!(lock.try_lock(), Err(LockError::NotRecoverable));
+        lock.reset().unwrap();
+        assert_eq!(lock.try_lock(), Ok(Some(Acquired::Clean)));
         lock.unlock();
     }
 }

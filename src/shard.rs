@@ -126,7 +126,9 @@ impl Ages {
         self.newest_created = Some(self.newest_created.map_or(created, |o| o.max(created)));
         self.earliest_expiry = Some(self.earliest_expiry.map_or(expires, |o| o.min(expires)));
         self.latest_expiry = Some(self.latest_expiry.map_or(expires, |o| o.max(expires)));
-        self.time_left_sum += u64::from(expires.saturating_sub(now));
+        self.time_left_sum = self
+            .time_left_sum
+            .saturating_add(u64::from(expires.saturating_sub(now)));
     }
 
     pub fn merge(&mut self, o: &Ages) {
@@ -136,12 +138,12 @@ impl Ages {
                 (x, y) => x.or(y),
             }
         }
-        self.live += o.live;
+        self.live = self.live.saturating_add(o.live);
         self.oldest_created = pick(self.oldest_created, o.oldest_created, u32::min);
         self.newest_created = pick(self.newest_created, o.newest_created, u32::max);
         self.earliest_expiry = pick(self.earliest_expiry, o.earliest_expiry, u32::min);
         self.latest_expiry = pick(self.latest_expiry, o.latest_expiry, u32::max);
-        self.time_left_sum += o.time_left_sum;
+        self.time_left_sum = self.time_left_sum.saturating_add(o.time_left_sum);
     }
 }
 
@@ -468,10 +470,11 @@ impl<'a> Shard<'a> {
         self.set_tag(start, e.tag);
         self.hdr
             .live
-            .store(self.hdr.live.load(Relaxed) + 1, Relaxed);
-        self.hdr
-            .used_units
-            .store(self.hdr.used_units.load(Relaxed) + k as u32, Relaxed);
+            .store(self.hdr.live.load(Relaxed).wrapping_add(1), Relaxed);
+        self.hdr.used_units.store(
+            self.hdr.used_units.load(Relaxed).wrapping_add(k as u32),
+            Relaxed,
+        );
     }
 
     /// Evict an entry whose units are freed by this; returns whether it was expired.
@@ -508,11 +511,19 @@ impl<'a> Shard<'a> {
                 oldest = Some((i, h));
             }
         }
-        let (i, h) = expired
-            .or(oldest)
-            .expect("a full shard has at least one head");
-        self.evict(i, &h, now);
-        i
+        match expired.or(oldest) {
+            Some((i, h)) => {
+                self.evict(i, &h, now);
+                i
+            }
+            // No free unit and no head: every tag says "continuation", which only damaged or
+            // hostile bytes do. Those units belong to nobody; unit 0 is reclaimed.
+            None => {
+                self.wipe(0, 1);
+                self.bump(Counter::CorruptDropped);
+                0
+            }
+        }
     }
 
     /// `k` consecutive units: the window that evicts the fewest live entries, and among those
@@ -693,6 +704,12 @@ impl<'a> Shard<'a> {
         // SAFETY: unit i lies inside the shard.
         let u = unsafe { std::slice::from_raw_parts(self.unit_ptr(i), self.geo.unit_bytes) };
         u.iter().all(|&b| b == 0)
+    }
+
+    /// Test support: set the tag of unit `i` (to damage a shard on purpose).
+    #[cfg(test)]
+    pub fn set_tag_for_tests(&self, i: usize, t: u16) {
+        self.set_tag(i, t)
     }
 
     /// Test support: the raw bytes of unit `i` (to corrupt them on purpose).

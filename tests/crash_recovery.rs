@@ -17,6 +17,7 @@ const IDS: u64 = 400;
 fn crashes_inside_critical_sections_are_recovered() {
     thousand_kills_under_load();
     panic_inside_a_critical_section_is_repaired();
+    a_panic_inside_a_repair_leaves_the_shard_usable();
 }
 
 /// Random operations; returns 0, or 3 if a lookup returned bytes that nobody stored.
@@ -196,4 +197,55 @@ fn panic_inside_a_critical_section_is_repaired() {
     let s = cache.stats();
     assert_eq!(s.dirty_repairs, 1, "{s:?}");
     assert_eq!(s.owner_died_recoveries, 0);
+}
+
+/// A process dies holding a shard lock; the next locker panics while repairing the shard
+/// (EOWNERDEAD). The mutex must stay usable: before the fix it was unlocked without
+/// `pthread_mutex_consistent` and every later lock failed with ENOTRECOVERABLE.
+fn a_panic_inside_a_repair_leaves_the_shard_usable() {
+    let cache = Cache::create(&Config {
+        size_bytes: 256 << 10,
+        lock_timeout: Some(Duration::from_secs(10)),
+        ..Config::default()
+    })
+    .unwrap();
+    for n in 0..50 {
+        cache.store(&id(n), &make(n, 1), 0, u32::MAX).unwrap();
+    }
+    let c = &cache;
+    let dead = spawn(move || {
+        fault::arm(fault::FaultPoint::AfterLock, 1, FaultAction::Kill);
+        let _ = c.store(&id(7), &make(7, 2), 0, u32::MAX);
+        0
+    });
+    assert_eq!(
+        wait(dead, Duration::from_secs(30)),
+        Exit::Signal(libc::SIGKILL)
+    );
+    let mut buf = vec![0u8; 8192];
+    fault::arm(fault::FaultPoint::MidRepair, 1, FaultAction::Panic);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cache.lookup(&id(7), &mut buf, false)
+    }));
+    fault::disarm();
+    assert!(
+        r.is_err(),
+        "the injected panic inside the repair should have fired"
+    );
+    // The next locker repairs the shard again (it is still dirty) and works; so does every
+    // later one.
+    for n in 0..50 {
+        match cache.lookup(&id(n), &mut buf, false) {
+            Ok(Found::Hit { len, .. }) => assert!(verify(n, &buf[..len]), "entry {n} damaged"),
+            Ok(other) => panic!("entry {n} lost: {other:?}"),
+            Err(e) => panic!("entry {n}: {e}"),
+        }
+    }
+    let s = cache.stats();
+    assert_eq!((s.lock_errors, s.lock_timeouts), (0, 0), "{s:?}");
+    assert_eq!(s.owner_died_recoveries, 1, "{s:?}");
+    assert_eq!(
+        s.dirty_repairs, 1,
+        "the interrupted repair was done again: {s:?}"
+    );
 }

@@ -21,7 +21,13 @@ pub fn make(n: u32, version: u32) -> Vec<u8> {
         _ => 60 + (h as usize % 130),
     };
     let mut d: Vec<u8> = (0..len)
-        .map(|i| (i as u32 * 31 + n * 7 + version * 13) as u8)
+        // Wrapping: versions are random u32s (debug builds check overflow).
+        .map(|i| {
+            (i as u32)
+                .wrapping_mul(31)
+                .wrapping_add(n.wrapping_mul(7))
+                .wrapping_add(version.wrapping_mul(13)) as u8
+        })
         .collect();
     d[..4].copy_from_slice(&n.to_le_bytes());
     d[4..8].copy_from_slice(&version.to_le_bytes());

@@ -9,7 +9,11 @@ files, exit codes and --help. Each check prints PASS/FAIL; the run ends with
 """
 
 import argparse
+import ctypes
 import json
+import mmap
+import signal
+import struct
 import os
 import re
 import shutil
@@ -81,7 +85,7 @@ def resumed_count(port, ctx, sessions):
 
 
 def help_and_errors(ops):
-    for cmd in ("stat", "list", "flush", "create", "dump", "load"):
+    for cmd in ("stat", "list", "flush", "create", "dump", "load", "repair"):
         rc, out, _ = ops.cli(cmd, "--help")
         check(f"'{cmd} --help' prints its manual", rc == 0 and "NAME" in out and "SYNOPSIS" in out and cmd in out)
     rc, out, _ = ops.cli("--help")
@@ -230,6 +234,183 @@ def restart_dump_flush_load(ops, path, tls12, tls13):
         rc, out, err = ops.cli("stat", big, "--json")
         check("root inspects a segment owned by the server's user",
               rc == 0 and json.loads(out)["entries"] >= SESSIONS, err.strip())
+    return dump
+
+
+NOBODY = 65534
+HEADER_BYTES = 4096
+
+
+def dead_pid():
+    """A pid that names no process or thread any more."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
+
+
+def hold_shard0_lock_stopped(path):
+    """A process that takes shard 0's robust mutex in the segment file and stops (SIGSTOP)
+    while holding it: a worker stopped in a debugger. Returns its pid once it is stopped."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fd = os.open(path, os.O_RDWR)
+            mm = mmap.mmap(fd, os.fstat(fd).st_size)
+            buf = (ctypes.c_char * len(mm)).from_buffer(mm)
+            libc = ctypes.CDLL(None)
+            if libc.pthread_mutex_lock(ctypes.c_void_p(ctypes.addressof(buf) + HEADER_BYTES)) != 0:
+                os._exit(3)
+            os.kill(os.getpid(), signal.SIGSTOP)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, os.WUNTRACED)  # readiness: it stopped holding the lock
+    if not os.WIFSTOPPED(status):
+        raise RuntimeError(f"the lock holder did not stop (status {status:#x})")
+    return pid
+
+
+def file_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def plant_stale_owner(path):
+    """Shard 0's lock word says 'held by thread T' (no owner-died bit) and T does not exist:
+    a segment on persistent storage after a reboot."""
+    tid = dead_pid()
+    with open(path, "r+b") as f:
+        f.seek(HEADER_BYTES)
+        f.write(struct.pack("<I", tid))
+        f.seek(HEADER_BYTES + 8)
+        f.write(struct.pack("<i", tid))
+
+
+def map_and_become_nobody(path):
+    """What Apache's children do: inherit (here: map) root's segment, then run as nobody.
+    Returns the pid once it runs as nobody with the mapping."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            fd = os.open(path, os.O_RDWR)
+            mm = mmap.mmap(fd, os.fstat(fd).st_size)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            os.write(w, b"x")
+            signal.pause()
+            mm.close()
+        finally:
+            os._exit(0)
+    os.close(w)
+    ready = os.read(r, 1)
+    os.close(r)
+    if ready != b"x":
+        raise RuntimeError("the mapping child did not start")
+    return pid
+
+
+def root_never_locks_a_segment_workers_write(ops, dump):
+    """A root-owned segment mapped by processes of another user (Apache's layout): root's
+    stat reads a copy, root's flush and load are refused while they map it."""
+    if os.geteuid() != 0:
+        print("SKIP root_never_locks_a_segment_workers_write: needs root")
+        return
+    seg = os.path.join(ops.dir, "rootowned.sess")
+    rc, _, err = ops.cli("create", seg, "--size", "2M")
+    rc2, _, err2 = ops.cli("load", seg, dump)
+    check("root-owned segment created and loaded while nobody else maps it", rc == 0 and rc2 == 0, (err + err2).strip())
+    worker = map_and_become_nobody(seg)
+    try:
+        rc_f, _, err_f = ops.cli("flush", seg)
+        rc_l, _, err_l = ops.cli("load", seg, dump)
+        rc_s, out_s, _ = ops.cli("stat", seg, "--json")
+        check("root's flush and load refuse a root-owned segment that a nobody process maps",
+              rc_f == 1 and rc_l == 1 and "mapped by 1 process(es) of another user" in err_f
+              and f"uid {NOBODY}" in err_l, f"flush rc={rc_f} load rc={rc_l} {err_f.strip()[:160]}")
+        check("root's stat still reads it (a copy, no lock)",
+              rc_s == 0 and json.loads(out_s)["entries"] == 2 * SESSIONS, f"rc={rc_s}")
+    finally:
+        os.kill(worker, signal.SIGKILL)
+        os.waitpid(worker, 0)
+    rc, out, err = ops.cli("flush", seg)
+    check("once no other user maps it, root's flush works", rc == 0 and f"removed {2 * SESSIONS} " in out, (out + err).strip())
+
+
+def root_never_locks_a_users_segment(ops, dump):
+    """Root and a segment owned by the server's user (nobody): root's reads take no lock,
+    root's changes run as nobody, a dump of another user is refused, and locks nobody can take
+    again are re-initialised (automatically, or by 'repair')."""
+    if os.geteuid() != 0:
+        print("SKIP root_never_locks_a_users_segment: needs root (it switches to nobody)")
+        return
+    d = os.path.join(ops.dir, "priv")
+    os.mkdir(d, 0o700)
+    seg = os.path.join(d, "nobody.sess")
+    rc, _, err = ops.cli("create", seg, "--size", "2M", "--owner", f"{NOBODY}:{NOBODY}")
+    check("root creates a segment for nobody", rc == 0 and os.stat(seg).st_uid == NOBODY, err.strip())
+    # flush as root runs as nobody: nobody cannot enter the 0700 root directory.
+    rc, _, err = ops.cli("flush", seg)
+    check("flush run by root switches to the segment's owner first",
+          rc == 1 and "Permission denied" in err, f"rc={rc} {err.strip()}")
+    os.chmod(ops.dir, 0o711)  # nobody may now reach the segment (and nothing else: all 0600)
+    os.chmod(d, 0o711)
+    rc, out, err = ops.cli("load", seg, dump)
+    check("root loads its own dump into nobody's segment (as nobody)",
+          rc == 0 and f"loaded {2 * SESSIONS} " in out, (out + err).strip())
+    foreign = os.path.join(ops.dir, "foreign.dump")
+    shutil.copy(dump, foreign)
+    os.chmod(foreign, 0o600)
+    os.chown(foreign, NOBODY, NOBODY)
+    rc, _, err = ops.cli("load", seg, foreign)
+    check("root refuses a dump owned by another user", rc == 1 and f"owned by uid {NOBODY}" in err, err.strip())
+
+    holder = hold_shard0_lock_stopped(seg)
+    try:
+        before = file_bytes(seg)
+        # A lock timeout of 10 minutes: any wait for the held lock would hit the 60 s limit.
+        rc, out, err = ops.cli("stat", seg, "--json", "--lock-timeout", "600000")
+        st = json.loads(out) if rc == 0 else {}
+        rc_l, out_l, _ = ops.cli("list", seg, "--lock-timeout", "600000")
+        out_dump = os.path.join(ops.dir, "held.dump")
+        rc_d, out_d, err_d = ops.cli("dump", seg, out_dump, "--lock-timeout", "600000")
+        after = file_bytes(seg)
+        check("stat, list and dump as root read nobody's segment without waiting for a held lock",
+              rc == 0 and st.get("entries") == 2 * SESSIONS and rc_l == 0
+              and len(out_l.splitlines()) == 2 * SESSIONS + 1 and rc_d == 0 and f"dumped {2 * SESSIONS} " in out_d,
+              f"stat rc={rc} entries={st.get('entries')} list rc={rc_l} dump rc={rc_d} {err.strip()} {err_d.strip()}")
+        check("root's stat, list and dump leave the segment byte-identical, mutexes included (no lock taken)",
+              before == after, f"{sum(a != b for a, b in zip(before, after))} bytes changed")
+        rc, _, err = ops.cli("repair", seg, "--lock-timeout", "100")
+        check("repair leaves a lock held by a live (stopped) process alone and says so",
+              rc == 3 and "held by live processes" in err, f"rc={rc} {err.strip()[:200]}")
+    finally:
+        os.kill(holder, signal.SIGKILL)
+        os.waitpid(holder, 0)
+    rc, out, err = ops.cli("repair", seg)
+    st = ops.stat_json(seg)
+    check("after the holder died, repair recovers its lock (EOWNERDEAD), nothing to reset",
+          rc == 0 and "0 lock(s) re-initialised" in out and st["lock_owner_died"] == 1
+          and st["entries"] == 2 * SESSIONS, (out + err).strip())
+
+    timeouts = st["lock_timeouts"]  # one, from the repair that met the stopped holder
+    plant_stale_owner(seg)
+    rc, out, err = ops.cli("flush", seg, "--expired")
+    st = ops.stat_json(seg)
+    check("a stale lock word (owner gone, no owner-died bit) is reset by the next locker",
+          rc == 0 and st["lock_resets"] == 1 and st["lock_timeouts"] == timeouts and st["entries"] == 2 * SESSIONS,
+          f"rc={rc} resets={st['lock_resets']} timeouts={st['lock_timeouts']}-{timeouts} {err.strip()}")
+    plant_stale_owner(seg)
+    rc, out, err = ops.cli("repair", seg)
+    st = ops.stat_json(seg)
+    check("repair re-initialises a stale lock at once, counted",
+          rc == 0 and "1 lock(s) re-initialised" in out and st["lock_resets"] == 2
+          and st["entries"] == 2 * SESSIONS, (out + err).strip())
+    rc, human, _ = ops.cli("stat", seg)
+    check("stat shows the re-initialised locks", rc == 0 and "2 locks re-initialised" in human)
 
 
 def main():
@@ -244,7 +425,9 @@ def main():
         for t in (help_and_errors,):
             t(ops)
         state = create_and_inspect(ops)
-        restart_dump_flush_load(ops, *state)
+        dump = restart_dump_flush_load(ops, *state)
+        root_never_locks_a_users_segment(ops, dump)
+        root_never_locks_a_segment_workers_write(ops, dump)
     except Exception as e:  # a crash is a failure, not an abort
         check("scenario ran to the end", False, f"{type(e).__name__}: {e}")
     finally:

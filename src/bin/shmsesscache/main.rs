@@ -1,6 +1,12 @@
 //! `shmsesscache`: inspect and operate a named session cache segment.
 //!
-//! Commands: stat, list, flush, create, dump, load (see `shmsesscache --help`). Exit codes:
+//! Commands: stat, list, flush, create, dump, load, repair (see `shmsesscache --help`).
+//!
+//! Privileges: a shard lock lives in the segment, which its owner can write, and glibc writes
+//! through pointers stored in a robust mutex. So this tool never locks a segment as another
+//! user: `stat`, `list` and `dump` read a private, validated copy of the file (no lock at
+//! all), and `flush`, `load` and `repair` run as the file's owner (root switches to that user
+//! first; anybody else is refused). Exit codes:
 //! 0 done, 1 failed (nothing or only part of it could be done, the message says why),
 //! 2 bad command line, 3 done in part (some shards were locked too long, or some records were
 //! refused). Nothing here ever prints session contents.
@@ -134,19 +140,139 @@ fn trust() -> Trust {
     }
 }
 
-fn open_segment(a: &Args, path: &str) -> Result<Cache, Failure> {
-    Ok(Cache::attach_with(
-        Path::new(path),
-        a.lock_timeout()?,
-        trust(),
-    )?)
+/// A private copy of the segment, for the commands that only read (no lock is taken).
+fn read_segment(path: &str) -> Result<Cache, Failure> {
+    Ok(Cache::snapshot(Path::new(path), trust())?)
+}
+
+/// Attach to the segment to change it, as its owner: root becomes the file's owner first
+/// (supplementary groups, gid, uid; for good), anybody else must be the owner.
+fn open_segment_as_owner(a: &Args, path: &str) -> Result<Cache, Failure> {
+    let p = Path::new(path);
+    let (uid, gid) = owner_of(p)?;
+    // SAFETY: no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if me != uid {
+        if me != 0 {
+            return Err(Failure(
+                EXIT_FAILED,
+                format!(
+                    "{path}: owned by uid {uid}, not by you (uid {me}); run '{}' as that user",
+                    a.command
+                ),
+            ));
+        }
+        become_user(uid, gid).map_err(|e| {
+            Failure(
+                EXIT_FAILED,
+                format!("{path}: cannot switch to its owner uid {uid} gid {gid}: {e}"),
+            )
+        })?;
+    }
+    refuse_if_mapped_by_others(p)?;
+    Ok(Cache::attach_with(p, a.lock_timeout()?, Trust::Owner)?)
+}
+
+/// A root-owned segment can still be written by other users: a root parent (Apache's, nginx's
+/// master) maps it and forks workers that switch to their user. Locking it would let those
+/// workers write into this process, so a segment that processes of another user (not root)
+/// map is refused. Found by reading every process's memory map (`/proc/PID/maps`, the file's
+/// device and inode); processes whose map this user may not read are not seen (a non-root
+/// user can only meet such mappings through a root parent anyway).
+fn refuse_if_mapped_by_others(p: &Path) -> Result<(), Failure> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p)
+        .map_err(|e| Failure(EXIT_FAILED, format!("cannot stat {}: {e}", p.display())))?;
+    // SAFETY: no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let mut others = mappers(m.dev(), m.ino())
+        .into_iter()
+        .filter(|&(_, uid)| uid != me && uid != 0)
+        .collect::<Vec<_>>();
+    others.dedup_by_key(|&mut (pid, _)| pid);
+    let Some(&(pid, uid)) = others.first() else {
+        return Ok(());
+    };
+    Err(Failure(
+        EXIT_FAILED,
+        format!(
+            "{}: mapped by {} process(es) of another user (pid {pid}, uid {uid}), which can write its locks; changing it from here would let them write into this process. Stop that server first, or use a segment owned by the server's user ('shmsesscache create --owner')",
+            p.display(),
+            others.len()
+        ),
+    ))
+}
+
+/// (pid, uid) of every process that maps the file with this device and inode.
+fn mappers(dev: u64, ino: u64) -> Vec<(u32, u32)> {
+    let want = format!("{:02x}:{:02x}", libc::major(dev), libc::minor(dev));
+    let mut v = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return v;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            continue;
+        };
+        let maps_it = maps.lines().any(|l| {
+            let mut f = l.split_ascii_whitespace().skip(3);
+            f.next() == Some(want.as_str())
+                && f.next().and_then(|i| i.parse::<u64>().ok()) == Some(ino)
+        });
+        if maps_it {
+            let mut uids = process_uids(pid);
+            uids.sort_unstable();
+            uids.dedup();
+            v.extend(uids.into_iter().map(|u| (pid, u)));
+        }
+    }
+    v
+}
+
+/// The real, effective, saved and file-system uids of a process.
+fn process_uids(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|u| {
+                u.split_ascii_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+fn owner_of(p: &Path) -> Result<(u32, u32), Failure> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p)
+        .map_err(|e| Failure(EXIT_FAILED, format!("cannot stat {}: {e}", p.display())))?;
+    Ok((m.uid(), m.gid()))
+}
+
+/// Drop root for good: only the owner's gid as group, then gid, then uid; checked.
+fn become_user(uid: u32, gid: u32) -> std::io::Result<()> {
+    let os = || Err(std::io::Error::last_os_error());
+    // SAFETY: plain credential calls on this single-threaded process.
+    unsafe {
+        if libc::setgroups(1, &gid) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+            return os();
+        }
+        if libc::geteuid() != uid || libc::getegid() != gid || (uid != 0 && libc::setuid(0) == 0) {
+            return Err(std::io::Error::other("the switch did not stick"));
+        }
+    }
+    Ok(())
 }
 
 fn cmd_stat(raw: &[String]) -> Result<u8, Failure> {
     let a = Args::parse("stat", raw, &["json", "prometheus"], &["lock-timeout"])?;
     a.want_positional(1, "PATH")?;
     let path = &a.positional[0];
-    let cache = open_segment(&a, path)?;
+    let cache = read_segment(path)?;
     let now = util::now_unix();
     let snap = report::Snapshot::take(&cache, path, now);
     let out = match (a.has("json"), a.has("prometheus")) {
@@ -162,7 +288,7 @@ fn cmd_stat(raw: &[String]) -> Result<u8, Failure> {
 fn cmd_list(raw: &[String]) -> Result<u8, Failure> {
     let a = Args::parse("list", raw, &[], &["lock-timeout"])?;
     a.want_positional(1, "PATH")?;
-    let cache = open_segment(&a, &a.positional[0])?;
+    let cache = read_segment(&a.positional[0])?;
     let entries = cache.entries()?;
     println!(
         "{:<64}  {:>5}  {:<20}  {:<20}  {:>5}",
@@ -184,7 +310,7 @@ fn cmd_list(raw: &[String]) -> Result<u8, Failure> {
 fn cmd_flush(raw: &[String]) -> Result<u8, Failure> {
     let a = Args::parse("flush", raw, &["expired"], &["lock-timeout"])?;
     a.want_positional(1, "PATH")?;
-    let cache = open_segment(&a, &a.positional[0])?;
+    let cache = open_segment_as_owner(&a, &a.positional[0])?;
     let when = a.has("expired").then(util::now_unix);
     match cache.flush(when) {
         Ok(n) => {
@@ -281,7 +407,7 @@ fn create_path(a: &Args, owner: Option<(u32, u32)>) -> Result<PathBuf, Failure> 
 fn cmd_dump(raw: &[String]) -> Result<u8, Failure> {
     let a = Args::parse("dump", raw, &[], &["lock-timeout"])?;
     a.want_positional(2, "PATH FILE")?;
-    let cache = open_segment(&a, &a.positional[0])?;
+    let cache = read_segment(&a.positional[0])?;
     let now = util::now_unix();
     let (entries, err) = cache.export(now);
     let mut bytes = dumpfile::encode(&entries, u64::from(now));
@@ -307,8 +433,16 @@ fn cmd_load(raw: &[String]) -> Result<u8, Failure> {
     let a = Args::parse("load", raw, &[], &["lock-timeout"])?;
     a.want_positional(2, "PATH FILE")?;
     let file = Path::new(&a.positional[1]);
-    let cache = open_segment(&a, &a.positional[0])?;
-    let (mut bytes, readable) = dumpfile::read_private_file(file, trust())?;
+    // The dump must be the loader's own (root included): anybody else's could inject
+    // sessions, client identities with them. Read before switching to the segment's owner.
+    let (mut bytes, readable) = dumpfile::read_private_file(file, Trust::Owner)?;
+    let cache = match open_segment_as_owner(&a, &a.positional[0]) {
+        Ok(c) => c,
+        Err(e) => {
+            util::wipe(&mut bytes);
+            return Err(e);
+        }
+    };
     if readable {
         eprintln!(
             "shmsesscache: warning: {} is readable by group or others; it holds session secrets (chmod 600 it)",
@@ -353,6 +487,33 @@ fn cmd_load(raw: &[String]) -> Result<u8, Failure> {
     }
 }
 
+fn cmd_repair(raw: &[String]) -> Result<u8, Failure> {
+    let a = Args::parse("repair", raw, &["force"], &["lock-timeout"])?;
+    a.want_positional(1, "PATH")?;
+    let path = &a.positional[0];
+    let cache = open_segment_as_owner(&a, path)?;
+    let (resets, failed) = cache.repair_all(a.has("force"))?;
+    println!(
+        "{path}: {} shards checked, {resets} lock(s) re-initialised, {} shard(s) still unusable",
+        cache.geometry().shard_count,
+        failed.len()
+    );
+    for (_, e) in &failed {
+        eprintln!("shmsesscache: {path}: {e}");
+    }
+    if failed.is_empty() {
+        Ok(0)
+    } else {
+        Err(Failure(
+            EXIT_PARTIAL,
+            format!(
+                "{path}: {} shard(s) are held by live processes; stop them, or use --force to break their locks",
+                failed.len()
+            ),
+        ))
+    }
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = argv.first().map(String::as_str) else {
@@ -384,8 +545,9 @@ fn main() -> ExitCode {
         "create" => cmd_create(rest),
         "dump" => cmd_dump(rest),
         "load" => cmd_load(rest),
+        "repair" => cmd_repair(rest),
         other => Err(usage(format!(
-            "unknown command {other:?}; commands: stat, list, flush, create, dump, load (see 'shmsesscache --help')"
+            "unknown command {other:?}; commands: stat, list, flush, create, dump, load, repair (see 'shmsesscache --help')"
         ))),
     };
     match result {

@@ -171,8 +171,8 @@ pub fn human(snap: &Snapshot) -> String {
     );
     let _ = writeln!(
         w,
-        "lock trouble      {} timeouts, {} errors",
-        s.lock_timeouts, s.lock_errors
+        "lock trouble      {} timeouts, {} errors, {} locks re-initialised, {} refused (not the owner)",
+        s.lock_timeouts, s.lock_errors, s.lock_resets, s.lock_refused_owner
     );
     let _ = writeln!(
         w,
@@ -189,8 +189,12 @@ pub fn human(snap: &Snapshot) -> String {
         "session ids       {} generated, {} collisions",
         s.ids_generated, s.id_collisions
     );
-    let remote_used = s.remote_stores + s.remote_hits + s.remote_misses + s.remote_errors
-        + s.remote_timeouts + s.remote_skipped;
+    let remote_used = s.remote_stores
+        + s.remote_hits
+        + s.remote_misses
+        + s.remote_errors
+        + s.remote_timeouts
+        + s.remote_skipped;
     if remote_used > 0 {
         let _ = writeln!(
             w,
@@ -206,7 +210,11 @@ pub fn human(snap: &Snapshot) -> String {
             w,
             "remote refused    {} values that did not authenticate{}, {} TLS 1.3 replays",
             s.remote_rejected,
-            if s.remote_rejected > 0 { " (tampered, or a key missing from the key file)" } else { "" },
+            if s.remote_rejected > 0 {
+                " (tampered, or a key missing from the key file)"
+            } else {
+                ""
+            },
             s.remote_replays_refused
         );
     } else {

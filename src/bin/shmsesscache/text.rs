@@ -11,6 +11,7 @@ SYNOPSIS
     shmsesscache create NAME|PATH --size BYTES [--slot-bytes N] [--owner USER[:GROUP]] [--dir DIR]
     shmsesscache dump   PATH FILE
     shmsesscache load   PATH FILE
+    shmsesscache repair PATH [--force]
     shmsesscache COMMAND --help
 
 DESCRIPTION
@@ -18,16 +19,25 @@ DESCRIPTION
     /dev/shm/myserver.sess). Anonymous segments live only inside the server's processes; read
     their statistics through the server (the example server prints them on SIGUSR1).
 
-    The segment is attached like a server attaches it: a symlink, a file writable by group or
-    others, or a file of another format or layout is refused. A file owned by another user is
-    refused too, except when run as root. Running servers are not disturbed: every command
-    takes one shard lock at a time, for as long as a lookup takes.
+    The segment is checked like a server checks it: a symlink, a file writable by group or
+    others, or a file of another format or layout is refused.
+
+    Locks: the shard locks live in the segment, which its owner can write, and locking them
+    would let that user write into this process. So stat, list and dump take no lock: they
+    read a private copy of the file and check every entry in it (checksum, placement); run as
+    root they read segments of any owner. flush, load and repair change the segment as its
+    owner: run as root they switch to the file's owner (uid, gid) first; anybody else must be
+    the owner. They refuse a segment that processes of another user (not root) map, as
+    Apache's and nginx's workers map their root-owned segment: stop that server first. They
+    take one shard lock at a time, for as long as a lookup takes: running servers are not
+    disturbed.
 
     Session contents (master secrets) are never printed. dump writes them to a 0600 file.
 
 COMMON OPTIONS
-    --lock-timeout MS   longest wait for one shard's lock (default 1000); a shard held longer
-                        by a stuck process is left out and the command exits 3.
+    --lock-timeout MS   flush, load, repair: longest wait for one shard's lock (default 1000);
+                        a shard held longer by a stuck process is left out and the command
+                        exits 3. Accepted and ignored by stat, list and dump.
     --help              the manual of a command.
 
 EXIT STATUS
@@ -37,6 +47,26 @@ EXIT STATUS
     2  bad command line
     3  done in part: some shards could not be locked in time, or some records of a dump were
        refused (the message says how many)
+";
+
+const REPAIR_HELP: &str = "\
+NAME
+    shmsesscache repair - make every shard of a segment usable again
+
+SYNOPSIS
+    shmsesscache repair PATH [--force] [--lock-timeout MS]
+
+DESCRIPTION
+    Takes every shard's lock once, as the file's owner. A lock nobody can take again (held
+    by a thread that no longer exists, e.g. a segment on persistent storage after a reboot;
+    left not recoverable; damaged) is re-initialised, and the shard is repaired: entries that
+    do not verify are dropped and counted. Servers do this by themselves when they meet such
+    a lock; repair does it for every shard at once.
+
+    A lock held by a live process (stopped in a debugger, SIGSTOPped) is left alone and
+    reported (exit 3). --force breaks it anyway: only when that process will never run again
+    inside the cache (stop or kill it first), since it would then no longer be alone in the
+    shard.
 ";
 
 const STAT_HELP: &str = "\
@@ -153,7 +183,9 @@ DESCRIPTION
     another size. Sessions that have expired are skipped; the others keep their own creation
     and expiry times. The file is checked whole before anything is stored (checksums, format,
     each record a session with its id): a damaged file loads nothing. FILE must be a regular
-    file that neither group nor others can write (else anybody could inject sessions).
+    file that neither group nor others can write (else anybody could inject sessions), and
+    owned by the user running load (root too: a dump of another user is refused). Run as
+    root, load reads FILE as root, then switches to the segment's owner to store.
 ";
 
 pub fn command_help(cmd: &str) -> Option<&'static str> {
@@ -164,6 +196,7 @@ pub fn command_help(cmd: &str) -> Option<&'static str> {
         "create" => CREATE_HELP,
         "dump" => DUMP_HELP,
         "load" => LOAD_HELP,
+        "repair" => REPAIR_HELP,
         _ => return None,
     })
 }
