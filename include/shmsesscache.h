@@ -137,8 +137,8 @@ typedef struct shmsess_options {
   uint32_t session_id_prefix_len;
   // NULL (default): one host. Otherwise the second tier shared by several hosts, e.g.
   // `redis://127.0.0.1:6379/0` or `redis://user:password@10.0.0.5:6379/2` (AUTH and SELECT
-  // on connect; use an IP address: name lookups are not bounded by the timeout). Each
-  // process connects lazily, after fork. Requires `remote_key_file`. Copied at creation.
+  // on connect; a host name is looked up within `remote_timeout_ms`). Each process connects
+  // lazily, after fork. Requires `remote_key_file`. Copied at creation.
   // Used by the session callbacks `shmsess_install` sets; `shmsess_cache_store`, `_lookup`,
   // `_remove` and `_iterate` stay on the local segment.
   // (Fields from here on added in 0.3.)
@@ -149,8 +149,9 @@ typedef struct shmsess_options {
   const char *remote_key_file;
   // Prefix of the Redis keys (NULL: "shmsess:"); keys are the prefix and the id in hex.
   const char *remote_key_prefix;
-  // Longest a remote operation may take, connect included, in ms (0: 25 ms). A slower or
-  // unreachable store costs a handshake at most this much per operation.
+  // Longest a remote operation may take in ms (0: 25 ms): one deadline for name lookup,
+  // connect, AUTH, SELECT, command and reply together. A slower or unreachable store costs
+  // a handshake at most this much per operation.
   uint32_t remote_timeout_ms;
   // After 3 failed remote operations in a row, a process skips the tier for this long, in
   // ms, then tries again by itself (0: 2000 ms).

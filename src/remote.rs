@@ -3,7 +3,8 @@
 //! tier; this one is asked only on a local miss, written on every new session.
 //!
 //! Rules that keep it from hurting handshakes:
-//! - every operation is bounded by one timeout (connect, AUTH/SELECT, command);
+//! - every operation is bounded by one deadline (name lookup, connect, AUTH/SELECT, command
+//!   and reply together; see [`crate::resp`]) and every reply by [`REPLY_CAP`];
 //! - after [`Breaker::TRIP_AFTER`] failures in a row a process skips the tier for the back-off
 //!   period, then tries again by itself;
 //! - a failure is never an error for the handshake: it is a miss (or, for a store, nothing);
@@ -16,10 +17,15 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use std::net::SocketAddr;
+
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::RemoteCounters;
 use crate::log::{self, Level};
+use crate::resp::{self, Begun, Conn, Deadline, Failure, Reply, Resolver, Target, URL_FORM};
 use crate::seal::{Keyring, Opened};
+
+type FResult<T> = std::result::Result<T, Failure>;
 
 /// Default bound on one remote operation.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(25);
@@ -81,22 +87,25 @@ impl Breaker {
     }
 }
 
-/// An idle connection of this process, with the full timeout set on it.
-struct Pooled(redis::Connection);
-
 struct ProcessState {
     pid: u32,
-    idle: Vec<Pooled>,
+    /// Idle connections of this process, each done with its last operation.
+    idle: Vec<Conn>,
     breaker: Breaker,
+    resolver: Resolver,
 }
 
 pub struct Remote {
-    client: redis::Client,
+    target: Target,
     prefix: String,
     timeout: Duration,
     keys: Keyring,
     state: Mutex<ProcessState>,
 }
+
+/// Largest bulk reply accepted: the largest sealed session. Anything bigger is not ours, and
+/// the connection is dropped before it is read.
+pub const REPLY_CAP: usize = crate::layout::MAX_SESSION_BYTES + crate::seal::OVERHEAD;
 
 /// What a remote lookup gave.
 pub enum Fetched {
@@ -110,34 +119,25 @@ impl Remote {
     /// Parse the URL (nothing is connected yet: connections are made in the process that
     /// uses them, after fork).
     pub fn new(cfg: RemoteConfig) -> Result<Remote> {
-        use redis::IntoConnectionInfo;
         // The URL may hold a password: name the problem, not the URL.
-        if cfg.url.starts_with("rediss:") || cfg.url.starts_with("valkeys:") {
+        let target = Target::parse(&cfg.url).map_err(|m| {
+            Error::new(
+                ErrorKind::Invalid,
+                format!("remote URL is not usable ({m}): expected {URL_FORM}"),
+            )
+        })?;
+        if target.tls {
             return Err(Error::new(
                 ErrorKind::Invalid,
                 "remote URL: TLS to Redis (rediss://) is not built in; use redis:// on a private \
                  network or through a local TLS tunnel (values are sealed either way)",
             ));
         }
-        let bad = |e: redis::RedisError| {
-            Error::new(
-                ErrorKind::Invalid,
-                format!(
-                    "remote URL is not usable ({}): expected redis://[user:password@]host:port/db",
-                    kind_name(&e)
-                ),
-            )
-        };
-        let info = cfg.url.as_str().into_connection_info().map_err(bad)?;
-        // No CLIENT SETINFO on connect: each reply the setup waits for is another full
-        // timeout against a hung server (strace: AUTH plus two SETINFOs took 3 x the timeout).
-        let redis_info = info.redis_settings().clone().set_skip_set_lib_name();
-        let client = redis::Client::open(info.set_redis_settings(redis_info)).map_err(bad)?;
         if cfg.timeout.is_zero() {
             return Err(Error::new(ErrorKind::Invalid, "remote timeout is 0"));
         }
         Ok(Remote {
-            client,
+            target,
             prefix: cfg.prefix,
             timeout: cfg.timeout,
             keys: cfg.keys,
@@ -145,49 +145,63 @@ impl Remote {
                 pid: std::process::id(),
                 idle: Vec::new(),
                 breaker: Breaker::new(cfg.backoff),
+                resolver: Resolver::default(),
             }),
         })
     }
 
-    fn key(&self, id: &[u8]) -> String {
+    fn key(&self, id: &[u8]) -> Vec<u8> {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut k = String::with_capacity(self.prefix.len() + 2 * id.len());
-        k.push_str(&self.prefix);
+        let mut k = Vec::with_capacity(self.prefix.len() + 2 * id.len());
+        k.extend_from_slice(self.prefix.as_bytes());
         for &b in id {
-            k.push(HEX[usize::from(b >> 4)] as char);
-            k.push(HEX[usize::from(b & 15)] as char);
+            k.push(HEX[usize::from(b >> 4)]);
+            k.push(HEX[usize::from(b & 15)]);
         }
         k
     }
 
-    /// Run one command on a connection of this process, under the timeout and the breaker.
-    /// `None` if it was skipped or failed (counted either way).
+    fn lock(&self) -> std::sync::MutexGuard<'_, ProcessState> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = std::process::id();
+        if st.pid != pid {
+            // Forked: connections, failures and lookups belong to the parent. Dropping the
+            // copies closes only this process's descriptors.
+            st.idle.clear();
+            st.pid = pid;
+            st.breaker = Breaker::new(st.breaker.backoff);
+            st.resolver = Resolver::default();
+        }
+        st
+    }
+
+    /// Run one operation on a connection of this process, under one deadline and the
+    /// breaker. `None` if it was skipped or failed (counted either way). A pooled connection
+    /// the server closed (restarted Redis, idle timeout) is replaced once, within the same
+    /// deadline.
     fn run<T>(
         &self,
         c: &RemoteCounters,
-        op: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        op: impl Fn(&mut Conn, Deadline) -> FResult<T>,
     ) -> Option<T> {
-        let conn = {
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let pid = std::process::id();
-            if st.pid != pid {
-                // Forked: connections and failures belong to the parent. Dropping the copies
-                // closes only this process's descriptors.
-                st.idle.clear();
-                st.pid = pid;
-                st.breaker = Breaker::new(st.breaker.backoff);
-            }
+        let dl = Deadline::after(self.timeout);
+        let pooled = {
+            let mut st = self.lock();
             if !st.breaker.allows(Instant::now()) {
                 c.skipped.fetch_add(1, Relaxed);
                 return None;
             }
             st.idle.pop()
         };
-        let result = match conn {
-            Some(mut conn) => op(&mut conn.0).map(|v| (v, conn)),
-            None => self.connect_and_run(op),
+        let result = match pooled {
+            Some(mut conn) => match op(&mut conn, dl) {
+                Ok(v) => Ok((v, conn)),
+                Err(f) if f.is_stale_connection() => self.connect_and_run(&op, dl),
+                Err(f) => Err(f),
+            },
+            None => self.connect_and_run(&op, dl),
         };
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.lock();
         match result {
             Ok((v, conn)) => {
                 if st.idle.len() < MAX_IDLE {
@@ -198,8 +212,8 @@ impl Remote {
                 }
                 Some(v)
             }
-            Err(e) => {
-                if e.is_timeout() {
+            Err(f) => {
+                if f == Failure::Timeout {
                     c.timeouts.fetch_add(1, Relaxed);
                 } else {
                     c.errors.fetch_add(1, Relaxed);
@@ -208,9 +222,8 @@ impl Remote {
                     log::emit(
                         Level::Warning,
                         &format!(
-                            "remote tier: {} failures in a row (last: {}); skipping it for {} ms",
+                            "remote tier: {} failures in a row (last: {f}); skipping it for {} ms",
                             Breaker::TRIP_AFTER,
-                            describe(&e),
                             st.breaker.backoff.as_millis()
                         ),
                     );
@@ -220,30 +233,55 @@ impl Remote {
         }
     }
 
-    /// Connect (AUTH and SELECT included) and run `op` within one timeout in all, so a
-    /// handshake waits at most `timeout` per remote operation even when it has to connect.
+    /// Resolve (if the URL names a host), connect, log in and run `op`, all before `dl`.
     fn connect_and_run<T>(
         &self,
-        op: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> redis::RedisResult<(T, Pooled)> {
-        let start = Instant::now();
-        let mut conn = self.client.get_connection_with_timeout(self.timeout)?;
-        let left = self
-            .timeout
-            .checked_sub(start.elapsed())
-            .filter(|d| !d.is_zero())
-            .unwrap_or(Duration::from_millis(1));
-        conn.set_read_timeout(Some(left))?;
-        conn.set_write_timeout(Some(left))?;
-        let v = op(&mut conn)?;
-        // Pooled connections carry the full timeout for their next operation.
-        conn.set_read_timeout(Some(self.timeout))?;
-        conn.set_write_timeout(Some(self.timeout))?;
-        Ok((v, Pooled(conn)))
+        op: &impl Fn(&mut Conn, Deadline) -> FResult<T>,
+        dl: Deadline,
+    ) -> FResult<(T, Conn)> {
+        let addrs = self.addresses(dl)?;
+        let tcp = resp::tcp_connect(&addrs, dl).inspect_err(|_| self.lock().resolver.forget())?;
+        let mut conn = Conn::new(Box::new(tcp), REPLY_CAP);
+        conn.login(&self.target, dl)?;
+        let v = op(&mut conn, dl)?;
+        Ok((v, conn))
+    }
+
+    /// The addresses to connect to: the URL's IP, or its host name looked up within `dl`.
+    fn addresses(&self, dl: Deadline) -> FResult<Vec<SocketAddr>> {
+        if let Some(ip) = self.target.ip() {
+            return Ok(vec![SocketAddr::new(ip, self.target.port)]);
+        }
+        let begun = self
+            .lock()
+            .resolver
+            .begin(&self.target.host, self.target.port)?;
+        let lookup = match begun {
+            Begun::Known(addrs) => return Ok(addrs),
+            Begun::Wait(l) => l,
+        };
+        let waited = lookup.wait(dl);
+        let mut st = self.lock();
+        st.resolver.finish(&waited);
+        match waited {
+            Ok(r) => r,
+            Err(still_running) => {
+                st.resolver.park(still_running);
+                Err(Failure::Timeout)
+            }
+        }
     }
 
     /// Write a new session, sealed, with Redis expiring it when the session does.
-    pub fn store(&self, c: &RemoteCounters, id: &[u8], der: &[u8], created: u32, expires: u32, now: u32) {
+    pub fn store(
+        &self,
+        c: &RemoteCounters,
+        id: &[u8],
+        der: &[u8],
+        created: u32,
+        expires: u32,
+        now: u32,
+    ) {
         let ttl_ms = u64::from(expires.saturating_sub(now)) * 1000;
         if ttl_ms == 0 {
             return;
@@ -253,13 +291,10 @@ impl Remote {
             return;
         };
         let key = self.key(id);
-        let stored = self.run(c, |conn| {
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(&value)
-                .arg("PX")
-                .arg(ttl_ms)
-                .query::<()>(conn)
+        let ttl = ttl_ms.to_string();
+        let stored = self.run(c, |conn, dl| {
+            conn.call(&[b"SET", &key, &value, b"PX", ttl.as_bytes()], dl)?
+                .expect_ok()
         });
         if stored.is_some() {
             c.stores.fetch_add(1, Relaxed);
@@ -270,10 +305,10 @@ impl Remote {
     /// deleted in the same step (GETDEL), so one host in the fleet gets it.
     pub fn fetch(&self, c: &RemoteCounters, id: &[u8], take: bool, now: u32) -> Fetched {
         let key = self.key(id);
-        let got = self.run(c, |conn| {
-            redis::cmd(if take { "GETDEL" } else { "GET" })
-                .arg(&key)
-                .query::<Option<Vec<u8>>>(conn)
+        let cmd: &[u8] = if take { b"GETDEL" } else { b"GET" };
+        let got = self.run(c, |conn, dl| match conn.call(&[cmd, &key], dl)? {
+            Reply::Bulk(v) => Ok(v),
+            _ => Err(Failure::Protocol("expected a bulk string")),
         });
         match got {
             Some(Some(mut value)) => {
@@ -310,26 +345,11 @@ impl Remote {
     /// could not be asked. Used to consume a TLS 1.3 ticket found locally, fleet-wide.
     pub fn delete(&self, c: &RemoteCounters, id: &[u8]) -> Option<bool> {
         let key = self.key(id);
-        self.run(c, |conn| redis::cmd("DEL").arg(&key).query::<u64>(conn))
-            .map(|n| n > 0)
+        self.run(c, |conn, dl| match conn.call(&[b"DEL", &key], dl)? {
+            Reply::Int(n) => Ok(n > 0),
+            _ => Err(Failure::Protocol("expected an integer")),
+        })
     }
-}
-
-/// An error's description without anything from the URL (a password may be in it).
-fn describe(e: &redis::RedisError) -> String {
-    if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connection_refusal() {
-        "connection refused".into()
-    } else if e.is_io_error() {
-        format!("I/O error ({})", kind_name(e))
-    } else {
-        format!("Redis said {}", kind_name(e))
-    }
-}
-
-fn kind_name(e: &redis::RedisError) -> String {
-    format!("{:?}", e.kind())
 }
 
 #[cfg(test)]
@@ -346,7 +366,10 @@ mod tests {
         assert!(b.allows(t0), "two failures: still trying");
         assert!(b.failure(t0), "the third failure trips it");
         assert!(!b.allows(t0 + Duration::from_millis(1999)));
-        assert!(b.allows(t0 + Duration::from_secs(2)), "retried after the back-off");
+        assert!(
+            b.allows(t0 + Duration::from_secs(2)),
+            "retried after the back-off"
+        );
         // The retry fails: skipped again at once, without another warning.
         let t1 = t0 + Duration::from_secs(2);
         assert!(!b.failure(t1));
@@ -374,7 +397,10 @@ mod tests {
         .unwrap();
         let c: RemoteCounters = unsafe { std::mem::zeroed() };
         for _ in 0..5 {
-            assert!(matches!(r.fetch(&c, &[1; 32], false, 0), Fetched::Unavailable));
+            assert!(matches!(
+                r.fetch(&c, &[1; 32], false, 0),
+                Fetched::Unavailable
+            ));
         }
         assert_eq!(c.errors.load(Relaxed), 3, "three tries, then the breaker");
         assert_eq!(c.skipped.load(Relaxed), 2);
@@ -394,6 +420,6 @@ mod tests {
         .unwrap();
         assert_eq!(e.kind, ErrorKind::Invalid);
         assert!(!e.message.contains("secretpw"), "{e}");
-        assert!(e.message.contains("redis://[user:password@]host:port/db"), "{e}");
+        assert!(e.message.contains(URL_FORM), "{e}");
     }
 }
