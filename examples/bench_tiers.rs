@@ -66,6 +66,7 @@ fn main() {
     let runs: usize = args[4].parse().expect("RUNS");
     let remote = Remote::new(RemoteConfig {
         url: args[1].clone(),
+        ca_file: None,
         prefix: "bench:".into(),
         timeout: Duration::from_millis(500),
         backoff: DEFAULT_BACKOFF,

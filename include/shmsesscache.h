@@ -156,6 +156,10 @@ typedef struct shmsess_options {
   // After 3 failed remote operations in a row, a process skips the tier for this long, in
   // ms, then tries again by itself (0: 2000 ms).
   uint32_t remote_backoff_ms;
+  // For a `rediss://` `remote_url`: PEM file of the CA certificate(s) Redis's certificate
+  // must chain to; its name (or IP address) must match the URL's host. NULL: the system's
+  // CA store. Refused with a `redis://` URL. Read once, at creation. (Added in 0.4.)
+  const char *remote_ca_file;
 } shmsess_options;
 
 // Statistics of a cache (all processes together). Counters only grow.

@@ -16,24 +16,63 @@ from prefork_harness import free_port
 READY_TIMEOUT = 15.0
 
 
-class Redis:
-    """`with Redis(password="pw") as r: ... r.url ... r.cli("KEYS", "*")`."""
+def make_ca(directory, name, hosts=("127.0.0.1", "localhost")):
+    """A throw-away CA and a server certificate it signs for `hosts` (IP and DNS SANs), made
+    with the openssl command. Returns (ca.pem, server.pem, server.key) paths."""
+    ca, ca_key = os.path.join(directory, f"{name}-ca.pem"), os.path.join(directory, f"{name}-ca.key")
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+             "-subj", f"/CN={name} test CA", "-keyout", ca_key, "-out", ca)
+    return (ca, *server_cert(directory, name, ca, hosts))
 
-    def __init__(self, password=None, port=None):
+
+def server_cert(directory, name, ca, hosts):
+    """A server certificate for `hosts` signed by the CA `ca` made by make_ca (its key is next
+    to it). Returns (server.pem, server.key)."""
+    crt, key = os.path.join(directory, f"{name}-server.pem"), os.path.join(directory, f"{name}-server.key")
+    csr, ext = os.path.join(directory, f"{name}.csr"), os.path.join(directory, f"{name}.ext")
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=redis",
+             "-keyout", key, "-out", csr)
+    sans = ",".join(("IP:" if h[0].isdigit() else "DNS:") + h for h in hosts)
+    with open(ext, "w") as f:
+        f.write(f"subjectAltName={sans}\n")
+    _openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca[:-len(".pem")] + ".key", "-CAcreateserial",
+             "-days", "2", "-extfile", ext, "-out", crt)
+    return crt, key
+
+
+def _openssl(*args):
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+class Redis:
+    """`with Redis(password="pw") as r: ... r.url ... r.cli("KEYS", "*")`. With
+    `tls=(ca, cert, key)` it listens only with TLS (`tls-port`) and `url` is `rediss://`."""
+
+    def __init__(self, password=None, port=None, tls=None):
         self.password = password
         self.port = port or free_port()
+        self.tls = tls
         self.dir = tempfile.mkdtemp(prefix="shmsess-redis-")
         self.proc = None
 
+    def url_for(self, host="127.0.0.1"):
+        auth = f"default:{self.password}@" if self.password else ""
+        return f"{'rediss' if self.tls else 'redis'}://{auth}{host}:{self.port}/0"
+
     @property
     def url(self):
-        auth = f"default:{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return self.url_for()
 
     def start(self):
         conf = os.path.join(self.dir, "redis.conf")
         with open(conf, "w") as f:
-            f.write(f"bind 127.0.0.1\nport {self.port}\ndir {self.dir}\nsave \"\"\nappendonly no\n"
+            if self.tls:
+                ca, cert, key = self.tls
+                f.write(f"port 0\ntls-port {self.port}\ntls-cert-file {cert}\ntls-key-file {key}\n"
+                        f"tls-ca-cert-file {ca}\ntls-auth-clients no\n")
+            else:
+                f.write(f"port {self.port}\n")
+            f.write(f"bind 127.0.0.1\ndir {self.dir}\nsave \"\"\nappendonly no\n"
                     "daemonize no\nprotected-mode yes\nlogfile \"\"\nloglevel notice\n"
                     # Sessions must not be evicted for other data: expire only by their TTL.
                     "maxmemory-policy noeviction\n")
@@ -58,6 +97,8 @@ class Redis:
 
     def cli(self, *args):
         cmd = ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port)]
+        if self.tls:
+            cmd += ["--tls", "--cacert", self.tls[0]]
         if self.password:
             cmd += ["-a", self.password, "--no-auth-warning"]
         out = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=20)

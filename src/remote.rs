@@ -23,6 +23,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::layout::RemoteCounters;
 use crate::log::{self, Level};
 use crate::resp::{self, Begun, Conn, Deadline, Failure, Reply, Resolver, Target, URL_FORM};
+use crate::resp_tls::{ClientCtx, TlsStream};
 use crate::seal::{Keyring, Opened};
 
 type FResult<T> = std::result::Result<T, Failure>;
@@ -37,8 +38,11 @@ pub const DEFAULT_PREFIX: &str = "shmsess:";
 const MAX_IDLE: usize = 8;
 
 pub struct RemoteConfig {
-    /// `redis://[user:password@]host:port/db` (AUTH and SELECT are done on connect).
+    /// `redis[s]://[user:password@]host:port/db` (AUTH and SELECT are done on connect).
     pub url: String,
+    /// For `rediss://`: PEM file of the CA(s) Redis's certificate must chain to (`None`: the
+    /// system's CA store).
+    pub ca_file: Option<String>,
     pub prefix: String,
     pub timeout: Duration,
     pub backoff: Duration,
@@ -97,6 +101,8 @@ struct ProcessState {
 
 pub struct Remote {
     target: Target,
+    /// Set for `rediss://`: every connection is TLS, verified with this context.
+    tls: Option<ClientCtx>,
     prefix: String,
     timeout: Duration,
     keys: Keyring,
@@ -126,18 +132,22 @@ impl Remote {
                 format!("remote URL is not usable ({m}): expected {URL_FORM}"),
             )
         })?;
-        if target.tls {
-            return Err(Error::new(
-                ErrorKind::Invalid,
-                "remote URL: TLS to Redis (rediss://) is not built in; use redis:// on a private \
-                 network or through a local TLS tunnel (values are sealed either way)",
-            ));
-        }
+        let tls = match (target.tls, &cfg.ca_file) {
+            (true, ca) => Some(ClientCtx::new(ca.as_deref())?),
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(Error::new(
+                    ErrorKind::Invalid,
+                    "a remote CA file is given but the URL is redis://: use rediss:// for TLS",
+                ))
+            }
+        };
         if cfg.timeout.is_zero() {
             return Err(Error::new(ErrorKind::Invalid, "remote timeout is 0"));
         }
         Ok(Remote {
             target,
+            tls,
             prefix: cfg.prefix,
             timeout: cfg.timeout,
             keys: cfg.keys,
@@ -241,7 +251,13 @@ impl Remote {
     ) -> FResult<(T, Conn)> {
         let addrs = self.addresses(dl)?;
         let tcp = resp::tcp_connect(&addrs, dl).inspect_err(|_| self.lock().resolver.forget())?;
-        let mut conn = Conn::new(Box::new(tcp), REPLY_CAP);
+        let mut conn = match &self.tls {
+            None => Conn::new(Box::new(tcp), REPLY_CAP),
+            Some(ctx) => {
+                let tls = TlsStream::connect(ctx, tcp, &self.target.host, dl)?;
+                Conn::new(Box::new(tls), REPLY_CAP)
+            }
+        };
         conn.login(&self.target, dl)?;
         let v = op(&mut conn, dl)?;
         Ok((v, conn))
@@ -392,6 +408,7 @@ mod tests {
             prefix: DEFAULT_PREFIX.into(),
             timeout: Duration::from_millis(200),
             backoff: Duration::from_secs(60),
+            ca_file: None,
             keys: Keyring::new(crate::seal::Key::new([1; 32]), Vec::new()),
         })
         .unwrap();
@@ -414,6 +431,7 @@ mod tests {
             prefix: DEFAULT_PREFIX.into(),
             timeout: DEFAULT_TIMEOUT,
             backoff: DEFAULT_BACKOFF,
+            ca_file: None,
             keys: Keyring::new(crate::seal::Key::new([1; 32]), Vec::new()),
         })
         .err()
