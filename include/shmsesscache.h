@@ -64,7 +64,7 @@
 #define SHMSESS_LOOKUP_TAKE_TLS13 2
 
 // Version of `shmsess_stats` this library fills (`version` field).
-#define SHMSESS_STATS_VERSION 3
+#define SHMSESS_STATS_VERSION 4
 
 // Status of every call. `SHMSESS_OK` is 0; anything else comes with a message from
 // `shmsess_last_error()`.
@@ -137,8 +137,10 @@ typedef struct shmsess_options {
   uint32_t session_id_prefix_len;
   // NULL (default): one host. Otherwise the second tier shared by several hosts, e.g.
   // `redis://127.0.0.1:6379/0` or `redis://user:password@10.0.0.5:6379/2` (AUTH and SELECT
-  // on connect; a host name is looked up within `remote_timeout_ms`). Each process connects
-  // lazily, after fork. Requires `remote_key_file`. Copied at creation.
+  // on connect; a host name is looked up within `remote_timeout_ms`; `rediss://` for TLS).
+  // Each process connects lazily, after fork, and starts one writer thread on its first new
+  // session: stores and removals are queued, never waited for by the handshake. Requires
+  // `remote_key_file`. Copied at creation.
   // Used by the session callbacks `shmsess_install` sets; `shmsess_cache_store`, `_lookup`,
   // `_remove` and `_iterate` stay on the local segment.
   // (Fields from here on added in 0.3.)
@@ -242,6 +244,11 @@ typedef struct shmsess_stats {
   uint64_t remote_skipped;
   uint64_t remote_rejected;
   uint64_t remote_replays_refused;
+  // Second tier (version 4): TLS 1.3 tickets found locally while Redis could not confirm
+  // they were unused (resumed without early data); writes (new sessions, removals) that
+  // never reached Redis (queue full, or the tier down or backing off).
+  uint64_t remote_unconfirmed;
+  uint64_t remote_dropped;
 } shmsess_stats;
 
 // Called by `shmsess_cache_iterate` with each live entry: its id, its bytes (both valid only

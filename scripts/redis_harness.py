@@ -4,14 +4,16 @@ Its configuration file, working directory and log live in a temporary directory;
 persisted (no RDB, no AOF). Readiness is the server's own "Ready to accept connections" line.
 """
 
+import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
 
-from prefork_harness import free_port
+from prefork_harness import free_port, one_request
 
 READY_TIMEOUT = 15.0
 
@@ -135,3 +137,41 @@ class Redis:
     def __exit__(self, *exc):
         self.stop()
         self.cleanup()
+
+
+# Longest wait for a host's writer thread to store a new session (normally a millisecond).
+SETTLE_S = 5.0
+
+
+def seg_stats(cli, seg):
+    """The statistics of a named segment, from `shmsesscache stat --json`."""
+    out = subprocess.run([cli, "stat", "--json", seg], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def writes_done(cli, seg):
+    """Remote writes a host has finished: stored or dropped (queued writes are neither yet)."""
+    st = seg_stats(cli, seg)
+    return st["remote_stores"] + st.get("remote_dropped", 0)
+
+
+def wait_writes(cli, seg, at_least):
+    """Wait until the host has finished `at_least` remote writes; the readiness signal is the
+    counter, bounded by SETTLE_S. Returns the count."""
+    deadline = time.monotonic() + SETTLE_S
+    n = writes_done(cli, seg)
+    while n < at_least and time.monotonic() < deadline:
+        time.sleep(0.002)
+        n = writes_done(cli, seg)
+    return n
+
+
+def request_settled(cli, seg, port, ctx, session=None):
+    """one_request, then, if it made a new session (a full handshake, or any TLS 1.3 one: a new
+    ticket), wait until the host's writer has stored it (or dropped it): stores are queued off
+    the handshake path."""
+    before = writes_done(cli, seg)
+    r = one_request(port, ctx, session)
+    if not r[0] or ctx.maximum_version == ssl.TLSVersion.TLSv1_3:
+        wait_writes(cli, seg, before + 1)
+    return r

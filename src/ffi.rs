@@ -131,8 +131,10 @@ pub struct shmsess_options {
     pub session_id_prefix_len: u32,
     /// NULL (default): one host. Otherwise the second tier shared by several hosts, e.g.
     /// `redis://127.0.0.1:6379/0` or `redis://user:password@10.0.0.5:6379/2` (AUTH and SELECT
-    /// on connect; a host name is looked up within `remote_timeout_ms`). Each process connects
-    /// lazily, after fork. Requires `remote_key_file`. Copied at creation.
+    /// on connect; a host name is looked up within `remote_timeout_ms`; `rediss://` for TLS).
+    /// Each process connects lazily, after fork, and starts one writer thread on its first new
+    /// session: stores and removals are queued, never waited for by the handshake. Requires
+    /// `remote_key_file`. Copied at creation.
     /// Used by the session callbacks `shmsess_install` sets; `shmsess_cache_store`, `_lookup`,
     /// `_remove` and `_iterate` stay on the local segment.
     /// (Fields from here on added in 0.3.)
@@ -239,10 +241,15 @@ pub struct shmsess_stats {
     pub remote_skipped: u64,
     pub remote_rejected: u64,
     pub remote_replays_refused: u64,
+    /// Second tier (version 4): TLS 1.3 tickets found locally while Redis could not confirm
+    /// they were unused (resumed without early data); writes (new sessions, removals) that
+    /// never reached Redis (queue full, or the tier down or backing off).
+    pub remote_unconfirmed: u64,
+    pub remote_dropped: u64,
 }
 
 /// Version of `shmsess_stats` this library fills (`version` field).
-pub const SHMSESS_STATS_VERSION: u32 = 3;
+pub const SHMSESS_STATS_VERSION: u32 = 4;
 
 /// Opaque cache handle. Created by `shmsess_cache_create`, freed by `shmsess_cache_free`.
 pub struct shmsess_cache {
@@ -564,6 +571,7 @@ fn remote_from(o: &shmsess_options, has_ca_file: bool) -> Result<Option<Remote>,
         prefix,
         timeout: ms(o.remote_timeout_ms, crate::remote::DEFAULT_TIMEOUT),
         backoff: ms(o.remote_backoff_ms, crate::remote::DEFAULT_BACKOFF),
+        compat: crate::remote::Compat::Detect,
         keys,
     })?;
     Ok(Some(remote))
@@ -722,6 +730,8 @@ pub fn to_c_stats(s: &Stats, a: &Ages, now: u32) -> shmsess_stats {
         remote_skipped: s.remote.skipped,
         remote_rejected: s.remote.rejected,
         remote_replays_refused: s.remote.replays_refused,
+        remote_unconfirmed: s.remote.unconfirmed,
+        remote_dropped: s.remote.dropped,
     }
 }
 
@@ -788,6 +798,8 @@ stats_fields!(
     remote_skipped,
     remote_rejected,
     remote_replays_refused,
+    remote_unconfirmed,
+    remote_dropped,
 );
 
 /// Number of numeric fields `shmsess_stats_field` can name (in this library version).

@@ -23,7 +23,7 @@ use crate::cache::{Cache, Found};
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{MAX_ID_LEN, MAX_SESSION_BYTES};
 use crate::log::{self, Level};
-use crate::remote::{Fetched, Remote};
+use crate::remote::{Fetched, Remote, Taken};
 
 /// Symbols libssl.so.3 exports that openssl-sys does not declare.
 mod extra {
@@ -107,6 +107,14 @@ impl Handle {
     pub fn with_remote(mut self, remote: Option<Remote>) -> Handle {
         self.remote = remote;
         self
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // The remote tier's writer thread counts into the segment: stop it (it finishes its
+        // batch, bounded by the remote timeout) before `cache` unmaps the segment.
+        drop(self.remote.take());
     }
 }
 
@@ -318,30 +326,39 @@ fn fetch_session(h: &Handle, ssl: *const SSL, id: &[u8]) -> Option<*mut SSL_SESS
     // the rare large session is simply fetched again into a big one.
     let mut small = [0u8; SMALL_SESSION_BYTES];
     let mut big = Vec::new();
-    let local: Option<&mut [u8]> = match h.cache.lookup(id, &mut small, take) {
-        Ok(Found::Hit { len, .. }) => Some(&mut small[..len]),
+    let local: Option<(&mut [u8], u32)> = match h.cache.lookup(id, &mut small, take) {
+        Ok(Found::Hit { len, expires, .. }) => Some((&mut small[..len], expires)),
         Ok(Found::BufferTooSmall { needed }) => {
             big.resize(needed, 0u8);
             match h.cache.lookup(id, &mut big, take) {
-                Ok(Found::Hit { len, .. }) => Some(&mut big[..len]),
+                Ok(Found::Hit { len, expires, .. }) => Some((&mut big[..len], expires)),
                 _ => None,
             }
         }
         _ => None,
     };
     match (local, &h.remote) {
-        (Some(der), None) => decode_session(h, id, der),
-        (Some(der), Some(r)) => {
-            // A ticket found here may have been resumed on another host already (its copy in
-            // the remote tier is gone): it is consumed fleet-wide by deleting that copy, and
-            // refused if somebody else did. If the tier cannot be asked, local single use is
-            // what is left.
-            if take && r.delete(&h.cache.globals().remote, id) == Some(false) {
+        (Some((der, _)), None) => decode_session(h, id, der),
+        (Some((der, expires)), Some(r)) => {
+            // A ticket found here may have been resumed on another host already: it is
+            // consumed fleet-wide by swapping its remote copy for a tombstone, and refused if
+            // the tombstone was there already (see remote::Taken).
+            let now = crate::util::now_unix();
+            let taken = take.then(|| r.take_local(&h.cache.globals().remote, id, expires, now));
+            if taken == Some(Taken::UsedElsewhere) {
                 h.cache.globals().remote.replays_refused.fetch_add(1, Relaxed);
                 crate::util::wipe(der);
                 return None;
             }
-            decode_session(h, id, der)
+            let sess = decode_session(h, id, der)?;
+            if taken == Some(Taken::Unconfirmed) {
+                // Only this host's single use is known: no 0-RTT on it, so a replay of the
+                // ticket elsewhere during a partition cannot carry early data.
+                // SAFETY: the SSL OpenSSL passed to the get callback; early data is decided
+                // after the callback returns (final_early_data).
+                unsafe { ossl::SSL_set_max_early_data(ssl as *mut SSL, 0) };
+            }
+            Some(sess)
         }
         (None, Some(r)) => {
             let now = crate::util::now_unix();
@@ -385,7 +402,8 @@ pub unsafe extern "C" fn remove_session_cb(ctx: *mut SSL_CTX, sess: *mut SSL_SES
         with_ctx_handle(ctx, |h| {
             let _ = h.cache.remove(id);
             if let Some(r) = &h.remote {
-                r.delete(&h.cache.globals().remote, id);
+                // Queued: OpenSSL may hold the SSL_CTX lock here, so no network I/O.
+                r.remove(&h.cache.globals().remote, id);
             }
         });
     }));

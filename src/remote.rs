@@ -13,16 +13,19 @@
 //! - a connection that saw any error is dropped: after a timeout its late reply would
 //!   otherwise be read as the answer to the next command.
 
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::RemoteCounters;
 use crate::log::{self, Level};
-use crate::resp::{self, Begun, Conn, Deadline, Failure, Reply, Resolver, Target, URL_FORM};
+use crate::resp::{
+    self, Begun, Conn, Deadline, Failure, Reply, Resolver, Target, Version, URL_FORM,
+};
 use crate::resp_tls::{ClientCtx, TlsStream};
 use crate::seal::{Keyring, Opened};
 
@@ -46,6 +49,8 @@ pub struct RemoteConfig {
     pub prefix: String,
     pub timeout: Duration,
     pub backoff: Duration,
+    /// How single-use swaps are spelled (default: by the server's version).
+    pub compat: Compat,
     pub keys: Keyring,
 }
 
@@ -94,19 +99,127 @@ impl Breaker {
 struct ProcessState {
     pid: u32,
     /// Idle connections of this process, each done with its last operation.
-    idle: Vec<Conn>,
+    idle: Vec<Link>,
     breaker: Breaker,
     resolver: Resolver,
+    /// Writes waiting for this process's writer thread, and their bytes.
+    queue: VecDeque<Job>,
+    queued_bytes: usize,
+    /// Writes the writer has taken from the queue and not finished yet.
+    in_flight: usize,
+    /// The writer sleeps on `wake` (a write must wake it).
+    writer_waiting: bool,
+    /// This process's writer thread, started by the first queued write.
+    writer: Option<JoinHandle<()>>,
+    /// Where the writer counts (the segment's counters; it is stopped before they go away).
+    counters: Option<Counters>,
+    closing: bool,
 }
 
-pub struct Remote {
+/// A connection and what its server understands.
+struct Link {
+    conn: Conn,
+    dialect: Dialect,
+}
+
+/// How single-use swaps are spelled on a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dialect {
+    /// Redis 6.2 and later (and Valkey): `SET key value GET` returns the old value atomically.
+    Native,
+    /// Older servers: the same swap as a Lua script (EVAL, Redis 2.6 and later).
+    Scripts,
+}
+
+/// Which [`Dialect`] to use: the server's version decides, unless the configuration forces
+/// the scripts (a proxy that misreports its version; tests of the fallback).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Compat {
+    #[default]
+    Detect,
+    Scripts,
+}
+
+/// A write for the writer thread.
+enum Job {
+    /// Seal, then `SET key sealed PX ttl NX` (sealing is the writer's work too: it is most of
+    /// what a store costs on this side).
+    Store {
+        id: Vec<u8>,
+        /// The session DER (it holds the master secret: wiped when the job is dropped).
+        der: Vec<u8>,
+        created: u32,
+        expires: u32,
+        ttl_ms: u64,
+    },
+    /// The session was removed here: turn its value into a tombstone, if it is there.
+    Remove { key: Vec<u8> },
+}
+
+impl Job {
+    fn bytes(&self) -> usize {
+        match self {
+            Job::Store { id, der, .. } => 2 * id.len() + der.len() + crate::seal::OVERHEAD + 64,
+            Job::Remove { key } => key.len() + 64,
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Job::Store { der, .. } = self {
+            crate::util::wipe(der);
+        }
+    }
+}
+
+/// The segment's counters, for the writer thread.
+#[derive(Clone, Copy)]
+struct Counters(*const RemoteCounters);
+// SAFETY: atomics in a mapping that outlives the writer (Remote's Drop joins it, and the
+// handle drops its Remote before its Cache).
+unsafe impl Send for Counters {}
+
+/// The value a used (or removed) session's key holds until the session would have expired:
+/// a later swap sees it and refuses the ticket. Shorter than any sealed value, so it never
+/// opens as one.
+pub const TOMBSTONE: &[u8] = b"SSR1:used";
+
+/// Swap in a tombstone, creating it if the key is missing (PX ARGV[2] ms); returns the old
+/// value. For servers without `SET ... GET`.
+const SWAP_SCRIPT: &[u8] = b"local v = redis.call('GET', KEYS[1]) \
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return v";
+/// Swap in a tombstone only if the key exists, keeping its expiry; returns the old value.
+const SWAP_EXISTING_SCRIPT: &[u8] = b"local v = redis.call('GET', KEYS[1]) \
+    if v then local t = redis.call('PTTL', KEYS[1]) \
+    if t > 0 then redis.call('SET', KEYS[1], ARGV[1], 'PX', t) \
+    else redis.call('SET', KEYS[1], ARGV[1]) end end return v";
+
+/// Most writes a process queues (a new session or a removal each); more are dropped, counted.
+const MAX_QUEUE: usize = 4096;
+/// Most bytes of queued writes per process.
+const MAX_QUEUE_BYTES: usize = 4 << 20;
+/// Most writes the writer sends in one pipelined batch.
+const BATCH: usize = 64;
+/// How long a woken writer waits for more writes before sending (batches them, and spares
+/// the writes that arrive meanwhile a wake-up system call each).
+const LINGER: Duration = Duration::from_millis(1);
+
+struct Shared {
     target: Target,
     /// Set for `rediss://`: every connection is TLS, verified with this context.
     tls: Option<ClientCtx>,
     prefix: String,
     timeout: Duration,
+    compat: Compat,
     keys: Keyring,
     state: Mutex<ProcessState>,
+    /// Wakes the writer thread.
+    wake: Condvar,
+}
+
+pub struct Remote {
+    shared: Arc<Shared>,
 }
 
 /// Largest bulk reply accepted: the largest sealed session. Anything bigger is not ours, and
@@ -119,6 +232,22 @@ pub enum Fetched {
     Miss,
     /// Down, slow, skipped or answered with something that did not authenticate.
     Unavailable,
+}
+
+/// What consuming a TLS 1.3 ticket found in this host's memory gave, fleet-wide.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// Its value was in Redis and is a tombstone now: this is the one use.
+    Consumed,
+    /// Redis never had it (its store failed, was dropped or is still queued; or Redis lost
+    /// it): no other host can have resumed it, and the tombstone left now keeps a late store
+    /// from putting it there.
+    NeverStored,
+    /// A tombstone: resumed (or removed) on some host already. Refuse it.
+    UsedElsewhere,
+    /// Redis could not be asked: single use is only known for this host. Resume it without
+    /// early data, so a replay during a partition cannot be 0-RTT.
+    Unconfirmed,
 }
 
 impl Remote {
@@ -146,20 +275,227 @@ impl Remote {
             return Err(Error::new(ErrorKind::Invalid, "remote timeout is 0"));
         }
         Ok(Remote {
-            target,
-            tls,
-            prefix: cfg.prefix,
-            timeout: cfg.timeout,
-            keys: cfg.keys,
-            state: Mutex::new(ProcessState {
-                pid: std::process::id(),
-                idle: Vec::new(),
-                breaker: Breaker::new(cfg.backoff),
-                resolver: Resolver::default(),
+            shared: Arc::new(Shared {
+                target,
+                tls,
+                prefix: cfg.prefix,
+                timeout: cfg.timeout,
+                compat: cfg.compat,
+                keys: cfg.keys,
+                state: Mutex::new(ProcessState {
+                    pid: std::process::id(),
+                    idle: Vec::new(),
+                    breaker: Breaker::new(cfg.backoff),
+                    resolver: Resolver::default(),
+                    queue: VecDeque::new(),
+                    queued_bytes: 0,
+                    in_flight: 0,
+                    writer_waiting: false,
+                    writer: None,
+                    counters: None,
+                    closing: false,
+                }),
+                wake: Condvar::new(),
             }),
         })
     }
 
+    /// Seal a new session and queue it for this process's writer thread (started now if it
+    /// is not running): the handshake does not wait for Redis. A full queue drops it,
+    /// counted in `dropped`.
+    pub fn store(
+        &self,
+        c: &RemoteCounters,
+        id: &[u8],
+        der: &[u8],
+        created: u32,
+        expires: u32,
+        now: u32,
+    ) {
+        if let Some(job) = self.store_job(id, der, created, expires, now) {
+            self.shared.enqueue(c, job);
+        }
+    }
+
+    /// [`Remote::store`] on the caller's thread, waiting for Redis (benchmarks and tests).
+    pub fn store_now(
+        &self,
+        c: &RemoteCounters,
+        id: &[u8],
+        der: &[u8],
+        created: u32,
+        expires: u32,
+        now: u32,
+    ) {
+        if let Some(job) = self.store_job(id, der, created, expires, now) {
+            self.shared.write_batch(c, vec![job]);
+        }
+    }
+
+    fn store_job(
+        &self,
+        id: &[u8],
+        der: &[u8],
+        created: u32,
+        expires: u32,
+        now: u32,
+    ) -> Option<Job> {
+        let ttl_ms = u64::from(expires.saturating_sub(now)) * 1000;
+        (ttl_ms > 0).then(|| Job::Store {
+            id: id.to_vec(),
+            der: der.to_vec(),
+            created,
+            expires,
+            ttl_ms,
+        })
+    }
+
+    /// A session was removed here (OpenSSL's remove callback): queue turning its remote copy
+    /// into a tombstone. Never does network I/O on the caller's thread (OpenSSL may hold the
+    /// SSL_CTX lock while calling).
+    pub fn remove(&self, c: &RemoteCounters, id: &[u8]) {
+        self.shared.enqueue(
+            c,
+            Job::Remove {
+                key: self.shared.key(id),
+            },
+        );
+    }
+
+    /// Wait until this process's queued writes have been sent (or dropped), at most `limit`.
+    /// Returns whether the queue is empty (tests and benchmarks).
+    pub fn flush(&self, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        loop {
+            let st = self.shared.lock();
+            if st.queue.is_empty() && st.in_flight == 0 {
+                return true;
+            }
+            drop(st);
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Look a session up after a local miss. With `take` (TLS 1.3 single use) the value is
+    /// swapped for a tombstone in the same step, so one host in the fleet gets it.
+    pub fn fetch(&self, c: &RemoteCounters, id: &[u8], take: bool, now: u32) -> Fetched {
+        let key = self.shared.key(id);
+        let got = self.shared.run(c, |conn, d, dl| {
+            if take {
+                swap(conn, d, &key, None, dl)
+            } else {
+                bulk(conn.call(&[b"GET", &key], dl)?)
+            }
+        });
+        match got {
+            Some(Some(v)) if v == TOMBSTONE => {
+                c.misses.fetch_add(1, Relaxed);
+                Fetched::Miss
+            }
+            Some(Some(mut value)) => {
+                let opened = self.shared.keys.open(id, &value);
+                crate::util::wipe(&mut value);
+                match opened {
+                    Some(o) if o.expires > now => {
+                        c.hits.fetch_add(1, Relaxed);
+                        Fetched::Hit(o)
+                    }
+                    Some(_) => {
+                        c.misses.fetch_add(1, Relaxed);
+                        Fetched::Miss
+                    }
+                    None => {
+                        c.rejected.fetch_add(1, Relaxed);
+                        log::emit(
+                            Level::Warning,
+                            "remote tier: dropped a value that does not authenticate (tampered, or sealed with a key not in the key file)",
+                        );
+                        Fetched::Unavailable
+                    }
+                }
+            }
+            Some(None) => {
+                c.misses.fetch_add(1, Relaxed);
+                Fetched::Miss
+            }
+            None => Fetched::Unavailable,
+        }
+    }
+
+    /// Consume, fleet-wide, a TLS 1.3 ticket this host found (and took) in its own memory:
+    /// swap its key for a tombstone that lives until `expires`. See [`Taken`].
+    pub fn take_local(&self, c: &RemoteCounters, id: &[u8], expires: u32, now: u32) -> Taken {
+        let key = self.shared.key(id);
+        let ttl = (u64::from(expires.saturating_sub(now)).max(1) * 1000).to_string();
+        let got = self.shared.run(c, |conn, d, dl| {
+            swap(conn, d, &key, Some(ttl.as_bytes()), dl)
+        });
+        match got {
+            Some(Some(v)) if v == TOMBSTONE => Taken::UsedElsewhere,
+            Some(Some(mut v)) => {
+                crate::util::wipe(&mut v);
+                Taken::Consumed
+            }
+            Some(None) => Taken::NeverStored,
+            None => {
+                c.unconfirmed.fetch_add(1, Relaxed);
+                Taken::Unconfirmed
+            }
+        }
+    }
+}
+
+impl Drop for Remote {
+    /// Stops this process's writer thread (it finishes its batch, bounded by the timeout).
+    fn drop(&mut self) {
+        let writer = {
+            let mut st = self.shared.lock();
+            st.closing = true;
+            st.writer.take()
+        };
+        self.shared.wake.notify_all();
+        if let Some(w) = writer {
+            let _ = w.join();
+        }
+    }
+}
+
+/// `Some(value)`, `None` (no such key), or a protocol failure for any other reply.
+fn bulk(r: Reply) -> FResult<Option<Vec<u8>>> {
+    match r {
+        Reply::Bulk(v) => Ok(v),
+        _ => Err(Failure::Protocol("expected a bulk string")),
+    }
+}
+
+/// Put a tombstone in `key` and return what it held, atomically. `ttl` (ms): create it with
+/// that lifetime even if the key is missing; `None`: only if the key exists, keeping its
+/// expiry.
+fn swap(
+    conn: &mut Conn,
+    d: Dialect,
+    key: &[u8],
+    ttl: Option<&[u8]>,
+    dl: Deadline,
+) -> FResult<Option<Vec<u8>>> {
+    bulk(match (d, ttl) {
+        (Dialect::Native, Some(t)) => conn.call(&[b"SET", key, TOMBSTONE, b"PX", t, b"GET"], dl)?,
+        (Dialect::Native, None) => {
+            conn.call(&[b"SET", key, TOMBSTONE, b"XX", b"KEEPTTL", b"GET"], dl)?
+        }
+        (Dialect::Scripts, Some(t)) => {
+            conn.call(&[b"EVAL", SWAP_SCRIPT, b"1", key, TOMBSTONE, t], dl)?
+        }
+        (Dialect::Scripts, None) => {
+            conn.call(&[b"EVAL", SWAP_EXISTING_SCRIPT, b"1", key, TOMBSTONE], dl)?
+        }
+    })
+}
+
+impl Shared {
     fn key(&self, id: &[u8]) -> Vec<u8> {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut k = Vec::with_capacity(self.prefix.len() + 2 * id.len());
@@ -171,18 +507,173 @@ impl Remote {
         k
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ProcessState> {
+    fn lock(&self) -> MutexGuard<'_, ProcessState> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let pid = std::process::id();
         if st.pid != pid {
-            // Forked: connections, failures and lookups belong to the parent. Dropping the
-            // copies closes only this process's descriptors.
+            // Forked: connections, failures, lookups, queued writes and the writer thread
+            // belong to the parent. Dropping the copies closes only this process's
+            // descriptors; the parent's thread does not exist here (its handle is forgotten,
+            // not joined or detached).
             st.idle.clear();
             st.pid = pid;
             st.breaker = Breaker::new(st.breaker.backoff);
             st.resolver = Resolver::default();
+            st.queue.clear();
+            st.queued_bytes = 0;
+            st.in_flight = 0;
+            st.writer_waiting = false;
+            std::mem::forget(st.writer.take());
         }
         st
+    }
+
+    fn enqueue(self: &Arc<Self>, c: &RemoteCounters, job: Job) {
+        let mut st = self.lock();
+        if st.closing {
+            return;
+        }
+        let bytes = job.bytes();
+        if st.queue.len() >= MAX_QUEUE || st.queued_bytes + bytes > MAX_QUEUE_BYTES {
+            c.dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        st.counters = Some(Counters(c));
+        st.queue.push_back(job);
+        st.queued_bytes += bytes;
+        if st.writer.is_none() {
+            let me = Arc::clone(self);
+            match std::thread::Builder::new()
+                .name("shmsess-remote".into())
+                .spawn(move || me.writer_loop())
+            {
+                Ok(h) => st.writer = Some(h),
+                Err(_) => {
+                    // No thread: nothing would ever send the queue.
+                    let n = st.queue.len() as u64;
+                    st.queue.clear();
+                    st.queued_bytes = 0;
+                    c.dropped.fetch_add(n, Relaxed);
+                    return;
+                }
+            }
+        }
+        // Only a sleeping writer needs the (system call) wake-up; a lingering or busy one will
+        // see the queue by itself.
+        let wake = st.writer_waiting;
+        drop(st);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The writer thread: sends queued writes in pipelined batches until the Remote drops.
+    fn writer_loop(self: Arc<Self>) {
+        loop {
+            let (batch, counters) = {
+                let mut st = self.lock();
+                if st.queue.is_empty() && !st.closing {
+                    while st.queue.is_empty() && !st.closing {
+                        st.writer_waiting = true;
+                        st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+                    }
+                    st.writer_waiting = false;
+                    // Woken by a first write: let more arrive for one batch, during which
+                    // queueing costs no wake-up.
+                    drop(st);
+                    std::thread::sleep(LINGER);
+                    st = self.lock();
+                }
+                if st.closing {
+                    // The handle is going away: what is left is dropped, counted, rather than
+                    // holding its owner for a timeout per batch.
+                    if let Some(Counters(c)) = st.counters {
+                        // SAFETY: see `Counters`.
+                        unsafe { &*c }
+                            .dropped
+                            .fetch_add(st.queue.len() as u64, Relaxed);
+                    }
+                    st.queue.clear();
+                    return;
+                }
+                let n = st.queue.len().min(BATCH);
+                let batch: Vec<Job> = st.queue.drain(..n).collect();
+                st.queued_bytes -= batch.iter().map(Job::bytes).sum::<usize>();
+                st.in_flight = n;
+                (batch, st.counters)
+            };
+            if let Some(Counters(c)) = counters {
+                // SAFETY: see `Counters`.
+                self.write_batch(unsafe { &*c }, batch);
+            }
+            self.lock().in_flight = 0;
+        }
+    }
+
+    /// Seal `jobs` and send them pipelined on one connection under one deadline; count what
+    /// was stored, and what was lost if the batch failed.
+    fn write_batch(&self, c: &RemoteCounters, jobs: Vec<Job>) {
+        /// A job ready to send: an encoded SET of a sealed value, or a key to tombstone (its
+        /// command depends on the connection's dialect).
+        enum Ready {
+            Set(Vec<u8>),
+            Remove(Vec<u8>),
+        }
+        let mut ready = Vec::with_capacity(jobs.len());
+        for j in &jobs {
+            match j {
+                Job::Store {
+                    id,
+                    der,
+                    created,
+                    expires,
+                    ttl_ms,
+                } => {
+                    let Ok(value) = self.keys.seal(id, der, *created, *expires) else {
+                        c.errors.fetch_add(1, Relaxed);
+                        continue;
+                    };
+                    let (key, ttl) = (self.key(id), ttl_ms.to_string());
+                    let mut cmd = Vec::new();
+                    resp::encode(
+                        &mut cmd,
+                        &[b"SET", &key, &value, b"PX", ttl.as_bytes(), b"NX"],
+                    );
+                    ready.push(Ready::Set(cmd));
+                }
+                Job::Remove { key } => ready.push(Ready::Remove(key.clone())),
+            }
+        }
+        drop(jobs); // wipes the DERs
+        let sent = self.run(c, |conn, d, dl| {
+            let mut out = Vec::new();
+            for r in &ready {
+                match (r, d) {
+                    (Ready::Set(cmd), _) => out.extend_from_slice(cmd),
+                    (Ready::Remove(key), Dialect::Native) => {
+                        resp::encode(&mut out, &[b"SET", key, TOMBSTONE, b"XX", b"KEEPTTL"])
+                    }
+                    (Ready::Remove(key), Dialect::Scripts) => resp::encode(
+                        &mut out,
+                        &[b"EVAL", SWAP_EXISTING_SCRIPT, b"1", key, TOMBSTONE],
+                    ),
+                }
+            }
+            conn.send(&out, dl)?;
+            let mut stored = 0u64;
+            for r in &ready {
+                // +OK: stored; nil: NX found the key (a tombstone: the ticket was used first).
+                let reply = conn.recv(dl)?.into_result()?;
+                if matches!(r, Ready::Set(_)) && matches!(reply, Reply::Simple(_)) {
+                    stored += 1;
+                }
+            }
+            Ok(stored)
+        });
+        match sent {
+            Some(stored) => c.stores.fetch_add(stored, Relaxed),
+            None => c.dropped.fetch_add(ready.len() as u64, Relaxed),
+        };
     }
 
     /// Run one operation on a connection of this process, under one deadline and the
@@ -192,7 +683,7 @@ impl Remote {
     fn run<T>(
         &self,
         c: &RemoteCounters,
-        op: impl Fn(&mut Conn, Deadline) -> FResult<T>,
+        op: impl Fn(&mut Conn, Dialect, Deadline) -> FResult<T>,
     ) -> Option<T> {
         let dl = Deadline::after(self.timeout);
         let pooled = {
@@ -204,8 +695,8 @@ impl Remote {
             st.idle.pop()
         };
         let result = match pooled {
-            Some(mut conn) => match op(&mut conn, dl) {
-                Ok(v) => Ok((v, conn)),
+            Some(mut link) => match op(&mut link.conn, link.dialect, dl) {
+                Ok(v) => Ok((v, link)),
                 Err(f) if f.is_stale_connection() => self.connect_and_run(&op, dl),
                 Err(f) => Err(f),
             },
@@ -213,9 +704,9 @@ impl Remote {
         };
         let mut st = self.lock();
         match result {
-            Ok((v, conn)) => {
+            Ok((v, link)) => {
                 if st.idle.len() < MAX_IDLE {
-                    st.idle.push(conn);
+                    st.idle.push(link);
                 }
                 if st.breaker.success() {
                     log::emit(Level::Info, "remote tier: working again");
@@ -246,9 +737,9 @@ impl Remote {
     /// Resolve (if the URL names a host), connect, log in and run `op`, all before `dl`.
     fn connect_and_run<T>(
         &self,
-        op: &impl Fn(&mut Conn, Deadline) -> FResult<T>,
+        op: &impl Fn(&mut Conn, Dialect, Deadline) -> FResult<T>,
         dl: Deadline,
-    ) -> FResult<(T, Conn)> {
+    ) -> FResult<(T, Link)> {
         let addrs = self.addresses(dl)?;
         let tcp = resp::tcp_connect(&addrs, dl).inspect_err(|_| self.lock().resolver.forget())?;
         let mut conn = match &self.tls {
@@ -258,9 +749,36 @@ impl Remote {
                 Conn::new(Box::new(tls), REPLY_CAP)
             }
         };
-        conn.login(&self.target, dl)?;
-        let v = op(&mut conn, dl)?;
-        Ok((v, conn))
+        let version = conn.login(&self.target, dl)?;
+        let dialect = self.dialect(version);
+        let v = op(&mut conn, dialect, dl)?;
+        Ok((v, Link { conn, dialect }))
+    }
+
+    /// `SET ... GET` needs Redis 6.2; an older (or unknown) version gets the scripts, once
+    /// logged per process.
+    fn dialect(&self, version: Option<Version>) -> Dialect {
+        if self.compat == Compat::Scripts {
+            return Dialect::Scripts;
+        }
+        match version {
+            Some(v) if v >= NATIVE_SINCE => Dialect::Native,
+            _ => {
+                static LOGGED: AtomicU32 = AtomicU32::new(0);
+                if LOGGED.swap(std::process::id(), Relaxed) != std::process::id() {
+                    log::emit(
+                        Level::Info,
+                        &match version {
+                            Some(v) => format!(
+                                "remote tier: Redis {v} has no SET ... GET (6.2): single use goes through Lua scripts (EVAL)"
+                            ),
+                            None => "remote tier: Redis did not say its version (INFO): single use goes through Lua scripts (EVAL)".into(),
+                        },
+                    );
+                }
+                Dialect::Scripts
+            }
+        }
     }
 
     /// The addresses to connect to: the URL's IP, or its host name looked up within `dl`.
@@ -287,86 +805,10 @@ impl Remote {
             }
         }
     }
-
-    /// Write a new session, sealed, with Redis expiring it when the session does.
-    pub fn store(
-        &self,
-        c: &RemoteCounters,
-        id: &[u8],
-        der: &[u8],
-        created: u32,
-        expires: u32,
-        now: u32,
-    ) {
-        let ttl_ms = u64::from(expires.saturating_sub(now)) * 1000;
-        if ttl_ms == 0 {
-            return;
-        }
-        let Ok(value) = self.keys.seal(id, der, created, expires) else {
-            c.errors.fetch_add(1, Relaxed);
-            return;
-        };
-        let key = self.key(id);
-        let ttl = ttl_ms.to_string();
-        let stored = self.run(c, |conn, dl| {
-            conn.call(&[b"SET", &key, &value, b"PX", ttl.as_bytes()], dl)?
-                .expect_ok()
-        });
-        if stored.is_some() {
-            c.stores.fetch_add(1, Relaxed);
-        }
-    }
-
-    /// Look a session up after a local miss. With `take` (TLS 1.3 single use) the value is
-    /// deleted in the same step (GETDEL), so one host in the fleet gets it.
-    pub fn fetch(&self, c: &RemoteCounters, id: &[u8], take: bool, now: u32) -> Fetched {
-        let key = self.key(id);
-        let cmd: &[u8] = if take { b"GETDEL" } else { b"GET" };
-        let got = self.run(c, |conn, dl| match conn.call(&[cmd, &key], dl)? {
-            Reply::Bulk(v) => Ok(v),
-            _ => Err(Failure::Protocol("expected a bulk string")),
-        });
-        match got {
-            Some(Some(mut value)) => {
-                let opened = self.keys.open(id, &value);
-                crate::util::wipe(&mut value);
-                match opened {
-                    Some(o) if o.expires > now => {
-                        c.hits.fetch_add(1, Relaxed);
-                        Fetched::Hit(o)
-                    }
-                    Some(_) => {
-                        c.misses.fetch_add(1, Relaxed);
-                        Fetched::Miss
-                    }
-                    None => {
-                        c.rejected.fetch_add(1, Relaxed);
-                        log::emit(
-                            Level::Warning,
-                            "remote tier: dropped a value that does not authenticate (tampered, or sealed with a key not in the key file)",
-                        );
-                        Fetched::Unavailable
-                    }
-                }
-            }
-            Some(None) => {
-                c.misses.fetch_add(1, Relaxed);
-                Fetched::Miss
-            }
-            None => Fetched::Unavailable,
-        }
-    }
-
-    /// Delete `id`; `Some(true)` if it was there, `Some(false)` if not, `None` if the tier
-    /// could not be asked. Used to consume a TLS 1.3 ticket found locally, fleet-wide.
-    pub fn delete(&self, c: &RemoteCounters, id: &[u8]) -> Option<bool> {
-        let key = self.key(id);
-        self.run(c, |conn, dl| match conn.call(&[b"DEL", &key], dl)? {
-            Reply::Int(n) => Ok(n > 0),
-            _ => Err(Failure::Protocol("expected an integer")),
-        })
-    }
 }
+
+/// First version with `SET ... GET` (and GETDEL).
+const NATIVE_SINCE: Version = Version(6, 2, 0);
 
 #[cfg(test)]
 mod tests {
@@ -409,6 +851,7 @@ mod tests {
             timeout: Duration::from_millis(200),
             backoff: Duration::from_secs(60),
             ca_file: None,
+            compat: Compat::Detect,
             keys: Keyring::new(crate::seal::Key::new([1; 32]), Vec::new()),
         })
         .unwrap();
@@ -432,6 +875,7 @@ mod tests {
             timeout: DEFAULT_TIMEOUT,
             backoff: DEFAULT_BACKOFF,
             ca_file: None,
+            compat: Compat::Detect,
             keys: Keyring::new(crate::seal::Key::new([1; 32]), Vec::new()),
         })
         .err()

@@ -601,9 +601,10 @@ impl Conn {
         self.recv(dl)?.into_result()
     }
 
-    /// AUTH (when the URL has a password) and SELECT (when its db is not 0), pipelined: one
-    /// round trip.
-    pub fn login(&mut self, t: &Target, dl: Deadline) -> Result<(), Failure> {
+    /// AUTH (when the URL has a password), SELECT (when its db is not 0) and `INFO server`,
+    /// pipelined: one round trip. Returns the server's version (`None` if INFO is refused or
+    /// does not say).
+    pub fn login(&mut self, t: &Target, dl: Deadline) -> Result<Option<Version>, Failure> {
         let db = t.db.to_string();
         let mut cmds: Vec<Vec<&[u8]>> = Vec::new();
         if let Some(pw) = &t.password {
@@ -619,14 +620,43 @@ impl Conn {
         if t.db != 0 {
             cmds.push(vec![b"SELECT", db.as_bytes()]);
         }
-        if cmds.is_empty() {
-            return Ok(());
-        }
+        cmds.push(vec![b"INFO", b"server"]);
         let refs: Vec<&[&[u8]]> = cmds.iter().map(|c| c.as_slice()).collect();
-        for r in self.pipeline(&refs, dl)? {
+        let mut replies = self.pipeline(&refs, dl)?;
+        let info = replies.pop();
+        for r in replies {
             r.expect_ok()?;
         }
-        Ok(())
+        Ok(match info {
+            Some(Reply::Bulk(Some(text))) => Version::from_info(&text),
+            _ => None,
+        })
+    }
+}
+
+/// A server version as `INFO server` reports it (Valkey reports the Redis version it is
+/// compatible with in `redis_version` too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version(pub u32, pub u32, pub u32);
+
+impl Version {
+    pub fn from_info(text: &[u8]) -> Option<Version> {
+        let text = std::str::from_utf8(text).ok()?;
+        let v = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("redis_version:"))?;
+        let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+        Some(Version(
+            parts.next()??,
+            parts.next()??,
+            parts.next().flatten().unwrap_or(0),
+        ))
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
     }
 }
 
@@ -728,6 +758,21 @@ mod tests {
         ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn versions_are_read_from_info() {
+        let info = b"# Server\r\nredis_version:7.0.15\r\nredis_git_sha1:0\r\n";
+        assert_eq!(Version::from_info(info), Some(Version(7, 0, 15)));
+        let valkey =
+            b"# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:8.0.1\r\n";
+        assert_eq!(Version::from_info(valkey), Some(Version(7, 2, 4)));
+        assert_eq!(
+            Version::from_info(b"redis_version:6.0\r\n"),
+            Some(Version(6, 0, 0))
+        );
+        assert_eq!(Version::from_info(b"# Server\r\n"), None);
+        assert!(Version(6, 0, 16) < Version(6, 2, 0) && Version(6, 2, 0) <= Version(7, 0, 0));
     }
 
     #[test]
