@@ -146,7 +146,8 @@ typedef struct shmsess_options {
   // (Fields from here on added in 0.3.)
   const char *remote_url;
   // Key file for the second tier: one AES-256 key per line, 64 hex digits (`openssl rand
-  // -hex 32`); the first seals, later ones are still accepted (rotation). Must be owned by
+  // -hex 32`); the first seals, later ones are still accepted (rotation). A file of exactly
+  // 32 raw bytes is one key. Must be owned by
   // the user creating the cache and mode 0600; read once, at creation.
   const char *remote_key_file;
   // Prefix of the Redis keys (NULL: "shmsess:"); keys are the prefix and the id in hex.
