@@ -10,11 +10,12 @@
  *                  [--cache-size BYTES] [--cache-path PATH | --no-cache] [--tls13-stateful]
  *                  [--id-prefix TEXT] [--session-timeout SECONDS]
  *                  [--remote URL --remote-key FILE [--remote-timeout-ms N] [--remote-backoff-ms N]
- *                   [--remote-ca FILE]]
+ *                   [--remote-ca FILE] [--remote-cluster]]
  *
  * --remote adds the second tier shared by several hosts (e.g. redis://127.0.0.1:6379/0), with
  * sessions sealed under the keys of --remote-key (a 0600 file of `openssl rand -hex 32` lines).
  * --remote-ca: the CA file a rediss:// URL's server certificate is verified against.
+ * --remote-cluster: the URL is a seed node of a Redis Cluster.
  *
  * --id-prefix makes every session id start with TEXT followed by "w" and the worker's slot
  * number (e.g. "web1w3"), the rest random: a load balancer can route a resuming client on it.
@@ -67,7 +68,7 @@ static void usage(const char *argv0)
             "          [--cache-size BYTES] [--cache-path PATH | --no-cache] [--tls13-stateful]\n"
             "          [--id-prefix TEXT] [--session-timeout SECONDS]\n"
             "          [--remote URL --remote-key FILE [--remote-timeout-ms N] [--remote-backoff-ms N]\n"
-            "           [--remote-ca FILE]]\n",
+            "           [--remote-ca FILE] [--remote-cluster]]\n",
             argv0);
     exit(2);
 }
@@ -225,6 +226,7 @@ int main(int argc, char **argv)
     const char *id_prefix = NULL;
     unsigned long session_timeout = 0;
     const char *remote_url = NULL, *remote_key = NULL, *remote_ca = NULL;
+    int remote_cluster = 0;
     unsigned long remote_timeout_ms = 0, remote_backoff_ms = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -244,6 +246,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--remote-timeout-ms") && v) remote_timeout_ms = strtoul(argv[++i], NULL, 10);
         else if (!strcmp(a, "--remote-backoff-ms") && v) remote_backoff_ms = strtoul(argv[++i], NULL, 10);
         else if (!strcmp(a, "--remote-ca") && v) remote_ca = argv[++i];
+        else if (!strcmp(a, "--remote-cluster")) remote_cluster = 1;
         else usage(argv[0]);
     }
     if (!listen_spec || !cert || !key || workers < 1 || workers > MAX_WORKERS || (no_cache && cache_path) ||
@@ -289,6 +292,7 @@ int main(int argc, char **argv)
         if (remote_backoff_ms)
             opts.remote_backoff_ms = (uint32_t)remote_backoff_ms;
         opts.remote_ca_file = remote_ca;
+        opts.remote_cluster = (uint32_t)remote_cluster;
         if (shmsess_cache_create(&opts, &cache) != SHMSESS_OK) {
             fprintf(stderr, "prefork_server: cannot create the session cache: %s\n", shmsess_last_error());
             return 1;

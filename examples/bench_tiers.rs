@@ -89,6 +89,7 @@ fn main() {
         url: args[1].clone(),
         ca_file: None,
         compat: shmsesscache::remote::Compat::Detect,
+        cluster: false,
         prefix: "bench:".into(),
         timeout: Duration::from_millis(500),
         backoff: DEFAULT_BACKOFF,

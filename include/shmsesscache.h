@@ -163,6 +163,11 @@ typedef struct shmsess_options {
   // must chain to; its name (or IP address) must match the URL's host. NULL: the system's
   // CA store. Refused with a `redis://` URL. Read once, at creation. (Added in 0.4.)
   const char *remote_ca_file;
+  // Nonzero: `remote_url` is a seed node of a Redis Cluster (database 0). The slot map is
+  // read with CLUSTER SLOTS, each key goes to the master serving its slot, MOVED and ASK
+  // are followed (within the operation's deadline), and the map is read again after a
+  // redirection or a failed node. Nodes must announce IP addresses. (Added in 0.4.)
+  uint32_t remote_cluster;
 } shmsess_options;
 
 // Statistics of a cache (all processes together). Counters only grow.

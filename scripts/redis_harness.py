@@ -50,10 +50,11 @@ class Redis:
     """`with Redis(password="pw") as r: ... r.url ... r.cli("KEYS", "*")`. With
     `tls=(ca, cert, key)` it listens only with TLS (`tls-port`) and `url` is `rediss://`."""
 
-    def __init__(self, password=None, port=None, tls=None):
+    def __init__(self, password=None, port=None, tls=None, extra=""):
         self.password = password
         self.port = port or free_port()
         self.tls = tls
+        self.extra = extra
         self.dir = tempfile.mkdtemp(prefix="shmsess-redis-")
         self.proc = None
 
@@ -80,6 +81,7 @@ class Redis:
                     "maxmemory-policy noeviction\n")
             if self.password:
                 f.write(f"requirepass {self.password}\n")
+            f.write(self.extra)
         os.chmod(conf, 0o600)
         self.proc = subprocess.Popen(["redis-server", conf], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, start_new_session=True)
@@ -137,6 +139,44 @@ class Redis:
     def __exit__(self, *exc):
         self.stop()
         self.cleanup()
+
+
+class Cluster:
+    """A throw-away Redis Cluster of `masters` nodes on 127.0.0.1 (no replicas), created with
+    `redis-cli --cluster create`; ready once every node reports cluster_state:ok.
+    `with Cluster() as c: ... c.url ... c.nodes[2].stop()`."""
+
+    def __init__(self, masters=3):
+        # A cache: the masters left keep serving their slots when one fails.
+        conf = ("cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 1000\n"
+                "cluster-require-full-coverage no\n")
+        # An explicit bus port: the default (port + 10000) needs ports below 55536.
+        self.nodes = [Redis(extra=conf + f"cluster-port {free_port()}\n") for _ in range(masters)]
+
+    @property
+    def url(self):
+        return self.nodes[0].url
+
+    def __enter__(self):
+        try:
+            for n in self.nodes:
+                n.start()
+            subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
+                            "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+            deadline = time.monotonic() + READY_TIMEOUT
+            while not all("cluster_state:ok" in n.cli("CLUSTER", "INFO") for n in self.nodes):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the cluster did not reach cluster_state:ok")
+                time.sleep(0.05)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for n in self.nodes:
+            n.stop()
+            n.cleanup()
 
 
 # Longest wait for a host's writer thread to store a new session (normally a millisecond).

@@ -157,6 +157,11 @@ pub struct shmsess_options {
     /// must chain to; its name (or IP address) must match the URL's host. NULL: the system's
     /// CA store. Refused with a `redis://` URL. Read once, at creation. (Added in 0.4.)
     pub remote_ca_file: *const c_char,
+    /// Nonzero: `remote_url` is a seed node of a Redis Cluster (database 0). The slot map is
+    /// read with CLUSTER SLOTS, each key goes to the master serving its slot, MOVED and ASK
+    /// are followed (within the operation's deadline), and the map is read again after a
+    /// redirection or a failed node. Nodes must announce IP addresses. (Added in 0.4.)
+    pub remote_cluster: u32,
 }
 
 /// Statistics of a cache (all processes together). Counters only grow.
@@ -396,6 +401,7 @@ pub extern "C" fn shmsess_options_init(opts: *mut shmsess_options) -> shmsess_re
                 remote_timeout_ms: crate::remote::DEFAULT_TIMEOUT.as_millis() as u32,
                 remote_backoff_ms: crate::remote::DEFAULT_BACKOFF.as_millis() as u32,
                 remote_ca_file: std::ptr::null(),
+                remote_cluster: 0,
             })
         };
         Ok(SHMSESS_OK)
@@ -510,7 +516,8 @@ pub extern "C" fn shmsess_cache_create(
         let remote_end = std::mem::offset_of!(shmsess_options, remote_backoff_ms) + 4;
         let ca_end = std::mem::offset_of!(shmsess_options, remote_ca_file) + size_of::<usize>();
         let remote = if has(remote_end) {
-            remote_from(o, has(ca_end))?
+            let cluster_end = std::mem::offset_of!(shmsess_options, remote_cluster) + 4;
+            remote_from(o, has(ca_end), has(cluster_end))?
         } else {
             None
         };
@@ -529,7 +536,7 @@ pub extern "C" fn shmsess_cache_create(
 
 /// The second tier the options ask for, if any (URL parsed and key file read now, in the
 /// process that creates the cache; nothing is connected).
-fn remote_from(o: &shmsess_options, has_ca_file: bool) -> Result<Option<Remote>, Fail> {
+fn remote_from(o: &shmsess_options, has_ca_file: bool, has_cluster: bool) -> Result<Option<Remote>, Fail> {
     let text = |p: *const c_char, what: &str| -> Result<Option<String>, Fail> {
         if p.is_null() {
             return Ok(None);
@@ -566,6 +573,7 @@ fn remote_from(o: &shmsess_options, has_ca_file: bool) -> Result<Option<Remote>,
     } else {
         None
     };
+    let cluster = has_cluster && o.remote_cluster != 0;
     let remote = Remote::new(RemoteConfig {
         url,
         ca_file,
@@ -573,6 +581,7 @@ fn remote_from(o: &shmsess_options, has_ca_file: bool) -> Result<Option<Remote>,
         timeout: ms(o.remote_timeout_ms, crate::remote::DEFAULT_TIMEOUT),
         backoff: ms(o.remote_backoff_ms, crate::remote::DEFAULT_BACKOFF),
         compat: crate::remote::Compat::Detect,
+        cluster,
         keys,
     })?;
     Ok(Some(remote))

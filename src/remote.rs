@@ -14,7 +14,7 @@
 //!   otherwise be read as the answer to the next command.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -51,6 +51,8 @@ pub struct RemoteConfig {
     pub backoff: Duration,
     /// How single-use swaps are spelled (default: by the server's version).
     pub compat: Compat,
+    /// Redis Cluster: the URL is a seed node; keys go to the node serving their slot.
+    pub cluster: bool,
     pub keys: Keyring,
 }
 
@@ -114,12 +116,111 @@ struct ProcessState {
     /// Where the writer counts (the segment's counters; it is stopped before they go away).
     counters: Option<Counters>,
     closing: bool,
+    /// Redis Cluster: which node serves which slots (fetched lazily, refreshed when stale).
+    slots: Option<SlotMap>,
+}
+
+/// The slot ranges of a cluster and their masters, from CLUSTER SLOTS.
+struct SlotMap {
+    ranges: Vec<(u16, u16, SocketAddr)>,
+    fetched: Instant,
+    /// A node failed or redirected: fetch the map again before the next routing.
+    stale: bool,
+}
+
+impl SlotMap {
+    /// Refetched this often even without trouble (new nodes, resharding).
+    const MAX_AGE: Duration = Duration::from_secs(30);
+
+    fn node(&self, slot: u16) -> Option<SocketAddr> {
+        self.ranges
+            .iter()
+            .find(|r| r.0 <= slot && slot <= r.1)
+            .map(|r| r.2)
+    }
+
+    fn usable(&self) -> bool {
+        !self.stale && self.fetched.elapsed() < Self::MAX_AGE
+    }
+
+    /// From a CLUSTER SLOTS reply: `[[start, end, [ip, port, ...], replicas...], ...]`.
+    fn parse(r: Reply, seed: IpAddr) -> FResult<SlotMap> {
+        let bad = || Failure::Protocol("unexpected CLUSTER SLOTS reply");
+        let Reply::Array(Some(items)) = r else {
+            return Err(bad());
+        };
+        let mut ranges = Vec::with_capacity(items.len());
+        for item in items {
+            let Reply::Array(Some(f)) = item else {
+                return Err(bad());
+            };
+            let (Some(Reply::Int(a)), Some(Reply::Int(b)), Some(Reply::Array(Some(node)))) =
+                (f.first(), f.get(1), f.get(2))
+            else {
+                return Err(bad());
+            };
+            let (Some(Reply::Bulk(Some(ip))), Some(Reply::Int(port))) = (node.first(), node.get(1))
+            else {
+                return Err(bad());
+            };
+            // An empty IP means "the address you reached me on": the seed's.
+            let ip = if ip.is_empty() {
+                seed
+            } else {
+                std::str::from_utf8(ip)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or(Failure::Protocol(
+                        "a cluster node announced a host name: announce IP addresses",
+                    ))?
+            };
+            let (a, b, port) = (u16::try_from(*a), u16::try_from(*b), u16::try_from(*port));
+            let (Ok(a), Ok(b), Ok(port)) = (a, b, port) else {
+                return Err(bad());
+            };
+            ranges.push((a, b, SocketAddr::new(ip, port)));
+        }
+        Ok(SlotMap {
+            ranges,
+            fetched: Instant::now(),
+            stale: false,
+        })
+    }
+}
+
+/// Redis Cluster's slot of a key: CRC16 (XMODEM) of the key, or of its `{hash tag}`, mod 16384.
+pub fn hash_slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|i| {
+            let rest = &key[i + 1..];
+            rest.iter()
+                .position(|&b| b == b'}')
+                .filter(|&j| j > 0)
+                .map(|j| &rest[..j])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &b in tagged {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc & 0x3fff
 }
 
 /// A connection and what its server understands.
 struct Link {
     conn: Conn,
     dialect: Dialect,
+    /// The node it is connected to (cluster routing picks pooled links by it).
+    addr: Option<SocketAddr>,
 }
 
 /// How single-use swaps are spelled on a server.
@@ -212,6 +313,7 @@ struct Shared {
     prefix: String,
     timeout: Duration,
     compat: Compat,
+    cluster: bool,
     keys: Keyring,
     state: Mutex<ProcessState>,
     /// Wakes the writer thread.
@@ -274,6 +376,12 @@ impl Remote {
         if cfg.timeout.is_zero() {
             return Err(Error::new(ErrorKind::Invalid, "remote timeout is 0"));
         }
+        if cfg.cluster && target.db != 0 {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "remote URL: Redis Cluster has only database 0 (end the URL with /0 or nothing)",
+            ));
+        }
         Ok(Remote {
             shared: Arc::new(Shared {
                 target,
@@ -281,6 +389,7 @@ impl Remote {
                 prefix: cfg.prefix,
                 timeout: cfg.timeout,
                 compat: cfg.compat,
+                cluster: cfg.cluster,
                 keys: cfg.keys,
                 state: Mutex::new(ProcessState {
                     pid: std::process::id(),
@@ -294,6 +403,7 @@ impl Remote {
                     writer: None,
                     counters: None,
                     closing: false,
+                    slots: None,
                 }),
                 wake: Condvar::new(),
             }),
@@ -383,7 +493,7 @@ impl Remote {
     /// swapped for a tombstone in the same step, so one host in the fleet gets it.
     pub fn fetch(&self, c: &RemoteCounters, id: &[u8], take: bool, now: u32) -> Fetched {
         let key = self.shared.key(id);
-        let got = self.shared.run(c, |conn, d, dl| {
+        let got = self.shared.run(c, Some(&key), |conn, d, dl| {
             if take {
                 swap(conn, d, &key, None, dl)
             } else {
@@ -430,7 +540,7 @@ impl Remote {
     pub fn take_local(&self, c: &RemoteCounters, id: &[u8], expires: u32, now: u32) -> Taken {
         let key = self.shared.key(id);
         let ttl = (u64::from(expires.saturating_sub(now)).max(1) * 1000).to_string();
-        let got = self.shared.run(c, |conn, d, dl| {
+        let got = self.shared.run(c, Some(&key), |conn, d, dl| {
             swap(conn, d, &key, Some(ttl.as_bytes()), dl)
         });
         match got {
@@ -523,6 +633,7 @@ impl Shared {
             st.queued_bytes = 0;
             st.in_flight = 0;
             st.writer_waiting = false;
+            st.slots = None;
             std::mem::forget(st.writer.take());
         }
         st
@@ -616,7 +727,8 @@ impl Shared {
         /// A job ready to send: an encoded SET of a sealed value, or a key to tombstone (its
         /// command depends on the connection's dialect).
         enum Ready {
-            Set(Vec<u8>),
+            /// The encoded command and its key.
+            Set(Vec<u8>, Vec<u8>),
             Remove(Vec<u8>),
         }
         let mut ready = Vec::with_capacity(jobs.len());
@@ -639,41 +751,53 @@ impl Shared {
                         &mut cmd,
                         &[b"SET", &key, &value, b"PX", ttl.as_bytes(), b"NX"],
                     );
-                    ready.push(Ready::Set(cmd));
+                    ready.push(Ready::Set(cmd, key));
                 }
                 Job::Remove { key } => ready.push(Ready::Remove(key.clone())),
             }
         }
         drop(jobs); // wipes the DERs
-        let sent = self.run(c, |conn, d, dl| {
-            let mut out = Vec::new();
-            for r in &ready {
-                match (r, d) {
-                    (Ready::Set(cmd), _) => out.extend_from_slice(cmd),
-                    (Ready::Remove(key), Dialect::Native) => {
-                        resp::encode(&mut out, &[b"SET", key, TOMBSTONE, b"XX", b"KEEPTTL"])
-                    }
-                    (Ready::Remove(key), Dialect::Scripts) => resp::encode(
-                        &mut out,
-                        &[b"EVAL", SWAP_EXISTING_SCRIPT, b"1", key, TOMBSTONE],
-                    ),
-                }
-            }
-            conn.send(&out, dl)?;
-            let mut stored = 0u64;
-            for r in &ready {
-                // +OK: stored; nil: NX found the key (a tombstone: the ticket was used first).
-                let reply = conn.recv(dl)?.into_result()?;
-                if matches!(r, Ready::Set(_)) && matches!(reply, Reply::Simple(_)) {
-                    stored += 1;
-                }
-            }
-            Ok(stored)
-        });
-        match sent {
-            Some(stored) => c.stores.fetch_add(stored, Relaxed),
-            None => c.dropped.fetch_add(ready.len() as u64, Relaxed),
+                    // One pipelined batch; in a cluster, one per job (its key decides the node).
+        let groups: Vec<&[Ready]> = if self.cluster {
+            ready.chunks(1).collect()
+        } else {
+            vec![&ready[..]]
         };
+        for group in groups {
+            let key = match group.first() {
+                Some(Ready::Set(_, key)) | Some(Ready::Remove(key)) => key.clone(),
+                None => continue,
+            };
+            let sent = self.run(c, Some(&key), |conn, d, dl| {
+                let mut out = Vec::new();
+                for r in group {
+                    match (r, d) {
+                        (Ready::Set(cmd, _), _) => out.extend_from_slice(cmd),
+                        (Ready::Remove(key), Dialect::Native) => {
+                            resp::encode(&mut out, &[b"SET", key, TOMBSTONE, b"XX", b"KEEPTTL"])
+                        }
+                        (Ready::Remove(key), Dialect::Scripts) => resp::encode(
+                            &mut out,
+                            &[b"EVAL", SWAP_EXISTING_SCRIPT, b"1", key, TOMBSTONE],
+                        ),
+                    }
+                }
+                conn.send(&out, dl)?;
+                let mut stored = 0u64;
+                for r in group {
+                    // +OK: stored; nil: NX found the key (a tombstone: the ticket was used first).
+                    let reply = conn.recv(dl)?.into_result()?;
+                    if matches!(r, Ready::Set(..)) && matches!(reply, Reply::Simple(_)) {
+                        stored += 1;
+                    }
+                }
+                Ok(stored)
+            });
+            match sent {
+                Some(stored) => c.stores.fetch_add(stored, Relaxed),
+                None => c.dropped.fetch_add(group.len() as u64, Relaxed),
+            };
+        }
     }
 
     /// Run one operation on a connection of this process, under one deadline and the
@@ -683,24 +807,20 @@ impl Shared {
     fn run<T>(
         &self,
         c: &RemoteCounters,
+        key: Option<&[u8]>,
         op: impl Fn(&mut Conn, Dialect, Deadline) -> FResult<T>,
     ) -> Option<T> {
         let dl = Deadline::after(self.timeout);
-        let pooled = {
-            let mut st = self.lock();
+        {
+            let st = self.lock();
             if !st.breaker.allows(Instant::now()) {
                 c.skipped.fetch_add(1, Relaxed);
                 return None;
             }
-            st.idle.pop()
-        };
-        let result = match pooled {
-            Some(mut link) => match op(&mut link.conn, link.dialect, dl) {
-                Ok(v) => Ok((v, link)),
-                Err(f) if f.is_stale_connection() => self.connect_and_run(&op, dl),
-                Err(f) => Err(f),
-            },
-            None => self.connect_and_run(&op, dl),
+        }
+        let result = match (self.cluster, key) {
+            (true, Some(key)) => self.run_in_cluster(key, &op, dl),
+            _ => self.run_on(None, false, &op, dl),
         };
         let mut st = self.lock();
         match result {
@@ -734,13 +854,130 @@ impl Shared {
         }
     }
 
-    /// Resolve (if the URL names a host), connect, log in and run `op`, all before `dl`.
-    fn connect_and_run<T>(
+    /// Run `op` on a pooled connection to `node` (any, for `None`: the URL's server), or a
+    /// new one; a pooled connection the server closed is replaced once. `asking`: send ASKING
+    /// first (a cluster slot being migrated).
+    fn run_on<T>(
         &self,
+        node: Option<SocketAddr>,
+        asking: bool,
         op: &impl Fn(&mut Conn, Dialect, Deadline) -> FResult<T>,
         dl: Deadline,
     ) -> FResult<(T, Link)> {
-        let addrs = self.addresses(dl)?;
+        let op = |conn: &mut Conn, d: Dialect, dl: Deadline| {
+            if asking {
+                conn.call(&[b"ASKING"], dl)?.expect_ok()?;
+            }
+            op(conn, d, dl)
+        };
+        let pooled = {
+            let mut st = self.lock();
+            let i = st
+                .idle
+                .iter()
+                .rposition(|l| node.is_none() || l.addr == node);
+            i.map(|i| st.idle.swap_remove(i))
+        };
+        match pooled {
+            Some(mut link) => match op(&mut link.conn, link.dialect, dl) {
+                Ok(v) => Ok((v, link)),
+                Err(f) if f.is_stale_connection() => self.connect_and_run(node, &op, dl),
+                Err(f) => Err(f),
+            },
+            None => self.connect_and_run(node, &op, dl),
+        }
+    }
+
+    /// Run `op` for `key` on the cluster node serving its slot: the slot map is fetched when
+    /// missing or stale; MOVED updates it and follows once, ASK is followed once; all within
+    /// `dl`.
+    fn run_in_cluster<T>(
+        &self,
+        key: &[u8],
+        op: &impl Fn(&mut Conn, Dialect, Deadline) -> FResult<T>,
+        dl: Deadline,
+    ) -> FResult<(T, Link)> {
+        let slot = hash_slot(key);
+        let mut node = self.node_for(slot, dl)?;
+        let mut asking = false;
+        for _ in 0..3 {
+            match self.run_on(Some(node), asking, op, dl) {
+                Err(Failure::Moved(to)) => {
+                    let mut st = self.lock();
+                    if let Some(m) = st.slots.as_mut() {
+                        m.stale = true;
+                    }
+                    (node, asking) = (to, false);
+                }
+                Err(Failure::Ask(to)) => (node, asking) = (to, true),
+                Err(f) => {
+                    // A node down or in trouble: the map may have changed (failover).
+                    if let Some(m) = self.lock().slots.as_mut() {
+                        m.stale = true;
+                    }
+                    return Err(f);
+                }
+                ok => return ok,
+            }
+        }
+        Err(Failure::Protocol("too many cluster redirections"))
+    }
+
+    /// The master serving `slot`, from the slot map (fetched from the seed, or any node
+    /// already known, when missing or stale).
+    fn node_for(&self, slot: u16, dl: Deadline) -> FResult<SocketAddr> {
+        let known = {
+            let st = self.lock();
+            match &st.slots {
+                Some(m) if m.usable() => {
+                    return m.node(slot).ok_or(Failure::Protocol("slot not served"))
+                }
+                Some(m) => m.ranges.iter().map(|r| r.2).collect::<Vec<_>>(),
+                None => Vec::new(),
+            }
+        };
+        let fetch = |conn: &mut Conn, _: Dialect, dl: Deadline| {
+            conn.set_cap(SLOTS_CAP);
+            let r = conn.call(&[b"CLUSTER", b"SLOTS"], dl);
+            conn.set_cap(REPLY_CAP);
+            let seed = conn
+                .peer()
+                .map(|a| a.ip())
+                .ok_or(Failure::Protocol("no peer address"))?;
+            SlotMap::parse(r?, seed)
+        };
+        // The seed first, then the nodes the old map named (the seed may be the one down).
+        let mut last = Failure::Protocol("no cluster node answered");
+        for node in std::iter::once(None).chain(known.into_iter().map(Some)) {
+            match self.run_on(node, false, &fetch, dl) {
+                Ok((map, link)) => {
+                    let mut st = self.lock();
+                    let found = map.node(slot);
+                    st.slots = Some(map);
+                    if st.idle.len() < MAX_IDLE {
+                        st.idle.push(link);
+                    }
+                    return found.ok_or(Failure::Protocol("slot not served"));
+                }
+                Err(Failure::Timeout) => return Err(Failure::Timeout),
+                Err(f) => last = f,
+            }
+        }
+        Err(last)
+    }
+
+    /// Resolve (if the URL names a host, and no node is given), connect, log in and run `op`,
+    /// all before `dl`.
+    fn connect_and_run<T>(
+        &self,
+        node: Option<SocketAddr>,
+        op: &impl Fn(&mut Conn, Dialect, Deadline) -> FResult<T>,
+        dl: Deadline,
+    ) -> FResult<(T, Link)> {
+        let addrs = match node {
+            Some(a) => vec![a],
+            None => self.addresses(dl)?,
+        };
         let tcp = resp::tcp_connect(&addrs, dl).inspect_err(|_| self.lock().resolver.forget())?;
         let mut conn = match &self.tls {
             None => Conn::new(Box::new(tcp), REPLY_CAP),
@@ -752,7 +989,15 @@ impl Shared {
         let version = conn.login(&self.target, dl)?;
         let dialect = self.dialect(version);
         let v = op(&mut conn, dialect, dl)?;
-        Ok((v, Link { conn, dialect }))
+        let addr = conn.peer();
+        Ok((
+            v,
+            Link {
+                conn,
+                dialect,
+                addr,
+            },
+        ))
     }
 
     /// `SET ... GET` needs Redis 6.2; an older (or unknown) version gets the scripts, once
@@ -807,6 +1052,9 @@ impl Shared {
     }
 }
 
+/// Largest CLUSTER SLOTS reply read (about 150 bytes per slot range).
+const SLOTS_CAP: usize = 256 * 1024;
+
 /// First version with `SET ... GET` (and GETDEL).
 const NATIVE_SINCE: Version = Version(6, 2, 0);
 
@@ -852,6 +1100,7 @@ mod tests {
             backoff: Duration::from_secs(60),
             ca_file: None,
             compat: Compat::Detect,
+            cluster: false,
             keys: Keyring::new(crate::seal::Key::new([1; 32]), Vec::new()),
         })
         .unwrap();
@@ -868,6 +1117,20 @@ mod tests {
     }
 
     #[test]
+    fn hash_slots_are_redis_clusters() {
+        // CLUSTER KEYSLOT on a real server: foo 12182, 123456789 12739 (CRC16 0x31C3).
+        assert_eq!(hash_slot(b"foo"), 12182);
+        assert_eq!(hash_slot(b"123456789"), 12739);
+        assert_eq!(hash_slot(b"{user1000}.following"), hash_slot(b"user1000"));
+        assert_eq!(
+            hash_slot(b"a{}b"),
+            hash_slot(b"a{}b"),
+            "an empty tag hashes the whole key"
+        );
+        assert_ne!(hash_slot(b"a{}b"), hash_slot(b""));
+    }
+
+    #[test]
     fn a_bad_url_is_refused_without_echoing_it() {
         let e = Remote::new(RemoteConfig {
             url: "http://user:secretpw@host/".into(),
@@ -876,6 +1139,7 @@ mod tests {
             backoff: DEFAULT_BACKOFF,
             ca_file: None,
             compat: Compat::Detect,
+            cluster: false,
             keys: Keyring::new(crate::seal::Key::new([1; 32]), Vec::new()),
         })
         .err()

@@ -50,6 +50,10 @@ pub enum Failure {
     Server(String),
     /// TLS setup or certificate verification failed.
     Tls(String),
+    /// Redis Cluster: the key's slot is served by another node (`MOVED`), for good or
+    /// during a migration (`ASK`: ask that node once, after ASKING).
+    Moved(SocketAddr),
+    Ask(SocketAddr),
 }
 
 impl Failure {
@@ -78,6 +82,8 @@ impl std::fmt::Display for Failure {
             Failure::TooLarge(n) => write!(f, "reply of {n} bytes is over the limit"),
             Failure::Server(m) => write!(f, "Redis said {m}"),
             Failure::Tls(m) => write!(f, "TLS: {m}"),
+            Failure::Moved(a) => write!(f, "slot moved to {a}"),
+            Failure::Ask(a) => write!(f, "slot migrating to {a}"),
         }
     }
 }
@@ -97,6 +103,9 @@ impl Reply {
     pub fn into_result(self) -> Result<Reply, Failure> {
         match self {
             Reply::Error(e) => {
+                if let Some(f) = redirection(&e) {
+                    return Err(f);
+                }
                 let word = e.split(|&b| b == b' ').next().unwrap_or(b"ERR");
                 let word: String = String::from_utf8_lossy(word)
                     .chars()
@@ -118,12 +127,25 @@ impl Reply {
     }
 }
 
+/// `MOVED slot ip:port` / `ASK slot ip:port` as a [`Failure`] (addresses as IPs only).
+fn redirection(e: &[u8]) -> Option<Failure> {
+    let text = std::str::from_utf8(e).ok()?;
+    let mut words = text.split(' ');
+    let (kind, _slot, addr) = (words.next()?, words.next()?, words.next()?);
+    let addr: SocketAddr = addr.parse().ok()?;
+    match kind {
+        "MOVED" => Some(Failure::Moved(addr)),
+        "ASK" => Some(Failure::Ask(addr)),
+        _ => None,
+    }
+}
+
 /// Longest line (status, error, integer, length header) accepted.
 const MAX_LINE: usize = 512;
-/// Most elements in an array reply (the tier never asks for more than a few).
-const MAX_ARRAY: i64 = 64;
+/// Most elements in an array reply (a few, or one per slot range for CLUSTER SLOTS).
+const MAX_ARRAY: i64 = 1024;
 /// Deepest array nesting accepted.
-const MAX_DEPTH: usize = 3;
+const MAX_DEPTH: usize = 4;
 
 /// Parse one reply from the start of `buf`. `Ok(None)`: incomplete, read more. `cap` bounds
 /// every bulk string.
@@ -428,6 +450,7 @@ pub trait Transport {
     fn read_nb(&mut self, buf: &mut [u8]) -> Result<usize, Result<Want, Failure>>;
     fn write_nb(&mut self, buf: &[u8]) -> Result<usize, Result<Want, Failure>>;
     fn fd(&self) -> i32;
+    fn peer(&self) -> Option<SocketAddr>;
 }
 
 impl Transport for TcpStream {
@@ -461,6 +484,9 @@ impl Transport for TcpStream {
     }
     fn fd(&self) -> i32 {
         self.as_raw_fd()
+    }
+    fn peer(&self) -> Option<SocketAddr> {
+        self.peer_addr().ok()
     }
 }
 
@@ -536,6 +562,16 @@ impl Conn {
             buf: Vec::new(),
             cap,
         }
+    }
+
+    /// Change the reply cap (CLUSTER SLOTS is larger than any session).
+    pub fn set_cap(&mut self, cap: usize) {
+        self.cap = cap;
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.io.peer()
     }
 
     fn limit(&self) -> usize {
@@ -719,10 +755,28 @@ mod tests {
             Err(Failure::Protocol(_))
         ));
         assert!(matches!(
-            parse(b"*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n", 100),
+            parse(b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n", 100),
             Err(Failure::Protocol(_))
         ));
         assert!(matches!(parse(b":12x\r\n", 100), Err(Failure::Protocol(_))));
+    }
+
+    #[test]
+    fn cluster_redirections_are_read() {
+        let r = |t: &[u8]| Reply::Error(t.to_vec()).into_result().unwrap_err();
+        assert_eq!(
+            r(b"MOVED 3999 127.0.0.1:6381"),
+            Failure::Moved("127.0.0.1:6381".parse().unwrap())
+        );
+        assert_eq!(
+            r(b"ASK 3999 [::1]:7000"),
+            Failure::Ask("[::1]:7000".parse().unwrap())
+        );
+        assert_eq!(
+            r(b"MOVED 3999 redis-2:6381"),
+            Failure::Server("MOVED".into()),
+            "names are not followed"
+        );
     }
 
     #[test]

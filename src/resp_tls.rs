@@ -379,4 +379,8 @@ impl Transport for TlsStream {
     fn fd(&self) -> i32 {
         self.tcp.as_raw_fd()
     }
+
+    fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.tcp.peer_addr().ok()
+    }
 }

@@ -80,6 +80,7 @@ fn remote(port: u16, compat: Compat, timeout_ms: u64) -> Remote {
         timeout: Duration::from_millis(timeout_ms),
         backoff: Duration::from_millis(1),
         compat,
+        cluster: false,
         keys: Keyring::new(Key::new([7; 32]), Vec::new()),
     })
     .unwrap()
