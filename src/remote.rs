@@ -302,9 +302,6 @@ const MAX_QUEUE: usize = 4096;
 const MAX_QUEUE_BYTES: usize = 4 << 20;
 /// Most writes the writer sends in one pipelined batch.
 const BATCH: usize = 64;
-/// How long a woken writer waits for more writes before sending (batches them, and spares
-/// the writes that arrive meanwhile a wake-up system call each).
-const LINGER: Duration = Duration::from_millis(1);
 
 struct Shared {
     target: Target,
@@ -669,8 +666,10 @@ impl Shared {
                 }
             }
         }
-        // Only a sleeping writer needs the (system call) wake-up; a lingering or busy one will
-        // see the queue by itself.
+        // Only a sleeping writer needs the (system call) wake-up; a busy one sees the queue
+        // when its batch is done (writes that arrive meanwhile make the next batch). No
+        // lingering to batch more: every microsecond a write waits is a window in which a
+        // client resuming on another host misses it.
         let wake = st.writer_waiting;
         drop(st);
         if wake {
@@ -683,18 +682,11 @@ impl Shared {
         loop {
             let (batch, counters) = {
                 let mut st = self.lock();
-                if st.queue.is_empty() && !st.closing {
-                    while st.queue.is_empty() && !st.closing {
-                        st.writer_waiting = true;
-                        st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
-                    }
-                    st.writer_waiting = false;
-                    // Woken by a first write: let more arrive for one batch, during which
-                    // queueing costs no wake-up.
-                    drop(st);
-                    std::thread::sleep(LINGER);
-                    st = self.lock();
+                while st.queue.is_empty() && !st.closing {
+                    st.writer_waiting = true;
+                    st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
                 }
+                st.writer_waiting = false;
                 if st.closing {
                     // The handle is going away: what is left is dropped, counted, rather than
                     // holding its owner for a timeout per batch.
