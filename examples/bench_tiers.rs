@@ -85,6 +85,9 @@ fn main() {
     }
     let secs: f64 = args[3].parse().expect("SECONDS");
     let runs: usize = args[4].parse().expect("RUNS");
+    // Before the Remote: its writer thread counts into them until the Remote is dropped.
+    // SAFETY: counters are plain atomics; all-zero is their initial state.
+    let counters: RemoteCounters = unsafe { std::mem::zeroed() };
     let remote = Remote::new(RemoteConfig {
         url: args[1].clone(),
         ca_file: None,
@@ -96,8 +99,6 @@ fn main() {
         keys: Keyring::load(Path::new(&args[2])).expect("key file"),
     })
     .expect("remote");
-    // SAFETY: counters are plain atomics; all-zero is their initial state.
-    let counters: RemoteCounters = unsafe { std::mem::zeroed() };
     let der = vec![0x30u8; SESSION_BYTES];
     let mut buf = vec![0u8; 8192];
     let (now, expires) = (now_unix(), now_unix() + 3600);

@@ -690,8 +690,8 @@ impl Shared {
                 if st.closing {
                     // The handle is going away: what is left is dropped, counted, rather than
                     // holding its owner for a timeout per batch.
-                    if let Some(Counters(c)) = st.counters {
-                        // SAFETY: see `Counters`.
+                    if let (Some(Counters(c)), false) = (st.counters, st.queue.is_empty()) {
+                        // SAFETY: see `Counters` (still mapped: the owner waits for us).
                         unsafe { &*c }
                             .dropped
                             .fetch_add(st.queue.len() as u64, Relaxed);

@@ -105,8 +105,9 @@ fn miss(f: Fetched) -> bool {
 
 fn single_use(compat: Compat) {
     let srv = RedisServer::start(free_port());
-    let r = remote(srv.port, compat, 2000);
+    // Counters first: the Remote (and its writer thread, which counts) is dropped before them.
     let c = counters();
+    let r = remote(srv.port, compat, 2000);
     let (t, exp) = (now(), now() + 300);
     let id = |n: u8| [n; 32];
 
@@ -173,8 +174,8 @@ fn single_use_fleet_wide_with_the_script_fallback() {
 fn a_restarted_redis_costs_no_failure_the_stale_connection_is_replaced() {
     let port = free_port();
     let mut srv = RedisServer::start(port);
-    let r = remote(port, Compat::Detect, 2000);
     let c = counters();
+    let r = remote(port, Compat::Detect, 2000);
     let t = now();
     r.store_now(&c, &[9; 32], b"der", t, t + 300, t);
     assert!(hit(r.fetch(&c, &[9; 32], false, t)));
@@ -189,8 +190,8 @@ fn a_restarted_redis_costs_no_failure_the_stale_connection_is_replaced() {
 
 #[test]
 fn an_unreachable_redis_leaves_a_local_take_unconfirmed() {
-    let r = remote(free_port(), Compat::Detect, 200);
     let c = counters();
+    let r = remote(free_port(), Compat::Detect, 200);
     let t = now();
     assert_eq!(r.take_local(&c, &[1; 32], t + 60, t), Taken::Unconfirmed);
     assert_eq!(c.unconfirmed.load(Relaxed), 1);
@@ -207,8 +208,8 @@ fn queued_writes_never_wait_for_redis_and_the_queue_is_bounded() {
         drop(conns);
     });
     let timeout_ms = 1000;
-    let r = remote(port, Compat::Detect, timeout_ms);
     let c = counters();
+    let r = remote(port, Compat::Detect, timeout_ms);
     let t = now();
     let start = Instant::now();
     for n in 0..5000u32 {
