@@ -12,6 +12,11 @@
 //!   drops what it inherited) and to one operation at a time (a small idle pool per process);
 //! - a connection that saw any error is dropped: after a timeout its late reply would
 //!   otherwise be read as the answer to the next command.
+//! - writes (new sessions, removals) never run on the handshake or in OpenSSL's callbacks:
+//!   they are queued for a writer thread per process (bounded; drops counted);
+//! - a used TLS 1.3 ticket leaves a tombstone in Redis until it would have expired, so single
+//!   use does not depend on whether (or when) its store reached Redis (see [`Taken`]);
+//! - Redis < 6.2 gets the same atomic swaps as Lua scripts; Redis Cluster is routed by slot.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
