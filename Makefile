@@ -165,6 +165,9 @@ FORCE:
 # Two example servers ("hosts") sharing a throw-away redis-server on 127.0.0.1.
 test-remote: test-deps all $(BUILD)/certs/server.pem
 	python3 tests/integration/test_remote.py --server $(SERVER) --cli $(CLI) --certs $(BUILD)/certs
+	python3 tests/integration/test_remote_hostile.py --server $(SERVER) --cli $(CLI) --certs $(BUILD)/certs
+	python3 tests/integration/test_remote_tls.py --server $(SERVER) --cli $(CLI) --certs $(BUILD)/certs
+	python3 tests/integration/test_remote_cluster.py --server $(SERVER) --cli $(CLI) --certs $(BUILD)/certs
 
 test-apache: test-deps all $(FAULT_SERVER) $(BUILD)/certs/server.pem
 	$(MAKE) --no-print-directory apache-module

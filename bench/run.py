@@ -9,7 +9,8 @@
    (bench/loadgen.c) for all
 4. density of real sessions (part of 1) against the documented figures of nginx and shmcb
 5. lookup cost as the cache fills and grows (part of 2)
-7. Several hosts (the Redis tier): the cost of a lookup per tier (examples/bench_tiers.rs),
+7. Several hosts (the Redis tier): the cost of a lookup per tier and of the new-session
+   callback with the tier (writes queued, or awaited) and without it (examples/bench_tiers.rs),
    and two example servers ("hosts", 2 workers each) behind a load generator that picks a
    host at random for every connection, with the tier and without it
 6. Apache httpd side by side: the same httpd (mpm_prefork, 4 children), the same load,
@@ -406,7 +407,13 @@ def table(r):
     if r.get("tiers", {}).get("lookup"):
         t = r["tiers"]["lookup"]
         lines.append("7. lookup cost per tier (ns, median): " + ", ".join(
-            f"{k} {t[k]['median_ns']:.0f}" for k in ("local_hit", "remote_hit", "miss", "remote_store", "local_store")))
+            f"{k} {t[k]['median_ns']:.0f}" for k in ("local_hit", "remote_hit", "miss", "local_store") if k in t))
+        if "new_session_async" in t:
+            base = t["new_session_local"]["median_ns"]
+            lines.append("   new-session callback (ns, median): " + ", ".join(
+                f"{name} {t[k]['median_ns']:.0f} ({t[k]['median_ns'] / base:.2f}x)" for name, k in (
+                    ("no tier", "new_session_local"), ("tier, queued", "new_session_async"),
+                    ("tier, SET awaited", "new_session_sync"))))
         for x in r["tiers"]["two_hosts"]:
             lines.append(f"   two hosts {x['protocol']} {x['mode']:8} {x['median_handshakes_per_s']:7.0f} "
                          f"({100 * x['median_resumed_fraction']:5.1f}%)")

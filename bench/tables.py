@@ -71,11 +71,21 @@ if r.get("tiers", {}).get("lookup"):
     print("| operation | ns (median) | vs local hit |")
     print("|---|---:|---:|")
     names = {"local_hit": "local hit (shared memory)", "remote_hit": "remote hit (local miss, GET, unseal, copy in)",
-             "miss": "miss in both tiers (local miss, GET nil)", "remote_store": "remote store (seal, SET PX)",
-             "local_store": "local store (shared memory)"}
+             "miss": "miss in both tiers (local miss, GET nil)",
+             "local_store": "local store (shared memory, replacing an entry)"}
     base = t["local_hit"]["median_ns"]
     for k, label in names.items():
         print(f"| {label} | {t[k]['median_ns']:,.0f} | {t[k]['median_ns'] / base:,.0f}x |")
+    if "new_session_async" in t:
+        print("\nWhat the new-session callback costs (shared-memory store, plus the tier's work on the\n"
+              "handshake path), measured alike on warm entries in bursts of 256:\n")
+        print("| new-session callback | ns (median) | vs no tier |")
+        print("|---|---:|---:|")
+        nb = t["new_session_local"]["median_ns"]
+        for k, label in (("new_session_local", "no tier (shared memory only)"),
+                         ("new_session_async", "tier, write queued for the worker's writer thread (now)"),
+                         ("new_session_sync", "tier, seal + `SET` awaited on the handshake (before)")):
+            print(f"| {label} | {t[k]['median_ns']:,.0f} | {t[k]['median_ns'] / nb:.2f}x |")
     print(f"\nTwo hosts (example servers, 2 workers each, own segments), {r['clients']} loadgen processes "
           "picking a host at random for every connection:\n")
     print("| protocol | with the tier | without | with / without |")

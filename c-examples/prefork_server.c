@@ -10,10 +10,13 @@
  *                  [--cache-size BYTES] [--cache-path PATH | --no-cache] [--tls13-stateful]
  *                  [--id-prefix TEXT] [--session-timeout SECONDS] [--groups LIST]
  *                  [--client-timeout SECONDS]
- *                  [--remote URL --remote-key FILE [--remote-timeout-ms N] [--remote-backoff-ms N]]
+ *                  [--remote URL --remote-key FILE [--remote-timeout-ms N] [--remote-backoff-ms N]
+ *                   [--remote-ca FILE] [--remote-cluster]]
  *
  * --remote adds the second tier shared by several hosts (e.g. redis://127.0.0.1:6379/0), with
  * sessions sealed under the keys of --remote-key (a 0600 file of `openssl rand -hex 32` lines).
+ * --remote-ca: the CA file a rediss:// URL's server certificate is verified against.
+ * --remote-cluster: the URL is a seed node of a Redis Cluster.
  *
  * --client-timeout bounds the handshake and the request of one connection together (default
  * 10 s), so clients that trickle bytes cannot hold every worker.
@@ -94,7 +97,8 @@ static void usage(const char *argv0)
             "usage: %s --listen HOST:PORT --workers N --cert FILE --key FILE\n"
             "          [--cache-size BYTES] [--cache-path PATH | --no-cache] [--tls13-stateful]\n"
             "          [--id-prefix TEXT] [--session-timeout SECONDS] [--groups LIST] [--client-timeout SECONDS]\n"
-            "          [--remote URL --remote-key FILE [--remote-timeout-ms N] [--remote-backoff-ms N]]\n",
+            "          [--remote URL --remote-key FILE [--remote-timeout-ms N] [--remote-backoff-ms N]\n"
+            "           [--remote-ca FILE] [--remote-cluster]]\n",
             argv0);
     exit(2);
 }
@@ -374,7 +378,8 @@ int main(int argc, char **argv)
     int workers = 4, no_cache = 0, tls13_stateful = 0;
     const char *id_prefix = NULL, *groups = NULL;
     unsigned long session_timeout = 0;
-    const char *remote_url = NULL, *remote_key = NULL;
+    const char *remote_url = NULL, *remote_key = NULL, *remote_ca = NULL;
+    int remote_cluster = 0;
     unsigned long remote_timeout_ms = 0, remote_backoff_ms = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -395,6 +400,8 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--remote-key") && v) remote_key = argv[++i];
         else if (!strcmp(a, "--remote-timeout-ms") && v) remote_timeout_ms = strtoul(argv[++i], NULL, 10);
         else if (!strcmp(a, "--remote-backoff-ms") && v) remote_backoff_ms = strtoul(argv[++i], NULL, 10);
+        else if (!strcmp(a, "--remote-ca") && v) remote_ca = argv[++i];
+        else if (!strcmp(a, "--remote-cluster")) remote_cluster = 1;
         else usage(argv[0]);
     }
     if (!listen_spec || !cert || !key || workers < 1 || workers > MAX_WORKERS || (no_cache && cache_path) ||
@@ -445,6 +452,8 @@ int main(int argc, char **argv)
             opts.remote_timeout_ms = (uint32_t)remote_timeout_ms;
         if (remote_backoff_ms)
             opts.remote_backoff_ms = (uint32_t)remote_backoff_ms;
+        opts.remote_ca_file = remote_ca;
+        opts.remote_cluster = (uint32_t)remote_cluster;
         if (shmsess_cache_create(&opts, &cache) != SHMSESS_OK) {
             fprintf(stderr, "prefork_server: cannot create the session cache: %s\n", shmsess_last_error());
             return 1;

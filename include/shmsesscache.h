@@ -140,24 +140,37 @@ typedef struct shmsess_options {
   uint32_t session_id_prefix_len;
   // NULL (default): one host. Otherwise the second tier shared by several hosts, e.g.
   // `redis://127.0.0.1:6379/0` or `redis://user:password@10.0.0.5:6379/2` (AUTH and SELECT
-  // on connect; use an IP address: name lookups are not bounded by the timeout). Each
-  // process connects lazily, after fork. Requires `remote_key_file`. Copied at creation.
+  // on connect; a host name is looked up within `remote_timeout_ms`; `rediss://` for TLS).
+  // Each process connects lazily, after fork, and starts one writer thread on its first new
+  // session: stores and removals are queued, never waited for by the handshake. Requires
+  // `remote_key_file`. Copied at creation.
   // Used by the session callbacks `shmsess_install` sets; `shmsess_cache_store`, `_lookup`,
   // `_remove` and `_iterate` stay on the local segment.
   // (Fields from here on added in 0.3.)
   const char *remote_url;
   // Key file for the second tier: one AES-256 key per line, 64 hex digits (`openssl rand
-  // -hex 32`); the first seals, later ones are still accepted (rotation). Must be owned by
+  // -hex 32`); the first seals, later ones are still accepted (rotation). A file of exactly
+  // 32 raw bytes is one key. Must be owned by
   // the user creating the cache and mode 0600; read once, at creation.
   const char *remote_key_file;
   // Prefix of the Redis keys (NULL: "shmsess:"); keys are the prefix and the id in hex.
   const char *remote_key_prefix;
-  // Longest a remote operation may take, connect included, in ms (0: 25 ms). A slower or
-  // unreachable store costs a handshake at most this much per operation.
+  // Longest a remote operation may take in ms (0: 25 ms): one deadline for name lookup,
+  // connect, AUTH, SELECT, command and reply together. A slower or unreachable store costs
+  // a handshake at most this much per operation.
   uint32_t remote_timeout_ms;
   // After 3 failed remote operations in a row, a process skips the tier for this long, in
   // ms, then tries again by itself (0: 2000 ms).
   uint32_t remote_backoff_ms;
+  // For a `rediss://` `remote_url`: PEM file of the CA certificate(s) Redis's certificate
+  // must chain to; its name (or IP address) must match the URL's host. NULL: the system's
+  // CA store. Refused with a `redis://` URL. Read once, at creation. (Added in 0.4.)
+  const char *remote_ca_file;
+  // Nonzero: `remote_url` is a seed node of a Redis Cluster (database 0). The slot map is
+  // read with CLUSTER SLOTS, each key goes to the master serving its slot, MOVED and ASK
+  // are followed (within the operation's deadline), and the map is read again after a
+  // redirection or a failed node. Nodes must announce IP addresses. (Added in 0.4.)
+  uint32_t remote_cluster;
 } shmsess_options;
 
 // Statistics of a cache (all processes together). Counters only grow.
@@ -255,6 +268,11 @@ typedef struct shmsess_stats {
   // segment file.
   uint64_t lock_resets;
   uint64_t lock_refused_owner;
+  // Second tier (version 4): TLS 1.3 tickets found locally while Redis could not confirm
+  // they were unused (resumed without early data); writes (new sessions, removals) that
+  // never reached Redis (queue full, or the tier down or backing off).
+  uint64_t remote_unconfirmed;
+  uint64_t remote_dropped;
 } shmsess_stats;
 
 // Called by `shmsess_cache_iterate` with each live entry: its id, its bytes (both valid only

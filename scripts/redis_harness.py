@@ -4,41 +4,84 @@ Its configuration file, working directory and log live in a temporary directory;
 persisted (no RDB, no AOF). Readiness is the server's own "Ready to accept connections" line.
 """
 
+import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
 
-from prefork_harness import free_port
+from prefork_harness import free_port, one_request
 
 READY_TIMEOUT = 15.0
 
 
-class Redis:
-    """`with Redis(password="pw") as r: ... r.url ... r.cli("KEYS", "*")`."""
+def make_ca(directory, name, hosts=("127.0.0.1", "localhost")):
+    """A throw-away CA and a server certificate it signs for `hosts` (IP and DNS SANs), made
+    with the openssl command. Returns (ca.pem, server.pem, server.key) paths."""
+    ca, ca_key = os.path.join(directory, f"{name}-ca.pem"), os.path.join(directory, f"{name}-ca.key")
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+             "-subj", f"/CN={name} test CA", "-keyout", ca_key, "-out", ca)
+    return (ca, *server_cert(directory, name, ca, hosts))
 
-    def __init__(self, password=None, port=None):
+
+def server_cert(directory, name, ca, hosts):
+    """A server certificate for `hosts` signed by the CA `ca` made by make_ca (its key is next
+    to it). Returns (server.pem, server.key)."""
+    crt, key = os.path.join(directory, f"{name}-server.pem"), os.path.join(directory, f"{name}-server.key")
+    csr, ext = os.path.join(directory, f"{name}.csr"), os.path.join(directory, f"{name}.ext")
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=redis",
+             "-keyout", key, "-out", csr)
+    sans = ",".join(("IP:" if h[0].isdigit() else "DNS:") + h for h in hosts)
+    with open(ext, "w") as f:
+        f.write(f"subjectAltName={sans}\n")
+    _openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca[:-len(".pem")] + ".key", "-CAcreateserial",
+             "-days", "2", "-extfile", ext, "-out", crt)
+    return crt, key
+
+
+def _openssl(*args):
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+class Redis:
+    """`with Redis(password="pw") as r: ... r.url ... r.cli("KEYS", "*")`. With
+    `tls=(ca, cert, key)` it listens only with TLS (`tls-port`) and `url` is `rediss://`."""
+
+    def __init__(self, password=None, port=None, tls=None, extra=""):
         self.password = password
         self.port = port or free_port()
+        self.tls = tls
+        self.extra = extra
         self.dir = tempfile.mkdtemp(prefix="shmsess-redis-")
         self.proc = None
 
+    def url_for(self, host="127.0.0.1"):
+        auth = f"default:{self.password}@" if self.password else ""
+        return f"{'rediss' if self.tls else 'redis'}://{auth}{host}:{self.port}/0"
+
     @property
     def url(self):
-        auth = f"default:{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return self.url_for()
 
     def start(self):
         conf = os.path.join(self.dir, "redis.conf")
         with open(conf, "w") as f:
-            f.write(f"bind 127.0.0.1\nport {self.port}\ndir {self.dir}\nsave \"\"\nappendonly no\n"
+            if self.tls:
+                ca, cert, key = self.tls
+                f.write(f"port 0\ntls-port {self.port}\ntls-cert-file {cert}\ntls-key-file {key}\n"
+                        f"tls-ca-cert-file {ca}\ntls-auth-clients no\n")
+            else:
+                f.write(f"port {self.port}\n")
+            f.write(f"bind 127.0.0.1\ndir {self.dir}\nsave \"\"\nappendonly no\n"
                     "daemonize no\nprotected-mode yes\nlogfile \"\"\nloglevel notice\n"
                     # Sessions must not be evicted for other data: expire only by their TTL.
                     "maxmemory-policy noeviction\n")
             if self.password:
                 f.write(f"requirepass {self.password}\n")
+            f.write(self.extra)
         os.chmod(conf, 0o600)
         self.proc = subprocess.Popen(["redis-server", conf], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, start_new_session=True)
@@ -58,6 +101,8 @@ class Redis:
 
     def cli(self, *args):
         cmd = ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port)]
+        if self.tls:
+            cmd += ["--tls", "--cacert", self.tls[0]]
         if self.password:
             cmd += ["-a", self.password, "--no-auth-warning"]
         out = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=20)
@@ -94,3 +139,79 @@ class Redis:
     def __exit__(self, *exc):
         self.stop()
         self.cleanup()
+
+
+class Cluster:
+    """A throw-away Redis Cluster of `masters` nodes on 127.0.0.1 (no replicas), created with
+    `redis-cli --cluster create`; ready once every node reports cluster_state:ok.
+    `with Cluster() as c: ... c.url ... c.nodes[2].stop()`."""
+
+    def __init__(self, masters=3):
+        # A cache: the masters left keep serving their slots when one fails.
+        conf = ("cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 1000\n"
+                "cluster-require-full-coverage no\n")
+        # An explicit bus port: the default (port + 10000) needs ports below 55536.
+        self.nodes = [Redis(extra=conf + f"cluster-port {free_port()}\n") for _ in range(masters)]
+
+    @property
+    def url(self):
+        return self.nodes[0].url
+
+    def __enter__(self):
+        try:
+            for n in self.nodes:
+                n.start()
+            subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
+                            "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+            deadline = time.monotonic() + READY_TIMEOUT
+            while not all("cluster_state:ok" in n.cli("CLUSTER", "INFO") for n in self.nodes):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the cluster did not reach cluster_state:ok")
+                time.sleep(0.05)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for n in self.nodes:
+            n.stop()
+            n.cleanup()
+
+
+# Longest wait for a host's writer thread to store a new session (normally a millisecond).
+SETTLE_S = 5.0
+
+
+def seg_stats(cli, seg):
+    """The statistics of a named segment, from `shmsesscache stat --json`."""
+    out = subprocess.run([cli, "stat", "--json", seg], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def writes_done(cli, seg):
+    """Remote writes a host has finished: stored or dropped (queued writes are neither yet)."""
+    st = seg_stats(cli, seg)
+    return st["remote_stores"] + st.get("remote_dropped", 0)
+
+
+def wait_writes(cli, seg, at_least):
+    """Wait until the host has finished `at_least` remote writes; the readiness signal is the
+    counter, bounded by SETTLE_S. Returns the count."""
+    deadline = time.monotonic() + SETTLE_S
+    n = writes_done(cli, seg)
+    while n < at_least and time.monotonic() < deadline:
+        time.sleep(0.002)
+        n = writes_done(cli, seg)
+    return n
+
+
+def request_settled(cli, seg, port, ctx, session=None):
+    """one_request, then, if it made a new session (a full handshake, or any TLS 1.3 one: a new
+    ticket), wait until the host's writer has stored it (or dropped it): stores are queued off
+    the handshake path."""
+    before = writes_done(cli, seg)
+    r = one_request(port, ctx, session)
+    if not r[0] or ctx.maximum_version == ssl.TLSVersion.TLSv1_3:
+        wait_writes(cli, seg, before + 1)
+    return r

@@ -133,24 +133,37 @@ pub struct shmsess_options {
     pub session_id_prefix_len: u32,
     /// NULL (default): one host. Otherwise the second tier shared by several hosts, e.g.
     /// `redis://127.0.0.1:6379/0` or `redis://user:password@10.0.0.5:6379/2` (AUTH and SELECT
-    /// on connect; use an IP address: name lookups are not bounded by the timeout). Each
-    /// process connects lazily, after fork. Requires `remote_key_file`. Copied at creation.
+    /// on connect; a host name is looked up within `remote_timeout_ms`; `rediss://` for TLS).
+    /// Each process connects lazily, after fork, and starts one writer thread on its first new
+    /// session: stores and removals are queued, never waited for by the handshake. Requires
+    /// `remote_key_file`. Copied at creation.
     /// Used by the session callbacks `shmsess_install` sets; `shmsess_cache_store`, `_lookup`,
     /// `_remove` and `_iterate` stay on the local segment.
     /// (Fields from here on added in 0.3.)
     pub remote_url: *const c_char,
     /// Key file for the second tier: one AES-256 key per line, 64 hex digits (`openssl rand
-    /// -hex 32`); the first seals, later ones are still accepted (rotation). Must be owned by
+    /// -hex 32`); the first seals, later ones are still accepted (rotation). A file of exactly
+    /// 32 raw bytes is one key. Must be owned by
     /// the user creating the cache and mode 0600; read once, at creation.
     pub remote_key_file: *const c_char,
     /// Prefix of the Redis keys (NULL: "shmsess:"); keys are the prefix and the id in hex.
     pub remote_key_prefix: *const c_char,
-    /// Longest a remote operation may take, connect included, in ms (0: 25 ms). A slower or
-    /// unreachable store costs a handshake at most this much per operation.
+    /// Longest a remote operation may take in ms (0: 25 ms): one deadline for name lookup,
+    /// connect, AUTH, SELECT, command and reply together. A slower or unreachable store costs
+    /// a handshake at most this much per operation.
     pub remote_timeout_ms: u32,
     /// After 3 failed remote operations in a row, a process skips the tier for this long, in
     /// ms, then tries again by itself (0: 2000 ms).
     pub remote_backoff_ms: u32,
+    /// For a `rediss://` `remote_url`: PEM file of the CA certificate(s) Redis's certificate
+    /// must chain to; its name (or IP address) must match the URL's host. NULL: the system's
+    /// CA store. Refused with a `redis://` URL. Read once, at creation. (Added in 0.4.)
+    pub remote_ca_file: *const c_char,
+    /// Nonzero: `remote_url` is a seed node of a Redis Cluster (database 0). The slot map is
+    /// read with CLUSTER SLOTS, each key goes to the master serving its slot, MOVED and ASK
+    /// are followed (within the operation's deadline), and the map is read again after a
+    /// redirection or a failed node. Nodes must announce IP addresses. (Added in 0.4.)
+    pub remote_cluster: u32,
 }
 
 /// Statistics of a cache (all processes together). Counters only grow.
@@ -252,6 +265,11 @@ pub struct shmsess_stats {
     /// segment file.
     pub lock_resets: u64,
     pub lock_refused_owner: u64,
+    /// Second tier (version 4): TLS 1.3 tickets found locally while Redis could not confirm
+    /// they were unused (resumed without early data); writes (new sessions, removals) that
+    /// never reached Redis (queue full, or the tier down or backing off).
+    pub remote_unconfirmed: u64,
+    pub remote_dropped: u64,
 }
 
 /// Version of `shmsess_stats` this library fills (`version` field).
@@ -393,6 +411,8 @@ fn default_options() -> shmsess_options {
         remote_key_prefix: std::ptr::null(),
         remote_timeout_ms: crate::remote::DEFAULT_TIMEOUT.as_millis() as u32,
         remote_backoff_ms: crate::remote::DEFAULT_BACKOFF.as_millis() as u32,
+        remote_ca_file: std::ptr::null(),
+        remote_cluster: 0,
     }
 }
 
@@ -462,7 +482,7 @@ const OPTIONS_LEGACY_INIT: u32 = 0x8000_0000 | OPTIONS_V1_BYTES as u32;
 
 /// Offset and size of every field of `shmsess_options`, in order: a `struct_size` that ends
 /// inside a field leaves that field out rather than reading half a pointer.
-const OPTIONS_FIELDS: [(usize, usize); 16] = {
+const OPTIONS_FIELDS: [(usize, usize); 18] = {
     use std::mem::{offset_of, size_of};
     type O = shmsess_options;
     [
@@ -482,6 +502,8 @@ const OPTIONS_FIELDS: [(usize, usize); 16] = {
         (offset_of!(O, remote_key_prefix), size_of::<*const c_char>()),
         (offset_of!(O, remote_timeout_ms), 4),
         (offset_of!(O, remote_backoff_ms), 4),
+        (offset_of!(O, remote_ca_file), size_of::<*const c_char>()),
+        (offset_of!(O, remote_cluster), 4),
     ]
 };
 
@@ -681,11 +703,17 @@ fn remote_from(o: &shmsess_options) -> Result<Option<Remote>, Fail> {
             Duration::from_millis(u64::from(v))
         }
     };
+    // Fields the caller's struct does not have are zero in `o` (see read_options): absent.
+    let ca_file = text(o.remote_ca_file, "remote_ca_file")?;
+    let cluster = o.remote_cluster != 0;
     let remote = Remote::new(RemoteConfig {
         url,
+        ca_file,
         prefix,
         timeout: ms(o.remote_timeout_ms, crate::remote::DEFAULT_TIMEOUT),
         backoff: ms(o.remote_backoff_ms, crate::remote::DEFAULT_BACKOFF),
+        compat: crate::remote::Compat::Detect,
+        cluster,
         keys,
     })?;
     Ok(Some(remote))
@@ -846,6 +874,8 @@ pub fn to_c_stats(s: &Stats, a: &Ages, now: u32) -> shmsess_stats {
         anti_replay_skipped: s.anti_replay_skipped,
         lock_resets: s.lock_resets,
         lock_refused_owner: s.lock_refused_owner,
+        remote_unconfirmed: s.remote.unconfirmed,
+        remote_dropped: s.remote.dropped,
     }
 }
 
@@ -917,6 +947,8 @@ stats_fields!(
     anti_replay_skipped,
     lock_resets,
     lock_refused_owner,
+    remote_unconfirmed,
+    remote_dropped,
 );
 
 /// Number of numeric fields `shmsess_stats_field` can name (in this library version).

@@ -23,7 +23,7 @@ use crate::cache::{Cache, Found};
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{MAX_ID_LEN, MAX_SESSION_BYTES};
 use crate::log::{self, Level};
-use crate::remote::{Fetched, Remote};
+use crate::remote::{Fetched, Remote, Taken};
 
 /// Symbols libssl.so.3 exports that openssl-sys does not declare.
 mod extra {
@@ -109,6 +109,14 @@ impl Handle {
     pub fn with_remote(mut self, remote: Option<Remote>) -> Handle {
         self.remote = remote;
         self
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // The remote tier's writer thread counts into the segment: stop it (it finishes its
+        // batch, bounded by the remote timeout) before `cache` unmaps the segment.
+        drop(self.remote.take());
     }
 }
 
@@ -332,8 +340,8 @@ fn fetch_session(h: &Handle, ssl: *mut SSL, id: &[u8]) -> Option<*mut SSL_SESSIO
         // The ClientHello after a HelloRetryRequest offers the ticket its first one took. It
         // may name another host than the first did: the name is checked again.
         if let Some(mut parked) = crate::tls::parked::take_back(ssl, id) {
-            let put_back = Some(parked.times());
-            let sess = accept_session(h, ssl, id, parked.der_mut(), false, put_back);
+            let times = parked.times();
+            let sess = accept_session(h, ssl, id, parked.der_mut(), times, true, false);
             if sess.is_some() {
                 h.cache.globals().hrr_resumed.fetch_add(1, Relaxed);
             }
@@ -364,67 +372,96 @@ fn fetch_session(h: &Handle, ssl: *mut SSL, id: &[u8]) -> Option<*mut SSL_SESSIO
         }
         _ => None,
     };
+    let remote_take = h.remote.as_ref().filter(|_| take);
     match (local, &h.remote) {
-        (Some((der, created, expires)), remote) => {
-            // A ticket found here may have been resumed on another host already (its copy in
-            // the remote tier is gone): it is consumed fleet-wide by deleting that copy, and
-            // refused if somebody else did. If the tier cannot be asked, local single use is
-            // what is left.
-            if let Some(r) = remote.as_ref().filter(|_| take) {
-                if r.delete(&h.cache.globals().remote, id) == Some(false) {
-                    h.cache
-                        .globals()
-                        .remote
-                        .replays_refused
-                        .fetch_add(1, Relaxed);
-                    crate::util::wipe(der);
-                    return None;
-                }
-            }
-            let put_back = take.then_some((created, expires));
-            let sess = accept_session(h, ssl, id, der, take, put_back);
+        (Some((der, created, expires)), _) => {
+            // The name check comes first: a ticket offered for another host goes back
+            // untouched, here and in the remote tier.
+            let sess = accept_session(h, ssl, id, der, (created, expires), take, take);
             crate::util::wipe(der);
-            sess
+            match (sess, remote_take) {
+                (Some(s), Some(r)) => consume_remotely(h, r, ssl, s, id, expires),
+                (sess, _) => sess,
+            }
         }
         (None, Some(r)) => {
             let now = crate::util::now_unix();
-            let Fetched::Hit(mut o) = r.fetch(&h.cache.globals().remote, id, take, now) else {
+            // A TLS 1.3 ticket is read first and consumed only once its name is checked: a
+            // consumed one could not be put back (stores never overwrite a tombstone).
+            let Fetched::Hit(mut o) = r.fetch(&h.cache.globals().remote, id, false, now) else {
                 return None;
             };
             if !take {
                 // The next resumption on this host is a local hit.
                 let _ = h.cache.store(id, &o.der, o.created, o.expires);
             }
-            let put_back = take.then_some((o.created, o.expires));
-            accept_session(h, ssl, id, &mut o.der, take, put_back)
+            let sess = accept_session(h, ssl, id, &mut o.der, (o.created, o.expires), false, take)?;
+            match remote_take {
+                Some(r) => consume_remotely(h, r, ssl, sess, id, o.expires),
+                None => Some(sess),
+            }
         }
         (None, None) => None,
     }
 }
 
+/// A TLS 1.3 ticket about to resume on this host may have been resumed on another already: it
+/// is consumed fleet-wide by swapping its remote copy for a tombstone, and refused if the
+/// tombstone was there already (see `remote::Taken`).
+fn consume_remotely(
+    h: &Handle,
+    r: &Remote,
+    ssl: *mut SSL,
+    sess: *mut SSL_SESSION,
+    id: &[u8],
+    expires: u32,
+) -> Option<*mut SSL_SESSION> {
+    let now = crate::util::now_unix();
+    match r.take_local(&h.cache.globals().remote, id, expires, now) {
+        Taken::UsedElsewhere => {
+            h.cache.globals().remote.replays_refused.fetch_add(1, Relaxed);
+            crate::tls::parked::discard(ssl);
+            // SAFETY: we own the session d2i made.
+            unsafe { ossl::SSL_SESSION_free(sess) };
+            None
+        }
+        Taken::Unconfirmed => {
+            // Only this host's single use is known: no 0-RTT on it, so a replay of the ticket
+            // elsewhere during a partition cannot carry early data.
+            // SAFETY: the SSL OpenSSL passed to the get callback; early data is decided after
+            // the callback returns (final_early_data).
+            unsafe { ossl::SSL_set_max_early_data(ssl, 0) };
+            Some(sess)
+        }
+        Taken::Consumed | Taken::NeverStored => Some(sess),
+    }
+}
+
 /// The session in `der` if it may resume this handshake: it decodes and was made for the
-/// host this ClientHello names. A taken ticket is parked on the connection for a retried
-/// ClientHello; a refused one goes back into the cache (`put_back`: its created and expiry
-/// times), since it was not used. The caller wipes `der`.
+/// host this ClientHello names. With `park`, the ticket (created and expiry `times`) is kept on
+/// the connection for a ClientHello retried after a HelloRetryRequest; with `put_back`, a
+/// refused one goes back into the local cache, since it was taken from there but not used.
+/// The caller wipes `der`.
 fn accept_session(
     h: &Handle,
     ssl: *mut SSL,
     id: &[u8],
     der: &mut [u8],
-    taken: bool,
-    put_back: Option<(u32, u32)>,
+    times: (u32, u32),
+    put_back: bool,
+    park: bool,
 ) -> Option<*mut SSL_SESSION> {
     let sess = decode(h, id, der)?;
     if !crate::tls::sni::same_host(ssl, sess) {
         // SAFETY: we own the session d2i made.
         unsafe { ossl::SSL_SESSION_free(sess) };
         h.cache.globals().sni_mismatch.fetch_add(1, Relaxed);
-        if let Some((created, expires)) = put_back {
-            let _ = h.cache.store(id, der, created, expires);
+        if put_back {
+            let _ = h.cache.store(id, der, times.0, times.1);
         }
         return None;
     }
-    if let (true, Some(times)) = (taken, put_back) {
+    if park {
         crate::tls::parked::park(ssl, id, der, times);
     }
     Some(sess)
@@ -502,7 +539,8 @@ pub unsafe extern "C" fn remove_session_cb(ctx: *mut SSL_CTX, sess: *mut SSL_SES
             }
             let _ = h.cache.remove(id);
             if let Some(r) = &h.remote {
-                r.delete(&h.cache.globals().remote, id);
+                // Queued: OpenSSL may hold the SSL_CTX lock here, so no network I/O.
+                r.remove(&h.cache.globals().remote, id);
             }
         });
     }));

@@ -139,7 +139,7 @@ pub struct Globals {
     pub recovery_word: AtomicU64,
     /// Zero in segments made before these counters existed, so using reserved space for new
     /// counters keeps the layout (and its version) unchanged.
-    pub reserved: [AtomicU64; 7],
+    pub reserved: [AtomicU64; 5],
 }
 
 /// What the second tier did (see `remote.rs`). Carved out of `Globals::reserved`.
@@ -161,6 +161,12 @@ pub struct RemoteCounters {
     pub rejected: AtomicU64,
     /// TLS 1.3 tickets found locally but already consumed on another host: not resumed.
     pub replays_refused: AtomicU64,
+    /// TLS 1.3 tickets found locally while Redis could not confirm they were unused: resumed
+    /// without early data. (Carved out of `reserved`, like the one below.)
+    pub unconfirmed: AtomicU64,
+    /// Writes (new sessions, removals) that never reached Redis: the per-process queue was
+    /// full, or the tier failed or was backing off when they were sent.
+    pub dropped: AtomicU64,
 }
 
 /// A reading of [`RemoteCounters`].
@@ -174,6 +180,8 @@ pub struct RemoteStats {
     pub skipped: u64,
     pub rejected: u64,
     pub replays_refused: u64,
+    pub unconfirmed: u64,
+    pub dropped: u64,
 }
 
 impl RemoteCounters {
@@ -188,6 +196,8 @@ impl RemoteCounters {
             skipped: l(&self.skipped),
             rejected: l(&self.rejected),
             replays_refused: l(&self.replays_refused),
+            unconfirmed: l(&self.unconfirmed),
+            dropped: l(&self.dropped),
         }
     }
 }

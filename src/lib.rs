@@ -14,6 +14,8 @@
 //! - [`dumpfile`]: the file format of `shmsesscache dump` / `load`;
 //! - [`seal`]: AES-256-GCM sealing of sessions that leave the host;
 //! - [`remote`]: the optional second tier in Redis, for several hosts.
+//! - [`resp`]: the small Redis client under one deadline per operation that `remote` uses.
+//! - [`resp_tls`]: TLS for it (`rediss://`), OpenSSL on memory BIOs.
 //!
 //! The `shmsesscache` command-line tool is `src/bin/shmsesscache/`.
 
@@ -28,6 +30,8 @@ pub mod layout;
 pub mod lock;
 pub mod log;
 pub mod remote;
+pub mod resp;
+pub mod resp_tls;
 pub mod seal;
 pub mod segment;
 pub mod shard;

@@ -3,7 +3,8 @@
 //! tier; this one is asked only on a local miss, written on every new session.
 //!
 //! Rules that keep it from hurting handshakes:
-//! - every operation is bounded by one timeout (connect, AUTH/SELECT, command);
+//! - every operation is bounded by one deadline (name lookup, connect, AUTH/SELECT, command
+//!   and reply together; see [`crate::resp`]) and every reply by [`REPLY_CAP`];
 //! - after [`Breaker::TRIP_AFTER`] failures in a row a process skips the tier for the back-off
 //!   period, then tries again by itself;
 //! - a failure is never an error for the handshake: it is a miss (or, for a store, nothing);
@@ -11,15 +12,29 @@
 //!   drops what it inherited) and to one operation at a time (a small idle pool per process);
 //! - a connection that saw any error is dropped: after a timeout its late reply would
 //!   otherwise be read as the answer to the next command.
+//! - writes (new sessions, removals) never run on the handshake or in OpenSSL's callbacks:
+//!   they are queued for a writer thread per process (bounded; drops counted);
+//! - a used TLS 1.3 ticket leaves a tombstone in Redis until it would have expired, so single
+//!   use does not depend on whether (or when) its store reached Redis (see [`Taken`]);
+//! - Redis < 6.2 gets the same atomic swaps as Lua scripts; Redis Cluster is routed by slot.
 
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Mutex;
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::RemoteCounters;
 use crate::log::{self, Level};
+use crate::resp::{
+    self, Begun, Conn, Deadline, Failure, Reply, Resolver, Target, Version, URL_FORM,
+};
+use crate::resp_tls::{ClientCtx, TlsStream};
 use crate::seal::{Keyring, Opened};
+
+type FResult<T> = std::result::Result<T, Failure>;
 
 /// Default bound on one remote operation.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(25);
@@ -31,11 +46,18 @@ pub const DEFAULT_PREFIX: &str = "shmsess:";
 const MAX_IDLE: usize = 8;
 
 pub struct RemoteConfig {
-    /// `redis://[user:password@]host:port/db` (AUTH and SELECT are done on connect).
+    /// `redis[s]://[user:password@]host:port/db` (AUTH and SELECT are done on connect).
     pub url: String,
+    /// For `rediss://`: PEM file of the CA(s) Redis's certificate must chain to (`None`: the
+    /// system's CA store).
+    pub ca_file: Option<String>,
     pub prefix: String,
     pub timeout: Duration,
     pub backoff: Duration,
+    /// How single-use swaps are spelled (default: by the server's version).
+    pub compat: Compat,
+    /// Redis Cluster: the URL is a seed node; keys go to the node serving their slot.
+    pub cluster: bool,
     pub keys: Keyring,
 }
 
@@ -81,22 +103,232 @@ impl Breaker {
     }
 }
 
-/// An idle connection of this process, with the full timeout set on it.
-struct Pooled(redis::Connection);
-
 struct ProcessState {
     pid: u32,
-    idle: Vec<Pooled>,
+    /// Idle connections of this process, each done with its last operation.
+    idle: Vec<Link>,
     breaker: Breaker,
+    resolver: Resolver,
+    /// Writes waiting for this process's writer thread, and their bytes.
+    queue: VecDeque<Job>,
+    queued_bytes: usize,
+    /// Writes the writer has taken from the queue and not finished yet.
+    in_flight: usize,
+    /// The writer sleeps on `wake` (a write must wake it).
+    writer_waiting: bool,
+    /// This process's writer thread, started by the first queued write.
+    writer: Option<JoinHandle<()>>,
+    /// Where the writer counts (the segment's counters; it is stopped before they go away).
+    counters: Option<Counters>,
+    closing: bool,
+    /// Redis Cluster: which node serves which slots (fetched lazily, refreshed when stale).
+    slots: Option<SlotMap>,
+}
+
+/// The slot ranges of a cluster and their masters, from CLUSTER SLOTS.
+struct SlotMap {
+    ranges: Vec<(u16, u16, SocketAddr)>,
+    fetched: Instant,
+    /// A node failed or redirected: fetch the map again before the next routing.
+    stale: bool,
+}
+
+impl SlotMap {
+    /// Refetched this often even without trouble (new nodes, resharding).
+    const MAX_AGE: Duration = Duration::from_secs(30);
+
+    fn node(&self, slot: u16) -> Option<SocketAddr> {
+        self.ranges
+            .iter()
+            .find(|r| r.0 <= slot && slot <= r.1)
+            .map(|r| r.2)
+    }
+
+    fn usable(&self) -> bool {
+        !self.stale && self.fetched.elapsed() < Self::MAX_AGE
+    }
+
+    /// From a CLUSTER SLOTS reply: `[[start, end, [ip, port, ...], replicas...], ...]`.
+    fn parse(r: Reply, seed: IpAddr) -> FResult<SlotMap> {
+        let bad = || Failure::Protocol("unexpected CLUSTER SLOTS reply");
+        let Reply::Array(Some(items)) = r else {
+            return Err(bad());
+        };
+        let mut ranges = Vec::with_capacity(items.len());
+        for item in items {
+            let Reply::Array(Some(f)) = item else {
+                return Err(bad());
+            };
+            let (Some(Reply::Int(a)), Some(Reply::Int(b)), Some(Reply::Array(Some(node)))) =
+                (f.first(), f.get(1), f.get(2))
+            else {
+                return Err(bad());
+            };
+            let (Some(Reply::Bulk(Some(ip))), Some(Reply::Int(port))) = (node.first(), node.get(1))
+            else {
+                return Err(bad());
+            };
+            // An empty IP means "the address you reached me on": the seed's.
+            let ip = if ip.is_empty() {
+                seed
+            } else {
+                std::str::from_utf8(ip)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or(Failure::Protocol(
+                        "a cluster node announced a host name: announce IP addresses",
+                    ))?
+            };
+            let (a, b, port) = (u16::try_from(*a), u16::try_from(*b), u16::try_from(*port));
+            let (Ok(a), Ok(b), Ok(port)) = (a, b, port) else {
+                return Err(bad());
+            };
+            ranges.push((a, b, SocketAddr::new(ip, port)));
+        }
+        Ok(SlotMap {
+            ranges,
+            fetched: Instant::now(),
+            stale: false,
+        })
+    }
+}
+
+/// Redis Cluster's slot of a key: CRC16 (XMODEM) of the key, or of its `{hash tag}`, mod 16384.
+pub fn hash_slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|i| {
+            let rest = &key[i + 1..];
+            rest.iter()
+                .position(|&b| b == b'}')
+                .filter(|&j| j > 0)
+                .map(|j| &rest[..j])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &b in tagged {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc & 0x3fff
+}
+
+/// A connection and what its server understands.
+struct Link {
+    conn: Conn,
+    dialect: Dialect,
+    /// The node it is connected to (cluster routing picks pooled links by it).
+    addr: Option<SocketAddr>,
+}
+
+/// How single-use swaps are spelled on a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dialect {
+    /// Redis 6.2 and later (and Valkey): `SET key value GET` returns the old value atomically.
+    Native,
+    /// Older servers: the same swap as a Lua script (EVAL, Redis 2.6 and later).
+    Scripts,
+}
+
+/// Which [`Dialect`] to use: the server's version decides, unless the configuration forces
+/// the scripts (a proxy that misreports its version; tests of the fallback).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Compat {
+    #[default]
+    Detect,
+    Scripts,
+}
+
+/// A write for the writer thread.
+enum Job {
+    /// Seal, then `SET key sealed PX ttl NX` (sealing is the writer's work too: it is most of
+    /// what a store costs on this side).
+    Store {
+        id: Vec<u8>,
+        /// The session DER (it holds the master secret: wiped when the job is dropped).
+        der: Vec<u8>,
+        created: u32,
+        expires: u32,
+        ttl_ms: u64,
+    },
+    /// The session was removed here: turn its value into a tombstone, if it is there.
+    Remove { key: Vec<u8> },
+}
+
+impl Job {
+    fn bytes(&self) -> usize {
+        match self {
+            Job::Store { id, der, .. } => 2 * id.len() + der.len() + crate::seal::OVERHEAD + 64,
+            Job::Remove { key } => key.len() + 64,
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Job::Store { der, .. } = self {
+            crate::util::wipe(der);
+        }
+    }
+}
+
+/// The segment's counters, for the writer thread.
+#[derive(Clone, Copy)]
+struct Counters(*const RemoteCounters);
+// SAFETY: atomics in a mapping that outlives the writer (Remote's Drop joins it, and the
+// handle drops its Remote before its Cache).
+unsafe impl Send for Counters {}
+
+/// The value a used (or removed) session's key holds until the session would have expired:
+/// a later swap sees it and refuses the ticket. Shorter than any sealed value, so it never
+/// opens as one.
+pub const TOMBSTONE: &[u8] = b"SSR1:used";
+
+/// Swap in a tombstone, creating it if the key is missing (PX ARGV[2] ms); returns the old
+/// value. For servers without `SET ... GET`.
+const SWAP_SCRIPT: &[u8] = b"local v = redis.call('GET', KEYS[1]) \
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return v";
+/// Swap in a tombstone only if the key exists, keeping its expiry; returns the old value.
+const SWAP_EXISTING_SCRIPT: &[u8] = b"local v = redis.call('GET', KEYS[1]) \
+    if v then local t = redis.call('PTTL', KEYS[1]) \
+    if t > 0 then redis.call('SET', KEYS[1], ARGV[1], 'PX', t) \
+    else redis.call('SET', KEYS[1], ARGV[1]) end end return v";
+
+/// Most writes a process queues (a new session or a removal each); more are dropped, counted.
+const MAX_QUEUE: usize = 4096;
+/// Most bytes of queued writes per process.
+const MAX_QUEUE_BYTES: usize = 4 << 20;
+/// Most writes the writer sends in one pipelined batch.
+const BATCH: usize = 64;
+
+struct Shared {
+    target: Target,
+    /// Set for `rediss://`: every connection is TLS, verified with this context.
+    tls: Option<ClientCtx>,
+    prefix: String,
+    timeout: Duration,
+    compat: Compat,
+    cluster: bool,
+    keys: Keyring,
+    state: Mutex<ProcessState>,
+    /// Wakes the writer thread.
+    wake: Condvar,
 }
 
 pub struct Remote {
-    client: redis::Client,
-    prefix: String,
-    timeout: Duration,
-    keys: Keyring,
-    state: Mutex<ProcessState>,
+    shared: Arc<Shared>,
 }
+
+/// Largest bulk reply accepted: the largest sealed session. Anything bigger is not ours, and
+/// the connection is dropped before it is read.
+pub const REPLY_CAP: usize = crate::layout::MAX_SESSION_BYTES + crate::seal::OVERHEAD;
 
 /// What a remote lookup gave.
 pub enum Fetched {
@@ -106,178 +338,177 @@ pub enum Fetched {
     Unavailable,
 }
 
+/// What consuming a TLS 1.3 ticket found in this host's memory gave, fleet-wide.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// Its value was in Redis and is a tombstone now: this is the one use.
+    Consumed,
+    /// Redis never had it (its store failed, was dropped or is still queued; or Redis lost
+    /// it): no other host can have resumed it, and the tombstone left now keeps a late store
+    /// from putting it there.
+    NeverStored,
+    /// A tombstone: resumed (or removed) on some host already. Refuse it.
+    UsedElsewhere,
+    /// Redis could not be asked: single use is only known for this host. Resume it without
+    /// early data, so a replay during a partition cannot be 0-RTT.
+    Unconfirmed,
+}
+
 impl Remote {
     /// Parse the URL (nothing is connected yet: connections are made in the process that
     /// uses them, after fork).
     pub fn new(cfg: RemoteConfig) -> Result<Remote> {
-        use redis::IntoConnectionInfo;
         // The URL may hold a password: name the problem, not the URL.
-        if cfg.url.starts_with("rediss:") || cfg.url.starts_with("valkeys:") {
-            return Err(Error::new(
-                ErrorKind::Invalid,
-                "remote URL: TLS to Redis (rediss://) is not built in; use redis:// on a private \
-                 network or through a local TLS tunnel (values are sealed either way)",
-            ));
-        }
-        let bad = |e: redis::RedisError| {
+        let target = Target::parse(&cfg.url).map_err(|m| {
             Error::new(
                 ErrorKind::Invalid,
-                format!(
-                    "remote URL is not usable ({}): expected redis://[user:password@]host:port/db",
-                    kind_name(&e)
-                ),
+                format!("remote URL is not usable ({m}): expected {URL_FORM}"),
             )
+        })?;
+        let tls = match (target.tls, &cfg.ca_file) {
+            (true, ca) => Some(ClientCtx::new(ca.as_deref())?),
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(Error::new(
+                    ErrorKind::Invalid,
+                    "a remote CA file is given but the URL is redis://: use rediss:// for TLS",
+                ))
+            }
         };
-        let info = cfg.url.as_str().into_connection_info().map_err(bad)?;
-        // No CLIENT SETINFO on connect: each reply the setup waits for is another full
-        // timeout against a hung server (strace: AUTH plus two SETINFOs took 3 x the timeout).
-        let redis_info = info.redis_settings().clone().set_skip_set_lib_name();
-        let client = redis::Client::open(info.set_redis_settings(redis_info)).map_err(bad)?;
         if cfg.timeout.is_zero() {
             return Err(Error::new(ErrorKind::Invalid, "remote timeout is 0"));
         }
+        if cfg.cluster && target.db != 0 {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "remote URL: Redis Cluster has only database 0 (end the URL with /0 or nothing)",
+            ));
+        }
         Ok(Remote {
-            client,
-            prefix: cfg.prefix,
-            timeout: cfg.timeout,
-            keys: cfg.keys,
-            state: Mutex::new(ProcessState {
-                pid: std::process::id(),
-                idle: Vec::new(),
-                breaker: Breaker::new(cfg.backoff),
+            shared: Arc::new(Shared {
+                target,
+                tls,
+                prefix: cfg.prefix,
+                timeout: cfg.timeout,
+                compat: cfg.compat,
+                cluster: cfg.cluster,
+                keys: cfg.keys,
+                state: Mutex::new(ProcessState {
+                    pid: std::process::id(),
+                    idle: Vec::new(),
+                    breaker: Breaker::new(cfg.backoff),
+                    resolver: Resolver::default(),
+                    queue: VecDeque::new(),
+                    queued_bytes: 0,
+                    in_flight: 0,
+                    writer_waiting: false,
+                    writer: None,
+                    counters: None,
+                    closing: false,
+                    slots: None,
+                }),
+                wake: Condvar::new(),
             }),
         })
     }
 
-    fn key(&self, id: &[u8]) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut k = String::with_capacity(self.prefix.len() + 2 * id.len());
-        k.push_str(&self.prefix);
-        for &b in id {
-            k.push(HEX[usize::from(b >> 4)] as char);
-            k.push(HEX[usize::from(b & 15)] as char);
-        }
-        k
-    }
-
-    /// Run one command on a connection of this process, under the timeout and the breaker.
-    /// `None` if it was skipped or failed (counted either way).
-    fn run<T>(
+    /// Seal a new session and queue it for this process's writer thread (started now if it
+    /// is not running): the handshake does not wait for Redis. A full queue drops it,
+    /// counted in `dropped`.
+    pub fn store(
         &self,
         c: &RemoteCounters,
-        op: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> Option<T> {
-        let conn = {
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let pid = std::process::id();
-            if st.pid != pid {
-                // Forked: connections and failures belong to the parent. Dropping the copies
-                // closes only this process's descriptors.
-                st.idle.clear();
-                st.pid = pid;
-                st.breaker = Breaker::new(st.breaker.backoff);
-            }
-            if !st.breaker.allows(Instant::now()) {
-                c.skipped.fetch_add(1, Relaxed);
-                return None;
-            }
-            st.idle.pop()
-        };
-        let result = match conn {
-            Some(mut conn) => op(&mut conn.0).map(|v| (v, conn)),
-            None => self.connect_and_run(op),
-        };
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match result {
-            Ok((v, conn)) => {
-                if st.idle.len() < MAX_IDLE {
-                    st.idle.push(conn);
-                }
-                if st.breaker.success() {
-                    log::emit(Level::Info, "remote tier: working again");
-                }
-                Some(v)
-            }
-            Err(e) => {
-                if e.is_timeout() {
-                    c.timeouts.fetch_add(1, Relaxed);
-                } else {
-                    c.errors.fetch_add(1, Relaxed);
-                }
-                if st.breaker.failure(Instant::now()) {
-                    log::emit(
-                        Level::Warning,
-                        &format!(
-                            "remote tier: {} failures in a row (last: {}); skipping it for {} ms",
-                            Breaker::TRIP_AFTER,
-                            describe(&e),
-                            st.breaker.backoff.as_millis()
-                        ),
-                    );
-                }
-                None
-            }
+        id: &[u8],
+        der: &[u8],
+        created: u32,
+        expires: u32,
+        now: u32,
+    ) {
+        if let Some(job) = self.store_job(id, der, created, expires, now) {
+            self.shared.enqueue(c, job);
         }
     }
 
-    /// Connect (AUTH and SELECT included) and run `op` within one timeout in all, so a
-    /// handshake waits at most `timeout` per remote operation even when it has to connect.
-    fn connect_and_run<T>(
+    /// [`Remote::store`] on the caller's thread, waiting for Redis (benchmarks and tests).
+    pub fn store_now(
         &self,
-        op: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> redis::RedisResult<(T, Pooled)> {
-        let start = Instant::now();
-        let mut conn = self.client.get_connection_with_timeout(self.timeout)?;
-        let left = self
-            .timeout
-            .checked_sub(start.elapsed())
-            .filter(|d| !d.is_zero())
-            .unwrap_or(Duration::from_millis(1));
-        conn.set_read_timeout(Some(left))?;
-        conn.set_write_timeout(Some(left))?;
-        let v = op(&mut conn)?;
-        // Pooled connections carry the full timeout for their next operation.
-        conn.set_read_timeout(Some(self.timeout))?;
-        conn.set_write_timeout(Some(self.timeout))?;
-        Ok((v, Pooled(conn)))
+        c: &RemoteCounters,
+        id: &[u8],
+        der: &[u8],
+        created: u32,
+        expires: u32,
+        now: u32,
+    ) {
+        if let Some(job) = self.store_job(id, der, created, expires, now) {
+            self.shared.write_batch(c, vec![job]);
+        }
     }
 
-    /// Write a new session, sealed, with Redis expiring it when the session does.
-    pub fn store(&self, c: &RemoteCounters, id: &[u8], der: &[u8], created: u32, expires: u32, now: u32) {
+    fn store_job(
+        &self,
+        id: &[u8],
+        der: &[u8],
+        created: u32,
+        expires: u32,
+        now: u32,
+    ) -> Option<Job> {
         let ttl_ms = u64::from(expires.saturating_sub(now)) * 1000;
-        if ttl_ms == 0 {
-            return;
-        }
-        let Ok(value) = self.keys.seal(id, der, created, expires) else {
-            c.errors.fetch_add(1, Relaxed);
-            return;
-        };
-        let key = self.key(id);
-        let stored = self.run(c, |conn| {
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(&value)
-                .arg("PX")
-                .arg(ttl_ms)
-                .query::<()>(conn)
-        });
-        if stored.is_some() {
-            c.stores.fetch_add(1, Relaxed);
+        (ttl_ms > 0).then(|| Job::Store {
+            id: id.to_vec(),
+            der: der.to_vec(),
+            created,
+            expires,
+            ttl_ms,
+        })
+    }
+
+    /// A session was removed here (OpenSSL's remove callback): queue turning its remote copy
+    /// into a tombstone. Never does network I/O on the caller's thread (OpenSSL may hold the
+    /// SSL_CTX lock while calling).
+    pub fn remove(&self, c: &RemoteCounters, id: &[u8]) {
+        self.shared.enqueue(
+            c,
+            Job::Remove {
+                key: self.shared.key(id),
+            },
+        );
+    }
+
+    /// Wait until this process's queued writes have been sent (or dropped), at most `limit`.
+    /// Returns whether the queue is empty (tests and benchmarks).
+    pub fn flush(&self, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        loop {
+            let st = self.shared.lock();
+            if st.queue.is_empty() && st.in_flight == 0 {
+                return true;
+            }
+            drop(st);
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
     /// Look a session up after a local miss. With `take` (TLS 1.3 single use) the value is
-    /// deleted in the same step (GETDEL), so one host in the fleet gets it.
+    /// swapped for a tombstone in the same step, so one host in the fleet gets it.
     pub fn fetch(&self, c: &RemoteCounters, id: &[u8], take: bool, now: u32) -> Fetched {
-        let key = self.key(id);
-        let got = self.run(c, |conn| {
-            redis::cmd(if take { "GETDEL" } else { "GET" })
-                .arg(&key)
-                .query::<Option<Vec<u8>>>(conn)
+        let key = self.shared.key(id);
+        let got = self.shared.run(c, Some(&key), |conn, d, dl| {
+            if take {
+                swap(conn, d, &key, None, dl)
+            } else {
+                bulk(conn.call(&[b"GET", &key], dl)?)
+            }
         });
         match got {
+            Some(Some(v)) if v == TOMBSTONE => {
+                c.misses.fetch_add(1, Relaxed);
+                Fetched::Miss
+            }
             Some(Some(mut value)) => {
-                let opened = self.keys.open(id, &value);
+                let opened = self.shared.keys.open(id, &value);
                 crate::util::wipe(&mut value);
                 match opened {
                     Some(o) if o.expires > now => {
@@ -306,31 +537,523 @@ impl Remote {
         }
     }
 
-    /// Delete `id`; `Some(true)` if it was there, `Some(false)` if not, `None` if the tier
-    /// could not be asked. Used to consume a TLS 1.3 ticket found locally, fleet-wide.
-    pub fn delete(&self, c: &RemoteCounters, id: &[u8]) -> Option<bool> {
-        let key = self.key(id);
-        self.run(c, |conn| redis::cmd("DEL").arg(&key).query::<u64>(conn))
-            .map(|n| n > 0)
+    /// Consume, fleet-wide, a TLS 1.3 ticket this host found (and took) in its own memory:
+    /// swap its key for a tombstone that lives until `expires`. See [`Taken`].
+    pub fn take_local(&self, c: &RemoteCounters, id: &[u8], expires: u32, now: u32) -> Taken {
+        let key = self.shared.key(id);
+        let ttl = (u64::from(expires.saturating_sub(now)).max(1) * 1000).to_string();
+        let got = self.shared.run(c, Some(&key), |conn, d, dl| {
+            swap(conn, d, &key, Some(ttl.as_bytes()), dl)
+        });
+        match got {
+            Some(Some(v)) if v == TOMBSTONE => Taken::UsedElsewhere,
+            Some(Some(mut v)) => {
+                crate::util::wipe(&mut v);
+                Taken::Consumed
+            }
+            Some(None) => Taken::NeverStored,
+            None => {
+                c.unconfirmed.fetch_add(1, Relaxed);
+                Taken::Unconfirmed
+            }
+        }
     }
 }
 
-/// An error's description without anything from the URL (a password may be in it).
-fn describe(e: &redis::RedisError) -> String {
-    if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connection_refusal() {
-        "connection refused".into()
-    } else if e.is_io_error() {
-        format!("I/O error ({})", kind_name(e))
-    } else {
-        format!("Redis said {}", kind_name(e))
+impl Drop for Remote {
+    /// Stops this process's writer thread (it finishes its batch, bounded by the timeout).
+    fn drop(&mut self) {
+        let writer = {
+            let mut st = self.shared.lock();
+            st.closing = true;
+            st.writer.take()
+        };
+        self.shared.wake.notify_all();
+        if let Some(w) = writer {
+            let _ = w.join();
+        }
     }
 }
 
-fn kind_name(e: &redis::RedisError) -> String {
-    format!("{:?}", e.kind())
+/// `Some(value)`, `None` (no such key), or a protocol failure for any other reply.
+fn bulk(r: Reply) -> FResult<Option<Vec<u8>>> {
+    match r {
+        Reply::Bulk(v) => Ok(v),
+        _ => Err(Failure::Protocol("expected a bulk string")),
+    }
 }
+
+/// Put a tombstone in `key` and return what it held, atomically. `ttl` (ms): create it with
+/// that lifetime even if the key is missing; `None`: only if the key exists, keeping its
+/// expiry.
+fn swap(
+    conn: &mut Conn,
+    d: Dialect,
+    key: &[u8],
+    ttl: Option<&[u8]>,
+    dl: Deadline,
+) -> FResult<Option<Vec<u8>>> {
+    bulk(match (d, ttl) {
+        (Dialect::Native, Some(t)) => conn.call(&[b"SET", key, TOMBSTONE, b"PX", t, b"GET"], dl)?,
+        (Dialect::Native, None) => {
+            conn.call(&[b"SET", key, TOMBSTONE, b"XX", b"KEEPTTL", b"GET"], dl)?
+        }
+        (Dialect::Scripts, Some(t)) => {
+            conn.call(&[b"EVAL", SWAP_SCRIPT, b"1", key, TOMBSTONE, t], dl)?
+        }
+        (Dialect::Scripts, None) => {
+            conn.call(&[b"EVAL", SWAP_EXISTING_SCRIPT, b"1", key, TOMBSTONE], dl)?
+        }
+    })
+}
+
+impl Shared {
+    fn key(&self, id: &[u8]) -> Vec<u8> {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut k = Vec::with_capacity(self.prefix.len() + 2 * id.len());
+        k.extend_from_slice(self.prefix.as_bytes());
+        for &b in id {
+            k.push(HEX[usize::from(b >> 4)]);
+            k.push(HEX[usize::from(b & 15)]);
+        }
+        k
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ProcessState> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = std::process::id();
+        if st.pid != pid {
+            // Forked: connections, failures, lookups, queued writes and the writer thread
+            // belong to the parent. Dropping the copies closes only this process's
+            // descriptors; the parent's thread does not exist here (its handle is forgotten,
+            // not joined or detached).
+            st.idle.clear();
+            st.pid = pid;
+            st.breaker = Breaker::new(st.breaker.backoff);
+            st.resolver = Resolver::default();
+            st.queue.clear();
+            st.queued_bytes = 0;
+            st.in_flight = 0;
+            st.writer_waiting = false;
+            st.slots = None;
+            std::mem::forget(st.writer.take());
+        }
+        st
+    }
+
+    fn enqueue(self: &Arc<Self>, c: &RemoteCounters, job: Job) {
+        let mut st = self.lock();
+        if st.closing {
+            return;
+        }
+        let bytes = job.bytes();
+        if st.queue.len() >= MAX_QUEUE || st.queued_bytes + bytes > MAX_QUEUE_BYTES {
+            c.dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        st.counters = Some(Counters(c));
+        st.queue.push_back(job);
+        st.queued_bytes += bytes;
+        if st.writer.is_none() {
+            let me = Arc::clone(self);
+            match std::thread::Builder::new()
+                .name("shmsess-remote".into())
+                .spawn(move || me.writer_loop())
+            {
+                Ok(h) => st.writer = Some(h),
+                Err(_) => {
+                    // No thread: nothing would ever send the queue.
+                    let n = st.queue.len() as u64;
+                    st.queue.clear();
+                    st.queued_bytes = 0;
+                    c.dropped.fetch_add(n, Relaxed);
+                    return;
+                }
+            }
+        }
+        // Only a sleeping writer needs the (system call) wake-up; a busy one sees the queue
+        // when its batch is done (writes that arrive meanwhile make the next batch). No
+        // lingering to batch more: every microsecond a write waits is a window in which a
+        // client resuming on another host misses it.
+        let wake = st.writer_waiting;
+        drop(st);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The writer thread: sends queued writes in pipelined batches until the Remote drops.
+    fn writer_loop(self: Arc<Self>) {
+        loop {
+            let (batch, counters) = {
+                let mut st = self.lock();
+                while st.queue.is_empty() && !st.closing {
+                    st.writer_waiting = true;
+                    st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+                st.writer_waiting = false;
+                if st.closing {
+                    // The handle is going away: what is left is dropped, counted, rather than
+                    // holding its owner for a timeout per batch.
+                    if let (Some(Counters(c)), false) = (st.counters, st.queue.is_empty()) {
+                        // SAFETY: see `Counters` (still mapped: the owner waits for us).
+                        unsafe { &*c }
+                            .dropped
+                            .fetch_add(st.queue.len() as u64, Relaxed);
+                    }
+                    st.queue.clear();
+                    return;
+                }
+                let n = st.queue.len().min(BATCH);
+                let batch: Vec<Job> = st.queue.drain(..n).collect();
+                st.queued_bytes -= batch.iter().map(Job::bytes).sum::<usize>();
+                st.in_flight = n;
+                (batch, st.counters)
+            };
+            if let Some(Counters(c)) = counters {
+                // SAFETY: see `Counters`.
+                self.write_batch(unsafe { &*c }, batch);
+            }
+            self.lock().in_flight = 0;
+        }
+    }
+
+    /// Seal `jobs` and send them pipelined on one connection under one deadline; count what
+    /// was stored, and what was lost if the batch failed.
+    fn write_batch(&self, c: &RemoteCounters, jobs: Vec<Job>) {
+        /// A job ready to send: an encoded SET of a sealed value, or a key to tombstone (its
+        /// command depends on the connection's dialect).
+        enum Ready {
+            /// The encoded command and its key.
+            Set(Vec<u8>, Vec<u8>),
+            Remove(Vec<u8>),
+        }
+        let mut ready = Vec::with_capacity(jobs.len());
+        for j in &jobs {
+            match j {
+                Job::Store {
+                    id,
+                    der,
+                    created,
+                    expires,
+                    ttl_ms,
+                } => {
+                    let Ok(value) = self.keys.seal(id, der, *created, *expires) else {
+                        c.errors.fetch_add(1, Relaxed);
+                        continue;
+                    };
+                    let (key, ttl) = (self.key(id), ttl_ms.to_string());
+                    let mut cmd = Vec::new();
+                    resp::encode(
+                        &mut cmd,
+                        &[b"SET", &key, &value, b"PX", ttl.as_bytes(), b"NX"],
+                    );
+                    ready.push(Ready::Set(cmd, key));
+                }
+                Job::Remove { key } => ready.push(Ready::Remove(key.clone())),
+            }
+        }
+        drop(jobs); // wipes the DERs
+                    // One pipelined batch; in a cluster, one per job (its key decides the node).
+        let groups: Vec<&[Ready]> = if self.cluster {
+            ready.chunks(1).collect()
+        } else {
+            vec![&ready[..]]
+        };
+        for group in groups {
+            let key = match group.first() {
+                Some(Ready::Set(_, key)) | Some(Ready::Remove(key)) => key.clone(),
+                None => continue,
+            };
+            let sent = self.run(c, Some(&key), |conn, d, dl| {
+                let mut out = Vec::new();
+                for r in group {
+                    match (r, d) {
+                        (Ready::Set(cmd, _), _) => out.extend_from_slice(cmd),
+                        (Ready::Remove(key), Dialect::Native) => {
+                            resp::encode(&mut out, &[b"SET", key, TOMBSTONE, b"XX", b"KEEPTTL"])
+                        }
+                        (Ready::Remove(key), Dialect::Scripts) => resp::encode(
+                            &mut out,
+                            &[b"EVAL", SWAP_EXISTING_SCRIPT, b"1", key, TOMBSTONE],
+                        ),
+                    }
+                }
+                conn.send(&out, dl)?;
+                let mut stored = 0u64;
+                for r in group {
+                    // +OK: stored; nil: NX found the key (a tombstone: the ticket was used first).
+                    let reply = conn.recv(dl)?.into_result()?;
+                    if matches!(r, Ready::Set(..)) && matches!(reply, Reply::Simple(_)) {
+                        stored += 1;
+                    }
+                }
+                Ok(stored)
+            });
+            match sent {
+                Some(stored) => c.stores.fetch_add(stored, Relaxed),
+                None => c.dropped.fetch_add(group.len() as u64, Relaxed),
+            };
+        }
+    }
+
+    /// Run one operation on a connection of this process, under one deadline and the
+    /// breaker. `None` if it was skipped or failed (counted either way). A pooled connection
+    /// the server closed (restarted Redis, idle timeout) is replaced once, within the same
+    /// deadline.
+    fn run<T>(
+        &self,
+        c: &RemoteCounters,
+        key: Option<&[u8]>,
+        op: impl Fn(&mut Conn, Dialect, Deadline) -> FResult<T>,
+    ) -> Option<T> {
+        let dl = Deadline::after(self.timeout);
+        {
+            let st = self.lock();
+            if !st.breaker.allows(Instant::now()) {
+                c.skipped.fetch_add(1, Relaxed);
+                return None;
+            }
+        }
+        let result = match (self.cluster, key) {
+            (true, Some(key)) => self.run_in_cluster(key, &op, dl),
+            _ => self.run_on(None, false, &op, dl),
+        };
+        let mut st = self.lock();
+        match result {
+            Ok((v, link)) => {
+                if st.idle.len() < MAX_IDLE {
+                    st.idle.push(link);
+                }
+                if st.breaker.success() {
+                    log::emit(Level::Info, "remote tier: working again");
+                }
+                Some(v)
+            }
+            Err(f) => {
+                if f == Failure::Timeout {
+                    c.timeouts.fetch_add(1, Relaxed);
+                } else {
+                    c.errors.fetch_add(1, Relaxed);
+                }
+                if st.breaker.failure(Instant::now()) {
+                    log::emit(
+                        Level::Warning,
+                        &format!(
+                            "remote tier: {} failures in a row (last: {f}); skipping it for {} ms",
+                            Breaker::TRIP_AFTER,
+                            st.breaker.backoff.as_millis()
+                        ),
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Run `op` on a pooled connection to `node` (any, for `None`: the URL's server), or a
+    /// new one; a pooled connection the server closed is replaced once. `asking`: send ASKING
+    /// first (a cluster slot being migrated).
+    fn run_on<T>(
+        &self,
+        node: Option<SocketAddr>,
+        asking: bool,
+        op: &impl Fn(&mut Conn, Dialect, Deadline) -> FResult<T>,
+        dl: Deadline,
+    ) -> FResult<(T, Link)> {
+        let op = |conn: &mut Conn, d: Dialect, dl: Deadline| {
+            if asking {
+                conn.call(&[b"ASKING"], dl)?.expect_ok()?;
+            }
+            op(conn, d, dl)
+        };
+        let pooled = {
+            let mut st = self.lock();
+            let i = st
+                .idle
+                .iter()
+                .rposition(|l| node.is_none() || l.addr == node);
+            i.map(|i| st.idle.swap_remove(i))
+        };
+        match pooled {
+            Some(mut link) => match op(&mut link.conn, link.dialect, dl) {
+                Ok(v) => Ok((v, link)),
+                Err(f) if f.is_stale_connection() => self.connect_and_run(node, &op, dl),
+                Err(f) => Err(f),
+            },
+            None => self.connect_and_run(node, &op, dl),
+        }
+    }
+
+    /// Run `op` for `key` on the cluster node serving its slot: the slot map is fetched when
+    /// missing or stale; MOVED updates it and follows once, ASK is followed once; all within
+    /// `dl`.
+    fn run_in_cluster<T>(
+        &self,
+        key: &[u8],
+        op: &impl Fn(&mut Conn, Dialect, Deadline) -> FResult<T>,
+        dl: Deadline,
+    ) -> FResult<(T, Link)> {
+        let slot = hash_slot(key);
+        let mut node = self.node_for(slot, dl)?;
+        let mut asking = false;
+        for _ in 0..3 {
+            match self.run_on(Some(node), asking, op, dl) {
+                Err(Failure::Moved(to)) => {
+                    let mut st = self.lock();
+                    if let Some(m) = st.slots.as_mut() {
+                        m.stale = true;
+                    }
+                    (node, asking) = (to, false);
+                }
+                Err(Failure::Ask(to)) => (node, asking) = (to, true),
+                Err(f) => {
+                    // A node down or in trouble: the map may have changed (failover).
+                    if let Some(m) = self.lock().slots.as_mut() {
+                        m.stale = true;
+                    }
+                    return Err(f);
+                }
+                ok => return ok,
+            }
+        }
+        Err(Failure::Protocol("too many cluster redirections"))
+    }
+
+    /// The master serving `slot`, from the slot map (fetched from the seed, or any node
+    /// already known, when missing or stale).
+    fn node_for(&self, slot: u16, dl: Deadline) -> FResult<SocketAddr> {
+        let known = {
+            let st = self.lock();
+            match &st.slots {
+                Some(m) if m.usable() => {
+                    return m.node(slot).ok_or(Failure::Protocol("slot not served"))
+                }
+                Some(m) => m.ranges.iter().map(|r| r.2).collect::<Vec<_>>(),
+                None => Vec::new(),
+            }
+        };
+        let fetch = |conn: &mut Conn, _: Dialect, dl: Deadline| {
+            conn.set_cap(SLOTS_CAP);
+            let r = conn.call(&[b"CLUSTER", b"SLOTS"], dl);
+            conn.set_cap(REPLY_CAP);
+            let seed = conn
+                .peer()
+                .map(|a| a.ip())
+                .ok_or(Failure::Protocol("no peer address"))?;
+            SlotMap::parse(r?, seed)
+        };
+        // The seed first, then the nodes the old map named (the seed may be the one down).
+        let mut last = Failure::Protocol("no cluster node answered");
+        for node in std::iter::once(None).chain(known.into_iter().map(Some)) {
+            match self.run_on(node, false, &fetch, dl) {
+                Ok((map, link)) => {
+                    let mut st = self.lock();
+                    let found = map.node(slot);
+                    st.slots = Some(map);
+                    if st.idle.len() < MAX_IDLE {
+                        st.idle.push(link);
+                    }
+                    return found.ok_or(Failure::Protocol("slot not served"));
+                }
+                Err(Failure::Timeout) => return Err(Failure::Timeout),
+                Err(f) => last = f,
+            }
+        }
+        Err(last)
+    }
+
+    /// Resolve (if the URL names a host, and no node is given), connect, log in and run `op`,
+    /// all before `dl`.
+    fn connect_and_run<T>(
+        &self,
+        node: Option<SocketAddr>,
+        op: &impl Fn(&mut Conn, Dialect, Deadline) -> FResult<T>,
+        dl: Deadline,
+    ) -> FResult<(T, Link)> {
+        let addrs = match node {
+            Some(a) => vec![a],
+            None => self.addresses(dl)?,
+        };
+        let tcp = resp::tcp_connect(&addrs, dl).inspect_err(|_| self.lock().resolver.forget())?;
+        let mut conn = match &self.tls {
+            None => Conn::new(Box::new(tcp), REPLY_CAP),
+            Some(ctx) => {
+                let tls = TlsStream::connect(ctx, tcp, &self.target.host, dl)?;
+                Conn::new(Box::new(tls), REPLY_CAP)
+            }
+        };
+        let version = conn.login(&self.target, dl)?;
+        let dialect = self.dialect(version);
+        let v = op(&mut conn, dialect, dl)?;
+        let addr = conn.peer();
+        Ok((
+            v,
+            Link {
+                conn,
+                dialect,
+                addr,
+            },
+        ))
+    }
+
+    /// `SET ... GET` needs Redis 6.2; an older (or unknown) version gets the scripts, once
+    /// logged per process.
+    fn dialect(&self, version: Option<Version>) -> Dialect {
+        if self.compat == Compat::Scripts {
+            return Dialect::Scripts;
+        }
+        match version {
+            Some(v) if v >= NATIVE_SINCE => Dialect::Native,
+            _ => {
+                static LOGGED: AtomicU32 = AtomicU32::new(0);
+                if LOGGED.swap(std::process::id(), Relaxed) != std::process::id() {
+                    log::emit(
+                        Level::Info,
+                        &match version {
+                            Some(v) => format!(
+                                "remote tier: Redis {v} has no SET ... GET (6.2): single use goes through Lua scripts (EVAL)"
+                            ),
+                            None => "remote tier: Redis did not say its version (INFO): single use goes through Lua scripts (EVAL)".into(),
+                        },
+                    );
+                }
+                Dialect::Scripts
+            }
+        }
+    }
+
+    /// The addresses to connect to: the URL's IP, or its host name looked up within `dl`.
+    fn addresses(&self, dl: Deadline) -> FResult<Vec<SocketAddr>> {
+        if let Some(ip) = self.target.ip() {
+            return Ok(vec![SocketAddr::new(ip, self.target.port)]);
+        }
+        let begun = self
+            .lock()
+            .resolver
+            .begin(&self.target.host, self.target.port)?;
+        let lookup = match begun {
+            Begun::Known(addrs) => return Ok(addrs),
+            Begun::Wait(l) => l,
+        };
+        let waited = lookup.wait(dl);
+        let mut st = self.lock();
+        st.resolver.finish(&waited);
+        match waited {
+            Ok(r) => r,
+            Err(still_running) => {
+                st.resolver.park(still_running);
+                Err(Failure::Timeout)
+            }
+        }
+    }
+}
+
+/// Largest CLUSTER SLOTS reply read (about 150 bytes per slot range).
+const SLOTS_CAP: usize = 256 * 1024;
+
+/// First version with `SET ... GET` (and GETDEL).
+const NATIVE_SINCE: Version = Version(6, 2, 0);
 
 #[cfg(test)]
 mod tests {
@@ -346,7 +1069,10 @@ mod tests {
         assert!(b.allows(t0), "two failures: still trying");
         assert!(b.failure(t0), "the third failure trips it");
         assert!(!b.allows(t0 + Duration::from_millis(1999)));
-        assert!(b.allows(t0 + Duration::from_secs(2)), "retried after the back-off");
+        assert!(
+            b.allows(t0 + Duration::from_secs(2)),
+            "retried after the back-off"
+        );
         // The retry fails: skipped again at once, without another warning.
         let t1 = t0 + Duration::from_secs(2);
         assert!(!b.failure(t1));
@@ -369,16 +1095,36 @@ mod tests {
             prefix: DEFAULT_PREFIX.into(),
             timeout: Duration::from_millis(200),
             backoff: Duration::from_secs(60),
+            ca_file: None,
+            compat: Compat::Detect,
+            cluster: false,
             keys: Keyring::new(crate::seal::Key::new([1; 32]), Vec::new()),
         })
         .unwrap();
         let c: RemoteCounters = unsafe { std::mem::zeroed() };
         for _ in 0..5 {
-            assert!(matches!(r.fetch(&c, &[1; 32], false, 0), Fetched::Unavailable));
+            assert!(matches!(
+                r.fetch(&c, &[1; 32], false, 0),
+                Fetched::Unavailable
+            ));
         }
         assert_eq!(c.errors.load(Relaxed), 3, "three tries, then the breaker");
         assert_eq!(c.skipped.load(Relaxed), 2);
         assert_eq!(c.hits.load(Relaxed) + c.misses.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn hash_slots_are_redis_clusters() {
+        // CLUSTER KEYSLOT on a real server: foo 12182, 123456789 12739 (CRC16 0x31C3).
+        assert_eq!(hash_slot(b"foo"), 12182);
+        assert_eq!(hash_slot(b"123456789"), 12739);
+        assert_eq!(hash_slot(b"{user1000}.following"), hash_slot(b"user1000"));
+        assert_eq!(
+            hash_slot(b"a{}b"),
+            hash_slot(b"a{}b"),
+            "an empty tag hashes the whole key"
+        );
+        assert_ne!(hash_slot(b"a{}b"), hash_slot(b""));
     }
 
     #[test]
@@ -388,12 +1134,15 @@ mod tests {
             prefix: DEFAULT_PREFIX.into(),
             timeout: DEFAULT_TIMEOUT,
             backoff: DEFAULT_BACKOFF,
+            ca_file: None,
+            compat: Compat::Detect,
+            cluster: false,
             keys: Keyring::new(crate::seal::Key::new([1; 32]), Vec::new()),
         })
         .err()
         .unwrap();
         assert_eq!(e.kind, ErrorKind::Invalid);
         assert!(!e.message.contains("secretpw"), "{e}");
-        assert!(e.message.contains("redis://[user:password@]host:port/db"), "{e}");
+        assert!(e.message.contains(URL_FORM), "{e}");
     }
 }

@@ -27,6 +27,11 @@ const TIMES_BYTES: usize = 16;
 /// Bytes a sealed value adds to the session DER.
 pub const OVERHEAD: usize = HEADER_BYTES + TIMES_BYTES + TAG_BYTES;
 
+/// A key file is a few lines; anything larger is not one.
+const MAX_KEY_FILE: usize = 64 * 1024;
+/// How to make a valid key file (quoted in every refusal).
+const MAKE_ONE: &str = "make one with: openssl rand -hex 32 > FILE; chmod 600 FILE";
+
 const EVP_CTRL_GCM_GET_TAG: c_int = 0x10;
 const EVP_CTRL_GCM_SET_TAG: c_int = 0x11;
 
@@ -55,7 +60,8 @@ impl Drop for Key {
 
 /// The key values are sealed with, and older keys still accepted when opening (rotation).
 pub struct Keyring {
-    current: Key,
+    /// Boxed, like the others in their Vec: moving a Keyring copies pointers, not key bytes.
+    current: Box<Key>,
     older: Vec<Key>,
 }
 
@@ -74,12 +80,17 @@ impl Drop for Opened {
 
 impl Keyring {
     pub fn new(current: Key, older: Vec<Key>) -> Keyring {
-        Keyring { current, older }
+        Keyring {
+            current: Box::new(current),
+            older,
+        }
     }
 
-    /// Read a key file: one key per line as 64 hex digits (`openssl rand -hex 32`), blank lines
-    /// and `#` comments ignored. The first key seals; the others are accepted for opening only.
+    /// Read a key file: either one key per line as 64 hex digits (`openssl rand -hex 32`),
+    /// blank lines and `#` comments ignored, the first key sealing and the others accepted for
+    /// opening only (rotation); or exactly 32 raw bytes (`head -c 32 /dev/urandom`), one key.
     /// The file must be a regular file owned by this user and readable by nobody else.
+    /// It is read into one buffer of its size (never grown, so never copied) and wiped after.
     pub fn load(path: &Path) -> Result<Keyring> {
         let (mut file, st) = segment::open_trusted(path, false, Trust::Owner)?;
         if st.st_mode & 0o077 != 0 {
@@ -89,20 +100,74 @@ impl Keyring {
                 st.st_mode & 0o777
             )));
         }
-        let mut text = String::new();
-        file.read_to_string(&mut text)
-            .map_err(|e| Error::io(format!("cannot read key file {}", path.display()), e))?;
-        let parsed = Self::parse(&text).map_err(|m| {
-            Error::new(ErrorKind::Invalid, format!("key file {}: {m}", path.display()))
-        });
-        // The text held the keys in hex: do not leave it behind.
-        // SAFETY: zeroing bytes keeps the String valid UTF-8.
-        crate::util::wipe(unsafe { text.as_bytes_mut() });
+        let bad = |m: String| {
+            Error::new(
+                ErrorKind::Invalid,
+                format!("key file {}: {m}", path.display()),
+            )
+        };
+        let size = usize::try_from(st.st_size).unwrap_or(usize::MAX);
+        if size > MAX_KEY_FILE {
+            return Err(bad(format!(
+                "{size} bytes is not a key file (at most {MAX_KEY_FILE}); {MAKE_ONE}"
+            )));
+        }
+        // One byte more than the size: a file that grew since fstat is refused, not followed.
+        let mut buf = vec![0u8; size + 1];
+        let mut len = 0;
+        let read = loop {
+            match file.read(&mut buf[len..]) {
+                Ok(0) => break Ok(()),
+                Ok(n) if len + n > size => break Err(bad("it changed while being read".into())),
+                Ok(n) => len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    break Err(Error::io(
+                        format!("cannot read key file {}", path.display()),
+                        e,
+                    ))
+                }
+            }
+        };
+        let parsed = read.and_then(|()| Self::parse(&buf[..len]).map_err(bad));
+        crate::util::wipe(&mut buf);
         parsed
     }
 
-    fn parse(text: &str) -> std::result::Result<Keyring, String> {
-        let mut keys = Vec::new();
+    /// Keys from a key file's bytes (see [`Keyring::load`]).
+    fn parse(bytes: &[u8]) -> std::result::Result<Keyring, String> {
+        if bytes.len() == 32
+            && !bytes
+                .iter()
+                .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+        {
+            // Raw key bytes (random bytes are almost never all printable; 32 printable bytes
+            // are a mistyped text key and get the text rules' message).
+            let mut k = [0u8; 32];
+            k.copy_from_slice(bytes);
+            let key = Key::new(k);
+            crate::util::wipe(&mut k);
+            return Ok(Keyring::new(key, Vec::new()));
+        }
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return Err(format!(
+                "not a key file: expected lines of 64 hex digits, or exactly 32 raw bytes ({} here); {MAKE_ONE}",
+                bytes.len()
+            ));
+        };
+        let is_key_line = |l: &&str| {
+            let l = l.trim();
+            !l.is_empty() && !l.starts_with('#')
+        };
+        let count = text.lines().filter(is_key_line).count();
+        if count == 0 {
+            return Err(format!("no key in it; {MAKE_ONE}"));
+        }
+        // The first key seals; the others go in a Vec sized once (a Vec that grows copies its
+        // keys and frees the old buffer unwiped; `remove(0)` would shift them and leave the
+        // last one's bytes behind).
+        let mut current: Option<Box<Key>> = None;
+        let mut older: Vec<Key> = Vec::with_capacity(count - 1);
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -113,18 +178,20 @@ impl Keyring {
                 crate::util::wipe(&mut bytes);
                 // Never echo the line: it may be a key with a typo.
                 return Err(format!(
-                    "line {} is not a key of 64 hex digits (make one with: openssl rand -hex 32)",
+                    "line {} is not a key of 64 hex digits; {MAKE_ONE}",
                     n + 1
                 ));
             }
-            keys.push(Key::new(bytes));
+            match current {
+                None => current = Some(Box::new(Key::new(bytes))),
+                Some(_) => older.push(Key::new(bytes)),
+            }
             crate::util::wipe(&mut bytes);
         }
-        if keys.is_empty() {
-            return Err("no key in it (make one with: openssl rand -hex 32)".into());
-        }
-        let current = keys.remove(0);
-        Ok(Keyring::new(current, keys))
+        Ok(Keyring {
+            current: current.expect("count > 0"),
+            older,
+        })
     }
 
     /// Seal a session for `id`.
@@ -155,7 +222,7 @@ impl Keyring {
             return None;
         }
         let key_id = &value[MAGIC.len()..MAGIC.len() + KEY_ID_BYTES];
-        let key = std::iter::once(&self.current)
+        let key = std::iter::once(&*self.current)
             .chain(&self.older)
             .find(|k| k.id == key_id)?;
         let nonce = &value[MAGIC.len() + KEY_ID_BYTES..HEADER_BYTES];
@@ -221,9 +288,21 @@ fn gcm(
     unsafe {
         let cipher = ossl::EVP_aes_256_gcm();
         let init = if encrypt {
-            ossl::EVP_EncryptInit_ex(ctx, cipher, std::ptr::null_mut(), key.as_ptr(), nonce.as_ptr())
+            ossl::EVP_EncryptInit_ex(
+                ctx,
+                cipher,
+                std::ptr::null_mut(),
+                key.as_ptr(),
+                nonce.as_ptr(),
+            )
         } else {
-            ossl::EVP_DecryptInit_ex(ctx, cipher, std::ptr::null_mut(), key.as_ptr(), nonce.as_ptr())
+            ossl::EVP_DecryptInit_ex(
+                ctx,
+                cipher,
+                std::ptr::null_mut(),
+                key.as_ptr(),
+                nonce.as_ptr(),
+            )
         };
         if init != 1 {
             return Err(fail("init"));
@@ -297,9 +376,15 @@ mod tests {
         let k = ring(1);
         let v = k.seal(&ID, b"session der", 100, 400).unwrap();
         assert_eq!(v.len(), OVERHEAD + 11);
-        assert!(!v.windows(11).any(|w| w == b"session der"), "the DER is not in clear");
+        assert!(
+            !v.windows(11).any(|w| w == b"session der"),
+            "the DER is not in clear"
+        );
         let o = k.open(&ID, &v).unwrap();
-        assert_eq!((o.created, o.expires, &o.der[..]), (100, 400, &b"session der"[..]));
+        assert_eq!(
+            (o.created, o.expires, &o.der[..]),
+            (100, 400, &b"session der"[..])
+        );
         // A fresh nonce per seal: the same session never seals to the same bytes.
         assert_ne!(v, k.seal(&ID, b"session der", 100, 400).unwrap());
     }
@@ -333,25 +418,61 @@ mod tests {
         let old = ring(1);
         let sealed_old = old.seal(&ID, b"der", 1, 2).unwrap();
         let rotated = Keyring::new(Key::new([2; 32]), vec![Key::new([1; 32])]);
-        assert!(rotated.open(&ID, &sealed_old).is_some(), "old key still opens");
+        assert!(
+            rotated.open(&ID, &sealed_old).is_some(),
+            "old key still opens"
+        );
         let sealed_new = rotated.seal(&ID, b"der", 1, 2).unwrap();
-        assert!(old.open(&ID, &sealed_new).is_none(), "sealed with the new key");
+        assert!(
+            old.open(&ID, &sealed_new).is_none(),
+            "sealed with the new key"
+        );
         assert!(ring(2).open(&ID, &sealed_new).is_some());
     }
 
     #[test]
     fn key_files_are_parsed_strictly() {
+        let p = |t: &str| Keyring::parse(t.as_bytes());
         let one = "a".repeat(64);
         let two = "0123456789abcdefABCDEF0123456789abcdef0123456789abcdef0123456789";
-        let k = Keyring::parse(&format!("# fleet key\n\n{two}\n{one}\n")).unwrap();
+        let k = p(&format!("# fleet key\n\n{two}\n{one}\n")).unwrap();
         assert_eq!(k.older.len(), 1);
         assert_eq!(k.current.bytes[..3], [0x01, 0x23, 0x45]);
-        assert!(Keyring::parse("").is_err());
-        assert!(Keyring::parse("# only a comment\n").is_err());
-        let err = Keyring::parse(&"g".repeat(64)).err().unwrap();
+        assert_eq!(k.older[0].bytes, [0xaa; 32]);
+        assert!(p("").is_err());
+        assert!(p("# only a comment\n").is_err());
+        let err = p(&"g".repeat(64)).err().unwrap();
         assert!(!err.contains("ggg"), "the line is not echoed: {err}");
-        assert!(Keyring::parse(&"a".repeat(62)).is_err());
-        assert!(Keyring::parse(&"a".repeat(66)).is_err());
+        assert!(
+            err.contains("openssl rand -hex 32 > FILE; chmod 600 FILE"),
+            "{err}"
+        );
+        assert!(p(&"a".repeat(62)).is_err());
+        assert!(p(&"a".repeat(66)).is_err());
+    }
+
+    #[test]
+    fn raw_32_byte_key_files_are_keys_and_other_bytes_say_how_to_make_one() {
+        let raw: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0x80);
+        let from_raw = Keyring::parse(&raw).unwrap();
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let from_hex = Keyring::parse(hex.as_bytes()).unwrap();
+        let v = from_raw.seal(&ID, b"der", 1, 2).unwrap();
+        assert!(from_hex.open(&ID, &v).is_some(), "the same key either way");
+        // 32 printable bytes are a mistyped text key (e.g. `openssl rand -hex 16`), not raw.
+        let e = Keyring::parse("0123456789abcdef0123456789abcdef".as_bytes())
+            .err()
+            .unwrap();
+        assert!(
+            e.contains("64 hex digits") && e.contains("chmod 600 FILE"),
+            "{e}"
+        );
+        // Binary of another length.
+        let e = Keyring::parse(&[0xff; 31]).err().unwrap();
+        assert!(
+            e.contains("exactly 32 raw bytes (31 here)") && e.contains("openssl rand -hex 32"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -366,10 +487,16 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Security, "{e}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(Keyring::load(&path).is_ok());
+        // A raw key file, as `head -c 32 /dev/urandom` makes them.
+        std::fs::write(&path, [0x9c; 32]).unwrap();
+        assert!(Keyring::load(&path).is_ok(), "raw bytes");
         let link = dir.join("link");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&path, &link).unwrap();
-        assert_eq!(Keyring::load(&link).err().unwrap().kind, ErrorKind::Security);
+        assert_eq!(
+            Keyring::load(&link).err().unwrap().kind,
+            ErrorKind::Security
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

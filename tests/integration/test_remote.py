@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
 from checks import check, finish  # noqa: E402
 from prefork_harness import Server, client_context, one_request  # noqa: E402
-from redis_harness import Redis  # noqa: E402
+from redis_harness import Redis, request_settled, seg_stats  # noqa: E402
 
 TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
 TIMEOUT_MS = 50
@@ -62,9 +62,12 @@ class Fleet:
         return self.hosts[name].port
 
     def stats(self, name):
-        out = subprocess.run([self.args.cli, "stat", "--json", os.path.join(self.tmp, f"{name}.seg")],
-                             capture_output=True, text=True, check=True)
-        return json.loads(out.stdout)
+        return seg_stats(self.args.cli, os.path.join(self.tmp, f"{name}.seg"))
+
+    def request(self, name, ctx, session=None):
+        """one_request to host `name`; if it made a new session, returns once the host's
+        writer has stored it in Redis (stores are queued off the handshake path)."""
+        return request_settled(self.args.cli, os.path.join(self.tmp, f"{name}.seg"), self.port(name), ctx, session)
 
 
 def write_key(path, lines):
@@ -80,23 +83,23 @@ def new_key():
 def across_hosts(args, tmp, redis):
     with Fleet(args, tmp, redis) as fl:
         ctx12 = client_context(TLS12, no_ticket=True)
-        _, _, s12 = one_request(fl.port("A"), ctx12)
+        _, _, s12 = fl.request("A", ctx12)
         order = ["B", "A", "B", "B", "A"]
         got = [one_request(fl.port(h), ctx12, s12)[0] for h in order]
         check("TLS 1.2: a session made on host A resumes on B and back", all(got), f"{list(zip(order, got))}")
 
         ctx13 = client_context(TLS13, no_ticket=True)
-        _, _, s13 = one_request(fl.port("A"), ctx13)
+        _, _, s13 = fl.request("A", ctx13)
         chain = []
         for h in ["B", "A", "B", "A", "B"]:
-            reused, _, s13 = one_request(fl.port(h), ctx13, s13)
+            reused, _, s13 = fl.request(h, ctx13, s13)
             chain.append(reused)
         check("TLS 1.3 stateful: each new ticket resumes on the other host", all(chain), str(chain))
 
-        _, _, t = one_request(fl.port("A"), ctx13)
+        _, _, t = fl.request("A", ctx13)
         uses = [one_request(fl.port(h), ctx13, t)[0] for h in ("B", "A", "B")]
         check("TLS 1.3: a ticket from A resumes once on B, then nowhere", uses == [True, False, False], str(uses))
-        _, _, t = one_request(fl.port("A"), ctx13)
+        _, _, t = fl.request("A", ctx13)
         uses = [one_request(fl.port(h), ctx13, t)[0] for h in ("A", "B", "A")]
         check("TLS 1.3: a ticket resumed on A (its own host) is gone on B too", uses == [True, False, False],
               str(uses))
@@ -132,7 +135,7 @@ def without_tier(args, tmp, redis):
 def tampering(args, tmp, redis):
     with Fleet(args, tmp, redis) as fl:
         ctx12 = client_context(TLS12, no_ticket=True)
-        _, _, s = one_request(fl.port("A"), ctx12)
+        _, _, s = fl.request("A", ctx12)
         key = "shmsess:" + s.id.hex()
         cmd = ["redis-cli", "-p", str(redis.port), "-a", redis.password, "--no-auth-warning", "--raw"]
         value = subprocess.run(cmd + ["GET", key], capture_output=True).stdout.rstrip(b"\n")
@@ -156,23 +159,57 @@ def key_rotation(args, tmp, redis):
     write_key(os.path.join(tmp, "old"), [old])
     write_key(os.path.join(tmp, "rotated"), [new, old])
     write_key(os.path.join(tmp, "other"), [new_key()])
-    a = Server(args.server, args.certs, 2, ["--tls13-stateful", "--remote", redis.url, "--remote-key",
-                                           os.path.join(tmp, "old")])
-    b = Server(args.server, args.certs, 2, ["--tls13-stateful", "--remote", redis.url, "--remote-key",
-                                           os.path.join(tmp, "rotated")])
-    c = Server(args.server, args.certs, 2, ["--tls13-stateful", "--remote", redis.url, "--remote-key",
-                                           os.path.join(tmp, "other")])
+    segs = {name: os.path.join(tmp, f"rot-{name}.seg") for name in ("old", "rotated", "other")}
+    a, b, c = (Server(args.server, args.certs, 2, ["--tls13-stateful", "--remote", redis.url, "--remote-key",
+                                                   os.path.join(tmp, name), "--cache-path", segs[name]])
+               for name in ("old", "rotated", "other"))
     with a, b, c:
         ctx12 = client_context(TLS12, no_ticket=True)
-        _, _, s_old = one_request(a.port, ctx12)
-        _, _, s_new = one_request(b.port, ctx12)
-        _, _, s_new2 = one_request(b.port, ctx12)
+        _, _, s_old = request_settled(args.cli, segs["old"], a.port, ctx12)
+        _, _, s_new = request_settled(args.cli, segs["rotated"], b.port, ctx12)
+        _, _, s_new2 = request_settled(args.cli, segs["rotated"], b.port, ctx12)
         old_on_b = one_request(b.port, ctx12, s_old)[0]
         new_on_a = one_request(a.port, ctx12, s_new)[0]
         on_other = one_request(c.port, ctx12, s_new2)[0]
+    for seg in segs.values():
+        os.unlink(seg)
     check("rotation: a host with [new, old] resumes sessions sealed with the old key", old_on_b, "")
     check("rotation: sessions sealed with the new key do not open with the old one alone", not new_on_a, "")
     check("a host with an unrelated key resumes nothing from the tier", not on_other, "")
+
+
+def never_stored(args, tmp, redis):
+    """A TLS 1.3 ticket issued while Redis was down (its store never reached Redis) is not
+    refused later for being missing there."""
+    with Fleet(args, tmp, redis) as fl:
+        ctx13 = client_context(TLS13, no_ticket=True)
+        redis.stop()
+        _, _, t = one_request(fl.port("A"), ctx13)
+        redis.start()
+        uses = [one_request(fl.port(h), ctx13, t)[0] for h in ("A", "A", "B")]
+        a = fl.stats("A")
+    check("a TLS 1.3 ticket whose store never reached Redis resumes once on its host, then nowhere",
+          uses == [True, False, False], f"{uses}, replays refused {a['remote_replays_refused']}")
+
+
+def restart(args, tmp, redis):
+    """Redis restarted (data lost) under pooled connections."""
+    with Fleet(args, tmp, redis) as fl:
+        ctx12 = client_context(TLS12, no_ticket=True)
+        for _ in range(4):  # every worker of both hosts has a pooled connection now
+            for h in ("A", "B"):
+                fl.request(h, ctx12)
+        redis.stop()
+        redis.start()
+        before = {h: fl.stats(h)["remote_errors"] + fl.stats(h)["remote_timeouts"] for h in ("A", "B")}
+        crossed = []
+        for _ in range(4):
+            _, _, s = fl.request("A", ctx12)
+            crossed.append(one_request(fl.port("B"), ctx12, s)[0])
+        after = {h: fl.stats(h)["remote_errors"] + fl.stats(h)["remote_timeouts"] for h in ("A", "B")}
+    check("Redis restarted: sessions cross hosts again at once", all(crossed), str(crossed))
+    check("Redis restarted: stale pooled connections are replaced without a failure", before == after,
+          f"errors+timeouts before {before} after {after}")
 
 
 def outage(args, tmp, redis):
@@ -194,7 +231,7 @@ def outage(args, tmp, redis):
             worst = max(worst, time.monotonic() - t0)
             return r[0], r[2]
 
-        _, before = timed("A")
+        before = fl.request("A", ctx12)[2]
         check("before the outage: A's session resumes on B", timed("B", before)[0], "")
 
         for phase, stop, start in (("stopped", redis.stop, redis.start), ("hung", redis.pause, redis.resume)):
@@ -241,6 +278,8 @@ def main():
             without_tier(args, tmp, redis)
             tampering(args, tmp, redis)
             key_rotation(args, tmp, redis)
+            never_stored(args, tmp, redis)
+            restart(args, tmp, redis)
             outage(args, tmp, redis)
     finally:
         subprocess.run(["rm", "-rf", tmp])

@@ -189,12 +189,8 @@ pub fn human(snap: &Snapshot) -> String {
         "session ids       {} generated, {} collisions",
         s.ids_generated, s.id_collisions
     );
-    let remote_used = s.remote_stores
-        + s.remote_hits
-        + s.remote_misses
-        + s.remote_errors
-        + s.remote_timeouts
-        + s.remote_skipped;
+    let remote_used = s.remote_stores + s.remote_hits + s.remote_misses + s.remote_errors
+        + s.remote_timeouts + s.remote_skipped + s.remote_dropped;
     if remote_used > 0 {
         let _ = writeln!(
             w,
@@ -203,19 +199,16 @@ pub fn human(snap: &Snapshot) -> String {
         );
         let _ = writeln!(
             w,
-            "remote trouble    {} errors, {} timeouts, {} skipped while backing off",
-            s.remote_errors, s.remote_timeouts, s.remote_skipped
+            "remote trouble    {} errors, {} timeouts, {} skipped while backing off, {} writes dropped",
+            s.remote_errors, s.remote_timeouts, s.remote_skipped, s.remote_dropped
         );
         let _ = writeln!(
             w,
-            "remote refused    {} values that did not authenticate{}, {} TLS 1.3 replays",
+            "remote refused    {} values that did not authenticate{}, {} TLS 1.3 replays, {} unconfirmed (no early data)",
             s.remote_rejected,
-            if s.remote_rejected > 0 {
-                " (tampered, or a key missing from the key file)"
-            } else {
-                ""
-            },
-            s.remote_replays_refused
+            if s.remote_rejected > 0 { " (tampered, or a key missing from the key file)" } else { "" },
+            s.remote_replays_refused,
+            s.remote_unconfirmed
         );
     } else {
         let _ = writeln!(w, "remote tier       not used");

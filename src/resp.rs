@@ -1,0 +1,838 @@
+//! A small Redis client (RESP2) for the handful of commands the remote tier sends, built so
+//! that one operation has one deadline and one reply has a size limit.
+//!
+//! Why not the `redis` crate: its timeouts are per `read()`/`write()` call and per setup step,
+//! so a server that drips its reply (or answers AUTH, SELECT and the command each just inside
+//! the timeout) holds a handshake for as long as it likes, and it reads a bulk string of any
+//! announced length into memory. Here every wait is a `poll()` against the operation's
+//! [`Deadline`] on a nonblocking socket (name lookup, connect, TLS, AUTH/SELECT, command and
+//! reply together), and the reader refuses a reply larger than its cap before buffering it.
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The point in time an operation must be finished by.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline(pub Instant);
+
+impl Deadline {
+    pub fn after(d: Duration) -> Deadline {
+        Deadline(Instant::now() + d)
+    }
+
+    /// Time left, `Err(Timeout)` once it has passed.
+    pub fn left(&self) -> Result<Duration, Failure> {
+        match self.0.checked_duration_since(Instant::now()) {
+            Some(d) if !d.is_zero() => Ok(d),
+            _ => Err(Failure::Timeout),
+        }
+    }
+}
+
+/// Why an operation did not give an answer. Nothing here holds text from the URL or from a
+/// reply's payload (either may hold secrets).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The deadline passed.
+    Timeout,
+    /// The host name did not resolve (or not to an address).
+    Resolve(String),
+    /// connect/read/write failed, or the server closed the connection.
+    Io(io::ErrorKind),
+    /// The server sent something that is not the RESP we expect.
+    Protocol(&'static str),
+    /// A reply larger than the cap (the connection is dropped before reading it).
+    TooLarge(u64),
+    /// The server answered with an error; its first word (e.g. `ERR`, `NOAUTH`, `WRONGPASS`).
+    Server(String),
+    /// TLS setup or certificate verification failed.
+    Tls(String),
+    /// Redis Cluster: the key's slot is served by another node (`MOVED`), for good or
+    /// during a migration (`ASK`: ask that node once, after ASKING).
+    Moved(SocketAddr),
+    Ask(SocketAddr),
+}
+
+impl Failure {
+    /// Whether a fresh connection might succeed where this (pooled) one failed: the server
+    /// closed or reset it (a restarted Redis, an idle timeout), before any answer was read.
+    pub fn is_stale_connection(&self) -> bool {
+        matches!(
+            self,
+            Failure::Io(
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+            )
+        )
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Timeout => f.write_str("timed out"),
+            Failure::Resolve(m) => write!(f, "name lookup failed ({m})"),
+            Failure::Io(k) => write!(f, "I/O error ({k:?})"),
+            Failure::Protocol(m) => write!(f, "not a Redis reply ({m})"),
+            Failure::TooLarge(n) => write!(f, "reply of {n} bytes is over the limit"),
+            Failure::Server(m) => write!(f, "Redis said {m}"),
+            Failure::Tls(m) => write!(f, "TLS: {m}"),
+            Failure::Moved(a) => write!(f, "slot moved to {a}"),
+            Failure::Ask(a) => write!(f, "slot migrating to {a}"),
+        }
+    }
+}
+
+/// One parsed reply.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    Simple(Vec<u8>),
+    Error(Vec<u8>),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Reply>>),
+}
+
+impl Reply {
+    /// An error reply as a [`Failure`] carrying its first word only.
+    pub fn into_result(self) -> Result<Reply, Failure> {
+        match self {
+            Reply::Error(e) => {
+                if let Some(f) = redirection(&e) {
+                    return Err(f);
+                }
+                let word = e.split(|&b| b == b' ').next().unwrap_or(b"ERR");
+                let word: String = String::from_utf8_lossy(word)
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric())
+                    .take(32)
+                    .collect();
+                Err(Failure::Server(word))
+            }
+            r => Ok(r),
+        }
+    }
+
+    /// `+OK` (or any simple string) expected.
+    pub fn expect_ok(self) -> Result<(), Failure> {
+        match self.into_result()? {
+            Reply::Simple(_) => Ok(()),
+            _ => Err(Failure::Protocol("expected a status reply")),
+        }
+    }
+}
+
+/// `MOVED slot ip:port` / `ASK slot ip:port` as a [`Failure`] (addresses as IPs only).
+fn redirection(e: &[u8]) -> Option<Failure> {
+    let text = std::str::from_utf8(e).ok()?;
+    let mut words = text.split(' ');
+    let (kind, _slot, addr) = (words.next()?, words.next()?, words.next()?);
+    let addr: SocketAddr = addr.parse().ok()?;
+    match kind {
+        "MOVED" => Some(Failure::Moved(addr)),
+        "ASK" => Some(Failure::Ask(addr)),
+        _ => None,
+    }
+}
+
+/// Longest line (status, error, integer, length header) accepted.
+const MAX_LINE: usize = 512;
+/// Most elements in an array reply (a few, or one per slot range for CLUSTER SLOTS).
+const MAX_ARRAY: i64 = 1024;
+/// Deepest array nesting accepted.
+const MAX_DEPTH: usize = 4;
+
+/// Parse one reply from the start of `buf`. `Ok(None)`: incomplete, read more. `cap` bounds
+/// every bulk string.
+pub fn parse(buf: &[u8], cap: usize) -> Result<Option<(Reply, usize)>, Failure> {
+    parse_at(buf, 0, cap, 0)
+}
+
+fn parse_at(
+    buf: &[u8],
+    at: usize,
+    cap: usize,
+    depth: usize,
+) -> Result<Option<(Reply, usize)>, Failure> {
+    let Some((line, next)) = line_at(buf, at)? else {
+        return Ok(None);
+    };
+    let (&kind, body) = line.split_first().ok_or(Failure::Protocol("empty line"))?;
+    let int = || -> Result<i64, Failure> {
+        std::str::from_utf8(body)
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+            .ok_or(Failure::Protocol("bad integer"))
+    };
+    Ok(Some(match kind {
+        b'+' => (Reply::Simple(body.to_vec()), next),
+        b'-' => (Reply::Error(body.to_vec()), next),
+        b':' => (Reply::Int(int()?), next),
+        b'$' => {
+            let n = int()?;
+            if n < 0 {
+                return Ok(Some((Reply::Bulk(None), next)));
+            }
+            if n as u64 > cap as u64 {
+                return Err(Failure::TooLarge(n as u64));
+            }
+            let end = next + n as usize;
+            if buf.len() < end + 2 {
+                return Ok(None);
+            }
+            if &buf[end..end + 2] != b"\r\n" {
+                return Err(Failure::Protocol("bulk string not terminated"));
+            }
+            (Reply::Bulk(Some(buf[next..end].to_vec())), end + 2)
+        }
+        b'*' => {
+            let n = int()?;
+            if n < 0 {
+                return Ok(Some((Reply::Array(None), next)));
+            }
+            if n > MAX_ARRAY || depth >= MAX_DEPTH {
+                return Err(Failure::Protocol("array too large or too deep"));
+            }
+            let mut items = Vec::with_capacity(n as usize);
+            let mut pos = next;
+            for _ in 0..n {
+                let Some((item, p)) = parse_at(buf, pos, cap, depth + 1)? else {
+                    return Ok(None);
+                };
+                items.push(item);
+                pos = p;
+            }
+            (Reply::Array(Some(items)), pos)
+        }
+        _ => return Err(Failure::Protocol("unknown reply type")),
+    }))
+}
+
+/// The line starting at `at` (without CRLF) and where the next one starts.
+fn line_at(buf: &[u8], at: usize) -> Result<Option<(&[u8], usize)>, Failure> {
+    let rest = &buf[at..];
+    let window = &rest[..rest.len().min(MAX_LINE + 2)];
+    match window.windows(2).position(|w| w == b"\r\n") {
+        Some(i) => Ok(Some((&rest[..i], at + i + 2))),
+        None if window.len() >= MAX_LINE + 2 => Err(Failure::Protocol("line too long")),
+        None => Ok(None),
+    }
+}
+
+/// Append one command (an array of bulk strings) to `out`.
+pub fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A password (or user name) from the URL, wiped when dropped.
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        crate::util::wipe(&mut self.0);
+    }
+}
+
+/// Where to connect and how to log in, parsed from
+/// `redis[s]://[[user]:password@]host[:port][/db]`.
+pub struct Target {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub user: Option<Secret>,
+    pub password: Option<Secret>,
+    pub db: u32,
+}
+
+/// What a usable URL looks like (quoted in every refusal; the URL itself never is: it may hold
+/// a password).
+pub const URL_FORM: &str = "redis://[user:password@]host:port/db or rediss://... for TLS";
+
+impl Target {
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("redis://") {
+            (false, r)
+        } else if let Some(r) = url.strip_prefix("rediss://") {
+            (true, r)
+        } else {
+            return Err("the scheme must be redis:// or rediss://".into());
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, ""),
+        };
+        if path.contains(['?', '#']) {
+            return Err("URL parameters (?...) are not supported".into());
+        }
+        let db = match path {
+            "" => 0,
+            p => p
+                .parse::<u32>()
+                .map_err(|_| "the path must be a database number")?,
+        };
+        let (userinfo, hostport) = match authority.rfind('@') {
+            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+            None => (None, authority),
+        };
+        let (user, password) = match userinfo {
+            None => (None, None),
+            Some(u) => {
+                let (name, pw) = u.split_once(':').unwrap_or(("", u));
+                let name = percent_decode(name).ok_or("bad %-escape in the user name")?;
+                let pw = percent_decode(pw).ok_or("bad %-escape in the password")?;
+                let name = (!name.is_empty()).then_some(Secret(name));
+                (name, (!pw.is_empty()).then_some(Secret(pw)))
+            }
+        };
+        let (host, port) = split_host_port(hostport)?;
+        Ok(Target {
+            tls,
+            host,
+            port,
+            user,
+            password,
+            db,
+        })
+    }
+
+    /// The host as an IP address, if it is one (no name lookup needed).
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+}
+
+fn split_host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(r) = s.strip_prefix('[') {
+        let (h, after) = r.split_once(']').ok_or("unclosed [ in the host")?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    let port = match port {
+        None | Some("") => 6379,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or("bad port")?,
+    };
+    Ok((host.to_owned(), port))
+}
+
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// Name lookups, bounded by the caller's deadline. `getaddrinfo` cannot be interrupted, so it
+/// runs on a helper thread and the caller stops waiting at its deadline; a lookup still running
+/// is handed to the next caller instead of starting another, and a result is reused for
+/// [`Resolver::REUSE`]. The caller waits outside of any lock: [`Resolver::begin`] and
+/// [`Resolver::finish`] are the short critical sections around the wait.
+#[derive(Default)]
+pub struct Resolver {
+    pending: Option<Lookup>,
+    last: Option<(Instant, Vec<SocketAddr>)>,
+}
+
+/// A lookup running on its helper thread.
+pub struct Lookup(mpsc::Receiver<io::Result<Vec<SocketAddr>>>);
+
+pub enum Begun {
+    Known(Vec<SocketAddr>),
+    Wait(Lookup),
+}
+
+impl Lookup {
+    /// Wait for the lookup until the deadline; `Err(self)` if it is still running then.
+    pub fn wait(self, dl: Deadline) -> Result<Result<Vec<SocketAddr>, Failure>, Lookup> {
+        let Ok(left) = dl.left() else {
+            return Err(self);
+        };
+        match self.0.recv_timeout(left) {
+            Ok(Ok(addrs)) if !addrs.is_empty() => Ok(Ok(addrs)),
+            Ok(Ok(_)) => Ok(Err(Failure::Resolve("no address".into()))),
+            Ok(Err(e)) => Ok(Err(Failure::Resolve(format!("{:?}", e.kind())))),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(self),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Ok(Err(Failure::Resolve("lookup thread died".into())))
+            }
+        }
+    }
+}
+
+impl Resolver {
+    pub const REUSE: Duration = Duration::from_secs(30);
+
+    /// A fresh earlier result, the lookup in progress, or a new one.
+    pub fn begin(&mut self, host: &str, port: u16) -> Result<Begun, Failure> {
+        if let Some((at, addrs)) = &self.last {
+            if at.elapsed() < Self::REUSE {
+                return Ok(Begun::Known(addrs.clone()));
+            }
+        }
+        if let Some(l) = self.pending.take() {
+            return Ok(Begun::Wait(l));
+        }
+        let (tx, rx) = mpsc::channel();
+        let name = format!("{host}:{port}");
+        std::thread::Builder::new()
+            .name("shmsess-resolve".into())
+            .spawn(move || {
+                let _ = tx.send(name.to_socket_addrs().map(|a| a.collect()));
+            })
+            .map_err(|_| Failure::Resolve("cannot start a lookup thread".into()))?;
+        Ok(Begun::Wait(Lookup(rx)))
+    }
+
+    /// Record what waiting gave: addresses to reuse, or a lookup to hand to the next caller.
+    pub fn finish(&mut self, waited: &Result<Result<Vec<SocketAddr>, Failure>, Lookup>) {
+        if let Ok(Ok(addrs)) = waited {
+            self.last = Some((Instant::now(), addrs.clone()));
+        }
+    }
+
+    pub fn park(&mut self, l: Lookup) {
+        if self.pending.is_none() {
+            self.pending = Some(l);
+        }
+    }
+
+    /// Forget a reused result (after a failed connect the name may point elsewhere now).
+    pub fn forget(&mut self) {
+        self.last = None;
+    }
+}
+
+/// What the transport needs before it can go on.
+pub enum Want {
+    Read,
+    Write,
+}
+
+/// A byte stream under a deadline: plain TCP, or TLS over it (see `tls.rs`).
+pub trait Transport {
+    /// Nonblocking read; `Err(Ok(want))` when it must wait.
+    fn read_nb(&mut self, buf: &mut [u8]) -> Result<usize, Result<Want, Failure>>;
+    fn write_nb(&mut self, buf: &[u8]) -> Result<usize, Result<Want, Failure>>;
+    fn fd(&self) -> i32;
+    fn peer(&self) -> Option<SocketAddr>;
+}
+
+impl Transport for TcpStream {
+    fn read_nb(&mut self, buf: &mut [u8]) -> Result<usize, Result<Want, Failure>> {
+        match self.read(buf) {
+            Ok(n) => Ok(n),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Err(Ok(Want::Read))
+            }
+            Err(e) => Err(Err(Failure::Io(e.kind()))),
+        }
+    }
+    fn write_nb(&mut self, buf: &[u8]) -> Result<usize, Result<Want, Failure>> {
+        match self.write(buf) {
+            Ok(n) => Ok(n),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Err(Ok(Want::Write))
+            }
+            Err(e) => Err(Err(Failure::Io(e.kind()))),
+        }
+    }
+    fn fd(&self) -> i32 {
+        self.as_raw_fd()
+    }
+    fn peer(&self) -> Option<SocketAddr> {
+        self.peer_addr().ok()
+    }
+}
+
+/// Wait until `fd` is ready for `want`, or the deadline.
+pub fn wait(fd: i32, want: Want, dl: Deadline) -> Result<(), Failure> {
+    let events = match want {
+        Want::Read => libc::POLLIN,
+        Want::Write => libc::POLLOUT,
+    };
+    loop {
+        let left = dl.left()?;
+        // Round up: polling 0 ms until the deadline would spin.
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        let mut p = libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, ms) };
+        if n > 0 {
+            return Ok(());
+        }
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(Failure::Io(e.kind()));
+            }
+        }
+    }
+}
+
+/// TCP connect to the first address that answers, within the deadline.
+pub fn tcp_connect(addrs: &[SocketAddr], dl: Deadline) -> Result<TcpStream, Failure> {
+    let mut last = Failure::Io(io::ErrorKind::NotFound);
+    for a in addrs {
+        match TcpStream::connect_timeout(a, dl.left()?) {
+            Ok(s) => {
+                s.set_nonblocking(true).map_err(|e| Failure::Io(e.kind()))?;
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                last = Failure::Timeout
+            }
+            Err(e) => last = Failure::Io(e.kind()),
+        }
+    }
+    Err(last)
+}
+
+/// One connection: a transport, the bytes read but not parsed yet, and the reply cap.
+pub struct Conn {
+    io: Box<dyn Transport + Send>,
+    buf: Vec<u8>,
+    cap: usize,
+}
+
+/// Bytes read per `read()` call.
+const CHUNK: usize = 16 * 1024;
+
+impl Conn {
+    /// `cap`: largest bulk string accepted; the read buffer never holds more than a few
+    /// replies' framing beyond it.
+    pub fn new(io: Box<dyn Transport + Send>, cap: usize) -> Conn {
+        Conn {
+            io,
+            buf: Vec::new(),
+            cap,
+        }
+    }
+
+    /// Change the reply cap (CLUSTER SLOTS is larger than any session).
+    pub fn set_cap(&mut self, cap: usize) {
+        self.cap = cap;
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.io.peer()
+    }
+
+    fn limit(&self) -> usize {
+        self.cap + 4 * MAX_LINE
+    }
+
+    pub fn send(&mut self, data: &[u8], dl: Deadline) -> Result<(), Failure> {
+        let mut off = 0;
+        while off < data.len() {
+            match self.io.write_nb(&data[off..]) {
+                Ok(0) => return Err(Failure::Io(io::ErrorKind::WriteZero)),
+                Ok(n) => off += n,
+                Err(Ok(w)) => wait(self.io.fd(), w, dl)?,
+                Err(Err(f)) => return Err(f),
+            }
+        }
+        Ok(())
+    }
+
+    /// Read one reply (error replies included: see [`Reply::into_result`]).
+    pub fn recv(&mut self, dl: Deadline) -> Result<Reply, Failure> {
+        loop {
+            if let Some((reply, used)) = parse(&self.buf, self.cap)? {
+                self.buf.drain(..used);
+                return Ok(reply);
+            }
+            let room = self.limit().saturating_sub(self.buf.len());
+            if room == 0 {
+                return Err(Failure::TooLarge(self.buf.len() as u64));
+            }
+            let old = self.buf.len();
+            self.buf.resize(old + room.min(CHUNK), 0);
+            let got = self.io.read_nb(&mut self.buf[old..]);
+            let n = match got {
+                Ok(n) => n,
+                Err(_) => 0,
+            };
+            self.buf.truncate(old + n);
+            match got {
+                Ok(0) => return Err(Failure::Io(io::ErrorKind::UnexpectedEof)),
+                Ok(_) => {}
+                Err(Ok(w)) => wait(self.io.fd(), w, dl)?,
+                Err(Err(f)) => return Err(f),
+            }
+        }
+    }
+
+    /// Send commands in one write and read one reply per command, in order.
+    pub fn pipeline(&mut self, cmds: &[&[&[u8]]], dl: Deadline) -> Result<Vec<Reply>, Failure> {
+        let mut out = Vec::new();
+        for c in cmds {
+            encode(&mut out, c);
+        }
+        self.send(&out, dl)?;
+        cmds.iter().map(|_| self.recv(dl)).collect()
+    }
+
+    /// One command, one reply (error replies as [`Failure::Server`]).
+    pub fn call(&mut self, args: &[&[u8]], dl: Deadline) -> Result<Reply, Failure> {
+        let mut out = Vec::new();
+        encode(&mut out, args);
+        self.send(&out, dl)?;
+        self.recv(dl)?.into_result()
+    }
+
+    /// AUTH (when the URL has a password), SELECT (when its db is not 0) and `INFO server`,
+    /// pipelined: one round trip. Returns the server's version (`None` if INFO is refused or
+    /// does not say).
+    pub fn login(&mut self, t: &Target, dl: Deadline) -> Result<Option<Version>, Failure> {
+        let db = t.db.to_string();
+        let mut cmds: Vec<Vec<&[u8]>> = Vec::new();
+        if let Some(pw) = &t.password {
+            match &t.user {
+                // Two-argument AUTH (ACL users) needs Redis 6; "default" is what one-argument
+                // AUTH logs in as, so keep that form for it (older servers understand it).
+                Some(u) if u.bytes() != b"default" => {
+                    cmds.push(vec![b"AUTH", u.bytes(), pw.bytes()])
+                }
+                _ => cmds.push(vec![b"AUTH", pw.bytes()]),
+            }
+        }
+        if t.db != 0 {
+            cmds.push(vec![b"SELECT", db.as_bytes()]);
+        }
+        cmds.push(vec![b"INFO", b"server"]);
+        let refs: Vec<&[&[u8]]> = cmds.iter().map(|c| c.as_slice()).collect();
+        let mut replies = self.pipeline(&refs, dl)?;
+        let info = replies.pop();
+        for r in replies {
+            r.expect_ok()?;
+        }
+        Ok(match info {
+            Some(Reply::Bulk(Some(text))) => Version::from_info(&text),
+            _ => None,
+        })
+    }
+}
+
+/// A server version as `INFO server` reports it (Valkey reports the Redis version it is
+/// compatible with in `redis_version` too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version(pub u32, pub u32, pub u32);
+
+impl Version {
+    pub fn from_info(text: &[u8]) -> Option<Version> {
+        let text = std::str::from_utf8(text).ok()?;
+        let v = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("redis_version:"))?;
+        let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+        Some(Version(
+            parts.next()??,
+            parts.next()??,
+            parts.next().flatten().unwrap_or(0),
+        ))
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_parse_incrementally_and_exactly() {
+        let all = b"+OK\r\n:42\r\n$3\r\nabc\r\n$-1\r\n*2\r\n$1\r\nx\r\n:7\r\n-ERR nope\r\n";
+        let mut pos = 0;
+        let mut got = Vec::new();
+        while pos < all.len() {
+            // Every strict prefix of the next reply is "incomplete", never an error.
+            let (r, used) = parse(&all[pos..], 100).unwrap().unwrap();
+            for cut in pos..pos + used {
+                assert!(
+                    parse(&all[pos..cut], 100).unwrap().is_none(),
+                    "prefix {cut}"
+                );
+            }
+            got.push(r);
+            pos += used;
+        }
+        assert_eq!(
+            got,
+            vec![
+                Reply::Simple(b"OK".to_vec()),
+                Reply::Int(42),
+                Reply::Bulk(Some(b"abc".to_vec())),
+                Reply::Bulk(None),
+                Reply::Array(Some(vec![Reply::Bulk(Some(b"x".to_vec())), Reply::Int(7)])),
+                Reply::Error(b"ERR nope".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn oversized_and_malformed_replies_are_refused_before_buffering() {
+        assert_eq!(
+            parse(b"$400000000\r\n", 9000),
+            Err(Failure::TooLarge(400_000_000))
+        );
+        assert_eq!(parse(b"$10\r\n", 9), Err(Failure::TooLarge(10)));
+        assert!(parse(b"$10\r\n", 10).unwrap().is_none());
+        assert!(matches!(
+            parse(b"\x00\xff garbage\r\n", 100),
+            Err(Failure::Protocol(_))
+        ));
+        assert!(matches!(
+            parse(b"$3\r\nabcXY", 100),
+            Err(Failure::Protocol(_))
+        ));
+        assert!(matches!(
+            parse(&[b'+'; 600], 100),
+            Err(Failure::Protocol(_))
+        ));
+        assert!(matches!(
+            parse(b"*100000\r\n", 100),
+            Err(Failure::Protocol(_))
+        ));
+        assert!(matches!(
+            parse(b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n", 100),
+            Err(Failure::Protocol(_))
+        ));
+        assert!(matches!(parse(b":12x\r\n", 100), Err(Failure::Protocol(_))));
+    }
+
+    #[test]
+    fn cluster_redirections_are_read() {
+        let r = |t: &[u8]| Reply::Error(t.to_vec()).into_result().unwrap_err();
+        assert_eq!(
+            r(b"MOVED 3999 127.0.0.1:6381"),
+            Failure::Moved("127.0.0.1:6381".parse().unwrap())
+        );
+        assert_eq!(
+            r(b"ASK 3999 [::1]:7000"),
+            Failure::Ask("[::1]:7000".parse().unwrap())
+        );
+        assert_eq!(
+            r(b"MOVED 3999 redis-2:6381"),
+            Failure::Server("MOVED".into()),
+            "names are not followed"
+        );
+    }
+
+    #[test]
+    fn error_replies_keep_only_their_first_word() {
+        let f = Reply::Error(b"WRONGPASS invalid username-password pair secret".to_vec())
+            .into_result()
+            .unwrap_err();
+        assert_eq!(f, Failure::Server("WRONGPASS".into()));
+    }
+
+    #[test]
+    fn urls_parse_into_targets() {
+        let t = Target::parse("redis://u%40x:p%3Aw@10.0.0.5:6380/2").unwrap();
+        assert_eq!(
+            (t.tls, t.host.as_str(), t.port, t.db),
+            (false, "10.0.0.5", 6380, 2)
+        );
+        assert_eq!(t.user.unwrap().bytes(), b"u@x");
+        assert_eq!(t.password.unwrap().bytes(), b"p:w");
+        let t = Target::parse("rediss://:pw@[::1]/0").unwrap();
+        assert_eq!((t.tls, t.host.as_str(), t.port), (true, "::1", 6379));
+        assert!(t.user.is_none() && t.ip().is_some());
+        let t = Target::parse("redis://redis.internal").unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.db), ("redis.internal", 6379, 0));
+        assert!(t.ip().is_none());
+        for bad in [
+            "http://h/",
+            "redis://",
+            "redis://h:0",
+            "redis://h:99999",
+            "redis://h/x",
+            "redis://h/0?a=1",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn versions_are_read_from_info() {
+        let info = b"# Server\r\nredis_version:7.0.15\r\nredis_git_sha1:0\r\n";
+        assert_eq!(Version::from_info(info), Some(Version(7, 0, 15)));
+        let valkey =
+            b"# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:8.0.1\r\n";
+        assert_eq!(Version::from_info(valkey), Some(Version(7, 2, 4)));
+        assert_eq!(
+            Version::from_info(b"redis_version:6.0\r\n"),
+            Some(Version(6, 0, 0))
+        );
+        assert_eq!(Version::from_info(b"# Server\r\n"), None);
+        assert!(Version(6, 0, 16) < Version(6, 2, 0) && Version(6, 2, 0) <= Version(7, 0, 0));
+    }
+
+    #[test]
+    fn commands_encode_as_arrays_of_bulk_strings() {
+        let mut out = Vec::new();
+        encode(&mut out, &[b"SET", b"k", b"v\r\n"]);
+        assert_eq!(out, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nv\r\n\r\n");
+    }
+}

@@ -1,0 +1,232 @@
+//! The remote tier against a real `redis-server` on 127.0.0.1 (started by each test on a free
+//! port; `make test-deps` installs it): fleet-wide single use with tombstones, in both
+//! dialects (`SET ... GET` and the Lua fallback for Redis < 6.2), a Redis restarted under a
+//! pooled connection, and the write queue (bounded, never blocking its caller).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use shmsesscache::layout::RemoteCounters;
+use shmsesscache::remote::{Compat, Fetched, Remote, RemoteConfig, Taken};
+use shmsesscache::seal::{Key, Keyring};
+
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl RedisServer {
+    fn start(port: u16) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: run `make test-deps`");
+        let s = RedisServer { child, port };
+        // Readiness: PING answered.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
+                let mut buf = [0u8; 7];
+                if c.write_all(b"PING\r\n").is_ok()
+                    && c.read_exact(&mut buf).is_ok()
+                    && &buf == b"+PONG\r\n"
+                {
+                    return s;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not answer PING on port {port}");
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn remote(port: u16, compat: Compat, timeout_ms: u64) -> Remote {
+    Remote::new(RemoteConfig {
+        url: format!("redis://127.0.0.1:{port}/0"),
+        ca_file: None,
+        prefix: format!("t{}:", std::process::id()),
+        timeout: Duration::from_millis(timeout_ms),
+        backoff: Duration::from_millis(1),
+        compat,
+        cluster: false,
+        keys: Keyring::new(Key::new([7; 32]), Vec::new()),
+    })
+    .unwrap()
+}
+
+fn counters() -> Box<RemoteCounters> {
+    // SAFETY: plain atomics; all-zero is their initial state.
+    Box::new(unsafe { std::mem::zeroed() })
+}
+
+fn now() -> u32 {
+    shmsesscache::util::now_unix()
+}
+
+fn hit(f: Fetched) -> bool {
+    matches!(f, Fetched::Hit(_))
+}
+
+fn miss(f: Fetched) -> bool {
+    matches!(f, Fetched::Miss)
+}
+
+fn single_use(compat: Compat) {
+    let srv = RedisServer::start(free_port());
+    // Counters first: the Remote (and its writer thread, which counts) is dropped before them.
+    let c = counters();
+    let r = remote(srv.port, compat, 2000);
+    let (t, exp) = (now(), now() + 300);
+    let id = |n: u8| [n; 32];
+
+    // Stored by host A, taken by host B: one use in the fleet.
+    r.store_now(&c, &id(1), b"der-1", t, exp, t);
+    assert!(hit(r.fetch(&c, &id(1), true, t)), "B takes it");
+    assert!(miss(r.fetch(&c, &id(1), true, t)), "taken once");
+    assert_eq!(
+        r.take_local(&c, &id(1), exp, t),
+        Taken::UsedElsewhere,
+        "A refuses its own copy"
+    );
+
+    // Taken on the host that made it: gone for every other host.
+    r.store_now(&c, &id(2), b"der-2", t, exp, t);
+    assert_eq!(r.take_local(&c, &id(2), exp, t), Taken::Consumed);
+    assert!(miss(r.fetch(&c, &id(2), true, t)), "B finds a tombstone");
+    assert_eq!(r.take_local(&c, &id(2), exp, t), Taken::UsedElsewhere);
+
+    // Never stored (its SET failed or is still queued): accepted, and a late store cannot
+    // bring it back for another host.
+    assert_eq!(r.take_local(&c, &id(3), exp, t), Taken::NeverStored);
+    let stores = c.stores.load(Relaxed);
+    r.store_now(&c, &id(3), b"der-3", t, exp, t);
+    assert_eq!(
+        c.stores.load(Relaxed),
+        stores,
+        "SET NX did not overwrite the tombstone"
+    );
+    assert!(miss(r.fetch(&c, &id(3), true, t)));
+
+    // TLS 1.2 lookups do not consume; a removal (queued) ends them everywhere.
+    r.store_now(&c, &id(4), b"der-4", t, exp, t);
+    assert!(hit(r.fetch(&c, &id(4), false, t)));
+    assert!(hit(r.fetch(&c, &id(4), false, t)));
+    r.remove(&c, &id(4));
+    assert!(r.flush(Duration::from_secs(5)));
+    assert!(miss(r.fetch(&c, &id(4), false, t)), "removed");
+    // A removal of something Redis never had leaves nothing behind.
+    r.remove(&c, &id(5));
+    assert!(r.flush(Duration::from_secs(5)));
+    assert_eq!(r.take_local(&c, &id(5), exp, t), Taken::NeverStored);
+
+    let s = c.load();
+    assert_eq!(
+        (s.errors, s.timeouts, s.skipped, s.rejected, s.dropped),
+        (0, 0, 0, 0, 0),
+        "{s:?}"
+    );
+    assert_eq!(s.stores, 3);
+}
+
+#[test]
+fn single_use_fleet_wide_with_set_get() {
+    single_use(Compat::Detect);
+}
+
+#[test]
+fn single_use_fleet_wide_with_the_script_fallback() {
+    single_use(Compat::Scripts);
+}
+
+#[test]
+fn a_restarted_redis_costs_no_failure_the_stale_connection_is_replaced() {
+    let port = free_port();
+    let mut srv = RedisServer::start(port);
+    let c = counters();
+    let r = remote(port, Compat::Detect, 2000);
+    let t = now();
+    r.store_now(&c, &[9; 32], b"der", t, t + 300, t);
+    assert!(hit(r.fetch(&c, &[9; 32], false, t)));
+    srv.stop();
+    let _srv = RedisServer::start(port);
+    // The pooled connection is dead (the old server closed it): replaced within the same
+    // operation. Redis lost its data (no persistence): a miss, not an error.
+    assert!(miss(r.fetch(&c, &[9; 32], false, t)));
+    let s = c.load();
+    assert_eq!((s.errors, s.timeouts), (0, 0), "{s:?}");
+}
+
+#[test]
+fn an_unreachable_redis_leaves_a_local_take_unconfirmed() {
+    let c = counters();
+    let r = remote(free_port(), Compat::Detect, 200);
+    let t = now();
+    assert_eq!(r.take_local(&c, &[1; 32], t + 60, t), Taken::Unconfirmed);
+    assert_eq!(c.unconfirmed.load(Relaxed), 1);
+}
+
+#[test]
+fn queued_writes_never_wait_for_redis_and_the_queue_is_bounded() {
+    // A Redis that never answers: a listener nobody accepts on (the kernel completes the
+    // connections into its backlog), so the writer's batches wait out their timeout.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let timeout_ms = 1000;
+    let c = counters();
+    let r = remote(port, Compat::Detect, timeout_ms);
+    let t = now();
+    let start = Instant::now();
+    for n in 0..5000u32 {
+        let mut id = [0u8; 32];
+        id[..4].copy_from_slice(&n.to_le_bytes());
+        r.store(&c, &id, b"der", t, t + 300, t);
+        r.remove(&c, &id);
+    }
+    let spent = start.elapsed();
+    // Wide margin: 10000 queued writes against one timeout (a synchronous write would wait a
+    // full timeout for the first one alone).
+    assert!(
+        spent < Duration::from_millis(timeout_ms),
+        "queueing took {spent:?}"
+    );
+    let dropped = c.dropped.load(Relaxed);
+    assert!(
+        dropped >= 10_000 - 4096 - 64,
+        "the queue is bounded: {dropped} dropped"
+    );
+    assert_eq!(c.stores.load(Relaxed), 0);
+    drop(r);
+    drop(silent);
+}
