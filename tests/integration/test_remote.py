@@ -9,6 +9,7 @@ anything failed.
 import argparse
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -122,6 +123,40 @@ def across_hosts(args, tmp, redis):
               f"{len(keys)} keys, value starts {raw[:4]!r}")
         ttl = int(redis.cli("PTTL", keys[0]).strip()) if keys else -1
         check("Redis expires the values with the sessions", 0 < ttl <= 7200 * 1000, f"PTTL {ttl} ms")
+
+
+def offer(port, ctx, session, name):
+    """One connection offering `session` with server name `name`: was it resumed?"""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=name, session=session) as tls:
+            tls.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            while tls.recv(4096):
+                pass
+            return tls.session_reused
+
+
+def hrr_and_names_through_the_tier(args, tmp, redis):
+    """Host B accepts only P-256, so a client whose first key share is X25519 (Python's) gets a
+    HelloRetryRequest there, and OpenSSL looks the ticket up twice; a ticket offered for another
+    server name is refused without being consumed in Redis."""
+    seg = {n: os.path.join(tmp, f"{n}.hrr.seg") for n in ("A", "B")}
+    common = ["--tls13-stateful", "--remote", redis.url, "--remote-key", os.path.join(tmp, "key"),
+              "--remote-timeout-ms", str(TIMEOUT_MS)]
+    a = Server(args.server, args.certs, 2, common + ["--cache-path", seg["A"]])
+    b = Server(args.server, args.certs, 2, common + ["--cache-path", seg["B"], "--groups", "P-256"])
+    with a, b:
+        ctx13 = client_context(TLS13, no_ticket=True)
+        _, _, t = request_settled(args.cli, seg["A"], a.port, ctx13)
+        uses = [one_request(b.port, ctx13, t)[0] for _ in range(2)]
+        check("TLS 1.3 through a HelloRetryRequest: a ticket from A resumes on B (from Redis), once",
+              uses == [True, False], str(uses))
+        _, _, t = request_settled(args.cli, seg["A"], a.port, ctx13)
+        wrong = offer(a.port, ctx13, t, "other.test")
+        right = offer(a.port, ctx13, t, "localhost")
+        check("a ticket offered for another server name is refused and still resumes for its own, "
+              "with the tier", not wrong and right, f"other name: {wrong}, own name: {right}")
+    for p in seg.values():
+        os.unlink(p)
 
 
 def without_tier(args, tmp, redis):
@@ -275,6 +310,7 @@ def main():
         # AUTH: the server requires a password; the URL carries it.
         with Redis(password="test-" + os.urandom(6).hex()) as redis:
             across_hosts(args, tmp, redis)
+            hrr_and_names_through_the_tier(args, tmp, redis)
             without_tier(args, tmp, redis)
             tampering(args, tmp, redis)
             key_rotation(args, tmp, redis)
