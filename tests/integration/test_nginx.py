@@ -405,7 +405,9 @@ def made_on_and_stored(redis, port):
 
 def key_rotation_on_reload(args):
     """Host Y seals with key A, host X with key B. Y's key file is rewritten to "B, then A"
-    (B seals, A still opens) and Y is reloaded: Y now opens X's sessions, without a restart."""
+    (B seals, A still opens) and Y is reloaded: Y now opens X's sessions, without a restart,
+    and still resumes its own. Y runs on a named segment, which the reload attaches again with
+    the new keys (the anonymous case is anonymous_settings_reload)."""
     tmp = tempfile.mkdtemp(prefix="shmsess-nginx-rot-")
     key_a, key_b = os.urandom(32).hex(), os.urandom(32).hex()
     x_key, y_key = os.path.join(tmp, "x.key"), os.path.join(tmp, "y.key")
@@ -413,21 +415,24 @@ def key_rotation_on_reload(args):
     write_key_file(y_key, key_a)
     try:
         with Redis() as redis:
-            tier = shmsess_cache() + f"\n    shmsess_remote {redis.url};\n    shmsess_remote_key {{key}};"
-            with Nginx(args.module, args.certs, tier.format(key=x_key)) as x, \
-                    Nginx(args.module, args.certs, tier.format(key=y_key)) as y:
+            tier = f"\n    shmsess_remote {redis.url};\n    shmsess_remote_key "
+            # Y on a named segment: the reload attaches it again with the new keys.
+            with Nginx(args.module, args.certs, shmsess_cache() + tier + x_key + ";") as x, \
+                    Nginx(args.module, args.certs, shmsess_cache("{root}/ssl.sess") + tier + y_key + ";") as y:
                 before = one_request(y.port, client_context(TLS12), made_on_and_stored(redis, x.port))[0]
+                _, _, own = one_request(y.port, client_context(TLS12))
                 write_key_file(y_key, key_b, key_a)
                 y.reload()
                 after = one_request(y.port, client_context(TLS12), made_on_and_stored(redis, x.port))[0]
+                own_after = one_request(y.port, client_context(TLS12), own)[0]
                 log = y.error_log()
             for n in (x, y):
                 n.cleanup()
     finally:
         subprocess.run(["rm", "-rf", tmp])
     check("Redis tier: a rotated key file is read again on nginx -s reload (host Y opens host X's "
-          "sessions after Y's key file gains X's key)", not before and after,
-          f"before rotation resumed {before}, after rotation and reload {after}; "
+          "sessions after Y's key file gains X's key; Y's own sessions stay)", not before and after and own_after,
+          f"before rotation resumed {before}, after rotation and reload {after}, Y's own {own_after}; "
           + next((ln for ln in log.splitlines() if "[alert]" in ln or "[emerg]" in ln), ""))
 
 
