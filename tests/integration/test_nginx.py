@@ -349,6 +349,25 @@ def named_segment(args):
         subprocess.run(["rm", "-rf", root])
 
 
+def write_key_file(path, *keys):
+    """A key file of mode 0600 (one hex key per line), rewritten in place if it exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(k + "\n" for k in keys))
+
+
+def made_on_and_stored(redis, port, version=TLS12):
+    """A new session (TLS 1.2) or ticket (TLS 1.3) from the host on `port`, returned once
+    Redis holds its keys (the host stores them from a writer thread, off the handshake:
+    Redis's key count is the readiness signal; a TLS 1.3 full handshake makes two tickets)."""
+    want = int(redis.cli("DBSIZE")) + (2 if version == TLS13 else 1)
+    _, _, session = one_request(port, client_context(version))
+    deadline = time.monotonic() + 5
+    while int(redis.cli("DBSIZE")) < want and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return session
+
+
 def two_hosts_on_redis(args):
     """Two nginx "hosts" with the Redis tier (shmsess_remote, shmsess_remote_key): a session
     made on one resumes on the other; a TLS 1.3 ticket resumes once in the fleet."""
@@ -362,9 +381,10 @@ def two_hosts_on_redis(args):
             tier = (shmsess_cache() + f"\n    shmsess_remote {redis.url};\n    shmsess_remote_key {key};"
                     "\n    shmsess_remote_timeout 200ms;")
             with Nginx(args.module, args.certs, tier) as a, Nginx(args.module, args.certs, tier) as b:
-                _, _, s12 = one_request(a.port, client_context(TLS12))
+                # A stores from a writer thread: offered to B once it is in Redis.
+                s12 = made_on_and_stored(redis, a.port)
                 on_b = [one_request(b.port, client_context(TLS12), s12)[0] for _ in range(3)]
-                _, _, t13 = one_request(a.port, client_context(TLS13))
+                t13 = made_on_and_stored(redis, a.port, TLS13)
                 t13_b = one_request(b.port, client_context(TLS13), t13)[0]
                 t13_a = one_request(a.port, client_context(TLS13), t13)[0]
                 sb = b.stats()
@@ -382,25 +402,6 @@ def two_hosts_on_redis(args):
     check("Redis tier: a TLS 1.3 ticket from A resumes on B, then not again on A", t13_b and not t13_a,
           f"on B {t13_b}, then on A {t13_a}")
     check("contrast, no tier: host B does not resume host A's session", not without, f"resumed {without}")
-
-
-def write_key_file(path, *keys):
-    """A key file of mode 0600 (one hex key per line), rewritten in place if it exists."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("".join(k + "\n" for k in keys))
-
-
-def made_on_and_stored(redis, port):
-    """A new TLS 1.2 session from the host on `port`, returned once Redis holds one more key
-    (the host stores it from a writer thread, off the handshake: Redis's key count is the
-    readiness signal)."""
-    before = int(redis.cli("DBSIZE"))
-    _, _, session = one_request(port, client_context(TLS12))
-    deadline = time.monotonic() + 5
-    while int(redis.cli("DBSIZE")) <= before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return session
 
 
 def key_rotation_on_reload(args):
