@@ -325,6 +325,15 @@ enum shmsess_result shmsess_options_init_sized(struct shmsess_options *opts, siz
 enum shmsess_result shmsess_cache_create(const struct shmsess_options *opts,
                                          struct shmsess_cache **out);
 
+// Check `opts` as `shmsess_cache_create` would (flags, sizes, path, session id settings,
+// remote URL, key file with its owner, mode, no symlink and contents, CA file) without
+// creating or attaching a segment and without connecting anywhere: for a server's
+// configuration test (`nginx -t`). A named segment file is not opened, so a file of another
+// size or owner is only found by `shmsess_cache_create`. Returns SHMSESS_OK or the error
+// `shmsess_cache_create` would return, with its message in `shmsess_last_error`.
+// `opts` stays owned by the caller; safe from any thread.
+enum shmsess_result shmsess_options_check(const struct shmsess_options *opts);
+
 // Release the caller's handle. SSL_CTXs the cache was installed on keep it mapped until they
 // are freed. NULL is accepted; a pointer that is not a live handle is ignored (and reported
 // through `shmsess_last_error`). A named segment's file is left in place. As with `free()`,

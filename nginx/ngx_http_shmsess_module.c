@@ -15,7 +15,12 @@
  * The segment is created or attached, and installed on each server's SSL_CTX, in init_module:
  * in the master, after the configuration has been committed and before the workers are
  * forked. The handle lives in module-lifetime state, so a reload hands the new cycle's
- * contexts the same segment (an anonymous one can only be made once, before the first fork).
+ * contexts the same segment when no setting changed; a reload that changes one (or the key or
+ * CA file's contents) makes a new handle, which for an anonymous segment is a new, empty
+ * segment (the new workers are forked after init_module, so they all map it).
+ *
+ * Everything the library would refuse at start is refused while the configuration is read
+ * (shmsess_options_check), so `nginx -t` and `nginx -s reload` catch it.
  */
 
 #include <ngx_config.h>
@@ -35,7 +40,8 @@ typedef struct {
     size_t                     size;             /* 0: no shmsess_session_cache */
     ngx_str_t                  remote_url;
     ngx_str_t                  remote_key_file;
-    ngx_str_t                  remote_key_prefix;
+    ngx_str_t                  remote_key_prefix; /* data != NULL: given */
+    ngx_str_t                  remote_ca_file;
     ngx_msec_t                 remote_timeout;
     ngx_str_t                  id_prefix;        /* host tag; each worker appends its number */
     ngx_flag_t                 status_used;
@@ -63,8 +69,12 @@ static char *ngx_http_shmsess_remote(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_shmsess_remote_key(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_shmsess_remote_ca(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_shmsess_status(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_int_t ngx_http_shmsess_options(ngx_pool_t *pool,
+    ngx_http_shmsess_main_conf_t *smcf, shmsess_options *opts);
 static char *ngx_http_shmsess_id_prefix(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
@@ -88,6 +98,13 @@ static ngx_command_t  ngx_http_shmsess_commands[] = {
     { ngx_string("shmsess_remote_key"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_http_shmsess_remote_key,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("shmsess_remote_ca"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_shmsess_remote_ca,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -186,6 +203,7 @@ ngx_http_shmsess_create_main_conf(ngx_conf_t *cf)
      *     smcf->remote_url = { 0, NULL };
      *     smcf->remote_key_file = { 0, NULL };
      *     smcf->remote_key_prefix = { 0, NULL };
+     *     smcf->remote_ca_file = { 0, NULL };
      *     smcf->id_prefix = { 0, NULL };
      *     smcf->status_used = 0;
      */
@@ -196,6 +214,77 @@ ngx_http_shmsess_create_main_conf(ngx_conf_t *cf)
 }
 
 
+/* A Redis-tier directive given without what it configures (it would be silently ignored). */
+static char *
+ngx_http_shmsess_check_remote_directives(ngx_conf_t *cf, ngx_http_shmsess_main_conf_t *smcf)
+{
+    const char  *orphan;
+
+    if (smcf->remote_url.len) {
+        return NGX_CONF_OK;
+    }
+
+    orphan = smcf->remote_key_file.len ? "shmsess_remote_key"
+           : smcf->remote_ca_file.len ? "shmsess_remote_ca"
+           : smcf->remote_key_prefix.data ? "shmsess_remote_key_prefix"
+           : smcf->remote_timeout != NGX_CONF_UNSET_MSEC ? "shmsess_remote_timeout"
+           : NULL;
+
+    if (orphan) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%s\" has no effect without \"shmsess_remote\" (and "
+                           "\"shmsess_session_cache\") in the http block: add them or "
+                           "remove it", orphan);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* "... is a symbolic link" advice for a key file the library refused (it never follows one). */
+static void
+ngx_http_shmsess_symlink_hint(ngx_conf_t *cf, ngx_str_t *file)
+{
+    ngx_file_info_t  fi;
+
+    if (file->len == 0 || ngx_link_info(file->data, &fi) == NGX_FILE_ERROR
+        || !ngx_is_link(&fi))
+    {
+        return;
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "\"shmsess_remote_key\" \"%V\" is a symbolic link, which the library "
+                       "refuses to follow (Kubernetes secret volumes are made of them): give "
+                       "the real file (readlink -f \"%V\"; in a Kubernetes secret volume "
+                       "DIR/..data/NAME, which stays valid across updates) or copy the key "
+                       "into a regular file of mode 0600", file, file);
+}
+
+
+/* Everything shmsess_cache_create would refuse at start, refused now (nginx -t, reload). */
+static char *
+ngx_http_shmsess_check_with_library(ngx_conf_t *cf, ngx_http_shmsess_main_conf_t *smcf)
+{
+    shmsess_options  opts;
+
+    if (ngx_http_shmsess_options(cf->temp_pool, smcf, &opts) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (shmsess_options_check(&opts) == SHMSESS_OK) {
+        return NGX_CONF_OK;
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "shmsess: invalid settings: %s",
+                       shmsess_last_error());
+    ngx_http_shmsess_symlink_hint(cf, &smcf->remote_key_file);
+
+    return NGX_CONF_ERROR;
+}
+
+
 static char *
 ngx_http_shmsess_init_main_conf(ngx_conf_t *cf, void *conf)
 {
@@ -203,12 +292,19 @@ ngx_http_shmsess_init_main_conf(ngx_conf_t *cf, void *conf)
 
     if (smcf->size == 0
         && (smcf->remote_url.len || smcf->remote_key_file.len || smcf->status_used
-            || smcf->id_prefix.len))
+            || smcf->id_prefix.len || smcf->remote_ca_file.len
+            || smcf->remote_key_prefix.data
+            || smcf->remote_timeout != NGX_CONF_UNSET_MSEC))
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "shmsess_remote, shmsess_remote_key, shmsess_session_id_prefix "
-                           "and shmsess_status need \"shmsess_session_cache\" in the "
-                           "http block");
+                           "shmsess_remote, shmsess_remote_key, shmsess_remote_ca, "
+                           "shmsess_remote_key_prefix, shmsess_remote_timeout, "
+                           "shmsess_session_id_prefix and shmsess_status need "
+                           "\"shmsess_session_cache\" in the http block");
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_shmsess_check_remote_directives(cf, smcf) != NGX_CONF_OK) {
         return NGX_CONF_ERROR;
     }
 
@@ -217,6 +313,14 @@ ngx_http_shmsess_init_main_conf(ngx_conf_t *cf, void *conf)
                            "\"shmsess_remote\" needs \"shmsess_remote_key\": a file with "
                            "one 64-hex-digit key per line, mode 0600 "
                            "(openssl rand -hex 32)");
+        return NGX_CONF_ERROR;
+    }
+
+    if (smcf->remote_key_prefix.data && smcf->remote_key_prefix.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "empty \"shmsess_remote_key_prefix\": give a prefix for this "
+                           "fleet's Redis keys (e.g. \"shmsess:web:\") or remove the "
+                           "directive to use the default");
         return NGX_CONF_ERROR;
     }
 
@@ -230,7 +334,36 @@ ngx_http_shmsess_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_conf_init_msec_value(smcf->remote_timeout, 0);
 
-    return NGX_CONF_OK;
+    if (smcf->size == 0) {
+        return NGX_CONF_OK;
+    }
+
+    return ngx_http_shmsess_check_with_library(cf, smcf);
+}
+
+
+/* A size with nginx's k and m suffixes, and g (nginx 1.22's ngx_parse_size has no g). */
+static ssize_t
+ngx_http_shmsess_parse_size(ngx_str_t *value)
+{
+    ssize_t    n;
+    ngx_str_t  number;
+
+    if (value->len < 2
+        || (value->data[value->len - 1] != 'g' && value->data[value->len - 1] != 'G'))
+    {
+        return ngx_parse_size(value);
+    }
+
+    number.data = value->data;
+    number.len = value->len - 1;
+
+    n = ngx_atosz(number.data, number.len);
+    if (n == NGX_ERROR || n > NGX_MAX_SIZE_T_VALUE / (1024 * 1024 * 1024)) {
+        return NGX_ERROR;
+    }
+
+    return n * 1024 * 1024 * 1024;
 }
 
 
@@ -249,12 +382,13 @@ ngx_http_shmsess_session_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
-    size = ngx_parse_size(&value[2]);
+    size = ngx_http_shmsess_parse_size(&value[2]);
 
     if (size == NGX_ERROR || size < NGX_HTTP_SHMSESS_MIN_SIZE) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid size \"%V\" in \"shmsess_session_cache\": "
-                           "give at least 1m, e.g. \"64m\"", &value[2]);
+                           "invalid size \"%V\" in \"shmsess_session_cache\": give a "
+                           "number with the suffix k, m or g, at least 1m and at most "
+                           "1024g, e.g. \"64m\" or \"1g\"", &value[2]);
         return NGX_CONF_ERROR;
     }
 
@@ -278,7 +412,7 @@ ngx_http_shmsess_session_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-/* shmsess_remote redis://HOST:PORT[/DB]; the library checks the rest of the URL at start. */
+/* shmsess_remote redis[s]://HOST:PORT[/DB]; the library checks the rest of the URL. */
 static char *
 ngx_http_shmsess_remote(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
@@ -292,13 +426,15 @@ ngx_http_shmsess_remote(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
-    if (value[1].len <= sizeof("redis://") - 1
-        || ngx_strncmp(value[1].data, "redis://", sizeof("redis://") - 1) != 0)
+    if (!(value[1].len > sizeof("redis://") - 1
+          && ngx_strncmp(value[1].data, "redis://", sizeof("redis://") - 1) == 0)
+        && !(value[1].len > sizeof("rediss://") - 1
+             && ngx_strncmp(value[1].data, "rediss://", sizeof("rediss://") - 1) == 0))
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid URL \"%V\" in \"shmsess_remote\": expected "
-                           "redis://IP:PORT[/DB], e.g. redis://127.0.0.1:6379/0",
-                           &value[1]);
+                           "redis://HOST:PORT[/DB], e.g. redis://127.0.0.1:6379/0, or "
+                           "rediss:// for TLS", &value[1]);
         return NGX_CONF_ERROR;
     }
 
@@ -341,6 +477,30 @@ ngx_http_shmsess_remote_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     smcf->remote_key_file = value[1];
+
+    return NGX_CONF_OK;
+}
+
+
+/* shmsess_remote_ca FILE; the CA (PEM) a rediss:// server's certificate must chain to. */
+static char *
+ngx_http_shmsess_remote_ca(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_shmsess_main_conf_t  *smcf = conf;
+
+    ngx_str_t  *value;
+
+    if (smcf->remote_ca_file.len) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_conf_full_name(cf->cycle, &value[1], 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    smcf->remote_ca_file = value[1];
 
     return NGX_CONF_OK;
 }
@@ -426,29 +586,94 @@ ngx_http_shmsess_cstr(ngx_pool_t *pool, ngx_str_t *s, const char **out)
 }
 
 
-/* Every setting the segment is made with, as one string: a reload that changes none of them
- * keeps the handle (and so the anonymous segment). */
+/* "dev:inode:size:mtime:ctime" of a file, so that a reload sees a rewritten key or CA file
+ * (nanosecond times: a rewrite within the same second counts too); "-" when it cannot be
+ * read (the library then refuses it). */
+static u_char *
+ngx_http_shmsess_file_id(u_char *p, u_char *last, ngx_str_t *name)
+{
+    struct stat  st;
+
+    if (name->len == 0) {
+        return p;
+    }
+
+    if (stat((const char *) name->data, &st) == -1) {
+        return ngx_slprintf(p, last, "-");
+    }
+
+    return ngx_slprintf(p, last, "%uL:%uL:%O:%T.%09l:%T.%09l", (uint64_t) st.st_dev,
+                        (uint64_t) st.st_ino, (off_t) st.st_size, st.st_mtim.tv_sec,
+                        st.st_mtim.tv_nsec, st.st_ctim.tv_sec, st.st_ctim.tv_nsec);
+}
+
+
+/* Every setting the cache is made with, as one string: a reload that changes none of them
+ * keeps the handle (and so the anonymous segment). The key and CA files count by identity
+ * and times, so a rotated key file is read again by a reload. */
 static u_char *
 ngx_http_shmsess_settings(ngx_pool_t *pool, ngx_http_shmsess_main_conf_t *smcf)
 {
     size_t   len;
-    u_char  *p, *last;
+    u_char  *p, *last, *end;
 
     len = smcf->path.len + smcf->remote_url.len + smcf->remote_key_file.len
-          + smcf->remote_key_prefix.len + smcf->id_prefix.len + 2 * NGX_INT64_LEN
-          + sizeof("\n\n\n\n\n\n\n");
+          + smcf->remote_key_prefix.len + smcf->remote_ca_file.len + smcf->id_prefix.len
+          + 2 * NGX_INT64_LEN + 2 * 128 + sizeof("\n\n\n\n\n\n\n\n\n\n\n");
 
     p = ngx_pnalloc(pool, len);
     if (p == NULL) {
         return NULL;
     }
 
-    last = ngx_snprintf(p, len - 1, "%V\n%uz\n%V\n%V\n%V\n%M\n%V", &smcf->path, smcf->size,
+    end = p + len - 1;
+    last = ngx_slprintf(p, end, "%V\n%uz\n%V\n%V\n%V\n%M\n%V\n%V\n", &smcf->path, smcf->size,
                         &smcf->remote_url, &smcf->remote_key_file,
-                        &smcf->remote_key_prefix, smcf->remote_timeout, &smcf->id_prefix);
+                        &smcf->remote_key_prefix, smcf->remote_timeout, &smcf->id_prefix,
+                        &smcf->remote_ca_file);
+    last = ngx_http_shmsess_file_id(last, end, &smcf->remote_key_file);
+    last = ngx_slprintf(last, end, "\n");
+    last = ngx_http_shmsess_file_id(last, end, &smcf->remote_ca_file);
     *last = '\0';
 
     return p;
+}
+
+
+/* The library's options for this configuration; strings are copied into `pool`. */
+static ngx_int_t
+ngx_http_shmsess_options(ngx_pool_t *pool, ngx_http_shmsess_main_conf_t *smcf,
+    shmsess_options *opts)
+{
+    shmsess_options_init(opts);
+
+    /* a string that could not be copied must not turn a named segment into an anonymous one */
+    if (ngx_http_shmsess_cstr(pool, &smcf->path, &opts->path) != NGX_OK
+        || ngx_http_shmsess_cstr(pool, &smcf->remote_url, &opts->remote_url) != NGX_OK
+        || ngx_http_shmsess_cstr(pool, &smcf->remote_key_file,
+                                 &opts->remote_key_file) != NGX_OK
+        || ngx_http_shmsess_cstr(pool, &smcf->remote_key_prefix,
+                                 &opts->remote_key_prefix) != NGX_OK
+        || ngx_http_shmsess_cstr(pool, &smcf->remote_ca_file,
+                                 &opts->remote_ca_file) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    /* nginx set each server's session id context (ngx_ssl_session_id_context) */
+    opts->flags = SHMSESS_KEEP_SESSION_ID_CONTEXT;
+    opts->size_bytes = smcf->size;
+    opts->remote_timeout_ms =
+        smcf->remote_timeout == NGX_CONF_UNSET_MSEC ? 0 : (uint32_t) smcf->remote_timeout;
+
+    /* a prefix at creation installs the library's id generator; workers extend it */
+    opts->session_id_prefix = smcf->id_prefix.data;
+    opts->session_id_prefix_len = (uint32_t) smcf->id_prefix.len;
+
+    /* session lifetime: each session carries its server's ssl_session_timeout */
+    opts->session_timeout = 0;
+
+    return NGX_OK;
 }
 
 
@@ -458,30 +683,9 @@ ngx_http_shmsess_create(ngx_cycle_t *cycle, ngx_http_shmsess_main_conf_t *smcf,
 {
     shmsess_options  opts;
 
-    shmsess_options_init(&opts);
-
-    /* a string that could not be copied must not turn a named segment into an anonymous one */
-    if (ngx_http_shmsess_cstr(cycle->pool, &smcf->path, &opts.path) != NGX_OK
-        || ngx_http_shmsess_cstr(cycle->pool, &smcf->remote_url, &opts.remote_url) != NGX_OK
-        || ngx_http_shmsess_cstr(cycle->pool, &smcf->remote_key_file,
-                                 &opts.remote_key_file) != NGX_OK
-        || ngx_http_shmsess_cstr(cycle->pool, &smcf->remote_key_prefix,
-                                 &opts.remote_key_prefix) != NGX_OK)
-    {
+    if (ngx_http_shmsess_options(cycle->pool, smcf, &opts) != NGX_OK) {
         return SHMSESS_ERR_INVALID_ARGUMENT;
     }
-
-    /* nginx set each server's session id context (ngx_ssl_session_id_context) */
-    opts.flags = SHMSESS_KEEP_SESSION_ID_CONTEXT;
-    opts.size_bytes = smcf->size;
-    opts.remote_timeout_ms = (uint32_t) smcf->remote_timeout;
-
-    /* a prefix at creation installs the library's id generator; workers extend it */
-    opts.session_id_prefix = smcf->id_prefix.data;
-    opts.session_id_prefix_len = (uint32_t) smcf->id_prefix.len;
-
-    /* session lifetime: each session carries its server's ssl_session_timeout */
-    opts.session_timeout = 0;
 
     return shmsess_cache_create(&opts, out);
 }
@@ -512,7 +716,7 @@ ngx_http_shmsess_keep_settings(u_char *settings)
 
 /*
  * Make ngx_http_shmsess_cache the cache this configuration asks for. NGX_DECLINED: keep
- * using the previous one (a changed anonymous segment, or a failure on reload).
+ * using the previous one (a failure on reload).
  */
 static ngx_int_t
 ngx_http_shmsess_open(ngx_cycle_t *cycle, ngx_http_shmsess_main_conf_t *smcf)
@@ -533,16 +737,6 @@ ngx_http_shmsess_open(ngx_cycle_t *cycle, ngx_http_shmsess_main_conf_t *smcf)
         return NGX_OK;
     }
 
-    if (ngx_http_shmsess_cache && ngx_http_shmsess_made_anonymous
-        && smcf->path.len == 0)
-    {
-        /* the workers can only share memory mapped before the first fork */
-        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
-                      "shmsess: the settings of an anonymous \"shmsess_session_cache\" "
-                      "change only on restart; the running segment is kept");
-        return NGX_DECLINED;
-    }
-
     cache = NULL;
     rc = ngx_http_shmsess_create(cycle, smcf, &cache);
 
@@ -559,6 +753,14 @@ ngx_http_shmsess_open(ngx_cycle_t *cycle, ngx_http_shmsess_main_conf_t *smcf)
     if (ngx_http_shmsess_keep_settings(settings) != NGX_OK) {
         shmsess_cache_free(cache);
         return NGX_ERROR;
+    }
+
+    if (ngx_http_shmsess_cache && ngx_http_shmsess_made_anonymous) {
+        /* the new workers are forked after this and map the new segment; the old workers
+         * finish on the old one, which goes with them */
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                      "shmsess: the session cache settings (or the key or CA file) changed: "
+                      "the sessions of the previous anonymous segment are dropped");
     }
 
     /* the old cycle's contexts hold their own references until they are freed */

@@ -576,79 +576,11 @@ pub extern "C" fn shmsess_cache_create(
         }
         // SAFETY: out is a caller-owned pointer slot.
         unsafe { *out = std::ptr::null_mut() };
-        if opts.is_null() {
-            return Err(null("opts"));
-        }
-        let o = &read_options(opts)?;
-        if o.flags & !KNOWN_FLAGS != 0 {
-            return Err(Fail(
-                SHMSESS_ERR_INVALID_ARGUMENT,
-                format!("unknown flags 0x{:x}", o.flags & !KNOWN_FLAGS),
-            ));
-        }
-        if o.size_bytes == 0 {
-            return Err(Fail(SHMSESS_ERR_INVALID_ARGUMENT, "size_bytes is 0".into()));
-        }
-        let path = if o.path.is_null() {
-            None
-        } else {
-            // SAFETY: a NUL-terminated string from the caller.
-            let s = unsafe { CStr::from_ptr(o.path) };
-            if s.to_bytes().is_empty() {
-                return Err(Fail(
-                    SHMSESS_ERR_INVALID_ARGUMENT,
-                    "path is empty (use NULL for an anonymous segment)".into(),
-                ));
-            }
-            Some(PathBuf::from(
-                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(s.to_bytes()),
-            ))
-        };
-        let sid_ctx = match (o.session_id_context.is_null(), o.session_id_context_len) {
-            (_, 0) => None,
-            (true, _) => return Err(null("session_id_context (with a non-zero length)")),
-            (false, n) if n as usize > MAX_ID_LEN => {
-                return Err(Fail(
-                    SHMSESS_ERR_INVALID_ARGUMENT,
-                    format!("session_id_context_len {n} is larger than 32"),
-                ))
-            }
-            (false, n) => {
-                Some(bytes(o.session_id_context, n as usize, "session_id_context")?.to_vec())
-            }
-        };
-        // Fields a caller's struct does not have are zero in the copy: absent.
-        let id_prefix = if o.session_id_prefix_len > 0 {
-            prefix_arg(o.session_id_prefix, o.session_id_prefix_len as usize)?.to_vec()
-        } else {
-            Vec::new()
-        };
-        let cfg = Config {
-            path,
-            size_bytes: o.size_bytes,
-            unit_bytes: if o.slot_bytes == 0 {
-                DEFAULT_UNIT_BYTES
-            } else {
-                o.slot_bytes
-            },
-            lock_timeout: match o.lock_timeout_ms {
-                SHMSESS_WAIT_FOREVER => None,
-                0 => Some(Duration::from_millis(DEFAULT_LOCK_TIMEOUT_MS)),
-                ms => Some(Duration::from_millis(u64::from(ms))),
-            },
-            owner: None,
-        };
-        let install = InstallOptions {
-            keep_internal_cache: o.flags & SHMSESS_KEEP_INTERNAL_CACHE != 0,
-            tls13_reuse: o.flags & SHMSESS_TLS13_ALLOW_REUSE != 0,
-            skip_tls13: o.flags & SHMSESS_NO_TLS13 != 0,
-            session_timeout: (o.session_timeout != 0).then_some(o.session_timeout),
-            session_id_context: sid_ctx,
-            keep_session_id_context: o.flags & SHMSESS_KEEP_SESSION_ID_CONTEXT != 0,
-            generate_ids: o.flags & SHMSESS_GENERATE_SESSION_IDS != 0 || !id_prefix.is_empty(),
-            id_prefix,
-        };
-        let remote = remote_from(o)?;
+        let Plan {
+            cfg,
+            install,
+            remote,
+        } = plan(opts)?;
         let cache = Cache::create(&cfg)?;
         let handle = Handle::new(cache, install).with_remote(remote);
         let p = Arc::into_raw(Arc::new(handle)) as *mut shmsess_cache;
@@ -662,6 +594,113 @@ pub extern "C" fn shmsess_cache_create(
         }
         // SAFETY: out checked above.
         unsafe { *out = p };
+        Ok(SHMSESS_OK)
+    })
+}
+
+/// Everything `shmsess_cache_create` needs besides the segment itself, checked.
+struct Plan {
+    cfg: Config,
+    install: InstallOptions,
+    remote: Option<Remote>,
+}
+
+/// The one validation of a caller's options, shared by `shmsess_cache_create` and
+/// `shmsess_options_check`: flags, sizes (the segment's geometry is planned), path, session
+/// id context and prefix, the remote URL, key file and CA file. Makes no segment and
+/// connects nothing.
+fn plan(opts: *const shmsess_options) -> Result<Plan, Fail> {
+    if opts.is_null() {
+        return Err(null("opts"));
+    }
+    let o = &read_options(opts)?;
+    if o.flags & !KNOWN_FLAGS != 0 {
+        return Err(Fail(
+            SHMSESS_ERR_INVALID_ARGUMENT,
+            format!("unknown flags 0x{:x}", o.flags & !KNOWN_FLAGS),
+        ));
+    }
+    if o.size_bytes == 0 {
+        return Err(Fail(SHMSESS_ERR_INVALID_ARGUMENT, "size_bytes is 0".into()));
+    }
+    let path = if o.path.is_null() {
+        None
+    } else {
+        // SAFETY: a NUL-terminated string from the caller.
+        let s = unsafe { CStr::from_ptr(o.path) };
+        if s.to_bytes().is_empty() {
+            return Err(Fail(
+                SHMSESS_ERR_INVALID_ARGUMENT,
+                "path is empty (use NULL for an anonymous segment)".into(),
+            ));
+        }
+        Some(PathBuf::from(
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(s.to_bytes()),
+        ))
+    };
+    let sid_ctx = match (o.session_id_context.is_null(), o.session_id_context_len) {
+        (_, 0) => None,
+        (true, _) => return Err(null("session_id_context (with a non-zero length)")),
+        (false, n) if n as usize > MAX_ID_LEN => {
+            return Err(Fail(
+                SHMSESS_ERR_INVALID_ARGUMENT,
+                format!("session_id_context_len {n} is larger than 32"),
+            ))
+        }
+        (false, n) => Some(bytes(o.session_id_context, n as usize, "session_id_context")?.to_vec()),
+    };
+    // Fields a caller's struct does not have are zero in the copy: absent.
+    let id_prefix = if o.session_id_prefix_len > 0 {
+        prefix_arg(o.session_id_prefix, o.session_id_prefix_len as usize)?.to_vec()
+    } else {
+        Vec::new()
+    };
+    let cfg = Config {
+        path,
+        size_bytes: o.size_bytes,
+        unit_bytes: if o.slot_bytes == 0 {
+            DEFAULT_UNIT_BYTES
+        } else {
+            o.slot_bytes
+        },
+        lock_timeout: match o.lock_timeout_ms {
+            SHMSESS_WAIT_FOREVER => None,
+            0 => Some(Duration::from_millis(DEFAULT_LOCK_TIMEOUT_MS)),
+            ms => Some(Duration::from_millis(u64::from(ms))),
+        },
+        owner: None,
+    };
+    let install = InstallOptions {
+        keep_internal_cache: o.flags & SHMSESS_KEEP_INTERNAL_CACHE != 0,
+        tls13_reuse: o.flags & SHMSESS_TLS13_ALLOW_REUSE != 0,
+        skip_tls13: o.flags & SHMSESS_NO_TLS13 != 0,
+        session_timeout: (o.session_timeout != 0).then_some(o.session_timeout),
+        session_id_context: sid_ctx,
+        keep_session_id_context: o.flags & SHMSESS_KEEP_SESSION_ID_CONTEXT != 0,
+        generate_ids: o.flags & SHMSESS_GENERATE_SESSION_IDS != 0 || !id_prefix.is_empty(),
+        id_prefix,
+    };
+    // The same plan Cache::create makes: a size it would refuse is refused here.
+    crate::layout::Geometry::plan(cfg.size_bytes, cfg.unit_bytes).map_err(Error::invalid)?;
+    let remote = remote_from(o)?;
+    Ok(Plan {
+        cfg,
+        install,
+        remote,
+    })
+}
+
+/// Check `opts` as `shmsess_cache_create` would (flags, sizes, path, session id settings,
+/// remote URL, key file with its owner, mode, no symlink and contents, CA file) without
+/// creating or attaching a segment and without connecting anywhere: for a server's
+/// configuration test (`nginx -t`). A named segment file is not opened, so a file of another
+/// size or owner is only found by `shmsess_cache_create`. Returns SHMSESS_OK or the error
+/// `shmsess_cache_create` would return, with its message in `shmsess_last_error`.
+/// `opts` stays owned by the caller; safe from any thread.
+#[no_mangle]
+pub extern "C" fn shmsess_options_check(opts: *const shmsess_options) -> shmsess_result {
+    guard("shmsess_options_check", || {
+        plan(opts)?;
         Ok(SHMSESS_OK)
     })
 }

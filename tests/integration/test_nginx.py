@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
@@ -27,7 +28,7 @@ from checks import check, finish  # noqa: E402
 from nginx_harness import (NGINX_SHARED, Nginx, client_context, get, s_client_early,  # noqa: E402
                            s_client_save, shmsess_cache)
 from prefork_harness import one_request, s_client_reconnect, summarize  # noqa: E402
-from redis_harness import Redis  # noqa: E402
+from redis_harness import Redis, make_ca  # noqa: E402
 
 RECONNECTS = 40
 TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
@@ -132,6 +133,7 @@ def main_server(args):
 
         anonymous_reload(n)
         workers_killed(n)
+        anonymous_settings_reload(n)
         log = n.error_log()
     n.cleanup()
     # The only alerts expected are the master's notes on the workers this test killed.
@@ -150,6 +152,21 @@ def anonymous_reload(n):
     check("anonymous segment: a session survives nginx -s reload, resumed by the new workers",
           reused == 10 and set(pids) <= set(new) and not set(new) & set(old),
           f"{reused}/10 by {pids}, old workers {old}")
+
+
+def anonymous_settings_reload(n):
+    """A reload that changes an anonymous segment's settings (size, id prefix) makes a new
+    segment that every new worker shares (they are forked after it), dropping the old one's
+    sessions, and says so."""
+    n.http = shmsess_cache(size="16m") + "\n" + NGINX_SHARED + "\n    shmsess_session_id_prefix web4;"
+    n.reload()
+    size = n.stats().get("size_bytes")
+    results, _ = same_session(n.port, TLS12, 20)
+    reused, _, reused_pids = summarize(results)
+    check("anonymous segment: a reload with a new size makes a new segment shared by both new workers",
+          size == 16 << 20 and reused >= 19 and len(reused_pids) == 2
+          and "sessions of the previous anonymous segment are dropped" in n.error_log(),
+          f"size {size}, {reused}/20 resumed by workers {reused_pids}")
 
 
 def workers_killed(n):
@@ -332,6 +349,25 @@ def named_segment(args):
         subprocess.run(["rm", "-rf", root])
 
 
+def write_key_file(path, *keys):
+    """A key file of mode 0600 (one hex key per line), rewritten in place if it exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(k + "\n" for k in keys))
+
+
+def made_on_and_stored(redis, port, version=TLS12):
+    """A new session (TLS 1.2) or ticket (TLS 1.3) from the host on `port`, returned once
+    Redis holds its keys (the host stores them from a writer thread, off the handshake:
+    Redis's key count is the readiness signal; a TLS 1.3 full handshake makes two tickets)."""
+    want = int(redis.cli("DBSIZE")) + (2 if version == TLS13 else 1)
+    _, _, session = one_request(port, client_context(version))
+    deadline = time.monotonic() + 5
+    while int(redis.cli("DBSIZE")) < want and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return session
+
+
 def two_hosts_on_redis(args):
     """Two nginx "hosts" with the Redis tier (shmsess_remote, shmsess_remote_key): a session
     made on one resumes on the other; a TLS 1.3 ticket resumes once in the fleet."""
@@ -345,9 +381,10 @@ def two_hosts_on_redis(args):
             tier = (shmsess_cache() + f"\n    shmsess_remote {redis.url};\n    shmsess_remote_key {key};"
                     "\n    shmsess_remote_timeout 200ms;")
             with Nginx(args.module, args.certs, tier) as a, Nginx(args.module, args.certs, tier) as b:
-                _, _, s12 = one_request(a.port, client_context(TLS12))
+                # A stores from a writer thread: offered to B once it is in Redis.
+                s12 = made_on_and_stored(redis, a.port)
                 on_b = [one_request(b.port, client_context(TLS12), s12)[0] for _ in range(3)]
-                _, _, t13 = one_request(a.port, client_context(TLS13))
+                t13 = made_on_and_stored(redis, a.port, TLS13)
                 t13_b = one_request(b.port, client_context(TLS13), t13)[0]
                 t13_a = one_request(a.port, client_context(TLS13), t13)[0]
                 sb = b.stats()
@@ -365,6 +402,66 @@ def two_hosts_on_redis(args):
     check("Redis tier: a TLS 1.3 ticket from A resumes on B, then not again on A", t13_b and not t13_a,
           f"on B {t13_b}, then on A {t13_a}")
     check("contrast, no tier: host B does not resume host A's session", not without, f"resumed {without}")
+
+
+def key_rotation_on_reload(args):
+    """Host Y seals with key A, host X with key B. Y's key file is rewritten to "B, then A"
+    (B seals, A still opens) and Y is reloaded: Y now opens X's sessions, without a restart,
+    and still resumes its own. Y runs on a named segment, which the reload attaches again with
+    the new keys (the anonymous case is anonymous_settings_reload)."""
+    tmp = tempfile.mkdtemp(prefix="shmsess-nginx-rot-")
+    key_a, key_b = os.urandom(32).hex(), os.urandom(32).hex()
+    x_key, y_key = os.path.join(tmp, "x.key"), os.path.join(tmp, "y.key")
+    write_key_file(x_key, key_b)
+    write_key_file(y_key, key_a)
+    try:
+        with Redis() as redis:
+            tier = f"\n    shmsess_remote {redis.url};\n    shmsess_remote_key "
+            # Y on a named segment: the reload attaches it again with the new keys.
+            with Nginx(args.module, args.certs, shmsess_cache() + tier + x_key + ";") as x, \
+                    Nginx(args.module, args.certs, shmsess_cache("{root}/ssl.sess") + tier + y_key + ";") as y:
+                before = one_request(y.port, client_context(TLS12), made_on_and_stored(redis, x.port))[0]
+                _, _, own = one_request(y.port, client_context(TLS12))
+                write_key_file(y_key, key_b, key_a)
+                y.reload()
+                after = one_request(y.port, client_context(TLS12), made_on_and_stored(redis, x.port))[0]
+                own_after = one_request(y.port, client_context(TLS12), own)[0]
+                log = y.error_log()
+            for n in (x, y):
+                n.cleanup()
+    finally:
+        subprocess.run(["rm", "-rf", tmp])
+    check("Redis tier: a rotated key file is read again on nginx -s reload (host Y opens host X's "
+          "sessions after Y's key file gains X's key; Y's own sessions stay)", not before and after and own_after,
+          f"before rotation resumed {before}, after rotation and reload {after}, Y's own {own_after}; "
+          + next((ln for ln in log.splitlines() if "[alert]" in ln or "[emerg]" in ln), ""))
+
+
+def redis_over_tls(args):
+    """shmsess_remote rediss:// with shmsess_remote_ca, to a real redis-server --tls-port with
+    a CA made here: a session made on host A resumes on host B."""
+    tmp = tempfile.mkdtemp(prefix="shmsess-nginx-tls-")
+    os.chmod(tmp, 0o755)  # workers run as nobody when started as root
+    key = os.path.join(tmp, "key")
+    write_key_file(key, os.urandom(32).hex())
+    try:
+        ca, cert, cert_key = make_ca(tmp, "redis")
+        with Redis(tls=(ca, cert, cert_key)) as redis:
+            tier = (shmsess_cache() + f"\n    shmsess_remote {redis.url};\n    shmsess_remote_key {key};"
+                    f"\n    shmsess_remote_ca {ca};")
+            try:
+                with Nginx(args.module, args.certs, tier) as a, Nginx(args.module, args.certs, tier) as b:
+                    on_b = one_request(b.port, client_context(TLS12), made_on_and_stored(redis, a.port))[0]
+                    hits = b.stats().get("remote_hits")
+                for n in (a, b):
+                    n.cleanup()
+                why = f"resumed on B {on_b}, B's remote hits {hits}"
+            except RuntimeError as e:  # nginx refused the configuration
+                on_b, hits, why = False, 0, next((ln for ln in str(e).splitlines() if "emerg" in ln), str(e))[:200]
+    finally:
+        subprocess.run(["rm", "-rf", tmp])
+    check("Redis over TLS (rediss:// + shmsess_remote_ca): a session made on host A resumes on host B",
+          on_b and hits >= 1, why)
 
 
 def segment_refused(args):
@@ -400,27 +497,66 @@ def segment_refused(args):
 
 
 def bad_configuration(args):
+    tmp = tempfile.mkdtemp(prefix="shmsess-nginx-conf-")
+    key, bad_key, link = (os.path.join(tmp, n) for n in ("key", "bad.key", "link.key"))
+    write_key_file(key, os.urandom(32).hex())
+    write_key_file(bad_key, "not a key")
+    os.symlink(key, link)
+    cache = "    shmsess_session_cache anonymous 8m;\n"
+    remote = cache + "    shmsess_remote redis://127.0.0.1:6379/0;\n"
     cases = (
         ("    shmsess_session_cache anonymous 12Q;", "invalid size \"12Q\""),
-        ("    shmsess_session_cache anonymous 64k;", "give at least 1m"),
+        ("    shmsess_session_cache anonymous 12Q;", "with the suffix k, m or g"),
+        ("    shmsess_session_cache anonymous 64k;", "at least 1m"),
+        ("    shmsess_session_cache anonymous 1025g;", "is larger than the maximum"),
+        ("    shmsess_session_cache anonymous 9223372036854775807;", "is larger than the maximum"),
         ("    shmsess_session_cache ssl.sess 8m;", "give an absolute file name"),
-        ("    shmsess_session_cache anonymous 8m;\n    shmsess_remote http://127.0.0.1:6379;",
-         "expected redis://"),
-        ("    shmsess_session_cache anonymous 8m;\n    shmsess_remote redis://127.0.0.1:6379;",
-         "needs \"shmsess_remote_key\""),
-        ("    shmsess_session_cache anonymous 8m;\n    shmsess_remote_key /nonexistent/key;",
-         "cannot read \"/nonexistent/key\""),
+        (cache + "    shmsess_remote http://127.0.0.1:6379;", "expected redis://"),
+        (cache + "    shmsess_remote redis://127.0.0.1:6379;", "needs \"shmsess_remote_key\""),
+        (cache + "    shmsess_remote_key /nonexistent/key;", "cannot read \"/nonexistent/key\""),
+        (cache + f"    shmsess_remote redis://127.0.0.1:notaport/0;\n    shmsess_remote_key {key};",
+         "remote URL is not usable"),
+        (remote + f"    shmsess_remote_key {bad_key};", "is not a key of 64 hex digits"),
+        (remote + f"    shmsess_remote_key {link};", "is a symbolic link, which the library refuses"),
+        (remote + f"    shmsess_remote_key {link};", "DIR/..data/NAME"),
+        (cache + f"    shmsess_remote rediss://127.0.0.1:6379/0;\n    shmsess_remote_key {key};"
+         f"\n    shmsess_remote_ca {tmp}/nonexistent-ca.pem;", "CA"),
+        (cache + f"    shmsess_remote_key {key};", "\"shmsess_remote_key\" has no effect without \"shmsess_remote\""),
+        (cache + "    shmsess_remote_timeout 5ms;", "\"shmsess_remote_timeout\" has no effect without"),
+        (cache + "    shmsess_remote_key_prefix x:;", "\"shmsess_remote_key_prefix\" has no effect without"),
+        (cache + f"    shmsess_remote_ca {key};", "\"shmsess_remote_ca\" has no effect without"),
+        ("    shmsess_remote_timeout 5ms;\n    shmsess_remote_key_prefix x:;", "need \"shmsess_session_cache\""),
+        (remote + f"    shmsess_remote_key {key};\n    shmsess_remote_key_prefix \"\";",
+         "empty \"shmsess_remote_key_prefix\""),
         ("", "need \"shmsess_session_cache\""),  # shmsess_status without a cache
     )
-    for http, why in cases:
-        what = http.strip().splitlines()[-1] if http else "shmsess_status without shmsess_session_cache"
+    try:
+        for http, why in cases:
+            what = " ".join(ln.strip() for ln in http.strip().splitlines()[1:] or http.strip().splitlines()) \
+                if http else "shmsess_status without shmsess_session_cache"
+            n = Nginx(args.module, args.certs, http, status=not http.startswith("    shmsess_remote_timeout"))
+            n.write_config()
+            r = n.command("-t")
+            n.cleanup()
+            line = next((ln for ln in r.stderr.splitlines() if why in ln),
+                        next((ln for ln in r.stderr.splitlines() if "[emerg]" in ln), r.stderr.strip()))
+            check(f"nginx -t refuses {what!r}: {why}",
+                  r.returncode != 0 and why in r.stderr, line[:240])
+        # Accepted: a size in g, rediss:// with a CA (nothing is connected under -t).
+        ca = os.path.join(tmp, "ca.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-days", "2", "-subj", "/CN=test CA", "-keyout", os.path.join(tmp, "ca.key"), "-out", ca],
+                       check=True, capture_output=True)
+        http = ("    shmsess_session_cache anonymous 1g;\n    shmsess_remote rediss://127.0.0.1:6379/0;\n"
+                f"    shmsess_remote_key {key};\n    shmsess_remote_ca {ca};\n    shmsess_remote_key_prefix web:;")
         n = Nginx(args.module, args.certs, http)
         n.write_config()
         r = n.command("-t")
         n.cleanup()
-        line = next((ln for ln in r.stderr.splitlines() if "[emerg]" in ln), r.stderr.strip())
-        check(f"nginx -t refuses {what!r} with a clear message",
-              r.returncode != 0 and why in r.stderr, line[:200])
+        check("nginx -t accepts a size of 1g and rediss:// with shmsess_remote_ca",
+              r.returncode == 0, next((ln for ln in r.stderr.splitlines() if "[emerg]" in ln), "")[:240])
+    finally:
+        subprocess.run(["rm", "-rf", tmp])
 
 
 def main():
@@ -435,6 +571,8 @@ def main():
     nginx_shared_contrast(args)
     named_segment(args)
     two_hosts_on_redis(args)
+    key_rotation_on_reload(args)
+    redis_over_tls(args)
     segment_refused(args)
     bad_configuration(args)
     finish()
