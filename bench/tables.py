@@ -116,3 +116,16 @@ if r.get("nginx"):
         a, b = v["shmsess"], v["shared:SSL"]
         print(f"| {p} | **{a['median_resumed_per_s'] / b['median_resumed_per_s']:.2f}** | "
               f"**{a['median_cpu_ms_per_1000_resumed'] / b['median_cpu_ms_per_1000_resumed']:.2f}** |")
+
+if r.get("threads"):
+    t = r["threads"]
+    print("\n### 9. Threads of one process\n")
+    print(f"Lookups per second through `shmsess_cache_lookup` from N threads of one process ({t['cores']} cores), "
+          "and the same with every call behind one process-wide mutex (what the handle check cost before it was "
+          "made lock-free). Ratios against 1 thread of the same variant, same run.\n")
+    print("| threads | lock-free handle check | ratio vs 1 | behind one mutex | ratio vs 1 | lock-free / mutex |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for row in t["rows"]:
+        print(f"| {row['threads']} | {row['lookups_per_s']:,.0f} | {row['ratio_vs_1']:.2f} | "
+              f"{row['with_global_mutex_per_s']:,.0f} | {row['global_mutex_ratio_vs_1']:.2f} | "
+              f"**{row['lookups_per_s'] / row['with_global_mutex_per_s']:.2f}** |")
