@@ -465,22 +465,30 @@ impl Cache {
         Ok(guard)
     }
 
-    /// Only the segment's owner takes its locks. A root-owned segment is the exception: only
-    /// root can open it, and its mapping reaches other users only through a root parent that
-    /// forked them (Apache, nginx), which never locks it itself.
+    /// Only the segment's owner takes its locks, and only a process that cannot become anybody
+    /// else: real, effective and saved uid must all be the owner's (one that dropped root with
+    /// `seteuid` alone can take root back, so the owner could still reach root through it). A
+    /// root-owned segment is the exception: only root can open it, and its mapping reaches other
+    /// users only through a root parent that forked them (Apache, nginx), which never locks it
+    /// itself.
     fn check_owner(&self, idx: usize) -> Result<()> {
-        // Both shortcuts first: geteuid is a system call, a lock is not.
+        // Both shortcuts first: getresuid is a system call, a lock is not.
         if self.owner_for_good || self.owner_uid == 0 {
             return Ok(());
         }
-        let me = current_euid();
-        if me == self.owner_uid {
+        let owner = self.owner_uid;
+        let (real, effective, saved) = current_resuid();
+        if (real, effective, saved) == (owner, owner, owner) {
             return Ok(());
         }
         self.globals().lock_refused_owner.fetch_add(1, Relaxed);
+        if effective == owner {
+            return Err(Error::security(format!(
+                "shard {idx}: refusing to lock a segment owned by uid {owner}: this process runs as uid {owner} but its real and saved uids are {real} and {saved}, so it can switch back (privileges dropped with seteuid only); its locks are writable by uid {owner}, and locking them would hand that user the other uid's privileges; drop privileges for good (setuid or setresuid to uid {owner}) before using the cache"
+            )));
+        }
         Err(Error::security(format!(
-            "shard {idx}: refusing to lock a segment owned by uid {} while running as uid {me}: its locks are writable by that user, and locking them would hand it this process's privileges; run as the owner (e.g. sudo -u), or read a copy ('shmsesscache stat')",
-            self.owner_uid
+            "shard {idx}: refusing to lock a segment owned by uid {owner} while running as uid {effective}: its locks are writable by that user, and locking them would hand it this process's privileges; run as the owner (e.g. sudo -u), or read a copy ('shmsesscache stat')"
         )))
     }
 
@@ -951,6 +959,14 @@ fn only_ever(uid: u32) -> bool {
     // SAFETY: getresuid writes three uids.
     let ok = unsafe { libc::getresuid(&mut r, &mut e, &mut s) } == 0;
     ok && uid != 0 && r == uid && e == uid && s == uid
+}
+
+/// Real, effective and saved uid of this process.
+fn current_resuid() -> (u32, u32, u32) {
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: getresuid writes three uids; it cannot fail with valid pointers.
+    unsafe { libc::getresuid(&mut r, &mut e, &mut s) };
+    (r, e, s)
 }
 
 fn current_euid() -> u32 {

@@ -646,6 +646,41 @@ fn a_process_that_does_not_own_the_segment_never_locks_it() {
     assert_eq!(get(&c, 1, NOW), Some(der(1, 160)));
 }
 
+/// A server that dropped root with `seteuid` only (real and saved uid still 0) must not lock a
+/// segment its effective user owns: that user can write the mutex, and the process can become
+/// root again.
+#[test]
+fn a_process_that_can_switch_back_to_root_never_locks_another_users_segment() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (to drop privileges with seteuid)");
+        return;
+    }
+    // SAFETY: fork in a test; the child drops its effective uid, tries one store and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let code = if unsafe { libc::seteuid(65534) } != 0 {
+            10
+        } else {
+            // Anonymous: owned by the effective uid that creates it.
+            let c = one_shard();
+            match c.store_at(&id(1), &der(1, 160), NOW, NOW + 60, NOW) {
+                Ok(()) => 1,
+                Err(e) if e.kind == ErrorKind::Security && e.message.contains("seteuid only") => 0,
+                Err(_) => 2,
+            }
+        };
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(libc::WIFEXITED(status), "child status {status:#x}");
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "1: the store took the lock; 2: another error; 10: seteuid failed"
+    );
+}
+
 fn mutex_bytes(c: &Cache) -> Vec<u8> {
     let n = std::mem::size_of::<libc::pthread_mutex_t>();
     unsafe { std::slice::from_raw_parts(c.shard_mutex_for_tests(0) as *const u8, n) }.to_vec()
