@@ -20,6 +20,7 @@ import shutil
 import ssl
 import stat
 import subprocess
+import time
 import sys
 import tempfile
 
@@ -340,6 +341,37 @@ def root_never_locks_a_segment_workers_write(ops, dump):
     check("once no other user maps it, root's flush works", rc == 0 and f"removed {2 * SESSIONS} " in out, (out + err).strip())
 
 
+def proc_status(pid):
+    """The Uid, Gid and Groups lines of /proc/PID/status, as lists of strings."""
+    with open(f"/proc/{pid}/status") as f:
+        lines = dict(line.rstrip("\n").split(":", 1) for line in f if ":" in line)
+    return {k: lines.get(k, "").split() for k in ("Uid", "Gid", "Groups")}
+
+
+def credentials_while_waiting(ops, seg):
+    """Root's flush of nobody's segment, caught while it waits for the held shard 0 lock: it
+    runs as nobody with nobody's own group and no supplementary groups, even though the file's
+    group is root's (anybody who can chown a file to a user can give it any group)."""
+    os.chown(seg, NOBODY, 0)
+    flush = subprocess.Popen([ops.args.cli, "flush", seg, "--lock-timeout", "600000"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        creds = proc_status(flush.pid)
+        # Readiness: the switch to the owner happens before the wait for the lock.
+        while creds["Uid"][:1] != [str(NOBODY)] and flush.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+            creds = proc_status(flush.pid)
+        check("root's flush of nobody's segment runs as nobody's uid and group, no supplementary groups, "
+              "whatever the file's group",
+              creds["Uid"] == [str(NOBODY)] * 4 and creds["Gid"] == [str(NOBODY)] * 4 and creds["Groups"] == [],
+              f"{creds} (exit {flush.poll()})")
+    finally:
+        flush.kill()
+        flush.wait()
+        os.chown(seg, NOBODY, NOBODY)
+
+
 def root_never_locks_a_users_segment(ops, dump):
     """Root and a segment owned by the server's user (nobody): root's reads take no lock,
     root's changes run as nobody, a dump of another user is refused, and locks nobody can take
@@ -387,6 +419,7 @@ def root_never_locks_a_users_segment(ops, dump):
         rc, _, err = ops.cli("repair", seg, "--lock-timeout", "100")
         check("repair leaves a lock held by a live (stopped) process alone and says so",
               rc == 3 and "held by live processes" in err, f"rc={rc} {err.strip()[:200]}")
+        credentials_while_waiting(ops, seg)
     finally:
         os.kill(holder, signal.SIGKILL)
         os.waitpid(holder, 0)

@@ -26,8 +26,9 @@ DESCRIPTION
     would let that user write into this process. So stat, list and dump take no lock: they
     read a private copy of the file and check every entry in it (checksum, placement); run as
     root they read segments of any owner. flush, load and repair change the segment as its
-    owner: run as root they switch to the file's owner (uid, gid) first; anybody else must be
-    the owner. They refuse a segment that processes of another user (not root) map, as
+    owner: run as root they switch to the file's owner first (its uid, its primary group from
+    the user database, no supplementary groups; the file's group is ignored); anybody else
+    must be the owner. They refuse a segment that processes of another user (not root) map, as
     Apache's and nginx's workers map their root-owned segment: stop that server first. They
     take one shard lock at a time, for as long as a lookup takes: running servers are not
     disturbed.
