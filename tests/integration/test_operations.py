@@ -446,6 +446,34 @@ def root_never_locks_a_users_segment(ops, dump):
     check("stat shows the re-initialised locks", rc == 0 and "2 locks re-initialised" in human)
 
 
+def repair_after_a_reboot(ops):
+    """A segment file kept across a reboot: a lock word names a thread of the last boot, whose
+    id a live, unrelated process (pid 1) has now. The segment records the boot it was used
+    under, so the first process to attach (here: repair) re-initialises every held lock."""
+    seg = os.path.join(ops.dir, "reboot.sess")
+    rc, _, err = ops.cli("create", seg, "--size", "2M")
+    check("segment for the reboot test created", rc == 0, err.strip())
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        boot = int(f.read().strip().replace("-", ""), 16)
+    recorded = struct.pack("<QQ", boot >> 64, boot & (2**64 - 1))
+    page0 = file_bytes(seg)[:HEADER_BYTES]
+    at = page0.find(recorded)
+    check("the segment records the boot it is used under", at >= 0, "boot id not found in page 0")
+    with open(seg, "r+b") as f:
+        if at >= 0:  # "another boot": flip a bit of the recorded id
+            f.seek(at)
+            f.write(bytes([recorded[0] ^ 1]))
+        f.seek(HEADER_BYTES)
+        f.write(struct.pack("<I", 1))
+        f.seek(HEADER_BYTES + 8)
+        f.write(struct.pack("<i", 1))
+    rc, out, err = ops.cli("repair", seg, "--lock-timeout", "100")
+    st = ops.stat_json(seg)
+    check("after a reboot, repair re-initialises a lock naming a live, unrelated pid",
+          rc == 0 and "1 lock(s) re-initialised" in out and st["lock_resets"] == 1,
+          f"rc={rc} {(out + err).strip()[:300]}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--server", required=True)
@@ -461,6 +489,7 @@ def main():
         dump = restart_dump_flush_load(ops, *state)
         root_never_locks_a_users_segment(ops, dump)
         root_never_locks_a_segment_workers_write(ops, dump)
+        repair_after_a_reboot(ops)
     except Exception as e:  # a crash is a failure, not an abort
         check("scenario ran to the end", False, f"{type(e).__name__}: {e}")
     finally:
