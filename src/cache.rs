@@ -71,6 +71,9 @@ pub struct Cache {
     /// Shard locks this process re-initialised when it attached to a segment kept across a
     /// reboot (see [`Cache::join_users`]).
     reboot_resets: u64,
+    /// `users::forks()` when this process last checked its pid namespace against the users'
+    /// (see `Users::rejoin_after_fork`).
+    joined_forks: std::sync::atomic::AtomicU64,
 }
 
 /// Statistics, summed over shards (read without locks: each counter is exact, the set is a
@@ -287,6 +290,9 @@ impl Cache {
         else {
             return Ok(());
         };
+        crate::users::count_forks();
+        self.joined_forks
+            .store(crate::users::forks(), std::sync::atomic::Ordering::Relaxed);
         let started = std::time::Instant::now();
         loop {
             let g = self.globals();
@@ -353,6 +359,18 @@ impl Cache {
                     self.reboot_resets
                 ),
             );
+        }
+    }
+
+    /// The first lock after a fork checks the pid namespace again: the child of a process
+    /// that called `unshare(CLONE_NEWPID)` writes its lock words in a new one. One load
+    /// otherwise.
+    fn rejoin_after_fork(&self) {
+        let forks = crate::users::forks();
+        if self.joined_forks.load(Relaxed) != forks
+            && self.joined_forks.swap(forks, Relaxed) != forks
+        {
+            self.globals().users.rejoin_after_fork();
         }
     }
 
@@ -457,6 +475,7 @@ impl Cache {
             owner_for_good: only_ever(owner_uid),
             snapshot: false,
             reboot_resets: 0,
+            joined_forks: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -538,6 +557,7 @@ impl Cache {
             });
         }
         self.check_owner(idx)?;
+        self.rejoin_after_fork();
         // SAFETY: the mutex is the first field of the shard header inside the mapping.
         let lock = unsafe { ShardLock::from_ptr(base as *mut libc::pthread_mutex_t) };
         let (acquired, reset) = match self.acquire(idx, &lock) {

@@ -9,7 +9,8 @@
 //! by a process of the recorded boot and pid namespace while nobody from another namespace
 //! uses the segment; a new boot makes every lock word stale at once.
 
-use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
 use crate::layout::Users;
 
@@ -45,7 +46,40 @@ pub fn this_pid_ns() -> Option<u64> {
         .filter(|&i| i != 0)
 }
 
+/// Forks of this process's ancestors and itself since it started (with this library loaded):
+/// a child forked after `unshare(CLONE_NEWPID)` runs in another pid namespace than the
+/// process that attached, on the same mapping, so a cache checks again after a fork.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn count_fork_in_child() {
+    FORKS.fetch_add(1, SeqCst);
+}
+
+/// Start counting forks (once per process; inherited by children).
+pub fn count_forks() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: the handler only increments an atomic, which is async-signal-safe.
+    ONCE.call_once(|| unsafe {
+        libc::pthread_atfork(None, None, Some(count_fork_in_child));
+    });
+}
+
+/// How many forks [`count_forks`] has seen in this process's line.
+pub fn forks() -> u64 {
+    FORKS.load(Relaxed)
+}
+
 impl Users {
+    /// After a fork: if this process runs in another pid namespace than the users', mark the
+    /// segment as used from several (its lock words may now hold this namespace's ids).
+    pub fn rejoin_after_fork(&self) {
+        if let (Some(ns), Some(boot)) = (this_pid_ns(), this_boot()) {
+            if self.boot() == boot && self.pid_ns.load(SeqCst) != ns {
+                self.mixed_ns.store(1, SeqCst);
+            }
+        }
+    }
+
     /// The recorded boot id (all zero: unknown).
     pub fn boot(&self) -> [u64; 2] {
         [self.boot_id[0].load(SeqCst), self.boot_id[1].load(SeqCst)]

@@ -52,6 +52,45 @@ fn a_lock_held_in_another_pid_namespace_is_never_reset() {
         "1: the checker reset a lock a live process of another pid namespace held and took it"
     );
     assert_eq!(c.stats().lock_resets, 0);
+    // A fresh segment: the checker above made this one's users span two namespaces.
+    a_worker_forked_into_a_new_pid_namespace_is_counted(&dir.0.join("seg2"));
+}
+
+/// A worker forked after its parent called `unshare(CLONE_NEWPID)` uses the mapping it
+/// inherited (no attach): its lock words hold ids of the new namespace, so from its first lock
+/// on, nobody trusts a thread id to be dead; a dead-looking owner then times out.
+fn a_worker_forked_into_a_new_pid_namespace_is_counted(path: &Path) {
+    let c = Cache::create(&Config {
+        path: Some(path.to_owned()),
+        size_bytes: 1 << 20,
+        lock_timeout: Some(Duration::from_millis(50)),
+        ..Config::default()
+    })
+    .unwrap();
+    let worker = spawn(|| in_new_pid_namespace(|| c.lock_shard(1).map_or(2, |_| 0)));
+    match wait(worker, Duration::from_secs(60)) {
+        Exit::Code(SKIP) => return,
+        e => assert_eq!(e, Exit::Code(0), "the worker locked shard 1"),
+    }
+    plant_dead_owner(path, 0);
+    let e = c.lock_shard(0).map(drop).unwrap_err();
+    assert!(
+        e.kind == ErrorKind::Lock && e.message.contains("several pid namespaces"),
+        "{e}"
+    );
+    assert_eq!(c.stats().lock_resets, 0);
+}
+
+/// Shard 0's lock word names a thread that does not exist here (no owner-died bit).
+fn plant_dead_owner(path: &Path, shard: usize) {
+    use std::os::unix::fs::FileExt;
+    let dead = spawn(|| 0);
+    assert_eq!(wait(dead, Duration::from_secs(10)), Exit::Code(0));
+    let c = Cache::attach(path, None).unwrap();
+    let at = (shmsesscache::layout::HEADER_BYTES + shard * c.geometry().shard_stride) as u64;
+    let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&(dead as u32).to_le_bytes(), at).unwrap();
+    f.write_all_at(&dead.to_le_bytes(), at + 8).unwrap();
 }
 
 /// In a new pid namespace with its own /proc (as `unshare -p -f --mount-proc`): lock shard 0,
