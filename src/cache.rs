@@ -68,6 +68,12 @@ pub struct Cache {
     /// A private copy of a segment file read by a tool: validated, never locked, never
     /// written back.
     snapshot: bool,
+    /// Shard locks this process re-initialised when it attached to a segment kept across a
+    /// reboot (see [`Cache::join_users`]).
+    reboot_resets: u64,
+    /// `users::forks()` when this process last checked its pid namespace against the users'
+    /// (see `Users::rejoin_after_fork`).
+    joined_forks: std::sync::atomic::AtomicU64,
 }
 
 /// Statistics, summed over shards (read without locks: each counter is exact, the set is a
@@ -242,7 +248,10 @@ impl Cache {
             None => current_euid(),
             Some(p) => file_owner(p)?,
         };
-        Self::from_mapping(map, origin, cfg.path.clone(), cfg.lock_timeout, owner_uid)
+        let mut cache =
+            Self::from_mapping(map, origin, cfg.path.clone(), cfg.lock_timeout, owner_uid)?;
+        cache.join_users()?;
+        Ok(cache)
     }
 
     /// Attach to an existing named segment, whatever its size (for tools).
@@ -258,13 +267,116 @@ impl Cache {
         trust: segment::Trust,
     ) -> Result<Cache> {
         let map = segment::attach_with(path, trust)?;
-        Self::from_mapping(
+        let mut cache = Self::from_mapping(
             map,
             Origin::AttachedFile,
             Some(path.to_owned()),
             lock_timeout,
             file_owner(path)?,
-        )
+        )?;
+        cache.join_users()?;
+        Ok(cache)
+    }
+
+    /// Become one of the segment's users (see `users.rs`): under the boot recorded in it, note
+    /// whether this process runs in another pid namespace (then nobody trusts a thread id to
+    /// be dead any more); under another boot, re-initialise every held shard lock (their
+    /// owners died with the machine, whatever thread their ids name now) and record this boot
+    /// and namespace. A segment that records no boot (made before this existed) is adopted as
+    /// it is. Nothing is recorded when this system's boot id or pid namespace cannot be read:
+    /// thread ids are then never trusted by this process.
+    fn join_users(&mut self) -> Result<()> {
+        let (Some(boot), Some(ns)) = (crate::users::this_boot(), crate::users::this_pid_ns())
+        else {
+            return Ok(());
+        };
+        crate::users::count_forks();
+        self.joined_forks
+            .store(crate::users::forks(), std::sync::atomic::Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        loop {
+            let g = self.globals();
+            if g.users.boot() == boot {
+                if g.users.pid_ns.load(Relaxed) != ns {
+                    g.users.mixed_ns.store(1, Relaxed);
+                }
+                self.log_reboot_resets();
+                return Ok(());
+            }
+            let resets = RecoveryWord::take(&g.recovery_word, false).map(|_word| {
+                let recorded = g.users.boot();
+                let mut resets = 0;
+                if recorded != boot {
+                    if recorded != [0, 0] {
+                        resets = self.reset_held_locks();
+                    }
+                    g.users.record(boot, ns);
+                }
+                resets
+            });
+            if let Some(n) = resets {
+                self.reboot_resets += n;
+                continue;
+            }
+            // Another process holds the word for microseconds; one left behind is taken over
+            // after RECOVERY_WORD_STALE_SECS.
+            if started.elapsed() > Duration::from_secs(RECOVERY_WORD_STALE_SECS + 2) {
+                return Err(Error::new(
+                    ErrorKind::Lock,
+                    "the segment's recovery word stays held: cannot check whether its locks survived a reboot; try again, or recreate the segment",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Re-initialise every shard lock that is not free, marking its shard dirty (only for a
+    /// segment kept across a reboot: the caller holds the recovery word). Returns how many.
+    fn reset_held_locks(&self) -> u64 {
+        let mut n = 0;
+        for idx in 0..self.geo.shard_count {
+            // SAFETY: the mutex is the first field of the shard header inside the mapping.
+            let lock =
+                unsafe { ShardLock::from_ptr(self.shard_base(idx) as *mut libc::pthread_mutex_t) };
+            if lock.holder(false) != Holder::Free {
+                self.shard_header(idx).dirty.store(1, Relaxed);
+                if lock.reset().is_ok() {
+                    self.globals().lock_resets.fetch_add(1, Relaxed);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    fn log_reboot_resets(&self) {
+        if self.reboot_resets > 0 {
+            log::emit(
+                Level::Warning,
+                &format!(
+                    "{}: kept across a reboot: {} shard lock(s) held before it re-initialised; the shards are repaired before use",
+                    self.path.as_deref().unwrap_or(Path::new("segment")).display(),
+                    self.reboot_resets
+                ),
+            );
+        }
+    }
+
+    /// The first lock after a fork checks the pid namespace again: the child of a process
+    /// that called `unshare(CLONE_NEWPID)` writes its lock words in a new one. One load
+    /// otherwise.
+    fn rejoin_after_fork(&self) {
+        let forks = crate::users::forks();
+        if self.joined_forks.load(Relaxed) != forks
+            && self.joined_forks.swap(forks, Relaxed) != forks
+        {
+            self.globals().users.rejoin_after_fork();
+        }
+    }
+
+    /// Whether this process may judge a lock word's thread id (see `users.rs`).
+    fn tids_checkable(&self) -> std::result::Result<(), String> {
+        self.globals().users.tids_checkable()
     }
 
     /// A private copy of the named segment at `path`, read with `pread` (never mapped shared,
@@ -362,6 +474,8 @@ impl Cache {
             owner_uid,
             owner_for_good: only_ever(owner_uid),
             snapshot: false,
+            reboot_resets: 0,
+            joined_forks: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -443,11 +557,12 @@ impl Cache {
             });
         }
         self.check_owner(idx)?;
+        self.rejoin_after_fork();
         // SAFETY: the mutex is the first field of the shard header inside the mapping.
         let lock = unsafe { ShardLock::from_ptr(base as *mut libc::pthread_mutex_t) };
         let (acquired, reset) = match self.acquire(idx, &lock) {
             Ok(a) => a,
-            Err(e) => return Err(self.lock_failed(idx, e)),
+            Err(e) => return Err(self.lock_failed(idx, e, &lock)),
         };
         let dirty = shard.hdr.dirty.load(Relaxed) != 0;
         let mut guard = ShardGuard {
@@ -465,22 +580,30 @@ impl Cache {
         Ok(guard)
     }
 
-    /// Only the segment's owner takes its locks. A root-owned segment is the exception: only
-    /// root can open it, and its mapping reaches other users only through a root parent that
-    /// forked them (Apache, nginx), which never locks it itself.
+    /// Only the segment's owner takes its locks, and only a process that cannot become anybody
+    /// else: real, effective and saved uid must all be the owner's (one that dropped root with
+    /// `seteuid` alone can take root back, so the owner could still reach root through it). A
+    /// root-owned segment is the exception: only root can open it, and its mapping reaches other
+    /// users only through a root parent that forked them (Apache, nginx), which never locks it
+    /// itself.
     fn check_owner(&self, idx: usize) -> Result<()> {
-        // Both shortcuts first: geteuid is a system call, a lock is not.
+        // Both shortcuts first: getresuid is a system call, a lock is not.
         if self.owner_for_good || self.owner_uid == 0 {
             return Ok(());
         }
-        let me = current_euid();
-        if me == self.owner_uid {
+        let owner = self.owner_uid;
+        let (real, effective, saved) = current_resuid();
+        if (real, effective, saved) == (owner, owner, owner) {
             return Ok(());
         }
         self.globals().lock_refused_owner.fetch_add(1, Relaxed);
+        if effective == owner {
+            return Err(Error::security(format!(
+                "shard {idx}: refusing to lock a segment owned by uid {owner}: this process runs as uid {owner} but its real and saved uids are {real} and {saved}, so it can switch back (privileges dropped with seteuid only); its locks are writable by uid {owner}, and locking them would hand that user the other uid's privileges; drop privileges for good (setuid or setresuid to uid {owner}) before using the cache"
+            )));
+        }
         Err(Error::security(format!(
-            "shard {idx}: refusing to lock a segment owned by uid {} while running as uid {me}: its locks are writable by that user, and locking them would hand it this process's privileges; run as the owner (e.g. sudo -u), or read a copy ('shmsesscache stat')",
-            self.owner_uid
+            "shard {idx}: refusing to lock a segment owned by uid {owner} while running as uid {effective}: its locks are writable by that user, and locking them would hand it this process's privileges; run as the owner (e.g. sudo -u), or read a copy ('shmsesscache stat')"
         )))
     }
 
@@ -541,11 +664,12 @@ impl Cache {
     /// again under it, so two processes never both reset the same lock. The shard is marked
     /// dirty: whoever locks it next repairs it. Returns what the lock was, if it was reset.
     pub fn reset_lock(&self, idx: usize, lock: &ShardLock, force: bool) -> Option<Holder> {
-        if !force && !lock.holder().is_unusable() {
+        let checkable = self.tids_checkable().is_ok();
+        if !force && !lock.holder(checkable).is_unusable() {
             return None;
         }
-        let _word = RecoveryWord::take(&self.globals().recovery_word)?;
-        let was = lock.holder();
+        let _word = RecoveryWord::take(&self.globals().recovery_word, checkable)?;
+        let was = lock.holder(checkable);
         if !(was.is_unusable() || force && was != Holder::Free) {
             return None;
         }
@@ -558,16 +682,19 @@ impl Cache {
     /// Reset every shard lock that is unusable (all held ones with `force`) and repair every
     /// shard: `shmsesscache repair`. Returns (locks reset, shards that still cannot be
     /// locked, with the reason).
+    /// Locks re-initialised on attaching after a reboot count too.
     pub fn repair_all(&self, force: bool) -> Result<(u64, Vec<(usize, Error)>)> {
-        let mut resets = 0;
+        let mut resets = self.reboot_resets;
+        let checkable = self.tids_checkable().is_ok();
         let mut failed = Vec::new();
         for idx in 0..self.geo.shard_count {
             self.check_owner(idx)?;
             // SAFETY: the mutex is the first field of the shard header inside the mapping.
             let lock =
                 unsafe { ShardLock::from_ptr(self.shard_base(idx) as *mut libc::pthread_mutex_t) };
-            let held = lock.holder();
-            if (held.is_unusable() || force && matches!(held, Holder::Live(_)))
+            let held = lock.holder(checkable);
+            if (held.is_unusable()
+                || force && matches!(held, Holder::Live(_) | Holder::Unchecked(_)))
                 && self.reset_lock(idx, &lock, force).is_some()
             {
                 resets += 1;
@@ -581,20 +708,31 @@ impl Cache {
 
     /// Count a lock failure and report it: an error, logged at most every ten seconds per
     /// process with the number of failures since (a stuck shard must not flood the log).
-    fn lock_failed(&self, idx: usize, e: LockError) -> Error {
+    /// A timeout on a lock whose owner this process cannot check says so: it is never reset
+    /// automatically (its owner may be alive in another pid namespace).
+    fn lock_failed(&self, idx: usize, e: LockError, lock: &ShardLock) -> Error {
         let g = self.globals();
         match e {
             LockError::Timeout => g.lock_timeouts.fetch_add(1, Relaxed),
             _ => g.lock_errors.fetch_add(1, Relaxed),
         };
+        let why = match (e, self.tids_checkable()) {
+            (LockError::Timeout, Err(reason)) => match lock.holder(false) {
+                Holder::Unchecked(tid) => format!(
+                    " (held by thread id {tid}, never re-initialised automatically: {reason}; if no process uses the segment any more, 'shmsesscache repair --force' breaks the lock)"
+                ),
+                _ => String::new(),
+            },
+            _ => String::new(),
+        };
         static LOCK_TROUBLE: RateLimit = RateLimit::new(10);
         if let Some(n) = LOCK_TROUBLE.note(1, u64::from(crate::util::now_unix())) {
             log::emit(
                 Level::Error,
-                &format!("shard {idx}: {e} ({n} lock failure(s) since the last report)"),
+                &format!("shard {idx}: {e}{why} ({n} lock failure(s) since the last report)"),
             );
         }
-        Error::new(ErrorKind::Lock, format!("shard {idx}: {e}"))
+        Error::new(ErrorKind::Lock, format!("shard {idx}: {e}{why}"))
     }
 
     /// Store `data` under `id`, valid until `expires` (Unix seconds). Replaces an entry with the
@@ -920,20 +1058,27 @@ struct RecoveryWord<'a>(&'a std::sync::atomic::AtomicU64);
 const RECOVERY_WORD_STALE_SECS: u64 = 10;
 
 impl<'a> RecoveryWord<'a> {
-    /// Take the word: free, held by a process that no longer exists, or held for too long.
-    /// `None`: another process is resetting a lock right now (the caller fails this time and
-    /// retries later).
-    fn take(word: &'a std::sync::atomic::AtomicU64) -> Option<RecoveryWord<'a>> {
+    /// Take the word: free, held by a process that no longer exists (judged only when
+    /// `pids_checkable`: the pid was written in this pid namespace and boot, see `users.rs`),
+    /// or held for too long. `None`: another process is resetting a lock right now (the caller
+    /// fails this time and retries later).
+    fn take(
+        word: &'a std::sync::atomic::AtomicU64,
+        pids_checkable: bool,
+    ) -> Option<RecoveryWord<'a>> {
         let now = u64::from(crate::util::now_unix());
         let mine = now << 32 | u64::from(std::process::id());
         let cur = word.load(Relaxed);
         let (pid, since) = (cur & 0xffff_ffff, cur >> 32);
-        let free = cur == 0 || now.abs_diff(since) > RECOVERY_WORD_STALE_SECS || {
-            // SAFETY: signal 0 only checks existence.
-            let rc = unsafe { libc::kill(pid.min(i32::MAX as u64) as libc::pid_t, 0) };
-            pid == 0
-                || rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
-        };
+        let free = cur == 0
+            || now.abs_diff(since) > RECOVERY_WORD_STALE_SECS
+            || pids_checkable && {
+                // SAFETY: signal 0 only checks existence.
+                let rc = unsafe { libc::kill(pid.min(i32::MAX as u64) as libc::pid_t, 0) };
+                pid == 0
+                    || rc != 0
+                        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+            };
         (free && word.compare_exchange(cur, mine, Relaxed, Relaxed).is_ok())
             .then_some(RecoveryWord(word))
     }
@@ -951,6 +1096,14 @@ fn only_ever(uid: u32) -> bool {
     // SAFETY: getresuid writes three uids.
     let ok = unsafe { libc::getresuid(&mut r, &mut e, &mut s) } == 0;
     ok && uid != 0 && r == uid && e == uid && s == uid
+}
+
+/// Real, effective and saved uid of this process.
+fn current_resuid() -> (u32, u32, u32) {
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: getresuid writes three uids; it cannot fail with valid pointers.
+    unsafe { libc::getresuid(&mut r, &mut e, &mut s) };
+    (r, e, s)
 }
 
 fn current_euid() -> u32 {

@@ -584,6 +584,80 @@ fn a_stale_lock_word_is_reset_once_and_the_shard_repaired() {
     );
 }
 
+/// Write `tid` (no owner-died bit) into shard `idx`'s lock word.
+fn plant_owner(c: &Cache, idx: usize, tid: i32) {
+    let m = c.shard_mutex_for_tests(idx) as *mut u8;
+    // SAFETY: __lock and __owner, the first and third 32-bit words of the mutex.
+    unsafe {
+        (*(m as *const std::sync::atomic::AtomicU32))
+            .store(tid as u32, std::sync::atomic::Ordering::SeqCst);
+        *(m.add(8) as *mut i32) = tid;
+    }
+}
+
+#[test]
+fn after_a_reboot_every_held_lock_is_reset_even_one_naming_a_live_thread() {
+    let mut c = short_timeout_one_shard();
+    c.store_at(&id(1), &der(1, 160), NOW, NOW + 60, NOW)
+        .unwrap();
+    // Pid 1 exists (in every pid namespace): a thread id of the last boot reused by a live,
+    // unrelated process. Under the recorded boot it is a live owner: the shard waits.
+    plant_owner(&c, 0, 1);
+    let e = c.lock_shard(0).map(drop).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Lock, "{e}");
+    assert_eq!(c.stats().lock_resets, 0);
+    // The segment was written under another boot (kept on disk across a reboot).
+    c.globals().users.boot_id[0].fetch_xor(1, std::sync::atomic::Ordering::SeqCst);
+    c.join_users().unwrap();
+    assert_eq!(c.reboot_resets, 1);
+    assert_eq!(
+        c.globals().users.boot(),
+        crate::users::this_boot().unwrap(),
+        "adopted"
+    );
+    assert_eq!(get(&c, 1, NOW), Some(der(1, 160)));
+    let s = c.stats();
+    assert_eq!((s.lock_resets, s.dirty_repairs), (1, 1), "{s:?}");
+    assert_eq!(c.repair_all(false).unwrap().0, 1, "repair reports it");
+    // Joining again under the same boot resets nothing.
+    c.join_users().unwrap();
+    assert_eq!(c.stats().lock_resets, 1);
+}
+
+#[test]
+fn with_users_in_several_pid_namespaces_no_thread_id_is_judged_dead() {
+    let c = short_timeout_one_shard();
+    c.store_at(&id(1), &der(1, 160), NOW, NOW + 60, NOW)
+        .unwrap();
+    c.globals()
+        .users
+        .mixed_ns
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let tid = plant_stale_owner(&c, 0);
+    let e = c.lock_shard(0).map(drop).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Lock, "{e}");
+    assert!(
+        e.message.contains(&format!("held by thread id {tid}"))
+            && e.message.contains("several pid namespaces")
+            && e.message.contains("repair --force"),
+        "{e}"
+    );
+    assert_eq!(c.repair_all(false).unwrap().0, 0, "repair does not either");
+    assert_eq!(c.stats().lock_resets, 0);
+    // The recovery word of a pid that looks dead is not taken over either (only by age).
+    let word = &c.globals().recovery_word;
+    let now = u64::from(crate::util::now_unix());
+    word.store(now << 32 | tid as u64, std::sync::atomic::Ordering::SeqCst);
+    assert!(super::RecoveryWord::take(word, false).is_none());
+    assert!(
+        super::RecoveryWord::take(word, true).is_some(),
+        "dead in our namespace"
+    );
+    // The operator breaks it.
+    assert_eq!(c.repair_all(true).unwrap().0, 1);
+    assert_eq!(get(&c, 1, NOW), Some(der(1, 160)));
+}
+
 #[test]
 fn a_lock_without_a_timeout_still_gets_past_a_stale_owner() {
     let g = Geometry::plan(1 << 20, DEFAULT_UNIT_BYTES).unwrap();
@@ -617,7 +691,7 @@ fn an_unrecoverable_lock_is_reset_and_the_shard_repaired() {
     let lock = unsafe { crate::lock::ShardLock::from_ptr(c.shard_mutex_for_tests(0)) };
     assert_eq!(lock.lock(None), Ok(crate::lock::Acquired::OwnerDied));
     lock.unlock();
-    assert_eq!(lock.holder(), crate::lock::Holder::NotRecoverable);
+    assert_eq!(lock.holder(true), crate::lock::Holder::NotRecoverable);
     assert_eq!(get(&c, 1, NOW), Some(der(1, 160)));
     assert_eq!(get(&c, 1, NOW), Some(der(1, 160)));
     let s = c.stats();
@@ -644,6 +718,41 @@ fn a_process_that_does_not_own_the_segment_never_locks_it() {
     // A root-owned segment is locked by anybody its mapping reaches (Apache's children).
     c.owner_uid = 0;
     assert_eq!(get(&c, 1, NOW), Some(der(1, 160)));
+}
+
+/// A server that dropped root with `seteuid` only (real and saved uid still 0) must not lock a
+/// segment its effective user owns: that user can write the mutex, and the process can become
+/// root again.
+#[test]
+fn a_process_that_can_switch_back_to_root_never_locks_another_users_segment() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (to drop privileges with seteuid)");
+        return;
+    }
+    // SAFETY: fork in a test; the child drops its effective uid, tries one store and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let code = if unsafe { libc::seteuid(65534) } != 0 {
+            10
+        } else {
+            // Anonymous: owned by the effective uid that creates it.
+            let c = one_shard();
+            match c.store_at(&id(1), &der(1, 160), NOW, NOW + 60, NOW) {
+                Ok(()) => 1,
+                Err(e) if e.kind == ErrorKind::Security && e.message.contains("seteuid only") => 0,
+                Err(_) => 2,
+            }
+        };
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(libc::WIFEXITED(status), "child status {status:#x}");
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "1: the store took the lock; 2: another error; 10: seteuid failed"
+    );
 }
 
 fn mutex_bytes(c: &Cache) -> Vec<u8> {

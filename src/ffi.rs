@@ -526,7 +526,11 @@ fn read_options(opts: *const shmsess_options) -> Result<shmsess_options, Fail> {
     // SAFETY: every caller's struct starts with struct_size (4 readable bytes).
     let raw = unsafe { std::ptr::read_unaligned(opts as *const u32) };
     let legacy = raw == OPTIONS_LEGACY_INIT;
-    let size = if legacy { OPTIONS_V1_BYTES } else { raw as usize };
+    let size = if legacy {
+        OPTIONS_V1_BYTES
+    } else {
+        raw as usize
+    };
     if size < OPTIONS_V1_BYTES {
         return Err(Fail(
             SHMSESS_ERR_INVALID_ARGUMENT,
@@ -1044,10 +1048,13 @@ pub extern "C" fn shmsess_stats_hit_ratio(stats: *const shmsess_stats) -> f64 {
     }
     // SAFETY: non-NULL stats filled by this library; both fields are in every version.
     let (h, m) = unsafe { ((*stats).lookup_hits, (*stats).lookup_misses) };
-    if h + m == 0 {
+    // The counters come from shared memory any owner's process can write, and wrap: summed
+    // as floats, so no value overflows (a debug build would panic, a release one wrap).
+    let total = h as f64 + m as f64;
+    if total == 0.0 {
         0.0
     } else {
-        h as f64 / (h + m) as f64
+        h as f64 / total
     }
 }
 

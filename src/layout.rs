@@ -135,11 +135,31 @@ pub struct Globals {
     /// mutex other users can write is never locked: see `Cache::lock_shard`).
     pub lock_refused_owner: AtomicU64,
     /// Serialises lock resets between processes: 0, or the pid of the process resetting (a
-    /// dead pid is taken over). Never a mutex: safe to touch whoever wrote it.
+    /// pid dead in the users' namespace and boot, or a word held too long, is taken over).
+    /// Never a mutex: safe to touch whoever wrote it.
     pub recovery_word: AtomicU64,
     /// Zero in segments made before these counters existed, so using reserved space for new
     /// counters keeps the layout (and its version) unchanged.
     pub reserved: [AtomicU64; 5],
+    /// The boot and pid namespace of the processes using the segment (after `reserved`: zero
+    /// in segments made before it existed, which count as "unknown" and are adopted as they
+    /// are).
+    pub users: Users,
+}
+
+/// Under which boot and in which pid namespace the thread ids in the shard locks' words were
+/// written: a lock word holds its owner's thread id as the owner's pid namespace numbers it,
+/// so only a process of the same boot and namespace can tell whether that thread exists (see
+/// `users.rs`). Written under the recovery word.
+#[repr(C)]
+pub struct Users {
+    /// `/proc/sys/kernel/random/boot_id` of the boot the users run under (all zero: unknown).
+    pub boot_id: [AtomicU64; 2],
+    /// Inode of `/proc/self/ns/pid` of the first process of that boot to attach.
+    pub pid_ns: AtomicU64,
+    /// Non-zero once a process of another pid namespace attached during that boot: from then
+    /// on no thread id is trusted to be dead (until the next boot).
+    pub mixed_ns: AtomicU64,
 }
 
 /// What the second tier did (see `remote.rs`). Carved out of `Globals::reserved`.
@@ -374,8 +394,10 @@ pub fn header_crc(h: &SegmentHeader) -> u32 {
 const _: () = assert!(size_of::<SegmentHeader>() <= GLOBALS_OFFSET);
 // No padding anywhere in the header: the CRC covers its bytes, all of which must be written.
 const _: () = assert!(size_of::<FormatWord>() == 4 * 10);
-const _: () = assert!(std::mem::offset_of!(SegmentHeader, total_bytes) == 8 + size_of::<FormatWord>());
-const _: () = assert!(std::mem::offset_of!(SegmentHeader, header_crc) + 4 == size_of::<SegmentHeader>());
+const _: () =
+    assert!(std::mem::offset_of!(SegmentHeader, total_bytes) == 8 + size_of::<FormatWord>());
+const _: () =
+    assert!(std::mem::offset_of!(SegmentHeader, header_crc) + 4 == size_of::<SegmentHeader>());
 const _: () = assert!(GLOBALS_OFFSET + size_of::<Globals>() <= HEADER_BYTES);
 
 /// The 16-byte header at the start of an entry's first unit (little endian, unaligned).

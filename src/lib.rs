@@ -4,6 +4,7 @@
 //! Modules by responsibility:
 //! - [`layout`]: the segment's bytes (header, format word, geometry, entry header);
 //! - [`lock`]: robust process-shared mutexes;
+//! - [`users`]: the boot and pid namespace whose thread ids the lock words hold;
 //! - [`segment`]: mapping, creating and attaching (anonymous or named);
 //! - [`shard`]: slot operations inside one locked shard;
 //! - [`cache`]: ids to shards, locking with crash recovery, statistics;
@@ -36,6 +37,7 @@ pub mod seal;
 pub mod segment;
 pub mod shard;
 pub mod tls;
+pub mod users;
 pub mod util;
 
 pub use cache::{Cache, Config, EntryInfo, Found, Stats};

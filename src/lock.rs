@@ -152,6 +152,10 @@ pub enum Holder {
     Free,
     /// Held by thread `tid`, which exists (it may be stopped, or busy).
     Live(i32),
+    /// Held by thread `tid`, which this process cannot check: the id was written in another
+    /// pid namespace, or possibly was (see `users.rs`). Treated as alive: never reset
+    /// automatically.
+    Unchecked(i32),
     /// Held by thread `tid`, which does not exist, and the kernel never marked it dead: a
     /// stale word (a segment on persistent storage after a reboot, or hostile bytes). Nobody
     /// will ever unlock it.
@@ -184,9 +188,10 @@ const PTHREAD_MUTEX_NOTRECOVERABLE: u32 = (i32::MAX - 1) as u32;
 
 impl ShardLock {
     /// Read the lock word (glibc on 64-bit Linux: `__lock` is the first word) and, if it names
-    /// an owner, whether that thread exists. A TID is only meaningful in our pid namespace:
-    /// processes sharing a segment must share one (see README).
-    pub fn holder(&self) -> Holder {
+    /// an owner, whether that thread exists. A TID is only meaningful in the pid namespace
+    /// (and boot) it was written in: without `tids_checkable` (see `users.rs`) an owner is
+    /// [`Holder::Unchecked`], never stale.
+    pub fn holder(&self, tids_checkable: bool) -> Holder {
         if expected_kind().is_none() {
             return Holder::Free;
         }
@@ -201,6 +206,8 @@ impl ShardLock {
             Holder::OwnerDied
         } else if tid == 0 {
             Holder::Free
+        } else if !tids_checkable {
+            Holder::Unchecked(tid)
         } else if thread_exists(tid) {
             Holder::Live(tid)
         } else {
@@ -503,26 +510,29 @@ mod tests {
         let m = shared_mutex();
         let lock = unsafe { ShardLock::from_ptr(m) };
         lock.init().unwrap();
-        assert_eq!(lock.holder(), Holder::Free);
+        assert_eq!(lock.holder(true), Holder::Free);
         // What a segment from before a reboot holds: an owner TID, no owner-died bit.
         let tid = dead_tid();
         unsafe {
             (*(m as *const std::sync::atomic::AtomicU32)).store(tid as u32, SeqCst);
             *((m as *mut u8).add(OWNER_OFFSET) as *mut i32) = tid;
         }
-        assert_eq!(lock.holder(), Holder::Stale(tid));
+        assert_eq!(lock.holder(true), Holder::Stale(tid));
+        // Unless thread ids cannot be checked (another pid namespace wrote them, maybe).
+        assert_eq!(lock.holder(false), Holder::Unchecked(tid));
+        assert!(!Holder::Unchecked(tid).is_unusable());
         assert_eq!(
             lock.lock(Some(Duration::from_millis(20))),
             Err(LockError::Timeout)
         );
         lock.reset().unwrap();
-        assert_eq!(lock.holder(), Holder::Free);
+        assert_eq!(lock.holder(true), Holder::Free);
         assert_eq!(
             lock.lock(Some(Duration::from_millis(20))),
             Ok(Acquired::Clean)
         );
         let me = unsafe { libc::gettid() };
-        assert_eq!(lock.holder(), Holder::Live(me));
+        assert_eq!(lock.holder(true), Holder::Live(me));
         lock.unlock();
     }
 
@@ -539,10 +549,10 @@ mod tests {
         }
         let mut status = 0;
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert_eq!(lock.holder(), Holder::OwnerDied);
+        assert_eq!(lock.holder(true), Holder::OwnerDied);
         assert_eq!(lock.lock(None), Ok(Acquired::OwnerDied));
         lock.unlock(); // without mark_consistent: what a panic in the repair used to do
-        assert_eq!(lock.holder(), Holder::NotRecoverable);
+        assert_eq!(lock.holder(true), Holder::NotRecoverable);
         assert_eq!(lock.try_lock(), Err(LockError::NotRecoverable));
         lock.reset().unwrap();
         assert_eq!(lock.try_lock(), Ok(Some(Acquired::Clean)));

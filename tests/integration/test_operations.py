@@ -20,6 +20,7 @@ import shutil
 import ssl
 import stat
 import subprocess
+import time
 import sys
 import tempfile
 
@@ -340,6 +341,37 @@ def root_never_locks_a_segment_workers_write(ops, dump):
     check("once no other user maps it, root's flush works", rc == 0 and f"removed {2 * SESSIONS} " in out, (out + err).strip())
 
 
+def proc_status(pid):
+    """The Uid, Gid and Groups lines of /proc/PID/status, as lists of strings."""
+    with open(f"/proc/{pid}/status") as f:
+        lines = dict(line.rstrip("\n").split(":", 1) for line in f if ":" in line)
+    return {k: lines.get(k, "").split() for k in ("Uid", "Gid", "Groups")}
+
+
+def credentials_while_waiting(ops, seg):
+    """Root's flush of nobody's segment, caught while it waits for the held shard 0 lock: it
+    runs as nobody with nobody's own group and no supplementary groups, even though the file's
+    group is root's (anybody who can chown a file to a user can give it any group)."""
+    os.chown(seg, NOBODY, 0)
+    flush = subprocess.Popen([ops.args.cli, "flush", seg, "--lock-timeout", "600000"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        creds = proc_status(flush.pid)
+        # Readiness: the switch to the owner happens before the wait for the lock.
+        while creds["Uid"][:1] != [str(NOBODY)] and flush.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+            creds = proc_status(flush.pid)
+        check("root's flush of nobody's segment runs as nobody's uid and group, no supplementary groups, "
+              "whatever the file's group",
+              creds["Uid"] == [str(NOBODY)] * 4 and creds["Gid"] == [str(NOBODY)] * 4 and creds["Groups"] == [],
+              f"{creds} (exit {flush.poll()})")
+    finally:
+        flush.kill()
+        flush.wait()
+        os.chown(seg, NOBODY, NOBODY)
+
+
 def root_never_locks_a_users_segment(ops, dump):
     """Root and a segment owned by the server's user (nobody): root's reads take no lock,
     root's changes run as nobody, a dump of another user is refused, and locks nobody can take
@@ -387,6 +419,7 @@ def root_never_locks_a_users_segment(ops, dump):
         rc, _, err = ops.cli("repair", seg, "--lock-timeout", "100")
         check("repair leaves a lock held by a live (stopped) process alone and says so",
               rc == 3 and "held by live processes" in err, f"rc={rc} {err.strip()[:200]}")
+        credentials_while_waiting(ops, seg)
     finally:
         os.kill(holder, signal.SIGKILL)
         os.waitpid(holder, 0)
@@ -413,6 +446,34 @@ def root_never_locks_a_users_segment(ops, dump):
     check("stat shows the re-initialised locks", rc == 0 and "2 locks re-initialised" in human)
 
 
+def repair_after_a_reboot(ops):
+    """A segment file kept across a reboot: a lock word names a thread of the last boot, whose
+    id a live, unrelated process (pid 1) has now. The segment records the boot it was used
+    under, so the first process to attach (here: repair) re-initialises every held lock."""
+    seg = os.path.join(ops.dir, "reboot.sess")
+    rc, _, err = ops.cli("create", seg, "--size", "2M")
+    check("segment for the reboot test created", rc == 0, err.strip())
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        boot = int(f.read().strip().replace("-", ""), 16)
+    recorded = struct.pack("<QQ", boot >> 64, boot & (2**64 - 1))
+    page0 = file_bytes(seg)[:HEADER_BYTES]
+    at = page0.find(recorded)
+    check("the segment records the boot it is used under", at >= 0, "boot id not found in page 0")
+    with open(seg, "r+b") as f:
+        if at >= 0:  # "another boot": flip a bit of the recorded id
+            f.seek(at)
+            f.write(bytes([recorded[0] ^ 1]))
+        f.seek(HEADER_BYTES)
+        f.write(struct.pack("<I", 1))
+        f.seek(HEADER_BYTES + 8)
+        f.write(struct.pack("<i", 1))
+    rc, out, err = ops.cli("repair", seg, "--lock-timeout", "100")
+    st = ops.stat_json(seg)
+    check("after a reboot, repair re-initialises a lock naming a live, unrelated pid",
+          rc == 0 and "1 lock(s) re-initialised" in out and st["lock_resets"] == 1,
+          f"rc={rc} {(out + err).strip()[:300]}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--server", required=True)
@@ -428,6 +489,7 @@ def main():
         dump = restart_dump_flush_load(ops, *state)
         root_never_locks_a_users_segment(ops, dump)
         root_never_locks_a_segment_workers_write(ops, dump)
+        repair_after_a_reboot(ops)
     except Exception as e:  # a crash is a failure, not an abort
         check("scenario ran to the end", False, f"{type(e).__name__}: {e}")
     finally:

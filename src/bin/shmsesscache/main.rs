@@ -146,10 +146,11 @@ fn read_segment(path: &str) -> Result<Cache, Failure> {
 }
 
 /// Attach to the segment to change it, as its owner: root becomes the file's owner first
-/// (supplementary groups, gid, uid; for good), anybody else must be the owner.
+/// (no supplementary groups, the owner's primary group from the user database, uid; for
+/// good), anybody else must be the owner.
 fn open_segment_as_owner(a: &Args, path: &str) -> Result<Cache, Failure> {
     let p = Path::new(path);
-    let (uid, gid) = owner_of(p)?;
+    let uid = owner_of(p)?;
     // SAFETY: no preconditions.
     let me = unsafe { libc::geteuid() };
     if me != uid {
@@ -162,6 +163,7 @@ fn open_segment_as_owner(a: &Args, path: &str) -> Result<Cache, Failure> {
                 ),
             ));
         }
+        let gid = primary_gid(uid);
         become_user(uid, gid).map_err(|e| {
             Failure(
                 EXIT_FAILED,
@@ -246,22 +248,50 @@ fn process_uids(pid: u32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-fn owner_of(p: &Path) -> Result<(u32, u32), Failure> {
+/// The uid owning the file. Its group is ignored: anybody who can chown a file to a user can
+/// also give it group 0 (or any group), which the tool must not take on.
+fn owner_of(p: &Path) -> Result<u32, Failure> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::symlink_metadata(p)
         .map_err(|e| Failure(EXIT_FAILED, format!("cannot stat {}: {e}", p.display())))?;
-    Ok((m.uid(), m.gid()))
+    Ok(m.uid())
 }
 
-/// Drop root for good: only the owner's gid as group, then gid, then uid; checked.
+/// The group to run as for `uid`: its primary group in the user database (`pw_gid`), or the
+/// unprivileged overflow group 65534 when the uid has no entry (a container's numeric user).
+fn primary_gid(uid: u32) -> u32 {
+    const OVERFLOW_GID: u32 = 65534;
+    // SAFETY: getpwuid_r writes into `pw` and `buf` (sized as it asks) and sets `found` to
+    // &pw or NULL; nothing is kept past this function.
+    unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let mut buf = vec![0 as libc::c_char; 16 * 1024];
+        let rc = libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut found);
+        if rc == 0 && !found.is_null() {
+            pw.pw_gid
+        } else {
+            OVERFLOW_GID
+        }
+    }
+}
+
+/// Drop root for good: no supplementary groups, then gid, then uid; checked.
 fn become_user(uid: u32, gid: u32) -> std::io::Result<()> {
     let os = || Err(std::io::Error::last_os_error());
     // SAFETY: plain credential calls on this single-threaded process.
     unsafe {
-        if libc::setgroups(1, &gid) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setgid(gid) != 0
+            || libc::setuid(uid) != 0
+        {
             return os();
         }
-        if libc::geteuid() != uid || libc::getegid() != gid || (uid != 0 && libc::setuid(0) == 0) {
+        if libc::geteuid() != uid
+            || libc::getegid() != gid
+            || libc::getgroups(0, std::ptr::null_mut()) != 0
+            || (uid != 0 && libc::setuid(0) == 0)
+        {
             return Err(std::io::Error::other("the switch did not stick"));
         }
     }

@@ -52,7 +52,8 @@ impl Snapshot {
     }
 
     fn recoveries(&self) -> u64 {
-        self.s.lock_owner_died + self.s.dirty_repairs
+        // Saturating: the counters wrap, and a hostile segment holds any value.
+        self.s.lock_owner_died.saturating_add(self.s.dirty_repairs)
     }
 }
 
@@ -189,9 +190,19 @@ pub fn human(snap: &Snapshot) -> String {
         "session ids       {} generated, {} collisions",
         s.ids_generated, s.id_collisions
     );
-    let remote_used = s.remote_stores + s.remote_hits + s.remote_misses + s.remote_errors
-        + s.remote_timeouts + s.remote_skipped + s.remote_dropped;
-    if remote_used > 0 {
+    // Whether any remote counter is non-zero (a sum could overflow on hostile counters).
+    let remote_used = [
+        s.remote_stores,
+        s.remote_hits,
+        s.remote_misses,
+        s.remote_errors,
+        s.remote_timeouts,
+        s.remote_skipped,
+        s.remote_dropped,
+    ]
+    .iter()
+    .any(|&c| c > 0);
+    if remote_used {
         let _ = writeln!(
             w,
             "remote tier       {} stored, {} hits, {} misses after local misses",

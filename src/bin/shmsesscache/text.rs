@@ -26,8 +26,9 @@ DESCRIPTION
     would let that user write into this process. So stat, list and dump take no lock: they
     read a private copy of the file and check every entry in it (checksum, placement); run as
     root they read segments of any owner. flush, load and repair change the segment as its
-    owner: run as root they switch to the file's owner (uid, gid) first; anybody else must be
-    the owner. They refuse a segment that processes of another user (not root) map, as
+    owner: run as root they switch to the file's owner first (its uid, its primary group from
+    the user database, no supplementary groups; the file's group is ignored); anybody else
+    must be the owner. They refuse a segment that processes of another user (not root) map, as
     Apache's and nginx's workers map their root-owned segment: stop that server first. They
     take one shard lock at a time, for as long as a lookup takes: running servers are not
     disturbed.
@@ -320,7 +321,9 @@ pub fn private_dir(dir: &std::path::Path, uid: u32, gid: u32) -> Result<(), Stri
         Err(e) => return Err(format!("cannot stat {d}: {e}")),
     };
     if !meta.file_type().is_dir() {
-        return Err(format!("{d} is not a directory (a symlink is not followed)"));
+        return Err(format!(
+            "{d} is not a directory (a symlink is not followed)"
+        ));
     }
     let squat = "anybody who can write there can create the segment's name first (name squatting) or swap files";
     if meta.uid() != uid {
@@ -377,4 +380,3 @@ mod tests {
         assert!(parse_owner("no-such-user-here").is_err());
     }
 }
-
