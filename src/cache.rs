@@ -68,7 +68,17 @@ pub struct Cache {
     /// A private copy of a segment file read by a tool: validated, never locked, never
     /// written back.
     snapshot: bool,
+    /// The header's creation time, copied at attach (the header page may be gone later: a
+    /// truncated file).
+    created_unix: u64,
 }
+
+/// Where the global counters go once the segment's file was found truncated: process-local
+/// atomics, so that counting (here and in the OpenSSL glue) never touches a lost page.
+static LOST_SEGMENT_GLOBALS: Globals = {
+    // SAFETY: Globals consists of atomic integers only, for which all-zero bytes are valid.
+    unsafe { std::mem::zeroed() }
+};
 
 /// Statistics, summed over shards (read without locks: each counter is exact, the set is a
 /// near-instant snapshot).
@@ -353,6 +363,7 @@ impl Cache {
         }
         let hash_key = h.hash_key;
         Ok(Cache {
+            created_unix: h.created_unix,
             map,
             geo,
             hash_key,
@@ -378,7 +389,7 @@ impl Cache {
     }
 
     pub fn created_unix(&self) -> u64 {
-        segment::header(&self.map).created_unix
+        self.created_unix
     }
 
     /// Address of this process's mapping of the segment (diagnostics: /proc/PID/smaps).
@@ -386,9 +397,14 @@ impl Cache {
         self.map.base() as usize
     }
 
+    /// The segment's global counters, or, once its file was found truncated (when page 0 may
+    /// be gone: touching it would be SIGBUS), a process-local stand-in that nobody reads.
     pub(crate) fn globals(&self) -> &Globals {
-        // SAFETY: page 0 is mapped; Globals lies inside it (asserted in layout.rs) and consists
-        // of atomics only.
+        if self.map.check_backing(false).is_err() {
+            return &LOST_SEGMENT_GLOBALS;
+        }
+        // SAFETY: page 0 is mapped and backed (checked above); Globals lies inside it
+        // (asserted in layout.rs) and consists of atomics only.
         unsafe { &*(self.map.base().add(GLOBALS_OFFSET) as *const Globals) }
     }
 
@@ -777,18 +793,36 @@ impl Cache {
     }
 
     /// Creation and expiry times of the live entries, shard by shard under each lock (a shard
-    /// whose lock times out is left out).
+    /// whose lock times out is left out). Empty when the segment's file was truncated (see
+    /// [`Cache::try_ages`]).
     pub fn ages(&self, now: u32) -> Ages {
+        self.try_ages(now).unwrap_or_default()
+    }
+
+    /// [`Cache::ages`], failing when the segment's file is shorter than the mapping (checked
+    /// now, not at the rate of [`Mapping::check_backing`]).
+    pub fn try_ages(&self, now: u32) -> Result<Ages> {
+        self.map.check_backing(true)?;
         let mut a = Ages::default();
         for idx in 0..self.geo.shard_count {
             if let Ok(g) = self.lock_shard(idx) {
                 a.merge(&g.ages(now));
             }
         }
-        a
+        Ok(a)
     }
 
+    /// The statistics; all zero but the geometry when the segment's file was truncated (see
+    /// [`Cache::try_stats`]).
     pub fn stats(&self) -> Stats {
+        self.try_stats().unwrap_or_else(|_| self.geometry_stats())
+    }
+
+    /// The statistics, or an error when the segment's file is shorter than the mapping
+    /// (checked now: status pages and signal handlers of freshly forked workers call this
+    /// first, and the counters live in the pages a truncation took away).
+    pub fn try_stats(&self) -> Result<Stats> {
+        self.map.check_backing(true)?;
         let mut sum = [0u64; COUNTERS];
         let mut s = Stats {
             min_shard_used_units: u64::MAX,
@@ -837,13 +871,29 @@ impl Cache {
         s.sni_mismatch = g.sni_mismatch.load(Relaxed);
         s.hrr_resumed = g.hrr_resumed.load(Relaxed);
         s.anti_replay_skipped = g.anti_replay_skipped.load(Relaxed);
-        s.created_unix = self.created_unix();
-        s.capacity_units = self.geo.capacity_units();
-        s.shard_count = self.geo.shard_count as u64;
-        s.unit_bytes = self.geo.unit_bytes as u64;
-        s.units_per_shard = self.geo.units_per_shard as u64;
-        s.total_bytes = self.geo.total_bytes as u64;
-        s
+        let geo = self.geometry_stats();
+        Ok(Stats {
+            created_unix: geo.created_unix,
+            capacity_units: geo.capacity_units,
+            shard_count: geo.shard_count,
+            unit_bytes: geo.unit_bytes,
+            units_per_shard: geo.units_per_shard,
+            total_bytes: geo.total_bytes,
+            ..s
+        })
+    }
+
+    /// What is known without reading the segment: its geometry and creation time.
+    fn geometry_stats(&self) -> Stats {
+        Stats {
+            created_unix: self.created_unix(),
+            capacity_units: self.geo.capacity_units(),
+            shard_count: self.geo.shard_count as u64,
+            unit_bytes: self.geo.unit_bytes as u64,
+            units_per_shard: self.geo.units_per_shard as u64,
+            total_bytes: self.geo.total_bytes as u64,
+            ..Stats::default()
+        }
     }
 }
 
