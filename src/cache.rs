@@ -287,13 +287,12 @@ impl Cache {
     pub fn snapshot(path: &Path, trust: segment::Trust) -> Result<Cache> {
         let (file, st) = segment::open_trusted(path, false, trust)?;
         let size = st.st_size as u64;
-        if !(HEADER_BYTES as u64..=crate::layout::MAX_SEGMENT_BYTES).contains(&size) {
-            return Err(Error::format(format!(
-                "{}: file has {size} bytes, not the size of a segment",
-                path.display()
-            )));
-        }
-        let map = Mapping::anonymous(size as usize).map_err(|e| {
+        // The header first (4 KiB, validated, its size matching the file's): a file that is not
+        // a segment is refused before anything as large as the file is read or allocated.
+        let hdr = segment::read_header(&file, path, size)?;
+        let geo = Geometry::from_header(&hdr, size)
+            .map_err(|m| Error::format(format!("{}: {m}", path.display())))?;
+        let map = Mapping::anonymous(geo.total_bytes).map_err(|e| {
             Error::io(
                 format!(
                     "cannot allocate {size} bytes for a copy of {}",
@@ -302,11 +301,14 @@ impl Cache {
                 e,
             )
         })?;
-        // SAFETY: the mapping is ours alone (private to this process until it forks) and
-        // `size` bytes long.
-        let buf = unsafe { std::slice::from_raw_parts_mut(map.base(), map.len()) };
-        std::os::unix::fs::FileExt::read_exact_at(&file, buf, 0)
-            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        let read = |off: usize, len: usize| {
+            // SAFETY: the mapping is ours alone (private to this process until it forks) and
+            // `off + len` is inside it (callers stay within the validated geometry).
+            let buf = unsafe { std::slice::from_raw_parts_mut(map.base().add(off), len) };
+            std::os::unix::fs::FileExt::read_exact_at(&file, buf, off as u64)
+                .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))
+        };
+        read(0, HEADER_BYTES)?;
         let mut cache = Self::from_mapping(
             map,
             Origin::AttachedFile,
@@ -316,23 +318,33 @@ impl Cache {
         )
         .map_err(|e| Error::new(e.kind, format!("{}: {}", path.display(), e.message)))?;
         cache.snapshot = true;
-        cache.validate_snapshot();
+        // The header read again may differ from the first read (a live segment): the copy's
+        // own header was validated by from_mapping, and its geometry is what bounds the reads.
+        for idx in 0..cache.geo.shard_count {
+            let off = HEADER_BYTES + idx * cache.geo.shard_stride;
+            let read_shard = |len| {
+                // SAFETY: as above: the copy is private, shard idx lies inside it.
+                let buf = unsafe { std::slice::from_raw_parts_mut(cache.map.base().add(off), len) };
+                std::os::unix::fs::FileExt::read_exact_at(&file, buf, off as u64)
+                    .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))
+            };
+            read_shard(cache.geo.shard_stride)?;
+            cache.validate_snapshot_shard(idx);
+        }
         Ok(cache)
     }
 
-    /// Repair every shard of a snapshot (see [`Cache::snapshot`]), keeping its counters as
+    /// Repair shard `idx` of a snapshot (see [`Cache::snapshot`]), keeping its counters as
     /// they were read: what the copy dropped was not dropped from the segment.
-    fn validate_snapshot(&self) {
-        for idx in 0..self.geo.shard_count {
-            // SAFETY: the snapshot is private memory nobody else touches.
-            let shard = unsafe { Shard::from_base(self.shard_base(idx), &self.geo) };
-            let counters: Vec<u64> = shard.hdr.counters.iter().map(|c| c.load(Relaxed)).collect();
-            shard.repair(idx, &|id| self.placement(id));
-            for (c, v) in shard.hdr.counters.iter().zip(counters) {
-                c.store(v, Relaxed);
-            }
-            shard.hdr.dirty.store(0, Relaxed);
+    fn validate_snapshot_shard(&self, idx: usize) {
+        // SAFETY: the snapshot is private memory nobody else touches.
+        let shard = unsafe { Shard::from_base(self.shard_base(idx), &self.geo) };
+        let counters: Vec<u64> = shard.hdr.counters.iter().map(|c| c.load(Relaxed)).collect();
+        shard.repair(idx, &|id| self.placement(id));
+        for (c, v) in shard.hdr.counters.iter().zip(counters) {
+            c.store(v, Relaxed);
         }
+        shard.hdr.dirty.store(0, Relaxed);
     }
 
     /// Whether this is a tool's private copy (see [`Cache::snapshot`]).

@@ -521,7 +521,10 @@ pub fn attach_with(path: &Path, trust: Trust) -> Result<Mapping> {
     Ok(m)
 }
 
-fn read_header(file: &File, path: &Path, size: u64) -> Result<SegmentHeader> {
+/// A private copy of the header of the segment file `file` (`size` bytes, from its `fstat`):
+/// read with `pread`, its magic checked; the caller validates the rest
+/// ([`Geometry::from_header`]).
+pub fn read_header(file: &File, path: &Path, size: u64) -> Result<SegmentHeader> {
     const LEN: usize = std::mem::size_of::<SegmentHeader>();
     if size < HEADER_BYTES as u64 {
         return Err(Error::format(format!(
@@ -559,12 +562,14 @@ fn refuse_readable(path: &Path, st: &libc::stat) -> Result<()> {
 
 /// Open `path` (read-write or read-only) without following a symlink, and check that the file
 /// may be trusted (see [`check_file_trust`]). Shared by segments and dump files, which both
-/// hold session secrets and both must not be planted by somebody else.
+/// hold session secrets and both must not be planted by somebody else. Opened non-blocking
+/// (a FIFO planted at the path would block the open, and every read, forever) and switched
+/// back to blocking only once it is known to be a regular file.
 pub fn open_trusted(path: &Path, write: bool, trust: Trust) -> Result<(std::fs::File, libc::stat)> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(write)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| {
             if e.raw_os_error() == Some(libc::ELOOP) {
@@ -585,6 +590,16 @@ pub fn open_trusted(path: &Path, write: bool, trust: Trust) -> Result<(std::fs::
         ));
     }
     check_file_trust(path, &st, trust)?;
+    // SAFETY: fcntl on our open descriptor.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0
+        || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0
+    {
+        return Err(Error::io(
+            format!("cannot set {} to blocking mode", path.display()),
+            io::Error::last_os_error(),
+        ));
+    }
     Ok((file, st))
 }
 

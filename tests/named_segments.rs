@@ -23,6 +23,7 @@ fn named_segments_and_the_operating_system() {
     full_filesystem_is_a_clean_error(dir.path());
     truncated_file_is_an_error_not_a_sigbus(dir.path());
     stats_of_a_segment_truncated_to_nothing(dir.path());
+    cli_reads_check_the_file_before_reading_it(dir.path());
     stale_temporary_files_are_swept(dir.path());
     segments_are_kept_out_of_core_dumps(dir.path());
     readable_segments_are_refused(dir.path());
@@ -227,6 +228,75 @@ fn stats_of_a_segment_truncated_to_nothing(base: &Path) {
         }
         worker()
     });
+}
+
+/// `shmsesscache stat/list/dump` (which read a private copy) look at the file before they
+/// read it: a large sparse file that is not a segment, or a segment whose header does not
+/// match the file's size, is refused without being read (bounded memory), and a FIFO planted
+/// at the path is refused instead of blocking the tool forever.
+fn cli_reads_check_the_file_before_reading_it(base: &Path) {
+    const BIG: u64 = 1 << 30;
+    let sparse = base.join("sparse.sess");
+    let f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&sparse).unwrap();
+    f.set_len(BIG).unwrap();
+    let grown = base.join("grown.sess");
+    drop(create(&grown, 256 << 10).unwrap());
+    OpenOptions::new().write(true).open(&grown).unwrap().set_len(BIG).unwrap();
+    let fifo = base.join("fifo.sess");
+    let c = CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let out = base.join("out.dump");
+    let cases = [
+        (&sparse, "not a shmsesscache segment (bad magic)"),
+        (&grown, "header says 262144 bytes but the file has 1073741824"),
+        (&fifo, "is not a regular file"),
+    ];
+    for (p, why) in cases {
+        let p = p.to_str().unwrap();
+        for args in [&["stat", p][..], &["list", p], &["dump", p, out.to_str().unwrap()]] {
+            let (code, text, max_rss_kib) = run_cli_bounded(args, Duration::from_secs(30));
+            eprintln!("{args:?}: exit {code:?}, max RSS {max_rss_kib} KiB: {}", text.trim());
+            assert!(code.is_some_and(|c| c != 0) && text.contains(why), "{args:?}: {text}");
+            assert!(max_rss_kib < 64 << 10, "{args:?} used {max_rss_kib} KiB");
+            assert!(!out.exists());
+        }
+    }
+}
+
+/// Run the CLI; (exit code, or None if it had to be killed after `limit`; its output; its
+/// peak RSS in KiB, from wait4).
+fn run_cli_bounded(args: &[&str], limit: Duration) -> (Option<i32>, String, i64) {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shmsesscache"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let deadline = std::time::Instant::now() + limit;
+    let mut status = 0;
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut code = None;
+    loop {
+        // SAFETY: our own child; status and rusage are ours.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        if r == pid {
+            code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20)); // polling an exit, bounded by `limit`
+    }
+    let mut text = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut text).unwrap();
+    (code, text, ru.ru_maxrss)
 }
 
 /// Point 1: `NAME.tmp.PID.RANDOM` files of a creator that was killed are removed by the next
