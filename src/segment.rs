@@ -6,7 +6,7 @@
 //! (`fallocate`, so a full filesystem is an `ENOSPC` error here and not a `SIGBUS` later), then
 //! `link()`s it to the final name, which fails atomically if somebody else won the race; the
 //! loser attaches. The temporary file is removed on every failure path, and temporary files
-//! left by a creator that was killed are swept by the next creator.
+//! left by a creator that was killed are swept by the next process that creates or attaches.
 //!
 //! Every mapping is marked `MADV_DONTDUMP`: the segment holds every master secret, and a
 //! worker's core dump must not write them to disk.
@@ -290,18 +290,6 @@ fn create_file(
         let e = io::Error::last_os_error();
         return Err(Error::io(format!("cannot chmod {}", tmp.path.display()), e).into());
     }
-    if let Some((uid, gid)) = owner {
-        // Before the link: the file appears under its name already owned by the server's user.
-        // SAFETY: fchown on our descriptor.
-        if unsafe { libc::fchown(tmp.fd(), uid, gid) } != 0 {
-            let e = io::Error::last_os_error();
-            return Err(Error::io(
-                format!("cannot give {} to uid {uid} gid {gid}", tmp.path.display()),
-                e,
-            )
-            .into());
-        }
-    }
     if let Err(e) = reserve(tmp.fd(), geo.total_bytes as u64) {
         tmp.remove(); // before measuring the free space: it held part of the reservation
         return Err(reserve_error(path, geo.total_bytes, e).into());
@@ -312,6 +300,20 @@ fn create_file(
         .map_err(|e| Error::io(format!("cannot map {}", tmp.path.display()), e))?;
     m.check_backing(true)?;
     init(&m)?;
+    if let Some((uid, gid)) = owner {
+        // Just before the link: the file appears under its name already owned by the server's
+        // user, and a creator killed before this point leaves a temporary file of its own
+        // user, which the next creator running as that user sweeps (it removes only its own).
+        // SAFETY: fchown on our descriptor.
+        if unsafe { libc::fchown(tmp.fd(), uid, gid) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(Error::io(
+                format!("cannot give {} to uid {uid} gid {gid}", tmp.path.display()),
+                e,
+            )
+            .into());
+        }
+    }
     // SAFETY: link between two valid paths; fails with EEXIST if the final name appeared.
     let tmp_c = cpath(&tmp.path)?;
     let rc = unsafe { libc::link(tmp_c.as_ptr(), final_c.as_ptr()) };
@@ -518,6 +520,9 @@ pub fn attach_with(path: &Path, trust: Trust) -> Result<Mapping> {
         .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
     // Truncated between the fstat and the mmap: refuse now rather than SIGBUS later.
     m.check_backing(true)?;
+    // A creator killed before linking its file leaves it behind also when another creator
+    // made the segment afterwards: every attach sweeps, not only a create.
+    sweep_stale_temps(path);
     Ok(m)
 }
 

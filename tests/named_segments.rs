@@ -336,7 +336,45 @@ fn stale_temporary_files_are_swept(base: &Path) {
     drop(create(&d.join("seg"), 256 << 10).unwrap());
     expected.sort();
     assert_eq!(names(&d), expected, "only {abandoned} may be removed");
+    // Left behind after the segment exists (a creator that lost the race and was killed):
+    // the next process that attaches removes it, with the same conditions.
+    let late = tmp(dead, 7);
+    plant(&late);
+    drop(Cache::attach(&d.join("seg"), None).unwrap());
+    assert_eq!(names(&d), expected, "attaching did not remove {late}");
     drop(held);
+    killed_creator_with_an_owner_leaves_a_file_it_can_sweep(base);
+}
+
+/// A creator that gives the segment to another user (root's `shmsesscache create --owner`)
+/// and is killed before linking it leaves a temporary file still owned by itself, so that the
+/// next creator (root again) removes it: the sweep never removes another user's files.
+fn killed_creator_with_an_owner_leaves_a_file_it_can_sweep(base: &Path) {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED killed creator with --owner: needs root to give a file away");
+        return;
+    }
+    let d = base.join("sweep-owner");
+    fs::create_dir(&d).unwrap();
+    let seg = d.join("seg");
+    let creator = spawn(|| {
+        let geo = shmsesscache::layout::Geometry::plan(256 << 10, shmsesscache::layout::DEFAULT_UNIT_BYTES).unwrap();
+        let die = |_: &Mapping| -> shmsesscache::Result<()> {
+            // SAFETY: killing ourselves while the temporary file is being built.
+            unsafe { libc::raise(libc::SIGKILL) };
+            unreachable!()
+        };
+        let _ = shmsesscache::segment::create_or_attach(&seg, &geo, Some((65534, 65534)), &die);
+        0
+    });
+    assert_eq!(wait(creator, Duration::from_secs(30)), Exit::Signal(libc::SIGKILL));
+    let left = names(&d);
+    let owners: Vec<u32> = left.iter().map(|n| fs::symlink_metadata(d.join(n)).unwrap().uid()).collect();
+    eprintln!("left by the killed creator: {left:?}, owned by {owners:?}");
+    assert_eq!(left.len(), 1, "{left:?}");
+    drop(create(&seg, 256 << 10).unwrap());
+    assert_eq!(names(&d), vec!["seg".to_string()], "the killed creator's file was not swept");
 }
 
 /// Point 4: every mapping of a segment, named or anonymous, carries MADV_DONTDUMP ("dd" in
