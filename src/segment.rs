@@ -290,7 +290,7 @@ fn create_file(
         let e = io::Error::last_os_error();
         return Err(Error::io(format!("cannot chmod {}", tmp.path.display()), e).into());
     }
-    if let Err(e) = reserve(tmp.fd(), geo.total_bytes as u64) {
+    if let Err(e) = reserve_ignoring_sigxfsz(tmp.fd(), geo.total_bytes as u64) {
         tmp.remove(); // before measuring the free space: it held part of the reservation
         return Err(reserve_error(path, geo.total_bytes, e).into());
     }
@@ -331,6 +331,26 @@ fn create_file(
     Ok(m)
 }
 
+/// [`reserve`] with `SIGXFSZ` ignored (the previous disposition is restored after): a file size
+/// limit (`RLIMIT_FSIZE`, `ulimit -f`) below the segment's size would otherwise kill the
+/// creator silently, leaving its temporary file; ignored, it is `EFBIG`, reported with the
+/// limit. The disposition is process-wide: another thread growing a file past the limit
+/// meanwhile also gets `EFBIG` instead of the signal.
+fn reserve_ignoring_sigxfsz(fd: RawFd, len: u64) -> io::Result<()> {
+    // SAFETY: zeroed sigaction structs are valid; SIG_IGN needs no handler.
+    let mut ignore: libc::sigaction = unsafe { std::mem::zeroed() };
+    ignore.sa_sigaction = libc::SIG_IGN;
+    let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to our structs.
+    let swapped = unsafe { libc::sigaction(libc::SIGXFSZ, &ignore, &mut previous) } == 0;
+    let r = reserve(fd, len);
+    if swapped {
+        // SAFETY: puts back exactly what was there.
+        unsafe { libc::sigaction(libc::SIGXFSZ, &previous, std::ptr::null_mut()) };
+    }
+    r
+}
+
 /// Allocate every byte of the file now (it is created empty): later page faults never need
 /// space the filesystem does not have. Filesystems without `fallocate` get zeros written.
 fn reserve(fd: RawFd, len: u64) -> io::Result<()> {
@@ -366,6 +386,9 @@ fn write_zeros(fd: RawFd, len: u64) -> io::Result<()> {
 /// filesystem, how much is free and what to do.
 fn reserve_error(path: &Path, want: usize, e: io::Error) -> Error {
     let what = format!("{}: cannot reserve {want} bytes for the segment", path.display());
+    if e.raw_os_error() == Some(libc::EFBIG) {
+        return Error::new(ErrorKind::Io, format!("{what}: {e}; {}", file_size_limit()));
+    }
     if !matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
         return Error::io(what, e);
     }
@@ -383,6 +406,22 @@ fn reserve_error(path: &Path, want: usize, e: io::Error) -> Error {
             "{what}: {e}; {space}. Ask for a smaller segment or give the filesystem more room (a tmpfs's size= mount option; Docker's --shm-size)"
         ),
     )
+}
+
+/// Why a file could not grow (`EFBIG`): this process's file size limit, if it has one.
+fn file_size_limit() -> String {
+    // SAFETY: getrlimit into our struct.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim) } == 0
+        && lim.rlim_cur != libc::RLIM_INFINITY
+    {
+        format!(
+            "this process's file size limit (RLIMIT_FSIZE, ulimit -f) is {} bytes. Raise it (ulimit -f unlimited; LimitFSIZE= in a systemd unit) or ask for a smaller segment",
+            lim.rlim_cur
+        )
+    } else {
+        "the filesystem does not take files this large; ask for a smaller segment".to_string()
+    }
 }
 
 fn parent_dir(path: &Path) -> &Path {

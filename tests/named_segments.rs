@@ -24,6 +24,7 @@ fn named_segments_and_the_operating_system() {
     truncated_file_is_an_error_not_a_sigbus(dir.path());
     stats_of_a_segment_truncated_to_nothing(dir.path());
     cli_reads_check_the_file_before_reading_it(dir.path());
+    file_size_limit_is_a_clean_error(dir.path());
     stale_temporary_files_are_swept(dir.path());
     segments_are_kept_out_of_core_dumps(dir.path());
     readable_segments_are_refused(dir.path());
@@ -297,6 +298,31 @@ fn run_cli_bounded(args: &[&str], limit: Duration) -> (Option<i32>, String, i64)
     child.stdout.take().unwrap().read_to_string(&mut text).unwrap();
     child.stderr.take().unwrap().read_to_string(&mut text).unwrap();
     (code, text, ru.ru_maxrss)
+}
+
+/// A file size limit (RLIMIT_FSIZE) below the segment's size is an error naming the limit,
+/// not a silent death by SIGXFSZ with the temporary file left behind; the creator's own
+/// SIGXFSZ disposition is the same afterwards.
+fn file_size_limit_is_a_clean_error(base: &Path) {
+    let d = base.join("fsize");
+    fs::create_dir(&d).unwrap();
+    let seg = d.join("seg");
+    in_child("create under a 64 KiB file size limit", || {
+        let lim = libc::rlimit { rlim_cur: 64 << 10, rlim_max: libc::RLIM_INFINITY };
+        // SAFETY: setrlimit with our struct; only this child is limited.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &lim) }, 0);
+        let e = match create(&seg, 256 << 10) {
+            Ok(_) => return 1,
+            Err(e) => e,
+        };
+        eprintln!("create under RLIMIT_FSIZE: {e}");
+        // SAFETY: queries the current disposition into a zeroed struct.
+        let mut now: libc::sigaction = unsafe { std::mem::zeroed() };
+        unsafe { libc::sigaction(libc::SIGXFSZ, std::ptr::null(), &mut now) };
+        let named = e.message.contains("RLIMIT_FSIZE") && e.message.contains("65536 bytes");
+        let left = names(&d);
+        i32::from(!(named && left.is_empty() && now.sa_sigaction == libc::SIG_DFL)) * 2
+    });
 }
 
 /// Point 1: `NAME.tmp.PID.RANDOM` files of a creator that was killed are removed by the next
