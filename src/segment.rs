@@ -41,7 +41,9 @@ struct Backing {
     file: File,
     path: PathBuf,
     /// CLOCK_MONOTONIC_COARSE time (ns) of the next size check; 0: check at the next use.
-    next_check_ns: AtomicU64,
+    /// Zeroed in a child after `fork` (see [`ForkLocal`]): a worker forked within a second of
+    /// its parent's last check still checks at its first use.
+    next_check_ns: ForkLocal,
     /// The file's size once it was found shorter than the mapping (for good); else u64::MAX.
     truncated_to: AtomicU64,
 }
@@ -91,7 +93,7 @@ impl Mapping {
             backing: Some(Backing {
                 file,
                 path: path.to_owned(),
-                next_check_ns: AtomicU64::new(0),
+                next_check_ns: ForkLocal::new(),
                 truncated_to: AtomicU64::new(u64::MAX),
             }),
         })
@@ -99,7 +101,8 @@ impl Mapping {
 
     /// For a named segment: fail, instead of dying of `SIGBUS` on the next access, once the
     /// file is shorter than the mapping (somebody truncated it). The size is looked at (one
-    /// `fstat`) at the first use in a process and then at most once a second, unless `force`.
+    /// `fstat`) at the first use in a process (forked children included) and then at most once
+    /// a second, unless `force`.
     /// Once a truncation is seen, every later call fails too: the process keeps serving,
     /// without the cache.
     pub fn check_backing(&self, force: bool) -> Result<()> {
@@ -111,7 +114,7 @@ impl Mapping {
             return Err(self.truncated_error(b, seen));
         }
         let now = coarse_now_ns();
-        if !force && now < b.next_check_ns.load(Relaxed) {
+        if !force && now < b.next_check_ns.get().load(Relaxed) {
             return Ok(());
         }
         let size = match b.file.metadata() {
@@ -128,6 +131,7 @@ impl Mapping {
         if !force {
             // A forced check (at create/attach) leaves the first use to check again.
             b.next_check_ns
+                .get()
                 .store(now.saturating_add(BACKING_CHECK_INTERVAL_NS), Relaxed);
         }
         Ok(())
@@ -142,6 +146,36 @@ impl Mapping {
                 self.len()
             ),
         )
+    }
+}
+
+/// A per-process `AtomicU64` that reads 0 in a child after `fork`: it lives in a private page
+/// marked `MADV_WIPEONFORK` (Linux ≥ 4.14). Where the kernel lacks it (or the page cannot be
+/// had), an ordinary atomic, inherited across `fork`.
+struct ForkLocal {
+    page: Option<memmap2::MmapMut>,
+    fallback: AtomicU64,
+}
+
+impl ForkLocal {
+    fn new() -> ForkLocal {
+        let page = memmap2::MmapMut::map_anon(4096).ok().filter(|p| {
+            // SAFETY: madvise on our own page-aligned private mapping.
+            unsafe { libc::madvise(p.as_ptr() as *mut _, p.len(), libc::MADV_WIPEONFORK) == 0 }
+        });
+        ForkLocal {
+            page,
+            fallback: AtomicU64::new(0),
+        }
+    }
+
+    fn get(&self) -> &AtomicU64 {
+        match &self.page {
+            // SAFETY: the page is ours, zero-filled, page aligned and 4096 bytes long; it is
+            // only ever accessed through this atomic.
+            Some(p) => unsafe { &*(p.as_ptr() as *const AtomicU64) },
+            None => &self.fallback,
+        }
     }
 }
 

@@ -200,7 +200,23 @@ fn stats_of_a_segment_truncated_to_nothing(base: &Path) {
         let c = create(&p, 512 << 10).unwrap();
         c.store(&id(1), &make(1, 1), 0, u32::MAX).unwrap();
         assert_eq!(c.stats().entries, 1);
+        // The master's last use checked the size (rate-limited: the next check is due in a
+        // second); a worker forked now must still check at its own first use.
+        let mut buf = vec![0u8; 8192];
+        assert!(matches!(c.lookup(&id(1), &mut buf, false), Ok(Found::Hit { .. })));
         OpenOptions::new().write(true).open(&p).unwrap().set_len(0).unwrap();
+        let first_lookup = || {
+            let r = c.lookup(&id(1), &mut [0u8; 8192], false);
+            eprintln!("first call after the fork, a lookup: {r:?}");
+            i32::from(!r.is_err_and(|e| e.message.contains("truncated to 0 bytes")))
+        };
+        match wait(spawn(first_lookup), Duration::from_secs(30)) {
+            Exit::Code(0) => {}
+            other => {
+                eprintln!("worker whose first call is a lookup: {other:?}");
+                return 1;
+            }
+        }
         let worker = || {
             let s = c.stats();
             let zeroed = s.entries == 0 && s.stores == 0 && s.total_bytes == 512 << 10;
