@@ -282,6 +282,7 @@ fn cli_reads_check_the_file_before_reading_it(base: &Path) {
 
 /// Run the CLI; (exit code, or None if it had to be killed after `limit`; its output; its
 /// peak RSS in KiB, from wait4).
+#[allow(clippy::zombie_processes)] // reaped by wait4, which std's wait cannot replace (rusage)
 fn run_cli_bounded(args: &[&str], limit: Duration) -> (Option<i32>, String, i64) {
     use std::io::Read;
     use std::process::Stdio;
