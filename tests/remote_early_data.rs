@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use openssl_sys as ossl;
 use shmsesscache::ffi::{
     shmsess_cache, shmsess_cache_create, shmsess_cache_free, shmsess_install, shmsess_options,
-    shmsess_options_init, shmsess_result,
+    shmsess_options_init_sized, shmsess_result,
 };
 
 extern "C" {
@@ -148,7 +148,9 @@ impl Pair {
         assert_eq!(ossl::SSL_CTX_set_max_early_data(server, 16384), 1);
         ossl::SSL_CTX_set_num_tickets(server, 1);
         let mut o: shmsess_options = std::mem::zeroed();
-        shmsess_options_init(&mut o);
+        // The sized form: the plain symbol fills only the 0.1 fields (for binaries built
+        // against older headers), so the remote tier set below would not be read.
+        shmsess_options_init_sized(&mut o, std::mem::size_of::<shmsess_options>());
         o.size_bytes = 1 << 20;
         let (url_c, key_c) = (
             url.map(|u| CString::new(u).unwrap()),
