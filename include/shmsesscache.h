@@ -358,7 +358,8 @@ enum shmsess_result shmsess_install(struct shmsess_cache *cache, SSL_CTX *ctx);
 // call, writes only the version-1 fields, never past the struct those programs allocated.
 // Thread- and process-safe. The counters are read without locks; the entry ages lock each
 // shard in turn for a 256-tag scan (a shard whose lock times out is left out of the ages),
-// so call it from a status page, not per handshake.
+// so call it from a status page, not per handshake. Fails with `SHMSESS_ERR_IO`, writing
+// nothing, once the named segment's file is shorter than its mapping (truncated).
 enum shmsess_result shmsess_cache_stats(const struct shmsess_cache *cache,
                                         struct shmsess_stats *stats);
 

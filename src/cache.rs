@@ -74,7 +74,17 @@ pub struct Cache {
     /// `users::forks()` when this process last checked its pid namespace against the users'
     /// (see `Users::rejoin_after_fork`).
     joined_forks: std::sync::atomic::AtomicU64,
+    /// The header's creation time, copied at attach (the header page may be gone later: a
+    /// truncated file).
+    created_unix: u64,
 }
+
+/// Where the global counters go once the segment's file was found truncated: process-local
+/// atomics, so that counting (here and in the OpenSSL glue) never touches a lost page.
+static LOST_SEGMENT_GLOBALS: Globals = {
+    // SAFETY: Globals consists of atomic integers only, for which all-zero bytes are valid.
+    unsafe { std::mem::zeroed() }
+};
 
 /// Statistics, summed over shards (read without locks: each counter is exact, the set is a
 /// near-instant snapshot).
@@ -389,13 +399,12 @@ impl Cache {
     pub fn snapshot(path: &Path, trust: segment::Trust) -> Result<Cache> {
         let (file, st) = segment::open_trusted(path, false, trust)?;
         let size = st.st_size as u64;
-        if !(HEADER_BYTES as u64..=crate::layout::MAX_SEGMENT_BYTES).contains(&size) {
-            return Err(Error::format(format!(
-                "{}: file has {size} bytes, not the size of a segment",
-                path.display()
-            )));
-        }
-        let map = Mapping::anonymous(size as usize).map_err(|e| {
+        // The header first (4 KiB, validated, its size matching the file's): a file that is not
+        // a segment is refused before anything as large as the file is read or allocated.
+        let hdr = segment::read_header(&file, path, size)?;
+        let geo = Geometry::from_header(&hdr, size)
+            .map_err(|m| Error::format(format!("{}: {m}", path.display())))?;
+        let map = Mapping::anonymous(geo.total_bytes).map_err(|e| {
             Error::io(
                 format!(
                     "cannot allocate {size} bytes for a copy of {}",
@@ -404,11 +413,14 @@ impl Cache {
                 e,
             )
         })?;
-        // SAFETY: the mapping is ours alone (private to this process until it forks) and
-        // `size` bytes long.
-        let buf = unsafe { std::slice::from_raw_parts_mut(map.base(), map.len()) };
-        std::os::unix::fs::FileExt::read_exact_at(&file, buf, 0)
-            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        let read = |off: usize, len: usize| {
+            // SAFETY: the mapping is ours alone (private to this process until it forks) and
+            // `off + len` is inside it (callers stay within the validated geometry).
+            let buf = unsafe { std::slice::from_raw_parts_mut(map.base().add(off), len) };
+            std::os::unix::fs::FileExt::read_exact_at(&file, buf, off as u64)
+                .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))
+        };
+        read(0, HEADER_BYTES)?;
         let mut cache = Self::from_mapping(
             map,
             Origin::AttachedFile,
@@ -418,23 +430,33 @@ impl Cache {
         )
         .map_err(|e| Error::new(e.kind, format!("{}: {}", path.display(), e.message)))?;
         cache.snapshot = true;
-        cache.validate_snapshot();
+        // The header read again may differ from the first read (a live segment): the copy's
+        // own header was validated by from_mapping, and its geometry is what bounds the reads.
+        for idx in 0..cache.geo.shard_count {
+            let off = HEADER_BYTES + idx * cache.geo.shard_stride;
+            let read_shard = |len| {
+                // SAFETY: as above: the copy is private, shard idx lies inside it.
+                let buf = unsafe { std::slice::from_raw_parts_mut(cache.map.base().add(off), len) };
+                std::os::unix::fs::FileExt::read_exact_at(&file, buf, off as u64)
+                    .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))
+            };
+            read_shard(cache.geo.shard_stride)?;
+            cache.validate_snapshot_shard(idx);
+        }
         Ok(cache)
     }
 
-    /// Repair every shard of a snapshot (see [`Cache::snapshot`]), keeping its counters as
+    /// Repair shard `idx` of a snapshot (see [`Cache::snapshot`]), keeping its counters as
     /// they were read: what the copy dropped was not dropped from the segment.
-    fn validate_snapshot(&self) {
-        for idx in 0..self.geo.shard_count {
-            // SAFETY: the snapshot is private memory nobody else touches.
-            let shard = unsafe { Shard::from_base(self.shard_base(idx), &self.geo) };
-            let counters: Vec<u64> = shard.hdr.counters.iter().map(|c| c.load(Relaxed)).collect();
-            shard.repair(idx, &|id| self.placement(id));
-            for (c, v) in shard.hdr.counters.iter().zip(counters) {
-                c.store(v, Relaxed);
-            }
-            shard.hdr.dirty.store(0, Relaxed);
+    fn validate_snapshot_shard(&self, idx: usize) {
+        // SAFETY: the snapshot is private memory nobody else touches.
+        let shard = unsafe { Shard::from_base(self.shard_base(idx), &self.geo) };
+        let counters: Vec<u64> = shard.hdr.counters.iter().map(|c| c.load(Relaxed)).collect();
+        shard.repair(idx, &|id| self.placement(id));
+        for (c, v) in shard.hdr.counters.iter().zip(counters) {
+            c.store(v, Relaxed);
         }
+        shard.hdr.dirty.store(0, Relaxed);
     }
 
     /// Whether this is a tool's private copy (see [`Cache::snapshot`]).
@@ -465,6 +487,7 @@ impl Cache {
         }
         let hash_key = h.hash_key;
         Ok(Cache {
+            created_unix: h.created_unix,
             map,
             geo,
             hash_key,
@@ -492,7 +515,7 @@ impl Cache {
     }
 
     pub fn created_unix(&self) -> u64 {
-        segment::header(&self.map).created_unix
+        self.created_unix
     }
 
     /// Address of this process's mapping of the segment (diagnostics: /proc/PID/smaps).
@@ -500,9 +523,14 @@ impl Cache {
         self.map.base() as usize
     }
 
+    /// The segment's global counters, or, once its file was found truncated (when page 0 may
+    /// be gone: touching it would be SIGBUS), a process-local stand-in that nobody reads.
     pub(crate) fn globals(&self) -> &Globals {
-        // SAFETY: page 0 is mapped; Globals lies inside it (asserted in layout.rs) and consists
-        // of atomics only.
+        if self.map.check_backing(false).is_err() {
+            return &LOST_SEGMENT_GLOBALS;
+        }
+        // SAFETY: page 0 is mapped and backed (checked above); Globals lies inside it
+        // (asserted in layout.rs) and consists of atomics only.
         unsafe { &*(self.map.base().add(GLOBALS_OFFSET) as *const Globals) }
     }
 
@@ -915,18 +943,36 @@ impl Cache {
     }
 
     /// Creation and expiry times of the live entries, shard by shard under each lock (a shard
-    /// whose lock times out is left out).
+    /// whose lock times out is left out). Empty when the segment's file was truncated (see
+    /// [`Cache::try_ages`]).
     pub fn ages(&self, now: u32) -> Ages {
+        self.try_ages(now).unwrap_or_default()
+    }
+
+    /// [`Cache::ages`], failing when the segment's file is shorter than the mapping (checked
+    /// now, not at the rate of [`Mapping::check_backing`]).
+    pub fn try_ages(&self, now: u32) -> Result<Ages> {
+        self.map.check_backing(true)?;
         let mut a = Ages::default();
         for idx in 0..self.geo.shard_count {
             if let Ok(g) = self.lock_shard(idx) {
                 a.merge(&g.ages(now));
             }
         }
-        a
+        Ok(a)
     }
 
+    /// The statistics; all zero but the geometry when the segment's file was truncated (see
+    /// [`Cache::try_stats`]).
     pub fn stats(&self) -> Stats {
+        self.try_stats().unwrap_or_else(|_| self.geometry_stats())
+    }
+
+    /// The statistics, or an error when the segment's file is shorter than the mapping
+    /// (checked now: status pages and signal handlers of freshly forked workers call this
+    /// first, and the counters live in the pages a truncation took away).
+    pub fn try_stats(&self) -> Result<Stats> {
+        self.map.check_backing(true)?;
         let mut sum = [0u64; COUNTERS];
         let mut s = Stats {
             min_shard_used_units: u64::MAX,
@@ -975,13 +1021,29 @@ impl Cache {
         s.sni_mismatch = g.sni_mismatch.load(Relaxed);
         s.hrr_resumed = g.hrr_resumed.load(Relaxed);
         s.anti_replay_skipped = g.anti_replay_skipped.load(Relaxed);
-        s.created_unix = self.created_unix();
-        s.capacity_units = self.geo.capacity_units();
-        s.shard_count = self.geo.shard_count as u64;
-        s.unit_bytes = self.geo.unit_bytes as u64;
-        s.units_per_shard = self.geo.units_per_shard as u64;
-        s.total_bytes = self.geo.total_bytes as u64;
-        s
+        let geo = self.geometry_stats();
+        Ok(Stats {
+            created_unix: geo.created_unix,
+            capacity_units: geo.capacity_units,
+            shard_count: geo.shard_count,
+            unit_bytes: geo.unit_bytes,
+            units_per_shard: geo.units_per_shard,
+            total_bytes: geo.total_bytes,
+            ..s
+        })
+    }
+
+    /// What is known without reading the segment: its geometry and creation time.
+    fn geometry_stats(&self) -> Stats {
+        Stats {
+            created_unix: self.created_unix(),
+            capacity_units: self.geo.capacity_units(),
+            shard_count: self.geo.shard_count as u64,
+            unit_bytes: self.geo.unit_bytes as u64,
+            units_per_shard: self.geo.units_per_shard as u64,
+            total_bytes: self.geo.total_bytes as u64,
+            ..Stats::default()
+        }
     }
 }
 

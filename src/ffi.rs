@@ -816,7 +816,8 @@ const STATS_V1_BYTES: usize = std::mem::offset_of!(shmsess_stats, size_bytes) + 
 /// call, writes only the version-1 fields, never past the struct those programs allocated.
 /// Thread- and process-safe. The counters are read without locks; the entry ages lock each
 /// shard in turn for a 256-tag scan (a shard whose lock times out is left out of the ages),
-/// so call it from a status page, not per handshake.
+/// so call it from a status page, not per handshake. Fails with `SHMSESS_ERR_IO`, writing
+/// nothing, once the named segment's file is shorter than its mapping (truncated).
 #[no_mangle]
 pub extern "C" fn shmsess_cache_stats(
     cache: *const shmsess_cache,
@@ -845,7 +846,7 @@ pub extern "C" fn shmsess_cache_stats_sized(
             ));
         }
         let now = crate::util::now_unix();
-        let full = to_c_stats(&h.cache.stats(), &h.cache.ages(now), now);
+        let full = to_c_stats(&h.cache.try_stats()?, &h.cache.try_ages(now)?, now);
         let n = size.min(std::mem::size_of::<shmsess_stats>());
         // SAFETY: the caller's struct has at least `size` >= n bytes.
         unsafe {

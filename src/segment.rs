@@ -6,7 +6,7 @@
 //! (`fallocate`, so a full filesystem is an `ENOSPC` error here and not a `SIGBUS` later), then
 //! `link()`s it to the final name, which fails atomically if somebody else won the race; the
 //! loser attaches. The temporary file is removed on every failure path, and temporary files
-//! left by a creator that was killed are swept by the next creator.
+//! left by a creator that was killed are swept by the next process that creates or attaches.
 //!
 //! Every mapping is marked `MADV_DONTDUMP`: the segment holds every master secret, and a
 //! worker's core dump must not write them to disk.
@@ -41,7 +41,9 @@ struct Backing {
     file: File,
     path: PathBuf,
     /// CLOCK_MONOTONIC_COARSE time (ns) of the next size check; 0: check at the next use.
-    next_check_ns: AtomicU64,
+    /// Zeroed in a child after `fork` (see [`ForkLocal`]): a worker forked within a second of
+    /// its parent's last check still checks at its first use.
+    next_check_ns: ForkLocal,
     /// The file's size once it was found shorter than the mapping (for good); else u64::MAX.
     truncated_to: AtomicU64,
 }
@@ -91,7 +93,7 @@ impl Mapping {
             backing: Some(Backing {
                 file,
                 path: path.to_owned(),
-                next_check_ns: AtomicU64::new(0),
+                next_check_ns: ForkLocal::new(),
                 truncated_to: AtomicU64::new(u64::MAX),
             }),
         })
@@ -99,7 +101,8 @@ impl Mapping {
 
     /// For a named segment: fail, instead of dying of `SIGBUS` on the next access, once the
     /// file is shorter than the mapping (somebody truncated it). The size is looked at (one
-    /// `fstat`) at the first use in a process and then at most once a second, unless `force`.
+    /// `fstat`) at the first use in a process (forked children included) and then at most once
+    /// a second, unless `force`.
     /// Once a truncation is seen, every later call fails too: the process keeps serving,
     /// without the cache.
     pub fn check_backing(&self, force: bool) -> Result<()> {
@@ -111,7 +114,7 @@ impl Mapping {
             return Err(self.truncated_error(b, seen));
         }
         let now = coarse_now_ns();
-        if !force && now < b.next_check_ns.load(Relaxed) {
+        if !force && now < b.next_check_ns.get().load(Relaxed) {
             return Ok(());
         }
         let size = match b.file.metadata() {
@@ -128,6 +131,7 @@ impl Mapping {
         if !force {
             // A forced check (at create/attach) leaves the first use to check again.
             b.next_check_ns
+                .get()
                 .store(now.saturating_add(BACKING_CHECK_INTERVAL_NS), Relaxed);
         }
         Ok(())
@@ -142,6 +146,36 @@ impl Mapping {
                 self.len()
             ),
         )
+    }
+}
+
+/// A per-process `AtomicU64` that reads 0 in a child after `fork`: it lives in a private page
+/// marked `MADV_WIPEONFORK` (Linux ≥ 4.14). Where the kernel lacks it (or the page cannot be
+/// had), an ordinary atomic, inherited across `fork`.
+struct ForkLocal {
+    page: Option<memmap2::MmapMut>,
+    fallback: AtomicU64,
+}
+
+impl ForkLocal {
+    fn new() -> ForkLocal {
+        let page = memmap2::MmapMut::map_anon(4096).ok().filter(|p| {
+            // SAFETY: madvise on our own page-aligned private mapping.
+            unsafe { libc::madvise(p.as_ptr() as *mut _, p.len(), libc::MADV_WIPEONFORK) == 0 }
+        });
+        ForkLocal {
+            page,
+            fallback: AtomicU64::new(0),
+        }
+    }
+
+    fn get(&self) -> &AtomicU64 {
+        match &self.page {
+            // SAFETY: the page is ours, zero-filled, page aligned and 4096 bytes long; it is
+            // only ever accessed through this atomic.
+            Some(p) => unsafe { &*(p.as_ptr() as *const AtomicU64) },
+            None => &self.fallback,
+        }
     }
 }
 
@@ -290,8 +324,20 @@ fn create_file(
         let e = io::Error::last_os_error();
         return Err(Error::io(format!("cannot chmod {}", tmp.path.display()), e).into());
     }
+    if let Err(e) = reserve_ignoring_sigxfsz(tmp.fd(), geo.total_bytes as u64) {
+        tmp.remove(); // before measuring the free space: it held part of the reservation
+        return Err(reserve_error(path, geo.total_bytes, e).into());
+    }
+    let file = tmp.file.as_ref().expect("not removed yet").try_clone();
+    let m = file
+        .and_then(|f| Mapping::with_file(f, path, geo.total_bytes))
+        .map_err(|e| Error::io(format!("cannot map {}", tmp.path.display()), e))?;
+    m.check_backing(true)?;
+    init(&m)?;
     if let Some((uid, gid)) = owner {
-        // Before the link: the file appears under its name already owned by the server's user.
+        // Just before the link: the file appears under its name already owned by the server's
+        // user, and a creator killed before this point leaves a temporary file of its own
+        // user, which the next creator running as that user sweeps (it removes only its own).
         // SAFETY: fchown on our descriptor.
         if unsafe { libc::fchown(tmp.fd(), uid, gid) } != 0 {
             let e = io::Error::last_os_error();
@@ -302,16 +348,6 @@ fn create_file(
             .into());
         }
     }
-    if let Err(e) = reserve(tmp.fd(), geo.total_bytes as u64) {
-        tmp.remove(); // before measuring the free space: it held part of the reservation
-        return Err(reserve_error(path, geo.total_bytes, e).into());
-    }
-    let file = tmp.file.as_ref().expect("not removed yet").try_clone();
-    let m = file
-        .and_then(|f| Mapping::with_file(f, path, geo.total_bytes))
-        .map_err(|e| Error::io(format!("cannot map {}", tmp.path.display()), e))?;
-    m.check_backing(true)?;
-    init(&m)?;
     // SAFETY: link between two valid paths; fails with EEXIST if the final name appeared.
     let tmp_c = cpath(&tmp.path)?;
     let rc = unsafe { libc::link(tmp_c.as_ptr(), final_c.as_ptr()) };
@@ -327,6 +363,26 @@ fn create_file(
         return Err(Error::io(format!("cannot create {}", path.display()), link_err).into());
     }
     Ok(m)
+}
+
+/// [`reserve`] with `SIGXFSZ` ignored (the previous disposition is restored after): a file size
+/// limit (`RLIMIT_FSIZE`, `ulimit -f`) below the segment's size would otherwise kill the
+/// creator silently, leaving its temporary file; ignored, it is `EFBIG`, reported with the
+/// limit. The disposition is process-wide: another thread growing a file past the limit
+/// meanwhile also gets `EFBIG` instead of the signal.
+fn reserve_ignoring_sigxfsz(fd: RawFd, len: u64) -> io::Result<()> {
+    // SAFETY: zeroed sigaction structs are valid; SIG_IGN needs no handler.
+    let mut ignore: libc::sigaction = unsafe { std::mem::zeroed() };
+    ignore.sa_sigaction = libc::SIG_IGN;
+    let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to our structs.
+    let swapped = unsafe { libc::sigaction(libc::SIGXFSZ, &ignore, &mut previous) } == 0;
+    let r = reserve(fd, len);
+    if swapped {
+        // SAFETY: puts back exactly what was there.
+        unsafe { libc::sigaction(libc::SIGXFSZ, &previous, std::ptr::null_mut()) };
+    }
+    r
 }
 
 /// Allocate every byte of the file now (it is created empty): later page faults never need
@@ -363,10 +419,10 @@ fn write_zeros(fd: RawFd, len: u64) -> io::Result<()> {
 /// The error for a failed reservation: the segment, the size wanted and, for a full
 /// filesystem, how much is free and what to do.
 fn reserve_error(path: &Path, want: usize, e: io::Error) -> Error {
-    let what = format!(
-        "{}: cannot reserve {want} bytes for the segment",
-        path.display()
-    );
+    let what = format!("{}: cannot reserve {want} bytes for the segment", path.display());
+    if e.raw_os_error() == Some(libc::EFBIG) {
+        return Error::new(ErrorKind::Io, format!("{what}: {e}; {}", file_size_limit()));
+    }
     if !matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
         return Error::io(what, e);
     }
@@ -384,6 +440,22 @@ fn reserve_error(path: &Path, want: usize, e: io::Error) -> Error {
             "{what}: {e}; {space}. Ask for a smaller segment or give the filesystem more room (a tmpfs's size= mount option; Docker's --shm-size)"
         ),
     )
+}
+
+/// Why a file could not grow (`EFBIG`): this process's file size limit, if it has one.
+fn file_size_limit() -> String {
+    // SAFETY: getrlimit into our struct.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim) } == 0
+        && lim.rlim_cur != libc::RLIM_INFINITY
+    {
+        format!(
+            "this process's file size limit (RLIMIT_FSIZE, ulimit -f) is {} bytes. Raise it (ulimit -f unlimited; LimitFSIZE= in a systemd unit) or ask for a smaller segment",
+            lim.rlim_cur
+        )
+    } else {
+        "the filesystem does not take files this large; ask for a smaller segment".to_string()
+    }
 }
 
 fn parent_dir(path: &Path) -> &Path {
@@ -526,10 +598,16 @@ pub fn attach_with(path: &Path, trust: Trust) -> Result<Mapping> {
         .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
     // Truncated between the fstat and the mmap: refuse now rather than SIGBUS later.
     m.check_backing(true)?;
+    // A creator killed before linking its file leaves it behind also when another creator
+    // made the segment afterwards: every attach sweeps, not only a create.
+    sweep_stale_temps(path);
     Ok(m)
 }
 
-fn read_header(file: &File, path: &Path, size: u64) -> Result<SegmentHeader> {
+/// A private copy of the header of the segment file `file` (`size` bytes, from its `fstat`):
+/// read with `pread`, its magic checked; the caller validates the rest
+/// ([`Geometry::from_header`]).
+pub fn read_header(file: &File, path: &Path, size: u64) -> Result<SegmentHeader> {
     const LEN: usize = std::mem::size_of::<SegmentHeader>();
     if size < HEADER_BYTES as u64 {
         return Err(Error::format(format!(
@@ -567,12 +645,14 @@ fn refuse_readable(path: &Path, st: &libc::stat) -> Result<()> {
 
 /// Open `path` (read-write or read-only) without following a symlink, and check that the file
 /// may be trusted (see [`check_file_trust`]). Shared by segments and dump files, which both
-/// hold session secrets and both must not be planted by somebody else.
+/// hold session secrets and both must not be planted by somebody else. Opened non-blocking
+/// (a FIFO planted at the path would block the open, and every read, forever) and switched
+/// back to blocking only once it is known to be a regular file.
 pub fn open_trusted(path: &Path, write: bool, trust: Trust) -> Result<(std::fs::File, libc::stat)> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(write)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| {
             if e.raw_os_error() == Some(libc::ELOOP) {
@@ -593,6 +673,16 @@ pub fn open_trusted(path: &Path, write: bool, trust: Trust) -> Result<(std::fs::
         ));
     }
     check_file_trust(path, &st, trust)?;
+    // SAFETY: fcntl on our open descriptor.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0
+        || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0
+    {
+        return Err(Error::io(
+            format!("cannot set {} to blocking mode", path.display()),
+            io::Error::last_os_error(),
+        ));
+    }
     Ok((file, st))
 }
 

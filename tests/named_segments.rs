@@ -22,6 +22,9 @@ fn named_segments_and_the_operating_system() {
     let dir = TempDir::new();
     full_filesystem_is_a_clean_error(dir.path());
     truncated_file_is_an_error_not_a_sigbus(dir.path());
+    stats_of_a_segment_truncated_to_nothing(dir.path());
+    cli_reads_check_the_file_before_reading_it(dir.path());
+    file_size_limit_is_a_clean_error(dir.path());
     stale_temporary_files_are_swept(dir.path());
     segments_are_kept_out_of_core_dumps(dir.path());
     readable_segments_are_refused(dir.path());
@@ -207,6 +210,157 @@ fn truncated_file_is_an_error_not_a_sigbus(base: &Path) {
     });
 }
 
+/// Point 1: a file truncated to nothing takes the header page too (the global counters).
+/// Workers forked afterwards whose first call reads statistics (a status page, SIGUSR1) or
+/// counts refused input get errors or zeros, never SIGBUS.
+fn stats_of_a_segment_truncated_to_nothing(base: &Path) {
+    let p = base.join("truncated0.sess");
+    in_child("workers reading stats of a segment truncated to 0 bytes", move || {
+        let c = create(&p, 512 << 10).unwrap();
+        c.store(&id(1), &make(1, 1), 0, u32::MAX).unwrap();
+        assert_eq!(c.stats().entries, 1);
+        // The master's last use checked the size (rate-limited: the next check is due in a
+        // second); a worker forked now must still check at its own first use.
+        let mut buf = vec![0u8; 8192];
+        assert!(matches!(c.lookup(&id(1), &mut buf, false), Ok(Found::Hit { .. })));
+        OpenOptions::new().write(true).open(&p).unwrap().set_len(0).unwrap();
+        let first_lookup = || {
+            let r = c.lookup(&id(1), &mut [0u8; 8192], false);
+            eprintln!("first call after the fork, a lookup: {r:?}");
+            i32::from(!r.is_err_and(|e| e.message.contains("truncated to 0 bytes")))
+        };
+        match wait(spawn(first_lookup), Duration::from_secs(30)) {
+            Exit::Code(0) => {}
+            other => {
+                eprintln!("worker whose first call is a lookup: {other:?}");
+                return 1;
+            }
+        }
+        let worker = || {
+            let s = c.stats();
+            let zeroed = s.entries == 0 && s.stores == 0 && s.total_bytes == 512 << 10;
+            let too_large = c.store(&id(2), &vec![1u8; 1 << 20], 0, u32::MAX);
+            let bad_input = c.lookup(&[], &mut [0u8; 16], false);
+            let truncated = |r: &str| r.contains("truncated to 0 bytes");
+            let errors = [
+                c.try_stats().map(|_| ()).map_err(|e| e.message),
+                c.try_ages(0).map(|_| ()).map_err(|e| e.message),
+            ];
+            eprintln!("stats {zeroed}, {too_large:?}, {bad_input:?}, {errors:?}");
+            let ok = zeroed
+                && too_large.is_err_and(|e| e.kind == ErrorKind::TooLarge)
+                && bad_input.is_err_and(|e| e.kind == ErrorKind::Invalid)
+                && errors.iter().all(|r| r.as_ref().is_err_and(|m| truncated(m)));
+            i32::from(!ok)
+        };
+        for w in 0..3 {
+            match wait(spawn(worker), Duration::from_secs(30)) {
+                Exit::Code(0) => {}
+                other => {
+                    eprintln!("worker {w} after the truncation: {other:?}");
+                    return 1;
+                }
+            }
+        }
+        worker()
+    });
+}
+
+/// `shmsesscache stat/list/dump` (which read a private copy) look at the file before they
+/// read it: a large sparse file that is not a segment, or a segment whose header does not
+/// match the file's size, is refused without being read (bounded memory), and a FIFO planted
+/// at the path is refused instead of blocking the tool forever.
+fn cli_reads_check_the_file_before_reading_it(base: &Path) {
+    const BIG: u64 = 1 << 30;
+    let sparse = base.join("sparse.sess");
+    let f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&sparse).unwrap();
+    f.set_len(BIG).unwrap();
+    let grown = base.join("grown.sess");
+    drop(create(&grown, 256 << 10).unwrap());
+    OpenOptions::new().write(true).open(&grown).unwrap().set_len(BIG).unwrap();
+    let fifo = base.join("fifo.sess");
+    let c = CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let out = base.join("out.dump");
+    let cases = [
+        (&sparse, "not a shmsesscache segment (bad magic)"),
+        (&grown, "header says 262144 bytes but the file has 1073741824"),
+        (&fifo, "is not a regular file"),
+    ];
+    for (p, why) in cases {
+        let p = p.to_str().unwrap();
+        for args in [&["stat", p][..], &["list", p], &["dump", p, out.to_str().unwrap()]] {
+            let (code, text, max_rss_kib) = run_cli_bounded(args, Duration::from_secs(30));
+            eprintln!("{args:?}: exit {code:?}, max RSS {max_rss_kib} KiB: {}", text.trim());
+            assert!(code.is_some_and(|c| c != 0) && text.contains(why), "{args:?}: {text}");
+            assert!(max_rss_kib < 64 << 10, "{args:?} used {max_rss_kib} KiB");
+            assert!(!out.exists());
+        }
+    }
+}
+
+/// Run the CLI; (exit code, or None if it had to be killed after `limit`; its output; its
+/// peak RSS in KiB, from wait4).
+#[allow(clippy::zombie_processes)] // reaped by wait4, which std's wait cannot replace (rusage)
+fn run_cli_bounded(args: &[&str], limit: Duration) -> (Option<i32>, String, i64) {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shmsesscache"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let deadline = std::time::Instant::now() + limit;
+    let mut status = 0;
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut code = None;
+    loop {
+        // SAFETY: our own child; status and rusage are ours.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        if r == pid {
+            code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20)); // polling an exit, bounded by `limit`
+    }
+    let mut text = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut text).unwrap();
+    (code, text, ru.ru_maxrss)
+}
+
+/// A file size limit (RLIMIT_FSIZE) below the segment's size is an error naming the limit,
+/// not a silent death by SIGXFSZ with the temporary file left behind; the creator's own
+/// SIGXFSZ disposition is the same afterwards.
+fn file_size_limit_is_a_clean_error(base: &Path) {
+    let d = base.join("fsize");
+    fs::create_dir(&d).unwrap();
+    let seg = d.join("seg");
+    in_child("create under a 64 KiB file size limit", || {
+        let lim = libc::rlimit { rlim_cur: 64 << 10, rlim_max: libc::RLIM_INFINITY };
+        // SAFETY: setrlimit with our struct; only this child is limited.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &lim) }, 0);
+        let e = match create(&seg, 256 << 10) {
+            Ok(_) => return 1,
+            Err(e) => e,
+        };
+        eprintln!("create under RLIMIT_FSIZE: {e}");
+        // SAFETY: queries the current disposition into a zeroed struct.
+        let mut now: libc::sigaction = unsafe { std::mem::zeroed() };
+        unsafe { libc::sigaction(libc::SIGXFSZ, std::ptr::null(), &mut now) };
+        let named = e.message.contains("RLIMIT_FSIZE") && e.message.contains("65536 bytes");
+        let left = names(&d);
+        i32::from(!(named && left.is_empty() && now.sa_sigaction == libc::SIG_DFL)) * 2
+    });
+}
+
 /// Point 1: `NAME.tmp.PID.RANDOM` files of a creator that was killed are removed by the next
 /// creator: only regular files of ours whose PID is dead and that nobody holds locked.
 fn stale_temporary_files_are_swept(base: &Path) {
@@ -264,7 +418,45 @@ fn stale_temporary_files_are_swept(base: &Path) {
     drop(create(&d.join("seg"), 256 << 10).unwrap());
     expected.sort();
     assert_eq!(names(&d), expected, "only {abandoned} may be removed");
+    // Left behind after the segment exists (a creator that lost the race and was killed):
+    // the next process that attaches removes it, with the same conditions.
+    let late = tmp(dead, 7);
+    plant(&late);
+    drop(Cache::attach(&d.join("seg"), None).unwrap());
+    assert_eq!(names(&d), expected, "attaching did not remove {late}");
     drop(held);
+    killed_creator_with_an_owner_leaves_a_file_it_can_sweep(base);
+}
+
+/// A creator that gives the segment to another user (root's `shmsesscache create --owner`)
+/// and is killed before linking it leaves a temporary file still owned by itself, so that the
+/// next creator (root again) removes it: the sweep never removes another user's files.
+fn killed_creator_with_an_owner_leaves_a_file_it_can_sweep(base: &Path) {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED killed creator with --owner: needs root to give a file away");
+        return;
+    }
+    let d = base.join("sweep-owner");
+    fs::create_dir(&d).unwrap();
+    let seg = d.join("seg");
+    let creator = spawn(|| {
+        let geo = shmsesscache::layout::Geometry::plan(256 << 10, shmsesscache::layout::DEFAULT_UNIT_BYTES).unwrap();
+        let die = |_: &Mapping| -> shmsesscache::Result<()> {
+            // SAFETY: killing ourselves while the temporary file is being built.
+            unsafe { libc::raise(libc::SIGKILL) };
+            unreachable!()
+        };
+        let _ = shmsesscache::segment::create_or_attach(&seg, &geo, Some((65534, 65534)), &die);
+        0
+    });
+    assert_eq!(wait(creator, Duration::from_secs(30)), Exit::Signal(libc::SIGKILL));
+    let left = names(&d);
+    let owners: Vec<u32> = left.iter().map(|n| fs::symlink_metadata(d.join(n)).unwrap().uid()).collect();
+    eprintln!("left by the killed creator: {left:?}, owned by {owners:?}");
+    assert_eq!(left.len(), 1, "{left:?}");
+    drop(create(&seg, 256 << 10).unwrap());
+    assert_eq!(names(&d), vec!["seg".to_string()], "the killed creator's file was not swept");
 }
 
 /// Point 4: every mapping of a segment, named or anonymous, carries MADV_DONTDUMP ("dd" in
