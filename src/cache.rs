@@ -261,6 +261,7 @@ impl Cache {
         let mut cache =
             Self::from_mapping(map, origin, cfg.path.clone(), cfg.lock_timeout, owner_uid)?;
         cache.join_users()?;
+        cache.map.recheck_backing_at_next_use();
         Ok(cache)
     }
 
@@ -285,6 +286,7 @@ impl Cache {
             file_owner(path)?,
         )?;
         cache.join_users()?;
+        cache.map.recheck_backing_at_next_use();
         Ok(cache)
     }
 

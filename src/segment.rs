@@ -137,6 +137,15 @@ impl Mapping {
         Ok(())
     }
 
+    /// Let the next [`Mapping::check_backing`] look at the file again, whenever the last look
+    /// was: a cache that has just been created or attached (which reads the mapping) must not
+    /// spend the first use's check, or a truncation in the next second would go unseen.
+    pub fn recheck_backing_at_next_use(&self) {
+        if let Some(b) = &self.backing {
+            b.next_check_ns.get().store(0, Relaxed);
+        }
+    }
+
     fn truncated_error(&self, b: &Backing, size: u64) -> Error {
         Error::new(
             ErrorKind::Io,
