@@ -9,7 +9,8 @@
 //!   period, then tries again by itself;
 //! - a failure is never an error for the handshake: it is a miss (or, for a store, nothing);
 //! - connections belong to the process that made them (created lazily, after fork; a child
-//!   drops what it inherited) and to one operation at a time (a small idle pool per process);
+//!   never touches what it inherited, not even its lock) and to one operation at a time (a
+//!   small idle pool per process);
 //! - a connection that saw any error is dropped: after a timeout its late reply would
 //!   otherwise be read as the answer to the next command.
 //! - writes (new sessions, removals) never run on the handshake or in OpenSSL's callbacks:
@@ -20,7 +21,9 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicPtr, AtomicU32, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
+};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -104,7 +107,6 @@ impl Breaker {
 }
 
 struct ProcessState {
-    pid: u32,
     /// Idle connections of this process, each done with its last operation.
     idle: Vec<Link>,
     breaker: Breaker,
@@ -317,9 +319,55 @@ struct Shared {
     compat: Compat,
     cluster: bool,
     keys: Keyring,
+    backoff: Duration,
+    /// This process's [`PerProcess`] (never null; see [`Shared::here`]).
+    per_process: AtomicPtr<PerProcess>,
+}
+
+/// The state of one process. A child of fork() must never touch its parent's: the writer
+/// thread may have held the mutex at the fork, and the child's copy of it then stays locked
+/// forever (no thread exists there to unlock it). So the state sits behind a pointer tagged
+/// with its process id; a process that finds another pid there builds its own and leaves
+/// the inherited copy alone (leaked: its connections, queue and thread handle are the
+/// parent's, and may be half-way through a change).
+struct PerProcess {
+    pid: u32,
     state: Mutex<ProcessState>,
     /// Wakes the writer thread.
     wake: Condvar,
+}
+
+impl PerProcess {
+    fn new(pid: u32, backoff: Duration) -> PerProcess {
+        PerProcess {
+            pid,
+            state: Mutex::new(ProcessState {
+                idle: Vec::new(),
+                breaker: Breaker::new(backoff),
+                resolver: Resolver::default(),
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                in_flight: 0,
+                writer_waiting: false,
+                writer: None,
+                counters: None,
+                closing: false,
+                slots: None,
+            }),
+            wake: Condvar::new(),
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let p = *self.per_process.get_mut();
+        // SAFETY: never null; ours to free only if this process made it (an inherited one
+        // is left alone, see `PerProcess`).
+        if unsafe { (*p).pid } == std::process::id() {
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
 }
 
 pub struct Remote {
@@ -393,21 +441,11 @@ impl Remote {
                 compat: cfg.compat,
                 cluster: cfg.cluster,
                 keys: cfg.keys,
-                state: Mutex::new(ProcessState {
-                    pid: std::process::id(),
-                    idle: Vec::new(),
-                    breaker: Breaker::new(cfg.backoff),
-                    resolver: Resolver::default(),
-                    queue: VecDeque::new(),
-                    queued_bytes: 0,
-                    in_flight: 0,
-                    writer_waiting: false,
-                    writer: None,
-                    counters: None,
-                    closing: false,
-                    slots: None,
-                }),
-                wake: Condvar::new(),
+                backoff: cfg.backoff,
+                per_process: AtomicPtr::new(Box::into_raw(Box::new(PerProcess::new(
+                    std::process::id(),
+                    cfg.backoff,
+                )))),
             }),
         })
     }
@@ -568,7 +606,7 @@ impl Drop for Remote {
             st.closing = true;
             st.writer.take()
         };
-        self.shared.wake.notify_all();
+        self.shared.here().wake.notify_all();
         if let Some(w) = writer {
             let _ = w.join();
         }
@@ -619,26 +657,31 @@ impl Shared {
         k
     }
 
-    fn lock(&self) -> MutexGuard<'_, ProcessState> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+    /// This process's state: the one made here, or a fresh one if the pointer still holds
+    /// the parent's (see [`PerProcess`]).
+    fn here(&self) -> &PerProcess {
         let pid = std::process::id();
-        if st.pid != pid {
-            // Forked: connections, failures, lookups, queued writes and the writer thread
-            // belong to the parent. Dropping the copies closes only this process's
-            // descriptors; the parent's thread does not exist here (its handle is forgotten,
-            // not joined or detached).
-            st.idle.clear();
-            st.pid = pid;
-            st.breaker = Breaker::new(st.breaker.backoff);
-            st.resolver = Resolver::default();
-            st.queue.clear();
-            st.queued_bytes = 0;
-            st.in_flight = 0;
-            st.writer_waiting = false;
-            st.slots = None;
-            std::mem::forget(st.writer.take());
+        loop {
+            let p = self.per_process.load(Acquire);
+            // SAFETY: never null, and freed only when `self` goes away.
+            if unsafe { (*p).pid } == pid {
+                return unsafe { &*p };
+            }
+            let fresh = Box::into_raw(Box::new(PerProcess::new(pid, self.backoff)));
+            if self
+                .per_process
+                .compare_exchange(p, fresh, AcqRel, Acquire)
+                .is_err()
+            {
+                // Another thread of this (forked) process was first.
+                // SAFETY: ours, never shared.
+                drop(unsafe { Box::from_raw(fresh) });
+            }
         }
-        st
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ProcessState> {
+        self.here().state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn enqueue(self: &Arc<Self>, c: &RemoteCounters, job: Job) {
@@ -678,7 +721,7 @@ impl Shared {
         let wake = st.writer_waiting;
         drop(st);
         if wake {
-            self.wake.notify_one();
+            self.here().wake.notify_one();
         }
     }
 
@@ -689,7 +732,7 @@ impl Shared {
                 let mut st = self.lock();
                 while st.queue.is_empty() && !st.closing {
                     st.writer_waiting = true;
-                    st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+                    st = self.here().wake.wait(st).unwrap_or_else(|p| p.into_inner());
                 }
                 st.writer_waiting = false;
                 if st.closing {
