@@ -526,11 +526,7 @@ fn read_options(opts: *const shmsess_options) -> Result<shmsess_options, Fail> {
     // SAFETY: every caller's struct starts with struct_size (4 readable bytes).
     let raw = unsafe { std::ptr::read_unaligned(opts as *const u32) };
     let legacy = raw == OPTIONS_LEGACY_INIT;
-    let size = if legacy {
-        OPTIONS_V1_BYTES
-    } else {
-        raw as usize
-    };
+    let size = if legacy { OPTIONS_V1_BYTES } else { raw as usize };
     if size < OPTIONS_V1_BYTES {
         return Err(Fail(
             SHMSESS_ERR_INVALID_ARGUMENT,

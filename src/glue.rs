@@ -419,11 +419,7 @@ fn consume_remotely(
     let now = crate::util::now_unix();
     match r.take_local(&h.cache.globals().remote, id, expires, now) {
         Taken::UsedElsewhere => {
-            h.cache
-                .globals()
-                .remote
-                .replays_refused
-                .fetch_add(1, Relaxed);
+            h.cache.globals().remote.replays_refused.fetch_add(1, Relaxed);
             crate::tls::parked::discard(ssl);
             // SAFETY: we own the session d2i made.
             unsafe { ossl::SSL_SESSION_free(sess) };
@@ -524,6 +520,7 @@ fn decode(h: &Handle, id: &[u8], der: &[u8]) -> Option<*mut SSL_SESSION> {
     }
     Some(sess)
 }
+
 
 /// # Safety
 /// Called by OpenSSL with live objects, as registered by `install`.

@@ -374,10 +374,8 @@ pub fn header_crc(h: &SegmentHeader) -> u32 {
 const _: () = assert!(size_of::<SegmentHeader>() <= GLOBALS_OFFSET);
 // No padding anywhere in the header: the CRC covers its bytes, all of which must be written.
 const _: () = assert!(size_of::<FormatWord>() == 4 * 10);
-const _: () =
-    assert!(std::mem::offset_of!(SegmentHeader, total_bytes) == 8 + size_of::<FormatWord>());
-const _: () =
-    assert!(std::mem::offset_of!(SegmentHeader, header_crc) + 4 == size_of::<SegmentHeader>());
+const _: () = assert!(std::mem::offset_of!(SegmentHeader, total_bytes) == 8 + size_of::<FormatWord>());
+const _: () = assert!(std::mem::offset_of!(SegmentHeader, header_crc) + 4 == size_of::<SegmentHeader>());
 const _: () = assert!(GLOBALS_OFFSET + size_of::<Globals>() <= HEADER_BYTES);
 
 /// The 16-byte header at the start of an entry's first unit (little endian, unaligned).

@@ -363,10 +363,7 @@ fn write_zeros(fd: RawFd, len: u64) -> io::Result<()> {
 /// The error for a failed reservation: the segment, the size wanted and, for a full
 /// filesystem, how much is free and what to do.
 fn reserve_error(path: &Path, want: usize, e: io::Error) -> Error {
-    let what = format!(
-        "{}: cannot reserve {want} bytes for the segment",
-        path.display()
-    );
+    let what = format!("{}: cannot reserve {want} bytes for the segment", path.display());
     if !matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
         return Error::io(what, e);
     }
@@ -456,11 +453,7 @@ fn temp_creator_pid(file: &[u8], name: &[u8]) -> Option<libc::pid_t> {
     if random.len() != 16 || !random.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
-    std::str::from_utf8(pid)
-        .ok()?
-        .parse()
-        .ok()
-        .filter(|&p| p > 0)
+    std::str::from_utf8(pid).ok()?.parse().ok().filter(|&p| p > 0)
 }
 
 fn process_exists(pid: libc::pid_t) -> bool {
@@ -490,8 +483,7 @@ fn remove_if_abandoned(p: &Path) -> bool {
         .is_ok_and(|m| m.dev() == before.dev() && m.ino() == before.ino());
     // A creator at work (perhaps in another PID namespace) holds the lock.
     // SAFETY: flock on our own descriptor.
-    let unlocked =
-        same && unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    let unlocked = same && unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
     unlocked && std::fs::remove_file(p).is_ok()
 }
 

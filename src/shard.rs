@@ -49,11 +49,7 @@ impl Take {
 
 impl From<bool> for Take {
     fn from(take: bool) -> Take {
-        if take {
-            Take::Always
-        } else {
-            Take::Never
-        }
+        if take { Take::Always } else { Take::Never }
     }
 }
 
@@ -359,14 +355,7 @@ impl<'a> Shard<'a> {
 
     /// [`lookup`](Self::lookup) with the decision to remove the entry made by `take`, which
     /// may look at the copied payload while the lock is still held.
-    pub fn lookup_taking(
-        &self,
-        tag: u16,
-        id: &[u8],
-        out: &mut [u8],
-        take: Take,
-        now: u32,
-    ) -> Found {
+    pub fn lookup_taking(&self, tag: u16, id: &[u8], out: &mut [u8], take: Take, now: u32) -> Found {
         let Some((i, h)) = self.find(tag, id) else {
             self.bump(Counter::LookupMiss);
             return Found::Miss;

@@ -75,11 +75,7 @@ fn full_filesystem_is_a_clean_error(base: &Path) {
             && m.contains(&shown)
             && m.contains("No space left on device")
             && m.contains("bytes free of 1048576");
-        if ok {
-            0
-        } else {
-            2
-        }
+        if ok { 0 } else { 2 }
     });
     assert_eq!(names(&mnt), Vec::<String>::new(), "files left on the tmpfs");
 
@@ -92,11 +88,7 @@ fn full_filesystem_is_a_clean_error(base: &Path) {
         let c = create(&first, 640 << 10).unwrap();
         let st = fs::metadata(&first).unwrap();
         if st.blocks() * 512 < 640 << 10 {
-            eprintln!(
-                "only {} of {} bytes allocated",
-                st.blocks() * 512,
-                640 << 10
-            );
+            eprintln!("only {} of {} bytes allocated", st.blocks() * 512, 640 << 10);
             return 1;
         }
         for n in 0..2000 {
@@ -131,18 +123,11 @@ fn full_filesystem_is_a_clean_error(base: &Path) {
     c.store(&id(1), &make(1, 1), 0, u32::MAX).unwrap();
     let st = fs::metadata(&p).unwrap();
     assert_eq!(st.len(), 256 << 10);
-    assert!(
-        st.blocks() * 512 >= 256 << 10,
-        "{} bytes allocated",
-        st.blocks() * 512
-    );
+    assert!(st.blocks() * 512 >= 256 << 10, "{} bytes allocated", st.blocks() * 512);
     drop(c);
     let mut buf = vec![0u8; 8192];
     let again = Cache::attach(&p, None).unwrap();
-    assert!(matches!(
-        again.lookup(&id(1), &mut buf, false).unwrap(),
-        Found::Hit { .. }
-    ));
+    assert!(matches!(again.lookup(&id(1), &mut buf, false).unwrap(), Found::Hit { .. }));
 }
 
 /// Point 1: a file truncated under the server's mapping must not make workers die of SIGBUS
@@ -199,11 +184,7 @@ fn truncated_file_is_an_error_not_a_sigbus(base: &Path) {
         let attach = Cache::attach(&p, None);
         eprintln!("attach after the truncation: {:?}", attach.as_ref().err());
         let refused = attach.is_err_and(|e| e.message.contains("bytes but the file has 4096"));
-        if worker() == 0 && refused {
-            0
-        } else {
-            2
-        }
+        if worker() == 0 && refused { 0 } else { 2 }
     });
 }
 
@@ -217,12 +198,7 @@ fn stale_temporary_files_are_swept(base: &Path) {
     let tmp = |pid: u32, r: u64| format!("seg.tmp.{pid}.{r:016x}");
     let plant = |name: &str| {
         let p = d.join(name);
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&p)
-            .unwrap();
+        OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p).unwrap();
         p
     };
     let abandoned = tmp(dead, 1);
@@ -232,28 +208,13 @@ fn stale_temporary_files_are_swept(base: &Path) {
     let other_name = format!("other.tmp.{dead}.{:016x}", 3);
     plant(&other_name);
     let locked = tmp(dead, 4); // a creator at work in another PID namespace holds the lock
-    let held = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(d.join(&locked))
-        .unwrap();
+    let held = OpenOptions::new().write(true).create_new(true).mode(0o600).open(d.join(&locked)).unwrap();
     // SAFETY: flock on our own descriptor.
-    assert_eq!(
-        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) },
-        0
-    );
+    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) }, 0);
     let link = tmp(dead, 5);
     let target = plant("target");
     std::os::unix::fs::symlink(&target, d.join(&link)).unwrap();
-    let mut expected = vec![
-        alive,
-        other_name,
-        locked,
-        link,
-        "seg".to_string(),
-        "target".to_string(),
-    ];
+    let mut expected = vec![alive, other_name, locked, link, "seg".to_string(), "target".to_string()];
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         let foreign = tmp(dead, 6);
@@ -296,22 +257,16 @@ fn readable_segments_are_refused(base: &Path) {
         let p = base.join(format!("mode{mode:o}.sess"));
         drop(create(&p, 256 << 10).unwrap());
         fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
-        let e = Cache::attach(&p, None)
-            .err()
-            .expect("a readable segment was attached");
+        let e = Cache::attach(&p, None).err().expect("a readable segment was attached");
         assert_eq!(e.kind, ErrorKind::Security, "{e}");
         assert!(
-            e.message.contains("readable by group or others")
-                && e.message.contains(&format!("chmod 600 {}", p.display())),
+            e.message.contains("readable by group or others") && e.message.contains(&format!("chmod 600 {}", p.display())),
             "{e}"
         );
         fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
         let c = Cache::attach(&p, None).unwrap();
         let mut buf = [0u8; 16];
-        assert!(matches!(
-            c.lookup(&id(1), &mut buf, false).unwrap(),
-            Found::Miss
-        ));
+        assert!(matches!(c.lookup(&id(1), &mut buf, false).unwrap(), Found::Miss));
     }
 }
 
@@ -321,22 +276,13 @@ fn other_formats_are_refused(base: &Path) {
     let p = base.join("libc.sess");
     drop(create(&p, 256 << 10).unwrap());
     let mut h = read_header(&p);
-    let other = if h.format.c_library == u32::from_le_bytes(*b"musl") {
-        *b"glbc"
-    } else {
-        *b"musl"
-    };
+    let other = if h.format.c_library == u32::from_le_bytes(*b"musl") { *b"glbc" } else { *b"musl" };
     h.format.c_library = u32::from_le_bytes(other);
     h.header_crc = header_crc(&h);
     write_header(&p, &h);
-    let e = Cache::attach(&p, None)
-        .err()
-        .expect("a segment of the other C library was attached");
+    let e = Cache::attach(&p, None).err().expect("a segment of the other C library was attached");
     assert_eq!(e.kind, ErrorKind::Format);
-    assert!(
-        e.message.contains("linked with") && e.message.contains(&p.display().to_string()),
-        "{e}"
-    );
+    assert!(e.message.contains("linked with") && e.message.contains(&p.display().to_string()), "{e}");
 
     let p = base.join("v1.sess");
     drop(create(&p, 256 << 10).unwrap());
@@ -344,13 +290,8 @@ fn other_formats_are_refused(base: &Path) {
     h.format.layout_version = 1;
     h.header_crc = header_crc(&h);
     write_header(&p, &h);
-    let e = Cache::attach(&p, None)
-        .err()
-        .expect("a version 1 segment was attached");
-    assert!(
-        e.message.contains("layout version 1") && e.message.contains("another format"),
-        "{e}"
-    );
+    let e = Cache::attach(&p, None).err().expect("a version 1 segment was attached");
+    assert!(e.message.contains("layout version 1") && e.message.contains("another format"), "{e}");
 }
 
 /// Point 4: `shmsesscache create NAME` goes into a directory only the server's user can write
@@ -360,31 +301,16 @@ fn create_defaults_to_a_private_directory(base: &Path) {
     let cli = env!("CARGO_BIN_EXE_shmsesscache");
     let run = |args: &[&str]| {
         let o = Command::new(cli).args(args).output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
         (o.status.code(), text)
     };
     let private = base.join("private");
-    let (code, out) = run(&[
-        "create",
-        "web",
-        "--size",
-        "256K",
-        "--dir",
-        private.to_str().unwrap(),
-    ]);
+    let (code, out) = run(&["create", "web", "--size", "256K", "--dir", private.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{out}");
     let seg = private.join("web");
     assert!(out.contains(&seg.display().to_string()), "{out}");
     let m = fs::symlink_metadata(&private).unwrap();
-    assert!(
-        m.is_dir() && m.mode() & 0o777 == 0o700,
-        "mode {:o}",
-        m.mode()
-    );
+    assert!(m.is_dir() && m.mode() & 0o777 == 0o700, "mode {:o}", m.mode());
     // SAFETY: no preconditions.
     assert_eq!(m.uid(), unsafe { libc::geteuid() });
     assert_eq!(fs::metadata(&seg).unwrap().mode() & 0o777, 0o600);
@@ -392,41 +318,19 @@ fn create_defaults_to_a_private_directory(base: &Path) {
     let open = base.join("open");
     fs::create_dir(&open).unwrap();
     fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
-    let (code, out) = run(&[
-        "create",
-        "web",
-        "--size",
-        "256K",
-        "--dir",
-        open.to_str().unwrap(),
-    ]);
+    let (code, out) = run(&["create", "web", "--size", "256K", "--dir", open.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{out}");
-    assert!(
-        out.contains("name squatting") && !open.join("web").exists(),
-        "{out}"
-    );
+    assert!(out.contains("name squatting") && !open.join("web").exists(), "{out}");
 
     let explicit = open.join("explicit.sess");
     let (code, out) = run(&["create", explicit.to_str().unwrap(), "--size", "256K"]);
     assert_eq!(code, Some(0), "{out}");
-    assert!(
-        out.contains("warning:") && out.contains("name squatting"),
-        "{out}"
-    );
+    assert!(out.contains("warning:") && out.contains("name squatting"), "{out}");
 
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         let theirs = base.join("theirs");
-        let (code, out) = run(&[
-            "create",
-            "web",
-            "--size",
-            "256K",
-            "--owner",
-            "65534:65534",
-            "--dir",
-            theirs.to_str().unwrap(),
-        ]);
+        let (code, out) = run(&["create", "web", "--size", "256K", "--owner", "65534:65534", "--dir", theirs.to_str().unwrap()]);
         assert_eq!(code, Some(0), "{out}");
         let m = fs::symlink_metadata(&theirs).unwrap();
         assert_eq!((m.uid(), m.mode() & 0o777), (65534, 0o700));
@@ -466,17 +370,9 @@ fn write_header(p: &Path, h: &SegmentHeader) {
     use std::os::unix::fs::FileExt;
     // SAFETY: viewing a plain-data struct as bytes.
     let bytes = unsafe {
-        std::slice::from_raw_parts(
-            h as *const SegmentHeader as *const u8,
-            std::mem::size_of::<SegmentHeader>(),
-        )
+        std::slice::from_raw_parts(h as *const SegmentHeader as *const u8, std::mem::size_of::<SegmentHeader>())
     };
-    OpenOptions::new()
-        .write(true)
-        .open(p)
-        .unwrap()
-        .write_all_at(bytes, 0)
-        .unwrap();
+    OpenOptions::new().write(true).open(p).unwrap().write_all_at(bytes, 0).unwrap();
 }
 
 fn names(d: &Path) -> Vec<String> {
@@ -511,13 +407,7 @@ impl Tmpfs {
         let opts = CString::new(options).unwrap();
         // SAFETY: valid C strings; tmpfs and ramfs need no source device.
         let rc = unsafe {
-            libc::mount(
-                fstype.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                opts.as_ptr() as *const libc::c_void,
-            )
+            libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, opts.as_ptr() as *const libc::c_void)
         };
         if rc != 0 {
             eprintln!(

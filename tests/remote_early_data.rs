@@ -141,7 +141,10 @@ impl Pair {
             ),
             1
         );
-        ossl::SSL_CTX_set_options(server, ossl::SSL_OP_NO_TICKET | SSL_OP_NO_ANTI_REPLAY);
+        ossl::SSL_CTX_set_options(
+            server,
+            ossl::SSL_OP_NO_TICKET | SSL_OP_NO_ANTI_REPLAY,
+        );
         assert_eq!(ossl::SSL_CTX_set_max_early_data(server, 16384), 1);
         ossl::SSL_CTX_set_num_tickets(server, 1);
         let mut o: shmsess_options = std::mem::zeroed();

@@ -189,13 +189,8 @@ pub fn human(snap: &Snapshot) -> String {
         "session ids       {} generated, {} collisions",
         s.ids_generated, s.id_collisions
     );
-    let remote_used = s.remote_stores
-        + s.remote_hits
-        + s.remote_misses
-        + s.remote_errors
-        + s.remote_timeouts
-        + s.remote_skipped
-        + s.remote_dropped;
+    let remote_used = s.remote_stores + s.remote_hits + s.remote_misses + s.remote_errors
+        + s.remote_timeouts + s.remote_skipped + s.remote_dropped;
     if remote_used > 0 {
         let _ = writeln!(
             w,

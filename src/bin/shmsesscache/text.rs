@@ -320,9 +320,7 @@ pub fn private_dir(dir: &std::path::Path, uid: u32, gid: u32) -> Result<(), Stri
         Err(e) => return Err(format!("cannot stat {d}: {e}")),
     };
     if !meta.file_type().is_dir() {
-        return Err(format!(
-            "{d} is not a directory (a symlink is not followed)"
-        ));
+        return Err(format!("{d} is not a directory (a symlink is not followed)"));
     }
     let squat = "anybody who can write there can create the segment's name first (name squatting) or swap files";
     if meta.uid() != uid {
@@ -379,3 +377,4 @@ mod tests {
         assert!(parse_owner("no-such-user-here").is_err());
     }
 }
+
