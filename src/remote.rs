@@ -397,8 +397,10 @@ pub enum Taken {
     NeverStored,
     /// A tombstone: resumed (or removed) on some host already. Refuse it.
     UsedElsewhere,
-    /// Redis could not be asked: single use is only known for this host. Resume it without
-    /// early data, so a replay during a partition cannot be 0-RTT.
+    /// Redis could not be asked, or could not store the tombstone (down, slow, out of memory,
+    /// a read-only replica): single use is only known for this host. A ticket from this
+    /// host's own memory resumes without early data, so a replay during a partition cannot be
+    /// 0-RTT; a ticket read from Redis is refused (every host could read it again).
     Unconfirmed,
 }
 
@@ -532,8 +534,26 @@ impl Remote {
     /// Look a session up after a local miss. With `take` (TLS 1.3 single use) the value is
     /// swapped for a tombstone in the same step, so one host in the fleet gets it.
     pub fn fetch(&self, c: &RemoteCounters, id: &[u8], take: bool, now: u32) -> Fetched {
+        self.fetch_within(c, id, take, now, self.deadline())
+    }
+
+    /// A deadline one remote timeout from now, for several operations that must fit in one
+    /// timeout together (a cross-host TLS 1.3 resumption: read, then consume).
+    pub fn deadline(&self) -> Deadline {
+        Deadline::after(self.shared.timeout)
+    }
+
+    /// [`Remote::fetch`] finished by `dl`.
+    pub fn fetch_within(
+        &self,
+        c: &RemoteCounters,
+        id: &[u8],
+        take: bool,
+        now: u32,
+        dl: Deadline,
+    ) -> Fetched {
         let key = self.shared.key(id);
-        let got = self.shared.run(c, Some(&key), |conn, d, dl| {
+        let got = self.shared.run(c, Some(&key), dl, |conn, d, dl| {
             if take {
                 swap(conn, d, &key, None, dl)
             } else {
@@ -578,9 +598,22 @@ impl Remote {
     /// Consume, fleet-wide, a TLS 1.3 ticket this host found (and took) in its own memory:
     /// swap its key for a tombstone that lives until `expires`. See [`Taken`].
     pub fn take_local(&self, c: &RemoteCounters, id: &[u8], expires: u32, now: u32) -> Taken {
+        self.take_within(c, id, expires, now, self.deadline())
+    }
+
+    /// [`Remote::take_local`] finished by `dl`. Also consumes a ticket a [`Remote::fetch`]
+    /// read from Redis (once its server name is checked), within that fetch's deadline.
+    pub fn take_within(
+        &self,
+        c: &RemoteCounters,
+        id: &[u8],
+        expires: u32,
+        now: u32,
+        dl: Deadline,
+    ) -> Taken {
         let key = self.shared.key(id);
         let ttl = (u64::from(expires.saturating_sub(now)).max(1) * 1000).to_string();
-        let got = self.shared.run(c, Some(&key), |conn, d, dl| {
+        let got = self.shared.run(c, Some(&key), dl, |conn, d, dl| {
             swap(conn, d, &key, Some(ttl.as_bytes()), dl)
         });
         match got {
@@ -803,12 +836,22 @@ impl Shared {
         } else {
             vec![&ready[..]]
         };
-        for group in groups {
+        // One deadline for the whole batch, cluster or not: the owner's shmsess_cache_free
+        // waits for it (a deadline per job would be up to BATCH timeouts).
+        let dl = Deadline::after(self.timeout);
+        for (i, &group) in groups.iter().enumerate() {
             let key = match group.first() {
                 Some(Ready::Set(_, key)) | Some(Ready::Remove(key)) => key.clone(),
                 None => continue,
             };
-            let sent = self.run(c, Some(&key), |conn, d, dl| {
+            if self.lock().closing || dl.left().is_err() {
+                // Closing or out of time: the rest is dropped, counted (not a failure of
+                // Redis, so not for the breaker).
+                let rest: usize = groups[i..].iter().map(|g| g.len()).sum();
+                c.dropped.fetch_add(rest as u64, Relaxed);
+                break;
+            }
+            let sent = self.run(c, Some(&key), dl, |conn, d, dl| {
                 let mut out = Vec::new();
                 for r in group {
                     match (r, d) {
@@ -840,7 +883,7 @@ impl Shared {
         }
     }
 
-    /// Run one operation on a connection of this process, under one deadline and the
+    /// Run one operation on a connection of this process, finished by `dl`, under the
     /// breaker. `None` if it was skipped or failed (counted either way). A pooled connection
     /// the server closed (restarted Redis, idle timeout) is replaced once, within the same
     /// deadline.
@@ -848,9 +891,9 @@ impl Shared {
         &self,
         c: &RemoteCounters,
         key: Option<&[u8]>,
+        dl: Deadline,
         op: impl Fn(&mut Conn, Dialect, Deadline) -> FResult<T>,
     ) -> Option<T> {
-        let dl = Deadline::after(self.timeout);
         {
             let st = self.lock();
             if !st.breaker.allows(Instant::now()) {
