@@ -1020,9 +1020,9 @@ impl Shared {
             }
         };
         let fetch = |conn: &mut Conn, _: Dialect, dl: Deadline| {
-            conn.set_cap(SLOTS_CAP);
+            conn.set_limits(SLOTS_CAP, SLOTS_MAX_RANGES);
             let r = conn.call(&[b"CLUSTER", b"SLOTS"], dl);
-            conn.set_cap(REPLY_CAP);
+            conn.set_limits(REPLY_CAP, resp::MAX_ARRAY);
             let seed = conn
                 .peer()
                 .map(|a| a.ip())
@@ -1135,8 +1135,11 @@ impl Shared {
     }
 }
 
-/// Largest CLUSTER SLOTS reply read (about 150 bytes per slot range).
-const SLOTS_CAP: usize = 256 * 1024;
+/// Most ranges in a CLUSTER SLOTS reply: one per slot at the very most.
+const SLOTS_MAX_RANGES: usize = 16384;
+/// Largest CLUSTER SLOTS reply read: up to [`SLOTS_MAX_RANGES`] ranges of about 150 bytes
+/// (a master and a replica with their ids), with room to spare.
+const SLOTS_CAP: usize = 4 << 20;
 
 /// First version with `SET ... GET` (and GETDEL).
 const NATIVE_SINCE: Version = Version(6, 2, 0);

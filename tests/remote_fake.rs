@@ -4,8 +4,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,8 @@ enum Act {
     Close,
     /// Never answer (the connection stays open).
     Silent,
+    /// Send these bytes at once, then one byte of an endless reply element every `gap`.
+    Drip(Vec<u8>, Duration),
 }
 
 type Handler = dyn Fn(&[Vec<u8>]) -> Act + Send + Sync;
@@ -53,6 +55,17 @@ fn serve(mut c: TcpStream, h: &Handler) {
             }
             Act::Close => return,
             Act::Silent => std::thread::sleep(Duration::from_secs(3600)),
+            Act::Drip(burst, gap) => {
+                if c.write_all(&burst).is_err() {
+                    return;
+                }
+                for b in b":1\r\n".iter().cycle() {
+                    if c.write_all(&[*b]).is_err() {
+                        return; // the client hung up
+                    }
+                    std::thread::sleep(gap);
+                }
+            }
         }
     }
 }
@@ -105,7 +118,10 @@ fn store_server(delay: Duration, store: Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>) -> 
             return info();
         }
         let mut st = store.lock().unwrap();
-        let old = st.iter().find(|(k, _)| *k == args[1]).map(|(_, v)| v.clone());
+        let old = st
+            .iter()
+            .find(|(k, _)| *k == args[1])
+            .map(|(_, v)| v.clone());
         if is(args, "GET") {
             return Act::Reply(bulk(old.as_deref()), delay);
         }
@@ -175,7 +191,11 @@ fn a_cross_host_read_and_consume_share_one_deadline() {
     assert!(matches!(got, Fetched::Hit(_)), "the read fits");
     let taken = r.take_within(&c, &[9; 32], t + 300, t, dl);
     let spent = start.elapsed();
-    assert_eq!(taken, Taken::Unconfirmed, "the consume is cut at the shared deadline");
+    assert_eq!(
+        taken,
+        Taken::Unconfirmed,
+        "the consume is cut at the shared deadline"
+    );
     // Bound with a wide margin for a loaded machine, well under two timeouts plus the delay.
     assert!(
         spent < Duration::from_millis(450),
@@ -224,4 +244,85 @@ fn freeing_a_cluster_handle_waits_one_timeout_not_one_per_job() {
     let s = c.load();
     assert_eq!(s.stores, 0);
     assert_eq!(s.dropped, 64, "every write not sent is counted: {s:?}");
+}
+
+/// A cluster seed whose CLUSTER SLOTS reply is `ranges` slot ranges on itself, all at once.
+fn slots_reply(ranges: usize, port: usize) -> Vec<u8> {
+    let per = 16384 / ranges;
+    let mut r = format!("*{ranges}\r\n").into_bytes();
+    for i in 0..ranges {
+        let (a, b) = (
+            i * per,
+            if i == ranges - 1 {
+                16383
+            } else {
+                (i + 1) * per - 1
+            },
+        );
+        r.extend_from_slice(
+            format!("*3\r\n:{a}\r\n:{b}\r\n*2\r\n$9\r\n127.0.0.1\r\n:{port}\r\n").as_bytes(),
+        );
+    }
+    r
+}
+
+#[test]
+fn a_reply_dribbled_after_a_large_burst_is_cut_at_the_deadline() {
+    // ~200 KB of CLUSTER SLOTS at once, then a byte every 0.2 ms that never ends the reply.
+    let port = fake(Arc::new(|args: &[Vec<u8>]| {
+        if is(args, "INFO") {
+            return info();
+        }
+        // 50 complete elements of 1000 integers, then one that never completes.
+        let inner = format!("*1000\r\n{}", ":1\r\n".repeat(1000));
+        let burst = format!("*1024\r\n{}*1000\r\n", inner.repeat(50)).into_bytes();
+        Act::Drip(burst, Duration::from_micros(200))
+    }));
+    let c = counters();
+    let r = Remote::new(config(
+        port,
+        Duration::from_millis(200),
+        Duration::from_secs(60),
+        true,
+    ))
+    .unwrap();
+    let start = Instant::now();
+    let got = r.fetch(&c, &[9; 32], false, now());
+    let spent = start.elapsed();
+    assert!(matches!(got, Fetched::Unavailable));
+    assert!(
+        spent < Duration::from_millis(1500),
+        "the fetch took {spent:?} (timeout 200 ms)"
+    );
+    assert_eq!(c.timeouts.load(Relaxed), 1);
+}
+
+#[test]
+fn a_cluster_with_more_slot_ranges_than_a_reply_array_is_routed() {
+    // 2000 ranges (a fragmented cluster) all on one node, which stores as a single server.
+    let port_cell = Arc::new(AtomicUsize::new(0));
+    let pc = Arc::clone(&port_cell);
+    let store = store_server(Duration::ZERO, Arc::new(Mutex::new(Vec::new())));
+    let port = fake(Arc::new(move |args: &[Vec<u8>]| {
+        if is(args, "CLUSTER") {
+            return Act::Reply(slots_reply(2000, pc.load(Relaxed)), Duration::ZERO);
+        }
+        store(args)
+    }));
+    port_cell.store(usize::from(port), Relaxed);
+    let c = counters();
+    let r = Remote::new(config(
+        port,
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+        true,
+    ))
+    .unwrap();
+    let t = now();
+    r.store_now(&c, &[9; 32], DER, t, t + 300, t);
+    assert!(
+        matches!(r.fetch(&c, &[9; 32], false, t), Fetched::Hit(_)),
+        "{:?}",
+        c.load()
+    );
 }
