@@ -938,7 +938,8 @@ impl Shared {
     }
 
     /// Run `op` on a pooled connection to `node` (any, for `None`: the URL's server), or a
-    /// new one; a pooled connection the server closed is replaced once. `asking`: send ASKING
+    /// new one; a pooled connection the server closed is replaced (before use if that shows,
+    /// else once after a failure that wrote nothing). `asking`: send ASKING
     /// first (a cluster slot being migrated).
     fn run_on<T>(
         &self,
@@ -962,12 +963,22 @@ impl Shared {
             i.map(|i| st.idle.swap_remove(i))
         };
         match pooled {
-            Some(mut link) => match op(&mut link.conn, link.dialect, dl) {
-                Ok(v) => Ok((v, link)),
-                Err(f) if f.is_stale_connection() => self.connect_and_run(node, &op, dl),
-                Err(f) => Err(f),
-            },
-            None => self.connect_and_run(node, &op, dl),
+            Some(mut link) if link.conn.idle_and_open() => {
+                let before = link.conn.written();
+                match op(&mut link.conn, link.dialect, dl) {
+                    Ok(v) => Ok((v, link)),
+                    // Retried only if nothing of it was written: a command that reached
+                    // the server may have been done (a swap done twice would find its own
+                    // tombstone and refuse a ticket used once).
+                    Err(f) if f.is_stale_connection() && link.conn.written() == before => {
+                        self.connect_and_run(node, &op, dl)
+                    }
+                    Err(f) => Err(f),
+                }
+            }
+            // Closed by the server while idle (a restart, an idle timeout), or holding bytes
+            // nobody asked for: replaced before anything is sent on it.
+            Some(_) | None => self.connect_and_run(node, &op, dl),
         }
     }
 

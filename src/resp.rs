@@ -642,6 +642,8 @@ pub struct Conn {
     lim: Limits,
     /// How much of `buf` is known to be part of the next reply, complete elements only.
     scan: Scan,
+    /// Bytes written so far: whether a failed operation may have reached the server.
+    written: u64,
 }
 
 /// Bytes read per `read()` call.
@@ -659,7 +661,33 @@ impl Conn {
                 max_array: MAX_ARRAY,
             },
             scan: Scan::default(),
+            written: 0,
         }
+    }
+
+    /// Bytes written on this connection so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Whether an idle connection can take a command: nothing is waiting to be read (no
+    /// late reply, no close from the server: FIN, RST or a TLS alert). A connection the
+    /// server closed while idle is found here, before any command is written to it.
+    pub fn idle_and_open(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut b = [0u8; 1];
+        // SAFETY: a valid descriptor of ours and a 1-byte buffer; MSG_PEEK leaves the data.
+        let n = unsafe {
+            libc::recv(
+                self.io.fd(),
+                b.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
     }
 
     /// Change the reply cap and the most elements an array may have (CLUSTER SLOTS is larger
@@ -682,7 +710,10 @@ impl Conn {
         while off < data.len() {
             match self.io.write_nb(&data[off..]) {
                 Ok(0) => return Err(Failure::Io(io::ErrorKind::WriteZero)),
-                Ok(n) => off += n,
+                Ok(n) => {
+                    off += n;
+                    self.written += n as u64;
+                }
                 Err(Ok(w)) => wait(self.io.fd(), w, dl)?,
                 Err(Err(f)) => return Err(f),
             }

@@ -326,3 +326,33 @@ fn a_cluster_with_more_slot_ranges_than_a_reply_array_is_routed() {
         c.load()
     );
 }
+
+#[test]
+fn a_swap_done_before_the_connection_broke_is_not_retried_into_a_refusal() {
+    // The server does the first swap, then closes the connection instead of answering (a
+    // crash, a proxy cut). A retry of the swap would find its own tombstone.
+    let store = Arc::new(Mutex::new(Vec::new()));
+    let inner = store_server(Duration::ZERO, Arc::clone(&store));
+    let cut = Arc::new(AtomicUsize::new(0));
+    let port = fake(Arc::new(move |args: &[Vec<u8>]| {
+        let swap = is(args, "SET") && args.iter().any(|a| a.eq_ignore_ascii_case(b"GET"));
+        let act = inner(args);
+        if swap && cut.fetch_add(1, Relaxed) == 0 {
+            return Act::Close;
+        }
+        act
+    }));
+    let c = counters();
+    let r = Remote::new(config(
+        port,
+        Duration::from_secs(2),
+        Duration::from_millis(1),
+        false,
+    ))
+    .unwrap();
+    let t = now();
+    r.store_now(&c, &[5; 32], DER, t, t + 300, t);
+    assert_eq!(c.stores.load(Relaxed), 1);
+    // A never-used ticket: its one use cannot be confirmed, but it is no replay.
+    assert_eq!(r.take_local(&c, &[5; 32], t + 300, t), Taken::Unconfirmed);
+}
