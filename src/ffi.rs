@@ -687,6 +687,8 @@ fn remote_from(o: &shmsess_options) -> Result<Option<Remote>, Fail> {
     let Some(url) = text(o.remote_url, "remote_url")? else {
         return Ok(None);
     };
+    // It may hold the Redis password: wiped on every path (Remote::new wipes what it takes).
+    let mut url = crate::remote::SecretText(url);
     let Some(key_file) = text(o.remote_key_file, "remote_key_file")? else {
         return Err(Fail(
             SHMSESS_ERR_INVALID_ARGUMENT,
@@ -707,7 +709,7 @@ fn remote_from(o: &shmsess_options) -> Result<Option<Remote>, Fail> {
     let ca_file = text(o.remote_ca_file, "remote_ca_file")?;
     let cluster = o.remote_cluster != 0;
     let remote = Remote::new(RemoteConfig {
-        url,
+        url: url.take(),
         ca_file,
         prefix,
         timeout: ms(o.remote_timeout_ms, crate::remote::DEFAULT_TIMEOUT),

@@ -50,6 +50,7 @@ const MAX_IDLE: usize = 8;
 
 pub struct RemoteConfig {
     /// `redis[s]://[user:password@]host:port/db` (AUTH and SELECT are done on connect).
+    /// [`Remote::new`] wipes it once parsed.
     pub url: String,
     /// For `rediss://`: PEM file of the CA(s) Redis's certificate must chain to (`None`: the
     /// system's CA store).
@@ -407,9 +408,12 @@ pub enum Taken {
 impl Remote {
     /// Parse the URL (nothing is connected yet: connections are made in the process that
     /// uses them, after fork).
-    pub fn new(cfg: RemoteConfig) -> Result<Remote> {
-        // The URL may hold a password: name the problem, not the URL.
-        let target = Target::parse(&cfg.url).map_err(|m| {
+    pub fn new(mut cfg: RemoteConfig) -> Result<Remote> {
+        // The URL may hold a password: name the problem, not the URL, and wipe it once
+        // parsed (the password lives on only in the target's `Secret`).
+        let parsed = Target::parse(&cfg.url);
+        wipe_string(&mut cfg.url);
+        let target = parsed.map_err(|m| {
             Error::new(
                 ErrorKind::Invalid,
                 format!("remote URL is not usable ({m}): expected {URL_FORM}"),
@@ -643,6 +647,28 @@ impl Drop for Remote {
         if let Some(w) = writer {
             let _ = w.join();
         }
+    }
+}
+
+/// Overwrite a string that held a secret (zeros are valid UTF-8).
+pub fn wipe_string(s: &mut String) {
+    // SAFETY: only zero bytes are written, which keeps the string valid UTF-8.
+    crate::util::wipe(unsafe { s.as_bytes_mut() });
+}
+
+/// A string holding a secret (a URL with a password), wiped when dropped unless taken.
+pub struct SecretText(pub String);
+
+impl SecretText {
+    /// The string, for a consumer that wipes it (e.g. [`Remote::new`]).
+    pub fn take(&mut self) -> String {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl Drop for SecretText {
+    fn drop(&mut self) {
+        wipe_string(&mut self.0);
     }
 }
 

@@ -757,11 +757,20 @@ impl Conn {
 
     /// Send commands in one write and read one reply per command, in order.
     pub fn pipeline(&mut self, cmds: &[&[&[u8]]], dl: Deadline) -> Result<Vec<Reply>, Failure> {
-        let mut out = Vec::new();
+        // It carries AUTH (login): sized once, so no reallocation leaves a copy behind, and
+        // wiped after sending.
+        let size: usize = cmds
+            .iter()
+            .flat_map(|c| c.iter())
+            .map(|a| a.len() + 32)
+            .sum();
+        let mut out = Vec::with_capacity(size + 32 * cmds.len());
         for c in cmds {
             encode(&mut out, c);
         }
-        self.send(&out, dl)?;
+        let sent = self.send(&out, dl);
+        crate::util::wipe(&mut out);
+        sent?;
         cmds.iter().map(|_| self.recv(dl)).collect()
     }
 
