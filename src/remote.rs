@@ -931,36 +931,48 @@ impl Shared {
             (true, Some(key)) => self.run_in_cluster(key, &op, dl),
             _ => self.run_on(None, false, &op, dl),
         };
-        let mut st = self.lock();
-        match result {
-            Ok((v, link)) => {
-                if st.idle.len() < MAX_IDLE {
-                    st.idle.push(link);
+        // The log message is made under the lock and emitted after it: the application's
+        // callback may be slow, and must not hold other threads out of the tier.
+        let (v, message) = {
+            let mut st = self.lock();
+            match result {
+                Ok((v, link)) => {
+                    if st.idle.len() < MAX_IDLE {
+                        st.idle.push(link);
+                    }
+                    let recovered = st.breaker.success();
+                    (
+                        Some(v),
+                        recovered.then(|| (Level::Info, "remote tier: working again".to_owned())),
+                    )
                 }
-                if st.breaker.success() {
-                    log::emit(Level::Info, "remote tier: working again");
+                Err(f) => {
+                    if f == Failure::Timeout {
+                        c.timeouts.fetch_add(1, Relaxed);
+                    } else {
+                        c.errors.fetch_add(1, Relaxed);
+                    }
+                    let tripped = st.breaker.failure(Instant::now());
+                    let backoff = st.breaker.backoff.as_millis();
+                    (
+                        None,
+                        tripped.then(|| {
+                            (
+                                Level::Warning,
+                                format!(
+                                    "remote tier: {} failures in a row (last: {f}); skipping it for {backoff} ms",
+                                    Breaker::TRIP_AFTER
+                                ),
+                            )
+                        }),
+                    )
                 }
-                Some(v)
             }
-            Err(f) => {
-                if f == Failure::Timeout {
-                    c.timeouts.fetch_add(1, Relaxed);
-                } else {
-                    c.errors.fetch_add(1, Relaxed);
-                }
-                if st.breaker.failure(Instant::now()) {
-                    log::emit(
-                        Level::Warning,
-                        &format!(
-                            "remote tier: {} failures in a row (last: {f}); skipping it for {} ms",
-                            Breaker::TRIP_AFTER,
-                            st.breaker.backoff.as_millis()
-                        ),
-                    );
-                }
-                None
-            }
+        };
+        if let Some((level, m)) = message {
+            log::emit(level, &m);
         }
+        v
     }
 
     /// Run `op` on a pooled connection to `node` (any, for `None`: the URL's server), or a
