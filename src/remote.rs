@@ -651,7 +651,7 @@ impl Drop for Remote {
 }
 
 /// Overwrite a string that held a secret (zeros are valid UTF-8).
-pub fn wipe_string(s: &mut String) {
+pub fn wipe_string(s: &mut str) {
     // SAFETY: only zero bytes are written, which keeps the string valid UTF-8.
     crate::util::wipe(unsafe { s.as_bytes_mut() });
 }

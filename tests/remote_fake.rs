@@ -2,7 +2,7 @@
 //! (slow replies, a cluster whose node never answers, a connection closed after a swap was
 //! done): what a real redis-server cannot be made to do on demand.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
@@ -26,6 +26,8 @@ enum Act {
 }
 
 type Handler = dyn Fn(&[Vec<u8>]) -> Act + Send + Sync;
+/// A fake server's keys and values.
+type Store = Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
 
 /// A fake server on a free port; its threads end with the test process.
 fn fake(handler: Arc<Handler>) -> u16 {
@@ -112,7 +114,7 @@ fn is(args: &[Vec<u8>], cmd: &str) -> bool {
 }
 
 /// A single server keeping values in memory (SET with GET/NX, GET), each reply after `delay`.
-fn store_server(delay: Duration, store: Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>) -> Arc<Handler> {
+fn store_server(delay: Duration, store: Store) -> Arc<Handler> {
     Arc::new(move |args: &[Vec<u8>]| {
         if is(args, "INFO") {
             return info();
