@@ -74,7 +74,7 @@ fn the_url_password_is_wiped() {
     };
     // A password made at run time (no literal copy in the binary), written to Redis from a
     // buffer wiped at once.
-    let pat: Vec<u8> = (0..40u8).map(|i| b'a' + (i * 7 + 3) % 26).collect();
+    let pat: Vec<u8> = (0..40u32).map(|i| b'a' + ((i * 7 + 3) % 26) as u8).collect();
     let mut cmd = Vec::with_capacity(128);
     cmd.extend_from_slice(b"*4\r\n$6\r\nCONFIG\r\n$3\r\nSET\r\n$11\r\nrequirepass\r\n$40\r\n");
     cmd.extend_from_slice(&pat);
