@@ -1055,17 +1055,26 @@ impl Shared {
         Err(Failure::Protocol("too many cluster redirections"))
     }
 
-    /// The master serving `slot`, from the slot map (fetched from the seed, or any node
-    /// already known, when missing or stale).
+    /// The master serving `slot`, from the slot map (fetched when missing or stale: from the
+    /// nodes the old map named, then the seed, so a seed that is down or hung is no single
+    /// point of failure once a map was had).
     fn node_for(&self, slot: u16, dl: Deadline) -> FResult<SocketAddr> {
-        let known = {
+        let (known, old) = {
             let st = self.lock();
             match &st.slots {
                 Some(m) if m.usable() => {
                     return m.node(slot).ok_or(Failure::Protocol("slot not served"))
                 }
-                Some(m) => m.ranges.iter().map(|r| r.2).collect::<Vec<_>>(),
-                None => Vec::new(),
+                Some(m) => {
+                    let mut nodes: Vec<SocketAddr> = Vec::new();
+                    for r in &m.ranges {
+                        if !nodes.contains(&r.2) {
+                            nodes.push(r.2);
+                        }
+                    }
+                    (nodes, m.node(slot))
+                }
+                None => (Vec::new(), None),
             }
         };
         let fetch = |conn: &mut Conn, _: Dialect, dl: Deadline| {
@@ -1078,10 +1087,29 @@ impl Shared {
                 .ok_or(Failure::Protocol("no peer address"))?;
             SlotMap::parse(r?, seed)
         };
-        // The seed first, then the nodes the old map named (the seed may be the one down).
+        // The seed (`None`) last, unless it is one of the known nodes anyway.
+        let seed = self
+            .target
+            .ip()
+            .map(|ip| SocketAddr::new(ip, self.target.port));
+        let mut candidates: Vec<Option<SocketAddr>> = known.into_iter().map(Some).collect();
+        if seed.is_none_or(|s| !candidates.contains(&Some(s))) {
+            candidates.push(None);
+        }
         let mut last = Failure::Protocol("no cluster node answered");
-        for node in std::iter::once(None).chain(known.into_iter().map(Some)) {
-            match self.run_on(node, false, &fetch, dl) {
+        for (i, &node) in candidates.iter().enumerate() {
+            // All but the last get half the time left: a hung node leaves time to ask the
+            // next one (the op itself needs some too).
+            let Ok(left) = dl.left() else {
+                last = Failure::Timeout;
+                break;
+            };
+            let share = if i + 1 < candidates.len() {
+                left / 2
+            } else {
+                left
+            };
+            match self.run_on(node, false, &fetch, Deadline::after(share)) {
                 Ok((map, link)) => {
                     let mut st = self.lock();
                     let found = map.node(slot);
@@ -1091,11 +1119,14 @@ impl Shared {
                     }
                     return found.ok_or(Failure::Protocol("slot not served"));
                 }
-                Err(Failure::Timeout) => return Err(Failure::Timeout),
                 Err(f) => last = f,
             }
         }
-        Err(last)
+        // No node gave a map: the old one may still be right (a MOVED corrects it).
+        match old {
+            Some(node) if dl.left().is_ok() => Ok(node),
+            _ => Err(last),
+        }
     }
 
     /// Resolve (if the URL names a host, and no node is given), connect, log in and run `op`,

@@ -358,3 +358,57 @@ fn a_swap_done_before_the_connection_broke_is_not_retried_into_a_refusal() {
     // A never-used ticket: its one use cannot be confirmed, but it is no replay.
     assert_eq!(r.take_local(&c, &[5; 32], t + 300, t), Taken::Unconfirmed);
 }
+
+#[test]
+fn a_hung_seed_does_not_stop_the_cluster_when_a_known_node_answers() {
+    use std::sync::atomic::AtomicBool;
+    // Node B serves all slots (and says so); its first GET fails (a hiccup), which makes the
+    // slot map stale. Then the seed A hangs: the map is refetched from B, which it named.
+    let b_port = Arc::new(AtomicUsize::new(0));
+    let slots = |p: &AtomicUsize| {
+        let p = p.load(Relaxed);
+        Act::Reply(
+            format!("*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:{p}\r\n").into_bytes(),
+            Duration::ZERO,
+        )
+    };
+    let (bp, hiccup) = (Arc::clone(&b_port), Arc::new(AtomicBool::new(true)));
+    let b = fake(Arc::new(move |args: &[Vec<u8>]| {
+        if is(args, "INFO") {
+            return info();
+        }
+        if is(args, "CLUSTER") {
+            return slots(&bp);
+        }
+        if hiccup.swap(false, Relaxed) {
+            return Act::Reply(b"-ERR transient\r\n".to_vec(), Duration::ZERO);
+        }
+        Act::Reply(b"$-1\r\n".to_vec(), Duration::ZERO)
+    }));
+    b_port.store(usize::from(b), Relaxed);
+    let hung = Arc::new(AtomicBool::new(false));
+    let (ap, h) = (Arc::clone(&b_port), Arc::clone(&hung));
+    let a = fake(Arc::new(move |args: &[Vec<u8>]| {
+        if h.load(Relaxed) {
+            return Act::Silent;
+        }
+        if is(args, "INFO") {
+            return info();
+        }
+        slots(&ap)
+    }));
+    let c = counters();
+    let r = Remote::new(config(a, Duration::from_millis(300), Duration::ZERO, true)).unwrap();
+    let t = now();
+    assert!(
+        matches!(r.fetch(&c, &[9; 32], false, t), Fetched::Unavailable),
+        "the hiccup"
+    );
+    hung.store(true, Relaxed);
+    let got = r.fetch(&c, &[9; 32], false, t);
+    assert!(
+        matches!(got, Fetched::Miss),
+        "answered by B: {:?}",
+        c.load()
+    );
+}
