@@ -1145,7 +1145,14 @@ impl Shared {
         let mut conn = match &self.tls {
             None => Conn::new(Box::new(tcp), REPLY_CAP),
             Some(ctx) => {
-                let tls = TlsStream::connect(ctx, tcp, &self.target.host, dl)?;
+                // A cluster node (or a redirection's target) is checked against the IP
+                // address it was announced with, not the seed's name: a certificate valid
+                // for the seed must not pass for whatever address a map names.
+                let name = match node {
+                    Some(a) => a.ip().to_string(),
+                    None => self.target.host.clone(),
+                };
+                let tls = TlsStream::connect(ctx, tcp, &name, dl)?;
                 Conn::new(Box::new(tls), REPLY_CAP)
             }
         };
