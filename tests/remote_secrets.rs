@@ -42,6 +42,15 @@ fn copies_of(pat: &[u8]) -> Vec<u64> {
     found
 }
 
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn the_url_password_is_wiped() {
     let port = TcpListener::bind("127.0.0.1:0")
@@ -49,7 +58,7 @@ fn the_url_password_is_wiped() {
         .local_addr()
         .unwrap()
         .port();
-    let mut redis = Command::new("redis-server")
+    let redis = Command::new("redis-server")
         .args([
             "--bind",
             "127.0.0.1",
@@ -61,6 +70,8 @@ fn the_url_password_is_wiped() {
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server not found: run `make test-deps`");
+    // Stopped however the test ends (a failed assert too).
+    let _redis = KillOnDrop(redis);
     let start = Instant::now();
     let mut admin = loop {
         if let Ok(c) = TcpStream::connect(("127.0.0.1", port)) {
@@ -74,7 +85,9 @@ fn the_url_password_is_wiped() {
     };
     // A password made at run time (no literal copy in the binary), written to Redis from a
     // buffer wiped at once.
-    let pat: Vec<u8> = (0..40u32).map(|i| b'a' + ((i * 7 + 3) % 26) as u8).collect();
+    let pat: Vec<u8> = (0..40u32)
+        .map(|i| b'a' + ((i * 7 + 3) % 26) as u8)
+        .collect();
     let mut cmd = Vec::with_capacity(128);
     cmd.extend_from_slice(b"*4\r\n$6\r\nCONFIG\r\n$3\r\nSET\r\n$11\r\nrequirepass\r\n$40\r\n");
     cmd.extend_from_slice(&pat);
@@ -107,8 +120,6 @@ fn the_url_password_is_wiped() {
     }
     // Its last 24 bytes: a freed copy may have its first 16 overwritten by the allocator.
     let found = copies_of(&pat[16..]);
-    let _ = redis.kill();
-    let _ = redis.wait();
     assert!(
         found.is_empty(),
         "{} copies of the password left at {found:x?}",
