@@ -288,6 +288,10 @@ typedef int (*shmsess_entry_fn)(const uint8_t *id,
 // Called with each library message: its level (1 error .. 4 debug), the message (valid during
 // the call), and the `userdata` given at registration. May be called from any thread that
 // uses the cache, including inside OpenSSL callbacks; must not call back into this library.
+// With the Redis tier on, messages also come from the library's own writer thread (one per
+// process, started by the first remote write), so the callback must be thread-safe and must
+// not rely on thread-local state of the application's threads. It is never called with the
+// library's state locked: a slow callback holds only the thread that logs.
 typedef void (*shmsess_log_fn)(int level, const char *message, void *userdata);
 
 #ifdef __cplusplus
@@ -462,7 +466,8 @@ const char *shmsess_version(void);
 // Route the library's messages (lock recoveries, refused sessions, lock timeouts) to
 // `callback` with `userdata`, for levels up to `max_level` (1 error, 2 warning, 3 info,
 // 4 debug). NULL `callback` turns logging off (the default: nothing is printed). Messages
-// never contain session contents. Process-wide; safe to call at any time.
+// never contain session contents. Process-wide; safe to call at any time. Messages may come
+// from the library's Redis writer thread too (see `shmsess_log_fn`).
 enum shmsess_result shmsess_set_log_callback(shmsess_log_fn callback,
                                              void *userdata,
                                              int max_level);

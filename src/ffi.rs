@@ -283,6 +283,10 @@ pub struct shmsess_cache {
 /// Called with each library message: its level (1 error .. 4 debug), the message (valid during
 /// the call), and the `userdata` given at registration. May be called from any thread that
 /// uses the cache, including inside OpenSSL callbacks; must not call back into this library.
+/// With the Redis tier on, messages also come from the library's own writer thread (one per
+/// process, started by the first remote write), so the callback must be thread-safe and must
+/// not rely on thread-local state of the application's threads. It is never called with the
+/// library's state locked: a slow callback holds only the thread that logs.
 pub type shmsess_log_fn =
     Option<unsafe extern "C" fn(level: c_int, message: *const c_char, userdata: *mut c_void)>;
 
@@ -730,6 +734,8 @@ fn remote_from(o: &shmsess_options) -> Result<Option<Remote>, Fail> {
     let Some(url) = text(o.remote_url, "remote_url")? else {
         return Ok(None);
     };
+    // It may hold the Redis password: wiped on every path (Remote::new wipes what it takes).
+    let mut url = crate::remote::SecretText(url);
     let Some(key_file) = text(o.remote_key_file, "remote_key_file")? else {
         return Err(Fail(
             SHMSESS_ERR_INVALID_ARGUMENT,
@@ -750,7 +756,7 @@ fn remote_from(o: &shmsess_options) -> Result<Option<Remote>, Fail> {
     let ca_file = text(o.remote_ca_file, "remote_ca_file")?;
     let cluster = o.remote_cluster != 0;
     let remote = Remote::new(RemoteConfig {
-        url,
+        url: url.take(),
         ca_file,
         prefix,
         timeout: ms(o.remote_timeout_ms, crate::remote::DEFAULT_TIMEOUT),
@@ -1320,7 +1326,8 @@ pub extern "C" fn shmsess_version() -> *const c_char {
 /// Route the library's messages (lock recoveries, refused sessions, lock timeouts) to
 /// `callback` with `userdata`, for levels up to `max_level` (1 error, 2 warning, 3 info,
 /// 4 debug). NULL `callback` turns logging off (the default: nothing is printed). Messages
-/// never contain session contents. Process-wide; safe to call at any time.
+/// never contain session contents. Process-wide; safe to call at any time. Messages may come
+/// from the library's Redis writer thread too (see `shmsess_log_fn`).
 #[no_mangle]
 pub extern "C" fn shmsess_set_log_callback(
     callback: shmsess_log_fn,

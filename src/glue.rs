@@ -24,6 +24,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{MAX_ID_LEN, MAX_SESSION_BYTES};
 use crate::log::{self, Level};
 use crate::remote::{Fetched, Remote, Taken};
+use crate::resp::Deadline;
 
 /// Symbols libssl.so.3 exports that openssl-sys does not declare.
 mod extra {
@@ -380,7 +381,7 @@ fn fetch_session(h: &Handle, ssl: *mut SSL, id: &[u8]) -> Option<*mut SSL_SESSIO
             let sess = accept_session(h, ssl, id, der, (created, expires), take, take);
             crate::util::wipe(der);
             match (sess, remote_take) {
-                (Some(s), Some(r)) => consume_remotely(h, r, ssl, s, id, expires),
+                (Some(s), Some(r)) => consume_remotely(h, r, ssl, s, id, expires, None),
                 (sess, _) => sess,
             }
         }
@@ -388,7 +389,10 @@ fn fetch_session(h: &Handle, ssl: *mut SSL, id: &[u8]) -> Option<*mut SSL_SESSIO
             let now = crate::util::now_unix();
             // A TLS 1.3 ticket is read first and consumed only once its name is checked: a
             // consumed one could not be put back (stores never overwrite a tombstone).
-            let Fetched::Hit(mut o) = r.fetch(&h.cache.globals().remote, id, false, now) else {
+            // One deadline for the read and the consume: together they cost one remote timeout.
+            let dl = r.deadline();
+            let Fetched::Hit(mut o) = r.fetch_within(&h.cache.globals().remote, id, false, now, dl)
+            else {
                 return None;
             };
             if !take {
@@ -397,7 +401,7 @@ fn fetch_session(h: &Handle, ssl: *mut SSL, id: &[u8]) -> Option<*mut SSL_SESSIO
             }
             let sess = accept_session(h, ssl, id, &mut o.der, (o.created, o.expires), false, take)?;
             match remote_take {
-                Some(r) => consume_remotely(h, r, ssl, sess, id, o.expires),
+                Some(r) => consume_remotely(h, r, ssl, sess, id, o.expires, Some(dl)),
                 None => Some(sess),
             }
         }
@@ -407,7 +411,9 @@ fn fetch_session(h: &Handle, ssl: *mut SSL, id: &[u8]) -> Option<*mut SSL_SESSIO
 
 /// A TLS 1.3 ticket about to resume on this host may have been resumed on another already: it
 /// is consumed fleet-wide by swapping its remote copy for a tombstone, and refused if the
-/// tombstone was there already (see `remote::Taken`).
+/// tombstone was there already (see `remote::Taken`). `fetched`: the ticket was read from
+/// Redis (not this host's memory) with this deadline; it is then refused unless consumed for
+/// sure, since every host could read it again.
 fn consume_remotely(
     h: &Handle,
     r: &Remote,
@@ -415,9 +421,19 @@ fn consume_remotely(
     sess: *mut SSL_SESSION,
     id: &[u8],
     expires: u32,
+    fetched: Option<Deadline>,
 ) -> Option<*mut SSL_SESSION> {
     let now = crate::util::now_unix();
-    match r.take_local(&h.cache.globals().remote, id, expires, now) {
+    let dl = fetched.unwrap_or_else(|| r.deadline());
+    match r.take_within(&h.cache.globals().remote, id, expires, now, dl) {
+        // Not consumed in Redis (counted as unconfirmed by take_within): another host could
+        // read and resume the same ticket again, and again.
+        Taken::Unconfirmed if fetched.is_some() => {
+            crate::tls::parked::discard(ssl);
+            // SAFETY: we own the session d2i made.
+            unsafe { ossl::SSL_SESSION_free(sess) };
+            None
+        }
         Taken::UsedElsewhere => {
             h.cache
                 .globals()

@@ -9,7 +9,8 @@
 //!   period, then tries again by itself;
 //! - a failure is never an error for the handshake: it is a miss (or, for a store, nothing);
 //! - connections belong to the process that made them (created lazily, after fork; a child
-//!   drops what it inherited) and to one operation at a time (a small idle pool per process);
+//!   never touches what it inherited, not even its lock) and to one operation at a time (a
+//!   small idle pool per process);
 //! - a connection that saw any error is dropped: after a timeout its late reply would
 //!   otherwise be read as the answer to the next command.
 //! - writes (new sessions, removals) never run on the handshake or in OpenSSL's callbacks:
@@ -20,7 +21,9 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicPtr, AtomicU32, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
+};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -47,6 +50,7 @@ const MAX_IDLE: usize = 8;
 
 pub struct RemoteConfig {
     /// `redis[s]://[user:password@]host:port/db` (AUTH and SELECT are done on connect).
+    /// [`Remote::new`] wipes it once parsed.
     pub url: String,
     /// For `rediss://`: PEM file of the CA(s) Redis's certificate must chain to (`None`: the
     /// system's CA store).
@@ -104,7 +108,6 @@ impl Breaker {
 }
 
 struct ProcessState {
-    pid: u32,
     /// Idle connections of this process, each done with its last operation.
     idle: Vec<Link>,
     breaker: Breaker,
@@ -317,9 +320,55 @@ struct Shared {
     compat: Compat,
     cluster: bool,
     keys: Keyring,
+    backoff: Duration,
+    /// This process's [`PerProcess`] (never null; see [`Shared::here`]).
+    per_process: AtomicPtr<PerProcess>,
+}
+
+/// The state of one process. A child of fork() must never touch its parent's: the writer
+/// thread may have held the mutex at the fork, and the child's copy of it then stays locked
+/// forever (no thread exists there to unlock it). So the state sits behind a pointer tagged
+/// with its process id; a process that finds another pid there builds its own and leaves
+/// the inherited copy alone (leaked: its connections, queue and thread handle are the
+/// parent's, and may be half-way through a change).
+struct PerProcess {
+    pid: u32,
     state: Mutex<ProcessState>,
     /// Wakes the writer thread.
     wake: Condvar,
+}
+
+impl PerProcess {
+    fn new(pid: u32, backoff: Duration) -> PerProcess {
+        PerProcess {
+            pid,
+            state: Mutex::new(ProcessState {
+                idle: Vec::new(),
+                breaker: Breaker::new(backoff),
+                resolver: Resolver::default(),
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                in_flight: 0,
+                writer_waiting: false,
+                writer: None,
+                counters: None,
+                closing: false,
+                slots: None,
+            }),
+            wake: Condvar::new(),
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let p = *self.per_process.get_mut();
+        // SAFETY: never null; ours to free only if this process made it (an inherited one
+        // is left alone, see `PerProcess`).
+        if unsafe { (*p).pid } == std::process::id() {
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
 }
 
 pub struct Remote {
@@ -349,17 +398,22 @@ pub enum Taken {
     NeverStored,
     /// A tombstone: resumed (or removed) on some host already. Refuse it.
     UsedElsewhere,
-    /// Redis could not be asked: single use is only known for this host. Resume it without
-    /// early data, so a replay during a partition cannot be 0-RTT.
+    /// Redis could not be asked, or could not store the tombstone (down, slow, out of memory,
+    /// a read-only replica): single use is only known for this host. A ticket from this
+    /// host's own memory resumes without early data, so a replay during a partition cannot be
+    /// 0-RTT; a ticket read from Redis is refused (every host could read it again).
     Unconfirmed,
 }
 
 impl Remote {
     /// Parse the URL (nothing is connected yet: connections are made in the process that
     /// uses them, after fork).
-    pub fn new(cfg: RemoteConfig) -> Result<Remote> {
-        // The URL may hold a password: name the problem, not the URL.
-        let target = Target::parse(&cfg.url).map_err(|m| {
+    pub fn new(mut cfg: RemoteConfig) -> Result<Remote> {
+        // The URL may hold a password: name the problem, not the URL, and wipe it once
+        // parsed (the password lives on only in the target's `Secret`).
+        let parsed = Target::parse(&cfg.url);
+        wipe_string(&mut cfg.url);
+        let target = parsed.map_err(|m| {
             Error::new(
                 ErrorKind::Invalid,
                 format!("remote URL is not usable ({m}): expected {URL_FORM}"),
@@ -393,21 +447,11 @@ impl Remote {
                 compat: cfg.compat,
                 cluster: cfg.cluster,
                 keys: cfg.keys,
-                state: Mutex::new(ProcessState {
-                    pid: std::process::id(),
-                    idle: Vec::new(),
-                    breaker: Breaker::new(cfg.backoff),
-                    resolver: Resolver::default(),
-                    queue: VecDeque::new(),
-                    queued_bytes: 0,
-                    in_flight: 0,
-                    writer_waiting: false,
-                    writer: None,
-                    counters: None,
-                    closing: false,
-                    slots: None,
-                }),
-                wake: Condvar::new(),
+                backoff: cfg.backoff,
+                per_process: AtomicPtr::new(Box::into_raw(Box::new(PerProcess::new(
+                    std::process::id(),
+                    cfg.backoff,
+                )))),
             }),
         })
     }
@@ -494,8 +538,26 @@ impl Remote {
     /// Look a session up after a local miss. With `take` (TLS 1.3 single use) the value is
     /// swapped for a tombstone in the same step, so one host in the fleet gets it.
     pub fn fetch(&self, c: &RemoteCounters, id: &[u8], take: bool, now: u32) -> Fetched {
+        self.fetch_within(c, id, take, now, self.deadline())
+    }
+
+    /// A deadline one remote timeout from now, for several operations that must fit in one
+    /// timeout together (a cross-host TLS 1.3 resumption: read, then consume).
+    pub fn deadline(&self) -> Deadline {
+        Deadline::after(self.shared.timeout)
+    }
+
+    /// [`Remote::fetch`] finished by `dl`.
+    pub fn fetch_within(
+        &self,
+        c: &RemoteCounters,
+        id: &[u8],
+        take: bool,
+        now: u32,
+        dl: Deadline,
+    ) -> Fetched {
         let key = self.shared.key(id);
-        let got = self.shared.run(c, Some(&key), |conn, d, dl| {
+        let got = self.shared.run(c, Some(&key), dl, |conn, d, dl| {
             if take {
                 swap(conn, d, &key, None, dl)
             } else {
@@ -540,9 +602,22 @@ impl Remote {
     /// Consume, fleet-wide, a TLS 1.3 ticket this host found (and took) in its own memory:
     /// swap its key for a tombstone that lives until `expires`. See [`Taken`].
     pub fn take_local(&self, c: &RemoteCounters, id: &[u8], expires: u32, now: u32) -> Taken {
+        self.take_within(c, id, expires, now, self.deadline())
+    }
+
+    /// [`Remote::take_local`] finished by `dl`. Also consumes a ticket a [`Remote::fetch`]
+    /// read from Redis (once its server name is checked), within that fetch's deadline.
+    pub fn take_within(
+        &self,
+        c: &RemoteCounters,
+        id: &[u8],
+        expires: u32,
+        now: u32,
+        dl: Deadline,
+    ) -> Taken {
         let key = self.shared.key(id);
         let ttl = (u64::from(expires.saturating_sub(now)).max(1) * 1000).to_string();
-        let got = self.shared.run(c, Some(&key), |conn, d, dl| {
+        let got = self.shared.run(c, Some(&key), dl, |conn, d, dl| {
             swap(conn, d, &key, Some(ttl.as_bytes()), dl)
         });
         match got {
@@ -568,10 +643,32 @@ impl Drop for Remote {
             st.closing = true;
             st.writer.take()
         };
-        self.shared.wake.notify_all();
+        self.shared.here().wake.notify_all();
         if let Some(w) = writer {
             let _ = w.join();
         }
+    }
+}
+
+/// Overwrite a string that held a secret (zeros are valid UTF-8).
+pub fn wipe_string(s: &mut str) {
+    // SAFETY: only zero bytes are written, which keeps the string valid UTF-8.
+    crate::util::wipe(unsafe { s.as_bytes_mut() });
+}
+
+/// A string holding a secret (a URL with a password), wiped when dropped unless taken.
+pub struct SecretText(pub String);
+
+impl SecretText {
+    /// The string, for a consumer that wipes it (e.g. [`Remote::new`]).
+    pub fn take(&mut self) -> String {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl Drop for SecretText {
+    fn drop(&mut self) {
+        wipe_string(&mut self.0);
     }
 }
 
@@ -619,26 +716,31 @@ impl Shared {
         k
     }
 
-    fn lock(&self) -> MutexGuard<'_, ProcessState> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+    /// This process's state: the one made here, or a fresh one if the pointer still holds
+    /// the parent's (see [`PerProcess`]).
+    fn here(&self) -> &PerProcess {
         let pid = std::process::id();
-        if st.pid != pid {
-            // Forked: connections, failures, lookups, queued writes and the writer thread
-            // belong to the parent. Dropping the copies closes only this process's
-            // descriptors; the parent's thread does not exist here (its handle is forgotten,
-            // not joined or detached).
-            st.idle.clear();
-            st.pid = pid;
-            st.breaker = Breaker::new(st.breaker.backoff);
-            st.resolver = Resolver::default();
-            st.queue.clear();
-            st.queued_bytes = 0;
-            st.in_flight = 0;
-            st.writer_waiting = false;
-            st.slots = None;
-            std::mem::forget(st.writer.take());
+        loop {
+            let p = self.per_process.load(Acquire);
+            // SAFETY: never null, and freed only when `self` goes away.
+            if unsafe { (*p).pid } == pid {
+                return unsafe { &*p };
+            }
+            let fresh = Box::into_raw(Box::new(PerProcess::new(pid, self.backoff)));
+            if self
+                .per_process
+                .compare_exchange(p, fresh, AcqRel, Acquire)
+                .is_err()
+            {
+                // Another thread of this (forked) process was first.
+                // SAFETY: ours, never shared.
+                drop(unsafe { Box::from_raw(fresh) });
+            }
         }
-        st
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ProcessState> {
+        self.here().state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn enqueue(self: &Arc<Self>, c: &RemoteCounters, job: Job) {
@@ -678,7 +780,7 @@ impl Shared {
         let wake = st.writer_waiting;
         drop(st);
         if wake {
-            self.wake.notify_one();
+            self.here().wake.notify_one();
         }
     }
 
@@ -689,7 +791,7 @@ impl Shared {
                 let mut st = self.lock();
                 while st.queue.is_empty() && !st.closing {
                     st.writer_waiting = true;
-                    st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+                    st = self.here().wake.wait(st).unwrap_or_else(|p| p.into_inner());
                 }
                 st.writer_waiting = false;
                 if st.closing {
@@ -760,12 +862,22 @@ impl Shared {
         } else {
             vec![&ready[..]]
         };
-        for group in groups {
+        // One deadline for the whole batch, cluster or not: the owner's shmsess_cache_free
+        // waits for it (a deadline per job would be up to BATCH timeouts).
+        let dl = Deadline::after(self.timeout);
+        for (i, &group) in groups.iter().enumerate() {
             let key = match group.first() {
                 Some(Ready::Set(_, key)) | Some(Ready::Remove(key)) => key.clone(),
                 None => continue,
             };
-            let sent = self.run(c, Some(&key), |conn, d, dl| {
+            if self.lock().closing || dl.left().is_err() {
+                // Closing or out of time: the rest is dropped, counted (not a failure of
+                // Redis, so not for the breaker).
+                let rest: usize = groups[i..].iter().map(|g| g.len()).sum();
+                c.dropped.fetch_add(rest as u64, Relaxed);
+                break;
+            }
+            let sent = self.run(c, Some(&key), dl, |conn, d, dl| {
                 let mut out = Vec::new();
                 for r in group {
                     match (r, d) {
@@ -797,7 +909,7 @@ impl Shared {
         }
     }
 
-    /// Run one operation on a connection of this process, under one deadline and the
+    /// Run one operation on a connection of this process, finished by `dl`, under the
     /// breaker. `None` if it was skipped or failed (counted either way). A pooled connection
     /// the server closed (restarted Redis, idle timeout) is replaced once, within the same
     /// deadline.
@@ -805,9 +917,9 @@ impl Shared {
         &self,
         c: &RemoteCounters,
         key: Option<&[u8]>,
+        dl: Deadline,
         op: impl Fn(&mut Conn, Dialect, Deadline) -> FResult<T>,
     ) -> Option<T> {
-        let dl = Deadline::after(self.timeout);
         {
             let st = self.lock();
             if !st.breaker.allows(Instant::now()) {
@@ -819,40 +931,53 @@ impl Shared {
             (true, Some(key)) => self.run_in_cluster(key, &op, dl),
             _ => self.run_on(None, false, &op, dl),
         };
-        let mut st = self.lock();
-        match result {
-            Ok((v, link)) => {
-                if st.idle.len() < MAX_IDLE {
-                    st.idle.push(link);
+        // The log message is made under the lock and emitted after it: the application's
+        // callback may be slow, and must not hold other threads out of the tier.
+        let (v, message) = {
+            let mut st = self.lock();
+            match result {
+                Ok((v, link)) => {
+                    if st.idle.len() < MAX_IDLE {
+                        st.idle.push(link);
+                    }
+                    let recovered = st.breaker.success();
+                    (
+                        Some(v),
+                        recovered.then(|| (Level::Info, "remote tier: working again".to_owned())),
+                    )
                 }
-                if st.breaker.success() {
-                    log::emit(Level::Info, "remote tier: working again");
+                Err(f) => {
+                    if f == Failure::Timeout {
+                        c.timeouts.fetch_add(1, Relaxed);
+                    } else {
+                        c.errors.fetch_add(1, Relaxed);
+                    }
+                    let tripped = st.breaker.failure(Instant::now());
+                    let backoff = st.breaker.backoff.as_millis();
+                    (
+                        None,
+                        tripped.then(|| {
+                            (
+                                Level::Warning,
+                                format!(
+                                    "remote tier: {} failures in a row (last: {f}); skipping it for {backoff} ms",
+                                    Breaker::TRIP_AFTER
+                                ),
+                            )
+                        }),
+                    )
                 }
-                Some(v)
             }
-            Err(f) => {
-                if f == Failure::Timeout {
-                    c.timeouts.fetch_add(1, Relaxed);
-                } else {
-                    c.errors.fetch_add(1, Relaxed);
-                }
-                if st.breaker.failure(Instant::now()) {
-                    log::emit(
-                        Level::Warning,
-                        &format!(
-                            "remote tier: {} failures in a row (last: {f}); skipping it for {} ms",
-                            Breaker::TRIP_AFTER,
-                            st.breaker.backoff.as_millis()
-                        ),
-                    );
-                }
-                None
-            }
+        };
+        if let Some((level, m)) = message {
+            log::emit(level, &m);
         }
+        v
     }
 
     /// Run `op` on a pooled connection to `node` (any, for `None`: the URL's server), or a
-    /// new one; a pooled connection the server closed is replaced once. `asking`: send ASKING
+    /// new one; a pooled connection the server closed is replaced (before use if that shows,
+    /// else once after a failure that wrote nothing). `asking`: send ASKING
     /// first (a cluster slot being migrated).
     fn run_on<T>(
         &self,
@@ -876,12 +1001,22 @@ impl Shared {
             i.map(|i| st.idle.swap_remove(i))
         };
         match pooled {
-            Some(mut link) => match op(&mut link.conn, link.dialect, dl) {
-                Ok(v) => Ok((v, link)),
-                Err(f) if f.is_stale_connection() => self.connect_and_run(node, &op, dl),
-                Err(f) => Err(f),
-            },
-            None => self.connect_and_run(node, &op, dl),
+            Some(mut link) if link.conn.idle_and_open() => {
+                let before = link.conn.written();
+                match op(&mut link.conn, link.dialect, dl) {
+                    Ok(v) => Ok((v, link)),
+                    // Retried only if nothing of it was written: a command that reached
+                    // the server may have been done (a swap done twice would find its own
+                    // tombstone and refuse a ticket used once).
+                    Err(f) if f.is_stale_connection() && link.conn.written() == before => {
+                        self.connect_and_run(node, &op, dl)
+                    }
+                    Err(f) => Err(f),
+                }
+            }
+            // Closed by the server while idle (a restart, an idle timeout), or holding bytes
+            // nobody asked for: replaced before anything is sent on it.
+            Some(_) | None => self.connect_and_run(node, &op, dl),
         }
     }
 
@@ -920,33 +1055,61 @@ impl Shared {
         Err(Failure::Protocol("too many cluster redirections"))
     }
 
-    /// The master serving `slot`, from the slot map (fetched from the seed, or any node
-    /// already known, when missing or stale).
+    /// The master serving `slot`, from the slot map (fetched when missing or stale: from the
+    /// nodes the old map named, then the seed, so a seed that is down or hung is no single
+    /// point of failure once a map was had).
     fn node_for(&self, slot: u16, dl: Deadline) -> FResult<SocketAddr> {
-        let known = {
+        let (known, old) = {
             let st = self.lock();
             match &st.slots {
                 Some(m) if m.usable() => {
                     return m.node(slot).ok_or(Failure::Protocol("slot not served"))
                 }
-                Some(m) => m.ranges.iter().map(|r| r.2).collect::<Vec<_>>(),
-                None => Vec::new(),
+                Some(m) => {
+                    let mut nodes: Vec<SocketAddr> = Vec::new();
+                    for r in &m.ranges {
+                        if !nodes.contains(&r.2) {
+                            nodes.push(r.2);
+                        }
+                    }
+                    (nodes, m.node(slot))
+                }
+                None => (Vec::new(), None),
             }
         };
         let fetch = |conn: &mut Conn, _: Dialect, dl: Deadline| {
-            conn.set_cap(SLOTS_CAP);
+            conn.set_limits(SLOTS_CAP, SLOTS_MAX_RANGES);
             let r = conn.call(&[b"CLUSTER", b"SLOTS"], dl);
-            conn.set_cap(REPLY_CAP);
+            conn.set_limits(REPLY_CAP, resp::MAX_ARRAY);
             let seed = conn
                 .peer()
                 .map(|a| a.ip())
                 .ok_or(Failure::Protocol("no peer address"))?;
             SlotMap::parse(r?, seed)
         };
-        // The seed first, then the nodes the old map named (the seed may be the one down).
+        // The seed (`None`) last, unless it is one of the known nodes anyway.
+        let seed = self
+            .target
+            .ip()
+            .map(|ip| SocketAddr::new(ip, self.target.port));
+        let mut candidates: Vec<Option<SocketAddr>> = known.into_iter().map(Some).collect();
+        if seed.is_none_or(|s| !candidates.contains(&Some(s))) {
+            candidates.push(None);
+        }
         let mut last = Failure::Protocol("no cluster node answered");
-        for node in std::iter::once(None).chain(known.into_iter().map(Some)) {
-            match self.run_on(node, false, &fetch, dl) {
+        for (i, &node) in candidates.iter().enumerate() {
+            // All but the last get half the time left: a hung node leaves time to ask the
+            // next one (the op itself needs some too).
+            let Ok(left) = dl.left() else {
+                last = Failure::Timeout;
+                break;
+            };
+            let share = if i + 1 < candidates.len() {
+                left / 2
+            } else {
+                left
+            };
+            match self.run_on(node, false, &fetch, Deadline::after(share)) {
                 Ok((map, link)) => {
                     let mut st = self.lock();
                     let found = map.node(slot);
@@ -956,11 +1119,14 @@ impl Shared {
                     }
                     return found.ok_or(Failure::Protocol("slot not served"));
                 }
-                Err(Failure::Timeout) => return Err(Failure::Timeout),
                 Err(f) => last = f,
             }
         }
-        Err(last)
+        // No node gave a map: the old one may still be right (a MOVED corrects it).
+        match old {
+            Some(node) if dl.left().is_ok() => Ok(node),
+            _ => Err(last),
+        }
     }
 
     /// Resolve (if the URL names a host, and no node is given), connect, log in and run `op`,
@@ -979,7 +1145,14 @@ impl Shared {
         let mut conn = match &self.tls {
             None => Conn::new(Box::new(tcp), REPLY_CAP),
             Some(ctx) => {
-                let tls = TlsStream::connect(ctx, tcp, &self.target.host, dl)?;
+                // A cluster node (or a redirection's target) is checked against the IP
+                // address it was announced with, not the seed's name: a certificate valid
+                // for the seed must not pass for whatever address a map names.
+                let name = match node {
+                    Some(a) => a.ip().to_string(),
+                    None => self.target.host.clone(),
+                };
+                let tls = TlsStream::connect(ctx, tcp, &name, dl)?;
                 Conn::new(Box::new(tls), REPLY_CAP)
             }
         };
@@ -1049,8 +1222,11 @@ impl Shared {
     }
 }
 
-/// Largest CLUSTER SLOTS reply read (about 150 bytes per slot range).
-const SLOTS_CAP: usize = 256 * 1024;
+/// Most ranges in a CLUSTER SLOTS reply: one per slot at the very most.
+const SLOTS_MAX_RANGES: usize = 16384;
+/// Largest CLUSTER SLOTS reply read: up to [`SLOTS_MAX_RANGES`] ranges of about 150 bytes
+/// (a master and a replica with their ids), with room to spare.
+const SLOTS_CAP: usize = 4 << 20;
 
 /// First version with `SET ... GET` (and GETDEL).
 const NATIVE_SINCE: Version = Version(6, 2, 0);

@@ -142,23 +142,40 @@ fn redirection(e: &[u8]) -> Option<Failure> {
 
 /// Longest line (status, error, integer, length header) accepted.
 const MAX_LINE: usize = 512;
-/// Most elements in an array reply (a few, or one per slot range for CLUSTER SLOTS).
-const MAX_ARRAY: i64 = 1024;
+/// Most elements in an array reply (a few, or a node's fields in CLUSTER SLOTS). CLUSTER
+/// SLOTS itself has one element per slot range: see [`Conn::set_limits`].
+pub const MAX_ARRAY: usize = 1024;
 /// Deepest array nesting accepted.
 const MAX_DEPTH: usize = 4;
 
 /// Parse one reply from the start of `buf`. `Ok(None)`: incomplete, read more. `cap` bounds
 /// every bulk string.
 pub fn parse(buf: &[u8], cap: usize) -> Result<Option<(Reply, usize)>, Failure> {
-    parse_at(buf, 0, cap, 0)
+    parse_at(
+        buf,
+        0,
+        Limits {
+            cap,
+            max_array: MAX_ARRAY,
+        },
+        0,
+    )
+}
+
+/// Bounds on one reply: its bulk strings and its arrays.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    cap: usize,
+    max_array: usize,
 }
 
 fn parse_at(
     buf: &[u8],
     at: usize,
-    cap: usize,
+    lim: Limits,
     depth: usize,
 ) -> Result<Option<(Reply, usize)>, Failure> {
+    let cap = lim.cap;
     let Some((line, next)) = line_at(buf, at)? else {
         return Ok(None);
     };
@@ -195,13 +212,14 @@ fn parse_at(
             if n < 0 {
                 return Ok(Some((Reply::Array(None), next)));
             }
-            if n > MAX_ARRAY || depth >= MAX_DEPTH {
+            if n as u64 > lim.max_array as u64 || depth >= MAX_DEPTH {
                 return Err(Failure::Protocol("array too large or too deep"));
             }
-            let mut items = Vec::with_capacity(n as usize);
+            // Each element takes 3 bytes at least: never reserve more than the buffer holds.
+            let mut items = Vec::with_capacity((n as usize).min((buf.len() - next) / 3));
             let mut pos = next;
             for _ in 0..n {
-                let Some((item, p)) = parse_at(buf, pos, cap, depth + 1)? else {
+                let Some((item, p)) = parse_at(buf, pos, lim, depth + 1)? else {
                     return Ok(None);
                 };
                 items.push(item);
@@ -211,6 +229,80 @@ fn parse_at(
         }
         _ => return Err(Failure::Protocol("unknown reply type")),
     }))
+}
+
+/// How far the bytes of a reply being received have been checked: [`scan`] goes over each
+/// byte once, and the reply is parsed once, when the scan finds its end (re-parsing a large
+/// burst for every byte that dribbles in after it would keep the reader busy past its
+/// deadline).
+#[derive(Debug, Default)]
+struct Scan {
+    /// Bytes checked: whole elements of the reply being received.
+    pos: usize,
+    /// Elements each open array still expects, innermost last.
+    open: Vec<u64>,
+}
+
+/// Advance `s` over the complete elements in `buf`; `Some(end)` once a whole reply is there.
+/// Refuses what [`parse_at`] refuses, as early as it shows.
+fn scan(buf: &[u8], s: &mut Scan, lim: Limits) -> Result<Option<usize>, Failure> {
+    loop {
+        let Some((line, next)) = line_at(buf, s.pos)? else {
+            return Ok(None);
+        };
+        let (&kind, body) = line.split_first().ok_or(Failure::Protocol("empty line"))?;
+        let int = || -> Result<i64, Failure> {
+            std::str::from_utf8(body)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+                .ok_or(Failure::Protocol("bad integer"))
+        };
+        let opened = match kind {
+            b'+' | b'-' => None,
+            b':' => int().map(|_| None)?,
+            b'$' => {
+                let n = int()?;
+                if n >= 0 {
+                    if n as u64 > lim.cap as u64 {
+                        return Err(Failure::TooLarge(n as u64));
+                    }
+                    if buf.len() < next + n as usize + 2 {
+                        return Ok(None);
+                    }
+                    s.pos = next + n as usize + 2;
+                }
+                None
+            }
+            b'*' => {
+                let n = int()?;
+                if n >= 0 && (n as u64 > lim.max_array as u64 || s.open.len() >= MAX_DEPTH) {
+                    return Err(Failure::Protocol("array too large or too deep"));
+                }
+                (n > 0).then_some(n as u64)
+            }
+            _ => return Err(Failure::Protocol("unknown reply type")),
+        };
+        if kind != b'$' || s.pos < next {
+            s.pos = next;
+        }
+        if let Some(n) = opened {
+            s.open.push(n);
+            continue;
+        }
+        // One element complete: close the arrays it completes.
+        loop {
+            match s.open.last_mut() {
+                None => return Ok(Some(s.pos)),
+                Some(left) => {
+                    *left -= 1;
+                    if *left > 0 {
+                        break;
+                    }
+                    s.open.pop();
+                }
+            }
+        }
+    }
 }
 
 /// The line starting at `at` (without CRLF) and where the next one starts.
@@ -547,7 +639,11 @@ pub fn tcp_connect(addrs: &[SocketAddr], dl: Deadline) -> Result<TcpStream, Fail
 pub struct Conn {
     io: Box<dyn Transport + Send>,
     buf: Vec<u8>,
-    cap: usize,
+    lim: Limits,
+    /// How much of `buf` is known to be part of the next reply, complete elements only.
+    scan: Scan,
+    /// Bytes written so far: whether a failed operation may have reached the server.
+    written: u64,
 }
 
 /// Bytes read per `read()` call.
@@ -560,13 +656,44 @@ impl Conn {
         Conn {
             io,
             buf: Vec::new(),
-            cap,
+            lim: Limits {
+                cap,
+                max_array: MAX_ARRAY,
+            },
+            scan: Scan::default(),
+            written: 0,
         }
     }
 
-    /// Change the reply cap (CLUSTER SLOTS is larger than any session).
-    pub fn set_cap(&mut self, cap: usize) {
-        self.cap = cap;
+    /// Bytes written on this connection so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Whether an idle connection can take a command: nothing is waiting to be read (no
+    /// late reply, no close from the server: FIN, RST or a TLS alert). A connection the
+    /// server closed while idle is found here, before any command is written to it.
+    pub fn idle_and_open(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut b = [0u8; 1];
+        // SAFETY: a valid descriptor of ours and a 1-byte buffer; MSG_PEEK leaves the data.
+        let n = unsafe {
+            libc::recv(
+                self.io.fd(),
+                b.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    }
+
+    /// Change the reply cap and the most elements an array may have (CLUSTER SLOTS is larger
+    /// than any session, and has an element per slot range).
+    pub fn set_limits(&mut self, cap: usize, max_array: usize) {
+        self.lim = Limits { cap, max_array };
     }
 
     /// The peer's address.
@@ -575,7 +702,7 @@ impl Conn {
     }
 
     fn limit(&self) -> usize {
-        self.cap + 4 * MAX_LINE
+        self.lim.cap + 4 * MAX_LINE
     }
 
     pub fn send(&mut self, data: &[u8], dl: Deadline) -> Result<(), Failure> {
@@ -583,7 +710,10 @@ impl Conn {
         while off < data.len() {
             match self.io.write_nb(&data[off..]) {
                 Ok(0) => return Err(Failure::Io(io::ErrorKind::WriteZero)),
-                Ok(n) => off += n,
+                Ok(n) => {
+                    off += n;
+                    self.written += n as u64;
+                }
                 Err(Ok(w)) => wait(self.io.fd(), w, dl)?,
                 Err(Err(f)) => return Err(f),
             }
@@ -594,10 +724,16 @@ impl Conn {
     /// Read one reply (error replies included: see [`Reply::into_result`]).
     pub fn recv(&mut self, dl: Deadline) -> Result<Reply, Failure> {
         loop {
-            if let Some((reply, used)) = parse(&self.buf, self.cap)? {
+            if let Some(end) = scan(&self.buf, &mut self.scan, self.lim)? {
+                self.scan = Scan::default();
+                let (reply, used) = parse_at(&self.buf[..end], 0, self.lim, 0)?
+                    .ok_or(Failure::Protocol("reply shorter than scanned"))?;
                 self.buf.drain(..used);
                 return Ok(reply);
             }
+            // Checked on every pass, not only when a read would block: a server that keeps
+            // bytes coming is cut at the deadline too.
+            dl.left()?;
             let room = self.limit().saturating_sub(self.buf.len());
             if room == 0 {
                 return Err(Failure::TooLarge(self.buf.len() as u64));
@@ -621,11 +757,20 @@ impl Conn {
 
     /// Send commands in one write and read one reply per command, in order.
     pub fn pipeline(&mut self, cmds: &[&[&[u8]]], dl: Deadline) -> Result<Vec<Reply>, Failure> {
-        let mut out = Vec::new();
+        // It carries AUTH (login): sized once, so no reallocation leaves a copy behind, and
+        // wiped after sending.
+        let size: usize = cmds
+            .iter()
+            .flat_map(|c| c.iter())
+            .map(|a| a.len() + 32)
+            .sum();
+        let mut out = Vec::with_capacity(size + 32 * cmds.len());
         for c in cmds {
             encode(&mut out, c);
         }
-        self.send(&out, dl)?;
+        let sent = self.send(&out, dl);
+        crate::util::wipe(&mut out);
+        sent?;
         cmds.iter().map(|_| self.recv(dl)).collect()
     }
 
@@ -699,6 +844,40 @@ impl std::fmt::Display for Version {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scan_finds_each_reply_end_once_as_bytes_arrive() {
+        let all: &[u8] = b"+OK\r\n:42\r\n$3\r\nabc\r\n$-1\r\n*0\r\n*-1\r\n\
+            *2\r\n*2\r\n:1\r\n$1\r\nx\r\n:7\r\n-ERR nope\r\n";
+        let lim = Limits {
+            cap: 100,
+            max_array: MAX_ARRAY,
+        };
+        let mut pos = 0;
+        while pos < all.len() {
+            let (_, used) = parse(&all[pos..], 100).unwrap().unwrap();
+            // Fed one byte more each time, with its state kept: the end shows exactly when
+            // the last byte arrives.
+            let mut st = Scan::default();
+            for cut in pos + 1..=pos + used {
+                let end = scan(&all[pos..cut], &mut st, lim).unwrap();
+                let want = (cut == pos + used).then_some(used);
+                assert_eq!(end, want, "reply at {pos}, {} bytes in", cut - pos);
+            }
+            pos += used;
+        }
+        let mut st = Scan::default();
+        assert!(scan(b"*1025\r\n", &mut st, lim).is_err());
+        let wide = Limits {
+            cap: 100,
+            max_array: 16384,
+        };
+        assert_eq!(
+            scan(b"*1025\r\n", &mut Scan::default(), wide).unwrap(),
+            None
+        );
+        assert!(scan(b"$101\r\n", &mut Scan::default(), lim).is_err());
+    }
 
     #[test]
     fn replies_parse_incrementally_and_exactly() {

@@ -230,3 +230,53 @@ fn queued_writes_never_wait_for_redis_and_the_queue_is_bounded() {
     drop(r);
     drop(silent);
 }
+
+/// Fork, in the child fetch one id within `bound`; true if the child finished by itself.
+fn child_fetches_within(r: &Remote, c: &RemoteCounters, bound: Duration) -> bool {
+    // SAFETY: the child only uses the tier and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // Backstop: a hung child must not outlive the test.
+        unsafe { libc::alarm(10) };
+        let ok = !matches!(r.fetch(c, &[1; 32], false, now()), Fetched::Unavailable);
+        unsafe { libc::_exit(if ok { 0 } else { 2 }) };
+    }
+    let start = Instant::now();
+    let mut status = 0;
+    loop {
+        let w = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if w == pid {
+            return libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+        }
+        if start.elapsed() > bound {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_child_forked_while_the_writer_is_busy_uses_the_tier() {
+    // Prefork servers fork at any moment: the writer thread may hold the process state's
+    // lock just then. The child must not inherit it locked.
+    let srv = RedisServer::start(free_port());
+    let c = counters();
+    let r = remote(srv.port, Compat::Detect, 2000);
+    let t = now();
+    let mut stuck = 0;
+    for i in 0..300u32 {
+        for j in 0..20u32 {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&(i * 100 + j).to_le_bytes());
+            r.store(&c, &id, b"der", t, t + 300, t);
+        }
+        if !child_fetches_within(&r, &c, Duration::from_secs(3)) {
+            stuck += 1;
+        }
+    }
+    assert_eq!(stuck, 0, "children that could not fetch within 3 s, of 300");
+    assert!(r.flush(Duration::from_secs(5)));
+}

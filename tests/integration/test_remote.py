@@ -227,6 +227,25 @@ def never_stored(args, tmp, redis):
           uses == [True, False, False], f"{uses}, replays refused {a['remote_replays_refused']}")
 
 
+def full_redis(args, tmp, redis):
+    """Redis out of memory (maxmemory reached, noeviction): a TLS 1.3 ticket can still be read
+    from it but not swapped for a tombstone. Read from Redis on another host, it is refused,
+    since every host could read and resume it again."""
+    with Fleet(args, tmp, redis) as fl:
+        ctx13 = client_context(TLS13, no_ticket=True)
+        _, _, t = fl.request("A", ctx13)
+        redis.cli("CONFIG", "SET", "maxmemory", "1")
+        try:
+            uses = [one_request(fl.port("B"), ctx13, t)[0] for _ in range(3)]
+        finally:
+            redis.cli("CONFIG", "SET", "maxmemory", "0")
+        b = fl.stats("B")
+    check("Redis out of memory: a ticket read from it but not consumed there is refused, every time",
+          uses == [False, False, False], f"uses on B {uses}, unconfirmed {b['remote_unconfirmed']}")
+    check("Redis out of memory: the refusals are counted as unconfirmed", b["remote_unconfirmed"] >= 1,
+          f"unconfirmed {b['remote_unconfirmed']}")
+
+
 def restart(args, tmp, redis):
     """Redis restarted (data lost) under pooled connections."""
     with Fleet(args, tmp, redis) as fl:
@@ -315,6 +334,7 @@ def main():
             tampering(args, tmp, redis)
             key_rotation(args, tmp, redis)
             never_stored(args, tmp, redis)
+            full_redis(args, tmp, redis)
             restart(args, tmp, redis)
             outage(args, tmp, redis)
     finally:

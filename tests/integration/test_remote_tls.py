@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"
 from checks import check, finish  # noqa: E402
 from prefork_harness import Server, client_context, one_request  # noqa: E402
 from redis_harness import Redis, make_ca, request_settled, seg_stats, server_cert, wait_writes  # noqa: E402
+from prefork_harness import free_port  # noqa: E402
 
 TIMEOUT_MS = 50
 # Each handshake here makes at most two remote operations (lookup and store); a wide margin.
@@ -141,6 +142,46 @@ def hung(args, tmp, redis, ca):
           f"dropped {st['remote_dropped']}")
 
 
+def tls_cluster(args, tmp, ca, seed_cert, seed_key):
+    """A Redis Cluster over TLS reached through a seed named `localhost`: each node's
+    certificate is checked against the IP address it announces (the other nodes' certificates
+    name only 127.0.0.1, not the seed's name)."""
+    conf = ("cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 1000\n"
+            "cluster-require-full-coverage no\ntls-cluster yes\n")
+    certs = [(seed_cert, seed_key)] + [server_cert(tmp, f"node{i}", ca, hosts=("127.0.0.1",)) for i in (1, 2)]
+    nodes = [Redis(tls=(ca, c, k), extra=conf + f"cluster-port {free_port()}\n") for c, k in certs]
+    try:
+        for n in nodes:
+            n.start()
+        subprocess.run(["redis-cli", "--tls", "--cacert", ca, "--cluster", "create",
+                        *[f"127.0.0.1:{n.port}" for n in nodes], "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 15
+        while not all("cluster_state:ok" in n.cli("CLUSTER", "INFO") for n in nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the TLS cluster did not reach cluster_state:ok")
+            time.sleep(0.05)
+        url = nodes[0].url_for("localhost")
+        extra = ["--remote-key", os.path.join(tmp, "key"), "--remote-ca", ca, "--remote-cluster",
+                 "--remote-timeout-ms", "500", "--remote", url]
+        ctx = client_context(ssl.TLSVersion.TLSv1_2, no_ticket=True)
+        with Server(args.server, args.certs, 1, ["--cache-path", seg(tmp, "cl-A")] + extra) as a, \
+                Server(args.server, args.certs, 1, ["--cache-path", seg(tmp, "cl-B")] + extra) as b:
+            crossed = []
+            for _ in range(9):  # spread over the three nodes' slots
+                _, _, s = request_settled(args.cli, seg(tmp, "cl-A"), a.port, ctx)
+                crossed.append(one_request(b.port, ctx, s)[0])
+            sa = stats(args, tmp, "cl-A")
+        logs = a.stderr + b.stderr
+    finally:
+        for n in nodes:
+            n.stop()
+            n.cleanup()
+    check("TLS cluster: nodes are verified against the IPs they announce; sessions cross hosts",
+          all(crossed), f"{crossed}, A errors {sa['remote_errors']}, "
+          + next((ln.split("last: ")[-1] for ln in logs.splitlines() if "last: " in ln), "no failure logged"))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--server", required=True)
@@ -161,6 +202,7 @@ def main():
             wrong_ca(args, tmp, redis, other_ca)
             hung(args, tmp, redis, ca)
         wrong_name(args, tmp, ca, *server_cert(tmp, "name", ca, hosts=("localhost",)))
+        tls_cluster(args, tmp, ca, cert, pkey)
     finally:
         subprocess.run(["rm", "-rf", tmp])
     finish()

@@ -1,0 +1,414 @@
+//! The remote tier against small fake Redis servers on 127.0.0.1 that misbehave on purpose
+//! (slow replies, a cluster whose node never answers, a connection closed after a swap was
+//! done): what a real redis-server cannot be made to do on demand.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shmsesscache::layout::RemoteCounters;
+use shmsesscache::remote::{Compat, Fetched, Remote, RemoteConfig, Taken};
+use shmsesscache::seal::{Key, Keyring};
+
+/// What the fake server does with one command.
+enum Act {
+    /// Send these bytes after this delay.
+    Reply(Vec<u8>, Duration),
+    /// Close the connection without answering.
+    Close,
+    /// Never answer (the connection stays open).
+    Silent,
+    /// Send these bytes at once, then one byte of an endless reply element every `gap`.
+    Drip(Vec<u8>, Duration),
+}
+
+type Handler = dyn Fn(&[Vec<u8>]) -> Act + Send + Sync;
+/// A fake server's keys and values.
+type Store = Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
+
+/// A fake server on a free port; its threads end with the test process.
+fn fake(handler: Arc<Handler>) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let h = Arc::clone(&handler);
+            std::thread::spawn(move || serve(c, &*h));
+        }
+    });
+    port
+}
+
+fn serve(mut c: TcpStream, h: &Handler) {
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    loop {
+        let Some(args) = read_command(&mut r) else {
+            return;
+        };
+        match h(&args) {
+            Act::Reply(bytes, delay) => {
+                std::thread::sleep(delay);
+                if c.write_all(&bytes).is_err() {
+                    return;
+                }
+            }
+            Act::Close => return,
+            Act::Silent => std::thread::sleep(Duration::from_secs(3600)),
+            Act::Drip(burst, gap) => {
+                if c.write_all(&burst).is_err() {
+                    return;
+                }
+                for b in b":1\r\n".iter().cycle() {
+                    if c.write_all(&[*b]).is_err() {
+                        return; // the client hung up
+                    }
+                    std::thread::sleep(gap);
+                }
+            }
+        }
+    }
+}
+
+fn read_command(r: &mut impl BufRead) -> Option<Vec<Vec<u8>>> {
+    let mut line = String::new();
+    r.read_line(&mut line).ok().filter(|&n| n > 0)?;
+    let n: usize = line.trim_end().strip_prefix('*')?.parse().ok()?;
+    let mut args = Vec::with_capacity(n);
+    for _ in 0..n {
+        line.clear();
+        r.read_line(&mut line).ok()?;
+        let len: usize = line.trim_end().strip_prefix('$')?.parse().ok()?;
+        let mut a = vec![0u8; len + 2];
+        r.read_exact(&mut a).ok()?;
+        a.truncate(len);
+        args.push(a);
+    }
+    Some(args)
+}
+
+fn bulk(v: Option<&[u8]>) -> Vec<u8> {
+    match v {
+        None => b"$-1\r\n".to_vec(),
+        Some(v) => {
+            let mut out = format!("${}\r\n", v.len()).into_bytes();
+            out.extend_from_slice(v);
+            out.extend_from_slice(b"\r\n");
+            out
+        }
+    }
+}
+
+fn info() -> Act {
+    Act::Reply(
+        bulk(Some(b"# Server\r\nredis_version:7.0.15\r\n")),
+        Duration::ZERO,
+    )
+}
+
+fn is(args: &[Vec<u8>], cmd: &str) -> bool {
+    args.first()
+        .is_some_and(|a| a.eq_ignore_ascii_case(cmd.as_bytes()))
+}
+
+/// A single server keeping values in memory (SET with GET/NX, GET), each reply after `delay`.
+fn store_server(delay: Duration, store: Store) -> Arc<Handler> {
+    Arc::new(move |args: &[Vec<u8>]| {
+        if is(args, "INFO") {
+            return info();
+        }
+        let mut st = store.lock().unwrap();
+        let old = st
+            .iter()
+            .find(|(k, _)| *k == args[1])
+            .map(|(_, v)| v.clone());
+        if is(args, "GET") {
+            return Act::Reply(bulk(old.as_deref()), delay);
+        }
+        if is(args, "SET") {
+            let opts: Vec<Vec<u8>> = args[3..].iter().map(|o| o.to_ascii_uppercase()).collect();
+            let has = |o: &[u8]| opts.iter().any(|x| x == o);
+            if has(b"NX") && old.is_some() {
+                return Act::Reply(b"$-1\r\n".to_vec(), delay);
+            }
+            st.retain(|(k, _)| *k != args[1]);
+            st.push((args[1].clone(), args[2].clone()));
+            let r = if has(b"GET") {
+                bulk(old.as_deref())
+            } else {
+                b"+OK\r\n".to_vec()
+            };
+            return Act::Reply(r, delay);
+        }
+        Act::Reply(b"-ERR unknown\r\n".to_vec(), Duration::ZERO)
+    })
+}
+
+fn config(port: u16, timeout: Duration, backoff: Duration, cluster: bool) -> RemoteConfig {
+    RemoteConfig {
+        url: format!("redis://127.0.0.1:{port}"),
+        ca_file: None,
+        prefix: "f:".into(),
+        timeout,
+        backoff,
+        compat: Compat::Detect,
+        cluster,
+        keys: Keyring::new(Key::new([7; 32]), Vec::new()),
+    }
+}
+
+fn counters() -> Box<RemoteCounters> {
+    // SAFETY: plain atomics; all-zero is their initial state.
+    Box::new(unsafe { std::mem::zeroed() })
+}
+
+fn now() -> u32 {
+    shmsesscache::util::now_unix()
+}
+
+const DER: &[u8] = &[0x30; 200];
+
+#[test]
+fn a_cross_host_read_and_consume_share_one_deadline() {
+    // Every GET and SET answered after 150 ms; the timeout is 250 ms: either fits alone, the
+    // two together do not.
+    let store = Arc::new(Mutex::new(Vec::new()));
+    let port = fake(store_server(Duration::from_millis(150), store));
+    let c = counters();
+    let r = Remote::new(config(
+        port,
+        Duration::from_millis(250),
+        Duration::from_millis(1),
+        false,
+    ))
+    .unwrap();
+    let t = now();
+    r.store_now(&c, &[9; 32], DER, t, t + 300, t);
+    assert_eq!(c.stores.load(Relaxed), 1);
+    let start = Instant::now();
+    let dl = r.deadline();
+    let got = r.fetch_within(&c, &[9; 32], false, t, dl);
+    assert!(matches!(got, Fetched::Hit(_)), "the read fits");
+    let taken = r.take_within(&c, &[9; 32], t + 300, t, dl);
+    let spent = start.elapsed();
+    assert_eq!(
+        taken,
+        Taken::Unconfirmed,
+        "the consume is cut at the shared deadline"
+    );
+    // Bound with a wide margin for a loaded machine, well under two timeouts plus the delay.
+    assert!(
+        spent < Duration::from_millis(450),
+        "read and consume took {spent:?} (timeout 250 ms)"
+    );
+}
+
+#[test]
+fn freeing_a_cluster_handle_waits_one_timeout_not_one_per_job() {
+    // A cluster whose only node serves all slots and never answers a write.
+    let port_cell = Arc::new(AtomicUsize::new(0));
+    let pc = Arc::clone(&port_cell);
+    let port = fake(Arc::new(move |args: &[Vec<u8>]| {
+        if is(args, "INFO") {
+            return info();
+        }
+        if is(args, "CLUSTER") {
+            let p = pc.load(Relaxed);
+            let r = format!("*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:{p}\r\n");
+            return Act::Reply(r.into_bytes(), Duration::ZERO);
+        }
+        Act::Silent
+    }));
+    port_cell.store(usize::from(port), Relaxed);
+    let timeout = Duration::from_millis(100);
+    let c = counters();
+    // No back-off: every job is tried (a back-off would skip most of them at once).
+    let r = Remote::new(config(port, timeout, Duration::ZERO, true)).unwrap();
+    let t = now();
+    for j in 0..64u32 {
+        let mut id = [0u8; 32];
+        id[..4].copy_from_slice(&j.to_le_bytes());
+        r.store(&c, &id, DER, t, t + 300, t);
+    }
+    // The writer took the first store alone (it started with it) and waits out its timeout;
+    // the other 63 make its second batch, which it is inside after 150 ms.
+    std::thread::sleep(Duration::from_millis(150));
+    let start = Instant::now();
+    drop(r);
+    let spent = start.elapsed();
+    // 63 jobs at one timeout each would be 6.3 s; one batch deadline is 0.1 s.
+    assert!(
+        spent < Duration::from_millis(1500),
+        "freeing the handle took {spent:?}"
+    );
+    let s = c.load();
+    assert_eq!(s.stores, 0);
+    assert_eq!(s.dropped, 64, "every write not sent is counted: {s:?}");
+}
+
+/// A cluster seed whose CLUSTER SLOTS reply is `ranges` slot ranges on itself, all at once.
+fn slots_reply(ranges: usize, port: usize) -> Vec<u8> {
+    let per = 16384 / ranges;
+    let mut r = format!("*{ranges}\r\n").into_bytes();
+    for i in 0..ranges {
+        let (a, b) = (
+            i * per,
+            if i == ranges - 1 {
+                16383
+            } else {
+                (i + 1) * per - 1
+            },
+        );
+        r.extend_from_slice(
+            format!("*3\r\n:{a}\r\n:{b}\r\n*2\r\n$9\r\n127.0.0.1\r\n:{port}\r\n").as_bytes(),
+        );
+    }
+    r
+}
+
+#[test]
+fn a_reply_dribbled_after_a_large_burst_is_cut_at_the_deadline() {
+    // ~200 KB of CLUSTER SLOTS at once, then a byte every 0.2 ms that never ends the reply.
+    let port = fake(Arc::new(|args: &[Vec<u8>]| {
+        if is(args, "INFO") {
+            return info();
+        }
+        // 50 complete elements of 1000 integers, then one that never completes.
+        let inner = format!("*1000\r\n{}", ":1\r\n".repeat(1000));
+        let burst = format!("*1024\r\n{}*1000\r\n", inner.repeat(50)).into_bytes();
+        Act::Drip(burst, Duration::from_micros(200))
+    }));
+    let c = counters();
+    let r = Remote::new(config(
+        port,
+        Duration::from_millis(200),
+        Duration::from_secs(60),
+        true,
+    ))
+    .unwrap();
+    let start = Instant::now();
+    let got = r.fetch(&c, &[9; 32], false, now());
+    let spent = start.elapsed();
+    assert!(matches!(got, Fetched::Unavailable));
+    assert!(
+        spent < Duration::from_millis(1500),
+        "the fetch took {spent:?} (timeout 200 ms)"
+    );
+    assert_eq!(c.timeouts.load(Relaxed), 1);
+}
+
+#[test]
+fn a_cluster_with_more_slot_ranges_than_a_reply_array_is_routed() {
+    // 2000 ranges (a fragmented cluster) all on one node, which stores as a single server.
+    let port_cell = Arc::new(AtomicUsize::new(0));
+    let pc = Arc::clone(&port_cell);
+    let store = store_server(Duration::ZERO, Arc::new(Mutex::new(Vec::new())));
+    let port = fake(Arc::new(move |args: &[Vec<u8>]| {
+        if is(args, "CLUSTER") {
+            return Act::Reply(slots_reply(2000, pc.load(Relaxed)), Duration::ZERO);
+        }
+        store(args)
+    }));
+    port_cell.store(usize::from(port), Relaxed);
+    let c = counters();
+    let r = Remote::new(config(
+        port,
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+        true,
+    ))
+    .unwrap();
+    let t = now();
+    r.store_now(&c, &[9; 32], DER, t, t + 300, t);
+    assert!(
+        matches!(r.fetch(&c, &[9; 32], false, t), Fetched::Hit(_)),
+        "{:?}",
+        c.load()
+    );
+}
+
+#[test]
+fn a_swap_done_before_the_connection_broke_is_not_retried_into_a_refusal() {
+    // The server does the first swap, then closes the connection instead of answering (a
+    // crash, a proxy cut). A retry of the swap would find its own tombstone.
+    let store = Arc::new(Mutex::new(Vec::new()));
+    let inner = store_server(Duration::ZERO, Arc::clone(&store));
+    let cut = Arc::new(AtomicUsize::new(0));
+    let port = fake(Arc::new(move |args: &[Vec<u8>]| {
+        let swap = is(args, "SET") && args.iter().any(|a| a.eq_ignore_ascii_case(b"GET"));
+        let act = inner(args);
+        if swap && cut.fetch_add(1, Relaxed) == 0 {
+            return Act::Close;
+        }
+        act
+    }));
+    let c = counters();
+    let r = Remote::new(config(
+        port,
+        Duration::from_secs(2),
+        Duration::from_millis(1),
+        false,
+    ))
+    .unwrap();
+    let t = now();
+    r.store_now(&c, &[5; 32], DER, t, t + 300, t);
+    assert_eq!(c.stores.load(Relaxed), 1);
+    // A never-used ticket: its one use cannot be confirmed, but it is no replay.
+    assert_eq!(r.take_local(&c, &[5; 32], t + 300, t), Taken::Unconfirmed);
+}
+
+#[test]
+fn a_hung_seed_does_not_stop_the_cluster_when_a_known_node_answers() {
+    use std::sync::atomic::AtomicBool;
+    // Node B serves all slots (and says so); its first GET fails (a hiccup), which makes the
+    // slot map stale. Then the seed A hangs: the map is refetched from B, which it named.
+    let b_port = Arc::new(AtomicUsize::new(0));
+    let slots = |p: &AtomicUsize| {
+        let p = p.load(Relaxed);
+        Act::Reply(
+            format!("*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:{p}\r\n").into_bytes(),
+            Duration::ZERO,
+        )
+    };
+    let (bp, hiccup) = (Arc::clone(&b_port), Arc::new(AtomicBool::new(true)));
+    let b = fake(Arc::new(move |args: &[Vec<u8>]| {
+        if is(args, "INFO") {
+            return info();
+        }
+        if is(args, "CLUSTER") {
+            return slots(&bp);
+        }
+        if hiccup.swap(false, Relaxed) {
+            return Act::Reply(b"-ERR transient\r\n".to_vec(), Duration::ZERO);
+        }
+        Act::Reply(b"$-1\r\n".to_vec(), Duration::ZERO)
+    }));
+    b_port.store(usize::from(b), Relaxed);
+    let hung = Arc::new(AtomicBool::new(false));
+    let (ap, h) = (Arc::clone(&b_port), Arc::clone(&hung));
+    let a = fake(Arc::new(move |args: &[Vec<u8>]| {
+        if h.load(Relaxed) {
+            return Act::Silent;
+        }
+        if is(args, "INFO") {
+            return info();
+        }
+        slots(&ap)
+    }));
+    let c = counters();
+    let r = Remote::new(config(a, Duration::from_millis(300), Duration::ZERO, true)).unwrap();
+    let t = now();
+    assert!(
+        matches!(r.fetch(&c, &[9; 32], false, t), Fetched::Unavailable),
+        "the hiccup"
+    );
+    hung.store(true, Relaxed);
+    let got = r.fetch(&c, &[9; 32], false, t);
+    assert!(
+        matches!(got, Fetched::Miss),
+        "answered by B: {:?}",
+        c.load()
+    );
+}
