@@ -2,43 +2,37 @@
 //! forked OpenSSL server, with a C ABI (see `include/shmsesscache.h`).
 //!
 //! Modules by responsibility:
-//! - [`layout`]: the segment's bytes (header, format word, geometry, entry header);
-//! - [`lock`]: robust process-shared mutexes;
-//! - [`users`]: the boot and pid namespace whose thread ids the lock words hold;
-//! - [`segment`]: mapping, creating and attaching (anonymous or named);
-//! - [`shard`]: slot operations inside one locked shard;
-//! - [`cache`]: ids to shards, locking with crash recovery, statistics;
-//! - [`glue`]: the OpenSSL callbacks (i2d/d2i outside the locks);
-//! - [`tls`]: HelloRetryRequest and virtual-host rules of the lookup;
-//! - [`handles`]: the lock-free set of live C handles;
-//! - [`ffi`]: the exported C functions;
-//! - [`dumpfile`]: the file format of `shmsesscache dump` / `load`;
-//! - [`seal`]: AES-256-GCM sealing of sessions that leave the host;
-//! - [`remote`]: the optional second tier in Redis, for several hosts.
-//! - [`resp`]: the small Redis client under one deadline per operation that `remote` uses.
-//! - [`resp_tls`]: TLS for it (`rediss://`), OpenSSL on memory BIOs.
+//! - [`store`]: the shared-memory segment, nothing about OpenSSL or Redis:
+//!   [`layout`] (the segment's bytes: header, format word, geometry, entry header),
+//!   [`lock`] (robust process-shared mutexes), [`users`] (the boot and pid namespace whose
+//!   thread ids the lock words hold), [`segment`] (mapping, creating, attaching),
+//!   [`shard`] (slot operations inside one locked shard), [`cache`] (ids to shards, locking
+//!   with crash recovery, statistics), [`dumpfile`] (the format of `shmsesscache dump`/`load`);
+//! - [`tls`]: the OpenSSL side: [`glue`] (the session callbacks and `shmsess_install`, i2d/d2i
+//!   outside the locks), the HelloRetryRequest and virtual-host rules of the lookup;
+//! - [`remote`]: the optional second tier in Redis, for several hosts: [`seal`] (AES-256-GCM
+//!   sealing of sessions that leave the host), [`resp`] (a small Redis client under one
+//!   deadline per operation) and [`resp_tls`] (`rediss://`, OpenSSL on memory BIOs);
+//! - [`ffi`]: the exported C functions, with [`handles`] (the lock-free set of live handles);
+//! - [`log`], [`error`], [`util`], [`fault`] (test-only fault injection).
 //!
 //! The `shmsesscache` command-line tool is `src/bin/shmsesscache/`.
 
-pub mod cache;
-pub mod dumpfile;
 pub mod error;
 pub mod fault;
 pub mod ffi;
-pub mod glue;
 pub mod handles;
-pub mod layout;
-pub mod lock;
 pub mod log;
 pub mod remote;
-pub mod resp;
-pub mod resp_tls;
-pub mod seal;
-pub mod segment;
-pub mod shard;
+pub mod store;
 pub mod tls;
-pub mod users;
 pub mod util;
+
+// The paths the modules had before they were grouped, for the crate's own code, its tools,
+// tests and benchmarks.
+pub use remote::{resp, resp_tls, seal};
+pub use store::{cache, dumpfile, layout, lock, segment, shard, users};
+pub use tls::glue;
 
 pub use cache::{Cache, Config, EntryInfo, Found, Stats};
 pub use error::{Error, ErrorKind, Result};

@@ -19,6 +19,10 @@
 //!   use does not depend on whether (or when) its store reached Redis (see [`Taken`]);
 //! - Redis < 6.2 gets the same atomic swaps as Lua scripts; Redis Cluster is routed by slot.
 
+pub mod resp;
+pub mod resp_tls;
+pub mod seal;
+
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{
@@ -31,11 +35,9 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::RemoteCounters;
 use crate::log::{self, Level};
-use crate::resp::{
-    self, Begun, Conn, Deadline, Failure, Reply, Resolver, Target, Version, URL_FORM,
-};
-use crate::resp_tls::{ClientCtx, TlsStream};
-use crate::seal::{Keyring, Opened};
+use resp::{Begun, Conn, Deadline, Failure, Reply, Resolver, Target, Version, URL_FORM};
+use resp_tls::{ClientCtx, TlsStream};
+use seal::{Keyring, Opened};
 
 type FResult<T> = std::result::Result<T, Failure>;
 
