@@ -181,8 +181,9 @@ pub struct RemoteCounters {
     pub rejected: AtomicU64,
     /// TLS 1.3 tickets found locally but already consumed on another host: not resumed.
     pub replays_refused: AtomicU64,
-    /// TLS 1.3 tickets found locally while Redis could not confirm they were unused: resumed
-    /// without early data. (Carved out of `reserved`, like the one below.)
+    /// TLS 1.3 tickets whose single use Redis could not confirm (the swap for a tombstone
+    /// failed): found locally, resumed without early data; read from Redis, refused. (Carved
+    /// out of `reserved`, like the one below.)
     pub unconfirmed: AtomicU64,
     /// Writes (new sessions, removals) that never reached Redis: the per-process queue was
     /// full, or the tier failed or was backing off when they were sent.

@@ -215,7 +215,7 @@ pub fn human(snap: &Snapshot) -> String {
         );
         let _ = writeln!(
             w,
-            "remote refused    {} values that did not authenticate{}, {} TLS 1.3 replays, {} unconfirmed (no early data)",
+            "remote refused    {} values that did not authenticate{}, {} TLS 1.3 replays, {} unconfirmed (no early data, or refused if read from Redis)",
             s.remote_rejected,
             if s.remote_rejected > 0 { " (tampered, or a key missing from the key file)" } else { "" },
             s.remote_replays_refused,
