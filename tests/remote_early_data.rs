@@ -8,10 +8,12 @@
 //! cache does the single use), `max_early_data` > 0.
 
 use std::ffi::{c_int, c_void, CString};
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+
+#[path = "common/redis_server.rs"]
+mod redis_server;
+use redis_server::{free_port, RedisServer};
 
 use openssl_sys as ossl;
 use shmsesscache::ffi::{
@@ -36,13 +38,6 @@ const SSL_EARLY_DATA_ACCEPTED: c_int = 2;
 const SSL_READ_EARLY_DATA_FINISH: c_int = 2;
 const EARLY: &[u8] = b"GET /early HTTP/1.0\r\n\r\n";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Tmp(std::path::PathBuf);
 
@@ -84,39 +79,6 @@ fn setup() -> Tmp {
     Tmp(dir)
 }
 
-struct RedisServer(Child);
-
-impl RedisServer {
-    fn start(port: u16) -> RedisServer {
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server not found: run `make test-deps`");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        RedisServer(child)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A server SSL_CTX with the cache installed (and the tier at `url`, if any), and a client one.
 struct Pair {

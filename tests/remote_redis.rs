@@ -3,9 +3,7 @@
 //! dialects (`SET ... GET` and the Lua fallback for Redis < 6.2), a Redis restarted under a
 //! pooled connection, and the write queue (bounded, never blocking its caller).
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -13,64 +11,9 @@ use shmsesscache::layout::RemoteCounters;
 use shmsesscache::remote::{Compat, Fetched, Remote, RemoteConfig, Taken};
 use shmsesscache::seal::{Key, Keyring};
 
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl RedisServer {
-    fn start(port: u16) -> RedisServer {
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server not found: run `make test-deps`");
-        let s = RedisServer { child, port };
-        // Readiness: PING answered.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
-                let mut buf = [0u8; 7];
-                if c.write_all(b"PING\r\n").is_ok()
-                    && c.read_exact(&mut buf).is_ok()
-                    && &buf == b"+PONG\r\n"
-                {
-                    return s;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("redis-server did not answer PING on port {port}");
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+#[path = "common/redis_server.rs"]
+mod redis_server;
+use redis_server::{free_port, RedisServer};
 
 fn remote(port: u16, compat: Compat, timeout_ms: u64) -> Remote {
     Remote::new(RemoteConfig {

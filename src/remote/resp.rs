@@ -545,34 +545,24 @@ pub trait Transport {
     fn peer(&self) -> Option<SocketAddr>;
 }
 
+/// A nonblocking socket call's result: a would-block (or interrupted) call must wait for
+/// `want`, any other error fails the connection.
+fn nonblocking(r: io::Result<usize>, want: Want) -> Result<usize, Result<Want, Failure>> {
+    match r {
+        Ok(n) => Ok(n),
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+            Err(Ok(want))
+        }
+        Err(e) => Err(Err(Failure::Io(e.kind()))),
+    }
+}
+
 impl Transport for TcpStream {
     fn read_nb(&mut self, buf: &mut [u8]) -> Result<usize, Result<Want, Failure>> {
-        match self.read(buf) {
-            Ok(n) => Ok(n),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                Err(Ok(Want::Read))
-            }
-            Err(e) => Err(Err(Failure::Io(e.kind()))),
-        }
+        nonblocking(self.read(buf), Want::Read)
     }
     fn write_nb(&mut self, buf: &[u8]) -> Result<usize, Result<Want, Failure>> {
-        match self.write(buf) {
-            Ok(n) => Ok(n),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                Err(Ok(Want::Write))
-            }
-            Err(e) => Err(Err(Failure::Io(e.kind()))),
-        }
+        nonblocking(self.write(buf), Want::Write)
     }
     fn fd(&self) -> i32 {
         self.as_raw_fd()

@@ -389,12 +389,8 @@ mod tests {
         p
     }
 
-    #[test]
-    fn owner_death_is_reported_once_and_recovered() {
-        let m = shared_mutex();
-        let lock = unsafe { ShardLock::from_ptr(m) };
-        lock.init().unwrap();
-        // SAFETY: fork in a test; the child only locks and exits.
+    /// A child process takes the lock at `m` and exits holding it; returns once it is gone.
+    fn die_holding(m: *mut libc::pthread_mutex_t) {
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             let l = unsafe { ShardLock::from_ptr(m) };
@@ -403,6 +399,15 @@ mod tests {
         }
         let mut status = 0;
         unsafe { libc::waitpid(pid, &mut status, 0) };
+    }
+
+    #[test]
+    fn owner_death_is_reported_once_and_recovered() {
+        let m = shared_mutex();
+        let lock = unsafe { ShardLock::from_ptr(m) };
+        lock.init().unwrap();
+        // SAFETY: fork in a test; the child only locks and exits.
+        die_holding(m);
         assert_eq!(lock.lock(None), Ok(Acquired::OwnerDied));
         lock.mark_consistent().unwrap();
         lock.unlock();
@@ -418,14 +423,7 @@ mod tests {
         let m = shared_mutex();
         let lock = unsafe { ShardLock::from_ptr(m) };
         lock.init().unwrap();
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            let l = unsafe { ShardLock::from_ptr(m) };
-            let _ = l.lock(None);
-            unsafe { libc::_exit(0) };
-        }
-        let mut status = 0;
-        unsafe { libc::waitpid(pid, &mut status, 0) };
+        die_holding(m);
         assert_eq!(lock.try_lock(), Ok(Some(Acquired::OwnerDied)));
         lock.mark_consistent().unwrap();
         lock.unlock();
@@ -541,14 +539,7 @@ mod tests {
         let m = shared_mutex();
         let lock = unsafe { ShardLock::from_ptr(m) };
         lock.init().unwrap();
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            let l = unsafe { ShardLock::from_ptr(m) };
-            let _ = l.lock(None);
-            unsafe { libc::_exit(0) };
-        }
-        let mut status = 0;
-        unsafe { libc::waitpid(pid, &mut status, 0) };
+        die_holding(m);
         assert_eq!(lock.holder(true), Holder::OwnerDied);
         assert_eq!(lock.lock(None), Ok(Acquired::OwnerDied));
         lock.unlock(); // without mark_consistent: what a panic in the repair used to do
