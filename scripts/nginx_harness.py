@@ -291,15 +291,8 @@ class Nginx:
         self.stop()
 
 
-_contexts = {}
-
-
-def client_context(version):
-    """One client context per protocol version (a session can only be offered through the
-    context that made it). No tickets: TLS 1.2 uses session ids, so the server's cache."""
-    if version not in _contexts:
-        _contexts[version] = prefork_harness.client_context(version, no_ticket=True)
-    return _contexts[version]
+# One no-ticket context per protocol version, shared with the other harnesses.
+client_context = prefork_harness.session_context
 
 
 def get(port, path):

@@ -95,6 +95,18 @@ def client_context(version, no_ticket=False):
     return ctx
 
 
+_session_contexts = {}
+
+
+def session_context(version):
+    """One no-ticket client context per protocol version, kept for the whole run: a session can
+    only be offered through the context that made it (TLS 1.2 then uses session ids, so the
+    server's cache)."""
+    if version not in _session_contexts:
+        _session_contexts[version] = client_context(version, no_ticket=True)
+    return _session_contexts[version]
+
+
 def one_request(port, ctx, session=None):
     """One connection and one HTTP/1.0 request. Returns (reused, worker_pid, new_session)."""
     with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as raw:

@@ -15,6 +15,19 @@ import time
 
 from prefork_harness import free_port, one_request
 
+
+def write_key(path, *keys):
+    """A key file of mode 0600, one hex key per line (the first seals), rewritten in place if it
+    exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(k + "\n" for k in keys))
+
+
+def new_key():
+    """A fresh AES-256 key as 64 hex digits (`openssl rand -hex 32`)."""
+    return subprocess.run(["openssl", "rand", "-hex", "32"], capture_output=True, text=True, check=True).stdout.strip()
+
 READY_TIMEOUT = 15.0
 
 

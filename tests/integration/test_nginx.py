@@ -28,7 +28,7 @@ from checks import check, finish  # noqa: E402
 from nginx_harness import (NGINX_SHARED, Nginx, client_context, get, s_client_early,  # noqa: E402
                            s_client_save, shmsess_cache)
 from prefork_harness import one_request, s_client_reconnect, summarize  # noqa: E402
-from redis_harness import Redis, make_ca  # noqa: E402
+from redis_harness import Redis, make_ca, write_key  # noqa: E402
 
 RECONNECTS = 40
 TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
@@ -349,13 +349,6 @@ def named_segment(args):
         subprocess.run(["rm", "-rf", root])
 
 
-def write_key_file(path, *keys):
-    """A key file of mode 0600 (one hex key per line), rewritten in place if it exists."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("".join(k + "\n" for k in keys))
-
-
 def made_on_and_stored(redis, port, version=TLS12):
     """A new session (TLS 1.2) or ticket (TLS 1.3) from the host on `port`, returned once
     Redis holds its keys (the host stores them from a writer thread, off the handshake:
@@ -412,8 +405,8 @@ def key_rotation_on_reload(args):
     tmp = tempfile.mkdtemp(prefix="shmsess-nginx-rot-")
     key_a, key_b = os.urandom(32).hex(), os.urandom(32).hex()
     x_key, y_key = os.path.join(tmp, "x.key"), os.path.join(tmp, "y.key")
-    write_key_file(x_key, key_b)
-    write_key_file(y_key, key_a)
+    write_key(x_key, key_b)
+    write_key(y_key, key_a)
     try:
         with Redis() as redis:
             tier = f"\n    shmsess_remote {redis.url};\n    shmsess_remote_key "
@@ -422,7 +415,7 @@ def key_rotation_on_reload(args):
                     Nginx(args.module, args.certs, shmsess_cache("{root}/ssl.sess") + tier + y_key + ";") as y:
                 before = one_request(y.port, client_context(TLS12), made_on_and_stored(redis, x.port))[0]
                 _, _, own = one_request(y.port, client_context(TLS12))
-                write_key_file(y_key, key_b, key_a)
+                write_key(y_key, key_b, key_a)
                 y.reload()
                 after = one_request(y.port, client_context(TLS12), made_on_and_stored(redis, x.port))[0]
                 own_after = one_request(y.port, client_context(TLS12), own)[0]
@@ -443,7 +436,7 @@ def redis_over_tls(args):
     tmp = tempfile.mkdtemp(prefix="shmsess-nginx-tls-")
     os.chmod(tmp, 0o755)  # workers run as nobody when started as root
     key = os.path.join(tmp, "key")
-    write_key_file(key, os.urandom(32).hex())
+    write_key(key, os.urandom(32).hex())
     try:
         ca, cert, cert_key = make_ca(tmp, "redis")
         with Redis(tls=(ca, cert, cert_key)) as redis:
@@ -499,8 +492,8 @@ def segment_refused(args):
 def bad_configuration(args):
     tmp = tempfile.mkdtemp(prefix="shmsess-nginx-conf-")
     key, bad_key, link = (os.path.join(tmp, n) for n in ("key", "bad.key", "link.key"))
-    write_key_file(key, os.urandom(32).hex())
-    write_key_file(bad_key, "not a key")
+    write_key(key, os.urandom(32).hex())
+    write_key(bad_key, "not a key")
     os.symlink(key, link)
     cache = "    shmsess_session_cache anonymous 8m;\n"
     remote = cache + "    shmsess_remote redis://127.0.0.1:6379/0;\n"

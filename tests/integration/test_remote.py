@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
 from checks import check, finish  # noqa: E402
 from prefork_harness import Server, client_context, one_request  # noqa: E402
-from redis_harness import Redis, request_settled, seg_stats  # noqa: E402
+from redis_harness import Redis, new_key, request_settled, seg_stats, write_key  # noqa: E402
 
 TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
 TIMEOUT_MS = 50
@@ -69,16 +69,6 @@ class Fleet:
         """one_request to host `name`; if it made a new session, returns once the host's
         writer has stored it in Redis (stores are queued off the handshake path)."""
         return request_settled(self.args.cli, os.path.join(self.tmp, f"{name}.seg"), self.port(name), ctx, session)
-
-
-def write_key(path, lines):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("".join(line + "\n" for line in lines))
-
-
-def new_key():
-    return subprocess.run(["openssl", "rand", "-hex", "32"], capture_output=True, text=True, check=True).stdout.strip()
 
 
 def across_hosts(args, tmp, redis):
@@ -191,9 +181,9 @@ def tampering(args, tmp, redis):
 
 def key_rotation(args, tmp, redis):
     old, new = new_key(), new_key()
-    write_key(os.path.join(tmp, "old"), [old])
-    write_key(os.path.join(tmp, "rotated"), [new, old])
-    write_key(os.path.join(tmp, "other"), [new_key()])
+    write_key(os.path.join(tmp, "old"), old)
+    write_key(os.path.join(tmp, "rotated"), new, old)
+    write_key(os.path.join(tmp, "other"), new_key())
     segs = {name: os.path.join(tmp, f"rot-{name}.seg") for name in ("old", "rotated", "other")}
     a, b, c = (Server(args.server, args.certs, 2, ["--tls13-stateful", "--remote", redis.url, "--remote-key",
                                                    os.path.join(tmp, name), "--cache-path", segs[name]])
@@ -325,7 +315,7 @@ def main():
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="shmsess-remote-")
     try:
-        write_key(os.path.join(tmp, "key"), [new_key()])
+        write_key(os.path.join(tmp, "key"), new_key())
         # AUTH: the server requires a password; the URL carries it.
         with Redis(password="test-" + os.urandom(6).hex()) as redis:
             across_hosts(args, tmp, redis)

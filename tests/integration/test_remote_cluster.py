@@ -21,7 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
 from checks import check, finish  # noqa: E402
 from prefork_harness import Server, client_context, one_request  # noqa: E402
-from redis_harness import Cluster, request_settled, seg_stats, wait_writes, writes_done  # noqa: E402
+from redis_harness import (Cluster, new_key, request_settled, seg_stats, wait_writes, write_key,  # noqa: E402
+                           writes_done)
 
 TIMEOUT_MS = 50
 # A handshake makes at most two remote operations here (lookup, take); a wide margin.
@@ -37,10 +38,7 @@ def main():
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="shmsess-cluster-")
     try:
-        key = subprocess.run(["openssl", "rand", "-hex", "32"], capture_output=True, text=True, check=True).stdout
-        fd = os.open(os.path.join(tmp, "key"), os.O_WRONLY | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key)
+        write_key(os.path.join(tmp, "key"), new_key())
         with Cluster(3) as cluster:
             segs = {h: os.path.join(tmp, f"{h}.seg") for h in "AB"}
             hosts = {h: Server(args.server, args.certs, 2,

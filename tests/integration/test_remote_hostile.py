@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
 from checks import check, finish  # noqa: E402
 from prefork_harness import Server, client_context, one_request  # noqa: E402
+from redis_harness import new_key, write_key  # noqa: E402
 import ssl  # noqa: E402
 
 TIMEOUT_MS = 50
@@ -212,10 +213,7 @@ def main():
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="shmsess-hostile-")
     try:
-        key = subprocess.run(["openssl", "rand", "-hex", "32"], capture_output=True, text=True, check=True).stdout
-        fd = os.open(os.path.join(tmp, "key"), os.O_WRONLY | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key)
+        write_key(os.path.join(tmp, "key"), new_key())
         # Sessions from a server without the tier: unknown to the servers under test.
         # (Python offers a session only on the context that made it: one context for all.)
         ctx = client_context(ssl.TLSVersion.TLSv1_2, no_ticket=True)

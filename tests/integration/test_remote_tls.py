@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
 from checks import check, finish  # noqa: E402
 from prefork_harness import Server, client_context, one_request  # noqa: E402
-from redis_harness import Redis, make_ca, request_settled, seg_stats, server_cert, wait_writes  # noqa: E402
+from redis_harness import (Redis, make_ca, new_key, request_settled, seg_stats, server_cert,  # noqa: E402
+                           wait_writes, write_key)
 from prefork_harness import free_port  # noqa: E402
 
 TIMEOUT_MS = 50
@@ -190,10 +191,7 @@ def main():
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="shmsess-remote-tls-")
     try:
-        key = subprocess.run(["openssl", "rand", "-hex", "32"], capture_output=True, text=True, check=True).stdout
-        fd = os.open(os.path.join(tmp, "key"), os.O_WRONLY | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key)
+        write_key(os.path.join(tmp, "key"), new_key())
         ca, cert, pkey = make_ca(tmp, "good")
         other_ca, _, _ = make_ca(tmp, "other")
         with Redis(password="test-" + os.urandom(6).hex(), tls=(ca, cert, pkey)) as redis:
