@@ -33,20 +33,20 @@ import json
 import os
 import platform
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from prefork_harness import Server, free_port  # noqa: E402
-import apache_harness  # noqa: E402
-import nginx_harness  # noqa: E402
-from redis_harness import Redis  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+from harness import apache as apache_harness  # noqa: E402
+from harness import nginx as nginx_harness  # noqa: E402
+from harness.client import free_port  # noqa: E402
+from harness.prefork import Server  # noqa: E402
+from harness import process  # noqa: E402
+from harness.redis import Redis, write_key  # noqa: E402
 
 # Documented densities (shared/reference/anchors.md), sessions of ~160 bytes per MiB.
 ANCHOR_DENSITY = {"nginx (64-bit)": 2700, "Apache shmcb": 4650, "HAProxy shctx": 4000, "stud": 1700}
@@ -74,18 +74,13 @@ def machine():
     return {"cores": os.cpu_count(), "cpu": model, "kernel": platform.release(), "openssl": ossl, "nginx": ngv}
 
 
-def wait_listening(port, proc, timeout=15.0):
-    """Readiness: the port accepts a TCP connection (nginx prints nothing when ready)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not start listening")
+def listening(port):
+    """The port accepts a TCP connection (nginx prints nothing when ready)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 class Nginx:
@@ -115,19 +110,19 @@ http {{
     }}
 }}
 """)
-        self.proc = subprocess.Popen(["nginx", "-p", self.dir, "-c", conf], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        self.proc, self.out, _ = process.spawn(["nginx", "-p", self.dir, "-c", conf])
 
     def __enter__(self):
-        wait_listening(self.port, self.proc)
+        try:
+            process.wait_until(lambda: listening(self.port), 15.0, "nginx did not start listening",
+                               alive=lambda: self.proc.poll() is None)
+        except RuntimeError:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        process.stop(self.proc, kill_group=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -269,9 +264,7 @@ def tiers(a):
         return {}
     tmp = tempfile.mkdtemp(prefix="shmsess-bench-")
     key = os.path.join(tmp, "key")
-    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(os.urandom(32).hex() + "\n")
+    write_key(key, os.urandom(32).hex())
     out = {"two_hosts": []}
     try:
         with Redis() as redis:

@@ -14,8 +14,8 @@ import os
 import ssl
 import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-from prefork_harness import Server, reconnect_run, s_client_reconnect, summarize  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "integration"))
+from harness.prefork import Server, reconnect_run, s_client_reconnect, summarize  # noqa: E402
 
 COUNT = 50
 

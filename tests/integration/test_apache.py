@@ -16,16 +16,13 @@ import os
 import ssl
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
-from checks import check, finish  # noqa: E402
-from apache_harness import (Apache, client_context, get, s_client_chain, s_client_offer,  # noqa: E402
-                            session_events, status_auto)
-from prefork_harness import s_client_reconnect  # noqa: E402
+from harness.checks import check, finish
+from harness.apache import Apache, get, s_client_chain, s_client_offer, session_events, status_auto
+from harness.client import session_context as client_context
+from harness.prefork import s_client_reconnect
 
 RECONNECTS = 40
 MAX_CONN = 8  # MaxConnectionsPerChild

@@ -20,14 +20,12 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
-from checks import check, finish  # noqa: E402
-from prefork_harness import IO_TIMEOUT, Server, client_context, one_request  # noqa: E402
+from harness.checks import check, finish
+from harness.client import IO_TIMEOUT, client_context
+from harness.prefork import Server, one_request
 
 DROPPED = 9
 

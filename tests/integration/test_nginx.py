@@ -17,18 +17,15 @@ import signal
 import ssl
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
-from checks import check, finish  # noqa: E402
-from nginx_harness import (NGINX_SHARED, Nginx, client_context, get, s_client_early,  # noqa: E402
-                           s_client_save, shmsess_cache)
-from prefork_harness import one_request, s_client_reconnect, summarize  # noqa: E402
-from redis_harness import Redis, make_ca, write_key  # noqa: E402
+from harness.checks import check, finish
+from harness.client import session_context as client_context
+from harness.nginx import NGINX_SHARED, Nginx, s_client_early, s_client_save, shmsess_cache
+from harness.prefork import one_request, s_client_reconnect, summarize
+from harness.redis import Redis, make_ca, write_key
 
 RECONNECTS = 40
 TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3

@@ -21,13 +21,11 @@ import ssl
 import stat
 import subprocess
 import time
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
-from checks import check, finish  # noqa: E402
-from prefork_harness import Server, client_context, one_request  # noqa: E402
+from harness.checks import check, finish
+from harness.client import client_context
+from harness.prefork import Server, one_request
 
 PREFIX = "web1"
 SIZE = 2 << 20

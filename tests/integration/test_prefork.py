@@ -9,14 +9,11 @@ import argparse
 import os
 import ssl
 import stat
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
-from checks import check, finish  # noqa: E402
-from prefork_harness import (Server, client_context, one_request, reconnect_run,  # noqa: E402
-                             s_client_reconnect, summarize)
+from harness.checks import check, finish
+from harness.client import client_context
+from harness.prefork import Server, one_request, reconnect_run, s_client_reconnect, summarize
 
 RECONNECTS = 40
 

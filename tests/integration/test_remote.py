@@ -12,15 +12,13 @@ import os
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
-from checks import check, finish  # noqa: E402
-from prefork_harness import Server, client_context, one_request  # noqa: E402
-from redis_harness import Redis, new_key, request_settled, seg_stats, write_key  # noqa: E402
+from harness.checks import check, finish
+from harness.client import client_context
+from harness.prefork import Server, one_request
+from harness.redis import Redis, new_key, request_settled, seg_stats, write_key
 
 TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
 TIMEOUT_MS = 50

@@ -13,16 +13,13 @@ import argparse
 import os
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
-from checks import check, finish  # noqa: E402
-from prefork_harness import Server, client_context, one_request  # noqa: E402
-from redis_harness import (Cluster, new_key, request_settled, seg_stats, wait_writes, write_key,  # noqa: E402
-                           writes_done)
+from harness.checks import check, finish
+from harness.client import client_context
+from harness.prefork import Server, one_request
+from harness.redis import Cluster, new_key, request_settled, seg_stats, wait_writes, write_key, writes_done
 
 TIMEOUT_MS = 50
 # A handshake makes at most two remote operations here (lookup, take); a wide margin.

@@ -22,18 +22,16 @@ import argparse
 import json
 import os
 import socket
+import ssl
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
-from checks import check, finish  # noqa: E402
-from prefork_harness import Server, client_context, one_request  # noqa: E402
-from redis_harness import new_key, write_key  # noqa: E402
-import ssl  # noqa: E402
+from harness.checks import check, finish
+from harness.client import client_context
+from harness.prefork import Server, one_request
+from harness.redis import new_key, write_key
 
 TIMEOUT_MS = 50
 OPS_PER_HANDSHAKE = 2

@@ -14,17 +14,13 @@ import argparse
 import os
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
-from checks import check, finish  # noqa: E402
-from prefork_harness import Server, client_context, one_request  # noqa: E402
-from redis_harness import (Redis, make_ca, new_key, request_settled, seg_stats, server_cert,  # noqa: E402
-                           wait_writes, write_key)
-from prefork_harness import free_port  # noqa: E402
+from harness.checks import check, finish
+from harness.client import client_context, free_port
+from harness.prefork import Server, one_request
+from harness.redis import Redis, make_ca, new_key, request_settled, seg_stats, server_cert, wait_writes, write_key
 
 TIMEOUT_MS = 50
 # Each handshake here makes at most two remote operations (lookup and store); a wide margin.

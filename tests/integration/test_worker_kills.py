@@ -14,15 +14,13 @@ import os
 import random
 import signal
 import ssl
-import sys
 import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
-from checks import check, finish  # noqa: E402
-from prefork_harness import Server, client_context, one_request, reconnect_run, summarize  # noqa: E402
+from harness.checks import check, finish
+from harness.client import client_context
+from harness.prefork import Server, one_request, reconnect_run, summarize
 
 
 def main():

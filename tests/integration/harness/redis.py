@@ -13,7 +13,9 @@ import subprocess
 import tempfile
 import time
 
-from prefork_harness import free_port, one_request
+from . import process
+from .client import free_port
+from .prefork import one_request
 
 
 def write_key(path, *keys):
@@ -96,21 +98,11 @@ class Redis:
                 f.write(f"requirepass {self.password}\n")
             f.write(self.extra)
         os.chmod(conf, 0o600)
-        self.proc = subprocess.Popen(["redis-server", conf], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, start_new_session=True)
-        deadline = time.monotonic() + READY_TIMEOUT
-        seen = []
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            if "Ready to accept connections" in line:
-                # Keep draining its log so it never blocks on a full pipe.
-                self._drain = subprocess.Popen(["cat"], stdin=self.proc.stdout, stdout=subprocess.DEVNULL)
-                return self
-        self.stop()
-        raise RuntimeError("redis-server did not start:\n" + "".join(seen))
+        self.proc, self.log, _ = process.spawn(["redis-server", conf])
+        if self.log.wait_for("Ready to accept connections", READY_TIMEOUT) is None:
+            self.stop()
+            raise RuntimeError("redis-server did not start:\n" + self.log.text())
+        return self
 
     def cli(self, *args):
         cmd = ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port)]
@@ -131,17 +123,11 @@ class Redis:
         self.proc.send_signal(signal.SIGCONT)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "_drain", None):
-            self._drain.wait(timeout=20)
-            self._drain = None
+        if self.proc:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
+            process.stop(self.proc)
+            self.log.wait_end(process.STOP_TIMEOUT)
 
     def cleanup(self):
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -176,11 +162,8 @@ class Cluster:
                 n.start()
             subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
                             "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
-            deadline = time.monotonic() + READY_TIMEOUT
-            while not all("cluster_state:ok" in n.cli("CLUSTER", "INFO") for n in self.nodes):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the cluster did not reach cluster_state:ok")
-                time.sleep(0.05)
+            process.wait_until(lambda: all("cluster_state:ok" in n.cli("CLUSTER", "INFO") for n in self.nodes),
+                               READY_TIMEOUT, "the cluster did not reach cluster_state:ok")
         except BaseException:
             self.__exit__()
             raise

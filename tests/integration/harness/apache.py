@@ -10,16 +10,12 @@ import re
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
-import tempfile
-import time
 
-import prefork_harness
-from prefork_harness import free_port
+from . import process
+from .client import HOST, client_context, free_port, http_get, resumption_words, s_client
 
 READY_TIMEOUT = 20.0
-IO_TIMEOUT = 10.0
 
 
 def apache_binary():
@@ -80,7 +76,7 @@ SSLCertificateKeyFile "{certs}/server.key"
 """
 
 
-class Apache:
+class Apache(process.ServerRoot):
     """One httpd: `with Apache(module, certs, "shmsess:(8M)") as a: ... a.port ...`.
 
     `cache` is the SSLSessionCache argument (e.g. "shmsess", "shmcb:/path(512000)"). A
@@ -94,8 +90,7 @@ class Apache:
         self.workers = workers
         self.max_workers = max_workers or max(16, workers)
         self.max_conn = max_conn
-        self.own_root = root is None
-        self.root = root or tempfile.mkdtemp(prefix="shmsess-apache-")
+        super().__init__(root, "shmsess-apache-")
         self.ssl_level = ssl_level
         self.proc = None
         self.port = port
@@ -120,37 +115,32 @@ class Apache:
         conf_path = os.path.join(self.root, "httpd.conf")
         with open(conf_path, "w") as f:
             f.write(conf)
-        open(self.error_log_path(), "a").close()
-        self.log_offset = os.path.getsize(self.error_log_path())
+        self.log.mark()
         # A session of its own: on shutdown prefork signals its whole process group, which
         # would otherwise include the test.
-        self.proc = subprocess.Popen([apache_binary(), "-f", conf_path, "-DFOREGROUND"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True, env={**os.environ, **(self.env or {})})
+        self.proc, self.out, _ = process.spawn([apache_binary(), "-f", conf_path, "-DFOREGROUND"], env=self.env)
         self._wait_ready()
         return self
 
     def _wait_ready(self):
         # Readiness: the TLS handshake on the port completes (the listener exists before the
-        # children do; a completed handshake means a child is accepting).
-        deadline = time.monotonic() + READY_TIMEOUT
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        while True:
-            if self.proc.poll() is not None:
-                out = self.proc.stdout.read()
-                raise RuntimeError(f"httpd exited with {self.proc.returncode}: {out}\n{self.error_log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as raw:
-                    with ctx.wrap_socket(raw, server_hostname="localhost"):
-                        return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"httpd not ready after {READY_TIMEOUT}s\n{self.error_log()}")
-                # Polling a port that is not yet open: the socket error is the signal.
-                time.sleep(0.05)
+        # children do; a completed handshake means a child is accepting). Polling a port that
+        # is not yet open: the socket error is the signal.
+        try:
+            process.wait_until(self._handshakes, READY_TIMEOUT, "httpd not ready",
+                               alive=lambda: self.proc.poll() is None)
+        except RuntimeError as e:
+            self.stop()
+            raise RuntimeError(f"{e} (exit status {self.proc.returncode}): {self.out.text()}\n{self.error_log()}")
+
+    def _handshakes(self):
+        ctx = client_context()
+        try:
+            with socket.create_connection((HOST, self.port), timeout=1.0) as raw:
+                with ctx.wrap_socket(raw, server_hostname="localhost"):
+                    return True
+        except OSError:
+            return False
 
     def graceful(self):
         """`apachectl graceful` (SIGUSR1), returning once the new generation says it runs: its
@@ -158,49 +148,19 @@ class Apache:
         marker = "resuming normal operations"
         seen = self.error_log().count(marker)
         self.proc.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + READY_TIMEOUT
-        while self.error_log().count(marker) <= seen:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"httpd did not come back from a graceful restart\n{self.error_log()}")
-            # The log is written by httpd as it goes; re-reading it is the only signal it gives.
-            time.sleep(0.05)
-
-    def error_log_path(self):
-        return os.path.join(self.root, "error.log")
-
-    def error_log(self):
-        """This run's part of the error log."""
+        # The log is written by httpd as it goes; re-reading it is the only signal it gives.
         try:
-            with open(self.error_log_path(), errors="replace") as f:
-                f.seek(self.log_offset)
-                return f.read()
-        except OSError:
-            return ""
+            process.wait_until(lambda: self.error_log().count(marker) > seen, READY_TIMEOUT,
+                               "httpd did not come back from a graceful restart",
+                               alive=lambda: self.proc.poll() is None)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}\n{self.error_log()}")
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc and self.proc.stdout:
-            self.proc.stdout.close()
-
-    def cleanup(self):
-        if self.own_root:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
+        if self.proc:
+            process.stop(self.proc)
 
 
-# One no-ticket context per protocol version, shared with the other harnesses.
-client_context = prefork_harness.session_context
 
 
 def s_client_chain(port, count, groups, sess_dir):
@@ -212,44 +172,30 @@ def s_client_chain(port, count, groups, sess_dir):
     prev = None
     for i in range(count + 1):
         out_path = os.path.join(sess_dir, f"sess{i}.pem")
-        cmd = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3", "-groups", groups,
-               "-no_ticket", "-ign_eof", "-sess_out", out_path]
-        if prev:
-            cmd += ["-sess_in", prev]
-        # A request, read to the server's close: the NewSessionTicket arrives before the end.
-        res = subprocess.run(cmd, input="GET / HTTP/1.0\r\nHost: localhost\r\n\r\n", capture_output=True,
-                             text=True, timeout=30)
-        m = re.search(r"^(New|Reused), ", res.stdout, re.M)
-        words.append(m.group(1) if m else "none")
+        words.append(_s_client_get(port, groups, "-sess_out", out_path, *(("-sess_in", prev) if prev else ())))
         prev = out_path
     return words, os.path.join(sess_dir, "sess0.pem")
 
 
 def s_client_offer(port, groups, sess_in):
     """One s_client -tls1_3 offering the session in `sess_in`: "New" or "Reused"."""
-    res = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3", "-groups", groups,
-                          "-no_ticket", "-ign_eof", "-sess_in", sess_in],
-                         input="GET / HTTP/1.0\r\nHost: localhost\r\n\r\n", capture_output=True, text=True,
-                         timeout=30)
-    m = re.search(r"^(New|Reused), ", res.stdout, re.M)
-    return m.group(1) if m else "none"
+    return _s_client_get(port, groups, "-sess_in", sess_in)
+
+
+def _s_client_get(port, groups, *args):
+    """s_client -tls1_3 -groups GROUPS with a request, read to the server's close (the
+    NewSessionTicket arrives before the end): "New", "Reused" or "none"."""
+    out = s_client(port, "-tls1_3", "-groups", groups, "-no_ticket", "-ign_eof", *args,
+                   input="GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+    words = resumption_words(out)
+    return words[0] if words else "none"
 
 
 def get(port, ctx, path="/index.html", session=None):
     """One connection, one HTTP/1.0 GET read to EOF (so a TLS 1.3 ticket has arrived).
     Returns (status, body, session_reused, session)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
-            tls.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
-            data = b""
-            while True:
-                chunk = tls.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-            head, _, body = data.partition(b"\r\n\r\n")
-            status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
-            return status, body.decode(errors="replace"), tls.session_reused, tls.session
+    status, body, reused, session = http_get(port, ctx, path, session)
+    return status, body.decode(errors="replace"), reused, session
 
 
 SESSION_LOG = re.compile(r"^\[(\d+)\] \[trace2\] \[ssl\] .*Inter-Process Session Cache: "

@@ -5,21 +5,18 @@ configuration and ngx_http_shmsess_module loaded, as the nginx integration test 
 Nothing here touches the system's nginx configuration: prefix, configuration, logs, pid file,
 temp paths and the session segment all live in a throw-away directory. Every response says
 which worker served it ("worker=PID reused=0|1 early=0|1"), in the format
-prefork_harness.one_request reads.
+harness.prefork.one_request reads.
 """
 
 import os
 import re
-import shutil
 import signal
-import socket
 import ssl
 import subprocess
-import tempfile
-import time
 
-import prefork_harness
-from prefork_harness import free_port
+from . import process
+from .client import free_port, http_get, resumption_words, s_client, session_context
+from .prefork import one_request
 
 READY_TIMEOUT = 20.0
 NGINX = "/usr/sbin/nginx"
@@ -68,7 +65,7 @@ NGINX_SHARED = "    ssl_session_cache shared:SSL:10m;"
 NO_CACHE = "    ssl_session_cache off;"
 
 
-class Nginx:
+class Nginx(process.ServerRoot):
     """One nginx: `with Nginx(module, certs, shmsess_cache()) as n: ... n.port ...`.
 
     `http` goes into the http block (the cache directives), `server` into the test server,
@@ -85,8 +82,7 @@ class Nginx:
         self.server = server
         self.servers = servers
         self.workers = workers
-        self.own_root = root is None
-        self.root = root or tempfile.mkdtemp(prefix="shmsess-nginx-")
+        super().__init__(root, "shmsess-nginx-")
         self.port = port
         self.port2 = None
         self.port3 = None
@@ -99,7 +95,6 @@ class Nginx:
         self.proc = None
         self.master = None  # the master's pid: the child we started, until a binary upgrade
         self.seen_workers = set()
-        self.log_offset = 0
 
     def conf_path(self):
         return os.path.join(self.root, "nginx.conf")
@@ -119,22 +114,19 @@ class Nginx:
         with open(self.conf_path(), "w") as f:
             f.write(conf)
 
+    def argv(self, *args):
+        """The nginx command line on this prefix, configuration and error log, then `args`."""
+        return [NGINX, "-p", self.root, "-c", self.conf_path(), "-e", self.error_log_path(), *args]
+
     def command(self, *args):
         """nginx run on this configuration with extra arguments (-t, -s reload)."""
-        return subprocess.run([NGINX, "-p", self.root, "-c", self.conf_path(), "-e",
-                               os.path.join(self.root, "error.log"), *args],
-                              capture_output=True, text=True, timeout=30)
+        return subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=30)
 
     def start(self):
         self.write_config()
-        open(self.error_log_path(), "a").close()
-        self.log_offset = os.path.getsize(self.error_log_path())
-        self.stderr_file = open(os.path.join(self.root, "stderr.log"), "w")
+        self.log.mark()
         # A session of its own: signals meant for nginx's process group stay there.
-        self.proc = subprocess.Popen([NGINX, "-p", self.root, "-c", self.conf_path(), "-e",
-                                      self.error_log_path()],
-                                     stdout=self.stderr_file, stderr=subprocess.STDOUT,
-                                     start_new_session=True, env={**os.environ, **(self.env or {})})
+        self.proc, self.out, _ = process.spawn(self.argv(), env=self.env)
         self.master = self.proc.pid
         if self.daemon:
             # The started process exits once the daemon runs; the daemon's pid file says who.
@@ -145,8 +137,7 @@ class Nginx:
         return self
 
     def worker_pids(self):
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.master)], capture_output=True, text=True)
-        pids = sorted(int(p) for p in out.stdout.split())
+        pids = process.children(self.master)
         self.seen_workers.update(pids)
         return pids
 
@@ -160,11 +151,9 @@ class Nginx:
         except OSError:
             return False
 
-    def wait_gone(self, pid, timeout=20.0):
-        deadline = time.monotonic() + timeout
-        while self.master_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)  # not our child: no wait() for it, the process table is the signal
-        return not self.master_alive(pid)
+    def wait_gone(self, pid, timeout=process.STOP_TIMEOUT):
+        # Not our child: no wait() for it, the process table is the signal.
+        return process.poll_until(lambda: not self.master_alive(pid), timeout)
 
     def read_pid_file(self):
         try:
@@ -180,13 +169,15 @@ class Nginx:
         the signal."""
         old_master, old_workers = self.master, self.worker_pids()
         os.kill(old_master, signal.SIGUSR2)
-        deadline = time.monotonic() + READY_TIMEOUT
-        while self.read_pid_file() in (0, old_master):
-            if time.monotonic() > deadline or not self.master_alive():
-                raise RuntimeError(f"no new master after USR2\n{self.error_log()}")
-            # nginx writes the new master's pid file when it runs: polled, no other signal.
-            time.sleep(0.05)
-        self.master = self.read_pid_file()
+        def new_master():
+            pid = self.read_pid_file()
+            return pid if pid != old_master else 0
+
+        # nginx writes the new master's pid file when it runs: polled, no other signal.
+        new_master = process.poll_until(new_master, READY_TIMEOUT, alive=self.master_alive)
+        if not new_master:
+            raise RuntimeError(f"no new master after USR2\n{self.error_log()}")
+        self.master = new_master
         pids = self.wait_workers(old_workers)
         os.kill(old_master, signal.SIGQUIT)
         if not self.wait_gone(old_master, READY_TIMEOUT):
@@ -196,23 +187,24 @@ class Nginx:
     def wait_workers(self, old):
         """Return once `workers` workers not in `old` run, none of `old` is left, and a
         request is answered: nginx's own process list and a served request are the signals."""
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            if not self.master_alive():
-                raise RuntimeError(f"nginx exited with {self.proc.returncode}\n{self.stderr_text()}\n{self.error_log()}")
-            pids = self.worker_pids()
-            if len(pids) == self.workers and not set(pids) & set(old) and self._answers():
-                return pids
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"nginx not ready after {READY_TIMEOUT}s (workers {pids}, old {sorted(old)})\n"
-                                   f"{self.error_log()}")
-            # Polling the process table and the port: there is no other signal to wait on.
-            time.sleep(0.05)
+        pids = []
+
+        def ready():
+            pids[:] = self.worker_pids()
+            return len(pids) == self.workers and not set(pids) & set(old) and self._answers()
+
+        # Polling the process table and the port: there is no other signal to wait on.
+        if process.poll_until(ready, READY_TIMEOUT, alive=self.master_alive):
+            return pids
+        if not self.master_alive():
+            raise RuntimeError(f"nginx exited with {self.proc.returncode}\n{self.stderr_text()}\n{self.error_log()}")
+        self.stop()
+        raise RuntimeError(f"nginx not ready after {READY_TIMEOUT}s (workers {pids}, old {sorted(old)})\n"
+                           f"{self.error_log()}")
 
     def _answers(self):
         try:
-            prefork_harness.one_request(self.port, client_context(ssl.TLSVersion.TLSv1_2))
+            one_request(self.port, session_context(ssl.TLSVersion.TLSv1_2))
             return True
         except (OSError, ssl.SSLError, RuntimeError):
             return False
@@ -233,39 +225,17 @@ class Nginx:
             raise RuntimeError(f"/sessions gave {status}: {body}")
         return parse_prometheus(body)
 
-    def error_log_path(self):
-        return os.path.join(self.root, "error.log")
-
-    def error_log(self):
-        """This run's part of the error log."""
-        try:
-            with open(self.error_log_path(), errors="replace") as f:
-                f.seek(self.log_offset)
-                return f.read()
-        except OSError:
-            return ""
-
     def stderr_text(self):
-        try:
-            with open(os.path.join(self.root, "stderr.log"), errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
+        """What nginx wrote to its stdout and stderr (before it opened its error log)."""
+        return self.out.text() if self.proc else ""
 
     def stop(self):
         if self.master and self.proc and self.master != self.proc.pid and self.master_alive():
             os.kill(self.master, signal.SIGTERM)
             if not self.wait_gone(self.master):
                 os.kill(self.master, signal.SIGKILL)
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
         if self.proc:
-            self.stderr_file.close()
+            process.stop(self.proc, kill_group=True)
         self._kill_orphaned_workers()
 
     def _kill_orphaned_workers(self):
@@ -280,35 +250,11 @@ class Nginx:
             except OSError:
                 pass  # already gone
 
-    def cleanup(self):
-        if self.own_root:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
-
-# One no-ticket context per protocol version, shared with the other harnesses.
-client_context = prefork_harness.session_context
 
 
 def get(port, path):
     """A plain GET over a fresh TLS 1.2 connection: (status, body)."""
-    ctx = client_context(ssl.TLSVersion.TLSv1_2)
-    with socket.create_connection(("127.0.0.1", port), timeout=prefork_harness.IO_TIMEOUT) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-            tls.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
-            data = b""
-            while True:
-                chunk = tls.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+    status, body, _, _ = http_get(port, session_context(ssl.TLSVersion.TLSv1_2), path)
     return status, body.decode(errors="replace")
 
 
@@ -323,17 +269,12 @@ def parse_prometheus(body):
 def s_client_early(port, sess_in, request_file):
     """`openssl s_client -sess_in -early_data`: offer a saved TLS 1.3 session with a request
     as 0-RTT data. Returns (resumed, early data accepted)."""
-    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3",
-                          "-sess_in", sess_in, "-early_data", request_file],
-                         input="", capture_output=True, text=True, timeout=30)
-    return bool(re.search(r"^Reused, ", out.stdout, re.M)), "Early data was accepted" in out.stdout
+    out = s_client(port, "-tls1_3", "-sess_in", sess_in, "-early_data", request_file)
+    return "Reused" in resumption_words(out), "Early data was accepted" in out
 
 
 def s_client_save(port, sess_out, request_file):
     """A full TLS 1.3 handshake with `openssl s_client -sess_out`, reading the response (and
     so the ticket) to EOF. Returns the response."""
     with open(request_file) as req:
-        out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3",
-                              "-sess_out", sess_out, "-ign_eof"],
-                             stdin=req, capture_output=True, text=True, timeout=30)
-    return out.stdout
+        return s_client(port, "-tls1_3", "-sess_out", sess_out, "-ign_eof", stdin=req)

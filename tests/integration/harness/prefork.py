@@ -1,0 +1,106 @@
+"""Start build/prefork_server, drive it with real TLS clients, stop it and read its statistics.
+
+Shared by the integration tests (tests/integration) and `make demo` (scripts/demo.py).
+Everything talks to 127.0.0.1 only, with bounded counts and timeouts.
+"""
+
+import os
+import re
+import signal
+
+from . import process
+from .client import client_context, http_get, resumption_words, s_client
+
+READY_TIMEOUT = 15.0
+
+
+class Server:
+    """The example prefork server as a child process. Use as a context manager.
+
+    Unlike the other harnesses' servers it stays in the test's session: it signals only its
+    own workers, and an interrupted test takes it down with it."""
+
+    def __init__(self, binary, certs, workers=4, extra=()):
+        self.cmd = [binary, "--listen", "127.0.0.1:0", "--workers", str(workers),
+                    "--cert", os.path.join(certs, "server.pem"),
+                    "--key", os.path.join(certs, "server.key"), *extra]
+        self.proc = None
+        self.port = None
+        self.stats = None
+        self.stderr = ""
+
+    def start(self):
+        self.proc, self.out, self.err = process.spawn(self.cmd, own_session=False, split_stderr=True)
+        # Readiness is the server's own "ready HOST:PORT" line, not a sleep.
+        line = self.out.wait_for("ready ", READY_TIMEOUT, start=True)
+        if line is not None:
+            self.port = int(line.strip().rsplit(":", 1)[1])
+            return self
+        exited = self.proc.poll() is not None
+        process.stop(self.proc, signal.SIGKILL)
+        self.err.wait_end(READY_TIMEOUT)
+        raise RuntimeError(f"server did not become ready: {self.out.text()!r} {self.err.text() if exited else ''}")
+
+    def worker_pids(self):
+        return process.children(self.proc.pid)
+
+    def stop(self):
+        """SIGTERM, wait, and parse the final "stats ..." line."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.stats
+        in_time = process.stop(self.proc)
+        # The output ends once the workers have gone too (they hold the pipes).
+        self.out.wait_end(process.STOP_TIMEOUT)
+        self.err.wait_end(process.STOP_TIMEOUT)
+        if not in_time:
+            raise RuntimeError(f"server did not stop within {process.STOP_TIMEOUT:.0f} s of SIGTERM")
+        self.stderr = self.err.text()
+        for line in self.out.text().splitlines():
+            if line.startswith("stats "):
+                self.stats = parse_stats(line)
+        return self.stats
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def parse_stats(line):
+    return {k: (int(v) if v.isdigit() else v) for k, v in re.findall(r"(\w+)=(\S+)", line)}
+
+
+def one_request(port, ctx, session=None):
+    """One connection and one HTTP/1.0 request. Returns (reused, worker_pid, new_session)."""
+    _, body, reused, new_session = http_get(port, ctx, session=session)
+    m = re.search(rb"worker=(\d+) reused=(\d)", body)
+    if not m:
+        raise RuntimeError(f"unexpected response {body!r}")
+    return reused, int(m.group(1)), new_session
+
+
+def reconnect_run(port, version, count, no_ticket=False):
+    """Connect `count` times, each time offering the session the previous connection left.
+    Returns a list of (reused, worker_pid)."""
+    ctx = client_context(version, no_ticket)
+    session = None
+    results = []
+    for _ in range(count):
+        reused, pid, new_session = one_request(port, ctx, session)
+        results.append((reused, pid))
+        session = new_session
+    return results
+
+
+def s_client_reconnect(port, extra=("-tls1_2", "-no_ticket")):
+    """`openssl s_client -reconnect`: one full handshake then five reconnections with the same
+    session. Returns the list of "New"/"Reused" words, in order."""
+    return resumption_words(s_client(port, "-reconnect", *extra, timeout=60))
+
+
+def summarize(results):
+    reused = sum(1 for r, _ in results if r)
+    pids = sorted({p for _, p in results})
+    reused_pids = sorted({p for r, p in results if r})
+    return reused, pids, reused_pids
