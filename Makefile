@@ -18,7 +18,10 @@ PC        := $(BUILD)/shmsesscache.pc
 SERVER    := $(BUILD)/prefork_server
 HARNESS   := $(BUILD)/c_harness
 CONTRACT  := $(BUILD)/c_contract
-TESTLIB   := tests/c/testlib.c tests/c/testlib.h
+# The TLS server/client pair over memory BIOs (contexts, handshakes) that the C tests and
+# bench/handshake.c share; the tests add testlib (checks, recorded outcomes, forked workers).
+TLSPAIR   := tests/c/tlspair.c tests/c/tlspair.h
+TESTLIB   := tests/c/testlib.c tests/c/testlib.h $(TLSPAIR)
 FAULT_SERVER := $(BUILD)/fault/prefork_server
 RUST_SRC  := $(wildcard src/*.rs src/*/*.rs src/bin/*/*.rs) Cargo.toml build.rs
 CLI       := $(BUILD)/shmsesscache
@@ -52,11 +55,11 @@ $(SERVER): c-examples/prefork_server.c include/shmsesscache.h $(LIB_SO)
 	$(CC) $(CFLAGS) $(WARN) -Iinclude $< -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
 
 $(HARNESS): tests/c/harness.c $(TESTLIB) include/shmsesscache.h $(LIB_SO)
-	$(CC) $(CFLAGS) $(WARN) -Iinclude $< tests/c/testlib.c -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
+	$(CC) $(CFLAGS) $(WARN) -Iinclude $< $(filter %.c,$(TESTLIB)) -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
 
 # The OpenSSL contract under real behaviour: HRR, SNI callbacks, housekeeping, early data, reloads.
 $(CONTRACT): tests/c/contract.c $(TESTLIB) include/shmsesscache.h $(LIB_SO)
-	$(CC) $(CFLAGS) $(WARN) -Iinclude $< tests/c/testlib.c -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
+	$(CC) $(CFLAGS) $(WARN) -Iinclude $< $(filter %.c,$(TESTLIB)) -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
 
 # Regenerate the committed header from src/ffi.rs.
 header:
@@ -219,9 +222,10 @@ demo: all $(BUILD)/certs/server.pem
 
 # Benchmarks (never part of `make test`): see BENCHMARKS.md. BENCH_ARGS e.g. "--runs 3".
 BENCH_ARGS ?=
-$(BUILD)/bench/handshake: bench/handshake.c include/shmsesscache.h $(LIB_SO)
+$(BUILD)/bench/handshake: bench/handshake.c $(TLSPAIR) include/shmsesscache.h $(LIB_SO)
 	@mkdir -p $(BUILD)/bench
-	$(CC) $(CFLAGS) $(WARN) -Iinclude $< -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN/..'
+	$(CC) $(CFLAGS) $(WARN) -Iinclude -Itests/c $< $(filter %.c,$(TLSPAIR)) -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto \
+	  -Wl,-rpath,'$$ORIGIN/..'
 
 $(BUILD)/bench/loadgen: bench/loadgen.c
 	@mkdir -p $(BUILD)/bench

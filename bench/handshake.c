@@ -27,24 +27,16 @@
 
 #include <shmsesscache.h>
 
+#include "tlspair.h"
+
 enum mode { INTERNAL, SHMSESS, NONE };
 static const char *mode_name[] = { "internal", "shmsesscache", "none" };
-static const char *certdir;
 
 static void die(const char *m)
 {
     fprintf(stderr, "handshake: %s\n", m);
     ERR_print_errors_fp(stderr);
     exit(1);
-}
-
-static char *path(const char *name)
-{
-    static char buf[4][512];
-    static int i;
-    i = (i + 1) % 4;
-    snprintf(buf[i], sizeof buf[i], "%s/%s", certdir, name);
-    return buf[i];
 }
 
 static double now(void)
@@ -54,79 +46,33 @@ static double now(void)
     return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
-static SSL_CTX *server_ctx(int version, int verify_client)
+/* The benchmark's server: server.pem, session ids and stateful TLS 1.3 tickets (no_ticket). */
+static SSL_CTX *bench_server_ctx(int version, int verify_client)
 {
-    SSL_CTX *c = SSL_CTX_new(TLS_server_method());
-    if (!c || SSL_CTX_use_certificate_chain_file(c, path("server.pem")) != 1 ||
-        SSL_CTX_use_PrivateKey_file(c, path("server.key"), SSL_FILETYPE_PEM) != 1)
-        die("server certificate");
-    SSL_CTX_set_min_proto_version(c, version);
-    SSL_CTX_set_max_proto_version(c, version);
-    SSL_CTX_set_options(c, SSL_OP_NO_TICKET);
-    SSL_CTX_set_num_tickets(c, 1);
-    if (verify_client) {
-        SSL_CTX_load_verify_locations(c, path("client.pem"), NULL);
-        SSL_CTX_set_verify(c, SSL_VERIFY_PEER, NULL);
-    }
-    return c;
+    return server_ctx("server", version, SSL_OP_NO_TICKET, 0, verify_client);
 }
 
-static SSL_CTX *client_ctx(int version, int with_cert)
+/* A pair of sctx and cctx, the client offering `offer` (may be NULL), handshake completed and
+ * the TLS 1.3 NewSessionTicket read by the client. */
+static void connect_pair(struct tls_pair *p, SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION *offer)
 {
-    SSL_CTX *c = SSL_CTX_new(TLS_client_method());
-    SSL_CTX_set_min_proto_version(c, version);
-    SSL_CTX_set_max_proto_version(c, version);
-    SSL_CTX_set_options(c, SSL_OP_NO_TICKET);
-    SSL_CTX_set_verify(c, SSL_VERIFY_NONE, NULL);
-    if (with_cert && (SSL_CTX_use_certificate_file(c, path("client.pem"), SSL_FILETYPE_PEM) != 1 ||
-                      SSL_CTX_use_PrivateKey_file(c, path("client.key"), SSL_FILETYPE_PEM) != 1))
-        die("client certificate");
-    return c;
-}
-
-/* Connect s and c over a BIO pair, complete the handshake, and let the client read the TLS 1.3
- * NewSessionTicket. */
-static void complete(SSL *s, SSL *c, SSL_SESSION *offer)
-{
-    BIO *sb, *cb;
-    BIO_new_bio_pair(&sb, 0, &cb, 0);
-    SSL_set_bio(s, sb, sb);
-    SSL_set_bio(c, cb, cb);
-    SSL_set_accept_state(s);
-    SSL_set_connect_state(c);
+    tls_pair_open(p, sctx, cctx);
     if (offer)
-        SSL_set_session(c, offer);
-    int cd = 0, sd = 0;
-    for (int i = 0; i < 100 && !(cd && sd); i++) {
-        if (!cd)
-            cd = SSL_do_handshake(c) == 1;
-        if (!sd)
-            sd = SSL_do_handshake(s) == 1;
-    }
-    if (!(cd && sd))
+        SSL_set_session(p->c, offer);
+    if (!tls_pair_handshake(p, 0))
         die("handshake failed");
-    unsigned char b;
-    SSL_write(s, "x", 1);
-    SSL_read(c, &b, 1);
-}
-
-static void finish(SSL *s, SSL *c)
-{
-    SSL_shutdown(s);
-    SSL_shutdown(c);
-    SSL_free(s);
-    SSL_free(c);
+    tls_pair_first_byte(p);
 }
 
 /* One handshake; returns the client's session for the next one (owned by the caller), and
  * whether the server resumed. */
 static SSL_SESSION *handshake(SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION *offer, int *reused)
 {
-    SSL *s = SSL_new(sctx), *c = SSL_new(cctx);
-    complete(s, c, offer);
-    *reused = SSL_session_reused(s);
-    SSL_SESSION *next = SSL_get1_session(c);
-    finish(s, c);
+    struct tls_pair p;
+    connect_pair(&p, sctx, cctx, offer);
+    *reused = SSL_session_reused(p.s);
+    SSL_SESSION *next = SSL_get1_session(p.c);
+    tls_pair_close(&p, 1);
     return next;
 }
 
@@ -147,7 +93,7 @@ static double median(double *v, int n)
 /* Handshakes per second for `secs` seconds; checks that every one resumed (or none, for NONE). */
 static double rate(enum mode m, int version, double secs)
 {
-    SSL_CTX *sctx = server_ctx(version, 0), *cctx = client_ctx(version, 0);
+    SSL_CTX *sctx = bench_server_ctx(version, 0), *cctx = client_ctx(version, 0);
     shmsess_cache *cache = NULL;
     if (m == SHMSESS) {
         shmsess_options o;
@@ -188,12 +134,12 @@ static double rate(enum mode m, int version, double secs)
 /* DER of a real session of this kind (server side: what the cache stores). */
 static int real_session(int version, int client_cert, unsigned char *der, int cap, unsigned *id_off)
 {
-    SSL_CTX *sctx = server_ctx(version, client_cert), *cctx = client_ctx(version, client_cert);
+    SSL_CTX *sctx = bench_server_ctx(version, client_cert), *cctx = client_ctx(version, client_cert);
     static const unsigned char sid[] = "bench";
     SSL_CTX_set_session_id_context(sctx, sid, sizeof sid - 1);
-    SSL *s = SSL_new(sctx), *c = SSL_new(cctx);
-    complete(s, c, NULL);
-    SSL_SESSION *ss = SSL_get1_session(s);
+    struct tls_pair pair;
+    connect_pair(&pair, sctx, cctx, NULL);
+    SSL_SESSION *ss = SSL_get1_session(pair.s);
     unsigned idlen;
     const unsigned char *id = SSL_SESSION_get_id(ss, &idlen);
     int len = i2d_SSL_SESSION(ss, NULL);
@@ -208,7 +154,7 @@ static int real_session(int version, int client_cert, unsigned char *der, int ca
             break;
         }
     SSL_SESSION_free(ss);
-    finish(s, c);
+    tls_pair_close(&pair, 1);
     SSL_CTX_free(sctx);
     SSL_CTX_free(cctx);
     return len;

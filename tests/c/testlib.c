@@ -10,57 +10,6 @@
 #include "testlib.h"
 
 int passed, failed;
-const char *certdir;
-
-char *cpath(const char *name)
-{
-    static char buf[4][512];
-    static int i;
-    i = (i + 1) % 4;
-    snprintf(buf[i], sizeof buf[i], "%s/%s", certdir, name);
-    return buf[i];
-}
-
-/* ---------- contexts ---------- */
-
-SSL_CTX *server_ctx(const char *name, int version, long options, unsigned max_early, int verify_client)
-{
-    char pem[64], key[64];
-    snprintf(pem, sizeof pem, "%s.pem", name);
-    snprintf(key, sizeof key, "%s.key", name);
-    SSL_CTX *c = SSL_CTX_new(TLS_server_method());
-    SSL_CTX_use_certificate_file(c, cpath(pem), SSL_FILETYPE_PEM);
-    SSL_CTX_use_PrivateKey_file(c, cpath(key), SSL_FILETYPE_PEM);
-    SSL_CTX_set_min_proto_version(c, version);
-    SSL_CTX_set_max_proto_version(c, version);
-    SSL_CTX_set_options(c, (uint64_t)options);
-    SSL_CTX_set_num_tickets(c, 1);
-    if (max_early)
-        SSL_CTX_set_max_early_data(c, max_early);
-    if (verify_client) {
-        SSL_CTX_set_verify(c, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
-        SSL_CTX_load_verify_locations(c, cpath("client.pem"), NULL);
-        SSL_CTX_load_verify_locations(c, cpath("bigclient.pem"), NULL);
-    }
-    return c;
-}
-
-SSL_CTX *client_ctx(int version, int with_cert)
-{
-    SSL_CTX *c = SSL_CTX_new(TLS_client_method());
-    SSL_CTX_set_min_proto_version(c, version);
-    SSL_CTX_set_max_proto_version(c, version);
-    SSL_CTX_set_options(c, SSL_OP_NO_TICKET); /* TLS 1.2: use session ids */
-    if (with_cert) {
-        const char *name = with_cert == 2 ? "bigclient" : "client";
-        char pem[64], key[64];
-        snprintf(pem, sizeof pem, "%s.pem", name);
-        snprintf(key, sizeof key, "%s.key", name);
-        SSL_CTX_use_certificate_file(c, cpath(pem), SSL_FILETYPE_PEM);
-        SSL_CTX_use_PrivateKey_file(c, cpath(key), SSL_FILETYPE_PEM);
-    }
-    return c;
-}
 
 shmsess_cache *new_cache(uint32_t flags)
 {
@@ -104,13 +53,9 @@ void handshake_with(SSL_CTX *sctx, SSL_CTX *cctx, const struct outcome *offer, c
     if (o == NULL)
         o = &defaults;
     memset(out, 0, sizeof *out);
-    SSL *s = SSL_new(sctx), *c = SSL_new(cctx);
-    BIO *sb, *cb;
-    BIO_new_bio_pair(&sb, 0, &cb, 0);
-    SSL_set_bio(s, sb, sb);
-    SSL_set_bio(c, cb, cb);
-    SSL_set_accept_state(s);
-    SSL_set_connect_state(c);
+    struct tls_pair pair;
+    tls_pair_open(&pair, sctx, cctx);
+    SSL *s = pair.s, *c = pair.c;
     SSL_set_msg_callback(c, count_server_hellos);
     SSL_set_msg_callback_arg(c, &out->server_hellos);
     if (o->sni)
@@ -121,8 +66,6 @@ void handshake_with(SSL_CTX *sctx, SSL_CTX *cctx, const struct outcome *offer, c
         SSL_set_session(c, sess);
         SSL_SESSION_free(sess);
     }
-    int cdone = 0, sdone = 0, early_written = !o->early, early_read_done = !o->early;
-    unsigned char buf[256];
     if (o->sni_after_hrr) {
         /* First ClientHello, the server's answer (a HelloRetryRequest if the groups disagree),
          * then another name for the second ClientHello: nothing in TLS stops a client. */
@@ -130,28 +73,9 @@ void handshake_with(SSL_CTX *sctx, SSL_CTX *cctx, const struct outcome *offer, c
         SSL_do_handshake(s);
         SSL_set_tlsext_host_name(c, o->sni_after_hrr);
     }
-    for (int i = 0; i < 200 && !(cdone && sdone); i++) {
-        if (!early_written) {
-            size_t w = 0;
-            if (SSL_write_early_data(c, "early!", 6, &w) == 1)
-                early_written = 1;
-        } else if (!cdone) {
-            cdone = SSL_do_handshake(c) == 1;
-        }
-        if (!early_read_done) {
-            size_t r = 0;
-            int rc = SSL_read_early_data(s, buf, sizeof buf, &r);
-            if (rc == SSL_READ_EARLY_DATA_FINISH || rc == SSL_READ_EARLY_DATA_ERROR)
-                early_read_done = 1;
-        } else if (!sdone) {
-            sdone = SSL_do_handshake(s) == 1;
-        }
-    }
-    out->ok = cdone && sdone;
+    out->ok = tls_pair_handshake(&pair, o->early);
     if (out->ok) {
-        /* Let the client read the TLS 1.3 NewSessionTicket. */
-        SSL_write(s, "x", 1);
-        SSL_read(c, buf, 1);
+        tls_pair_first_byte(&pair);
         out->reused = SSL_session_reused(s);
         out->early = SSL_get_early_data_status(s) == SSL_EARLY_DATA_ACCEPTED;
         X509 *peer = SSL_get1_peer_certificate(s);
@@ -168,12 +92,7 @@ void handshake_with(SSL_CTX *sctx, SSL_CTX *cctx, const struct outcome *offer, c
             SSL_SESSION_free(cs);
         }
     }
-    if (!o->unclean) {
-        SSL_shutdown(s);
-        SSL_shutdown(c);
-    }
-    SSL_free(s);
-    SSL_free(c);
+    tls_pair_close(&pair, !o->unclean);
     ERR_clear_error();
 }
 

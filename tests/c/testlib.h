@@ -1,6 +1,7 @@
 /*
- * Helpers shared by the C test programs in tests/c: checks, certificates, contexts, and
- * handshakes over memory BIO pairs, in this process or in a forked "worker" process.
+ * Helpers shared by the C test programs in tests/c: checks, caches, and handshakes over memory
+ * BIO pairs (tlspair.h, which bench/handshake.c uses too) with their outcome recorded, in this
+ * process or in a forked "worker" process.
  */
 #ifndef SHMSESS_TESTLIB_H
 #define SHMSESS_TESTLIB_H
@@ -11,8 +12,9 @@
 
 #include <shmsesscache.h>
 
+#include "tlspair.h"
+
 extern int passed, failed;
-extern const char *certdir;
 
 #define CHECK(cond, ...)                                                   \
     do {                                                                   \
@@ -26,15 +28,6 @@ extern const char *certdir;
         }                                                                  \
     } while (0)
 
-enum { TLS12 = TLS1_2_VERSION, TLS13 = TLS1_3_VERSION };
-
-/* certdir/name, in one of four rotating static buffers. */
-char *cpath(const char *name);
-/* A server context with certificate NAME.pem/NAME.key, one protocol version, options, early
- * data limit, and (verify_client) a required client certificate. */
-SSL_CTX *server_ctx(const char *name, int version, long options, unsigned max_early, int verify_client);
-/* A client context for one version; with_cert 1: client.pem, 2: bigclient.pem (4096-bit). */
-SSL_CTX *client_ctx(int version, int with_cert);
 shmsess_cache *new_cache(uint32_t flags);
 shmsess_stats stats_of(shmsess_cache *c);
 
