@@ -26,7 +26,7 @@ FAULT_SERVER := $(BUILD)/fault/prefork_server
 RUST_SRC  := $(wildcard src/*.rs src/*/*.rs src/bin/*/*.rs) Cargo.toml build.rs
 CLI       := $(BUILD)/shmsesscache
 
-.PHONY: all lib header check-header test test-rust test-c test-integration test-remote test-apache test-fuzz fuzz demo bench install \
+.PHONY: all lib header check-header lint lint-fmt lint-clippy fmt test test-rust test-c test-integration test-remote test-apache test-fuzz fuzz demo bench install \
         apache-module install-apache-module test-deps clean nginx-module install-nginx-module test-nginx
 
 all: $(LIB_SO) $(LIB_A) $(PC) $(SERVER) $(CLI)
@@ -72,8 +72,29 @@ check-header:
 	@$(CARGO) run -q --example gen_header > $(BUILD)/shmsesscache.h.check
 	@diff -u include/shmsesscache.h $(BUILD)/shmsesscache.h.check && echo "header in sync" || { echo "include/shmsesscache.h is out of date: run 'make header'"; exit 1; }
 
-test: all check-header test-rust test-c test-integration test-remote test-apache test-nginx test-fuzz
+test: lint all test-rust test-c test-integration test-remote test-apache test-nginx test-fuzz
 	@echo "all tests passed"
+
+# The lint gate, first in `make test`: rustfmt's check (the crate and fuzz/, its own
+# workspace), clippy with every warning an error (all targets, the fault-injection feature and
+# the release profile, as test-rust builds them), and the header check. `make -k lint` runs all
+# three when one fails; `make fmt` mends what the first finds.
+RUST_MANIFESTS := Cargo.toml fuzz/Cargo.toml
+
+lint: lint-fmt lint-clippy check-header
+
+lint-fmt:
+	@$(CARGO) fmt --version >/dev/null 2>&1 || { echo "rustfmt is missing: rustup component add rustfmt" >&2; exit 1; }
+	@for m in $(RUST_MANIFESTS); do \
+	  $(CARGO) fmt --manifest-path $$m --all --check || { echo "$$m: rustfmt would change the lines above: run 'make fmt'" >&2; exit 1; }; \
+	done; echo "rustfmt: formatted"
+
+lint-clippy:
+	@$(CARGO) clippy --version >/dev/null 2>&1 || { echo "clippy is missing: rustup component add clippy" >&2; exit 1; }
+	$(CARGO) clippy --release --all-targets --features fault-injection -- -D warnings
+
+fmt:
+	for m in $(RUST_MANIFESTS); do $(CARGO) fmt --manifest-path $$m --all || exit 1; done
 
 # Release (what ships) and debug: debug builds check integer overflow and debug assertions,
 # which release builds skip (a wrapping sum over hostile shared memory only panics there).

@@ -1,5 +1,5 @@
 //! Prints include/shmsesscache.h generated from the crate's C API (used by `make header`;
-//! `tests/header_in_sync.rs` fails when the committed header differs).
+//! `make check-header`, part of `make lint`, fails when the committed header differs).
 fn main() {
     let dir = env!("CARGO_MANIFEST_DIR");
     let config =
