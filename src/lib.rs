@@ -13,7 +13,7 @@
 //! - [`remote`]: the optional second tier in Redis, for several hosts: [`seal`] (AES-256-GCM
 //!   sealing of sessions that leave the host), [`resp`] (a small Redis client under one
 //!   deadline per operation) and [`resp_tls`] (`rediss://`, OpenSSL on memory BIOs);
-//! - [`ffi`]: the exported C functions, with [`handles`] (the lock-free set of live handles);
+//! - [`ffi`]: the exported C functions, one file per C concept, with [`handles`] (the lock-free set of live handles);
 //! - [`log`], [`error`], [`util`], [`fault`] (test-only fault injection).
 //!
 //! The `shmsesscache` command-line tool is `src/bin/shmsesscache/`.
