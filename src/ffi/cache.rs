@@ -9,7 +9,8 @@ use super::options::{plan, prefix_arg, shmsess_options, Plan};
 use super::result::{shmsess_result, Fail};
 use super::{guard, handle, null};
 use crate::cache::Cache;
-use crate::glue::{self, Handle};
+use crate::handle::{self, Handle};
+use crate::tls::install;
 use shmsess_result::*;
 
 /// Opaque cache handle. Created by `shmsess_cache_create`, freed by `shmsess_cache_free`.
@@ -43,12 +44,12 @@ pub extern "C" fn shmsess_cache_create(
         let cache = Cache::create(&cfg)?;
         let handle = Handle::new(cache, install).with_remote(remote);
         let p = Arc::into_raw(Arc::new(handle)) as *mut shmsess_cache;
-        if !crate::handles::register(p as usize) {
+        if !handle::register(p as usize) {
             // SAFETY: just made and never handed out.
             drop(unsafe { Arc::from_raw(p as *const Handle) });
             return Err(Fail(
                 SHMSESS_ERR_INVALID_ARGUMENT,
-                format!("{} caches are alive in this process already: free some with shmsess_cache_free", crate::handles::MAX_LIVE),
+                format!("{} caches are alive in this process already: free some with shmsess_cache_free", handle::MAX_LIVE),
             ));
         }
         // SAFETY: out checked above.
@@ -68,7 +69,7 @@ pub extern "C" fn shmsess_cache_free(cache: *mut shmsess_cache) {
         if cache.is_null() {
             return Ok(SHMSESS_OK);
         }
-        if !crate::handles::unregister(cache as usize) {
+        if !handle::unregister(cache as usize) {
             return Err(Fail(
                 SHMSESS_ERR_BAD_HANDLE,
                 "cache is not a live handle (freed twice?)".into(),
@@ -95,7 +96,7 @@ pub extern "C" fn shmsess_install(cache: *mut shmsess_cache, ctx: *mut SSL_CTX) 
         if ctx.is_null() {
             return Err(null("ctx"));
         }
-        glue::install(&h, ctx)?;
+        install::install(&h, ctx)?;
         Ok(SHMSESS_OK)
     })
 }

@@ -10,7 +10,7 @@ use super::result::{shmsess_result, Fail};
 use super::cache::shmsess_cache;
 use super::{bytes, guard, handle, id_arg, null};
 use crate::cache::{Found, Take};
-use crate::glue;
+use crate::tls::der;
 use shmsess_result::*;
 
 
@@ -82,7 +82,7 @@ pub extern "C" fn shmsess_cache_lookup(
         };
         let take = match take {
             SHMSESS_LOOKUP_KEEP => Take::Never,
-            SHMSESS_LOOKUP_TAKE_TLS13 => Take::If(glue::der_session_is_tls13),
+            SHMSESS_LOOKUP_TAKE_TLS13 => Take::If(der::der_session_is_tls13),
             _ => Take::Always,
         };
         match h
@@ -119,7 +119,7 @@ pub extern "C" fn shmsess_session_is_tls13(der: *const u8, len: usize) -> c_int 
     }
     // SAFETY: the caller promises `len` readable bytes at `der`.
     let der = unsafe { std::slice::from_raw_parts(der, len) };
-    c_int::from(catch_unwind(|| glue::der_session_is_tls13(der)).unwrap_or(false))
+    c_int::from(catch_unwind(|| der::der_session_is_tls13(der)).unwrap_or(false))
 }
 
 /// Called by `shmsess_cache_iterate` with each live entry: its id, its bytes (both valid only

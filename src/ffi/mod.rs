@@ -19,7 +19,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use crate::layout::MAX_ID_LEN;
-use crate::tls::glue::Handle;
+use crate::handle::Handle;
 
 // In the order a C programmer meets them, which cbindgen follows for the header's types (a
 // blank line between each keeps rustfmt from sorting them).
@@ -79,7 +79,7 @@ pub(crate) fn handle(cache: *const shmsess_cache) -> Result<Arc<Handle>, Fail> {
     if cache.is_null() {
         return Err(null("cache"));
     }
-    if !crate::handles::is_live(cache as usize) {
+    if !crate::handle::is_live(cache as usize) {
         return Err(Fail(
             SHMSESS_ERR_BAD_HANDLE,
             "cache is not a live handle (freed already?)".into(),

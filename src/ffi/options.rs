@@ -10,7 +10,7 @@ use super::result::{shmsess_result, Fail};
 use super::{bytes, guard, null};
 use crate::cache::{Config, DEFAULT_LOCK_TIMEOUT_MS};
 use crate::error::Error;
-use crate::glue::{InstallOptions, MAX_ID_PREFIX};
+use crate::handle::{InstallOptions, MAX_ID_PREFIX};
 use crate::layout::{DEFAULT_UNIT_BYTES, MAX_ID_LEN};
 use crate::log::{self, Level};
 use crate::remote::{Remote, RemoteConfig};

@@ -1,6 +1,6 @@
 //! The cache: maps ids to shards, takes the shard locks (repairing after a crash), and
 //! offers store / lookup / take / remove / flush / statistics over raw bytes. Knows nothing of
-//! OpenSSL; `glue.rs` turns sessions into bytes outside any lock.
+//! OpenSSL; `tls::callbacks` turns sessions into bytes outside any lock.
 
 use std::hash::Hasher;
 use std::ops::ControlFlow;

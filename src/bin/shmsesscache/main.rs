@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use shmsesscache::cache::{Cache, Config};
 use shmsesscache::segment::Trust;
-use shmsesscache::{dumpfile, glue, util, Error};
+use shmsesscache::tls::der;
+use shmsesscache::{dumpfile, util, Error};
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -489,7 +490,7 @@ fn cmd_load(raw: &[String]) -> Result<u8, Failure> {
     })?;
     let now = util::now_unix();
     let (rep, err) = dumpfile::load_into(&cache, &records, now, &|id, der| {
-        glue::session_der_matches_id(der, id)
+        der::session_der_matches_id(der, id)
     });
     println!(
         "loaded {} sessions into {} from {} (dumped {}); skipped {} expired, refused {}",
