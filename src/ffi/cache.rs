@@ -8,7 +8,7 @@ use openssl_sys::SSL_CTX;
 use super::options::{plan, prefix_arg, shmsess_options, Plan};
 use super::result::{shmsess_result, Fail};
 use super::{guard, handle, null};
-use crate::cache::Cache;
+use crate::store::cache::Cache;
 use crate::handle::{self, Handle};
 use crate::tls::install;
 use shmsess_result::*;

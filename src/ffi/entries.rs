@@ -9,7 +9,7 @@ use std::panic::catch_unwind;
 use super::result::{shmsess_result, Fail};
 use super::cache::shmsess_cache;
 use super::{bytes, guard, handle, id_arg, null};
-use crate::cache::{Found, Take};
+use crate::store::cache::{Found, Take};
 use crate::tls::der;
 use shmsess_result::*;
 

@@ -4,7 +4,7 @@
 //! remove, iterate), [`stats`] (`shmsess_stats`, filled and named from one field list) and
 //! [`log`] (the message callback).
 //!
-//! This file holds what every export shares: the one panic boundary ([`guard`]: nothing
+//! This file holds what every export shares: the one panic boundary (`guard`: nothing
 //! unwinds into C, every failure leaves a message for `shmsess_last_error`) and the casts from
 //! C pointers to Rust values, each checked for NULL.
 //!
@@ -18,7 +18,7 @@ use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use crate::layout::MAX_ID_LEN;
+use crate::store::layout::MAX_ID_LEN;
 use crate::handle::Handle;
 
 // In the order a C programmer meets them, which cbindgen follows for the header's types (a

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use super::result::{shmsess_result, Fail};
 use super::{bytes, guard, null};
-use crate::cache::{Config, DEFAULT_LOCK_TIMEOUT_MS};
+use crate::store::cache::{Config, DEFAULT_LOCK_TIMEOUT_MS};
 use crate::error::Error;
 use crate::handle::{InstallOptions, MAX_ID_PREFIX};
-use crate::layout::{DEFAULT_UNIT_BYTES, MAX_ID_LEN};
+use crate::store::layout::{DEFAULT_UNIT_BYTES, MAX_ID_LEN};
 use crate::log::{self, Level};
 use crate::remote::{Remote, RemoteConfig};
 use shmsess_result::*;
@@ -385,7 +385,7 @@ pub(super) fn plan(opts: *const shmsess_options) -> Result<Plan, Fail> {
         id_prefix,
     };
     // The same plan Cache::create makes: a size it would refuse is refused here.
-    crate::layout::Geometry::plan(cfg.size_bytes, cfg.unit_bytes).map_err(Error::invalid)?;
+    crate::store::layout::Geometry::plan(cfg.size_bytes, cfg.unit_bytes).map_err(Error::invalid)?;
     let remote = remote_from(o)?;
     Ok(Plan {
         cfg,
@@ -438,7 +438,7 @@ fn remote_from(o: &shmsess_options) -> Result<Option<Remote>, Fail> {
             "remote_url needs remote_key_file: sessions leave the host only sealed".into(),
         ));
     };
-    let keys = crate::seal::Keyring::load(std::path::Path::new(&key_file))?;
+    let keys = crate::remote::seal::Keyring::load(std::path::Path::new(&key_file))?;
     let prefix = text(o.remote_key_prefix, "remote_key_prefix")?
         .unwrap_or_else(|| crate::remote::DEFAULT_PREFIX.to_owned());
     let ms = |v: u32, default: Duration| {

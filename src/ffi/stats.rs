@@ -6,7 +6,7 @@ use std::ffi::{c_char, CStr};
 use super::result::{shmsess_result, Fail};
 use super::cache::shmsess_cache;
 use super::{guard, handle, null};
-use crate::cache::{Ages, Stats};
+use crate::store::cache::{Ages, Stats};
 use shmsess_result::*;
 
 /// Statistics of a cache (all processes together). Counters only grow.

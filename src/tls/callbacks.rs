@@ -22,13 +22,13 @@ use openssl_sys::{SSL, SSL_CTX, SSL_SESSION};
 
 use super::install::{with_ctx_handle, with_handle};
 use super::ossl as extra;
-use crate::cache::Found;
+use crate::store::cache::Found;
 use crate::error::ErrorKind;
 use crate::handle::Handle;
-use crate::layout::{MAX_ID_LEN, MAX_SESSION_BYTES};
+use crate::store::layout::{MAX_ID_LEN, MAX_SESSION_BYTES};
 use crate::log::{self, Level};
 use crate::remote::{Fetched, Remote, Taken};
-use crate::resp::Deadline;
+use crate::remote::resp::Deadline;
 
 /// Sessions up to this size (all but those with large client certificate chains) are encoded
 /// and decoded in a stack buffer; larger ones in a heap buffer of their size.

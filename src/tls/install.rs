@@ -16,7 +16,7 @@ use super::callbacks::{get_session_cb, new_session_cb, remove_session_cb, ANTI_R
 use super::ossl as extra;
 use crate::error::{Error, ErrorKind, Result};
 use crate::handle::Handle;
-use crate::layout::MAX_ID_LEN;
+use crate::store::layout::MAX_ID_LEN;
 use crate::log::{self, Level};
 
 
