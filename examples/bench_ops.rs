@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use openssl_sys as ossl;
-use shmsesscache::cache::{Cache, Config, Found};
-use shmsesscache::lock::ShardLock;
-use shmsesscache::segment::Mapping;
+use shmsesscache::store::cache::{Cache, Config, Found};
+use shmsesscache::store::lock::ShardLock;
+use shmsesscache::store::segment::Mapping;
 
 extern "C" {
     fn SSL_SESSION_new() -> *mut ossl::SSL_SESSION;

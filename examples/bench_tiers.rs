@@ -22,10 +22,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use shmsesscache::cache::{Cache, Config, Found};
-use shmsesscache::layout::RemoteCounters;
+use shmsesscache::store::cache::{Cache, Config, Found};
+use shmsesscache::store::layout::RemoteCounters;
 use shmsesscache::remote::{Fetched, Remote, RemoteConfig, DEFAULT_BACKOFF};
-use shmsesscache::seal::Keyring;
+use shmsesscache::remote::seal::Keyring;
 
 const SESSION_BYTES: usize = 160;
 

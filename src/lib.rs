@@ -1,38 +1,38 @@
 //! shmsesscache: one TLS session cache in shared memory for all the worker processes of a
-//! forked OpenSSL server, with a C ABI (see `include/shmsesscache.h`).
+//! forked OpenSSL server, with a C ABI (see `include/shmsesscache.h`) and an optional second
+//! tier in Redis shared by several hosts.
 //!
-//! Modules by responsibility:
-//! - [`store`]: the shared-memory segment, nothing about OpenSSL or Redis:
-//!   [`layout`] (the segment's bytes: header, format word, geometry, entry header),
-//!   [`lock`] (robust process-shared mutexes), [`users`] (the boot and pid namespace whose
-//!   thread ids the lock words hold), [`segment`] (mapping, creating, attaching),
-//!   [`shard`] (slot operations inside one locked shard), [`cache`] (ids to shards, locking
-//!   with crash recovery, statistics), [`dumpfile`] (the format of `shmsesscache dump`/`load`);
-//! - [`tls`]: the OpenSSL side: [`glue`] (the session callbacks and `shmsess_install`, i2d/d2i
-//!   outside the locks), the HelloRetryRequest and virtual-host rules of the lookup;
-//! - [`remote`]: the optional second tier in Redis, for several hosts: [`seal`] (AES-256-GCM
-//!   sealing of sessions that leave the host), [`resp`] (a small Redis client under one
-//!   deadline per operation) and [`resp_tls`] (`rediss://`, OpenSSL on memory BIOs);
-//! - [`ffi`]: the exported C functions, with [`handles`] (the lock-free set of live handles);
-//! - [`log`], [`error`], [`util`], [`fault`] (test-only fault injection).
+//! Each folder is one layer; data flows down, never up:
 //!
-//! The `shmsesscache` command-line tool is `src/bin/shmsesscache/`.
+//! ```text
+//!   C call ──────────► ffi ──► handle ──► store   (this host's shared memory)
+//!   OpenSSL callback ► tls ──► handle ──► remote  (Redis, other hosts)
+//! ```
+//!
+//! - [`ffi`]: the exported C functions, one file per C concept (results, options, cache,
+//!   entries, statistics, log); the one panic boundary. Knows C, not OpenSSL's callbacks.
+//! - [`tls`]: the OpenSSL side: `shmsess_install`, the new/get/remove session callbacks
+//!   (i2d/d2i outside every lock), HelloRetryRequest parking, the virtual-host check.
+//! - [`handle`]: [`handle::Handle`], what a `shmsess_cache *` points to (the cache, how it
+//!   behaves in OpenSSL, the optional Redis tier), and the set of live handles.
+//! - [`store`]: the shared-memory segment (layout, robust locks and crash recovery, shards,
+//!   statistics, dump files). Knows nothing of OpenSSL or Redis.
+//! - [`remote`]: the Redis tier (sealing, a small RESP client, `rediss://`), counting into
+//!   the segment's counters it is given when it is made.
+//! - [`log`], [`error`], [`util`], [`fault`] (test-only fault injection): used by every layer.
+//!
+//! The `shmsesscache` command-line tool is `src/bin/shmsesscache/`; it uses [`store`] and
+//! [`ffi`]'s statistics directly.
 
 pub mod error;
 pub mod fault;
 pub mod ffi;
-pub mod handles;
+pub mod handle;
 pub mod log;
 pub mod remote;
 pub mod store;
 pub mod tls;
 pub mod util;
 
-// The paths the modules had before they were grouped, for the crate's own code, its tools,
-// tests and benchmarks.
-pub use remote::{resp, resp_tls, seal};
-pub use store::{cache, dumpfile, layout, lock, segment, shard, users};
-pub use tls::glue;
-
-pub use cache::{Cache, Config, EntryInfo, Found, Stats};
+// The crate's error type is what every layer returns: one path for it.
 pub use error::{Error, ErrorKind, Result};

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{id, make, spawn, verify, wait, Exit, Rng, SharedFlag};
 use shmsesscache::fault::{self, FaultAction, ALL_POINTS};
-use shmsesscache::{Cache, Config, Found};
+use shmsesscache::store::cache::{Cache, Config, Found};
 
 const KILLS: u32 = 1000;
 const IDS: u64 = 400;

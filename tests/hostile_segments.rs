@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{id, make, verify, Rng};
-use shmsesscache::layout::{header_crc, SegmentHeader, HEADER_BYTES};
-use shmsesscache::{Cache, Config, ErrorKind, Found};
+use shmsesscache::store::layout::{header_crc, SegmentHeader, HEADER_BYTES};
+use shmsesscache::store::cache::{Cache, Config, Found};
+use shmsesscache::ErrorKind;
 
 const SIZE: u64 = 512 << 10;
 

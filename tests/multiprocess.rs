@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{id, make, spawn, verify, wait, Exit};
-use shmsesscache::{Cache, Config, Found};
+use shmsesscache::store::cache::{Cache, Config, Found};
 
 const LIMIT: Duration = Duration::from_secs(60);
 

@@ -13,9 +13,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{id, make, spawn, wait, Exit};
-use shmsesscache::layout::{header_crc, SegmentHeader, HEADER_BYTES};
-use shmsesscache::segment::Mapping;
-use shmsesscache::{Cache, Config, ErrorKind, Found};
+use shmsesscache::store::layout::{header_crc, SegmentHeader, HEADER_BYTES};
+use shmsesscache::store::segment::Mapping;
+use shmsesscache::store::cache::{Cache, Config, Found};
+use shmsesscache::ErrorKind;
 
 #[test]
 fn named_segments_and_the_operating_system() {
@@ -441,13 +442,13 @@ fn killed_creator_with_an_owner_leaves_a_file_it_can_sweep(base: &Path) {
     fs::create_dir(&d).unwrap();
     let seg = d.join("seg");
     let creator = spawn(|| {
-        let geo = shmsesscache::layout::Geometry::plan(256 << 10, shmsesscache::layout::DEFAULT_UNIT_BYTES).unwrap();
+        let geo = shmsesscache::store::layout::Geometry::plan(256 << 10, shmsesscache::store::layout::DEFAULT_UNIT_BYTES).unwrap();
         let die = |_: &Mapping| -> shmsesscache::Result<()> {
             // SAFETY: killing ourselves while the temporary file is being built.
             unsafe { libc::raise(libc::SIGKILL) };
             unreachable!()
         };
-        let _ = shmsesscache::segment::create_or_attach(&seg, &geo, Some((65534, 65534)), &die);
+        let _ = shmsesscache::store::segment::create_or_attach(&seg, &geo, Some((65534, 65534)), &die);
         0
     });
     assert_eq!(wait(creator, Duration::from_secs(30)), Exit::Signal(libc::SIGKILL));

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{spawn, wait, Exit};
-use shmsesscache::{Cache, Config, ErrorKind};
+use shmsesscache::store::cache::{Cache, Config};
+use shmsesscache::ErrorKind;
 
 /// Exit code of a checker that could not make a pid namespace (not root, no CAP_SYS_ADMIN).
 const SKIP: i32 = 77;
@@ -87,7 +88,7 @@ fn plant_dead_owner(path: &Path, shard: usize) {
     let dead = spawn(|| 0);
     assert_eq!(wait(dead, Duration::from_secs(10)), Exit::Code(0));
     let c = Cache::attach(path, None).unwrap();
-    let at = (shmsesscache::layout::HEADER_BYTES + shard * c.geometry().shard_stride) as u64;
+    let at = (shmsesscache::store::layout::HEADER_BYTES + shard * c.geometry().shard_stride) as u64;
     let f = fs::OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(&(dead as u32).to_le_bytes(), at).unwrap();
     f.write_all_at(&dead.to_le_bytes(), at + 8).unwrap();

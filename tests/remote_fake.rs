@@ -9,9 +9,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shmsesscache::layout::RemoteCounters;
+use shmsesscache::store::layout::RemoteCounters;
 use shmsesscache::remote::{Compat, Fetched, Remote, RemoteConfig, Taken};
-use shmsesscache::seal::{Key, Keyring};
+use shmsesscache::remote::seal::{Key, Keyring};
 
 /// What the fake server does with one command.
 enum Act {

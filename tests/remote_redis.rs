@@ -7,9 +7,9 @@ use std::net::TcpListener;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use shmsesscache::layout::RemoteCounters;
+use shmsesscache::store::layout::RemoteCounters;
 use shmsesscache::remote::{Compat, Fetched, Remote, RemoteConfig, Taken};
-use shmsesscache::seal::{Key, Keyring};
+use shmsesscache::remote::seal::{Key, Keyring};
 
 #[path = "common/redis_server.rs"]
 mod redis_server;

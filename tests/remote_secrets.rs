@@ -7,9 +7,9 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shmsesscache::layout::RemoteCounters;
+use shmsesscache::store::layout::RemoteCounters;
 use shmsesscache::remote::{Compat, Fetched, Remote, RemoteConfig};
-use shmsesscache::seal::{Key, Keyring};
+use shmsesscache::remote::seal::{Key, Keyring};
 
 /// Places in writable anonymous memory (heap, stacks, anonymous maps) holding `pat`, except
 /// `pat` itself (a slice of the test's own copy).

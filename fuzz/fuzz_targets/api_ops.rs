@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use libfuzzer_sys::fuzz_target;
-use shmsesscache::{Cache, Config, Found};
+use shmsesscache::store::cache::{Cache, Config, Found};
 
 fuzz_target!(|data: &[u8]| {
     // Small: one or two shards, so evictions and multi-slot entries happen quickly.

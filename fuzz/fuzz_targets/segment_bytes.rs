@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use shmsesscache::layout::{header_crc, SegmentHeader};
-use shmsesscache::{Cache, Config, Found};
+use shmsesscache::store::layout::{header_crc, SegmentHeader};
+use shmsesscache::store::cache::{Cache, Config, Found};
 
 const SIZE: u64 = 96 << 10;
 

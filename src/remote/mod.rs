@@ -1,10 +1,10 @@
-//! The second tier: sessions sealed (see [`crate::seal`]) in Redis, so that servers on several
+//! The second tier: sessions sealed (see [`crate::remote::seal`]) in Redis, so that servers on several
 //! hosts behind a load balancer resume each other's sessions. Shared memory stays the first
 //! tier; this one is asked only on a local miss, written on every new session.
 //!
 //! Rules that keep it from hurting handshakes:
 //! - every operation is bounded by one deadline (name lookup, connect, AUTH/SELECT, command
-//!   and reply together; see [`crate::resp`]) and every reply by [`REPLY_CAP`];
+//!   and reply together; see [`crate::remote::resp`]) and every reply by [`REPLY_CAP`];
 //! - after [`Breaker::TRIP_AFTER`] failures in a row a process skips the tier for the back-off
 //!   period, then tries again by itself;
 //! - a failure is never an error for the handshake: it is a miss (or, for a store, nothing);
@@ -33,7 +33,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::layout::RemoteCounters;
+use crate::store::layout::RemoteCounters;
 use crate::log::{self, Level};
 use resp::{Begun, Conn, Deadline, Failure, Reply, Resolver, Target, Version, URL_FORM};
 use resp_tls::{ClientCtx, TlsStream};
@@ -270,7 +270,7 @@ enum Job {
 impl Job {
     fn bytes(&self) -> usize {
         match self {
-            Job::Store { id, der, .. } => 2 * id.len() + der.len() + crate::seal::OVERHEAD + 64,
+            Job::Store { id, der, .. } => 2 * id.len() + der.len() + crate::remote::seal::OVERHEAD + 64,
             Job::Remove { key } => key.len() + 64,
         }
     }
@@ -379,7 +379,7 @@ pub struct Remote {
 
 /// Largest bulk reply accepted: the largest sealed session. Anything bigger is not ours, and
 /// the connection is dropped before it is read.
-pub const REPLY_CAP: usize = crate::layout::MAX_SESSION_BYTES + crate::seal::OVERHEAD;
+pub const REPLY_CAP: usize = crate::store::layout::MAX_SESSION_BYTES + crate::remote::seal::OVERHEAD;
 
 /// What a remote lookup gave.
 pub enum Fetched {
@@ -1276,7 +1276,7 @@ mod tests {
             ca_file: None,
             compat: Compat::Detect,
             cluster: false,
-            keys: Keyring::new(crate::seal::Key::new([1; 32]), Vec::new()),
+            keys: Keyring::new(crate::remote::seal::Key::new([1; 32]), Vec::new()),
         })
         .unwrap();
         let c: RemoteCounters = unsafe { std::mem::zeroed() };
@@ -1315,7 +1315,7 @@ mod tests {
             ca_file: None,
             compat: Compat::Detect,
             cluster: false,
-            keys: Keyring::new(crate::seal::Key::new([1; 32]), Vec::new()),
+            keys: Keyring::new(crate::remote::seal::Key::new([1; 32]), Vec::new()),
         })
         .err()
         .unwrap();

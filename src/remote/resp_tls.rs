@@ -1,4 +1,4 @@
-//! TLS to Redis (`rediss://`) for [`crate::resp`], through the OpenSSL the library links.
+//! TLS to Redis (`rediss://`) for [`crate::remote::resp`], through the OpenSSL the library links.
 //!
 //! The TLS engine runs on memory BIOs and this module moves the bytes between them and the
 //! nonblocking socket itself, so:
@@ -20,7 +20,7 @@ use std::os::fd::AsRawFd;
 use openssl_sys as ossl;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::resp::{wait, Deadline, Failure, Transport, Want};
+use crate::remote::resp::{wait, Deadline, Failure, Transport, Want};
 
 extern "C" {
     // Not declared by openssl-sys.

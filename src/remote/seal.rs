@@ -16,7 +16,7 @@ use std::path::Path;
 use openssl_sys as ossl;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::segment::{self, Trust};
+use crate::store::segment::{self, Trust};
 
 const MAGIC: &[u8; 4] = b"SSR1";
 const KEY_ID_BYTES: usize = 4;

@@ -1,6 +1,6 @@
 //! The cache: maps ids to shards, takes the shard locks (repairing after a crash), and
 //! offers store / lookup / take / remove / flush / statistics over raw bytes. Knows nothing of
-//! OpenSSL; `glue.rs` turns sessions into bytes outside any lock.
+//! OpenSSL; `tls::callbacks` turns sessions into bytes outside any lock.
 
 use std::hash::Hasher;
 use std::ops::ControlFlow;
@@ -12,15 +12,15 @@ use siphasher::sip::SipHasher13;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fault::{self, FaultPoint};
-use crate::layout::{
+use crate::store::layout::{
     Counter, Geometry, Globals, RemoteStats, ShardHeader, COUNTERS, GLOBALS_OFFSET, HEADER_BYTES,
     MAX_ID_LEN, MAX_SESSION_BYTES,
 };
-use crate::lock::{Acquired, Holder, LockError, ShardLock};
+use crate::store::lock::{Acquired, Holder, LockError, ShardLock};
 use crate::log::{self, Level};
-use crate::segment::{self, Mapping, Origin};
-pub use crate::shard::{Ages, EntryInfo, ExportedEntry, Found, Take};
-use crate::shard::{NewEntry, Shard};
+use crate::store::segment::{self, Mapping, Origin};
+pub use crate::store::shard::{Ages, EntryInfo, ExportedEntry, Found, Take};
+use crate::store::shard::{NewEntry, Shard};
 
 /// How to build or find a segment.
 #[derive(Clone, Debug)]
@@ -42,7 +42,7 @@ impl Default for Config {
         Config {
             path: None,
             size_bytes: 8 << 20,
-            unit_bytes: crate::layout::DEFAULT_UNIT_BYTES,
+            unit_bytes: crate::store::layout::DEFAULT_UNIT_BYTES,
             lock_timeout: Some(Duration::from_millis(DEFAULT_LOCK_TIMEOUT_MS)),
             owner: None,
         }
@@ -298,13 +298,13 @@ impl Cache {
     /// it is. Nothing is recorded when this system's boot id or pid namespace cannot be read:
     /// thread ids are then never trusted by this process.
     fn join_users(&mut self) -> Result<()> {
-        let (Some(boot), Some(ns)) = (crate::users::this_boot(), crate::users::this_pid_ns())
+        let (Some(boot), Some(ns)) = (crate::store::users::this_boot(), crate::store::users::this_pid_ns())
         else {
             return Ok(());
         };
-        crate::users::count_forks();
+        crate::store::users::count_forks();
         self.joined_forks
-            .store(crate::users::forks(), std::sync::atomic::Ordering::Relaxed);
+            .store(crate::store::users::forks(), std::sync::atomic::Ordering::Relaxed);
         let started = std::time::Instant::now();
         loop {
             let g = self.globals();
@@ -378,7 +378,7 @@ impl Cache {
     /// that called `unshare(CLONE_NEWPID)` writes its lock words in a new one. One load
     /// otherwise.
     fn rejoin_after_fork(&self) {
-        let forks = crate::users::forks();
+        let forks = crate::store::users::forks();
         if self.joined_forks.load(Relaxed) != forks
             && self.joined_forks.swap(forks, Relaxed) != forks
         {

@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::cache::{Cache, Config, Found, Take};
+use crate::store::cache::{Cache, Config, Found, Take};
 use crate::error::ErrorKind;
-use crate::layout::{Geometry, DEFAULT_UNIT_BYTES, MAX_SESSION_BYTES};
+use crate::store::layout::{Geometry, DEFAULT_UNIT_BYTES, MAX_SESSION_BYTES};
 
 const NOW: u32 = 1_800_000_000;
 
@@ -412,7 +412,7 @@ fn a_dirty_shard_is_repaired_on_the_next_lock() {
         g.unit_bytes_mut(200)[..16].fill(0x5a);
         g.unit_bytes_mut(3)[20] ^= 1;
         std::mem::forget(g); // leave the lock held and the shard dirty, as a crash would
-        let lock = unsafe { crate::lock::ShardLock::from_ptr(c.shard_mutex_for_tests(0)) };
+        let lock = unsafe { crate::store::lock::ShardLock::from_ptr(c.shard_mutex_for_tests(0)) };
         lock.unlock();
     }
     let s0 = c.stats();
@@ -489,7 +489,7 @@ fn contains_counts_nothing() {
 
 #[test]
 fn full_shard_reports_are_rate_limited_with_counts() {
-    let r = crate::cache::RateLimit::new(60);
+    let r = crate::store::cache::RateLimit::new(60);
     assert_eq!(
         r.note(3, 1000),
         Some(3),
@@ -612,7 +612,7 @@ fn after_a_reboot_every_held_lock_is_reset_even_one_naming_a_live_thread() {
     assert_eq!(c.reboot_resets, 1);
     assert_eq!(
         c.globals().users.boot(),
-        crate::users::this_boot().unwrap(),
+        crate::store::users::this_boot().unwrap(),
         "adopted"
     );
     assert_eq!(get(&c, 1, NOW), Some(der(1, 160)));
@@ -688,10 +688,10 @@ fn an_unrecoverable_lock_is_reset_and_the_shard_repaired() {
     }
     let mut status = 0;
     unsafe { libc::waitpid(pid, &mut status, 0) };
-    let lock = unsafe { crate::lock::ShardLock::from_ptr(c.shard_mutex_for_tests(0)) };
-    assert_eq!(lock.lock(None), Ok(crate::lock::Acquired::OwnerDied));
+    let lock = unsafe { crate::store::lock::ShardLock::from_ptr(c.shard_mutex_for_tests(0)) };
+    assert_eq!(lock.lock(None), Ok(crate::store::lock::Acquired::OwnerDied));
     lock.unlock();
-    assert_eq!(lock.holder(true), crate::lock::Holder::NotRecoverable);
+    assert_eq!(lock.holder(true), crate::store::lock::Holder::NotRecoverable);
     assert_eq!(get(&c, 1, NOW), Some(der(1, 160)));
     assert_eq!(get(&c, 1, NOW), Some(der(1, 160)));
     let s = c.stats();
@@ -766,7 +766,7 @@ fn a_shard_of_nothing_but_continuation_tags_takes_a_store() {
     {
         let g = c.lock_shard(0).unwrap();
         for i in 0..c.geometry().units_per_shard {
-            g.set_tag_for_tests(i, crate::layout::TAG_CONT);
+            g.set_tag_for_tests(i, crate::store::layout::TAG_CONT);
         }
     }
     // Hostile bytes: no free unit, no head. Used to panic ("a full shard has at least one

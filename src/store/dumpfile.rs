@@ -16,10 +16,10 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::cache::{Cache, ExportedEntry};
+use crate::store::cache::{Cache, ExportedEntry};
 use crate::error::{Error, ErrorKind, Result};
-use crate::layout::{MAX_ID_LEN, MAX_SESSION_BYTES};
-use crate::segment::{self, Trust};
+use crate::store::layout::{MAX_ID_LEN, MAX_SESSION_BYTES};
+use crate::store::segment::{self, Trust};
 
 const MAGIC: &[u8; 8] = b"SHMSDUMP";
 const END: &[u8; 8] = b"SHMSEND\0";
@@ -245,7 +245,7 @@ mod tests {
 
     #[test]
     fn load_skips_expired_and_invalid_records_and_keeps_times() {
-        let cache = Cache::create(&crate::cache::Config {
+        let cache = Cache::create(&crate::store::cache::Config {
             size_bytes: 1 << 20,
             ..Default::default()
         })
@@ -263,7 +263,7 @@ mod tests {
         );
         let mut buf = [0u8; 8192];
         match cache.lookup_at(&[3u8; 32], &mut buf, false, 2000).unwrap() {
-            crate::cache::Found::Hit {
+            crate::store::cache::Found::Hit {
                 len,
                 created,
                 expires,
@@ -276,7 +276,7 @@ mod tests {
         for miss in [2u8, 4] {
             assert_eq!(
                 cache.lookup_at(&[miss; 32], &mut buf, false, 2000).unwrap(),
-                crate::cache::Found::Miss
+                crate::store::cache::Found::Miss
             );
         }
     }

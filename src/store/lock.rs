@@ -382,7 +382,7 @@ mod tests {
     use super::*;
 
     fn shared_mutex() -> *mut libc::pthread_mutex_t {
-        let page = crate::segment::Mapping::anonymous(4096).unwrap();
+        let page = crate::store::segment::Mapping::anonymous(4096).unwrap();
         let p = page.base() as *mut libc::pthread_mutex_t;
         // Never unmapped: the tests' forked children use it until they exit.
         std::mem::forget(page);

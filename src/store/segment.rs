@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use memmap2::{Advice, MmapOptions, MmapRaw};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::layout::{self, Geometry, SegmentHeader, HEADER_BYTES, MAGIC};
+use crate::store::layout::{self, Geometry, SegmentHeader, HEADER_BYTES, MAGIC};
 use crate::log::{self, Level};
 
 /// How often (at most) a process re-checks the size of a named segment's file.

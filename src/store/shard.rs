@@ -1,5 +1,5 @@
 //! Operations on one shard. Every method here runs with the shard's lock held (a
-//! [`Shard`] is only reachable through a [`crate::cache::ShardGuard`]) and does nothing but
+//! [`Shard`] is only reachable through a [`crate::store::cache::ShardGuard`]) and does nothing but
 //! scan, compare and copy bytes: no allocation, no OpenSSL.
 //!
 //! Invariants a healthy shard keeps (and [`Shard::repair`] restores):
@@ -12,7 +12,7 @@ use std::ptr;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::fault::{self, FaultPoint};
-use crate::layout::{
+use crate::store::layout::{
     Counter, EntryHeader, Geometry, ShardHeader, ENTRY_HEADER_BYTES, TAG_CONT, TAG_FREE,
 };
 
@@ -736,8 +736,8 @@ impl<'a> Shard<'a> {
 mod tests {
     use std::time::Duration;
 
-    use crate::cache::{Cache, Config, Found};
-    use crate::layout::{Geometry, DEFAULT_UNIT_BYTES, HEADER_BYTES};
+    use crate::store::cache::{Cache, Config, Found};
+    use crate::store::layout::{Geometry, DEFAULT_UNIT_BYTES, HEADER_BYTES};
 
     const NOW: u32 = 1_800_000_000;
 

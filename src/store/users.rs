@@ -12,7 +12,7 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
-use crate::layout::Users;
+use crate::store::layout::Users;
 
 /// This system's boot id (`/proc/sys/kernel/random/boot_id`, a UUID that changes at every
 /// boot), as two words; `None` if it cannot be read. Read once: it cannot change while the

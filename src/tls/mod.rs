@@ -1,8 +1,13 @@
-//! The OpenSSL side: the session callbacks and `shmsess_install` ([`glue`]), and the pieces that
-//! keep the cache's promises under OpenSSL's real behaviour: a HelloRetryRequest between two
-//! lookups of one ticket ([`parked`]) and virtual hosts picked after the lookup by an SNI or
-//! ClientHello callback ([`sni`]).
+//! The OpenSSL side: everything that knows about `SSL`, `SSL_CTX` and `SSL_SESSION`.
+//! [`install`] puts the cache on an `SSL_CTX` (callbacks, cache mode, session id context, id
+//! generator); [`callbacks`] are the new/get/remove session callbacks, which encode and decode
+//! sessions outside any lock; [`parked`] keeps a TLS 1.3 ticket across a HelloRetryRequest and
+//! [`sni`] keeps sessions on the virtual host they were made for; [`der`] reads a session's
+//! DER without decoding it; [`ossl`] declares what openssl-sys lacks.
 
-pub mod glue;
+pub mod callbacks;
+pub mod der;
+pub mod install;
+pub mod ossl;
 pub mod parked;
 pub mod sni;

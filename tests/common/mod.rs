@@ -86,11 +86,11 @@ pub fn wait(pid: libc::pid_t, limit: Duration) -> Exit {
 }
 
 /// One page of anonymous shared memory for flags between processes.
-pub struct SharedFlag(shmsesscache::segment::Mapping);
+pub struct SharedFlag(shmsesscache::store::segment::Mapping);
 
 impl SharedFlag {
     pub fn new() -> SharedFlag {
-        SharedFlag(shmsesscache::segment::Mapping::anonymous(4096).expect("mmap of one page"))
+        SharedFlag(shmsesscache::store::segment::Mapping::anonymous(4096).expect("mmap of one page"))
     }
     fn word(&self) -> &std::sync::atomic::AtomicU32 {
         // SAFETY: the page is mapped, zero-initialised and page aligned.

@@ -18,9 +18,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use shmsesscache::cache::{Cache, Config};
-use shmsesscache::segment::Trust;
-use shmsesscache::{dumpfile, glue, util, Error};
+use shmsesscache::store::cache::{Cache, Config};
+use shmsesscache::store::segment::Trust;
+use shmsesscache::tls::der;
+use shmsesscache::store::dumpfile;
+use shmsesscache::{util, Error};
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -367,7 +369,7 @@ fn cmd_create(raw: &[String]) -> Result<u8, Failure> {
     )
     .map_err(|m| usage(format!("create: --size: {m}")))?;
     let unit = match a.value("slot-bytes") {
-        None => shmsesscache::layout::DEFAULT_UNIT_BYTES,
+        None => shmsesscache::store::layout::DEFAULT_UNIT_BYTES,
         Some(v) => v
             .parse()
             .map_err(|_| usage(format!("create: --slot-bytes wants a number, not {v:?}")))?,
@@ -403,7 +405,7 @@ fn cmd_create(raw: &[String]) -> Result<u8, Failure> {
         g.units_per_shard,
         g.unit_bytes,
         g.capacity_units(),
-        g.unit_bytes - shmsesscache::layout::ENTRY_HEADER_BYTES,
+        g.unit_bytes - shmsesscache::store::layout::ENTRY_HEADER_BYTES,
         owner.map(|(u, gid)| format!(", owner {u}:{gid}")).unwrap_or_default()
     );
     Ok(0)
@@ -489,7 +491,7 @@ fn cmd_load(raw: &[String]) -> Result<u8, Failure> {
     })?;
     let now = util::now_unix();
     let (rep, err) = dumpfile::load_into(&cache, &records, now, &|id, der| {
-        glue::session_der_matches_id(der, id)
+        der::session_der_matches_id(der, id)
     });
     println!(
         "loaded {} sessions into {} from {} (dumped {}); skipped {} expired, refused {}",

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use shmsesscache::cache::Cache;
+use shmsesscache::store::cache::Cache;
 use shmsesscache::ffi::{self, shmsess_stats};
 
 use crate::text::{duration, utc};

@@ -1,0 +1,203 @@
+//! The byte API: `shmsess_cache_store`, `_lookup`, `_remove` and `_iterate` on the local
+//! segment, for callers that encode sessions themselves (an Apache socache provider), and
+//! `shmsess_session_is_tls13`.
+
+use std::ffi::{c_int, c_void};
+use std::ops::ControlFlow;
+use std::panic::catch_unwind;
+
+use super::result::{shmsess_result, Fail};
+use super::cache::shmsess_cache;
+use super::{bytes, guard, handle, id_arg, null};
+use crate::store::cache::{Found, Take};
+use crate::tls::der;
+use shmsess_result::*;
+
+
+/// `take` of `shmsess_cache_lookup`: leave the entry in place.
+pub const SHMSESS_LOOKUP_KEEP: c_int = 0;
+/// `take` of `shmsess_cache_lookup`: remove the entry with the copy (single use).
+pub const SHMSESS_LOOKUP_TAKE: c_int = 1;
+/// `take` of `shmsess_cache_lookup`: remove the entry only if its bytes are a DER
+/// `SSL_SESSION` of TLS 1.3, decided inside the same critical section. For callers that store
+/// i2d output without the SSL at hand (an Apache socache provider): TLS 1.3 stateful tickets
+/// become single use, TLS 1.2 sessions stay for the client's next connection.
+pub const SHMSESS_LOOKUP_TAKE_TLS13: c_int = 2;
+
+/// Store `data_len` bytes (e.g. an i2d'd SSL_SESSION, 1..8192 bytes) under the id
+/// (1..32 bytes), valid until Unix time `expires`. Replaces an entry with the same id. The
+/// bytes are copied. SHMSESS_ERR_TOO_LARGE for data over 8192 bytes (nothing stored).
+/// Thread- and process-safe.
+#[no_mangle]
+pub extern "C" fn shmsess_cache_store(
+    cache: *mut shmsess_cache,
+    id: *const u8,
+    id_len: usize,
+    data: *const u8,
+    data_len: usize,
+    expires: u64,
+) -> shmsess_result {
+    guard("shmsess_cache_store", || {
+        let h = handle(cache)?;
+        let id = id_arg(id, id_len)?;
+        let data = bytes(data, data_len, "data")?;
+        let now = crate::util::now_unix();
+        h.cache
+            .store(id, data, now, expires.min(u64::from(u32::MAX)) as u32)?;
+        Ok(SHMSESS_OK)
+    })
+}
+
+/// Copy the entry for `id` into `buf` (`buf_len` bytes) and its length into `*out_len`.
+/// With `take` SHMSESS_LOOKUP_TAKE the entry is removed in the same step (exactly one of
+/// several concurrent takers gets it); with SHMSESS_LOOKUP_TAKE_TLS13 only if it is a TLS 1.3
+/// session; SHMSESS_LOOKUP_KEEP (0) leaves it. Other values count as SHMSESS_LOOKUP_TAKE.
+/// SHMSESS_ERR_NOT_FOUND on a miss or an expired entry;
+/// SHMSESS_ERR_BUFFER_TOO_SMALL with `*out_len` set to the size needed (nothing taken).
+/// Thread- and process-safe.
+#[no_mangle]
+pub extern "C" fn shmsess_cache_lookup(
+    cache: *mut shmsess_cache,
+    id: *const u8,
+    id_len: usize,
+    buf: *mut u8,
+    buf_len: usize,
+    out_len: *mut usize,
+    take: c_int,
+) -> shmsess_result {
+    guard("shmsess_cache_lookup", || {
+        let h = handle(cache)?;
+        let id = id_arg(id, id_len)?;
+        if out_len.is_null() {
+            return Err(null("out_len"));
+        }
+        if buf.is_null() && buf_len > 0 {
+            return Err(null("buf"));
+        }
+        let out: &mut [u8] = if buf_len == 0 {
+            &mut []
+        } else {
+            // SAFETY: the caller promises buf_len writable bytes at buf.
+            unsafe { std::slice::from_raw_parts_mut(buf, buf_len) }
+        };
+        let take = match take {
+            SHMSESS_LOOKUP_KEEP => Take::Never,
+            SHMSESS_LOOKUP_TAKE_TLS13 => Take::If(der::der_session_is_tls13),
+            _ => Take::Always,
+        };
+        match h
+            .cache
+            .lookup_taking(id, out, take, crate::util::now_unix())?
+        {
+            Found::Hit { len, .. } => {
+                // SAFETY: checked non-NULL.
+                unsafe { *out_len = len };
+                Ok(SHMSESS_OK)
+            }
+            Found::Miss => Err(Fail(SHMSESS_ERR_NOT_FOUND, "no entry with that id".into())),
+            Found::BufferTooSmall { needed } => {
+                // SAFETY: checked non-NULL.
+                unsafe { *out_len = needed };
+                Err(Fail(
+                    SHMSESS_ERR_BUFFER_TOO_SMALL,
+                    format!("buffer of {buf_len} bytes is too small for the {needed}-byte entry"),
+                ))
+            }
+        }
+    })
+}
+
+/// 1 if `der` (`len` bytes) is an encoded `SSL_SESSION` of TLS 1.3, 0 otherwise (also for NULL
+/// or bytes that are not a session). Reads only the first fields, without decoding: what
+/// `SHMSESS_LOOKUP_TAKE_TLS13` decides by, for a provider that must know whether its lookup
+/// took the entry (e.g. to keep it for the ClientHello after a HelloRetryRequest). Pure
+/// function; thread-safe.
+#[no_mangle]
+pub extern "C" fn shmsess_session_is_tls13(der: *const u8, len: usize) -> c_int {
+    if der.is_null() {
+        return 0;
+    }
+    // SAFETY: the caller promises `len` readable bytes at `der`.
+    let der = unsafe { std::slice::from_raw_parts(der, len) };
+    c_int::from(catch_unwind(|| der::der_session_is_tls13(der)).unwrap_or(false))
+}
+
+/// Called by `shmsess_cache_iterate` with each live entry: its id, its bytes (both valid only
+/// during the call), its expiry (Unix seconds) and the caller's `userdata`. Return 0 to go on,
+/// anything else to stop.
+pub type shmsess_entry_fn = Option<
+    unsafe extern "C" fn(
+        id: *const u8,
+        id_len: usize,
+        data: *const u8,
+        data_len: usize,
+        expires: u64,
+        userdata: *mut c_void,
+    ) -> c_int,
+>;
+
+/// Call `callback` once for every live (unexpired, checksum-verified) entry, one shard at a
+/// time. Each shard's entries are copied under its lock and handed out after it is released,
+/// so the callback may take its time and may call into the cache (an entry stored or removed
+/// meanwhile may or may not be seen). Copies are wiped after the callback returns. Returns
+/// SHMSESS_OK when every shard was visited or the callback stopped the walk;
+/// SHMSESS_ERR_LOCK if a shard's lock could not be had (the others were still visited).
+/// Thread- and process-safe.
+#[no_mangle]
+pub extern "C" fn shmsess_cache_iterate(
+    cache: *mut shmsess_cache,
+    callback: shmsess_entry_fn,
+    userdata: *mut c_void,
+) -> shmsess_result {
+    guard("shmsess_cache_iterate", || {
+        let h = handle(cache)?;
+        let Some(callback) = callback else {
+            return Err(null("callback"));
+        };
+        let mut stopped = false;
+        let skipped = h.cache.export_each(crate::util::now_unix(), |entries| {
+            for e in &entries {
+                // SAFETY: pointers to our own copies, valid for the call; the callback is the
+                // caller's, who promised it is a function of this type.
+                let stop = unsafe {
+                    callback(
+                        e.id.as_ptr(),
+                        e.id.len(),
+                        e.data.as_ptr(),
+                        e.data.len(),
+                        u64::from(e.expires),
+                        userdata,
+                    )
+                };
+                if stop != 0 {
+                    stopped = true;
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        });
+        match skipped {
+            Some(e) if !stopped => Err(e.into()),
+            _ => Ok(SHMSESS_OK),
+        }
+    })
+}
+
+/// Remove the entry for `id` (1..32 bytes). SHMSESS_ERR_NOT_FOUND if there was none, which is
+/// normal (OpenSSL removes sessions it never stored). Thread- and process-safe.
+#[no_mangle]
+pub extern "C" fn shmsess_cache_remove(
+    cache: *mut shmsess_cache,
+    id: *const u8,
+    id_len: usize,
+) -> shmsess_result {
+    guard("shmsess_cache_remove", || {
+        let h = handle(cache)?;
+        let id = id_arg(id, id_len)?;
+        if h.cache.remove(id)? {
+            Ok(SHMSESS_OK)
+        } else {
+            Err(Fail(SHMSESS_ERR_NOT_FOUND, "no entry with that id".into()))
+        }
+    })
+}
