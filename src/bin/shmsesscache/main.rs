@@ -547,6 +547,11 @@ fn cmd_repair(raw: &[String]) -> Result<u8, Failure> {
 }
 
 fn main() -> ExitCode {
+    // A reader that goes away (`shmsesscache list PATH | head`) ends the tool as it ends `cat`:
+    // Rust ignores SIGPIPE, and its print macros then panic on the broken pipe. Every command
+    // writes its report after its work is done, so nothing is cut short.
+    // SAFETY: restoring a signal's default disposition, before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = argv.first().map(String::as_str) else {
         eprint!("{}", text::MAIN_HELP);
