@@ -436,7 +436,14 @@ int main(int argc, char **argv)
         static const unsigned char sid_ctx[] = "prefork_server";
         SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof sid_ctx - 1);
     } else {
-        shmsess_set_log_callback(log_to_stderr, NULL, 2);
+        /* Up to info (3): the remote tier's "working again" after an outage is info, and an
+         * operator who saw "skipping" wants to see it end. */
+        shmsess_set_log_callback(log_to_stderr, NULL, 3);
+        if (remote_url != NULL && !tls13_stateful)
+            fprintf(stderr,
+                    "prefork_server: warning: --remote without --tls13-stateful: TLS 1.3 clients get "
+                    "stateless tickets, which never reach the shared cache or Redis, so they resume only on "
+                    "this host; add --tls13-stateful to carry TLS 1.3 sessions across hosts\n");
         shmsess_options opts;
         shmsess_options_init(&opts);
         opts.path = cache_path; /* NULL: anonymous segment, inherited by the workers */

@@ -299,10 +299,28 @@ def outage(args, tmp, redis):
                 back = timed("B", s)[0]
                 tries += 1
             check(f"Redis {phase} then back: the tier resumes by itself", back, f"after {tries} tries")
+            # The operator who saw the tier skipped sees it end (the server logs up to info).
+            said = [h.err.wait_for("remote tier: working again", 2.0) for h in fl.hosts.values()]
+            check(f"Redis {phase} then back: a host logs that the tier works again", any(said),
+                  repr([h.err.text()[-300:] for h in fl.hosts.values()]))
         a, b = fl.stats("A"), fl.stats("B")
         trouble = {k: a[k] + b[k] for k in ("remote_errors", "remote_timeouts", "remote_skipped")}
         check("statistics: the outage shows as errors, timeouts and skipped operations",
               all(v > 0 for v in trouble.values()), str(trouble))
+
+
+def fleet_without_stateful_tickets(args, tmp, redis):
+    """--remote without --tls13-stateful: TLS 1.3 clients get stateless tickets that never reach
+    Redis, so they cannot cross hosts; the server says so at start instead of losing them
+    silently."""
+    extra = ["--remote", redis.url, "--remote-key", os.path.join(tmp, "key")]
+    with Server(args.server, args.certs, 1, extra) as plain, \
+            Server(args.server, args.certs, 1, ["--tls13-stateful", *extra]) as stateful:
+        warned = plain.err.wait_for("without --tls13-stateful", 5.0)
+        check("--remote without --tls13-stateful warns at start, naming the fix",
+              warned is not None and "add --tls13-stateful" in warned, plain.err.text()[-300:])
+        check("... and with --tls13-stateful it does not",
+              stateful.err.wait_for("without --tls13-stateful", 1.0) is None, stateful.err.text()[-300:])
 
 
 def main():
@@ -325,6 +343,7 @@ def main():
             full_redis(args, tmp, redis)
             restart(args, tmp, redis)
             outage(args, tmp, redis)
+            fleet_without_stateful_tickets(args, tmp, redis)
     finally:
         subprocess.run(["rm", "-rf", tmp])
     finish()
