@@ -293,11 +293,7 @@ impl Geometry {
                 "size_bytes {total_bytes} is larger than the maximum {MAX_SEGMENT_BYTES}"
             ));
         }
-        let unit = unit_bytes as usize;
-        let max_units = (ENTRY_HEADER_BYTES + MAX_STORED_BYTES).div_ceil(unit);
-        // At least two of the largest entries fit in one shard, so a big session never has
-        // to evict a whole shard.
-        let units = (DEFAULT_UNITS_PER_SHARD as usize).max(2 * max_units);
+        let (unit, units) = Self::shard_shape(unit_bytes);
         let g = Self::with_shape(unit, units, 1, 0);
         let min = (HEADER_BYTES + g.shard_stride) as u64;
         if total_bytes < min {
@@ -310,6 +306,24 @@ impl Geometry {
             return Err(format!("size_bytes {total_bytes} needs too many shards"));
         }
         Ok(Self::with_shape(unit, units, shards, total_bytes as usize))
+    }
+
+    /// The smallest segment with `unit_bytes`-byte slots (one shard): what `plan` refuses
+    /// below. `None` for a slot size `plan` refuses.
+    pub fn min_total_bytes(unit_bytes: u32) -> Option<u64> {
+        if !(MIN_UNIT_BYTES..=MAX_UNIT_BYTES).contains(&unit_bytes) || unit_bytes % 8 != 0 {
+            return None;
+        }
+        let (unit, units) = Self::shard_shape(unit_bytes);
+        Some((HEADER_BYTES + Self::with_shape(unit, units, 1, 0).shard_stride) as u64)
+    }
+
+    /// Slot size and slots per shard: at least two of the largest entries fit in one shard,
+    /// so a big session never has to evict a whole shard.
+    fn shard_shape(unit_bytes: u32) -> (usize, usize) {
+        let unit = unit_bytes as usize;
+        let max_units = (ENTRY_HEADER_BYTES + MAX_STORED_BYTES).div_ceil(unit);
+        (unit, (DEFAULT_UNITS_PER_SHARD as usize).max(2 * max_units))
     }
 
     fn with_shape(unit: usize, units: usize, shards: usize, total: usize) -> Geometry {

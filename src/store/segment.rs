@@ -245,12 +245,12 @@ pub fn create_or_attach(
                 || h.format.unit_bytes as usize != geo.unit_bytes
             {
                 return Err(Error::format(format!(
-                    "{}: existing segment has {} bytes with {}-byte slots, but {} bytes with {}-byte slots were requested",
-                    path.display(),
+                    "{p}: existing segment has {} bytes with {}-byte slots, but {} bytes with {}-byte slots were requested; either ask for the existing size, or resize it while the servers using it are stopped: remove {p} (its sessions are lost), or keep them with 'shmsesscache dump {p} FILE', remove {p}, 'shmsesscache create {p} --size NEW', 'shmsesscache load {p} FILE'",
                     h.total_bytes,
                     h.format.unit_bytes,
                     geo.total_bytes,
-                    geo.unit_bytes
+                    geo.unit_bytes,
+                    p = path.display(),
                 )));
             }
             Ok((m, Origin::AttachedFile))

@@ -200,7 +200,7 @@ fn refuse_if_mapped_by_others(p: &Path) -> Result<(), Failure> {
     Err(Failure(
         EXIT_FAILED,
         format!(
-            "{}: mapped by {} process(es) of another user (pid {pid}, uid {uid}), which can write its locks; changing it from here would let them write into this process. Stop that server first, or use a segment owned by the server's user ('shmsesscache create --owner')",
+            "{}: mapped by {} process(es) of another user (pid {pid}, uid {uid}), which can write its locks; changing it from here would let them write into this process. Stop that server (its master and workers) first, then run this again",
             p.display(),
             others.len()
         ),
@@ -379,6 +379,7 @@ fn cmd_create(raw: &[String]) -> Result<u8, Failure> {
         .map(text::parse_owner)
         .transpose()
         .map_err(|m| usage(format!("create: --owner: {m}")))?;
+    check_create_size(size, unit)?;
     let path = create_path(&a, owner)?;
     if std::fs::symlink_metadata(&path).is_ok() {
         return Err(Failure(
@@ -409,6 +410,28 @@ fn cmd_create(raw: &[String]) -> Result<u8, Failure> {
         owner.map(|(u, gid)| format!(", owner {u}:{gid}")).unwrap_or_default()
     );
     Ok(0)
+}
+
+/// The library's own checks name the C fields (`size_bytes`); the operator typed `--size`.
+fn check_create_size(size: u64, unit: u32) -> Result<(), Failure> {
+    use shmsesscache::store::layout::{Geometry, MAX_SEGMENT_BYTES, MAX_UNIT_BYTES, MIN_UNIT_BYTES};
+    let Some(min) = Geometry::min_total_bytes(unit) else {
+        return Err(usage(format!(
+            "create: --slot-bytes {unit} is invalid: use a multiple of 8 between {MIN_UNIT_BYTES} and {MAX_UNIT_BYTES}"
+        )));
+    };
+    if size < min {
+        return Err(usage(format!(
+            "create: --size {size} is too small: with {unit}-byte slots a segment needs at least {min} bytes (e.g. --size {}K)",
+            min.div_ceil(1024)
+        )));
+    }
+    if size > MAX_SEGMENT_BYTES {
+        return Err(usage(format!(
+            "create: --size {size} is larger than the maximum, {MAX_SEGMENT_BYTES} bytes (1T)"
+        )));
+    }
+    Ok(())
 }
 
 /// Where `create` puts the segment. A bare NAME goes into a directory that only the server's

@@ -1,0 +1,89 @@
+//! Refusals an operator meets name what they typed and say how to fix it: the CLI's `--size`,
+//! not the C API's `size_bytes`; a segment of another size, how to resize it.
+
+use std::process::Command;
+use std::time::Duration;
+
+use shmsesscache::store::cache::{Cache, Config};
+
+const CLI: &str = env!("CARGO_BIN_EXE_shmsesscache");
+
+fn scratch_dir(tag: &str) -> std::path::PathBuf {
+    let mut r = [0u8; 8];
+    shmsesscache::util::random_bytes(&mut r);
+    let dir = std::env::temp_dir().join(format!("shmsess-{tag}-{:016x}", u64::from_ne_bytes(r)));
+    std::fs::create_dir(&dir).unwrap();
+    dir
+}
+
+fn cli(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(CLI).args(args).output().expect("run the CLI");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn create_names_its_own_options_in_refusals() {
+    let dir = scratch_dir("msg");
+    let seg = dir.join("seg");
+    let seg = seg.to_str().unwrap();
+    let (code, err) = cli(&["create", seg, "--size", "8"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--size 8 is too small") && !err.contains("size_bytes"),
+        "{err}"
+    );
+    // The size it suggests is one create accepts.
+    let suggested = err
+        .split("e.g. --size ")
+        .nth(1)
+        .and_then(|t| t.split(')').next());
+    let suggested = suggested.unwrap_or_else(|| panic!("no suggestion in {err}"));
+    let (code, err2) = cli(&["create", seg, "--size", suggested]);
+    assert_eq!(code, Some(0), "--size {suggested}: {err2}");
+    let (code, err) = cli(&[
+        "create",
+        &format!("{seg}2"),
+        "--size",
+        "1M",
+        "--slot-bytes",
+        "7",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--slot-bytes 7") && !err.contains("slot_bytes"),
+        "{err}"
+    );
+    let (code, err) = cli(&["create", &format!("{seg}3"), "--size", "2T"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--size") && !err.contains("size_bytes"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_segment_of_another_size_is_refused_with_the_way_to_resize_it() {
+    let dir = scratch_dir("resize");
+    let path = dir.join("seg");
+    let config = |size| Config {
+        path: Some(path.clone()),
+        size_bytes: size,
+        lock_timeout: Some(Duration::from_secs(5)),
+        ..Config::default()
+    };
+    drop(Cache::create(&config(1 << 20)).unwrap());
+    let e = match Cache::create(&config(2 << 20)) {
+        Ok(_) => panic!("a segment of another size was used"),
+        Err(e) => e.message,
+    };
+    assert!(e.contains("ask for the existing size"), "{e}");
+    assert!(
+        e.contains("shmsesscache dump") && e.contains("shmsesscache load"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
