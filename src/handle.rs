@@ -65,13 +65,6 @@ impl Handle {
     }
 }
 
-impl Drop for Handle {
-    fn drop(&mut self) {
-        // The remote tier's writer thread counts into the segment: stop it (it finishes its
-        // batch, bounded by the remote timeout) before `cache` unmaps the segment.
-        drop(self.remote.take());
-    }
-}
 
 // ---- The live handles ----
 //

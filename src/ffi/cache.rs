@@ -42,6 +42,7 @@ pub extern "C" fn shmsess_cache_create(
             remote,
         } = plan(opts)?;
         let cache = Cache::create(&cfg)?;
+        let remote = remote.map(|r| r.bind(cache.remote_counters()));
         let handle = Handle::new(cache, install).with_remote(remote);
         let p = Arc::into_raw(Arc::new(handle)) as *mut shmsess_cache;
         if !handle::register(p as usize) {

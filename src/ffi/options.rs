@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::handle::{InstallOptions, MAX_ID_PREFIX};
 use crate::store::layout::{DEFAULT_UNIT_BYTES, MAX_ID_LEN};
 use crate::log::{self, Level};
-use crate::remote::{Remote, RemoteConfig};
+use crate::remote::{Planned, Remote, RemoteConfig};
 use shmsess_result::*;
 
 /// Keep OpenSSL's per-process session cache in front of the shared one
@@ -306,7 +306,8 @@ fn warn_legacy_init() {
 pub(super) struct Plan {
     pub(super) cfg: Config,
     pub(super) install: InstallOptions,
-    pub(super) remote: Option<Remote>,
+    /// The Redis tier, checked; bound to the segment's counters once the segment exists.
+    pub(super) remote: Option<Planned>,
 }
 
 /// The one validation of a caller's options, shared by `shmsess_cache_create` and
@@ -411,7 +412,7 @@ pub extern "C" fn shmsess_options_check(opts: *const shmsess_options) -> shmsess
 
 /// The second tier the options ask for, if any (URL parsed and key file read now, in the
 /// process that creates the cache; nothing is connected).
-fn remote_from(o: &shmsess_options) -> Result<Option<Remote>, Fail> {
+fn remote_from(o: &shmsess_options) -> Result<Option<Planned>, Fail> {
     let text = |p: *const c_char, what: &str| -> Result<Option<String>, Fail> {
         if p.is_null() {
             return Ok(None);
@@ -451,7 +452,7 @@ fn remote_from(o: &shmsess_options) -> Result<Option<Remote>, Fail> {
     // Fields the caller's struct does not have are zero in `o` (see read_options): absent.
     let ca_file = text(o.remote_ca_file, "remote_ca_file")?;
     let cluster = o.remote_cluster != 0;
-    let remote = Remote::new(RemoteConfig {
+    let remote = Remote::plan(RemoteConfig {
         url: url.take(),
         ca_file,
         prefix,

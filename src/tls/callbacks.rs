@@ -154,7 +154,6 @@ fn store_session(h: &Handle, ssl: *mut SSL, sess: *mut SSL_SESSION) {
     }
     if let Some(r) = &h.remote {
         r.store(
-            &g.remote,
             id,
             buf,
             created,
@@ -252,7 +251,7 @@ fn fetch_session(h: &Handle, ssl: *mut SSL, id: &[u8]) -> Option<*mut SSL_SESSIO
             // consumed one could not be put back (stores never overwrite a tombstone).
             // One deadline for the read and the consume: together they cost one remote timeout.
             let dl = r.deadline();
-            let Fetched::Hit(mut o) = r.fetch_within(&h.cache.globals().remote, id, false, now, dl)
+            let Fetched::Hit(mut o) = r.fetch_within(id, false, now, dl)
             else {
                 return None;
             };
@@ -286,7 +285,7 @@ fn consume_remotely(
 ) -> Option<*mut SSL_SESSION> {
     let now = crate::util::now_unix();
     let dl = fetched.unwrap_or_else(|| r.deadline());
-    match r.take_within(&h.cache.globals().remote, id, expires, now, dl) {
+    match r.take_within(id, expires, now, dl) {
         // Not consumed in Redis (counted as unconfirmed by take_within): another host could
         // read and resume the same ticket again, and again.
         Taken::Unconfirmed if fetched.is_some() => {
@@ -411,7 +410,7 @@ pub unsafe extern "C" fn remove_session_cb(ctx: *mut SSL_CTX, sess: *mut SSL_SES
             let _ = h.cache.remove(id);
             if let Some(r) = &h.remote {
                 // Queued: OpenSSL may hold the SSL_CTX lock here, so no network I/O.
-                r.remove(&h.cache.globals().remote, id);
+                r.remove(id);
             }
         });
     }));
