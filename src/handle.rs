@@ -11,6 +11,7 @@ use std::sync::RwLock;
 
 use crate::store::cache::Cache;
 use crate::remote::Remote;
+use crate::tiers::{Reach, Tiers};
 
 /// How a cache behaves inside OpenSSL (set from `shmsess_options` at creation).
 #[derive(Clone, Debug, Default)]
@@ -62,6 +63,12 @@ impl Handle {
     pub fn with_remote(mut self, remote: Option<Remote>) -> Handle {
         self.remote = remote;
         self
+    }
+
+    /// The cache's tiers as a caller reaches them: the OpenSSL callbacks use both, the byte
+    /// API the segment only (see [`Reach`]).
+    pub fn tiers(&self, reach: Reach) -> Tiers<'_> {
+        Tiers::new(&self.cache, self.remote.as_ref(), reach)
     }
 }
 

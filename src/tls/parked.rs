@@ -106,11 +106,14 @@ pub(crate) fn park(ssl: *mut SSL, id: &[u8], der: &[u8], times: (u32, u32)) {
 /// A ticket handed back by [`take_back`]; its bytes are wiped when it is dropped.
 pub struct Unparked(Box<Parked>);
 
-impl Unparked {
-    pub fn der_mut(&mut self) -> &mut [u8] {
-        &mut self.0.der
+impl AsRef<[u8]> for Unparked {
+    /// The ticket's DER.
+    fn as_ref(&self) -> &[u8] {
+        &self.0.der
     }
+}
 
+impl Unparked {
     /// Created and expiry times of the ticket.
     pub fn times(&self) -> (u32, u32) {
         self.0.times
