@@ -7,12 +7,13 @@
 use std::ffi::{c_int, c_long, c_uchar, c_uint, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, OnceLock, RwLock, Weak};
+use std::sync::{Arc, RwLock, Weak};
 
 use openssl_sys as ossl;
 use openssl_sys::{SSL, SSL_CTX};
 
 use super::callbacks::{get_session_cb, new_session_cb, remove_session_cb, ANTI_REPLAY_MESSAGE};
+use super::ex_data::Slot;
 use super::ossl as extra;
 use crate::error::{Error, ErrorKind, Result};
 use crate::handle::Handle;
@@ -20,27 +21,9 @@ use crate::store::layout::MAX_ID_LEN;
 use crate::log::{self, Level};
 
 
-fn ex_index() -> c_int {
-    static INDEX: OnceLock<c_int> = OnceLock::new();
-    // SAFETY: registering an ex_data index with a free function of the right signature.
-    *INDEX.get_or_init(|| unsafe {
-        ossl::SSL_CTX_get_ex_new_index(0, std::ptr::null_mut(), None, None, Some(free_ex))
-    })
-}
-
-/// Called by OpenSSL when an SSL_CTX carrying our handle is freed: drops its reference.
-unsafe extern "C" fn free_ex(
-    _parent: *mut c_void,
-    ptr: *mut c_void,
-    _ad: *mut ossl::CRYPTO_EX_DATA,
-    _idx: c_int,
-    _argl: c_long,
-    _argp: *mut c_void,
-) {
-    if !ptr.is_null() {
-        let _ = catch_unwind(|| drop(Arc::from_raw(ptr as *const Handle)));
-    }
-}
+/// The cache handle on each `SSL_CTX` it was installed on: a reference the `SSL_CTX` holds
+/// until it is freed.
+static HANDLE: Slot<SSL_CTX, Arc<Handle>> = Slot::new();
 
 /// The cache most recently installed in this process, for an SSL whose SNI or ClientHello
 /// callback switched to an SSL_CTX nothing was installed on. A reload that frees the old cache
@@ -51,11 +34,10 @@ fn handle_for_ctx<'a>(ctx: *const SSL_CTX) -> Option<&'a Handle> {
     if ctx.is_null() {
         return None;
     }
-    // SAFETY: ex_data for our index is either NULL or an Arc<Handle> we put there, alive
-    // while the SSL_CTX is.
-    let p = unsafe { ossl::SSL_CTX_get_ex_data(ctx, ex_index()) } as *const Handle;
-    // SAFETY: see above.
-    (!p.is_null()).then(|| unsafe { &*p })
+    // SAFETY: a live SSL_CTX (OpenSSL's callback argument); the handle on it is replaced only
+    // by `install`, which OpenSSL requires before the SSL_CTX is used, and lives as long as
+    // the SSL_CTX.
+    unsafe { HANDLE.get(ctx) }
 }
 
 /// Run `f` with the cache installed on `ctx`, or else with the cache most recently installed
@@ -191,8 +173,7 @@ pub(crate) fn install(handle: &Arc<Handle>, ctx: *mut SSL_CTX) -> Result<()> {
             None => derive_session_id_context(ctx)?,
         })
     };
-    let idx = ex_index();
-    if idx < 0 {
+    if HANDLE.index().is_none() {
         return Err(Error::new(
             ErrorKind::OpenSsl,
             "SSL_CTX_get_ex_new_index failed",
@@ -213,14 +194,10 @@ pub(crate) fn install(handle: &Arc<Handle>, ctx: *mut SSL_CTX) -> Result<()> {
                 ));
             }
         }
-        let old = ossl::SSL_CTX_get_ex_data(ctx, idx) as *const Handle;
-        let new = Arc::into_raw(Arc::clone(handle));
-        if ossl::SSL_CTX_set_ex_data(ctx, idx, new as *mut c_void) != 1 {
-            drop(Arc::from_raw(new));
+        // A second install on the same SSL_CTX (a reload) drops the reference to the cache
+        // installed before.
+        if HANDLE.put(ctx, Arc::clone(handle)).is_err() {
             return Err(Error::new(ErrorKind::OpenSsl, "SSL_CTX_set_ex_data failed"));
-        }
-        if !old.is_null() {
-            drop(Arc::from_raw(old));
         }
         ossl::SSL_CTX_sess_set_new_cb(ctx, Some(new_session_cb));
         ossl::SSL_CTX_sess_set_get_cb(ctx, Some(get_session_cb));
