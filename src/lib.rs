@@ -29,6 +29,8 @@
 //! The `shmsesscache` command-line tool is `src/bin/shmsesscache/`; it uses [`store`] and
 //! [`ffi`]'s statistics directly.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod error;
 pub mod fault;
 pub mod ffi;

@@ -803,11 +803,12 @@ unsafe extern "C" fn record_log(
     _: *mut std::ffi::c_void,
 ) {
     let m = LOG_MUTEX.load(std::sync::atomic::Ordering::SeqCst);
-    let held = !m.is_null()
-        && (*(m as *const std::sync::atomic::AtomicU32)).load(std::sync::atomic::Ordering::SeqCst)
-            & 0x3fff_ffff
-            != 0;
-    let text = std::ffi::CStr::from_ptr(msg).to_string_lossy().into_owned();
+    // SAFETY: LOG_MUTEX is NULL or the lock word of a shard of a segment the test keeps
+    // mapped while it logs.
+    let word = (!m.is_null()).then(|| unsafe { &*(m as *const std::sync::atomic::AtomicU32) });
+    let held = word.is_some_and(|w| w.load(std::sync::atomic::Ordering::SeqCst) & 0x3fff_ffff != 0);
+    // SAFETY: the library passes a NUL-terminated message, valid during the call.
+    let text = unsafe { std::ffi::CStr::from_ptr(msg) }.to_string_lossy().into_owned();
     LOG_LINES.lock().unwrap().push((level, text, held));
 }
 

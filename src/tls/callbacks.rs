@@ -163,12 +163,14 @@ pub unsafe extern "C" fn get_session_cb(
 ) -> *mut SSL_SESSION {
     if !copy.is_null() {
         // A session fresh from d2i belongs to OpenSSL now; 1 would add a reference and leak it.
-        *copy = 0;
+        // SAFETY: OpenSSL's out-parameter, checked non-NULL.
+        unsafe { *copy = 0 };
     }
     if id.is_null() || id_len <= 0 || id_len as usize > MAX_ID_LEN {
         return std::ptr::null_mut();
     }
-    let id = std::slice::from_raw_parts(id, id_len as usize);
+    // SAFETY: OpenSSL passes the ClientHello's id_len bytes at id (non-NULL, checked).
+    let id = unsafe { std::slice::from_raw_parts(id, id_len as usize) };
     catch_unwind(AssertUnwindSafe(|| {
         with_handle(ssl, |h| fetch_session(h, ssl, id)).flatten()
     }))

@@ -107,11 +107,14 @@ unsafe extern "C" fn generate_session_id_cb(
     id: *mut c_uchar,
     id_len: *mut c_uint,
 ) -> c_int {
-    if ssl.is_null() || id.is_null() || id_len.is_null() || *id_len == 0 {
+    // SAFETY: OpenSSL's in/out length, checked non-NULL first.
+    if ssl.is_null() || id.is_null() || id_len.is_null() || unsafe { *id_len } == 0 {
         return 0;
     }
-    let len = (*id_len as usize).min(MAX_ID_LEN);
-    let out = std::slice::from_raw_parts_mut(id, len);
+    // SAFETY: as above.
+    let len = (unsafe { *id_len } as usize).min(MAX_ID_LEN);
+    // SAFETY: OpenSSL's zeroed buffer of *id_len bytes (we use at most that many).
+    let out = unsafe { std::slice::from_raw_parts_mut(id, len) };
     let ok = catch_unwind(AssertUnwindSafe(|| {
         with_handle(ssl, |h| {
             // Held, not cloned: readers do not block each other, and only
@@ -146,20 +149,21 @@ unsafe extern "C" fn generate_session_id_cb(
             made
         })
     }));
-    match ok {
-        Ok(Some(true)) => {
-            *id_len = len as c_uint;
-            1
-        }
+    let made = match ok {
+        Ok(Some(made)) => made,
         // No handle (nothing installed here) or a panic: fill with random bytes, which is what
         // OpenSSL itself would have done, rather than fail the handshake.
         Ok(None) | Err(_) => {
             crate::util::random_bytes(out);
-            *id_len = len as c_uint;
-            1
+            true
         }
-        Ok(Some(false)) => 0,
+    };
+    if !made {
+        return 0;
     }
+    // SAFETY: checked non-NULL above; the length never grows.
+    unsafe { *id_len = len as c_uint };
+    1
 }
 
 /// Install the callbacks, cache mode and session id context on `ctx`. The SSL_CTX keeps a
