@@ -33,7 +33,12 @@ pub const SHMSESS_KEEP_SESSION_ID_CONTEXT: u32 = 8;
 /// from the kernel's CSPRNG, checked for uniqueness against the shared cache. Implied by a
 /// non-empty `session_id_prefix`.
 pub const SHMSESS_GENERATE_SESSION_IDS: u32 = 16;
-const KNOWN_FLAGS: u32 = 31;
+/// Every flag above: others are refused.
+const KNOWN_FLAGS: u32 = SHMSESS_KEEP_INTERNAL_CACHE
+    | SHMSESS_TLS13_ALLOW_REUSE
+    | SHMSESS_NO_TLS13
+    | SHMSESS_KEEP_SESSION_ID_CONTEXT
+    | SHMSESS_GENERATE_SESSION_IDS;
 
 /// Longest session id prefix (bytes); the other 16 or more of a 32-byte id stay random.
 pub const SHMSESS_MAX_ID_PREFIX: u32 = 16;
@@ -244,6 +249,24 @@ const OPTIONS_FIELDS: [(usize, usize); 18] = {
         (offset_of!(O, remote_ca_file), size_of::<*const c_char>()),
         (offset_of!(O, remote_cluster), 4),
     ]
+};
+
+/// `OPTIONS_FIELDS` lists every field of `shmsess_options` once, in struct order: each field
+/// starts where the one before ends (rounded up to its own alignment, which for these fields
+/// is their size), and the last one ends the struct. A field added to the struct but not to
+/// the list stops the build here.
+const _: () = {
+    let mut end: usize = 0;
+    let mut i = 0;
+    while i < OPTIONS_FIELDS.len() {
+        let (off, len) = OPTIONS_FIELDS[i];
+        assert!(off == end.next_multiple_of(len), "OPTIONS_FIELDS misses a field or is out of order");
+        end = off + len;
+        i += 1;
+    }
+    let size = std::mem::size_of::<shmsess_options>();
+    let align = std::mem::align_of::<shmsess_options>();
+    assert!(end.next_multiple_of(align) == size, "OPTIONS_FIELDS does not reach the end of shmsess_options");
 };
 
 /// How many of the caller's bytes to read: its `struct_size`, at most ours, cut back to the
