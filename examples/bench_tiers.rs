@@ -22,10 +22,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use shmsesscache::store::cache::{Cache, Config, Found};
-use shmsesscache::store::cache::RemoteCountersRef;
-use shmsesscache::remote::{Fetched, Remote, RemoteConfig, DEFAULT_BACKOFF};
 use shmsesscache::remote::seal::Keyring;
+use shmsesscache::remote::{Fetched, Remote, RemoteConfig, DEFAULT_BACKOFF};
+use shmsesscache::store::cache::RemoteCountersRef;
+use shmsesscache::store::cache::{Cache, Config, Found};
 
 const SESSION_BYTES: usize = 160;
 
@@ -185,10 +185,7 @@ fn main() {
         let miss = timed(secs, |i| {
             let k = id(0xEE, i);
             let _ = cache.lookup(&k, &mut buf, false);
-            assert!(matches!(
-                remote.fetch(&k, false, now),
-                Fetched::Miss
-            ));
+            assert!(matches!(remote.fetch(&k, false, now), Fetched::Miss));
         });
         res.entry("miss").or_default().push(miss);
         // Replacing entries that exist: warm pages, like a server's steady state (fresh pages

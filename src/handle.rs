@@ -9,8 +9,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 
-use crate::store::cache::Cache;
 use crate::remote::Remote;
+use crate::store::cache::Cache;
 use crate::tiers::{Reach, Tiers};
 
 /// How a cache behaves inside OpenSSL (set from `shmsess_options` at creation).
@@ -71,7 +71,6 @@ impl Handle {
         Tiers::new(&self.cache, self.remote.as_ref(), reach)
     }
 }
-
 
 // ---- The live handles ----
 //

@@ -9,9 +9,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shmsesscache::store::cache::RemoteCountersRef;
-use shmsesscache::remote::{Compat, Fetched, Remote, RemoteConfig, Taken};
 use shmsesscache::remote::seal::{Key, Keyring};
+use shmsesscache::remote::{Compat, Fetched, Remote, RemoteConfig, Taken};
+use shmsesscache::store::cache::RemoteCountersRef;
 
 /// What the fake server does with one command.
 enum Act {
@@ -181,12 +181,15 @@ fn a_cross_host_read_and_consume_share_one_deadline() {
     let store = Arc::new(Mutex::new(Vec::new()));
     let port = fake(store_server(Duration::from_millis(150), store));
     let c = counters();
-    let r = bind(&c, config(
-        port,
-        Duration::from_millis(250),
-        Duration::from_millis(1),
-        false,
-    ))
+    let r = bind(
+        &c,
+        config(
+            port,
+            Duration::from_millis(250),
+            Duration::from_millis(1),
+            false,
+        ),
+    )
     .unwrap();
     let t = now();
     r.store_now(&[9; 32], DER, t, t + 300, t);
@@ -285,12 +288,15 @@ fn a_reply_dribbled_after_a_large_burst_is_cut_at_the_deadline() {
         Act::Drip(burst, Duration::from_micros(200))
     }));
     let c = counters();
-    let r = bind(&c, config(
-        port,
-        Duration::from_millis(200),
-        Duration::from_secs(60),
-        true,
-    ))
+    let r = bind(
+        &c,
+        config(
+            port,
+            Duration::from_millis(200),
+            Duration::from_secs(60),
+            true,
+        ),
+    )
     .unwrap();
     let start = Instant::now();
     let got = r.fetch(&[9; 32], false, now());
@@ -317,12 +323,10 @@ fn a_cluster_with_more_slot_ranges_than_a_reply_array_is_routed() {
     }));
     port_cell.store(usize::from(port), Relaxed);
     let c = counters();
-    let r = bind(&c, config(
-        port,
-        Duration::from_secs(2),
-        Duration::from_secs(60),
-        true,
-    ))
+    let r = bind(
+        &c,
+        config(port, Duration::from_secs(2), Duration::from_secs(60), true),
+    )
     .unwrap();
     let t = now();
     r.store_now(&[9; 32], DER, t, t + 300, t);
@@ -349,12 +353,15 @@ fn a_swap_done_before_the_connection_broke_is_not_retried_into_a_refusal() {
         act
     }));
     let c = counters();
-    let r = bind(&c, config(
-        port,
-        Duration::from_secs(2),
-        Duration::from_millis(1),
-        false,
-    ))
+    let r = bind(
+        &c,
+        config(
+            port,
+            Duration::from_secs(2),
+            Duration::from_millis(1),
+            false,
+        ),
+    )
     .unwrap();
     let t = now();
     r.store_now(&[5; 32], DER, t, t + 300, t);
@@ -402,7 +409,11 @@ fn a_hung_seed_does_not_stop_the_cluster_when_a_known_node_answers() {
         slots(&ap)
     }));
     let c = counters();
-    let r = bind(&c, config(a, Duration::from_millis(300), Duration::ZERO, true)).unwrap();
+    let r = bind(
+        &c,
+        config(a, Duration::from_millis(300), Duration::ZERO, true),
+    )
+    .unwrap();
     let t = now();
     assert!(
         matches!(r.fetch(&[9; 32], false, t), Fetched::Unavailable),

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use shmsesscache::store::cache::RemoteCountersRef;
-use shmsesscache::remote::{Compat, Fetched, Remote, RemoteConfig};
 use shmsesscache::remote::seal::{Key, Keyring};
+use shmsesscache::remote::{Compat, Fetched, Remote, RemoteConfig};
+use shmsesscache::store::cache::RemoteCountersRef;
 
 static IN_CALLBACK: AtomicBool = AtomicBool::new(false);
 static RELEASE: AtomicBool = AtomicBool::new(false);

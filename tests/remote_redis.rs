@@ -7,9 +7,9 @@ use std::net::TcpListener;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use shmsesscache::store::cache::RemoteCountersRef;
-use shmsesscache::remote::{Compat, Fetched, Remote, RemoteConfig, Taken};
 use shmsesscache::remote::seal::{Key, Keyring};
+use shmsesscache::remote::{Compat, Fetched, Remote, RemoteConfig, Taken};
+use shmsesscache::store::cache::RemoteCountersRef;
 
 #[path = "common/redis_server.rs"]
 mod redis_server;

@@ -7,9 +7,9 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shmsesscache::store::cache::RemoteCountersRef;
-use shmsesscache::remote::{Compat, Fetched, Remote, RemoteConfig};
 use shmsesscache::remote::seal::{Key, Keyring};
+use shmsesscache::remote::{Compat, Fetched, Remote, RemoteConfig};
+use shmsesscache::store::cache::RemoteCountersRef;
 
 /// Places in writable anonymous memory (heap, stacks, anonymous maps) holding `pat`, except
 /// `pat` itself (a slice of the test's own copy).

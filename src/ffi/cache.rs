@@ -8,8 +8,8 @@ use openssl_sys::SSL_CTX;
 use super::options::{plan, prefix_arg, shmsess_options, Plan};
 use super::result::{shmsess_result, Fail};
 use super::{guard, handle, null};
-use crate::store::cache::Cache;
 use crate::handle::{self, Handle};
+use crate::store::cache::Cache;
 use crate::tls::install;
 use shmsess_result::*;
 

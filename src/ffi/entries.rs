@@ -6,14 +6,13 @@ use std::ffi::{c_int, c_void};
 use std::ops::ControlFlow;
 use std::panic::catch_unwind;
 
-use super::result::{shmsess_result, Fail};
 use super::cache::shmsess_cache;
+use super::result::{shmsess_result, Fail};
 use super::{bytes, guard, handle, id_arg, null};
 use crate::store::cache::{Found, Take};
 use crate::tiers::Reach;
 use crate::tls::der;
 use shmsess_result::*;
-
 
 /// `take` of `shmsess_cache_lookup`: leave the entry in place.
 pub const SHMSESS_LOOKUP_KEEP: c_int = 0;

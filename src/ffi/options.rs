@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use super::result::{shmsess_result, Fail};
 use super::{bytes, guard, null};
-use crate::store::cache::{Config, DEFAULT_LOCK_TIMEOUT_MS};
 use crate::error::Error;
 use crate::handle::{InstallOptions, MAX_ID_PREFIX};
-use crate::store::layout::{DEFAULT_UNIT_BYTES, MAX_ID_LEN};
 use crate::log::{self, Level};
 use crate::remote::{Planned, Remote, RemoteConfig};
+use crate::store::cache::{Config, DEFAULT_LOCK_TIMEOUT_MS};
+use crate::store::layout::{DEFAULT_UNIT_BYTES, MAX_ID_LEN};
 use shmsess_result::*;
 
 /// Keep OpenSSL's per-process session cache in front of the shared one
@@ -260,13 +260,19 @@ const _: () = {
     let mut i = 0;
     while i < OPTIONS_FIELDS.len() {
         let (off, len) = OPTIONS_FIELDS[i];
-        assert!(off == end.next_multiple_of(len), "OPTIONS_FIELDS misses a field or is out of order");
+        assert!(
+            off == end.next_multiple_of(len),
+            "OPTIONS_FIELDS misses a field or is out of order"
+        );
         end = off + len;
         i += 1;
     }
     let size = std::mem::size_of::<shmsess_options>();
     let align = std::mem::align_of::<shmsess_options>();
-    assert!(end.next_multiple_of(align) == size, "OPTIONS_FIELDS does not reach the end of shmsess_options");
+    assert!(
+        end.next_multiple_of(align) == size,
+        "OPTIONS_FIELDS does not reach the end of shmsess_options"
+    );
 };
 
 /// How many of the caller's bytes to read: its `struct_size`, at most ours, cut back to the
@@ -323,7 +329,6 @@ fn warn_legacy_init() {
         )
     });
 }
-
 
 /// Everything `shmsess_cache_create` needs besides the segment itself, checked.
 pub(super) struct Plan {

@@ -33,9 +33,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::log::{self, Level};
 use crate::store::cache::RemoteCountersRef;
 use crate::store::layout::RemoteCounters;
-use crate::log::{self, Level};
 use resp::{Begun, Conn, Deadline, Failure, Reply, Resolver, Target, Version, URL_FORM};
 use resp_tls::{ClientCtx, TlsStream};
 use seal::{Keyring, Opened};
@@ -269,7 +269,9 @@ enum Job {
 impl Job {
     fn bytes(&self) -> usize {
         match self {
-            Job::Store { id, der, .. } => 2 * id.len() + der.len() + crate::remote::seal::OVERHEAD + 64,
+            Job::Store { id, der, .. } => {
+                2 * id.len() + der.len() + crate::remote::seal::OVERHEAD + 64
+            }
             Job::Remove { key } => key.len() + 64,
         }
     }
@@ -373,7 +375,8 @@ pub struct Remote {
 
 /// Largest bulk reply accepted: the largest sealed session. Anything bigger is not ours, and
 /// the connection is dropped before it is read.
-pub const REPLY_CAP: usize = crate::store::layout::MAX_SESSION_BYTES + crate::remote::seal::OVERHEAD;
+pub const REPLY_CAP: usize =
+    crate::store::layout::MAX_SESSION_BYTES + crate::remote::seal::OVERHEAD;
 
 /// What a remote lookup gave.
 pub enum Fetched {
@@ -502,28 +505,14 @@ impl Remote {
     /// Seal a new session and queue it for this process's writer thread (started now if it
     /// is not running): the handshake does not wait for Redis. A full queue drops it,
     /// counted in `dropped`.
-    pub fn store(
-        &self,
-        id: &[u8],
-        der: &[u8],
-        created: u32,
-        expires: u32,
-        now: u32,
-    ) {
+    pub fn store(&self, id: &[u8], der: &[u8], created: u32, expires: u32, now: u32) {
         if let Some(job) = self.store_job(id, der, created, expires, now) {
             self.shared.enqueue(job);
         }
     }
 
     /// [`Remote::store`] on the caller's thread, waiting for Redis (benchmarks and tests).
-    pub fn store_now(
-        &self,
-        id: &[u8],
-        der: &[u8],
-        created: u32,
-        expires: u32,
-        now: u32,
-    ) {
+    pub fn store_now(&self, id: &[u8], der: &[u8], created: u32, expires: u32, now: u32) {
         if let Some(job) = self.store_job(id, der, created, expires, now) {
             self.shared.write_batch(vec![job]);
         }
@@ -1299,10 +1288,7 @@ mod tests {
         };
         let r = Remote::new(cfg, c.clone()).unwrap();
         for _ in 0..5 {
-            assert!(matches!(
-                r.fetch(&[1; 32], false, 0),
-                Fetched::Unavailable
-            ));
+            assert!(matches!(r.fetch(&[1; 32], false, 0), Fetched::Unavailable));
         }
         assert_eq!(c.errors.load(Relaxed), 3, "three tries, then the breaker");
         assert_eq!(c.skipped.load(Relaxed), 2);
@@ -1350,7 +1336,11 @@ mod tests {
         r.store(&[3; 32], b"der", now, now + 300, now);
         drop(cache);
         assert!(r.flush(Duration::from_secs(5)), "the writer finished");
-        assert_eq!(counters.timeouts.load(Relaxed), 1, "counted after the cache went");
+        assert_eq!(
+            counters.timeouts.load(Relaxed),
+            1,
+            "counted after the cache went"
+        );
         assert_eq!(counters.dropped.load(Relaxed), 1);
         drop(silent);
     }

@@ -13,13 +13,12 @@ use siphasher::sip::SipHasher13;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fault::{self, FaultPoint};
+use crate::log::{self, Level};
 use crate::store::layout::{
     Counter, Geometry, Globals, RemoteCounters, RemoteStats, ShardHeader, COUNTERS, GLOBALS_OFFSET,
-    HEADER_BYTES,
-    MAX_ID_LEN, MAX_SESSION_BYTES,
+    HEADER_BYTES, MAX_ID_LEN, MAX_SESSION_BYTES,
 };
 use crate::store::lock::{Acquired, Holder, LockError, ShardLock};
-use crate::log::{self, Level};
 use crate::store::segment::{self, Mapping, Origin};
 pub use crate::store::shard::{Ages, EntryInfo, ExportedEntry, Found, Take};
 use crate::store::shard::{NewEntry, Shard};
@@ -349,13 +348,17 @@ impl Cache {
     /// it is. Nothing is recorded when this system's boot id or pid namespace cannot be read:
     /// thread ids are then never trusted by this process.
     fn join_users(&mut self) -> Result<()> {
-        let (Some(boot), Some(ns)) = (crate::store::users::this_boot(), crate::store::users::this_pid_ns())
-        else {
+        let (Some(boot), Some(ns)) = (
+            crate::store::users::this_boot(),
+            crate::store::users::this_pid_ns(),
+        ) else {
             return Ok(());
         };
         crate::store::users::count_forks();
-        self.joined_forks
-            .store(crate::store::users::forks(), std::sync::atomic::Ordering::Relaxed);
+        self.joined_forks.store(
+            crate::store::users::forks(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let started = std::time::Instant::now();
         loop {
             let g = self.globals();

@@ -26,11 +26,9 @@ use super::parked::{self, Unparked};
 use super::sni;
 use crate::error::ErrorKind;
 use crate::handle::Handle;
-use crate::store::layout::{MAX_ID_LEN, MAX_SESSION_BYTES};
 use crate::log::{self, Level};
+use crate::store::layout::{MAX_ID_LEN, MAX_SESSION_BYTES};
 use crate::tiers::{Reach, Resumer, SMALL_SESSION_BYTES};
-
-
 
 fn is_tls13(ssl: *const SSL) -> bool {
     // SAFETY: live SSL.
@@ -187,7 +185,9 @@ fn fetch_session(h: &Handle, ssl: *mut SSL, id: &[u8]) -> Option<*mut SSL_SESSIO
     // TLS 1.3: take the entry in the same critical section as the copy, so a ticket resumes
     // once in the whole server, whichever worker sees it first.
     let take = tls13 && !h.install.tls13_reuse;
-    let resumed = h.tiers(Reach::Both).resume(id, take, &mut Handshake { ssl })?;
+    let resumed = h
+        .tiers(Reach::Both)
+        .resume(id, take, &mut Handshake { ssl })?;
     if resumed.unconfirmed {
         // SAFETY: the SSL OpenSSL passed to the get callback; early data is decided after
         // the callback returns (final_early_data).
@@ -272,8 +272,6 @@ fn anti_replay_refuses_external(h: &Handle, ssl: *const SSL) -> bool {
 }
 
 pub(super) const ANTI_REPLAY_MESSAGE: &str = "early data is on (max_early_data > 0) without SSL_OP_NO_ANTI_REPLAY: OpenSSL then refuses every TLS 1.3 resumption from an external cache, so TLS 1.3 sessions are not looked up; set SSL_OP_NO_ANTI_REPLAY (this cache's single-use lookup is the anti-replay, across all processes) or turn early data off";
-
-
 
 fn anti_replay_on(ssl: *const SSL) -> bool {
     // SAFETY: live SSL.

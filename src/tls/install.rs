@@ -17,9 +17,8 @@ use super::ex_data::Slot;
 use super::ossl as extra;
 use crate::error::{Error, ErrorKind, Result};
 use crate::handle::Handle;
-use crate::store::layout::MAX_ID_LEN;
 use crate::log::{self, Level};
-
+use crate::store::layout::MAX_ID_LEN;
 
 /// The cache handle on each `SSL_CTX` it was installed on: a reference the `SSL_CTX` holds
 /// until it is freed.
@@ -65,7 +64,6 @@ fn ctx_anti_replay_on(ctx: *const SSL_CTX) -> bool {
     };
     early > 0 && opts & extra::SSL_OP_NO_ANTI_REPLAY == 0
 }
-
 
 /// Tries before the generator gives up (the handshake then fails, as OpenSSL documents). With
 /// at least 16 random bytes a second try is already astronomically unlikely.
