@@ -61,7 +61,7 @@ $(HARNESS): tests/c/harness.c $(TESTLIB) include/shmsesscache.h $(LIB_SO)
 $(CONTRACT): tests/c/contract.c $(TESTLIB) include/shmsesscache.h $(LIB_SO)
 	$(CC) $(CFLAGS) $(WARN) -Iinclude $< $(filter %.c,$(TESTLIB)) -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
 
-# Regenerate the committed header from src/ffi.rs.
+# Regenerate the committed header from src/ffi/.
 header:
 	$(CARGO) run -q --example gen_header > include/shmsesscache.h.new
 	mv include/shmsesscache.h.new include/shmsesscache.h

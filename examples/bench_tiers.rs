@@ -22,10 +22,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use shmsesscache::store::cache::{Cache, Config, Found};
-use shmsesscache::store::layout::RemoteCounters;
-use shmsesscache::remote::{Fetched, Remote, RemoteConfig, DEFAULT_BACKOFF};
 use shmsesscache::remote::seal::Keyring;
+use shmsesscache::remote::{Fetched, Remote, RemoteConfig, DEFAULT_BACKOFF};
+use shmsesscache::store::cache::RemoteCountersRef;
+use shmsesscache::store::cache::{Cache, Config, Found};
 
 const SESSION_BYTES: usize = 160;
 
@@ -85,10 +85,8 @@ fn main() {
     }
     let secs: f64 = args[3].parse().expect("SECONDS");
     let runs: usize = args[4].parse().expect("RUNS");
-    // Before the Remote: its writer thread counts into them until the Remote is dropped.
-    // SAFETY: counters are plain atomics; all-zero is their initial state.
-    let counters: RemoteCounters = unsafe { std::mem::zeroed() };
-    let remote = Remote::new(RemoteConfig {
+    let counters = RemoteCountersRef::private();
+    let cfg = RemoteConfig {
         url: args[1].clone(),
         ca_file: None,
         compat: shmsesscache::remote::Compat::Detect,
@@ -97,8 +95,8 @@ fn main() {
         timeout: Duration::from_millis(500),
         backoff: DEFAULT_BACKOFF,
         keys: Keyring::load(Path::new(&args[2])).expect("key file"),
-    })
-    .expect("remote");
+    };
+    let remote = Remote::new(cfg, counters.clone()).expect("remote");
     let der = vec![0x30u8; SESSION_BYTES];
     let mut buf = vec![0u8; 8192];
     let (now, expires) = (now_unix(), now_unix() + 3600);
@@ -122,7 +120,7 @@ fn main() {
         // library before writes were queued), which also fills Redis for the lookups below.
         let stored = timed(secs, |i| {
             let _ = origin.store(&id(tag, i), &der, now, expires);
-            remote.store_now(&counters, &id(tag, i), &der, now, expires, now);
+            remote.store_now(&id(tag, i), &der, now, expires, now);
         });
         res.entry("new_session_sync").or_default().push(stored);
         // What it does now: the local store, sealing and queueing for the writer thread. In
@@ -142,7 +140,7 @@ fn main() {
             |i| {
                 let k = id(tag ^ 0x80, i % WARM);
                 let _ = origin.store(&k, &der, now, expires);
-                remote.store(&counters, &k, &der, now, expires, now);
+                remote.store(&k, &der, now, expires, now);
             },
             || assert!(remote.flush(Duration::from_secs(10)), "writer stuck"),
         );
@@ -170,7 +168,7 @@ fn main() {
             if let Ok(Found::Hit { .. }) = cache.lookup(&k, &mut buf, false) {
                 panic!("local hit on a fresh cache");
             }
-            if let Fetched::Hit(o) = remote.fetch(&counters, &k, false, now) {
+            if let Fetched::Hit(o) = remote.fetch(&k, false, now) {
                 let _ = cache.store(&k, &o.der, o.created, o.expires);
                 hits += 1;
             }
@@ -187,10 +185,7 @@ fn main() {
         let miss = timed(secs, |i| {
             let k = id(0xEE, i);
             let _ = cache.lookup(&k, &mut buf, false);
-            assert!(matches!(
-                remote.fetch(&counters, &k, false, now),
-                Fetched::Miss
-            ));
+            assert!(matches!(remote.fetch(&k, false, now), Fetched::Miss));
         });
         res.entry("miss").or_default().push(miss);
         // Replacing entries that exist: warm pages, like a server's steady state (fresh pages

@@ -9,8 +9,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 
-use crate::store::cache::Cache;
 use crate::remote::Remote;
+use crate::store::cache::Cache;
+use crate::tiers::{Reach, Tiers};
 
 /// How a cache behaves inside OpenSSL (set from `shmsess_options` at creation).
 #[derive(Clone, Debug, Default)]
@@ -63,13 +64,11 @@ impl Handle {
         self.remote = remote;
         self
     }
-}
 
-impl Drop for Handle {
-    fn drop(&mut self) {
-        // The remote tier's writer thread counts into the segment: stop it (it finishes its
-        // batch, bounded by the remote timeout) before `cache` unmaps the segment.
-        drop(self.remote.take());
+    /// The cache's tiers as a caller reaches them: the OpenSSL callbacks use both, the byte
+    /// API the segment only (see [`Reach`]).
+    pub fn tiers(&self, reach: Reach) -> Tiers<'_> {
+        Tiers::new(&self.cache, self.remote.as_ref(), reach)
     }
 }
 

@@ -5,8 +5,8 @@
 //! Each folder is one layer; data flows down, never up:
 //!
 //! ```text
-//!   C call ──────────► ffi ──► handle ──► store   (this host's shared memory)
-//!   OpenSSL callback ► tls ──► handle ──► remote  (Redis, other hosts)
+//!   C call ──────────► ffi ──► handle ──► tiers ──► store   (this host's shared memory)
+//!   OpenSSL callback ► tls ──► handle ──► tiers ──► remote  (Redis, other hosts)
 //! ```
 //!
 //! - [`ffi`]: the exported C functions, one file per C concept (results, options, cache,
@@ -15,6 +15,11 @@
 //!   (i2d/d2i outside every lock), HelloRetryRequest parking, the virtual-host check.
 //! - [`handle`]: [`handle::Handle`], what a `shmsess_cache *` points to (the cache, how it
 //!   behaves in OpenSSL, the optional Redis tier), and the set of live handles.
+//! - [`tiers`]: the two-tier policy, one for both callers: local first, Redis on a miss,
+//!   single use of TLS 1.3 tickets across hosts, name-refused tickets put back. Knows neither
+//!   OpenSSL nor C: the OpenSSL side lends it decoding, the server-name check and
+//!   HelloRetryRequest parking through [`tiers::Resumer`]; the byte API uses the segment only
+//!   ([`tiers::Reach::LocalOnly`]).
 //! - [`store`]: the shared-memory segment (layout, robust locks and crash recovery, shards,
 //!   statistics, dump files). Knows nothing of OpenSSL or Redis.
 //! - [`remote`]: the Redis tier (sealing, a small RESP client, `rediss://`), counting into
@@ -24,6 +29,8 @@
 //! The `shmsesscache` command-line tool is `src/bin/shmsesscache/`; it uses [`store`] and
 //! [`ffi`]'s statistics directly.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod error;
 pub mod fault;
 pub mod ffi;
@@ -31,6 +38,7 @@ pub mod handle;
 pub mod log;
 pub mod remote;
 pub mod store;
+pub mod tiers;
 pub mod tls;
 pub mod util;
 

@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use shmsesscache::ffi::{shmsess_stats, shmsess_stats_hit_ratio};
-use shmsesscache::store::layout::{ShardHeader, GLOBALS_OFFSET, HEADER_BYTES};
 use shmsesscache::store::cache::{Cache, Config};
+use shmsesscache::store::layout::{ShardHeader, GLOBALS_OFFSET, HEADER_BYTES};
 
 #[test]
 fn hit_ratio_of_maximal_counters_does_not_overflow() {

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{id, make, verify, Rng};
-use shmsesscache::store::layout::{header_crc, SegmentHeader, HEADER_BYTES};
 use shmsesscache::store::cache::{Cache, Config, Found};
+use shmsesscache::store::layout::{header_crc, SegmentHeader, HEADER_BYTES};
 use shmsesscache::ErrorKind;
 
 const SIZE: u64 = 512 << 10;

@@ -13,9 +13,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{id, make, spawn, wait, Exit};
+use shmsesscache::store::cache::{Cache, Config, Found};
 use shmsesscache::store::layout::{header_crc, SegmentHeader, HEADER_BYTES};
 use shmsesscache::store::segment::Mapping;
-use shmsesscache::store::cache::{Cache, Config, Found};
 use shmsesscache::ErrorKind;
 
 #[test]
@@ -216,55 +216,68 @@ fn truncated_file_is_an_error_not_a_sigbus(base: &Path) {
 /// counts refused input get errors or zeros, never SIGBUS.
 fn stats_of_a_segment_truncated_to_nothing(base: &Path) {
     let p = base.join("truncated0.sess");
-    in_child("workers reading stats of a segment truncated to 0 bytes", move || {
-        let c = create(&p, 512 << 10).unwrap();
-        c.store(&id(1), &make(1, 1), 0, u32::MAX).unwrap();
-        assert_eq!(c.stats().entries, 1);
-        // The master's last use checked the size (rate-limited: the next check is due in a
-        // second); a worker forked now must still check at its own first use.
-        let mut buf = vec![0u8; 8192];
-        assert!(matches!(c.lookup(&id(1), &mut buf, false), Ok(Found::Hit { .. })));
-        OpenOptions::new().write(true).open(&p).unwrap().set_len(0).unwrap();
-        let first_lookup = || {
-            let r = c.lookup(&id(1), &mut [0u8; 8192], false);
-            eprintln!("first call after the fork, a lookup: {r:?}");
-            i32::from(!r.is_err_and(|e| e.message.contains("truncated to 0 bytes")))
-        };
-        match wait(spawn(first_lookup), Duration::from_secs(30)) {
-            Exit::Code(0) => {}
-            other => {
-                eprintln!("worker whose first call is a lookup: {other:?}");
-                return 1;
-            }
-        }
-        let worker = || {
-            let s = c.stats();
-            let zeroed = s.entries == 0 && s.stores == 0 && s.total_bytes == 512 << 10;
-            let too_large = c.store(&id(2), &vec![1u8; 1 << 20], 0, u32::MAX);
-            let bad_input = c.lookup(&[], &mut [0u8; 16], false);
-            let truncated = |r: &str| r.contains("truncated to 0 bytes");
-            let errors = [
-                c.try_stats().map(|_| ()).map_err(|e| e.message),
-                c.try_ages(0).map(|_| ()).map_err(|e| e.message),
-            ];
-            eprintln!("stats {zeroed}, {too_large:?}, {bad_input:?}, {errors:?}");
-            let ok = zeroed
-                && too_large.is_err_and(|e| e.kind == ErrorKind::TooLarge)
-                && bad_input.is_err_and(|e| e.kind == ErrorKind::Invalid)
-                && errors.iter().all(|r| r.as_ref().is_err_and(|m| truncated(m)));
-            i32::from(!ok)
-        };
-        for w in 0..3 {
-            match wait(spawn(worker), Duration::from_secs(30)) {
+    in_child(
+        "workers reading stats of a segment truncated to 0 bytes",
+        move || {
+            let c = create(&p, 512 << 10).unwrap();
+            c.store(&id(1), &make(1, 1), 0, u32::MAX).unwrap();
+            assert_eq!(c.stats().entries, 1);
+            // The master's last use checked the size (rate-limited: the next check is due in a
+            // second); a worker forked now must still check at its own first use.
+            let mut buf = vec![0u8; 8192];
+            assert!(matches!(
+                c.lookup(&id(1), &mut buf, false),
+                Ok(Found::Hit { .. })
+            ));
+            OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_len(0)
+                .unwrap();
+            let first_lookup = || {
+                let r = c.lookup(&id(1), &mut [0u8; 8192], false);
+                eprintln!("first call after the fork, a lookup: {r:?}");
+                i32::from(!r.is_err_and(|e| e.message.contains("truncated to 0 bytes")))
+            };
+            match wait(spawn(first_lookup), Duration::from_secs(30)) {
                 Exit::Code(0) => {}
                 other => {
-                    eprintln!("worker {w} after the truncation: {other:?}");
+                    eprintln!("worker whose first call is a lookup: {other:?}");
                     return 1;
                 }
             }
-        }
-        worker()
-    });
+            let worker = || {
+                let s = c.stats();
+                let zeroed = s.entries == 0 && s.stores == 0 && s.total_bytes == 512 << 10;
+                let too_large = c.store(&id(2), &vec![1u8; 1 << 20], 0, u32::MAX);
+                let bad_input = c.lookup(&[], &mut [0u8; 16], false);
+                let truncated = |r: &str| r.contains("truncated to 0 bytes");
+                let errors = [
+                    c.try_stats().map(|_| ()).map_err(|e| e.message),
+                    c.try_ages(0).map(|_| ()).map_err(|e| e.message),
+                ];
+                eprintln!("stats {zeroed}, {too_large:?}, {bad_input:?}, {errors:?}");
+                let ok = zeroed
+                    && too_large.is_err_and(|e| e.kind == ErrorKind::TooLarge)
+                    && bad_input.is_err_and(|e| e.kind == ErrorKind::Invalid)
+                    && errors
+                        .iter()
+                        .all(|r| r.as_ref().is_err_and(|m| truncated(m)));
+                i32::from(!ok)
+            };
+            for w in 0..3 {
+                match wait(spawn(worker), Duration::from_secs(30)) {
+                    Exit::Code(0) => {}
+                    other => {
+                        eprintln!("worker {w} after the truncation: {other:?}");
+                        return 1;
+                    }
+                }
+            }
+            worker()
+        },
+    );
 }
 
 /// `shmsesscache stat/list/dump` (which read a private copy) look at the file before they
@@ -274,26 +287,49 @@ fn stats_of_a_segment_truncated_to_nothing(base: &Path) {
 fn cli_reads_check_the_file_before_reading_it(base: &Path) {
     const BIG: u64 = 1 << 30;
     let sparse = base.join("sparse.sess");
-    let f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&sparse).unwrap();
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&sparse)
+        .unwrap();
     f.set_len(BIG).unwrap();
     let grown = base.join("grown.sess");
     drop(create(&grown, 256 << 10).unwrap());
-    OpenOptions::new().write(true).open(&grown).unwrap().set_len(BIG).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&grown)
+        .unwrap()
+        .set_len(BIG)
+        .unwrap();
     let fifo = base.join("fifo.sess");
     let c = CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     let out = base.join("out.dump");
     let cases = [
         (&sparse, "not a shmsesscache segment (bad magic)"),
-        (&grown, "header says 262144 bytes but the file has 1073741824"),
+        (
+            &grown,
+            "header says 262144 bytes but the file has 1073741824",
+        ),
         (&fifo, "is not a regular file"),
     ];
     for (p, why) in cases {
         let p = p.to_str().unwrap();
-        for args in [&["stat", p][..], &["list", p], &["dump", p, out.to_str().unwrap()]] {
+        for args in [
+            &["stat", p][..],
+            &["list", p],
+            &["dump", p, out.to_str().unwrap()],
+        ] {
             let (code, text, max_rss_kib) = run_cli_bounded(args, Duration::from_secs(30));
-            eprintln!("{args:?}: exit {code:?}, max RSS {max_rss_kib} KiB: {}", text.trim());
-            assert!(code.is_some_and(|c| c != 0) && text.contains(why), "{args:?}: {text}");
+            eprintln!(
+                "{args:?}: exit {code:?}, max RSS {max_rss_kib} KiB: {}",
+                text.trim()
+            );
+            assert!(
+                code.is_some_and(|c| c != 0) && text.contains(why),
+                "{args:?}: {text}"
+            );
             assert!(max_rss_kib < 64 << 10, "{args:?} used {max_rss_kib} KiB");
             assert!(!out.exists());
         }
@@ -332,8 +368,18 @@ fn run_cli_bounded(args: &[&str], limit: Duration) -> (Option<i32>, String, i64)
         std::thread::sleep(Duration::from_millis(20)); // polling an exit, bounded by `limit`
     }
     let mut text = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut text).unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut text).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
     (code, text, ru.ru_maxrss)
 }
 
@@ -345,7 +391,10 @@ fn file_size_limit_is_a_clean_error(base: &Path) {
     fs::create_dir(&d).unwrap();
     let seg = d.join("seg");
     in_child("create under a 64 KiB file size limit", || {
-        let lim = libc::rlimit { rlim_cur: 64 << 10, rlim_max: libc::RLIM_INFINITY };
+        let lim = libc::rlimit {
+            rlim_cur: 64 << 10,
+            rlim_max: libc::RLIM_INFINITY,
+        };
         // SAFETY: setrlimit with our struct; only this child is limited.
         assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &lim) }, 0);
         let e = match create(&seg, 256 << 10) {
@@ -442,22 +491,37 @@ fn killed_creator_with_an_owner_leaves_a_file_it_can_sweep(base: &Path) {
     fs::create_dir(&d).unwrap();
     let seg = d.join("seg");
     let creator = spawn(|| {
-        let geo = shmsesscache::store::layout::Geometry::plan(256 << 10, shmsesscache::store::layout::DEFAULT_UNIT_BYTES).unwrap();
+        let geo = shmsesscache::store::layout::Geometry::plan(
+            256 << 10,
+            shmsesscache::store::layout::DEFAULT_UNIT_BYTES,
+        )
+        .unwrap();
         let die = |_: &Mapping| -> shmsesscache::Result<()> {
             // SAFETY: killing ourselves while the temporary file is being built.
             unsafe { libc::raise(libc::SIGKILL) };
             unreachable!()
         };
-        let _ = shmsesscache::store::segment::create_or_attach(&seg, &geo, Some((65534, 65534)), &die);
+        let _ =
+            shmsesscache::store::segment::create_or_attach(&seg, &geo, Some((65534, 65534)), &die);
         0
     });
-    assert_eq!(wait(creator, Duration::from_secs(30)), Exit::Signal(libc::SIGKILL));
+    assert_eq!(
+        wait(creator, Duration::from_secs(30)),
+        Exit::Signal(libc::SIGKILL)
+    );
     let left = names(&d);
-    let owners: Vec<u32> = left.iter().map(|n| fs::symlink_metadata(d.join(n)).unwrap().uid()).collect();
+    let owners: Vec<u32> = left
+        .iter()
+        .map(|n| fs::symlink_metadata(d.join(n)).unwrap().uid())
+        .collect();
     eprintln!("left by the killed creator: {left:?}, owned by {owners:?}");
     assert_eq!(left.len(), 1, "{left:?}");
     drop(create(&seg, 256 << 10).unwrap());
-    assert_eq!(names(&d), vec!["seg".to_string()], "the killed creator's file was not swept");
+    assert_eq!(
+        names(&d),
+        vec!["seg".to_string()],
+        "the killed creator's file was not swept"
+    );
 }
 
 /// Point 4: every mapping of a segment, named or anonymous, carries MADV_DONTDUMP ("dd" in

@@ -38,7 +38,6 @@ const SSL_EARLY_DATA_ACCEPTED: c_int = 2;
 const SSL_READ_EARLY_DATA_FINISH: c_int = 2;
 const EARLY: &[u8] = b"GET /early HTTP/1.0\r\n\r\n";
 
-
 struct Tmp(std::path::PathBuf);
 
 impl Drop for Tmp {
@@ -78,7 +77,6 @@ fn setup() -> Tmp {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     Tmp(dir)
 }
-
 
 /// A server SSL_CTX with the cache installed (and the tier at `url`, if any), and a client one.
 struct Pair {

@@ -9,9 +9,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shmsesscache::store::layout::RemoteCounters;
-use shmsesscache::remote::{Compat, Fetched, Remote, RemoteConfig, Taken};
 use shmsesscache::remote::seal::{Key, Keyring};
+use shmsesscache::remote::{Compat, Fetched, Remote, RemoteConfig, Taken};
+use shmsesscache::store::cache::RemoteCountersRef;
 
 /// What the fake server does with one command.
 enum Act {
@@ -159,9 +159,13 @@ fn config(port: u16, timeout: Duration, backoff: Duration, cluster: bool) -> Rem
     }
 }
 
-fn counters() -> Box<RemoteCounters> {
-    // SAFETY: plain atomics; all-zero is their initial state.
-    Box::new(unsafe { std::mem::zeroed() })
+fn counters() -> RemoteCountersRef {
+    RemoteCountersRef::private()
+}
+
+/// The tier configured as `cfg`, counting into `c`.
+fn bind(c: &RemoteCountersRef, cfg: RemoteConfig) -> shmsesscache::Result<Remote> {
+    Remote::new(cfg, c.clone())
 }
 
 fn now() -> u32 {
@@ -177,21 +181,24 @@ fn a_cross_host_read_and_consume_share_one_deadline() {
     let store = Arc::new(Mutex::new(Vec::new()));
     let port = fake(store_server(Duration::from_millis(150), store));
     let c = counters();
-    let r = Remote::new(config(
-        port,
-        Duration::from_millis(250),
-        Duration::from_millis(1),
-        false,
-    ))
+    let r = bind(
+        &c,
+        config(
+            port,
+            Duration::from_millis(250),
+            Duration::from_millis(1),
+            false,
+        ),
+    )
     .unwrap();
     let t = now();
-    r.store_now(&c, &[9; 32], DER, t, t + 300, t);
+    r.store_now(&[9; 32], DER, t, t + 300, t);
     assert_eq!(c.stores.load(Relaxed), 1);
     let start = Instant::now();
     let dl = r.deadline();
-    let got = r.fetch_within(&c, &[9; 32], false, t, dl);
+    let got = r.fetch_within(&[9; 32], false, t, dl);
     assert!(matches!(got, Fetched::Hit(_)), "the read fits");
-    let taken = r.take_within(&c, &[9; 32], t + 300, t, dl);
+    let taken = r.take_within(&[9; 32], t + 300, t, dl);
     let spent = start.elapsed();
     assert_eq!(
         taken,
@@ -225,12 +232,12 @@ fn freeing_a_cluster_handle_waits_one_timeout_not_one_per_job() {
     let timeout = Duration::from_millis(100);
     let c = counters();
     // No back-off: every job is tried (a back-off would skip most of them at once).
-    let r = Remote::new(config(port, timeout, Duration::ZERO, true)).unwrap();
+    let r = bind(&c, config(port, timeout, Duration::ZERO, true)).unwrap();
     let t = now();
     for j in 0..64u32 {
         let mut id = [0u8; 32];
         id[..4].copy_from_slice(&j.to_le_bytes());
-        r.store(&c, &id, DER, t, t + 300, t);
+        r.store(&id, DER, t, t + 300, t);
     }
     // The writer took the first store alone (it started with it) and waits out its timeout;
     // the other 63 make its second batch, which it is inside after 150 ms.
@@ -281,15 +288,18 @@ fn a_reply_dribbled_after_a_large_burst_is_cut_at_the_deadline() {
         Act::Drip(burst, Duration::from_micros(200))
     }));
     let c = counters();
-    let r = Remote::new(config(
-        port,
-        Duration::from_millis(200),
-        Duration::from_secs(60),
-        true,
-    ))
+    let r = bind(
+        &c,
+        config(
+            port,
+            Duration::from_millis(200),
+            Duration::from_secs(60),
+            true,
+        ),
+    )
     .unwrap();
     let start = Instant::now();
-    let got = r.fetch(&c, &[9; 32], false, now());
+    let got = r.fetch(&[9; 32], false, now());
     let spent = start.elapsed();
     assert!(matches!(got, Fetched::Unavailable));
     assert!(
@@ -313,17 +323,15 @@ fn a_cluster_with_more_slot_ranges_than_a_reply_array_is_routed() {
     }));
     port_cell.store(usize::from(port), Relaxed);
     let c = counters();
-    let r = Remote::new(config(
-        port,
-        Duration::from_secs(2),
-        Duration::from_secs(60),
-        true,
-    ))
+    let r = bind(
+        &c,
+        config(port, Duration::from_secs(2), Duration::from_secs(60), true),
+    )
     .unwrap();
     let t = now();
-    r.store_now(&c, &[9; 32], DER, t, t + 300, t);
+    r.store_now(&[9; 32], DER, t, t + 300, t);
     assert!(
-        matches!(r.fetch(&c, &[9; 32], false, t), Fetched::Hit(_)),
+        matches!(r.fetch(&[9; 32], false, t), Fetched::Hit(_)),
         "{:?}",
         c.load()
     );
@@ -345,18 +353,21 @@ fn a_swap_done_before_the_connection_broke_is_not_retried_into_a_refusal() {
         act
     }));
     let c = counters();
-    let r = Remote::new(config(
-        port,
-        Duration::from_secs(2),
-        Duration::from_millis(1),
-        false,
-    ))
+    let r = bind(
+        &c,
+        config(
+            port,
+            Duration::from_secs(2),
+            Duration::from_millis(1),
+            false,
+        ),
+    )
     .unwrap();
     let t = now();
-    r.store_now(&c, &[5; 32], DER, t, t + 300, t);
+    r.store_now(&[5; 32], DER, t, t + 300, t);
     assert_eq!(c.stores.load(Relaxed), 1);
     // A never-used ticket: its one use cannot be confirmed, but it is no replay.
-    assert_eq!(r.take_local(&c, &[5; 32], t + 300, t), Taken::Unconfirmed);
+    assert_eq!(r.take_local(&[5; 32], t + 300, t), Taken::Unconfirmed);
 }
 
 #[test]
@@ -398,14 +409,18 @@ fn a_hung_seed_does_not_stop_the_cluster_when_a_known_node_answers() {
         slots(&ap)
     }));
     let c = counters();
-    let r = Remote::new(config(a, Duration::from_millis(300), Duration::ZERO, true)).unwrap();
+    let r = bind(
+        &c,
+        config(a, Duration::from_millis(300), Duration::ZERO, true),
+    )
+    .unwrap();
     let t = now();
     assert!(
-        matches!(r.fetch(&c, &[9; 32], false, t), Fetched::Unavailable),
+        matches!(r.fetch(&[9; 32], false, t), Fetched::Unavailable),
         "the hiccup"
     );
     hung.store(true, Relaxed);
-    let got = r.fetch(&c, &[9; 32], false, t);
+    let got = r.fetch(&[9; 32], false, t);
     assert!(
         matches!(got, Fetched::Miss),
         "answered by B: {:?}",

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use shmsesscache::store::layout::RemoteCounters;
-use shmsesscache::remote::{Compat, Fetched, Remote, RemoteConfig};
 use shmsesscache::remote::seal::{Key, Keyring};
+use shmsesscache::remote::{Compat, Fetched, Remote, RemoteConfig};
+use shmsesscache::store::cache::RemoteCountersRef;
 
 static IN_CALLBACK: AtomicBool = AtomicBool::new(false);
 static RELEASE: AtomicBool = AtomicBool::new(false);
@@ -33,24 +33,25 @@ fn a_slow_log_callback_does_not_hold_other_threads() {
     let port = sock.local_addr().unwrap().port();
     drop(sock);
     let r: &'static Remote = Box::leak(Box::new(
-        Remote::new(RemoteConfig {
-            url: format!("redis://127.0.0.1:{port}/0"),
-            ca_file: None,
-            prefix: "l:".into(),
-            timeout: Duration::from_millis(500),
-            backoff: Duration::from_secs(60),
-            compat: Compat::Detect,
-            cluster: false,
-            keys: Keyring::new(Key::new([7; 32]), Vec::new()),
-        })
+        Remote::new(
+            RemoteConfig {
+                url: format!("redis://127.0.0.1:{port}/0"),
+                ca_file: None,
+                prefix: "l:".into(),
+                timeout: Duration::from_millis(500),
+                backoff: Duration::from_secs(60),
+                compat: Compat::Detect,
+                cluster: false,
+                keys: Keyring::new(Key::new([7; 32]), Vec::new()),
+            },
+            RemoteCountersRef::private(),
+        )
         .unwrap(),
     ));
-    // SAFETY: plain atomics; all-zero is their initial state.
-    let c: &'static RemoteCounters = Box::leak(Box::new(unsafe { std::mem::zeroed() }));
     // Three failures trip the breaker, whose warning the callback sits on.
     let tripper = std::thread::spawn(move || {
         for _ in 0..3 {
-            let _ = r.fetch(c, &[1; 32], false, 0);
+            let _ = r.fetch(&[1; 32], false, 0);
         }
     });
     let start = Instant::now();
@@ -64,7 +65,7 @@ fn a_slow_log_callback_does_not_hold_other_threads() {
     // Meanwhile another thread (a handshake) uses the tier: skipped at once, not held.
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let skipped = matches!(r.fetch(c, &[2; 32], false, 0), Fetched::Unavailable);
+        let skipped = matches!(r.fetch(&[2; 32], false, 0), Fetched::Unavailable);
         let _ = tx.send(skipped);
     });
     let answered = rx.recv_timeout(Duration::from_secs(3));

@@ -7,16 +7,16 @@ use std::net::TcpListener;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use shmsesscache::store::layout::RemoteCounters;
-use shmsesscache::remote::{Compat, Fetched, Remote, RemoteConfig, Taken};
 use shmsesscache::remote::seal::{Key, Keyring};
+use shmsesscache::remote::{Compat, Fetched, Remote, RemoteConfig, Taken};
+use shmsesscache::store::cache::RemoteCountersRef;
 
 #[path = "common/redis_server.rs"]
 mod redis_server;
 use redis_server::{free_port, RedisServer};
 
-fn remote(port: u16, compat: Compat, timeout_ms: u64) -> Remote {
-    Remote::new(RemoteConfig {
+fn remote(c: &RemoteCountersRef, port: u16, compat: Compat, timeout_ms: u64) -> Remote {
+    let cfg = RemoteConfig {
         url: format!("redis://127.0.0.1:{port}/0"),
         ca_file: None,
         prefix: format!("t{}:", std::process::id()),
@@ -25,13 +25,12 @@ fn remote(port: u16, compat: Compat, timeout_ms: u64) -> Remote {
         compat,
         cluster: false,
         keys: Keyring::new(Key::new([7; 32]), Vec::new()),
-    })
-    .unwrap()
+    };
+    Remote::new(cfg, c.clone()).unwrap()
 }
 
-fn counters() -> Box<RemoteCounters> {
-    // SAFETY: plain atomics; all-zero is their initial state.
-    Box::new(unsafe { std::mem::zeroed() })
+fn counters() -> RemoteCountersRef {
+    RemoteCountersRef::private()
 }
 
 fn now() -> u32 {
@@ -48,51 +47,50 @@ fn miss(f: Fetched) -> bool {
 
 fn single_use(compat: Compat) {
     let srv = RedisServer::start(free_port());
-    // Counters first: the Remote (and its writer thread, which counts) is dropped before them.
     let c = counters();
-    let r = remote(srv.port, compat, 2000);
+    let r = remote(&c, srv.port, compat, 2000);
     let (t, exp) = (now(), now() + 300);
     let id = |n: u8| [n; 32];
 
     // Stored by host A, taken by host B: one use in the fleet.
-    r.store_now(&c, &id(1), b"der-1", t, exp, t);
-    assert!(hit(r.fetch(&c, &id(1), true, t)), "B takes it");
-    assert!(miss(r.fetch(&c, &id(1), true, t)), "taken once");
+    r.store_now(&id(1), b"der-1", t, exp, t);
+    assert!(hit(r.fetch(&id(1), true, t)), "B takes it");
+    assert!(miss(r.fetch(&id(1), true, t)), "taken once");
     assert_eq!(
-        r.take_local(&c, &id(1), exp, t),
+        r.take_local(&id(1), exp, t),
         Taken::UsedElsewhere,
         "A refuses its own copy"
     );
 
     // Taken on the host that made it: gone for every other host.
-    r.store_now(&c, &id(2), b"der-2", t, exp, t);
-    assert_eq!(r.take_local(&c, &id(2), exp, t), Taken::Consumed);
-    assert!(miss(r.fetch(&c, &id(2), true, t)), "B finds a tombstone");
-    assert_eq!(r.take_local(&c, &id(2), exp, t), Taken::UsedElsewhere);
+    r.store_now(&id(2), b"der-2", t, exp, t);
+    assert_eq!(r.take_local(&id(2), exp, t), Taken::Consumed);
+    assert!(miss(r.fetch(&id(2), true, t)), "B finds a tombstone");
+    assert_eq!(r.take_local(&id(2), exp, t), Taken::UsedElsewhere);
 
     // Never stored (its SET failed or is still queued): accepted, and a late store cannot
     // bring it back for another host.
-    assert_eq!(r.take_local(&c, &id(3), exp, t), Taken::NeverStored);
+    assert_eq!(r.take_local(&id(3), exp, t), Taken::NeverStored);
     let stores = c.stores.load(Relaxed);
-    r.store_now(&c, &id(3), b"der-3", t, exp, t);
+    r.store_now(&id(3), b"der-3", t, exp, t);
     assert_eq!(
         c.stores.load(Relaxed),
         stores,
         "SET NX did not overwrite the tombstone"
     );
-    assert!(miss(r.fetch(&c, &id(3), true, t)));
+    assert!(miss(r.fetch(&id(3), true, t)));
 
     // TLS 1.2 lookups do not consume; a removal (queued) ends them everywhere.
-    r.store_now(&c, &id(4), b"der-4", t, exp, t);
-    assert!(hit(r.fetch(&c, &id(4), false, t)));
-    assert!(hit(r.fetch(&c, &id(4), false, t)));
-    r.remove(&c, &id(4));
+    r.store_now(&id(4), b"der-4", t, exp, t);
+    assert!(hit(r.fetch(&id(4), false, t)));
+    assert!(hit(r.fetch(&id(4), false, t)));
+    r.remove(&id(4));
     assert!(r.flush(Duration::from_secs(5)));
-    assert!(miss(r.fetch(&c, &id(4), false, t)), "removed");
+    assert!(miss(r.fetch(&id(4), false, t)), "removed");
     // A removal of something Redis never had leaves nothing behind.
-    r.remove(&c, &id(5));
+    r.remove(&id(5));
     assert!(r.flush(Duration::from_secs(5)));
-    assert_eq!(r.take_local(&c, &id(5), exp, t), Taken::NeverStored);
+    assert_eq!(r.take_local(&id(5), exp, t), Taken::NeverStored);
 
     let s = c.load();
     assert_eq!(
@@ -118,15 +116,15 @@ fn a_restarted_redis_costs_no_failure_the_stale_connection_is_replaced() {
     let port = free_port();
     let mut srv = RedisServer::start(port);
     let c = counters();
-    let r = remote(port, Compat::Detect, 2000);
+    let r = remote(&c, port, Compat::Detect, 2000);
     let t = now();
-    r.store_now(&c, &[9; 32], b"der", t, t + 300, t);
-    assert!(hit(r.fetch(&c, &[9; 32], false, t)));
+    r.store_now(&[9; 32], b"der", t, t + 300, t);
+    assert!(hit(r.fetch(&[9; 32], false, t)));
     srv.stop();
     let _srv = RedisServer::start(port);
     // The pooled connection is dead (the old server closed it): replaced within the same
     // operation. Redis lost its data (no persistence): a miss, not an error.
-    assert!(miss(r.fetch(&c, &[9; 32], false, t)));
+    assert!(miss(r.fetch(&[9; 32], false, t)));
     let s = c.load();
     assert_eq!((s.errors, s.timeouts), (0, 0), "{s:?}");
 }
@@ -134,9 +132,9 @@ fn a_restarted_redis_costs_no_failure_the_stale_connection_is_replaced() {
 #[test]
 fn an_unreachable_redis_leaves_a_local_take_unconfirmed() {
     let c = counters();
-    let r = remote(free_port(), Compat::Detect, 200);
+    let r = remote(&c, free_port(), Compat::Detect, 200);
     let t = now();
-    assert_eq!(r.take_local(&c, &[1; 32], t + 60, t), Taken::Unconfirmed);
+    assert_eq!(r.take_local(&[1; 32], t + 60, t), Taken::Unconfirmed);
     assert_eq!(c.unconfirmed.load(Relaxed), 1);
 }
 
@@ -148,14 +146,14 @@ fn queued_writes_never_wait_for_redis_and_the_queue_is_bounded() {
     let port = silent.local_addr().unwrap().port();
     let timeout_ms = 1000;
     let c = counters();
-    let r = remote(port, Compat::Detect, timeout_ms);
+    let r = remote(&c, port, Compat::Detect, timeout_ms);
     let t = now();
     let start = Instant::now();
     for n in 0..5000u32 {
         let mut id = [0u8; 32];
         id[..4].copy_from_slice(&n.to_le_bytes());
-        r.store(&c, &id, b"der", t, t + 300, t);
-        r.remove(&c, &id);
+        r.store(&id, b"der", t, t + 300, t);
+        r.remove(&id);
     }
     let spent = start.elapsed();
     // Wide margin: 10000 queued writes against one timeout (a synchronous write would wait a
@@ -175,14 +173,14 @@ fn queued_writes_never_wait_for_redis_and_the_queue_is_bounded() {
 }
 
 /// Fork, in the child fetch one id within `bound`; true if the child finished by itself.
-fn child_fetches_within(r: &Remote, c: &RemoteCounters, bound: Duration) -> bool {
+fn child_fetches_within(r: &Remote, bound: Duration) -> bool {
     // SAFETY: the child only uses the tier and leaves with _exit.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
         // Backstop: a hung child must not outlive the test.
         unsafe { libc::alarm(10) };
-        let ok = !matches!(r.fetch(c, &[1; 32], false, now()), Fetched::Unavailable);
+        let ok = !matches!(r.fetch(&[1; 32], false, now()), Fetched::Unavailable);
         unsafe { libc::_exit(if ok { 0 } else { 2 }) };
     }
     let start = Instant::now();
@@ -207,16 +205,16 @@ fn a_child_forked_while_the_writer_is_busy_uses_the_tier() {
     // lock just then. The child must not inherit it locked.
     let srv = RedisServer::start(free_port());
     let c = counters();
-    let r = remote(srv.port, Compat::Detect, 2000);
+    let r = remote(&c, srv.port, Compat::Detect, 2000);
     let t = now();
     let mut stuck = 0;
     for i in 0..300u32 {
         for j in 0..20u32 {
             let mut id = [0u8; 32];
             id[..4].copy_from_slice(&(i * 100 + j).to_le_bytes());
-            r.store(&c, &id, b"der", t, t + 300, t);
+            r.store(&id, b"der", t, t + 300, t);
         }
-        if !child_fetches_within(&r, &c, Duration::from_secs(3)) {
+        if !child_fetches_within(&r, Duration::from_secs(3)) {
             stuck += 1;
         }
     }

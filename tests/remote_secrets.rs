@@ -7,9 +7,9 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shmsesscache::store::layout::RemoteCounters;
-use shmsesscache::remote::{Compat, Fetched, Remote, RemoteConfig};
 use shmsesscache::remote::seal::{Key, Keyring};
+use shmsesscache::remote::{Compat, Fetched, Remote, RemoteConfig};
+use shmsesscache::store::cache::RemoteCountersRef;
 
 /// Places in writable anonymous memory (heap, stacks, anonymous maps) holding `pat`, except
 /// `pat` itself (a slice of the test's own copy).
@@ -102,7 +102,8 @@ fn the_url_password_is_wiped() {
         url.push_str("redis://:");
         url.extend(pat.iter().map(|&b| b as char));
         url.push_str(&format!("@127.0.0.1:{port}/0"));
-        let r = Remote::new(RemoteConfig {
+        let c = RemoteCountersRef::private();
+        let cfg = RemoteConfig {
             url,
             ca_file: None,
             prefix: "s:".into(),
@@ -111,11 +112,9 @@ fn the_url_password_is_wiped() {
             compat: Compat::Detect,
             cluster: false,
             keys: Keyring::new(Key::new([7; 32]), Vec::new()),
-        })
-        .unwrap();
-        // SAFETY: plain atomics; all-zero is their initial state.
-        let c: RemoteCounters = unsafe { std::mem::zeroed() };
-        let got = r.fetch(&c, &[9; 32], false, 0);
+        };
+        let r = Remote::new(cfg, c.clone()).unwrap();
+        let got = r.fetch(&[9; 32], false, 0);
         assert!(matches!(got, Fetched::Miss), "logged in: {:?}", c.load());
     }
     // Its last 24 bytes: a freed copy may have its first 16 overwritten by the allocator.

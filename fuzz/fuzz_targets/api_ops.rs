@@ -8,7 +8,11 @@ use shmsesscache::store::cache::{Cache, Config, Found};
 
 fuzz_target!(|data: &[u8]| {
     // Small: one or two shards, so evictions and multi-slot entries happen quickly.
-    let cache = Cache::create(&Config { size_bytes: 120 << 10, ..Config::default() }).unwrap();
+    let cache = Cache::create(&Config {
+        size_bytes: 120 << 10,
+        ..Config::default()
+    })
+    .unwrap();
     let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     let mut buf = vec![0u8; 9000];
     let mut i = 0;
@@ -25,7 +29,12 @@ fuzz_target!(|data: &[u8]| {
                     Ok(()) => {
                         model.insert(id, payload);
                     }
-                    Err(_) => assert!(id.is_empty() || id.len() > 32 || payload.is_empty() || payload.len() > 8192),
+                    Err(_) => assert!(
+                        id.is_empty()
+                            || id.len() > 32
+                            || payload.is_empty()
+                            || payload.len() > 8192
+                    ),
                 }
             }
             2 | 3 => {

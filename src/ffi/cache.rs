@@ -8,8 +8,8 @@ use openssl_sys::SSL_CTX;
 use super::options::{plan, prefix_arg, shmsess_options, Plan};
 use super::result::{shmsess_result, Fail};
 use super::{guard, handle, null};
-use crate::store::cache::Cache;
 use crate::handle::{self, Handle};
+use crate::store::cache::Cache;
 use crate::tls::install;
 use shmsess_result::*;
 
@@ -42,6 +42,7 @@ pub extern "C" fn shmsess_cache_create(
             remote,
         } = plan(opts)?;
         let cache = Cache::create(&cfg)?;
+        let remote = remote.map(|r| r.bind(cache.remote_counters()));
         let handle = Handle::new(cache, install).with_remote(remote);
         let p = Arc::into_raw(Arc::new(handle)) as *mut shmsess_cache;
         if !handle::register(p as usize) {

@@ -6,13 +6,13 @@ use std::ffi::{c_int, c_void};
 use std::ops::ControlFlow;
 use std::panic::catch_unwind;
 
-use super::result::{shmsess_result, Fail};
 use super::cache::shmsess_cache;
+use super::result::{shmsess_result, Fail};
 use super::{bytes, guard, handle, id_arg, null};
 use crate::store::cache::{Found, Take};
+use crate::tiers::Reach;
 use crate::tls::der;
 use shmsess_result::*;
-
 
 /// `take` of `shmsess_cache_lookup`: leave the entry in place.
 pub const SHMSESS_LOOKUP_KEEP: c_int = 0;
@@ -42,8 +42,8 @@ pub extern "C" fn shmsess_cache_store(
         let id = id_arg(id, id_len)?;
         let data = bytes(data, data_len, "data")?;
         let now = crate::util::now_unix();
-        h.cache
-            .store(id, data, now, expires.min(u64::from(u32::MAX)) as u32)?;
+        let expires = expires.min(u64::from(u32::MAX)) as u32;
+        h.tiers(Reach::LocalOnly).store(id, data, now, expires)?;
         Ok(SHMSESS_OK)
     })
 }
@@ -85,10 +85,8 @@ pub extern "C" fn shmsess_cache_lookup(
             SHMSESS_LOOKUP_TAKE_TLS13 => Take::If(der::der_session_is_tls13),
             _ => Take::Always,
         };
-        match h
-            .cache
-            .lookup_taking(id, out, take, crate::util::now_unix())?
-        {
+        let now = crate::util::now_unix();
+        match h.tiers(Reach::LocalOnly).lookup_bytes(id, out, take, now)? {
             Found::Hit { len, .. } => {
                 // SAFETY: checked non-NULL.
                 unsafe { *out_len = len };
@@ -194,7 +192,7 @@ pub extern "C" fn shmsess_cache_remove(
     guard("shmsess_cache_remove", || {
         let h = handle(cache)?;
         let id = id_arg(id, id_len)?;
-        if h.cache.remove(id)? {
+        if h.tiers(Reach::LocalOnly).remove(id)? {
             Ok(SHMSESS_OK)
         } else {
             Err(Fail(SHMSESS_ERR_NOT_FOUND, "no entry with that id".into()))

@@ -2,8 +2,8 @@
 
 use std::ffi::{c_char, c_int, c_void};
 
-use super::result::{shmsess_result, Fail};
 use super::guard;
+use super::result::{shmsess_result, Fail};
 use crate::log::{self, Level};
 use shmsess_result::*;
 

@@ -18,8 +18,8 @@ use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use crate::store::layout::MAX_ID_LEN;
 use crate::handle::Handle;
+use crate::store::layout::MAX_ID_LEN;
 
 // In the order a C programmer meets them, which cbindgen follows for the header's types (a
 // blank line between each keeps rustfmt from sorting them).
@@ -57,7 +57,10 @@ pub(crate) fn null(what: &str) -> Fail {
 }
 
 /// The panic boundary: runs `f`, turns errors and panics into a status and a message.
-pub(crate) fn guard(func: &str, f: impl FnOnce() -> Result<shmsess_result, Fail>) -> shmsess_result {
+pub(crate) fn guard(
+    func: &str,
+    f: impl FnOnce() -> Result<shmsess_result, Fail>,
+) -> shmsess_result {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(r)) => r,
         Ok(Err(Fail(r, m))) => {

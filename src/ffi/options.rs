@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use super::result::{shmsess_result, Fail};
 use super::{bytes, guard, null};
-use crate::store::cache::{Config, DEFAULT_LOCK_TIMEOUT_MS};
 use crate::error::Error;
 use crate::handle::{InstallOptions, MAX_ID_PREFIX};
-use crate::store::layout::{DEFAULT_UNIT_BYTES, MAX_ID_LEN};
 use crate::log::{self, Level};
-use crate::remote::{Remote, RemoteConfig};
+use crate::remote::{Planned, Remote, RemoteConfig};
+use crate::store::cache::{Config, DEFAULT_LOCK_TIMEOUT_MS};
+use crate::store::layout::{DEFAULT_UNIT_BYTES, MAX_ID_LEN};
 use shmsess_result::*;
 
 /// Keep OpenSSL's per-process session cache in front of the shared one
@@ -33,7 +33,12 @@ pub const SHMSESS_KEEP_SESSION_ID_CONTEXT: u32 = 8;
 /// from the kernel's CSPRNG, checked for uniqueness against the shared cache. Implied by a
 /// non-empty `session_id_prefix`.
 pub const SHMSESS_GENERATE_SESSION_IDS: u32 = 16;
-const KNOWN_FLAGS: u32 = 31;
+/// Every flag above: others are refused.
+const KNOWN_FLAGS: u32 = SHMSESS_KEEP_INTERNAL_CACHE
+    | SHMSESS_TLS13_ALLOW_REUSE
+    | SHMSESS_NO_TLS13
+    | SHMSESS_KEEP_SESSION_ID_CONTEXT
+    | SHMSESS_GENERATE_SESSION_IDS;
 
 /// Longest session id prefix (bytes); the other 16 or more of a 32-byte id stay random.
 pub const SHMSESS_MAX_ID_PREFIX: u32 = 16;
@@ -246,6 +251,30 @@ const OPTIONS_FIELDS: [(usize, usize); 18] = {
     ]
 };
 
+/// `OPTIONS_FIELDS` lists every field of `shmsess_options` once, in struct order: each field
+/// starts where the one before ends (rounded up to its own alignment, which for these fields
+/// is their size), and the last one ends the struct. A field added to the struct but not to
+/// the list stops the build here.
+const _: () = {
+    let mut end: usize = 0;
+    let mut i = 0;
+    while i < OPTIONS_FIELDS.len() {
+        let (off, len) = OPTIONS_FIELDS[i];
+        assert!(
+            off == end.next_multiple_of(len),
+            "OPTIONS_FIELDS misses a field or is out of order"
+        );
+        end = off + len;
+        i += 1;
+    }
+    let size = std::mem::size_of::<shmsess_options>();
+    let align = std::mem::align_of::<shmsess_options>();
+    assert!(
+        end.next_multiple_of(align) == size,
+        "OPTIONS_FIELDS does not reach the end of shmsess_options"
+    );
+};
+
 /// How many of the caller's bytes to read: its `struct_size`, at most ours, cut back to the
 /// end of the last field it holds whole.
 fn options_bytes(struct_size: usize) -> usize {
@@ -301,12 +330,12 @@ fn warn_legacy_init() {
     });
 }
 
-
 /// Everything `shmsess_cache_create` needs besides the segment itself, checked.
 pub(super) struct Plan {
     pub(super) cfg: Config,
     pub(super) install: InstallOptions,
-    pub(super) remote: Option<Remote>,
+    /// The Redis tier, checked; bound to the segment's counters once the segment exists.
+    pub(super) remote: Option<Planned>,
 }
 
 /// The one validation of a caller's options, shared by `shmsess_cache_create` and
@@ -411,7 +440,7 @@ pub extern "C" fn shmsess_options_check(opts: *const shmsess_options) -> shmsess
 
 /// The second tier the options ask for, if any (URL parsed and key file read now, in the
 /// process that creates the cache; nothing is connected).
-fn remote_from(o: &shmsess_options) -> Result<Option<Remote>, Fail> {
+fn remote_from(o: &shmsess_options) -> Result<Option<Planned>, Fail> {
     let text = |p: *const c_char, what: &str| -> Result<Option<String>, Fail> {
         if p.is_null() {
             return Ok(None);
@@ -451,7 +480,7 @@ fn remote_from(o: &shmsess_options) -> Result<Option<Remote>, Fail> {
     // Fields the caller's struct does not have are zero in `o` (see read_options): absent.
     let ca_file = text(o.remote_ca_file, "remote_ca_file")?;
     let cluster = o.remote_cluster != 0;
-    let remote = Remote::new(RemoteConfig {
+    let remote = Remote::plan(RemoteConfig {
         url: url.take(),
         ca_file,
         prefix,

@@ -3,8 +3,8 @@
 
 use std::ffi::{c_char, CStr};
 
-use super::result::{shmsess_result, Fail};
 use super::cache::shmsess_cache;
+use super::result::{shmsess_result, Fail};
 use super::{guard, handle, null};
 use crate::store::cache::{Ages, Stats};
 use shmsess_result::*;
@@ -273,7 +273,10 @@ const _: () = {
     let mut end = first;
     let mut i = 0;
     while i < STATS_FIELDS.len() {
-        assert!(STATS_FIELDS[i].1 == end, "STATS_FIELDS is out of struct order");
+        assert!(
+            STATS_FIELDS[i].1 == end,
+            "STATS_FIELDS is out of struct order"
+        );
         end += 8;
         i += 1;
     }

@@ -33,8 +33,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::store::layout::RemoteCounters;
 use crate::log::{self, Level};
+use crate::store::cache::RemoteCountersRef;
+use crate::store::layout::RemoteCounters;
 use resp::{Begun, Conn, Deadline, Failure, Reply, Resolver, Target, Version, URL_FORM};
 use resp_tls::{ClientCtx, TlsStream};
 use seal::{Keyring, Opened};
@@ -123,8 +124,6 @@ struct ProcessState {
     writer_waiting: bool,
     /// This process's writer thread, started by the first queued write.
     writer: Option<JoinHandle<()>>,
-    /// Where the writer counts (the segment's counters; it is stopped before they go away).
-    counters: Option<Counters>,
     closing: bool,
     /// Redis Cluster: which node serves which slots (fetched lazily, refreshed when stale).
     slots: Option<SlotMap>,
@@ -270,7 +269,9 @@ enum Job {
 impl Job {
     fn bytes(&self) -> usize {
         match self {
-            Job::Store { id, der, .. } => 2 * id.len() + der.len() + crate::remote::seal::OVERHEAD + 64,
+            Job::Store { id, der, .. } => {
+                2 * id.len() + der.len() + crate::remote::seal::OVERHEAD + 64
+            }
             Job::Remove { key } => key.len() + 64,
         }
     }
@@ -283,13 +284,6 @@ impl Drop for Job {
         }
     }
 }
-
-/// The segment's counters, for the writer thread.
-#[derive(Clone, Copy)]
-struct Counters(*const RemoteCounters);
-// SAFETY: atomics in a mapping that outlives the writer (Remote's Drop joins it, and the
-// handle drops its Remote before its Cache).
-unsafe impl Send for Counters {}
 
 /// The value a used (or removed) session's key holds until the session would have expired:
 /// a later swap sees it and refuses the ticket. Shorter than any sealed value, so it never
@@ -323,6 +317,9 @@ struct Shared {
     cluster: bool,
     keys: Keyring,
     backoff: Duration,
+    /// Where every operation counts, the writer thread's included; holds the segment
+    /// mapped for as long as anyone (that thread too) holds this.
+    counters: RemoteCountersRef,
     /// This process's [`PerProcess`] (never null; see [`Shared::here`]).
     per_process: AtomicPtr<PerProcess>,
 }
@@ -353,7 +350,6 @@ impl PerProcess {
                 in_flight: 0,
                 writer_waiting: false,
                 writer: None,
-                counters: None,
                 closing: false,
                 slots: None,
             }),
@@ -379,7 +375,8 @@ pub struct Remote {
 
 /// Largest bulk reply accepted: the largest sealed session. Anything bigger is not ours, and
 /// the connection is dropped before it is read.
-pub const REPLY_CAP: usize = crate::store::layout::MAX_SESSION_BYTES + crate::remote::seal::OVERHEAD;
+pub const REPLY_CAP: usize =
+    crate::store::layout::MAX_SESSION_BYTES + crate::remote::seal::OVERHEAD;
 
 /// What a remote lookup gave.
 pub enum Fetched {
@@ -407,10 +404,63 @@ pub enum Taken {
     Unconfirmed,
 }
 
+/// A checked tier configuration, not yet counting anywhere: [`Planned::bind`] makes the
+/// [`Remote`].
+pub struct Planned {
+    target: Target,
+    tls: Option<ClientCtx>,
+    prefix: String,
+    timeout: Duration,
+    compat: Compat,
+    cluster: bool,
+    keys: Keyring,
+    backoff: Duration,
+}
+
+impl Planned {
+    /// The tier, counting into `counters` (its owner's segment: [`Cache::remote_counters`]).
+    ///
+    /// [`Cache::remote_counters`]: crate::store::cache::Cache::remote_counters
+    pub fn bind(self, counters: RemoteCountersRef) -> Remote {
+        let Planned {
+            target,
+            tls,
+            prefix,
+            timeout,
+            compat,
+            cluster,
+            keys,
+            backoff,
+        } = self;
+        let here = PerProcess::new(std::process::id(), backoff);
+        Remote {
+            shared: Arc::new(Shared {
+                target,
+                tls,
+                prefix,
+                timeout,
+                compat,
+                cluster,
+                keys,
+                backoff,
+                counters,
+                per_process: AtomicPtr::new(Box::into_raw(Box::new(here))),
+            }),
+        }
+    }
+}
+
 impl Remote {
-    /// Parse the URL (nothing is connected yet: connections are made in the process that
-    /// uses them, after fork).
-    pub fn new(mut cfg: RemoteConfig) -> Result<Remote> {
+    /// Parse the URL and count into `counters` (nothing is connected yet: connections are
+    /// made in the process that uses them, after fork). [`Remote::plan`] then
+    /// [`Planned::bind`].
+    pub fn new(cfg: RemoteConfig, counters: RemoteCountersRef) -> Result<Remote> {
+        Ok(Remote::plan(cfg)?.bind(counters))
+    }
+
+    /// Check and parse `cfg` (URL, TLS settings, limits) without counters yet: what a
+    /// configuration check needs, and what a cache's creation binds to its segment.
+    pub fn plan(mut cfg: RemoteConfig) -> Result<Planned> {
         // The URL may hold a password: name the problem, not the URL, and wipe it once
         // parsed (the password lives on only in the target's `Secret`).
         let parsed = Target::parse(&cfg.url);
@@ -440,53 +490,31 @@ impl Remote {
                 "remote URL: Redis Cluster has only database 0 (end the URL with /0 or nothing)",
             ));
         }
-        Ok(Remote {
-            shared: Arc::new(Shared {
-                target,
-                tls,
-                prefix: cfg.prefix,
-                timeout: cfg.timeout,
-                compat: cfg.compat,
-                cluster: cfg.cluster,
-                keys: cfg.keys,
-                backoff: cfg.backoff,
-                per_process: AtomicPtr::new(Box::into_raw(Box::new(PerProcess::new(
-                    std::process::id(),
-                    cfg.backoff,
-                )))),
-            }),
+        Ok(Planned {
+            target,
+            tls,
+            prefix: cfg.prefix,
+            timeout: cfg.timeout,
+            compat: cfg.compat,
+            cluster: cfg.cluster,
+            keys: cfg.keys,
+            backoff: cfg.backoff,
         })
     }
 
     /// Seal a new session and queue it for this process's writer thread (started now if it
     /// is not running): the handshake does not wait for Redis. A full queue drops it,
     /// counted in `dropped`.
-    pub fn store(
-        &self,
-        c: &RemoteCounters,
-        id: &[u8],
-        der: &[u8],
-        created: u32,
-        expires: u32,
-        now: u32,
-    ) {
+    pub fn store(&self, id: &[u8], der: &[u8], created: u32, expires: u32, now: u32) {
         if let Some(job) = self.store_job(id, der, created, expires, now) {
-            self.shared.enqueue(c, job);
+            self.shared.enqueue(job);
         }
     }
 
     /// [`Remote::store`] on the caller's thread, waiting for Redis (benchmarks and tests).
-    pub fn store_now(
-        &self,
-        c: &RemoteCounters,
-        id: &[u8],
-        der: &[u8],
-        created: u32,
-        expires: u32,
-        now: u32,
-    ) {
+    pub fn store_now(&self, id: &[u8], der: &[u8], created: u32, expires: u32, now: u32) {
         if let Some(job) = self.store_job(id, der, created, expires, now) {
-            self.shared.write_batch(c, vec![job]);
+            self.shared.write_batch(vec![job]);
         }
     }
 
@@ -511,13 +539,10 @@ impl Remote {
     /// A session was removed here (OpenSSL's remove callback): queue turning its remote copy
     /// into a tombstone. Never does network I/O on the caller's thread (OpenSSL may hold the
     /// SSL_CTX lock while calling).
-    pub fn remove(&self, c: &RemoteCounters, id: &[u8]) {
-        self.shared.enqueue(
-            c,
-            Job::Remove {
-                key: self.shared.key(id),
-            },
-        );
+    pub fn remove(&self, id: &[u8]) {
+        self.shared.enqueue(Job::Remove {
+            key: self.shared.key(id),
+        });
     }
 
     /// Wait until this process's queued writes have been sent (or dropped), at most `limit`.
@@ -539,8 +564,8 @@ impl Remote {
 
     /// Look a session up after a local miss. With `take` (TLS 1.3 single use) the value is
     /// swapped for a tombstone in the same step, so one host in the fleet gets it.
-    pub fn fetch(&self, c: &RemoteCounters, id: &[u8], take: bool, now: u32) -> Fetched {
-        self.fetch_within(c, id, take, now, self.deadline())
+    pub fn fetch(&self, id: &[u8], take: bool, now: u32) -> Fetched {
+        self.fetch_within(id, take, now, self.deadline())
     }
 
     /// A deadline one remote timeout from now, for several operations that must fit in one
@@ -550,14 +575,8 @@ impl Remote {
     }
 
     /// [`Remote::fetch`] finished by `dl`.
-    pub fn fetch_within(
-        &self,
-        c: &RemoteCounters,
-        id: &[u8],
-        take: bool,
-        now: u32,
-        dl: Deadline,
-    ) -> Fetched {
+    pub fn fetch_within(&self, id: &[u8], take: bool, now: u32, dl: Deadline) -> Fetched {
+        let c = &*self.shared.counters;
         let key = self.shared.key(id);
         let got = self.shared.run(c, Some(&key), dl, |conn, d, dl| {
             if take {
@@ -603,20 +622,14 @@ impl Remote {
 
     /// Consume, fleet-wide, a TLS 1.3 ticket this host found (and took) in its own memory:
     /// swap its key for a tombstone that lives until `expires`. See [`Taken`].
-    pub fn take_local(&self, c: &RemoteCounters, id: &[u8], expires: u32, now: u32) -> Taken {
-        self.take_within(c, id, expires, now, self.deadline())
+    pub fn take_local(&self, id: &[u8], expires: u32, now: u32) -> Taken {
+        self.take_within(id, expires, now, self.deadline())
     }
 
     /// [`Remote::take_local`] finished by `dl`. Also consumes a ticket a [`Remote::fetch`]
     /// read from Redis (once its server name is checked), within that fetch's deadline.
-    pub fn take_within(
-        &self,
-        c: &RemoteCounters,
-        id: &[u8],
-        expires: u32,
-        now: u32,
-        dl: Deadline,
-    ) -> Taken {
+    pub fn take_within(&self, id: &[u8], expires: u32, now: u32, dl: Deadline) -> Taken {
+        let c = &*self.shared.counters;
         let key = self.shared.key(id);
         let ttl = (u64::from(expires.saturating_sub(now)).max(1) * 1000).to_string();
         let got = self.shared.run(c, Some(&key), dl, |conn, d, dl| {
@@ -745,7 +758,8 @@ impl Shared {
         self.here().state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn enqueue(self: &Arc<Self>, c: &RemoteCounters, job: Job) {
+    fn enqueue(self: &Arc<Self>, job: Job) {
+        let c = &*self.counters;
         let mut st = self.lock();
         if st.closing {
             return;
@@ -755,7 +769,6 @@ impl Shared {
             c.dropped.fetch_add(1, Relaxed);
             return;
         }
-        st.counters = Some(Counters(c));
         st.queue.push_back(job);
         st.queued_bytes += bytes;
         if st.writer.is_none() {
@@ -789,7 +802,7 @@ impl Shared {
     /// The writer thread: sends queued writes in pipelined batches until the Remote drops.
     fn writer_loop(self: Arc<Self>) {
         loop {
-            let (batch, counters) = {
+            let batch = {
                 let mut st = self.lock();
                 while st.queue.is_empty() && !st.closing {
                     st.writer_waiting = true;
@@ -799,12 +812,8 @@ impl Shared {
                 if st.closing {
                     // The handle is going away: what is left is dropped, counted, rather than
                     // holding its owner for a timeout per batch.
-                    if let (Some(Counters(c)), false) = (st.counters, st.queue.is_empty()) {
-                        // SAFETY: see `Counters` (still mapped: the owner waits for us).
-                        unsafe { &*c }
-                            .dropped
-                            .fetch_add(st.queue.len() as u64, Relaxed);
-                    }
+                    let left = st.queue.len() as u64;
+                    self.counters.dropped.fetch_add(left, Relaxed);
                     st.queue.clear();
                     return;
                 }
@@ -812,19 +821,17 @@ impl Shared {
                 let batch: Vec<Job> = st.queue.drain(..n).collect();
                 st.queued_bytes -= batch.iter().map(Job::bytes).sum::<usize>();
                 st.in_flight = n;
-                (batch, st.counters)
+                batch
             };
-            if let Some(Counters(c)) = counters {
-                // SAFETY: see `Counters`.
-                self.write_batch(unsafe { &*c }, batch);
-            }
+            self.write_batch(batch);
             self.lock().in_flight = 0;
         }
     }
 
     /// Seal `jobs` and send them pipelined on one connection under one deadline; count what
     /// was stored, and what was lost if the batch failed.
-    fn write_batch(&self, c: &RemoteCounters, jobs: Vec<Job>) {
+    fn write_batch(&self, jobs: Vec<Job>) {
+        let c = &*self.counters;
         /// A job ready to send: an encoded SET of a sealed value, or a key to tombstone (its
         /// command depends on the connection's dialect).
         enum Ready {
@@ -1268,7 +1275,8 @@ mod tests {
         let sock = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = sock.local_addr().unwrap().port();
         drop(sock);
-        let r = Remote::new(RemoteConfig {
+        let c = RemoteCountersRef::private();
+        let cfg = RemoteConfig {
             url: format!("redis://127.0.0.1:{port}/0"),
             prefix: DEFAULT_PREFIX.into(),
             timeout: Duration::from_millis(200),
@@ -1277,14 +1285,10 @@ mod tests {
             compat: Compat::Detect,
             cluster: false,
             keys: Keyring::new(crate::remote::seal::Key::new([1; 32]), Vec::new()),
-        })
-        .unwrap();
-        let c: RemoteCounters = unsafe { std::mem::zeroed() };
+        };
+        let r = Remote::new(cfg, c.clone()).unwrap();
         for _ in 0..5 {
-            assert!(matches!(
-                r.fetch(&c, &[1; 32], false, 0),
-                Fetched::Unavailable
-            ));
+            assert!(matches!(r.fetch(&[1; 32], false, 0), Fetched::Unavailable));
         }
         assert_eq!(c.errors.load(Relaxed), 3, "three tries, then the breaker");
         assert_eq!(c.skipped.load(Relaxed), 2);
@@ -1306,8 +1310,44 @@ mod tests {
     }
 
     #[test]
+    fn the_writer_counts_into_a_segment_whose_cache_is_gone() {
+        // Listening, never answering: the writer's SET waits out the timeout, long after the
+        // cache below is dropped, and then counts into the segment's counters.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let cache = crate::store::cache::Cache::create(&crate::store::cache::Config {
+            size_bytes: 1 << 20,
+            ..Default::default()
+        })
+        .unwrap();
+        let counters = cache.remote_counters();
+        let cfg = RemoteConfig {
+            url: format!("redis://127.0.0.1:{port}/0"),
+            prefix: DEFAULT_PREFIX.into(),
+            timeout: Duration::from_millis(200),
+            backoff: Duration::from_secs(60),
+            ca_file: None,
+            compat: Compat::Detect,
+            cluster: false,
+            keys: Keyring::new(crate::remote::seal::Key::new([1; 32]), Vec::new()),
+        };
+        let r = Remote::new(cfg, counters.clone()).unwrap();
+        let now = crate::util::now_unix();
+        r.store(&[3; 32], b"der", now, now + 300, now);
+        drop(cache);
+        assert!(r.flush(Duration::from_secs(5)), "the writer finished");
+        assert_eq!(
+            counters.timeouts.load(Relaxed),
+            1,
+            "counted after the cache went"
+        );
+        assert_eq!(counters.dropped.load(Relaxed), 1);
+        drop(silent);
+    }
+
+    #[test]
     fn a_bad_url_is_refused_without_echoing_it() {
-        let e = Remote::new(RemoteConfig {
+        let e = Remote::plan(RemoteConfig {
             url: "http://user:secretpw@host/".into(),
             prefix: DEFAULT_PREFIX.into(),
             timeout: DEFAULT_TIMEOUT,

@@ -550,7 +550,12 @@ pub trait Transport {
 fn nonblocking(r: io::Result<usize>, want: Want) -> Result<usize, Result<Want, Failure>> {
     match r {
         Ok(n) => Ok(n),
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
             Err(Ok(want))
         }
         Err(e) => Err(Err(Failure::Io(e.kind()))),

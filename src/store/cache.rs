@@ -6,18 +6,19 @@ use std::hash::Hasher;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
 use siphasher::sip::SipHasher13;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fault::{self, FaultPoint};
+use crate::log::{self, Level};
 use crate::store::layout::{
-    Counter, Geometry, Globals, RemoteStats, ShardHeader, COUNTERS, GLOBALS_OFFSET, HEADER_BYTES,
-    MAX_ID_LEN, MAX_SESSION_BYTES,
+    Counter, Geometry, Globals, RemoteCounters, RemoteStats, ShardHeader, COUNTERS, GLOBALS_OFFSET,
+    HEADER_BYTES, MAX_ID_LEN, MAX_SESSION_BYTES,
 };
 use crate::store::lock::{Acquired, Holder, LockError, ShardLock};
-use crate::log::{self, Level};
 use crate::store::segment::{self, Mapping, Origin};
 pub use crate::store::shard::{Ages, EntryInfo, ExportedEntry, Found, Take};
 use crate::store::shard::{NewEntry, Shard};
@@ -52,7 +53,9 @@ impl Default for Config {
 pub const DEFAULT_LOCK_TIMEOUT_MS: u64 = 200;
 
 pub struct Cache {
-    map: Mapping,
+    /// Shared with the Redis tier's [`RemoteCountersRef`], which may outlive this value on
+    /// the tier's writer thread: the segment is unmapped when the last of them goes.
+    map: Arc<Mapping>,
     geo: Geometry,
     hash_key: [u64; 2],
     origin: Origin,
@@ -85,6 +88,53 @@ static LOST_SEGMENT_GLOBALS: Globals = {
     // SAFETY: Globals consists of atomic integers only, for which all-zero bytes are valid.
     unsafe { std::mem::zeroed() }
 };
+
+/// The global counters of the segment `map` holds, or, once its file was found truncated
+/// (when page 0 may be gone: touching it would be SIGBUS), a process-local stand-in that
+/// nobody reads.
+fn globals_of(map: &Mapping) -> &Globals {
+    if map.check_backing(false).is_err() {
+        return &LOST_SEGMENT_GLOBALS;
+    }
+    // SAFETY: page 0 is mapped and backed (checked above); Globals lies inside it (asserted in
+    // layout.rs) and consists of atomics only.
+    unsafe { &*(map.base().add(GLOBALS_OFFSET) as *const Globals) }
+}
+
+/// Where the Redis tier counts (`remote_*` statistics): a segment's counters, holding the
+/// segment's mapping so that they stay valid as long as this value lives, on any thread
+/// ([`Cache::remote_counters`]); or private counters nobody else sees
+/// ([`RemoteCountersRef::private`]: tests, benchmarks). Cheap to clone; reads as
+/// [`RemoteCounters`].
+#[derive(Clone)]
+pub struct RemoteCountersRef(CountersAt);
+
+#[derive(Clone)]
+enum CountersAt {
+    Segment(Arc<Mapping>),
+    Private(Arc<RemoteCounters>),
+}
+
+impl RemoteCountersRef {
+    /// Counters of their own, all zero, in no segment.
+    pub fn private() -> RemoteCountersRef {
+        // SAFETY: RemoteCounters consists of atomic integers only, for which all-zero bytes
+        // are valid.
+        let zero: RemoteCounters = unsafe { std::mem::zeroed() };
+        RemoteCountersRef(CountersAt::Private(Arc::new(zero)))
+    }
+}
+
+impl std::ops::Deref for RemoteCountersRef {
+    type Target = RemoteCounters;
+
+    fn deref(&self) -> &RemoteCounters {
+        match &self.0 {
+            CountersAt::Segment(map) => &globals_of(map).remote,
+            CountersAt::Private(c) => c,
+        }
+    }
+}
 
 /// Statistics, summed over shards (read without locks: each counter is exact, the set is a
 /// near-instant snapshot).
@@ -298,13 +348,17 @@ impl Cache {
     /// it is. Nothing is recorded when this system's boot id or pid namespace cannot be read:
     /// thread ids are then never trusted by this process.
     fn join_users(&mut self) -> Result<()> {
-        let (Some(boot), Some(ns)) = (crate::store::users::this_boot(), crate::store::users::this_pid_ns())
-        else {
+        let (Some(boot), Some(ns)) = (
+            crate::store::users::this_boot(),
+            crate::store::users::this_pid_ns(),
+        ) else {
             return Ok(());
         };
         crate::store::users::count_forks();
-        self.joined_forks
-            .store(crate::store::users::forks(), std::sync::atomic::Ordering::Relaxed);
+        self.joined_forks.store(
+            crate::store::users::forks(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let started = std::time::Instant::now();
         loop {
             let g = self.globals();
@@ -490,7 +544,7 @@ impl Cache {
         let hash_key = h.hash_key;
         Ok(Cache {
             created_unix: h.created_unix,
-            map,
+            map: Arc::new(map),
             geo,
             hash_key,
             origin,
@@ -528,12 +582,13 @@ impl Cache {
     /// The segment's global counters, or, once its file was found truncated (when page 0 may
     /// be gone: touching it would be SIGBUS), a process-local stand-in that nobody reads.
     pub(crate) fn globals(&self) -> &Globals {
-        if self.map.check_backing(false).is_err() {
-            return &LOST_SEGMENT_GLOBALS;
-        }
-        // SAFETY: page 0 is mapped and backed (checked above); Globals lies inside it
-        // (asserted in layout.rs) and consists of atomics only.
-        unsafe { &*(self.map.base().add(GLOBALS_OFFSET) as *const Globals) }
+        globals_of(&self.map)
+    }
+
+    /// The Redis tier's counters in this segment, for the tier to keep: they stay mapped as
+    /// long as it holds them, whatever happens to this `Cache` meanwhile.
+    pub fn remote_counters(&self) -> RemoteCountersRef {
+        RemoteCountersRef(CountersAt::Segment(Arc::clone(&self.map)))
     }
 
     fn shard_base(&self, idx: usize) -> *mut u8 {

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::store::cache::{Cache, Config, Found, Take};
 use crate::error::ErrorKind;
+use crate::store::cache::{Cache, Config, Found, Take};
 use crate::store::layout::{Geometry, DEFAULT_UNIT_BYTES, MAX_SESSION_BYTES};
 
 const NOW: u32 = 1_800_000_000;
@@ -691,7 +691,10 @@ fn an_unrecoverable_lock_is_reset_and_the_shard_repaired() {
     let lock = unsafe { crate::store::lock::ShardLock::from_ptr(c.shard_mutex_for_tests(0)) };
     assert_eq!(lock.lock(None), Ok(crate::store::lock::Acquired::OwnerDied));
     lock.unlock();
-    assert_eq!(lock.holder(true), crate::store::lock::Holder::NotRecoverable);
+    assert_eq!(
+        lock.holder(true),
+        crate::store::lock::Holder::NotRecoverable
+    );
     assert_eq!(get(&c, 1, NOW), Some(der(1, 160)));
     assert_eq!(get(&c, 1, NOW), Some(der(1, 160)));
     let s = c.stats();
@@ -803,11 +806,14 @@ unsafe extern "C" fn record_log(
     _: *mut std::ffi::c_void,
 ) {
     let m = LOG_MUTEX.load(std::sync::atomic::Ordering::SeqCst);
-    let held = !m.is_null()
-        && (*(m as *const std::sync::atomic::AtomicU32)).load(std::sync::atomic::Ordering::SeqCst)
-            & 0x3fff_ffff
-            != 0;
-    let text = std::ffi::CStr::from_ptr(msg).to_string_lossy().into_owned();
+    // SAFETY: LOG_MUTEX is NULL or the lock word of a shard of a segment the test keeps
+    // mapped while it logs.
+    let word = (!m.is_null()).then(|| unsafe { &*(m as *const std::sync::atomic::AtomicU32) });
+    let held = word.is_some_and(|w| w.load(std::sync::atomic::Ordering::SeqCst) & 0x3fff_ffff != 0);
+    // SAFETY: the library passes a NUL-terminated message, valid during the call.
+    let text = unsafe { std::ffi::CStr::from_ptr(msg) }
+        .to_string_lossy()
+        .into_owned();
     LOG_LINES.lock().unwrap().push((level, text, held));
 }
 

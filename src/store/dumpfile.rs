@@ -16,8 +16,8 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::store::cache::{Cache, ExportedEntry};
 use crate::error::{Error, ErrorKind, Result};
+use crate::store::cache::{Cache, ExportedEntry};
 use crate::store::layout::{MAX_ID_LEN, MAX_SESSION_BYTES};
 use crate::store::segment::{self, Trust};
 

@@ -273,26 +273,30 @@ fn thread_exists(tid: i32) -> bool {
 /// `mutex` must point to writable memory of `pthread_mutex_t` size and alignment that nobody
 /// else uses yet.
 unsafe fn init_at(mutex: *mut libc::pthread_mutex_t) -> io::Result<()> {
-    let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
-    check(libc::pthread_mutexattr_init(&mut attr))?;
-    let result = (|| {
-        check(libc::pthread_mutexattr_setpshared(
-            &mut attr,
-            libc::PTHREAD_PROCESS_SHARED,
-        ))?;
-        check(libc::pthread_mutexattr_setrobust(
-            &mut attr,
-            libc::PTHREAD_MUTEX_ROBUST,
-        ))?;
-        // Error checking makes a relock by the same thread an error instead of a hang.
-        check(libc::pthread_mutexattr_settype(
-            &mut attr,
-            libc::PTHREAD_MUTEX_ERRORCHECK,
-        ))?;
-        check(libc::pthread_mutex_init(mutex, &attr))
-    })();
-    libc::pthread_mutexattr_destroy(&mut attr);
-    result
+    // SAFETY: an attribute object is plain data until pthread_mutexattr_init fills it; it is
+    // set up, used and destroyed on this stack only. The mutex memory is the caller's promise.
+    unsafe {
+        let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
+        check(libc::pthread_mutexattr_init(&mut attr))?;
+        let result = (|| {
+            check(libc::pthread_mutexattr_setpshared(
+                &mut attr,
+                libc::PTHREAD_PROCESS_SHARED,
+            ))?;
+            check(libc::pthread_mutexattr_setrobust(
+                &mut attr,
+                libc::PTHREAD_MUTEX_ROBUST,
+            ))?;
+            // Error checking makes a relock by the same thread an error instead of a hang.
+            check(libc::pthread_mutexattr_settype(
+                &mut attr,
+                libc::PTHREAD_MUTEX_ERRORCHECK,
+            ))?;
+            check(libc::pthread_mutex_init(mutex, &attr))
+        })();
+        libc::pthread_mutexattr_destroy(&mut attr);
+        result
+    }
 }
 
 /// glibc on 64-bit Linux: `__kind` follows `__lock`, `__count`, `__owner`, `__nusers`.

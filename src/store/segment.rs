@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use memmap2::{Advice, MmapOptions, MmapRaw};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::store::layout::{self, Geometry, SegmentHeader, HEADER_BYTES, MAGIC};
 use crate::log::{self, Level};
+use crate::store::layout::{self, Geometry, SegmentHeader, HEADER_BYTES, MAGIC};
 
 /// How often (at most) a process re-checks the size of a named segment's file.
 const BACKING_CHECK_INTERVAL_NS: u64 = 1_000_000_000;
@@ -428,7 +428,10 @@ fn write_zeros(fd: RawFd, len: u64) -> io::Result<()> {
 /// The error for a failed reservation: the segment, the size wanted and, for a full
 /// filesystem, how much is free and what to do.
 fn reserve_error(path: &Path, want: usize, e: io::Error) -> Error {
-    let what = format!("{}: cannot reserve {want} bytes for the segment", path.display());
+    let what = format!(
+        "{}: cannot reserve {want} bytes for the segment",
+        path.display()
+    );
     if e.raw_os_error() == Some(libc::EFBIG) {
         return Error::new(ErrorKind::Io, format!("{what}: {e}; {}", file_size_limit()));
     }

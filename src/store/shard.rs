@@ -184,11 +184,15 @@ impl<'a> Shard<'a> {
     /// `base` must point to a whole shard (geo.shard_stride bytes) inside a live mapping, and
     /// the caller must hold that shard's lock for as long as the `Shard` is used.
     pub unsafe fn from_base(base: *mut u8, geo: &'a Geometry) -> Shard<'a> {
-        Shard {
-            hdr: &*(base as *const ShardHeader),
-            tags: base.add(geo.tags_offset) as *mut u16,
-            units: base.add(geo.units_offset),
-            geo,
+        // SAFETY: the caller's promise: a whole locked shard, so its header, tag array and
+        // units lie at these offsets of the validated geometry.
+        unsafe {
+            Shard {
+                hdr: &*(base as *const ShardHeader),
+                tags: base.add(geo.tags_offset) as *mut u16,
+                units: base.add(geo.units_offset),
+                geo,
+            }
         }
     }
 

@@ -22,18 +22,13 @@ use openssl_sys::{SSL, SSL_CTX, SSL_SESSION};
 
 use super::install::{with_ctx_handle, with_handle};
 use super::ossl as extra;
-use crate::store::cache::Found;
+use super::parked::{self, Unparked};
+use super::sni;
 use crate::error::ErrorKind;
 use crate::handle::Handle;
-use crate::store::layout::{MAX_ID_LEN, MAX_SESSION_BYTES};
 use crate::log::{self, Level};
-use crate::remote::{Fetched, Remote, Taken};
-use crate::remote::resp::Deadline;
-
-/// Sessions up to this size (all but those with large client certificate chains) are encoded
-/// and decoded in a stack buffer; larger ones in a heap buffer of their size.
-const SMALL_SESSION_BYTES: usize = 1024;
-
+use crate::store::layout::{MAX_ID_LEN, MAX_SESSION_BYTES};
+use crate::tiers::{Reach, Resumer, SMALL_SESSION_BYTES};
 
 fn is_tls13(ssl: *const SSL) -> bool {
     // SAFETY: live SSL.
@@ -147,20 +142,10 @@ fn store_session(h: &Handle, ssl: *mut SSL, sess: *mut SSL_SESSION) {
     };
     let created = clamp_u32(time);
     let expires = clamp_u32(time.saturating_add(timeout));
-    if let Err(e) = h.cache.store(id, buf, created, expires) {
+    if let Err(e) = h.tiers(Reach::Both).store(id, buf, created, expires) {
         if e.kind != ErrorKind::TooLarge {
             log::emit(Level::Warning, &format!("could not store a session: {e}"));
         }
-    }
-    if let Some(r) = &h.remote {
-        r.store(
-            &g.remote,
-            id,
-            buf,
-            created,
-            expires,
-            crate::util::now_unix(),
-        );
     }
     // The DER holds the master secret: do not leave it in memory.
     crate::util::wipe(buf);
@@ -176,12 +161,14 @@ pub unsafe extern "C" fn get_session_cb(
 ) -> *mut SSL_SESSION {
     if !copy.is_null() {
         // A session fresh from d2i belongs to OpenSSL now; 1 would add a reference and leak it.
-        *copy = 0;
+        // SAFETY: OpenSSL's out-parameter, checked non-NULL.
+        unsafe { *copy = 0 };
     }
     if id.is_null() || id_len <= 0 || id_len as usize > MAX_ID_LEN {
         return std::ptr::null_mut();
     }
-    let id = std::slice::from_raw_parts(id, id_len as usize);
+    // SAFETY: OpenSSL passes the ClientHello's id_len bytes at id (non-NULL, checked).
+    let id = unsafe { std::slice::from_raw_parts(id, id_len as usize) };
     catch_unwind(AssertUnwindSafe(|| {
         with_handle(ssl, |h| fetch_session(h, ssl, id)).flatten()
     }))
@@ -198,154 +185,76 @@ fn fetch_session(h: &Handle, ssl: *mut SSL, id: &[u8]) -> Option<*mut SSL_SESSIO
     // TLS 1.3: take the entry in the same critical section as the copy, so a ticket resumes
     // once in the whole server, whichever worker sees it first.
     let take = tls13 && !h.install.tls13_reuse;
-    if take {
-        // The ClientHello after a HelloRetryRequest offers the ticket its first one took. It
-        // may name another host than the first did: the name is checked again.
-        if let Some(mut parked) = crate::tls::parked::take_back(ssl, id) {
-            let times = parked.times();
-            let sess = accept_session(h, ssl, id, parked.der_mut(), times, true, false);
-            if sess.is_some() {
-                h.cache.globals().hrr_resumed.fetch_add(1, Relaxed);
-            }
-            return sess;
-        }
+    let resumed = h
+        .tiers(Reach::Both)
+        .resume(id, take, &mut Handshake { ssl })?;
+    if resumed.unconfirmed {
+        // SAFETY: the SSL OpenSSL passed to the get callback; early data is decided after
+        // the callback returns (final_early_data).
+        unsafe { ossl::SSL_set_max_early_data(ssl, 0) };
     }
-    // Most sessions fit in 1 KiB: zero-filling an 8 KiB buffer on every lookup cost a quarter
-    // of the callback (callgrind). A too-small buffer changes nothing (not even a take), so
-    // the rare large session is simply fetched again into a big one.
-    let mut small = [0u8; SMALL_SESSION_BYTES];
-    let mut big = Vec::new();
-    let local = match h.cache.lookup(id, &mut small, take) {
-        Ok(Found::Hit {
-            len,
-            created,
-            expires,
-        }) => Some((&mut small[..len], created, expires)),
-        Ok(Found::BufferTooSmall { needed }) => {
-            big.resize(needed, 0u8);
-            match h.cache.lookup(id, &mut big, take) {
-                Ok(Found::Hit {
-                    len,
-                    created,
-                    expires,
-                }) => Some((&mut big[..len], created, expires)),
-                _ => None,
-            }
-        }
-        _ => None,
-    };
-    let remote_take = h.remote.as_ref().filter(|_| take);
-    match (local, &h.remote) {
-        (Some((der, created, expires)), _) => {
-            // The name check comes first: a ticket offered for another host goes back
-            // untouched, here and in the remote tier.
-            let sess = accept_session(h, ssl, id, der, (created, expires), take, take);
-            crate::util::wipe(der);
-            match (sess, remote_take) {
-                (Some(s), Some(r)) => consume_remotely(h, r, ssl, s, id, expires, None),
-                (sess, _) => sess,
-            }
-        }
-        (None, Some(r)) => {
-            let now = crate::util::now_unix();
-            // A TLS 1.3 ticket is read first and consumed only once its name is checked: a
-            // consumed one could not be put back (stores never overwrite a tombstone).
-            // One deadline for the read and the consume: together they cost one remote timeout.
-            let dl = r.deadline();
-            let Fetched::Hit(mut o) = r.fetch_within(&h.cache.globals().remote, id, false, now, dl)
-            else {
-                return None;
-            };
-            if !take {
-                // The next resumption on this host is a local hit.
-                let _ = h.cache.store(id, &o.der, o.created, o.expires);
-            }
-            let sess = accept_session(h, ssl, id, &mut o.der, (o.created, o.expires), false, take)?;
-            match remote_take {
-                Some(r) => consume_remotely(h, r, ssl, sess, id, o.expires, Some(dl)),
-                None => Some(sess),
-            }
-        }
-        (None, None) => None,
+    Some(resumed.session.into_raw())
+}
+
+/// A session d2i made, ours until handed to OpenSSL ([`Session::into_raw`]); freed if
+/// dropped before.
+struct Session(*mut SSL_SESSION);
+
+impl Session {
+    fn into_raw(self) -> *mut SSL_SESSION {
+        let p = self.0;
+        std::mem::forget(self);
+        p
     }
 }
 
-/// A TLS 1.3 ticket about to resume on this host may have been resumed on another already: it
-/// is consumed fleet-wide by swapping its remote copy for a tombstone, and refused if the
-/// tombstone was there already (see `remote::Taken`). `fetched`: the ticket was read from
-/// Redis (not this host's memory) with this deadline; it is then refused unless consumed for
-/// sure, since every host could read it again.
-fn consume_remotely(
-    h: &Handle,
-    r: &Remote,
-    ssl: *mut SSL,
-    sess: *mut SSL_SESSION,
-    id: &[u8],
-    expires: u32,
-    fetched: Option<Deadline>,
-) -> Option<*mut SSL_SESSION> {
-    let now = crate::util::now_unix();
-    let dl = fetched.unwrap_or_else(|| r.deadline());
-    match r.take_within(&h.cache.globals().remote, id, expires, now, dl) {
-        // Not consumed in Redis (counted as unconfirmed by take_within): another host could
-        // read and resume the same ticket again, and again.
-        Taken::Unconfirmed if fetched.is_some() => {
-            crate::tls::parked::discard(ssl);
-            // SAFETY: we own the session d2i made.
-            unsafe { ossl::SSL_SESSION_free(sess) };
-            None
-        }
-        Taken::UsedElsewhere => {
-            h.cache
-                .globals()
-                .remote
-                .replays_refused
-                .fetch_add(1, Relaxed);
-            crate::tls::parked::discard(ssl);
-            // SAFETY: we own the session d2i made.
-            unsafe { ossl::SSL_SESSION_free(sess) };
-            None
-        }
-        Taken::Unconfirmed => {
-            // Only this host's single use is known: no 0-RTT on it, so a replay of the ticket
-            // elsewhere during a partition cannot carry early data.
-            // SAFETY: the SSL OpenSSL passed to the get callback; early data is decided after
-            // the callback returns (final_early_data).
-            unsafe { ossl::SSL_set_max_early_data(ssl, 0) };
-            Some(sess)
-        }
-        Taken::Consumed | Taken::NeverStored => Some(sess),
+impl Drop for Session {
+    fn drop(&mut self) {
+        // SAFETY: we own the session d2i made (into_raw did not hand it over).
+        unsafe { ossl::SSL_SESSION_free(self.0) };
     }
 }
 
-/// The session in `der` if it may resume this handshake: it decodes and was made for the
-/// host this ClientHello names. With `park`, the ticket (created and expiry `times`) is kept on
-/// the connection for a ClientHello retried after a HelloRetryRequest; with `put_back`, a
-/// refused one goes back into the local cache, since it was taken from there but not used.
-/// The caller wipes `der`.
-fn accept_session(
-    h: &Handle,
+/// The handshake a lookup is for: what the two-tier policy asks of OpenSSL.
+struct Handshake {
     ssl: *mut SSL,
-    id: &[u8],
-    der: &mut [u8],
-    times: (u32, u32),
-    put_back: bool,
-    park: bool,
-) -> Option<*mut SSL_SESSION> {
-    let sess = decode(h, id, der)?;
-    if !crate::tls::sni::same_host(ssl, sess) {
-        // SAFETY: we own the session d2i made.
-        unsafe { ossl::SSL_SESSION_free(sess) };
-        h.cache.globals().sni_mismatch.fetch_add(1, Relaxed);
-        if put_back {
-            let _ = h.cache.store(id, der, times.0, times.1);
+}
+
+impl Resumer for Handshake {
+    type Session = Session;
+    type Parked = Unparked;
+
+    fn decode(&mut self, der: &[u8]) -> Option<Session> {
+        let mut p = der.as_ptr();
+        // SAFETY: p points to the der.len() bytes we hold.
+        let sess =
+            unsafe { ossl::d2i_SSL_SESSION(std::ptr::null_mut(), &mut p, der.len() as c_long) };
+        if sess.is_null() {
+            // SAFETY: clears the error d2i left on this thread's queue.
+            unsafe { ossl::ERR_clear_error() };
+            return None;
         }
-        return None;
+        Some(Session(sess))
     }
-    if park {
-        crate::tls::parked::park(ssl, id, der, times);
+
+    fn same_host(&mut self, session: &Session) -> bool {
+        sni::same_host(self.ssl, session.0)
     }
-    Some(sess)
+
+    fn take_parked(&mut self, id: &[u8]) -> Option<(Unparked, (u32, u32))> {
+        parked::take_back(self.ssl, id).map(|p| {
+            let times = p.times();
+            (p, times)
+        })
+    }
+
+    fn park(&mut self, id: &[u8], der: &[u8], times: (u32, u32)) {
+        parked::park(self.ssl, id, der, times);
+    }
+
+    fn discard_parked(&mut self) {
+        parked::discard(self.ssl);
+    }
 }
 
 /// With early data on and OpenSSL's anti-replay left on, OpenSSL refuses every TLS 1.3
@@ -364,8 +273,6 @@ fn anti_replay_refuses_external(h: &Handle, ssl: *const SSL) -> bool {
 
 pub(super) const ANTI_REPLAY_MESSAGE: &str = "early data is on (max_early_data > 0) without SSL_OP_NO_ANTI_REPLAY: OpenSSL then refuses every TLS 1.3 resumption from an external cache, so TLS 1.3 sessions are not looked up; set SSL_OP_NO_ANTI_REPLAY (this cache's single-use lookup is the anti-replay, across all processes) or turn early data off";
 
-
-
 fn anti_replay_on(ssl: *const SSL) -> bool {
     // SAFETY: live SSL.
     let (opts, early) = unsafe {
@@ -375,22 +282,6 @@ fn anti_replay_on(ssl: *const SSL) -> bool {
         )
     };
     early > 0 && opts & extra::SSL_OP_NO_ANTI_REPLAY == 0
-}
-
-/// d2i the session bytes (left in place for the caller to wipe). An entry that does not
-/// decode is dropped.
-fn decode(h: &Handle, id: &[u8], der: &[u8]) -> Option<*mut SSL_SESSION> {
-    let mut p = der.as_ptr();
-    // SAFETY: p points to the der.len() bytes we hold.
-    let sess = unsafe { ossl::d2i_SSL_SESSION(std::ptr::null_mut(), &mut p, der.len() as c_long) };
-    if sess.is_null() {
-        h.cache.globals().decode_errors.fetch_add(1, Relaxed);
-        // SAFETY: clears the error d2i left on this thread's queue.
-        unsafe { ossl::ERR_clear_error() };
-        let _ = h.cache.remove(id);
-        return None;
-    }
-    Some(sess)
 }
 
 /// # Safety
@@ -408,11 +299,7 @@ pub unsafe extern "C" fn remove_session_cb(ctx: *mut SSL_CTX, sess: *mut SSL_SES
                 // delete a session for every process and host.
                 return;
             }
-            let _ = h.cache.remove(id);
-            if let Some(r) = &h.remote {
-                // Queued: OpenSSL may hold the SSL_CTX lock here, so no network I/O.
-                r.remove(&h.cache.globals().remote, id);
-            }
+            let _ = h.tiers(Reach::Both).remove(id);
         });
     }));
 }

@@ -8,7 +8,6 @@ use openssl_sys as ossl;
 use super::callbacks::session_id;
 use super::ossl as extra;
 
-
 /// Whether `der` is an SSL_SESSION whose id is `id` (checked before a dump is loaded, so a
 /// file of other bytes cannot put garbage under a session id).
 pub fn session_der_matches_id(der: &[u8], id: &[u8]) -> bool {

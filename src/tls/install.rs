@@ -7,40 +7,22 @@
 use std::ffi::{c_int, c_long, c_uchar, c_uint, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, OnceLock, RwLock, Weak};
+use std::sync::{Arc, RwLock, Weak};
 
 use openssl_sys as ossl;
 use openssl_sys::{SSL, SSL_CTX};
 
 use super::callbacks::{get_session_cb, new_session_cb, remove_session_cb, ANTI_REPLAY_MESSAGE};
+use super::ex_data::Slot;
 use super::ossl as extra;
 use crate::error::{Error, ErrorKind, Result};
 use crate::handle::Handle;
-use crate::store::layout::MAX_ID_LEN;
 use crate::log::{self, Level};
+use crate::store::layout::MAX_ID_LEN;
 
-
-fn ex_index() -> c_int {
-    static INDEX: OnceLock<c_int> = OnceLock::new();
-    // SAFETY: registering an ex_data index with a free function of the right signature.
-    *INDEX.get_or_init(|| unsafe {
-        ossl::SSL_CTX_get_ex_new_index(0, std::ptr::null_mut(), None, None, Some(free_ex))
-    })
-}
-
-/// Called by OpenSSL when an SSL_CTX carrying our handle is freed: drops its reference.
-unsafe extern "C" fn free_ex(
-    _parent: *mut c_void,
-    ptr: *mut c_void,
-    _ad: *mut ossl::CRYPTO_EX_DATA,
-    _idx: c_int,
-    _argl: c_long,
-    _argp: *mut c_void,
-) {
-    if !ptr.is_null() {
-        let _ = catch_unwind(|| drop(Arc::from_raw(ptr as *const Handle)));
-    }
-}
+/// The cache handle on each `SSL_CTX` it was installed on: a reference the `SSL_CTX` holds
+/// until it is freed.
+static HANDLE: Slot<SSL_CTX, Arc<Handle>> = Slot::new();
 
 /// The cache most recently installed in this process, for an SSL whose SNI or ClientHello
 /// callback switched to an SSL_CTX nothing was installed on. A reload that frees the old cache
@@ -51,11 +33,10 @@ fn handle_for_ctx<'a>(ctx: *const SSL_CTX) -> Option<&'a Handle> {
     if ctx.is_null() {
         return None;
     }
-    // SAFETY: ex_data for our index is either NULL or an Arc<Handle> we put there, alive
-    // while the SSL_CTX is.
-    let p = unsafe { ossl::SSL_CTX_get_ex_data(ctx, ex_index()) } as *const Handle;
-    // SAFETY: see above.
-    (!p.is_null()).then(|| unsafe { &*p })
+    // SAFETY: a live SSL_CTX (OpenSSL's callback argument); the handle on it is replaced only
+    // by `install`, which OpenSSL requires before the SSL_CTX is used, and lives as long as
+    // the SSL_CTX.
+    unsafe { HANDLE.get(ctx) }
 }
 
 /// Run `f` with the cache installed on `ctx`, or else with the cache most recently installed
@@ -83,7 +64,6 @@ fn ctx_anti_replay_on(ctx: *const SSL_CTX) -> bool {
     };
     early > 0 && opts & extra::SSL_OP_NO_ANTI_REPLAY == 0
 }
-
 
 /// Tries before the generator gives up (the handshake then fails, as OpenSSL documents). With
 /// at least 16 random bytes a second try is already astronomically unlikely.
@@ -125,11 +105,14 @@ unsafe extern "C" fn generate_session_id_cb(
     id: *mut c_uchar,
     id_len: *mut c_uint,
 ) -> c_int {
-    if ssl.is_null() || id.is_null() || id_len.is_null() || *id_len == 0 {
+    // SAFETY: OpenSSL's in/out length, checked non-NULL first.
+    if ssl.is_null() || id.is_null() || id_len.is_null() || unsafe { *id_len } == 0 {
         return 0;
     }
-    let len = (*id_len as usize).min(MAX_ID_LEN);
-    let out = std::slice::from_raw_parts_mut(id, len);
+    // SAFETY: as above.
+    let len = (unsafe { *id_len } as usize).min(MAX_ID_LEN);
+    // SAFETY: OpenSSL's zeroed buffer of *id_len bytes (we use at most that many).
+    let out = unsafe { std::slice::from_raw_parts_mut(id, len) };
     let ok = catch_unwind(AssertUnwindSafe(|| {
         with_handle(ssl, |h| {
             // Held, not cloned: readers do not block each other, and only
@@ -164,20 +147,21 @@ unsafe extern "C" fn generate_session_id_cb(
             made
         })
     }));
-    match ok {
-        Ok(Some(true)) => {
-            *id_len = len as c_uint;
-            1
-        }
+    let made = match ok {
+        Ok(Some(made)) => made,
         // No handle (nothing installed here) or a panic: fill with random bytes, which is what
         // OpenSSL itself would have done, rather than fail the handshake.
         Ok(None) | Err(_) => {
             crate::util::random_bytes(out);
-            *id_len = len as c_uint;
-            1
+            true
         }
-        Ok(Some(false)) => 0,
+    };
+    if !made {
+        return 0;
     }
+    // SAFETY: checked non-NULL above; the length never grows.
+    unsafe { *id_len = len as c_uint };
+    1
 }
 
 /// Install the callbacks, cache mode and session id context on `ctx`. The SSL_CTX keeps a
@@ -191,8 +175,7 @@ pub(crate) fn install(handle: &Arc<Handle>, ctx: *mut SSL_CTX) -> Result<()> {
             None => derive_session_id_context(ctx)?,
         })
     };
-    let idx = ex_index();
-    if idx < 0 {
+    if HANDLE.index().is_none() {
         return Err(Error::new(
             ErrorKind::OpenSsl,
             "SSL_CTX_get_ex_new_index failed",
@@ -213,14 +196,10 @@ pub(crate) fn install(handle: &Arc<Handle>, ctx: *mut SSL_CTX) -> Result<()> {
                 ));
             }
         }
-        let old = ossl::SSL_CTX_get_ex_data(ctx, idx) as *const Handle;
-        let new = Arc::into_raw(Arc::clone(handle));
-        if ossl::SSL_CTX_set_ex_data(ctx, idx, new as *mut c_void) != 1 {
-            drop(Arc::from_raw(new));
+        // A second install on the same SSL_CTX (a reload) drops the reference to the cache
+        // installed before.
+        if HANDLE.put(ctx, Arc::clone(handle)).is_err() {
             return Err(Error::new(ErrorKind::OpenSsl, "SSL_CTX_set_ex_data failed"));
-        }
-        if !old.is_null() {
-            drop(Arc::from_raw(old));
         }
         ossl::SSL_CTX_sess_set_new_cb(ctx, Some(new_session_cb));
         ossl::SSL_CTX_sess_set_get_cb(ctx, Some(get_session_cb));

@@ -10,12 +10,8 @@ extern "C" {
     pub fn SSL_SESSION_set_timeout(s: *mut SSL_SESSION, t: c_long) -> c_long;
     pub fn SSL_CTX_set_timeout(ctx: *mut SSL_CTX, t: c_long) -> c_long;
     pub fn SSL_CTX_get_client_CA_list(ctx: *const SSL_CTX) -> *mut ossl::stack_st_X509_NAME;
-    pub fn SSL_CTX_set_generate_session_id(
-        ctx: *mut SSL_CTX,
-        cb: Option<GenSessionCb>,
-    ) -> c_int;
-    pub fn SSL_has_matching_session_id(s: *const SSL, id: *const c_uchar, len: c_uint)
-        -> c_int;
+    pub fn SSL_CTX_set_generate_session_id(ctx: *mut SSL_CTX, cb: Option<GenSessionCb>) -> c_int;
+    pub fn SSL_has_matching_session_id(s: *const SSL, id: *const c_uchar, len: c_uint) -> c_int;
     pub fn EVP_Digest(
         data: *const c_void,
         count: usize,

@@ -13,12 +13,10 @@
 //! new ticket (the new-session callback), so a server that reuses the `SSL` after `SSL_clear`
 //! cannot hand it to a replayed ClientHello.
 
-use std::ffi::{c_int, c_long, c_void};
-use std::panic::catch_unwind;
-use std::sync::OnceLock;
-
 use openssl_sys as ossl;
 use openssl_sys::SSL;
+
+use super::ex_data::Slot;
 
 const RANDOM_BYTES: usize = 32;
 
@@ -37,27 +35,8 @@ impl Drop for Parked {
     }
 }
 
-fn index() -> c_int {
-    static INDEX: OnceLock<c_int> = OnceLock::new();
-    // SAFETY: registers an ex_data index whose free function has the right signature.
-    *INDEX.get_or_init(|| unsafe {
-        ossl::SSL_get_ex_new_index(0, std::ptr::null_mut(), None, None, Some(free_parked))
-    })
-}
-
-/// Called by OpenSSL when an `SSL` is freed: wipes and frees what is still parked on it.
-unsafe extern "C" fn free_parked(
-    _parent: *mut c_void,
-    ptr: *mut c_void,
-    _ad: *mut ossl::CRYPTO_EX_DATA,
-    _idx: c_int,
-    _argl: c_long,
-    _argp: *mut c_void,
-) {
-    if !ptr.is_null() {
-        let _ = catch_unwind(|| drop(Box::from_raw(ptr as *mut Parked)));
-    }
-}
+/// The ticket parked on each `SSL`, wiped and freed with it.
+static PARKED: Slot<SSL, Box<Parked>> = Slot::new();
 
 fn client_random(ssl: *const SSL) -> Option<[u8; RANDOM_BYTES]> {
     let mut r = [0u8; RANDOM_BYTES];
@@ -67,50 +46,39 @@ fn client_random(ssl: *const SSL) -> Option<[u8; RANDOM_BYTES]> {
 }
 
 /// Take what is parked on `ssl` off it (the caller owns it now).
-fn unpark(ssl: *mut SSL, idx: c_int) -> Option<Box<Parked>> {
-    // SAFETY: the slot holds NULL or a Box<Parked> we put there.
-    let p = unsafe { ossl::SSL_get_ex_data(ssl, idx) } as *mut Parked;
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: clearing the slot first, so the Box has exactly one owner.
-    unsafe { ossl::SSL_set_ex_data(ssl, idx, std::ptr::null_mut()) };
-    // SAFETY: p came from Box::into_raw in `park`.
-    Some(unsafe { Box::from_raw(p) })
+fn unpark(ssl: *mut SSL) -> Option<Box<Parked>> {
+    // SAFETY: a live SSL (a session callback's); no reference into its slot is held.
+    unsafe { PARKED.take(ssl) }
 }
 
 /// Keep a copy of a ticket just taken for this handshake (replacing anything parked before).
 /// Without a ClientHello random to bind it to, nothing is parked.
 pub(crate) fn park(ssl: *mut SSL, id: &[u8], der: &[u8], times: (u32, u32)) {
-    let idx = index();
-    if idx < 0 {
-        return;
-    }
     let Some(client_random) = client_random(ssl) else {
         return;
     };
-    drop(unpark(ssl, idx));
-    let p = Box::into_raw(Box::new(Parked {
+    let parked = Box::new(Parked {
         id: id.to_vec(),
         client_random,
         der: der.to_vec(),
         times,
-    }));
-    // SAFETY: live SSL; on failure the Box is reclaimed.
-    if unsafe { ossl::SSL_set_ex_data(ssl, idx, p as *mut c_void) } != 1 {
-        // SAFETY: not stored, so still ours.
-        drop(unsafe { Box::from_raw(p) });
-    }
+    });
+    // SAFETY: a live SSL; no reference into its slot is held. What was parked before, and a
+    // copy OpenSSL refused to keep, are wiped as they drop.
+    drop(unsafe { PARKED.put(ssl, parked) });
 }
 
 /// A ticket handed back by [`take_back`]; its bytes are wiped when it is dropped.
 pub struct Unparked(Box<Parked>);
 
-impl Unparked {
-    pub fn der_mut(&mut self) -> &mut [u8] {
-        &mut self.0.der
+impl AsRef<[u8]> for Unparked {
+    /// The ticket's DER.
+    fn as_ref(&self) -> &[u8] {
+        &self.0.der
     }
+}
 
+impl Unparked {
     /// Created and expiry times of the ticket.
     pub fn times(&self) -> (u32, u32) {
         self.0.times
@@ -119,10 +87,7 @@ impl Unparked {
 
 /// Drop (and wipe) whatever is parked on `ssl`: its handshake is over.
 pub(crate) fn discard(ssl: *mut SSL) {
-    let idx = index();
-    if idx >= 0 {
-        drop(unpark(ssl, idx));
-    }
+    drop(unpark(ssl));
 }
 
 /// The bytes parked on `ssl` for ticket `id` by the lookup of this handshake's first
@@ -130,28 +95,17 @@ pub(crate) fn discard(ssl: *mut SSL) {
 /// parked for an earlier handshake on this `SSL` (a server that reuses it after `SSL_clear`)
 /// is dropped; what was parked for another identity of this ClientHello stays.
 pub(crate) fn take_back(ssl: *mut SSL, id: &[u8]) -> Option<Unparked> {
-    let idx = index();
-    if idx < 0 {
-        return None;
-    }
-    // SAFETY: the slot holds NULL or a Box<Parked> we put there; only read here.
-    let p = unsafe { ossl::SSL_get_ex_data(ssl, idx) } as *const Parked;
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: see above; the reference ends before the slot is changed.
-    let (same_id, same_hello) = unsafe {
-        (
-            (*p).id == id,
-            client_random(ssl) == Some((*p).client_random),
-        )
+    let (same_id, same_hello) = {
+        // SAFETY: a live SSL; the reference ends before the slot is changed below.
+        let p = unsafe { PARKED.get(ssl) }?;
+        (p.id == id, client_random(ssl) == Some(p.client_random))
     };
     if !same_hello {
-        drop(unpark(ssl, idx));
+        drop(unpark(ssl));
         return None;
     }
     if !same_id {
         return None;
     }
-    unpark(ssl, idx).map(Unparked)
+    unpark(ssl).map(Unparked)
 }

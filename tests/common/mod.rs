@@ -90,7 +90,9 @@ pub struct SharedFlag(shmsesscache::store::segment::Mapping);
 
 impl SharedFlag {
     pub fn new() -> SharedFlag {
-        SharedFlag(shmsesscache::store::segment::Mapping::anonymous(4096).expect("mmap of one page"))
+        SharedFlag(
+            shmsesscache::store::segment::Mapping::anonymous(4096).expect("mmap of one page"),
+        )
     }
     fn word(&self) -> &std::sync::atomic::AtomicU32 {
         // SAFETY: the page is mapped, zero-initialised and page aligned.

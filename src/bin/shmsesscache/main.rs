@@ -19,9 +19,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use shmsesscache::store::cache::{Cache, Config};
+use shmsesscache::store::dumpfile;
 use shmsesscache::store::segment::Trust;
 use shmsesscache::tls::der;
-use shmsesscache::store::dumpfile;
 use shmsesscache::{util, Error};
 
 const EXIT_FAILED: u8 = 1;

@@ -4,8 +4,8 @@
 
 use std::fmt::Write;
 
-use shmsesscache::store::cache::Cache;
 use shmsesscache::ffi::{self, shmsess_stats};
+use shmsesscache::store::cache::Cache;
 
 use crate::text::{duration, utc};
 
