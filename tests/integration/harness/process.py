@@ -47,12 +47,18 @@ def stop(proc, sig=signal.SIGTERM, timeout=STOP_TIMEOUT, kill_group=False):
         proc.wait(timeout=timeout)
         return True
     except subprocess.TimeoutExpired:
-        if kill_group:
+        kill(proc, kill_group)
+        return False
+
+
+def kill(proc, group=False):
+    """SIGKILL `proc` (its whole process group with `group`) if it still runs, and reap it."""
+    if proc.poll() is None:
+        if group:
             os.killpg(proc.pid, signal.SIGKILL)
         else:
             proc.kill()
         proc.wait()
-        return False
 
 
 def poll_until(ready, timeout, alive=lambda: True):
