@@ -7,7 +7,6 @@ anything failed.
 """
 
 import argparse
-import json
 import os
 import socket
 import ssl
