@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 
-from harness.checks import check, finish
+from harness.checks import check, finish, run
 from harness.client import IO_TIMEOUT, client_context
 from harness.prefork import Server, one_request
 
@@ -205,12 +205,8 @@ def main():
     ap.add_argument("--certs", required=True)
     ap.add_argument("--shim", required=True)
     args = ap.parse_args()
-    for t in (dropped_connections_keep_sessions, stop_request_while_about_to_wait, sigterm_to_a_new_worker,
-              emfile_backs_off, failed_fork_is_retried, trickling_clients_do_not_hold_workers):
-        try:
-            t(args)
-        except Exception as e:  # a crash of one scenario is a failure, not an abort
-            check(t.__name__, False, f"{type(e).__name__}: {e}")
+    run((dropped_connections_keep_sessions, stop_request_while_about_to_wait, sigterm_to_a_new_worker,
+         emfile_backs_off, failed_fork_is_retried, trickling_clients_do_not_hold_workers), args)
     finish()
 
 
