@@ -13,15 +13,12 @@
 import argparse
 import os
 import ssl
-import subprocess
-import tempfile
 import time
 
 from harness.checks import check, finish
 from harness.client import client_context
 from harness.prefork import Server, one_request
-from harness.redis import (Cluster, Redis, make_ca, new_key, request_settled, seg_stats, server_cert, wait_writes,
-                           write_key)
+from harness.redis import Cluster, Redis, key_dir, make_ca, request_settled, seg_stats, server_cert, wait_writes
 
 TIMEOUT_MS = 50
 # Each handshake here makes at most two remote operations (lookup and store); a wide margin.
@@ -169,9 +166,7 @@ def main():
     ap.add_argument("--cli", required=True)
     ap.add_argument("--certs", required=True)
     args = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="shmsess-remote-tls-")
-    try:
-        write_key(os.path.join(tmp, "key"), new_key())
+    with key_dir("shmsess-remote-tls-") as tmp:
         ca, cert, pkey = make_ca(tmp, "good")
         other_ca, _, _ = make_ca(tmp, "other")
         with Redis(password="test-" + os.urandom(6).hex(), tls=(ca, cert, pkey)) as redis:
@@ -181,8 +176,6 @@ def main():
             hung(args, tmp, redis, ca)
         wrong_name(args, tmp, ca, *server_cert(tmp, "name", ca, hosts=("localhost",)))
         tls_cluster(args, tmp, ca, cert, pkey)
-    finally:
-        subprocess.run(["rm", "-rf", tmp])
     finish()
 
 

@@ -4,6 +4,7 @@ Its configuration file, working directory and log live in a temporary directory;
 persisted (no RDB, no AOF). Readiness is the server's own "Ready to accept connections" line.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -29,6 +30,18 @@ def write_key(path, *keys):
 def new_key():
     """A fresh AES-256 key as 64 hex digits (`openssl rand -hex 32`)."""
     return subprocess.run(["openssl", "rand", "-hex", "32"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@contextlib.contextmanager
+def key_dir(prefix):
+    """A throw-away directory holding `key`, a fresh key file (new_key, mode 0600), removed
+    with everything in it at the end: `with key_dir("shmsess-x-") as tmp: ...`."""
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    try:
+        write_key(os.path.join(tmp, "key"), new_key())
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 READY_TIMEOUT = 15.0
 
