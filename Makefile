@@ -26,7 +26,7 @@ FAULT_SERVER := $(BUILD)/fault/prefork_server
 RUST_SRC  := $(wildcard src/*.rs src/*/*.rs src/bin/*/*.rs) Cargo.toml build.rs
 CLI       := $(BUILD)/shmsesscache
 
-.PHONY: all lib header check-header lint lint-fmt lint-clippy fmt test test-rust test-c test-integration test-remote test-apache test-fuzz fuzz demo bench install \
+.PHONY: all lib header check-header lint lint-fmt lint-clippy lint-python fmt test test-rust test-c test-integration test-remote test-apache test-fuzz fuzz demo bench install \
         apache-module install-apache-module test-deps clean nginx-module install-nginx-module test-nginx
 
 all: $(LIB_SO) $(LIB_A) $(PC) $(SERVER) $(CLI)
@@ -77,11 +77,14 @@ test: lint all test-rust test-c test-integration test-remote test-apache test-ng
 
 # The lint gate, first in `make test`: rustfmt's check (the crate and fuzz/, its own
 # workspace), clippy with every warning an error (all targets, the fault-injection feature and
-# the release profile, as test-rust builds them), and the header check. `make -k lint` runs all
-# three when one fails; `make fmt` mends what the first finds.
+# the release profile, as test-rust builds them), the header check, and pyflakes over the
+# Python (tests/integration, bench, scripts: an undefined name in a failure path would only
+# show the day that path runs). `make -k lint` runs them all when one fails; `make fmt` mends
+# what the first finds.
 RUST_MANIFESTS := Cargo.toml fuzz/Cargo.toml
+PYTHON_DIRS    := tests/integration bench scripts
 
-lint: lint-fmt lint-clippy check-header
+lint: lint-fmt lint-clippy check-header lint-python
 
 lint-fmt:
 	@$(CARGO) fmt --version >/dev/null 2>&1 || { echo "rustfmt is missing: rustup component add rustfmt" >&2; exit 1; }
@@ -92,6 +95,10 @@ lint-fmt:
 lint-clippy:
 	@$(CARGO) clippy --version >/dev/null 2>&1 || { echo "clippy is missing: rustup component add clippy" >&2; exit 1; }
 	$(CARGO) clippy --release --all-targets --features fault-injection -- -D warnings
+
+lint-python:
+	@command -v pyflakes3 >/dev/null 2>&1 || { echo "pyflakes3 is missing: apt-get install pyflakes3 (make test-deps)" >&2; exit 1; }
+	pyflakes3 $(PYTHON_DIRS)
 
 fmt:
 	for m in $(RUST_MANIFESTS); do $(CARGO) fmt --manifest-path $$m --all || exit 1; done

@@ -14,7 +14,6 @@ check prints PASS/FAIL; the run ends with "N passed, M failed".
 
 import argparse
 import os
-import queue
 import select
 import signal
 import socket
@@ -23,7 +22,7 @@ import subprocess
 import threading
 import time
 
-from harness.checks import check, finish
+from harness.checks import check, finish, run
 from harness.client import IO_TIMEOUT, client_context
 from harness.prefork import Server, one_request
 
@@ -73,52 +72,25 @@ def dropped_connections_keep_sessions(args):
           f"remove_hits={stats['remove_hits']}")
 
 
-class Watched:
-    """The server with the shim preloaded; its stderr read line by line into a queue."""
+class Watched(Server):
+    """The server with the shim preloaded, started at once, in a session of its own (so that
+    `kill()` ends its workers too); its stderr lines are waited for."""
 
     def __init__(self, args, workers, env):
-        e = dict(os.environ, LD_PRELOAD=args.shim, **{k: str(v) for k, v in env.items()})
-        self.proc = subprocess.Popen(
-            [args.server, "--listen", "127.0.0.1:0", "--workers", str(workers),
-             "--cert", os.path.join(args.certs, "server.pem"), "--key", os.path.join(args.certs, "server.key")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, start_new_session=True)
-        self.lines = queue.Queue()
-        self.seen = []
-        threading.Thread(target=self._drain, daemon=True).start()
-        line = self.proc.stdout.readline()
-        if not line.startswith("ready "):
-            self.kill()
-            raise RuntimeError(f"server did not start: {line!r}")
-        self.port = int(line.strip().rsplit(":", 1)[1])
-
-    def _drain(self):
-        for line in self.proc.stderr:
-            self.lines.put(line)
+        shim = {"LD_PRELOAD": args.shim, **{k: str(v) for k, v in env.items()}}
+        super().__init__(args.server, args.certs, workers, env=shim, own_session=True)
+        self.start()
 
     def wait_for(self, text, timeout):
-        """The first stderr line containing `text`, or None after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for line in self.seen:
-                if text in line:
-                    self.seen.remove(line)
-                    return line
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            try:
-                self.seen.append(self.lines.get(timeout=left))
-            except queue.Empty:
-                return None
+        """The first stderr line containing `text` that no earlier call returned, or None after
+        `timeout` seconds."""
+        return self.err.wait_for(text, timeout)
 
     def stderr_so_far(self):
-        while not self.lines.empty():
-            self.seen.append(self.lines.get())
-        return "".join(self.seen)
+        return self.err.text()
 
     def workers(self):
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
-        return sorted(int(p) for p in out.stdout.split())
+        return self.worker_pids()
 
     def stops_within(self, timeout):
         try:
@@ -126,11 +98,6 @@ class Watched:
             return True
         except subprocess.TimeoutExpired:
             return False
-
-    def kill(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 def stop_request_while_about_to_wait(args):
@@ -238,12 +205,8 @@ def main():
     ap.add_argument("--certs", required=True)
     ap.add_argument("--shim", required=True)
     args = ap.parse_args()
-    for t in (dropped_connections_keep_sessions, stop_request_while_about_to_wait, sigterm_to_a_new_worker,
-              emfile_backs_off, failed_fork_is_retried, trickling_clients_do_not_hold_workers):
-        try:
-            t(args)
-        except Exception as e:  # a crash of one scenario is a failure, not an abort
-            check(t.__name__, False, f"{type(e).__name__}: {e}")
+    run((dropped_connections_keep_sessions, stop_request_while_about_to_wait, sigterm_to_a_new_worker,
+         emfile_backs_off, failed_fork_is_retried, trickling_clients_do_not_hold_workers), args)
     finish()
 
 

@@ -20,10 +20,10 @@ import shutil
 import ssl
 import stat
 import subprocess
-import time
 import tempfile
 
 from harness.checks import check, finish
+from harness import process
 from harness.client import client_context
 from harness.prefork import Server, one_request
 
@@ -358,12 +358,13 @@ def credentials_while_waiting(ops, seg):
     flush = subprocess.Popen([ops.args.cli, "flush", seg, "--lock-timeout", "600000"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        creds = proc_status(flush.pid)
-        # Readiness: the switch to the owner happens before the wait for the lock.
-        while creds["Uid"][:1] != [str(NOBODY)] and flush.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        def switched():
             creds = proc_status(flush.pid)
+            return creds if creds["Uid"][:1] == [str(NOBODY)] else None
+
+        # Readiness: the switch to the owner happens before the wait for the lock (polled: the
+        # process's credentials announce nothing).
+        creds = process.poll_until(switched, 30, alive=lambda: flush.poll() is None) or proc_status(flush.pid)
         check("root's flush of nobody's segment runs as nobody's uid and group, no supplementary groups, "
               "whatever the file's group",
               creds["Uid"] == [str(NOBODY)] * 4 and creds["Gid"] == [str(NOBODY)] * 4 and creds["Groups"] == [],

@@ -11,7 +11,7 @@ import ssl
 import stat
 import tempfile
 
-from harness.checks import check, finish
+from harness.checks import check, finish, run
 from harness.client import client_context
 from harness.prefork import Server, one_request, reconnect_run, s_client_reconnect, summarize
 
@@ -86,11 +86,7 @@ def main():
     ap.add_argument("--server", required=True)
     ap.add_argument("--certs", required=True)
     args = ap.parse_args()
-    for t in (cached_runs, uncached_run, stateless_tickets_not_stored, named_segment_survives_restart):
-        try:
-            t(args)
-        except Exception as e:  # a crash of one scenario is a failure, not an abort
-            check(t.__name__, False, f"{type(e).__name__}: {e}")
+    run((cached_runs, uncached_run, stateless_tickets_not_stored, named_segment_survives_restart), args)
     finish()
 
 

@@ -7,18 +7,16 @@ anything failed.
 """
 
 import argparse
-import json
 import os
 import socket
 import ssl
 import subprocess
-import tempfile
 import time
 
 from harness.checks import check, finish
 from harness.client import client_context
 from harness.prefork import Server, one_request
-from harness.redis import Redis, new_key, request_settled, seg_stats, write_key
+from harness.redis import Redis, key_dir, new_key, request_settled, seg_stats, write_key
 
 TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
 TIMEOUT_MS = 50
@@ -329,9 +327,7 @@ def main():
     ap.add_argument("--cli", required=True)
     ap.add_argument("--certs", required=True)
     args = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="shmsess-remote-")
-    try:
-        write_key(os.path.join(tmp, "key"), new_key())
+    with key_dir("shmsess-remote-") as tmp:
         # AUTH: the server requires a password; the URL carries it.
         with Redis(password="test-" + os.urandom(6).hex()) as redis:
             across_hosts(args, tmp, redis)
@@ -344,8 +340,6 @@ def main():
             restart(args, tmp, redis)
             outage(args, tmp, redis)
             fleet_without_stateful_tickets(args, tmp, redis)
-    finally:
-        subprocess.run(["rm", "-rf", tmp])
     finish()
 
 

@@ -12,14 +12,12 @@ node and `--remote-cluster`:
 import argparse
 import os
 import ssl
-import subprocess
-import tempfile
 import time
 
 from harness.checks import check, finish
 from harness.client import client_context
 from harness.prefork import Server, one_request
-from harness.redis import Cluster, new_key, request_settled, seg_stats, wait_writes, write_key, writes_done
+from harness.redis import Cluster, key_dir, request_settled, seg_stats, wait_writes, writes_done
 
 TIMEOUT_MS = 50
 # A handshake makes at most two remote operations here (lookup, take); a wide margin.
@@ -33,9 +31,7 @@ def main():
     ap.add_argument("--cli", required=True)
     ap.add_argument("--certs", required=True)
     args = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="shmsess-cluster-")
-    try:
-        write_key(os.path.join(tmp, "key"), new_key())
+    with key_dir("shmsess-cluster-") as tmp:
         with Cluster(3) as cluster:
             segs = {h: os.path.join(tmp, f"{h}.seg") for h in "AB"}
             hosts = {h: Server(args.server, args.certs, 2,
@@ -45,8 +41,6 @@ def main():
                      for h in "AB"}
             with hosts["A"], hosts["B"]:
                 run(args, cluster, hosts, segs)
-    finally:
-        subprocess.run(["rm", "-rf", tmp])
     finish()
 
 

@@ -24,14 +24,13 @@ import os
 import socket
 import ssl
 import subprocess
-import tempfile
 import threading
 import time
 
 from harness.checks import check, finish
 from harness.client import client_context
 from harness.prefork import Server, one_request
-from harness.redis import new_key, write_key
+from harness.redis import key_dir
 
 TIMEOUT_MS = 50
 OPS_PER_HANDSHAKE = 2
@@ -209,9 +208,7 @@ def main():
     ap.add_argument("--certs", required=True)
     ap.add_argument("--only", help="one mode (debugging)")
     args = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="shmsess-hostile-")
-    try:
-        write_key(os.path.join(tmp, "key"), new_key())
+    with key_dir("shmsess-hostile-") as tmp:
         # Sessions from a server without the tier: unknown to the servers under test.
         # (Python offers a session only on the context that made it: one context for all.)
         ctx = client_context(ssl.TLSVersion.TLSv1_2, no_ticket=True)
@@ -220,8 +217,6 @@ def main():
         for mode in ("drip", "drip-large", "huge", "garbage", "silent", "no-accept"):
             if args.only in (None, mode):
                 against(args, tmp, mode, ctx, donor_sessions)
-    finally:
-        subprocess.run(["rm", "-rf", tmp])
     finish()
 
 

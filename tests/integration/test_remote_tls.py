@@ -13,14 +13,12 @@
 import argparse
 import os
 import ssl
-import subprocess
-import tempfile
 import time
 
 from harness.checks import check, finish
-from harness.client import client_context, free_port
+from harness.client import client_context
 from harness.prefork import Server, one_request
-from harness.redis import Redis, make_ca, new_key, request_settled, seg_stats, server_cert, wait_writes, write_key
+from harness.redis import Cluster, Redis, key_dir, make_ca, request_settled, seg_stats, server_cert, wait_writes
 
 TIMEOUT_MS = 50
 # Each handshake here makes at most two remote operations (lookup and store); a wide margin.
@@ -143,22 +141,9 @@ def tls_cluster(args, tmp, ca, seed_cert, seed_key):
     """A Redis Cluster over TLS reached through a seed named `localhost`: each node's
     certificate is checked against the IP address it announces (the other nodes' certificates
     name only 127.0.0.1, not the seed's name)."""
-    conf = ("cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 1000\n"
-            "cluster-require-full-coverage no\ntls-cluster yes\n")
     certs = [(seed_cert, seed_key)] + [server_cert(tmp, f"node{i}", ca, hosts=("127.0.0.1",)) for i in (1, 2)]
-    nodes = [Redis(tls=(ca, c, k), extra=conf + f"cluster-port {free_port()}\n") for c, k in certs]
-    try:
-        for n in nodes:
-            n.start()
-        subprocess.run(["redis-cli", "--tls", "--cacert", ca, "--cluster", "create",
-                        *[f"127.0.0.1:{n.port}" for n in nodes], "--cluster-replicas", "0", "--cluster-yes"],
-                       check=True, capture_output=True, timeout=60)
-        deadline = time.monotonic() + 15
-        while not all("cluster_state:ok" in n.cli("CLUSTER", "INFO") for n in nodes):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the TLS cluster did not reach cluster_state:ok")
-            time.sleep(0.05)
-        url = nodes[0].url_for("localhost")
+    with Cluster(tls=(ca, certs)) as cluster:
+        url = cluster.nodes[0].url_for("localhost")
         extra = ["--remote-key", os.path.join(tmp, "key"), "--remote-ca", ca, "--remote-cluster",
                  "--remote-timeout-ms", "500", "--remote", url]
         ctx = client_context(ssl.TLSVersion.TLSv1_2, no_ticket=True)
@@ -170,10 +155,6 @@ def tls_cluster(args, tmp, ca, seed_cert, seed_key):
                 crossed.append(one_request(b.port, ctx, s)[0])
             sa = stats(args, tmp, "cl-A")
         logs = a.stderr + b.stderr
-    finally:
-        for n in nodes:
-            n.stop()
-            n.cleanup()
     check("TLS cluster: nodes are verified against the IPs they announce; sessions cross hosts",
           all(crossed), f"{crossed}, A errors {sa['remote_errors']}, "
           + next((ln.split("last: ")[-1] for ln in logs.splitlines() if "last: " in ln), "no failure logged"))
@@ -185,9 +166,7 @@ def main():
     ap.add_argument("--cli", required=True)
     ap.add_argument("--certs", required=True)
     args = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="shmsess-remote-tls-")
-    try:
-        write_key(os.path.join(tmp, "key"), new_key())
+    with key_dir("shmsess-remote-tls-") as tmp:
         ca, cert, pkey = make_ca(tmp, "good")
         other_ca, _, _ = make_ca(tmp, "other")
         with Redis(password="test-" + os.urandom(6).hex(), tls=(ca, cert, pkey)) as redis:
@@ -197,8 +176,6 @@ def main():
             hung(args, tmp, redis, ca)
         wrong_name(args, tmp, ca, *server_cert(tmp, "name", ca, hosts=("localhost",)))
         tls_cluster(args, tmp, ca, cert, pkey)
-    finally:
-        subprocess.run(["rm", "-rf", tmp])
     finish()
 
 

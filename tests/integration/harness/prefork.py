@@ -6,7 +6,6 @@ Everything talks to 127.0.0.1 only, with bounded counts and timeouts.
 
 import os
 import re
-import signal
 
 from . import process
 from .client import client_context, http_get, resumption_words, s_client
@@ -15,34 +14,43 @@ READY_TIMEOUT = 15.0
 
 
 class Server:
-    """The example prefork server as a child process. Use as a context manager.
+    """The example prefork server as a child process, with `env` added to its environment. Use
+    as a context manager.
 
-    Unlike the other harnesses' servers it stays in the test's session: it signals only its
-    own workers, and an interrupted test takes it down with it."""
+    Unlike the other harnesses' servers it stays in the test's session unless `own_session`: it
+    signals only its own workers, and an interrupted test takes it down with it. In a session
+    of its own, `kill()` ends its workers with it."""
 
-    def __init__(self, binary, certs, workers=4, extra=()):
+    def __init__(self, binary, certs, workers=4, extra=(), env=None, own_session=False):
         self.cmd = [binary, "--listen", "127.0.0.1:0", "--workers", str(workers),
                     "--cert", os.path.join(certs, "server.pem"),
                     "--key", os.path.join(certs, "server.key"), *extra]
+        self.env = env
+        self.own_session = own_session
         self.proc = None
         self.port = None
         self.stats = None
         self.stderr = ""
 
     def start(self):
-        self.proc, self.out, self.err = process.spawn(self.cmd, own_session=False, split_stderr=True)
+        self.proc, self.out, self.err = process.spawn(self.cmd, env=self.env, own_session=self.own_session,
+                                                      split_stderr=True)
         # Readiness is the server's own "ready HOST:PORT" line, not a sleep.
         line = self.out.wait_for("ready ", READY_TIMEOUT, start=True)
         if line is not None:
             self.port = int(line.strip().rsplit(":", 1)[1])
             return self
         exited = self.proc.poll() is not None
-        process.stop(self.proc, signal.SIGKILL)
+        self.kill()
         self.err.wait_end(READY_TIMEOUT)
         raise RuntimeError(f"server did not become ready: {self.out.text()!r} {self.err.text() if exited else ''}")
 
     def worker_pids(self):
         return process.children(self.proc.pid)
+
+    def kill(self):
+        """SIGKILL, to the whole process group if the server has a session of its own."""
+        process.kill(self.proc, group=self.own_session)
 
     def stop(self):
         """SIGTERM, wait, and parse the final "stats ..." line."""

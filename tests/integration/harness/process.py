@@ -1,12 +1,14 @@
 """The servers the harnesses run, as child processes: started (by default in a session of their
-own), their output read line by line, stopped with a signal and a bounded wait.
+own), their output read line by line, waited for, stopped with a signal and a bounded wait.
 
-Every harness needs the same four things from a child, so they live here once:
+What every harness needs from a child lives here once:
 - `spawn`: the child in a session of its own, so the signals prefork servers send to their
   process group on shutdown never reach the test;
 - `Lines`: a pipe read on a thread of its own, so the child never blocks on a full pipe and a
   test can wait for a line the child prints (its own readiness signal) without polling;
-- `stop`: a signal, a bounded wait, then SIGKILL;
+- `stop` (a signal, a bounded wait, then SIGKILL) and `kill`;
+- `poll_until` / `wait_until`: the one polling loop, for states a child announces nowhere else;
+- `children`: a process's children, from the process table;
 - `LogFile`: the part of a log file this run wrote (Apache and nginx log to files), and
   `ServerRoot`, the directory such a server keeps its files in.
 """
@@ -20,7 +22,7 @@ import threading
 import time
 
 STOP_TIMEOUT = 20.0
-# How often `wait_until` asks again, for a state the child announces nowhere else.
+# How often `poll_until` asks again, for a state the child announces nowhere else.
 POLL_S = 0.05
 
 
@@ -47,12 +49,18 @@ def stop(proc, sig=signal.SIGTERM, timeout=STOP_TIMEOUT, kill_group=False):
         proc.wait(timeout=timeout)
         return True
     except subprocess.TimeoutExpired:
-        if kill_group:
+        kill(proc, kill_group)
+        return False
+
+
+def kill(proc, group=False):
+    """SIGKILL `proc` (its whole process group with `group`) if it still runs, and reap it."""
+    if proc.poll() is None:
+        if group:
             os.killpg(proc.pid, signal.SIGKILL)
         else:
             proc.kill()
         proc.wait()
-        return False
 
 
 def poll_until(ready, timeout, alive=lambda: True):

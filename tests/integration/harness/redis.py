@@ -4,6 +4,7 @@ Its configuration file, working directory and log live in a temporary directory;
 persisted (no RDB, no AOF). Readiness is the server's own "Ready to accept connections" line.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -29,6 +30,18 @@ def write_key(path, *keys):
 def new_key():
     """A fresh AES-256 key as 64 hex digits (`openssl rand -hex 32`)."""
     return subprocess.run(["openssl", "rand", "-hex", "32"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@contextlib.contextmanager
+def key_dir(prefix):
+    """A throw-away directory holding `key`, a fresh key file (new_key, mode 0600), removed
+    with everything in it at the end: `with key_dir("shmsess-x-") as tmp: ...`."""
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    try:
+        write_key(os.path.join(tmp, "key"), new_key())
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 READY_TIMEOUT = 15.0
 
@@ -59,6 +72,14 @@ def server_cert(directory, name, ca, hosts):
 
 def _openssl(*args):
     subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def redis_cli(*args, timeout=20):
+    """redis-cli ARGS: its output, or RuntimeError with its error output."""
+    out = subprocess.run(["redis-cli", *[str(a) for a in args]], capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"redis-cli {args}: {out.stderr}")
+    return out.stdout
 
 
 class Redis:
@@ -104,16 +125,13 @@ class Redis:
             raise RuntimeError("redis-server did not start:\n" + self.log.text())
         return self
 
+    def client_flags(self):
+        """redis-cli's flags for this server's TLS and password."""
+        flags = ["--tls", "--cacert", self.tls[0]] if self.tls else []
+        return flags + (["-a", self.password, "--no-auth-warning"] if self.password else [])
+
     def cli(self, *args):
-        cmd = ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port)]
-        if self.tls:
-            cmd += ["--tls", "--cacert", self.tls[0]]
-        if self.password:
-            cmd += ["-a", self.password, "--no-auth-warning"]
-        out = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=20)
-        if out.returncode != 0:
-            raise RuntimeError(f"redis-cli {args}: {out.stderr}")
-        return out.stdout
+        return redis_cli("-h", "127.0.0.1", "-p", str(self.port), *self.client_flags(), *args)
 
     def pause(self):
         """A hung server: connections are accepted by the kernel, nothing is answered."""
@@ -143,14 +161,17 @@ class Redis:
 class Cluster:
     """A throw-away Redis Cluster of `masters` nodes on 127.0.0.1 (no replicas), created with
     `redis-cli --cluster create`; ready once every node reports cluster_state:ok.
-    `with Cluster() as c: ... c.url ... c.nodes[2].stop()`."""
+    `with Cluster() as c: ... c.url ... c.nodes[2].stop()`. With `tls=(ca, [(cert, key), ...])`
+    the nodes speak only TLS, to clients and to each other, node i with the i-th certificate
+    (and `masters` is the number of certificates)."""
 
-    def __init__(self, masters=3):
+    def __init__(self, masters=3, tls=None):
         # A cache: the masters left keep serving their slots when one fails.
         conf = ("cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 1000\n"
-                "cluster-require-full-coverage no\n")
+                "cluster-require-full-coverage no\n" + ("tls-cluster yes\n" if tls else ""))
+        node_tls = [(tls[0], cert, key) for cert, key in tls[1]] if tls else [None] * masters
         # An explicit bus port: the default (port + 10000) needs ports below 55536.
-        self.nodes = [Redis(extra=conf + f"cluster-port {free_port()}\n") for _ in range(masters)]
+        self.nodes = [Redis(tls=t, extra=conf + f"cluster-port {free_port()}\n") for t in node_tls]
 
     @property
     def url(self):
@@ -160,8 +181,9 @@ class Cluster:
         try:
             for n in self.nodes:
                 n.start()
-            subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
-                            "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+            redis_cli(*self.nodes[0].client_flags(), "--cluster", "create",
+                      *[f"127.0.0.1:{n.port}" for n in self.nodes], "--cluster-replicas", "0", "--cluster-yes",
+                      timeout=60)
             process.wait_until(lambda: all("cluster_state:ok" in n.cli("CLUSTER", "INFO") for n in self.nodes),
                                READY_TIMEOUT, "the cluster did not reach cluster_state:ok")
         except BaseException:
