@@ -414,7 +414,9 @@ fn cmd_create(raw: &[String]) -> Result<u8, Failure> {
 
 /// The library's own checks name the C fields (`size_bytes`); the operator typed `--size`.
 fn check_create_size(size: u64, unit: u32) -> Result<(), Failure> {
-    use shmsesscache::store::layout::{Geometry, MAX_SEGMENT_BYTES, MAX_UNIT_BYTES, MIN_UNIT_BYTES};
+    use shmsesscache::store::layout::{
+        Geometry, MAX_SEGMENT_BYTES, MAX_UNIT_BYTES, MIN_UNIT_BYTES,
+    };
     let Some(min) = Geometry::min_total_bytes(unit) else {
         return Err(usage(format!(
             "create: --slot-bytes {unit} is invalid: use a multiple of 8 between {MIN_UNIT_BYTES} and {MAX_UNIT_BYTES}"
