@@ -168,7 +168,11 @@ NGINX_MODULES_DIR ?= /usr/lib/nginx/modules
 
 nginx-module: $(NGINX_MOD)
 
-$(NGINX_MOD): nginx/ngx_http_shmsess_module.c nginx/config scripts/build-nginx-module.sh include/shmsesscache.h \
+NGINX_STREAM_MOD := $(BUILD)/nginx/ngx_stream_shmsess_module.so
+NGINX_MAIL_MOD := $(BUILD)/nginx/ngx_mail_shmsess_module.so
+NGINX_MOD_SRC := $(wildcard nginx/*.c nginx/*.h) nginx/config
+
+$(NGINX_MOD): $(NGINX_MOD_SRC) scripts/build-nginx-module.sh include/shmsesscache.h \
               $(LIB_SO) $(if $(NGINX_SRC),FORCE)
 	SHMSESS_RPATH=$(CURDIR)/$(BUILD):$(PREFIX)/lib scripts/build-nginx-module.sh $(CURDIR)/$(BUILD)/nginx $(NGINX_SRC)
 
@@ -177,7 +181,7 @@ $(NGINX_MOD): nginx/ngx_http_shmsess_module.c nginx/config scripts/build-nginx-m
 install-nginx-module: $(LIB_SO)
 	SHMSESS_RPATH=$(PREFIX)/lib scripts/build-nginx-module.sh $(CURDIR)/$(BUILD)/nginx-install $(NGINX_SRC)
 	install -d $(DESTDIR)$(NGINX_MODULES_DIR)
-	install -m 0644 $(BUILD)/nginx-install/ngx_http_shmsess_module.so $(DESTDIR)$(NGINX_MODULES_DIR)/
+	install -m 0644 $(wildcard $(BUILD)/nginx-install/ngx_*_shmsess_module.so) $(DESTDIR)$(NGINX_MODULES_DIR)/
 
 test-nginx: test-deps all $(FAULT_SERVER) $(BUILD)/certs/server.pem
 	$(MAKE) --no-print-directory nginx-module

@@ -519,6 +519,12 @@ def bad_configuration(args):
         (remote + f"    shmsess_remote_key {key};\n    shmsess_remote_key_prefix \"\";",
          "empty \"shmsess_remote_key_prefix\""),
         ("", "need \"shmsess_session_cache\""),  # shmsess_status without a cache
+        # Segment paths that start would refuse (or that would name a temporary file).
+        ("    shmsess_session_cache / 8m;", "names a directory"),
+        (f"    shmsess_session_cache {tmp} 8m;", "names a directory"),
+        ("    shmsess_session_cache /proc/ssl.sess 8m;", "on proc, a pseudo filesystem"),
+        (f"    shmsess_session_cache {tmp}/missing/ssl.sess 8m;", f"the directory {tmp}/missing of segment"),
+        (f"    shmsess_session_cache {tmp}/missing/ssl.sess 8m;", f"mkdir -p {tmp}/missing"),
     )
     try:
         for http, why in cases:
@@ -549,6 +555,100 @@ def bad_configuration(args):
         subprocess.run(["rm", "-rf", tmp])
 
 
+def mapped(pid, needle):
+    with open(f"/proc/{pid}/maps") as f:
+        return needle in f.read()
+
+
+def removed_cache_reload(args):
+    """A reload to a configuration without shmsess_session_cache unmaps the segment in the
+    master and the new workers do not map it (nginx frees its own zone likewise); a reload
+    that brings it back maps it again, and it resumes."""
+    root = tempfile.mkdtemp(prefix="shmsess-nginx-")
+    os.chmod(root, 0o755)
+    try:
+        for segment, needle in (("{root}/ssl.sess", os.path.join(root, "ssl.sess")),
+                                ("anonymous", "/memfd:shmsesscache")):
+            with Nginx(args.module, args.certs, shmsess_cache(segment), root=root) as n:
+                before = [p for p in [n.master, *n.worker_pids()] if mapped(p, needle)]
+                n.http, n.status = "", False
+                without = [p for p in [n.master, *n.reload()] if mapped(p, needle)]
+                n.http, n.status = shmsess_cache(segment), True
+                again = [p for p in [n.master, *n.reload()] if mapped(p, needle)]
+                results, _ = same_session(n.port, TLS12, 3)
+                reused = summarize(results)[0]
+            check(f"reload without shmsess_session_cache ({segment.format(root='ROOT')}): the master unmaps "
+                  "the segment and the new workers do not map it; a reload with it maps it again",
+                  len(before) == 3 and not without and len(again) == 3 and reused == 3,
+                  f"mapped by {len(before)} of master+workers, after the reload without it by {without}, "
+                  f"after the reload with it by {len(again)}, resumed {reused}/3")
+    finally:
+        subprocess.run(["rm", "-rf", root])
+
+
+# Two name-based virtual hosts on one socket; the default (first) one has the cache off.
+VHOSTS_BEHIND_OFF = """
+    server {{
+        listen 127.0.0.1:{port2} ssl;
+        server_name off.test;
+        ssl_session_cache off;
+        location / {{ return 200 "worker=$pid reused=$shmsess_reused early=0\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port2} ssl;
+        server_name vhost-a.test;
+    }}
+    server {{
+        listen 127.0.0.1:{port2} ssl;
+        server_name vhost-b.test;
+    }}
+"""
+
+
+def default_server_off_warns(args):
+    """A default server with `ssl_session_cache off` turns resumption off for the virtual
+    hosts on its socket: said at warn level, naming the socket and the hosts."""
+    with Nginx(args.module, args.certs, shmsess_cache(), servers=VHOSTS_BEHIND_OFF, log_level="warn") as n:
+        off, _ = same_session(n.port2, TLS12, 3)
+        log = n.error_log()
+    n.cleanup()
+    line = next((ln for ln in log.splitlines() if "[warn]" in ln and f"127.0.0.1:{n.port2}" in ln), "")
+    check("a default server with ssl_session_cache off: a [warn] names its socket and the virtual hosts "
+          "that resume nothing there", "vhost-a.test" in line and "vhost-b.test" in line
+          and "off.test" in line and summarize(off)[0] == 0, line[:300] or "no such [warn] line")
+
+
+def errors_at_the_directive(args):
+    """Errors about http-level directives given in an included file (conf.d/) name that file
+    and the directive's line, not the end of the http block in nginx.conf."""
+    key = None
+    tmp = tempfile.mkdtemp(prefix="shmsess-nginx-confd-")
+    try:
+        key = os.path.join(tmp, "key")
+        write_key(key, os.urandom(32).hex())
+        cases = (
+            ("shmsess_session_cache anonymous 8m;\nshmsess_remote_timeout 5ms;\n", 2, "has no effect without"),
+            (f"shmsess_session_cache anonymous 8m;\n\nshmsess_remote redis://127.0.0.1:notaport/0;\n"
+             f"shmsess_remote_key {key};\n", 3, "remote URL is not usable"),
+            ("# the cache\nshmsess_session_cache anonymous 8m;\nshmsess_remote redis://127.0.0.1:6379/0;\n",
+             3, "needs \"shmsess_remote_key\""),
+        )
+        for text, line, why in cases:
+            n = Nginx(args.module, args.certs, "    include {root}/conf.d/*.conf;")
+            os.makedirs(os.path.join(n.root, "conf.d"))
+            conf = os.path.join(n.root, "conf.d", "shmsess.conf")
+            with open(conf, "w") as f:
+                f.write(text)
+            n.write_config()
+            r = n.command("-t")
+            n.cleanup()
+            err = next((ln for ln in r.stderr.splitlines() if why in ln), r.stderr.strip())
+            check(f"nginx -t: {why!r} points at conf.d/shmsess.conf:{line}",
+                  r.returncode != 0 and err.endswith(f"in {conf}:{line}"), err[-200:])
+    finally:
+        subprocess.run(["rm", "-rf", tmp])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--module", required=True)
@@ -565,6 +665,9 @@ def main():
     redis_over_tls(args)
     segment_refused(args)
     bad_configuration(args)
+    removed_cache_reload(args)
+    default_server_off_warns(args)
+    errors_at_the_directive(args)
     finish()
 
 

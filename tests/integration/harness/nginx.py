@@ -22,7 +22,7 @@ READY_TIMEOUT = 20.0
 NGINX = "/usr/sbin/nginx"
 
 CONFIG = """\
-load_module "{module}";
+{modules}load_module "{module}";
 daemon {daemon};
 master_process on;
 worker_processes {workers};
@@ -54,7 +54,12 @@ http {{
     }}
 {servers}
 }}
+{main}
 """
+
+# Debian's dynamic stream and mail modules (libnginx-mod-stream, libnginx-mod-mail), which
+# this project's stream and mail modules need loaded before them.
+DEBIAN_MODULES = "/usr/lib/nginx/modules"
 
 # The cache of each benchmark/test variant: the http-level directives.
 def shmsess_cache(segment="anonymous", size="8m"):
@@ -75,7 +80,8 @@ class Nginx(process.ServerRoot):
     may be passed to reuse a directory (and a named segment in it) across runs."""
 
     def __init__(self, module, certs, http, workers=2, server="", servers="", root=None, port=None,
-                 env=None, pass_env=(), status=True, log_level="info", listen_opts="", daemon=False):
+                 env=None, pass_env=(), status=True, log_level="info", listen_opts="", daemon=False,
+                 modules=(), main="", ports=()):
         self.module = os.path.abspath(module)
         self.certs = os.path.abspath(certs)
         self.http = http
@@ -95,6 +101,11 @@ class Nginx(process.ServerRoot):
         self.proc = None
         self.master = None  # the master's pid: the child we started, until a binary upgrade
         self.seen_workers = set()
+        # More modules loaded before `module`, a main-level text after the http block (a
+        # stream or mail block), and more named ports for it ("{port_NAME}" in `main`).
+        self.modules = modules
+        self.main = main
+        self.ports = {name: None for name in ports}
 
     def conf_path(self):
         return os.path.join(self.root, "nginx.conf")
@@ -104,8 +115,11 @@ class Nginx(process.ServerRoot):
         self.port = self.port or free_port()
         self.port2 = self.port2 or free_port()
         self.port3 = self.port3 or free_port()
-        fill = {"root": self.root, "port2": self.port2, "port3": self.port3, "certs": self.certs}
+        self.ports = {name: port or free_port() for name, port in self.ports.items()}
+        fill = {"root": self.root, "port2": self.port2, "port3": self.port3, "certs": self.certs,
+                **{f"port_{name}": port for name, port in self.ports.items()}}
         conf = CONFIG.format(
+            modules="".join(f'load_module "{m}";\n' for m in self.modules), main=self.main.format(**fill),
             module=self.module, daemon="on" if self.daemon else "off", workers=self.workers, root=self.root, log_level=self.log_level,
             env="\n".join(f"env {name};" for name in self.pass_env), certs=self.certs,
             http=self.http.format(**fill), port=self.port, listen_opts=self.listen_opts,
