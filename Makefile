@@ -187,6 +187,7 @@ test-nginx: test-deps all $(FAULT_SERVER) $(BUILD)/certs/server.pem
 	$(MAKE) --no-print-directory nginx-module
 	python3 tests/integration/test_nginx.py --module $(NGINX_MOD) --cli $(CLI) --certs $(BUILD)/certs \
 	  --fault-lib $(BUILD)/fault
+	python3 tests/integration/test_nginx_stream.py --module $(NGINX_MOD) --cli $(CLI) --certs $(BUILD)/certs
 
 FORCE:
 

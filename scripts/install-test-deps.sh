@@ -1,11 +1,13 @@
 #!/bin/sh
 # Install the Debian packages the integration tests run against: Apache httpd with mod_ssl and
 # apxs (the socache provider test), redis-server (the second tier), nginx with nginx-dev and the
-# libraries its configure checks for (the nginx module). Does nothing when they are
+# libraries its configure checks for (the nginx modules), and Debian's dynamic stream and mail
+# modules of nginx (the stream and mail modules load after them). Does nothing when they are
 # there; installs them as root; otherwise names what is missing and fails.
 set -eu
 need=""
-for p in apache2 apache2-dev redis-server redis-tools nginx nginx-dev libpcre2-dev zlib1g-dev; do
+for p in apache2 apache2-dev redis-server redis-tools nginx nginx-dev libpcre2-dev zlib1g-dev \
+         libnginx-mod-stream libnginx-mod-mail; do
     dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
 done
 [ -z "$need" ] && exit 0

@@ -19,11 +19,11 @@ import stat
 import subprocess
 import tempfile
 import threading
-import time
 
 from harness.checks import check, finish
 from harness.client import session_context as client_context
-from harness.nginx import NGINX_SHARED, Nginx, s_client_early, s_client_save, shmsess_cache
+from harness.nginx import (NGINX_SHARED, Nginx, made_on_and_stored, s_client_early, s_client_save,
+                           same_session, shmsess_cache)
 from harness.prefork import one_request, s_client_reconnect, summarize
 from harness.redis import Redis, make_ca, write_key
 
@@ -32,22 +32,6 @@ TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
 # reuseport: the kernel spreads connections over both workers by the client's port, so
 # sequential clients reach both (without it one worker may take every connection).
 SPREAD = " reuseport"
-
-
-def same_session(port, version, count, session=None):
-    """A full handshake (unless `session` is given), then `count` connections offering its
-    session (TLS 1.2; TLS 1.3 offers the newest ticket each time). Returns the list of
-    (resumed, worker pid) and the last session."""
-    ctx = client_context(version)
-    if session is None:
-        _, _, session = one_request(port, ctx)
-    results = []
-    for _ in range(count):
-        reused, pid, new_session = one_request(port, ctx, session)
-        results.append((reused, pid))
-        if version == TLS13:
-            session = new_session
-    return results, session
 
 
 def resume_across_workers(n, tally):
@@ -344,18 +328,6 @@ def named_segment(args):
                   f"TLS 1.2 {up12} (worker {pid12} of new master {n2.master}), TLS 1.3 {up13}")
     finally:
         subprocess.run(["rm", "-rf", root])
-
-
-def made_on_and_stored(redis, port, version=TLS12):
-    """A new session (TLS 1.2) or ticket (TLS 1.3) from the host on `port`, returned once
-    Redis holds its keys (the host stores them from a writer thread, off the handshake:
-    Redis's key count is the readiness signal; a TLS 1.3 full handshake makes two tickets)."""
-    want = int(redis.cli("DBSIZE")) + (2 if version == TLS13 else 1)
-    _, _, session = one_request(port, client_context(version))
-    deadline = time.monotonic() + 5
-    while int(redis.cli("DBSIZE")) < want and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return session
 
 
 def two_hosts_on_redis(args):

@@ -13,6 +13,7 @@ import re
 import signal
 import ssl
 import subprocess
+import time
 
 from . import process
 from .client import free_port, http_get, resumption_words, s_client, session_context
@@ -102,10 +103,11 @@ class Nginx(process.ServerRoot):
         self.master = None  # the master's pid: the child we started, until a binary upgrade
         self.seen_workers = set()
         # More modules loaded before `module`, a main-level text after the http block (a
-        # stream or mail block), and more named ports for it ("{port_NAME}" in `main`).
+        # stream or mail block), and more named ports for it ("{port_NAME}" in `main`; a
+        # dict gives their numbers, e.g. to restart on the same ports).
         self.modules = modules
         self.main = main
-        self.ports = {name: None for name in ports}
+        self.ports = dict(ports) if isinstance(ports, dict) else {name: None for name in ports}
 
     def conf_path(self):
         return os.path.join(self.root, "nginx.conf")
@@ -264,6 +266,35 @@ class Nginx(process.ServerRoot):
             except OSError:
                 pass  # already gone
 
+
+def same_session(port, version, count, session=None, request=one_request):
+    """A full handshake (unless `session` is given), then `count` connections offering its
+    session (TLS 1.2; TLS 1.3 offers the newest ticket each time), each one `request(port,
+    ctx, session)` -> (resumed, answer, new session). Returns the list of (resumed, answer)
+    and the last session."""
+    ctx = session_context(version)
+    if session is None:
+        _, _, session = request(port, ctx)
+    results = []
+    for _ in range(count):
+        reused, answer, new_session = request(port, ctx, session)
+        results.append((reused, answer))
+        if version == ssl.TLSVersion.TLSv1_3:
+            session = new_session
+    return results, session
+
+
+def made_on_and_stored(redis, port, version=ssl.TLSVersion.TLSv1_2, request=one_request):
+    """A new session (TLS 1.2) or ticket (TLS 1.3) from the host on `port` (one `request`),
+    returned once Redis holds its keys (the host stores them from a writer thread, off the
+    handshake: Redis's key count is the readiness signal; a TLS 1.3 full handshake makes two
+    tickets)."""
+    want = int(redis.cli("DBSIZE")) + (2 if version == ssl.TLSVersion.TLSv1_3 else 1)
+    _, _, session = request(port, session_context(version))
+    deadline = time.monotonic() + 5
+    while int(redis.cli("DBSIZE")) < want and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return session
 
 
 def get(port, path):
