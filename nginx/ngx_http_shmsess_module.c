@@ -32,10 +32,24 @@ typedef struct {
 } ngx_http_shmsess_socket_t;
 
 
+/* A status location that shows the cache of another block (shmsess_status stream;). */
+typedef struct {
+    ngx_str_t                   block;
+    u_char                     *file;
+    ngx_uint_t                  line;
+} ngx_http_shmsess_status_of_t;
+
+
 typedef struct {
     ngx_shmsess_conf_t          common;          /* first: the shared directives' conf */
     ngx_array_t                *sockets;         /* of ngx_http_shmsess_socket_t */
+    ngx_array_t                *status_of;       /* of ngx_http_shmsess_status_of_t */
 } ngx_http_shmsess_main_conf_t;
+
+
+typedef struct {
+    ngx_str_t                   status_block;    /* empty: http's own cache */
+} ngx_http_shmsess_loc_conf_t;
 
 
 static ngx_int_t ngx_http_shmsess_init_module(ngx_cycle_t *cycle);
@@ -43,6 +57,7 @@ static ngx_int_t ngx_http_shmsess_init_process(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_shmsess_postconfiguration(ngx_conf_t *cf);
 static void *ngx_http_shmsess_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_shmsess_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_shmsess_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_shmsess_status(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
@@ -52,7 +67,7 @@ static ngx_command_t  ngx_http_shmsess_commands[] = {
     NGX_SHMSESS_COMMANDS(NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET),
 
     { ngx_string("shmsess_status"),
-      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE1,
       ngx_http_shmsess_status,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
@@ -72,7 +87,7 @@ static ngx_http_module_t  ngx_http_shmsess_module_ctx = {
     NULL,                                  /* create server configuration */
     NULL,                                  /* merge server configuration */
 
-    NULL,                                  /* create location configuration */
+    ngx_http_shmsess_create_loc_conf,      /* create location configuration */
     NULL                                   /* merge location configuration */
 };
 
@@ -100,6 +115,14 @@ ngx_http_shmsess_create_main_conf(ngx_conf_t *cf)
 {
     /* set by ngx_pcalloc(): smcf->sockets = NULL */
     return ngx_shmsess_create_conf(cf, sizeof(ngx_http_shmsess_main_conf_t), "http");
+}
+
+
+static void *
+ngx_http_shmsess_create_loc_conf(ngx_conf_t *cf)
+{
+    /* set by ngx_pcalloc(): status_block = { 0, NULL } */
+    return ngx_pcalloc(cf->pool, sizeof(ngx_http_shmsess_loc_conf_t));
 }
 
 
@@ -323,6 +346,47 @@ ngx_http_shmsess_warn_default_servers(ngx_cycle_t *cycle, ngx_http_shmsess_main_
 }
 
 
+/* `shmsess_status stream;` needs a stream block with shmsess_session_cache. Known only once
+ * every block was read: refused under nginx -t, a warning on a reload or start (the location
+ * then answers 503), which must not stop the server. */
+static ngx_int_t
+ngx_http_shmsess_check_status_of(ngx_cycle_t *cycle, ngx_http_shmsess_main_conf_t *smcf)
+{
+    ngx_uint_t                     i, level;
+    ngx_shmsess_conf_t            *conf;
+    ngx_http_shmsess_status_of_t  *of;
+
+    if (smcf->status_of == NULL) {
+        return NGX_OK;
+    }
+
+    level = ngx_test_config ? NGX_LOG_EMERG : NGX_LOG_WARN;
+
+    of = smcf->status_of->elts;
+
+    for (i = 0; i < smcf->status_of->nelts; i++) {
+        conf = ngx_shmsess_block_conf(cycle, &of[i].block);
+
+        if (conf && conf->size) {
+            continue;
+        }
+
+        ngx_log_error(level, cycle->log, 0,
+                      "\"shmsess_status %V\" in %s:%ui: the %V block has no "
+                      "\"shmsess_session_cache\"%s: add one there (and load "
+                      "ngx_%V_shmsess_module.so), or remove the argument to show the http "
+                      "block's cache", &of[i].block, of[i].file, of[i].line, &of[i].block,
+                      ngx_test_config ? "" : " (the location answers 503)", &of[i].block);
+
+        if (ngx_test_config) {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_shmsess_init_module(ngx_cycle_t *cycle)
 {
@@ -340,6 +404,7 @@ ngx_http_shmsess_init_module(ngx_cycle_t *cycle)
 
     if (rc == NGX_OK && smcf) {
         ngx_http_shmsess_warn_default_servers(cycle, smcf);
+        rc = ngx_http_shmsess_check_status_of(cycle, smcf);
     }
 
     return rc;
@@ -366,6 +431,8 @@ ngx_http_shmsess_status_handler(ngx_http_request_t *r)
     ngx_int_t                      rc;
     ngx_buf_t                     *b;
     ngx_chain_t                    out;
+    ngx_shmsess_conf_t            *conf;
+    ngx_http_shmsess_loc_conf_t   *slcf;
     ngx_http_shmsess_main_conf_t  *smcf;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
@@ -377,13 +444,18 @@ ngx_http_shmsess_status_handler(ngx_http_request_t *r)
         return rc;
     }
 
+    slcf = ngx_http_get_module_loc_conf(r, ngx_http_shmsess_module);
     smcf = ngx_http_get_module_main_conf(r, ngx_http_shmsess_module);
 
-    if (smcf->common.cache == NULL) {
+    conf = slcf->status_block.len
+           ? ngx_shmsess_block_conf((ngx_cycle_t *) ngx_cycle, &slcf->status_block)
+           : &smcf->common;
+
+    if (conf == NULL || conf->cache == NULL) {
         return NGX_HTTP_SERVICE_UNAVAILABLE;
     }
 
-    b = ngx_shmsess_status_text(r->pool, r->connection->log, smcf->common.cache);
+    b = ngx_shmsess_status_text(r->pool, r->connection->log, conf);
     if (b == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -408,19 +480,62 @@ ngx_http_shmsess_status_handler(ngx_http_request_t *r)
 }
 
 
-/* location = /sessions { shmsess_status; } */
+/* A status location for another block's cache: checked once every block is read. */
+static char *
+ngx_http_shmsess_status_of(ngx_conf_t *cf, ngx_http_shmsess_main_conf_t *smcf,
+    ngx_str_t *block)
+{
+    ngx_http_shmsess_status_of_t  *of;
+
+    if (smcf->status_of == NULL) {
+        smcf->status_of = ngx_array_create(cf->pool, 2, sizeof(ngx_http_shmsess_status_of_t));
+        if (smcf->status_of == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    of = ngx_array_push(smcf->status_of);
+    if (of == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    of->block = *block;
+    of->file = cf->conf_file->file.name.data;
+    of->line = cf->conf_file->line;
+
+    return NGX_CONF_OK;
+}
+
+
+/* location = /sessions { shmsess_status [http|stream|mail]; } */
 static char *
 ngx_http_shmsess_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
+    ngx_http_shmsess_loc_conf_t  *slcf = conf;
+
+    ngx_str_t                     *value;
     ngx_http_core_loc_conf_t      *clcf;
     ngx_http_shmsess_main_conf_t  *smcf;
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     clcf->handler = ngx_http_shmsess_status_handler;
-
     smcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_shmsess_module);
-    smcf->common.status_used = 1;
-    ngx_shmsess_remember(cf, &smcf->common, NGX_SHMSESS_STATUS_DIRECTIVE);
+    value = cf->args->elts;
 
-    return NGX_CONF_OK;
+    if (cf->args->nelts == 1 || ngx_strcmp(value[1].data, "http") == 0) {
+        smcf->common.status_used = 1;
+        ngx_shmsess_remember(cf, &smcf->common, NGX_SHMSESS_STATUS_DIRECTIVE);
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strcmp(value[1].data, "stream") != 0 && ngx_strcmp(value[1].data, "mail") != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid block \"%V\" in \"shmsess_status\": give \"http\" "
+                           "(the default), \"stream\" or \"mail\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    slcf->status_block = value[1];
+
+    return ngx_http_shmsess_status_of(cf, smcf, &value[1]);
 }

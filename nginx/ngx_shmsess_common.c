@@ -1014,82 +1014,126 @@ ngx_shmsess_init_worker(ngx_cycle_t *cycle, ngx_shmsess_conf_t *conf)
 
 /* ---- statistics in Prometheus text format ----------------------------------------------- */
 
-/* Fields that go up and down; everything else the library exports is a counter. */
-static const char  *ngx_shmsess_gauges[] = {
-    "entries", "used_slots", "capacity_slots", "slot_bytes", "shards", "slots_per_shard",
-    "min_shard_used_slots", "max_shard_used_slots", "size_bytes", "created_unix",
-    "now_unix", "oldest_created_unix", "newest_created_unix", "earliest_expiry_unix",
-    "latest_expiry_unix", "avg_time_left_s", NULL
-};
-
-
-static ngx_uint_t
-ngx_shmsess_is_gauge(const char *name)
+/* `"value"` with Prometheus's escapes (backslash, double quote, newline) into [p, last). */
+static u_char *
+ngx_shmsess_label_value(u_char *p, u_char *last, ngx_str_t *value)
 {
     ngx_uint_t  i;
 
-    for (i = 0; ngx_shmsess_gauges[i]; i++) {
-        if (ngx_strcmp(name, ngx_shmsess_gauges[i]) == 0) {
-            return 1;
+    /* two bytes of room for each byte, escaped or not (the caller sized it so) */
+    for (i = 0; i < value->len && p + 2 <= last; i++) {
+        switch (value->data[i]) {
+        case '\\':
+        case '"':
+            *p++ = '\\';
+            *p++ = value->data[i];
+            break;
+        case '\n':
+            *p++ = '\\';
+            *p++ = 'n';
+            break;
+        default:
+            *p++ = value->data[i];
         }
     }
 
-    return 0;
-}
-
-
-/* "# TYPE shmsess_lookup_hits_total counter\nshmsess_lookup_hits_total 42\n" per field. */
-static ngx_buf_t *
-ngx_shmsess_format(ngx_pool_t *pool, shmsess_stats *st)
-{
-    size_t       len, n, i;
-    uint64_t     value;
-    ngx_buf_t   *b;
-    const char  *name, *type, *suffix;
-
-    n = shmsess_stats_field_count();
-    len = 0;
-
-    for (i = 0; i < n; i++) {
-        if (shmsess_stats_field(st, i, &name, &value) == SHMSESS_OK) {
-            len += 2 * (ngx_strlen(name) + sizeof("shmsess__total"))
-                   + sizeof("# TYPE  counter\n") + NGX_INT64_LEN + 1;
-        }
-    }
-
-    b = ngx_create_temp_buf(pool, len ? len : 1);
-    if (b == NULL) {
-        return NULL;
-    }
-
-    for (i = 0; i < n; i++) {
-        if (shmsess_stats_field(st, i, &name, &value) != SHMSESS_OK) {
-            continue;
-        }
-
-        type = ngx_shmsess_is_gauge(name) ? "gauge" : "counter";
-        suffix = type[0] == 'c' ? "_total" : "";
-
-        b->last = ngx_sprintf(b->last, "# TYPE shmsess_%s%s %s\nshmsess_%s%s %uL\n",
-                              name, suffix, type, name, suffix, value);
-    }
-
-    return b;
+    return p;
 }
 
 
 ngx_buf_t *
-ngx_shmsess_status_text(ngx_pool_t *pool, ngx_log_t *log, shmsess_cache *cache)
+ngx_shmsess_status_text(ngx_pool_t *pool, ngx_log_t *log, ngx_shmsess_conf_t *conf)
 {
-    shmsess_stats  st;
+    size_t          len, cap;
+    u_char         *labels, *p, *last;
+    ngx_buf_t      *b;
+    ngx_str_t       anonymous = ngx_string("anonymous");
+    shmsess_stats   st;
 
     ngx_memzero(&st, sizeof(shmsess_stats));
 
-    if (shmsess_cache_stats(cache, &st) != SHMSESS_OK) {
+    if (shmsess_cache_stats(conf->cache, &st) != SHMSESS_OK) {
         ngx_log_error(NGX_LOG_ERR, log, 0, "shmsess: cannot read the statistics: %s",
                       shmsess_last_error());
         return NULL;
     }
 
-    return ngx_shmsess_format(pool, &st);
+    /* block="stream",segment="/run/nginx/ssl.sess": each escape doubles a byte at most */
+    cap = sizeof("block=\"\",segment=\"\"") + ngx_strlen(conf->block)
+          + 2 * ngx_max(conf->path.len, anonymous.len);
+    labels = ngx_pnalloc(pool, cap);
+    if (labels == NULL) {
+        return NULL;
+    }
+
+    last = labels + cap - 1;
+    p = ngx_slprintf(labels, last, "block=\"%s\",segment=\"", conf->block);
+    p = ngx_shmsess_label_value(p, last, conf->path.len ? &conf->path : &anonymous);
+    p = ngx_slprintf(p, last, "\"");
+    *p = '\0';
+
+    len = 0;
+    (void) shmsess_stats_prometheus(&st, (const char *) labels, NULL, 0, &len);
+
+    b = ngx_create_temp_buf(pool, len + 1);
+    if (b == NULL) {
+        return NULL;
+    }
+
+    if (shmsess_stats_prometheus(&st, (const char *) labels, (char *) b->pos, len + 1, &len)
+        != SHMSESS_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, log, 0, "shmsess: cannot format the statistics: %s",
+                      shmsess_last_error());
+        return NULL;
+    }
+
+    b->last = b->pos + len;
+
+    return b;
+}
+
+
+ngx_shmsess_conf_t *
+ngx_shmsess_block_conf(ngx_cycle_t *cycle, ngx_str_t *block)
+{
+    u_char         core[32], ours[48];
+    void        ***ctx;
+    ngx_uint_t     i;
+    ngx_module_t  *m, *core_module, *our_module;
+
+    if (block->len > 8) {
+        return NULL;
+    }
+
+    (void) ngx_snprintf(core, sizeof(core), "ngx_%V_module%Z", block);
+    (void) ngx_snprintf(ours, sizeof(ours), "ngx_%V_shmsess_module%Z", block);
+    core_module = NULL;
+    our_module = NULL;
+
+    for (i = 0; cycle->modules[i]; i++) {
+        m = cycle->modules[i];
+
+        if (m->name == NULL) {
+            continue;
+        }
+
+        if (ngx_strcmp(m->name, core) == 0) {
+            core_module = m;
+
+        } else if (ngx_strcmp(m->name, ours) == 0) {
+            our_module = m;
+        }
+    }
+
+    if (core_module == NULL || our_module == NULL
+        || cycle->conf_ctx[core_module->index] == NULL)
+    {
+        return NULL;
+    }
+
+    /* the http, stream and mail conf contexts all start with main_conf */
+    ctx = (void ***) cycle->conf_ctx[core_module->index];
+
+    return (*ctx)[our_module->ctx_index];
 }

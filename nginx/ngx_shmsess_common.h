@@ -166,9 +166,16 @@ ngx_array_t *ngx_shmsess_server_list(ngx_cycle_t *cycle, ngx_uint_t n);
  * the worker's number). */
 void ngx_shmsess_init_worker(ngx_cycle_t *cycle, ngx_shmsess_conf_t *conf);
 
-/* The statistics of `cache` in Prometheus text format, in a buffer of `pool`; NULL on error
+/* The statistics of conf->cache in Prometheus text format (the command-line tool's, from the
+ * library), labelled with the block and the segment, in a buffer of `pool`; NULL on error
  * (logged). */
-ngx_buf_t *ngx_shmsess_status_text(ngx_pool_t *pool, ngx_log_t *log, shmsess_cache *cache);
+ngx_buf_t *ngx_shmsess_status_text(ngx_pool_t *pool, ngx_log_t *log,
+    ngx_shmsess_conf_t *conf);
+
+/* The conf of this project's module of the block named `block` ("http", "stream", "mail")
+ * in `cycle`, found by the modules' names (the modules are separate .so files, loaded in any
+ * order); NULL when that module or block is not there. */
+ngx_shmsess_conf_t *ngx_shmsess_block_conf(ngx_cycle_t *cycle, ngx_str_t *block);
 
 
 #pragma GCC visibility pop

@@ -13,6 +13,7 @@ anything failed.
 import argparse
 import json
 import os
+import re
 import signal
 import ssl
 import stat
@@ -22,7 +23,7 @@ import threading
 
 from harness.checks import check, finish
 from harness.client import session_context as client_context
-from harness.nginx import (NGINX_SHARED, Nginx, made_on_and_stored, s_client_early, s_client_save,
+from harness.nginx import (NGINX_SHARED, Nginx, get, made_on_and_stored, s_client_early, s_client_save,
                            same_session, shmsess_cache)
 from harness.prefork import one_request, s_client_reconnect, summarize
 from harness.redis import Redis, make_ca, write_key
@@ -298,6 +299,7 @@ def named_segment(args):
                   "other client-certificate settings", not other and "installed on 2 TLS server(s)" in n.error_log(),
                   f"resumed there: {other}")
 
+            status_page = get(n.port, "/sessions")[1]
             old = n.worker_pids()
             new = n.reload()
             results, _ = same_session(n.port, TLS12, 5, session12)
@@ -311,6 +313,15 @@ def named_segment(args):
         out = subprocess.run([args.cli, "stat", "--json", seg], capture_output=True, text=True)
         entries = json.loads(out.stdout).get("entries", 0) if out.returncode == 0 else -1
         check("shmsesscache stat reads nginx's segment", entries >= 2, f"entries {entries} {out.stderr.strip()}")
+        out = subprocess.run([args.cli, "stat", "--prometheus", seg], capture_output=True, text=True)
+        cli, page = metric_lines(out.stdout), metric_lines(status_page)
+        check("shmsess_status and shmsesscache stat --prometheus: the same metrics, # HELP and # TYPE lines",
+              cli == page and len(page) > 40 and all(name in status_page for name in
+                                                     ("# HELP shmsesscache_taken_total ",
+                                                      "# TYPE shmsesscache_taken_total counter",
+                                                      "# TYPE shmsesscache_entries gauge")),
+              f"{len(page)} metrics on the page, {len(cli)} from the tool; only on the page: "
+              f"{sorted(set(page) - set(cli))[:3]}, only from the tool: {sorted(set(cli) - set(page))[:3]}")
 
         # This time as a daemon, as init systems run it: nginx only upgrades its binary then.
         with Nginx(args.module, args.certs, cache, root=root, port=port, daemon=True) as n2:
@@ -525,6 +536,15 @@ def bad_configuration(args):
               r.returncode == 0, next((ln for ln in r.stderr.splitlines() if "[emerg]" in ln), "")[:240])
     finally:
         subprocess.run(["rm", "-rf", tmp])
+
+
+def metric_lines(text):
+    """The metric names of a Prometheus text, each with its # HELP and # TYPE lines (a name
+    without both is left out)."""
+    helped = set(re.findall(r"^# HELP (\S+) \S", text, re.M))
+    typed = set(re.findall(r"^# TYPE (\S+) (?:counter|gauge)$", text, re.M))
+    sampled = set(re.findall(r"^(shmsesscache_\w+)\{", text, re.M))
+    return sorted(helped & typed & sampled)
 
 
 def mapped(pid, needle):

@@ -21,7 +21,7 @@ import tempfile
 
 from harness.checks import check, finish
 from harness.client import session_context as client_context
-from harness.nginx import Nginx, made_on_and_stored, same_session
+from harness.nginx import Nginx, get, made_on_and_stored, parse_prometheus, same_session
 from harness.nginx_stream import (MAIL_MODULES, MAIL_PORTS, STREAM_MODULES, STREAM_PORTS, Peer,
                                   auth_http_for, echo_line, fake_imap, imap_greeting, imap_login_noop,
                                   mail_block, stream_block, stream_worker, tls_exchange)
@@ -51,9 +51,11 @@ class Modules:
         self.mail = MAIL_MODULES + (os.path.join(here, "ngx_mail_shmsess_module.so"),)
 
 
-def stream_nginx(mods, certs, backend, cache, http="", ports=STREAM_PORTS, **kw):
+def stream_nginx(mods, certs, backend, cache, http="", ports=STREAM_PORTS, status=None, **kw):
+    """nginx with the stream block; its http server (the harness's readiness signal) has the
+    status location of `status` (True: http's cache, "stream": the stream block's)."""
     return Nginx(mods.http, certs, http, modules=mods.stream, main=stream_block(cache, backend),
-                 ports=ports, status=bool(http), **kw)
+                 ports=ports, status=bool(http) if status is None else status, **kw)
 
 
 def echo(port, ctx, session=None):
@@ -70,23 +72,36 @@ def ticket_twice(fn, port):
 def stream_resumption(mods, args, backend):
     """Both stream servers on one anonymous cache: TLS 1.2 and 1.3 resumed across both
     workers, behind the echo backend too; a TLS 1.3 ticket resumes once; reload."""
-    with stream_nginx(mods, args.certs, backend.port, cache_line()) as n:
+    resumed = 0
+    with stream_nginx(mods, args.certs, backend.port, cache_line(), status="stream") as n:
         ret, echo_port = n.ports["return"], n.ports["echo"]
         for version, name in VERSIONS:
             results, _ = same_session(ret, version, RECONNECTS, request=stream_worker)
             reused, _, reused_pids = summarize(results)
+            resumed += reused
             check(f"stream, {name}: >= {RECONNECTS - 1}/{RECONNECTS} reconnections resume, in both workers",
                   reused >= RECONNECTS - 1 and len(reused_pids) == 2,
                   f"{reused}/{RECONNECTS} resumed by workers {reused_pids}")
             results, _ = same_session(echo_port, version, RECONNECTS, request=echo)
             reused = sum(r for r, _ in results)
+            resumed += reused
             echoed = sum(a == b"ping shmsess\n" for _, a in results)
             check(f"stream in front of a TCP echo backend, {name}: >= {RECONNECTS - 1}/{RECONNECTS} resume, "
                   "every echo comes back", reused >= RECONNECTS - 1 and echoed == RECONNECTS,
                   f"{reused}/{RECONNECTS} resumed, {echoed} echoes")
         twice = ticket_twice(stream_worker, ret)
+        resumed += sum(twice)
         check("stream, TLS 1.3: a ticket resumes once in the whole server, never twice", twice == [True, False],
               str(twice))
+        status, body = get(n.port, "/sessions")
+        st = parse_prometheus(body)
+        check("shmsess_status stream (in an http location): the stream cache's lookup hits = the resumptions "
+              "the clients saw, with # HELP and # TYPE lines and block=\"stream\"",
+              status == 200 and st.get("lookup_hits") == resumed
+              and "# HELP shmsesscache_lookup_hits_total " in body
+              and "# TYPE shmsesscache_lookup_hits_total counter" in body
+              and 'shmsesscache_entries{block="stream",segment="anonymous"} ' in body,
+              f"status {status}, hits {st.get('lookup_hits')} vs {resumed}")
 
         _, session = same_session(ret, TLS12, 1, request=stream_worker)
         old = n.worker_pids()
@@ -204,12 +219,12 @@ def stream_two_hosts_on_redis(mods, args, backend):
           f"resumed {without}")
 
 
-def refused(mods, args, block, text, include=None):
+def refused(mods, args, block, text, include=None, status=False):
     """nginx -t on a configuration whose stream or mail block holds `text` (or includes a
     file holding `include`): (return code, stderr, the included file)."""
     make = stream_block if block == "stream" else mail_block
     body = text + ("\n    include {root}/conf.d/*.conf;" if include is not None else "")
-    n = Nginx(mods.http, args.certs, "", status=False, modules=getattr(mods, block),
+    n = Nginx(mods.http, args.certs, "", status=status, modules=getattr(mods, block),
               main=make(body, 1), ports=STREAM_PORTS if block == "stream" else MAIL_PORTS)
     conf = os.path.join(n.root, "conf.d", "shmsess.conf")
     if include is not None:
@@ -248,6 +263,11 @@ def bad_configuration(mods, args):
               rc != 0 and line.endswith(f"in {conf}:2"), line[-200:])
         rc, err, _ = refused(mods, args, "stream", cache_line())
         check("nginx -t accepts the stream block's cache", rc == 0, err.strip()[-200:])
+        for status, text, why in (("stream", "", "the stream block has no \"shmsess_session_cache\""),
+                                  ("imap", cache_line(), "invalid block \"imap\" in \"shmsess_status\"")):
+            rc, err, _ = refused(mods, args, "stream", text, status=status)
+            line = next((ln for ln in err.splitlines() if why in ln), err.strip())
+            check(f"nginx -t refuses \"shmsess_status {status}\" ({why})", rc != 0 and why in err, line[:240])
     finally:
         subprocess.run(["rm", "-rf", tmp])
 
@@ -256,7 +276,7 @@ def mail_proxy(mods, args):
     """An implicit-TLS IMAP proxy on the shared cache: logins go through auth_http to the
     fake backend; TLS 1.2 and 1.3 resume; a TLS 1.3 ticket resumes once."""
     with Peer(fake_imap) as imap, Peer(auth_http_for(imap.port)) as auth:
-        with Nginx(mods.http, args.certs, "", status=False, modules=mods.mail,
+        with Nginx(mods.http, args.certs, "", status="mail", modules=mods.mail,
                    main=mail_block(cache_line(), auth.port), ports=MAIL_PORTS) as n:
             port = n.ports["imaps"]
             ctx = client_context(TLS12)
@@ -274,6 +294,9 @@ def mail_proxy(mods, args):
                       reused >= RECONNECTS - 1 and greeted == RECONNECTS, f"{reused}/{RECONNECTS}, {greeted} greetings")
             twice = ticket_twice(imap_greeting, port)
             check("mail, TLS 1.3: a ticket resumes once, never twice", twice == [True, False], str(twice))
+            st = n.stats()
+            check("shmsess_status mail: the mail cache's statistics", st.get("lookup_hits", 0) >= 2 * (RECONNECTS - 1)
+                  and st.get("taken", 0) >= RECONNECTS - 1, f"hits {st.get('lookup_hits')}, taken {st.get('taken')}")
             log = n.error_log()
         n.cleanup()
     check("mail: the error log says the cache was installed on the TLS server",

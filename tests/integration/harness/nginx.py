@@ -126,7 +126,7 @@ class Nginx(process.ServerRoot):
             env="\n".join(f"env {name};" for name in self.pass_env), certs=self.certs,
             http=self.http.format(**fill), port=self.port, listen_opts=self.listen_opts,
             server=self.server.format(**fill), servers=self.servers.format(**fill),
-            status="        location = /sessions { shmsess_status; }" if self.status else "")
+            status=self.status_location())
         with open(self.conf_path(), "w") as f:
             f.write(conf)
 
@@ -234,8 +234,16 @@ class Nginx(process.ServerRoot):
             raise RuntimeError(f"nginx -s reload failed: {r.stderr}")
         return self.wait_workers(old)
 
+    def status_location(self):
+        """`status`: True for the http block's cache, a block's name ("stream") for that
+        block's, False for none."""
+        if not self.status:
+            return ""
+        block = "" if self.status is True else f" {self.status}"
+        return f"        location = /sessions {{ shmsess_status{block}; }}"
+
     def stats(self):
-        """The shmsess_status page as {field: value} (Prometheus names without "shmsess_")."""
+        """The shmsess_status page as {field: value} (see parse_prometheus)."""
         status, body = get(self.port, "/sessions")
         if status != 200:
             raise RuntimeError(f"/sessions gave {status}: {body}")
@@ -304,10 +312,13 @@ def get(port, path):
 
 
 def parse_prometheus(body):
+    """{field: value} of the library's Prometheus text (names without "shmsesscache_" and
+    "_total", labels dropped; integers as int)."""
     out = {}
-    for m in re.finditer(r"^shmsess_(\w+) (\d+)$", body, re.M):
-        name = m.group(1)
-        out[name[:-len("_total")] if name.endswith("_total") else name] = int(m.group(2))
+    for m in re.finditer(r"^shmsesscache_(\w+)(?:\{[^}]*\})? (\S+)$", body, re.M):
+        name, value = m.group(1), m.group(2)
+        out[name[:-len("_total")] if name.endswith("_total") else name] = \
+            int(value) if value.isdigit() else float(value)
     return out
 
 
