@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 
 from harness.checks import check, finish
+from harness.client import resumption_words, s_client
 from harness.client import session_context as client_context
 from harness.nginx import Nginx, get, made_on_and_stored, parse_prometheus, same_session
 from harness.nginx_stream import (MAIL_MODULES, MAIL_PORTS, STREAM_MODULES, STREAM_PORTS, Peer,
@@ -115,6 +116,33 @@ def stream_resumption(mods, args, backend):
     alerts = [ln for ln in log.splitlines() if "[alert]" in ln or "[emerg]" in ln]
     check("stream: the error log says the cache was installed on both TLS servers, no alerts",
           "installed on 2 TLS server(s) of the stream block" in log and not alerts, alerts[0] if alerts else "")
+
+
+def hrr_and_server_name(mods, args, backend, cache):
+    """With `openssl s_client`: a TLS 1.3 ticket offered with a first key share the server
+    does not take (P-384; it asks again for X25519) resumes; one made for "localhost" and
+    offered for "other.test" does not. Returns (words after the HRR, words for the other
+    name, statistics or {})."""
+    with stream_nginx(mods, args.certs, backend.port, cache, status="stream" if "shmsess" in cache else False) as n:
+        port, sess = n.ports["return"], os.path.join(n.root, "s.sess")
+        s_client(port, "-tls1_3", "-sess_out", sess, "-ign_eof", "-servername", "localhost")
+        hrr = resumption_words(s_client(port, "-tls1_3", "-sess_in", sess, "-ign_eof", "-groups", "P-384:X25519",
+                                        "-servername", "localhost"))
+        s_client(port, "-tls1_3", "-sess_out", sess, "-ign_eof", "-servername", "localhost")
+        other = resumption_words(s_client(port, "-tls1_3", "-sess_in", sess, "-ign_eof", "-servername", "other.test"))
+        st = n.stats() if n.status else {}
+    n.cleanup()
+    return hrr, other, st
+
+
+def stream_hrr_and_server_name(mods, args, backend):
+    hrr, other, st = hrr_and_server_name(mods, args, backend, cache_line())
+    check("stream, TLS 1.3 after a HelloRetryRequest: the single-use ticket still resumes",
+          hrr == ["Reused"] and st.get("hrr_resumed") == 1, f"{hrr}, hrr_resumed {st.get('hrr_resumed')}")
+    check("stream: a session made for one server name is not resumed for another",
+          other == ["New"] and st.get("sni_mismatch") == 1, f"{other}, sni_mismatch {st.get('sni_mismatch')}")
+    _, other, _ = hrr_and_server_name(mods, args, backend, NGINX_STREAM_SHARED)
+    check("contrast, shared:STREAM: the session resumes for the other server name", other == ["Reused"], str(other))
 
 
 def stream_contrast(mods, args, backend):
@@ -313,6 +341,7 @@ def main():
     with Peer(echo_line) as backend:
         stream_resumption(mods, args, backend)
         stream_contrast(mods, args, backend)
+        stream_hrr_and_server_name(mods, args, backend)
         one_segment_for_http_and_stream(mods, args, backend)
         stream_binary_upgrade(mods, args, backend)
         stream_two_hosts_on_redis(mods, args, backend)

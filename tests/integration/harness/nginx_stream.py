@@ -28,6 +28,8 @@ stream {{{{
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_session_tickets off;
     ssl_session_timeout 300s;
+    # A client whose first key share is another group (P-384) gets a HelloRetryRequest.
+    ssl_ecdh_curve X25519:prime256v1;
     ssl_certificate "{{certs}}/server.pem";
     ssl_certificate_key "{{certs}}/server.key";
     map $ssl_session_reused $shmsess_reused {{{{ r 1; default 0; }}}}
