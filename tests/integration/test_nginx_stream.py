@@ -15,6 +15,7 @@ anything failed.
 import argparse
 import json
 import os
+import signal
 import ssl
 import subprocess
 import tempfile
@@ -143,6 +144,25 @@ def stream_hrr_and_server_name(mods, args, backend):
           other == ["New"] and st.get("sni_mismatch") == 1, f"{other}, sni_mismatch {st.get('sni_mismatch')}")
     _, other, _ = hrr_and_server_name(mods, args, backend, NGINX_STREAM_SHARED)
     check("contrast, shared:STREAM: the session resumes for the other server name", other == ["Reused"], str(other))
+
+
+def stream_workers_killed(mods, args, backend):
+    """SIGKILL each worker in turn while a client keeps reconnecting; nginx respawns them.
+    Sessions made before the kills still resume in the new workers, with no lock timeouts."""
+    with stream_nginx(mods, args.certs, backend.port, cache_line(), status="stream") as n:
+        ret = n.ports["return"]
+        _, s12 = same_session(ret, TLS12, 1, request=stream_worker)
+        for victim in n.worker_pids():
+            os.kill(victim, signal.SIGKILL)
+            n.wait_workers([victim])
+            stream_worker(ret, client_context(TLS13))  # a full handshake in the new worker
+        results, _ = same_session(ret, TLS12, 10, s12, request=stream_worker)
+        reused, pids, _ = summarize(results)
+        st = n.stats()
+    n.cleanup()
+    check("stream, workers SIGKILLed: a session made before resumes in the respawned workers, no lock timeouts",
+          reused == 10 and len(pids) == 2 and st.get("lock_timeouts") == 0,
+          f"{reused}/10 by {pids}, lock timeouts {st.get('lock_timeouts')}")
 
 
 def stream_contrast(mods, args, backend):
@@ -342,6 +362,7 @@ def main():
         stream_resumption(mods, args, backend)
         stream_contrast(mods, args, backend)
         stream_hrr_and_server_name(mods, args, backend)
+        stream_workers_killed(mods, args, backend)
         one_segment_for_http_and_stream(mods, args, backend)
         stream_binary_upgrade(mods, args, backend)
         stream_two_hosts_on_redis(mods, args, backend)
