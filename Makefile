@@ -166,8 +166,9 @@ install-apache-module: $(LIB_SO)
 	$(call apxs_build,$(BUILD)/apache-install,$(PREFIX)/lib)
 	install -m 0644 $(BUILD)/apache-install/.libs/mod_socache_shmsess.so $(DESTDIR)$$($(APXS) -q LIBEXECDIR)/
 
-# ngx_http_shmsess_module (nginx/), a dynamic module for the installed nginx (configured with
-# Debian's nginx-dev flags) or, with NGINX_SRC=DIR, for that nginx source tree. Linked to
+# ngx_http_shmsess_module, ngx_stream_shmsess_module and ngx_mail_shmsess_module (nginx/),
+# dynamic modules for the installed nginx (configured with Debian's nginx-dev flags, plus its
+# stream and mail) or, with NGINX_SRC=DIR, for that nginx source tree. Linked to
 # libshmsesscache.so.0, found in build/ or, once installed, $(PREFIX)/lib.
 NGINX_SRC ?=
 NGINX_MOD := $(BUILD)/nginx/ngx_http_shmsess_module.so
@@ -175,21 +176,24 @@ NGINX_MODULES_DIR ?= /usr/lib/nginx/modules
 
 nginx-module: $(NGINX_MOD)
 
-$(NGINX_MOD): nginx/ngx_http_shmsess_module.c nginx/config scripts/build-nginx-module.sh include/shmsesscache.h \
+NGINX_MOD_SRC := $(wildcard nginx/*.c nginx/*.h) nginx/config
+
+$(NGINX_MOD): $(NGINX_MOD_SRC) scripts/build-nginx-module.sh include/shmsesscache.h \
               $(LIB_SO) $(if $(NGINX_SRC),FORCE)
 	SHMSESS_RPATH=$(CURDIR)/$(BUILD):$(PREFIX)/lib scripts/build-nginx-module.sh $(CURDIR)/$(BUILD)/nginx $(NGINX_SRC)
 
-# Installs the module into nginx's module directory, linked to $(PREFIX)/lib only (run
+# Installs the modules into nginx's module directory, linked to $(PREFIX)/lib only (run
 # `make install` for the library itself).
 install-nginx-module: $(LIB_SO)
 	SHMSESS_RPATH=$(PREFIX)/lib scripts/build-nginx-module.sh $(CURDIR)/$(BUILD)/nginx-install $(NGINX_SRC)
 	install -d $(DESTDIR)$(NGINX_MODULES_DIR)
-	install -m 0644 $(BUILD)/nginx-install/ngx_http_shmsess_module.so $(DESTDIR)$(NGINX_MODULES_DIR)/
+	install -m 0644 $(BUILD)/nginx-install/ngx_*_shmsess_module.so $(DESTDIR)$(NGINX_MODULES_DIR)/
 
 test-nginx: test-deps all $(FAULT_SERVER) $(BUILD)/certs/server.pem
 	$(MAKE) --no-print-directory nginx-module
 	python3 tests/integration/test_nginx.py --module $(NGINX_MOD) --cli $(CLI) --certs $(BUILD)/certs \
 	  --fault-lib $(BUILD)/fault
+	python3 tests/integration/test_nginx_stream.py --module $(NGINX_MOD) --cli $(CLI) --certs $(BUILD)/certs
 
 FORCE:
 

@@ -43,6 +43,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 from harness import apache as apache_harness  # noqa: E402
 from harness import nginx as nginx_harness  # noqa: E402
+from harness import nginx_stream as nginx_stream_harness  # noqa: E402
 from harness.client import free_port  # noqa: E402
 from harness.prefork import Server  # noqa: E402
 from harness import process  # noqa: E402
@@ -228,33 +229,65 @@ def nginx_row(runs, **labels):
     return row
 
 
-def nginx(a):
-    """The same nginx and load with each session cache; medians of interleaved runs."""
-    module = os.path.join(a.build, "nginx", "ngx_http_shmsess_module.so")
-    if not (os.access(nginx_harness.NGINX, os.X_OK) and os.path.exists(module)):
-        print("nginx or the module is missing (make nginx-module): its figures are skipped", file=sys.stderr)
-        return []
+def interleaved_nginx(a, caches, start, port_of, what):
+    """The same load on nginx with each of `caches` ({name: configuration text}): `start(text)`
+    makes the Nginx, `port_of(ng)` the port to load. Runs interleaved (cache A, B, C, A, B,
+    C, ...), so a slower moment of the machine is shared; medians per cache and protocol."""
     res = []
     for proto in ("1.2", "1.3"):
-        runs = {c: [] for c in NGINX_CACHES}
+        runs = {c: [] for c in caches}
         for _ in range(a.runs):
-            for name, http in NGINX_CACHES.items():
-                with nginx_harness.Nginx(module, a.certs, http, workers=a.nginx_workers, status=False,
-                                         log_level="warn") as ng:
+            for name, text in caches.items():
+                with start(text) as ng:
                     pids = [ng.proc.pid] + ng.worker_pids()
                     before = cpu_seconds(pids)
-                    r = loadgen(a.build, ng.port, a.clients, a.e2e_seconds, proto)
+                    r = loadgen(a.build, port_of(ng), a.clients, a.e2e_seconds, proto)
                     r["server_cpu_s"] = cpu_seconds(pids) - before
                 ng.cleanup()
                 runs[name].append(r)
-        for name in NGINX_CACHES:
+        for name in caches:
             row = nginx_row(runs[name], cache=name, workers=a.nginx_workers, protocol=f"TLS {proto}")
             cpu = row["median_cpu_ms_per_1000_resumed"]
-            print(f"  nginx TLS {proto} {name:10} {row['median_handshakes_per_s']:8.0f} hs/s "
+            print(f"  {what} TLS {proto} {name:10} {row['median_handshakes_per_s']:8.0f} hs/s "
                   f"resumed {row['median_resumed_per_s']:7.0f}/s "
                   f"cpu/1000 resumed {'-' if cpu is None else f'{cpu:.0f} ms'}", file=sys.stderr, flush=True)
             res.append(row)
     return res
+
+
+def nginx(a):
+    """The same nginx and load with each session cache of the http block."""
+    module = os.path.join(a.build, "nginx", "ngx_http_shmsess_module.so")
+    if not (os.access(nginx_harness.NGINX, os.X_OK) and os.path.exists(module)):
+        print("nginx or the module is missing (make nginx-module): its figures are skipped", file=sys.stderr)
+        return []
+
+    def start(http):
+        return nginx_harness.Nginx(module, a.certs, http, workers=a.nginx_workers, status=False, log_level="warn")
+    return interleaved_nginx(a, NGINX_CACHES, start, lambda ng: ng.port, "nginx")
+
+
+STREAM_CACHES = {"shmsess": "    shmsess_session_cache anonymous 10m;",
+                 "shared:STREAM": "    ssl_session_cache shared:STREAM:10m;", "off": nginx_harness.NO_CACHE}
+
+
+def nginx_stream(a):
+    """The same load on nginx's stream block (the server that answers and closes) with each
+    session cache of the stream block; the http block has none."""
+    here = os.path.join(a.build, "nginx")
+    http_module, stream_module = (os.path.join(here, f"ngx_{m}_shmsess_module.so") for m in ("http", "stream"))
+    debian = [m for m in nginx_stream_harness.STREAM_MODULES if os.path.exists(m)]
+    if not (os.access(nginx_harness.NGINX, os.X_OK) and os.path.exists(stream_module) and debian):
+        print("nginx's stream module (libnginx-mod-stream) or ours (make nginx-module) is missing: "
+              "the stream figures are skipped", file=sys.stderr)
+        return []
+
+    def start(cache):
+        return nginx_harness.Nginx(http_module, a.certs, "", workers=a.nginx_workers, status=False,
+                                   log_level="warn", modules=(*debian, stream_module),
+                                   main=nginx_stream_harness.stream_block(cache, 1),
+                                   ports=nginx_stream_harness.STREAM_PORTS)
+    return interleaved_nginx(a, STREAM_CACHES, start, lambda ng: ng.ports["return"], "stream")
 
 
 def tiers(a):
@@ -349,6 +382,19 @@ def plots(r, outdir):
     return made
 
 
+def nginx_lines(rows, title):
+    """The summary lines of one nginx part (8, 10)."""
+    lines = [f"{title}, {rows[0]['workers']} workers: handshakes/s (resumed), resumed/s, full/s, "
+             "server CPU ms per 1,000 resumed (per 1,000 handshakes)"]
+    for x in rows:
+        cpu = x["median_cpu_ms_per_1000_resumed"]
+        lines.append(f"   {x['protocol']} {x['cache']:13} {x['median_handshakes_per_s']:7.0f} "
+                     f"({100 * x['median_resumed_fraction']:5.1f}%)  {x['median_resumed_per_s']:7.0f}  "
+                     f"{x['median_full_per_s']:7.0f}  {'-' if cpu is None else f'{cpu:6.0f}'} "
+                     f"({x['median_cpu_ms_per_1000_handshakes']:.0f})")
+    return lines
+
+
 def table(r):
     lines = [f"machine: {r['machine']['cores']} cores, {r['machine']['cpu']}, {r['machine']['openssl']}, "
              f"{r['machine']['nginx']}; medians of {r['runs']} runs", ""]
@@ -388,15 +434,9 @@ def table(r):
         for x in r["apache"]:
             lines.append(f"   {x['protocol']} SSLSessionCache {x['cache']:8} {x['median_handshakes_per_s']:7.0f} "
                          f"({100 * x['median_resumed_fraction']:5.1f}%)")
-    if r.get("nginx"):
-        lines.append(f"8. nginx, {r['nginx'][0]['workers']} workers: handshakes/s (resumed), resumed/s, full/s, "
-                     "server CPU ms per 1,000 resumed (per 1,000 handshakes)")
-        for x in r["nginx"]:
-            cpu = x["median_cpu_ms_per_1000_resumed"]
-            lines.append(f"   {x['protocol']} {x['cache']:10} {x['median_handshakes_per_s']:7.0f} "
-                         f"({100 * x['median_resumed_fraction']:5.1f}%)  {x['median_resumed_per_s']:7.0f}  "
-                         f"{x['median_full_per_s']:7.0f}  {'-' if cpu is None else f'{cpu:6.0f}'} "
-                         f"({x['median_cpu_ms_per_1000_handshakes']:.0f})")
+    for key, title in (("nginx", "8. nginx"), ("nginx_stream", "10. nginx stream block")):
+        if r.get(key):
+            lines += nginx_lines(r[key], title)
     if r.get("tiers", {}).get("lookup"):
         t = r["tiers"]["lookup"]
         lines.append("7. lookup cost per tier (ns, median): " + ", ".join(
@@ -427,10 +467,10 @@ def main():
     ap.add_argument("--out", default=HERE)
     ap.add_argument("--tiers", default=os.path.join(ROOT, "target", "release", "examples", "bench_tiers"))
     ap.add_argument("--threads-bench", default=os.path.join(ROOT, "target", "release", "examples", "bench_threads"))
-    ap.add_argument("--only", choices=["handshake", "ops", "e2e", "apache", "tiers", "threads", "nginx"],
+    ap.add_argument("--only", choices=["handshake", "ops", "e2e", "apache", "tiers", "threads", "nginx", "stream"],
                     help="run one part; the others keep their figures from results.json")
     a = ap.parse_args()
-    parts = [a.only] if a.only else ["handshake", "ops", "e2e", "apache", "tiers", "threads", "nginx"]
+    parts = [a.only] if a.only else ["handshake", "ops", "e2e", "apache", "tiers", "threads", "nginx", "stream"]
     r = {}
     if a.only and os.path.exists(os.path.join(a.out, "results.json")):
         with open(os.path.join(a.out, "results.json")) as f:
@@ -464,6 +504,9 @@ def main():
     if "nginx" in parts:
         print("nginx: shmsess_session_cache vs shared:SSL vs off ...", file=sys.stderr, flush=True)
         r["nginx"] = nginx(a)
+    if "stream" in parts:
+        print("nginx stream: shmsess_session_cache vs shared:STREAM vs off ...", file=sys.stderr, flush=True)
+        r["nginx_stream"] = nginx_stream(a)
     r["anchor_density"] = ANCHOR_DENSITY
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(r, f, indent=1)

@@ -95,27 +95,33 @@ if r.get("tiers", {}).get("lookup"):
         f = lambda k: f"{v[k]['median_handshakes_per_s']:.0f}/s ({100 * v[k]['median_resumed_fraction']:.1f}% resumed)"
         print(f"| {p} | {f('tier')} | {f('no tier')} | "
               f"**{v['tier']['median_handshakes_per_s'] / v['no tier']['median_handshakes_per_s']:.2f}** |")
-if r.get("nginx"):
-    print("\n### 8. nginx: shmsess_session_cache vs ssl_session_cache shared:SSL\n")
-    print(f"The same nginx binary ({r['machine']['nginx']}), {r['nginx'][0]['workers']} workers, "
+def nginx_table(rows, what, baseline):
+    """Handshakes, resumptions and server CPU per cache of one nginx block, and the ratios of
+    shmsess to `baseline` (nginx's own shared cache there)."""
+    print(f"The same nginx binary ({r['machine']['nginx']}), {rows[0]['workers']} workers, "
           f"`ssl_session_tickets off`, the same load ({r['clients']} loadgen processes); `off` is "
-          "`ssl_session_cache off` (full handshakes only). CPU: user+system of master and workers "
+          f"`ssl_session_cache off` (full handshakes only). {what + ' ' if what else ''}CPU: user+system of master and workers "
           "(/proc/PID/stat) over the run.\n")
     print("| protocol | cache | handshakes/s (resumed) | resumed/s | full/s | CPU ms per 1,000 resumed | per run |")
     print("|---|---|---:|---:|---:|---:|---|")
-    for x in r["nginx"]:
+    for x in rows:
         cpu = x["median_cpu_ms_per_1000_resumed"]
         print(f"| {x['protocol']} | {x['cache']} | {x['median_handshakes_per_s']:.0f} "
               f"({100 * x['median_resumed_fraction']:.1f}%) | {x['median_resumed_per_s']:.0f} | "
               f"{x['median_full_per_s']:.0f} | {'-' if cpu is None else f'{cpu:.0f}'} | "
               f"{', '.join(f'{c:.0f}' for c in x.get('cpu_ms_per_1000_resumed_runs', [])) or '-'} |")
-    print("\n| protocol | shmsess / shared:SSL, resumed/s | shmsess / shared:SSL, CPU per resumed |")
+    print(f"\n| protocol | shmsess / {baseline}, resumed/s | shmsess / {baseline}, CPU per resumed |")
     print("|---|---:|---:|")
     for p in ("TLS 1.2", "TLS 1.3"):
-        v = {x["cache"]: x for x in r["nginx"] if x["protocol"] == p}
-        a, b = v["shmsess"], v["shared:SSL"]
+        v = {x["cache"]: x for x in rows if x["protocol"] == p}
+        a, b = v["shmsess"], v[baseline]
         print(f"| {p} | **{a['median_resumed_per_s'] / b['median_resumed_per_s']:.2f}** | "
               f"**{a['median_cpu_ms_per_1000_resumed'] / b['median_cpu_ms_per_1000_resumed']:.2f}** |")
+
+
+if r.get("nginx"):
+    print("\n### 8. nginx: shmsess_session_cache vs ssl_session_cache shared:SSL\n")
+    nginx_table(r["nginx"], "", "shared:SSL")
 
 if r.get("threads"):
     t = r["threads"]
@@ -129,3 +135,8 @@ if r.get("threads"):
         print(f"| {row['threads']} | {row['lookups_per_s']:,.0f} | {row['ratio_vs_1']:.2f} | "
               f"{row['with_global_mutex_per_s']:,.0f} | {row['global_mutex_ratio_vs_1']:.2f} | "
               f"**{row['lookups_per_s'] / row['with_global_mutex_per_s']:.2f}** |")
+
+if r.get("nginx_stream"):
+    print("\n### 10. nginx stream: shmsess_session_cache vs ssl_session_cache shared:STREAM\n")
+    nginx_table(r["nginx_stream"], "The stream server answers and closes (no backend); "
+                f"{r.get('nginx_stream_command', r['commands'])}.", "shared:STREAM")

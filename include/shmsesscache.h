@@ -473,6 +473,20 @@ enum shmsess_result shmsess_set_log_callback(shmsess_log_fn callback,
                                              void *userdata,
                                              int max_level);
 
+// Write the statistics `stats` (filled by `shmsess_cache_stats`) in the Prometheus text
+// format, as `shmsesscache stat --prometheus` prints them: every metric named
+// `shmsesscache_...` (counters end in `_total`) with `# HELP` and `# TYPE` lines, each sample
+// with `labels` (NULL, or `name="value",...` escaped by the caller). Writes the text and a NUL
+// into `buf` (`cap` bytes, owned by the caller) if it fits, and its length without the NUL
+// into `*len` in any case: `SHMSESS_ERR_BUFFER_TOO_SMALL` means call again with
+// `cap = *len + 1` (`buf` may be NULL with `cap` 0 to ask for the length). Keeps nothing;
+// safe from any thread.
+enum shmsess_result shmsess_stats_prometheus(const struct shmsess_stats *stats,
+                                             const char *labels,
+                                             char *buf,
+                                             size_t cap,
+                                             size_t *len);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

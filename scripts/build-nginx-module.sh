@@ -1,5 +1,6 @@
 #!/bin/bash
-# Build ngx_http_shmsess_module.so the way nginx builds dynamic modules: configure an nginx
+# Build ngx_http_shmsess_module.so, ngx_stream_shmsess_module.so and ngx_mail_shmsess_module.so
+# the way nginx builds dynamic modules: configure an nginx
 # source tree with the flags the target binary was built with (so the module's signature
 # matches it) plus --add-dynamic-module, then `make modules`.
 #
@@ -29,6 +30,16 @@ else
     read -r -a NGX_CONF_FLAGS <<<"${NGINX_CONF_FLAGS:---with-compat --with-http_ssl_module}"
 fi
 
+# Debian's nginx has stream and mail as dynamic modules (libnginx-mod-stream, -mail), but
+# nginx-dev's conf_flags lack them (nginx -V has them): without them no stream or mail module
+# is configured.
+for flag in --with-stream=dynamic --with-stream_ssl_module --with-mail=dynamic --with-mail_ssl_module; do
+    case " ${NGX_CONF_FLAGS[*]} " in
+        *" ${flag%%=*}"[=\ ]*) ;;
+        *) NGX_CONF_FLAGS+=("$flag") ;;
+    esac
+done
+
 tree=$out/tree
 rm -rf "$tree"
 mkdir -p "$out"
@@ -39,5 +50,14 @@ export SHMSESS_LIBDIR=${SHMSESS_LIBDIR:-$here/build}
 ./configure "${NGX_CONF_FLAGS[@]}" --with-cc-opt="-Wall -Wextra -Werror -Wno-unused-parameter" \
     --add-dynamic-module="${SHMSESS_MODULE_DIR:-$here/nginx}" >"$out/configure.log" 2>&1 \
     || { tail -30 "$out/configure.log"; exit 1; }
-make -f objs/Makefile modules >"$out/make.log" 2>&1 || { tail -40 "$out/make.log"; exit 1; }
-cp objs/ngx_http_shmsess_module.so "$out/"
+# Only this project's modules: `make modules` would also build nginx's own dynamic stream and
+# mail modules, whose sources nginx-dev does not ship. Stream and mail only where the tree was
+# configured with them.
+targets=()
+for m in http stream mail; do
+    if grep -q "^objs/ngx_${m}_shmsess_module.so:" objs/Makefile; then
+        targets+=("objs/ngx_${m}_shmsess_module.so")
+    fi
+done
+make -f objs/Makefile "${targets[@]}" >"$out/make.log" 2>&1 || { tail -40 "$out/make.log"; exit 1; }
+cp "${targets[@]}" "$out/"

@@ -1,12 +1,13 @@
 #!/bin/sh
 # Install the Debian packages the integration tests run against: Apache httpd with mod_ssl and
 # apxs (the socache provider test), redis-server (the second tier), nginx with nginx-dev and the
-# libraries its configure checks for (the nginx module), and pyflakes3 (make lint's Python
-# check). Does nothing when they are there; installs them as root; otherwise names what is
-# missing and fails.
+# libraries its configure checks for (the nginx modules), Debian's dynamic stream and mail
+# modules of nginx (ours load after them), and pyflakes3 (make lint's Python check). Does
+# nothing when they are there; installs them as root; otherwise names what is missing and fails.
 set -eu
 need=""
-for p in apache2 apache2-dev redis-server redis-tools nginx nginx-dev libpcre2-dev zlib1g-dev pyflakes3; do
+for p in apache2 apache2-dev redis-server redis-tools nginx nginx-dev libpcre2-dev zlib1g-dev \
+         libnginx-mod-stream libnginx-mod-mail pyflakes3; do
     dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
 done
 [ -z "$need" ] && exit 0

@@ -29,6 +29,8 @@ pub mod cache;
 
 pub mod stats;
 
+pub mod prometheus;
+
 pub mod entries;
 
 pub mod result;
@@ -39,6 +41,7 @@ pub use cache::*;
 pub use entries::*;
 pub use log::*;
 pub use options::*;
+pub use prometheus::*;
 pub use result::*;
 pub use stats::*;
 

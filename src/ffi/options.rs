@@ -371,6 +371,8 @@ pub(super) fn plan(opts: *const shmsess_options) -> Result<Plan, Fail> {
             <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(s.to_bytes()),
         ))
     };
+    path.as_deref()
+        .map_or(Ok(()), crate::store::segment::check_path)?;
     let sid_ctx = match (o.session_id_context.is_null(), o.session_id_context_len) {
         (_, 0) => None,
         (true, _) => return Err(null("session_id_context (with a non-zero length)")),

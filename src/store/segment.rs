@@ -758,3 +758,108 @@ pub fn write_header(m: &Mapping, geo: &Geometry, hash_key: [u64; 2]) {
 pub fn path_display(p: &CStr) -> String {
     String::from_utf8_lossy(p.to_bytes()).into_owned()
 }
+
+/// Filesystems that cannot hold a segment file (their files are the kernel's, not data): a
+/// path on one is refused by name before anything is created.
+const PSEUDO_FILESYSTEMS: [(libc::c_long, &str); 8] = [
+    (0x9fa0, "proc"),
+    (0x6265_6572, "sysfs"),
+    (0x0027_e0eb, "cgroup"),
+    (0x6367_7270, "cgroup2"),
+    (0x1cd1, "devpts"),
+    (0x6462_6720, "debugfs"),
+    (0x7472_6163, "tracefs"),
+    (0x7363_6673, "securityfs"),
+];
+
+/// The checks a segment path must pass before anything is created or attached, made by
+/// `shmsess_options_check` (a server's configuration test) as by `shmsess_cache_create`: the
+/// path does not name a directory, its parent directory exists (the message says how to
+/// create it) and is not on a pseudo filesystem such as /proc. Opens nothing and follows no
+/// final symbolic link (the file itself is checked when it is attached).
+pub fn check_path(path: &Path) -> Result<()> {
+    let shown = path.display();
+    let bytes = path.as_os_str().as_bytes();
+    let existing = std::fs::symlink_metadata(path).ok();
+    if bytes.ends_with(b"/") || existing.as_ref().is_some_and(|m| m.is_dir()) {
+        return Err(Error::invalid(format!(
+            "segment path {shown} names a directory: give a file name in it, e.g. {}/ssl.sess",
+            shown.to_string().trim_end_matches('/')
+        )));
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(parent) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::invalid(format!(
+                "segment path {shown}: {} is not a directory",
+                parent.display()
+            )))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(Error::invalid(format!(
+                "the directory {} of segment {shown} does not exist: create it (mkdir -p {}, owned by the user that starts the server, mode 0700 or 0755; under /run, a tmpfs emptied at boot, also with a systemd-tmpfiles line such as \"d {} 0755 root root -\")",
+                parent.display(),
+                parent.display(),
+                parent.display()
+            )))
+        }
+        Err(e) => return Err(Error::io(format!("cannot use the directory {}", parent.display()), e)),
+    }
+    if let Some(fs) = pseudo_filesystem(parent) {
+        return Err(Error::invalid(format!(
+            "segment path {shown} is on {fs}, a pseudo filesystem that cannot hold a segment: give a file on tmpfs (/run, /dev/shm) or a local disk"
+        )));
+    }
+    Ok(())
+}
+
+/// The name of the pseudo filesystem `dir` is on, if it is on one.
+fn pseudo_filesystem(dir: &Path) -> Option<&'static str> {
+    let c = cpath(dir).ok()?;
+    // SAFETY: statfs fills a zeroed struct from a NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    PSEUDO_FILESYSTEMS
+        .iter()
+        .find(|(magic, _)| st.f_type as libc::c_long == *magic)
+        .map(|(_, name)| *name)
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::check_path;
+    use std::path::Path;
+
+    fn refused(p: &str) -> String {
+        check_path(Path::new(p)).expect_err(p).to_string()
+    }
+
+    #[test]
+    fn directories_pseudo_filesystems_and_missing_parents_are_refused() {
+        assert!(refused("/").contains("names a directory"));
+        assert!(refused("/tmp").contains("names a directory"));
+        assert!(refused("/tmp/").contains("names a directory"));
+        assert!(refused("/proc/ssl.sess").contains("on proc, a pseudo filesystem"));
+        assert!(refused("/sys/kernel/ssl.sess").contains("on sysfs"));
+        let missing = refused("/nonexistent-shmsess/dir/ssl.sess");
+        assert!(
+            missing.contains("the directory /nonexistent-shmsess/dir of segment")
+                && missing.contains("mkdir -p /nonexistent-shmsess/dir"),
+            "{missing}"
+        );
+        assert!(refused("/etc/passwd/ssl.sess").contains("/etc/passwd is not a directory"));
+    }
+
+    #[test]
+    fn a_new_file_in_an_existing_directory_is_accepted() {
+        let dir = std::env::temp_dir();
+        check_path(&dir.join("shmsess-path-check-never-made.sess")).unwrap();
+        check_path(Path::new("/dev/shm/shmsess-path-check-never-made.sess")).unwrap();
+    }
+}

@@ -13,17 +13,18 @@ anything failed.
 import argparse
 import json
 import os
+import re
 import signal
 import ssl
 import stat
 import subprocess
 import tempfile
 import threading
-import time
 
 from harness.checks import check, finish
 from harness.client import session_context as client_context
-from harness.nginx import NGINX_SHARED, Nginx, s_client_early, s_client_save, shmsess_cache
+from harness.nginx import (NGINX_SHARED, Nginx, get, made_on_and_stored, s_client_early, s_client_save,
+                           same_session, shmsess_cache)
 from harness.prefork import one_request, s_client_reconnect, summarize
 from harness.redis import Redis, make_ca, write_key
 
@@ -32,22 +33,6 @@ TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
 # reuseport: the kernel spreads connections over both workers by the client's port, so
 # sequential clients reach both (without it one worker may take every connection).
 SPREAD = " reuseport"
-
-
-def same_session(port, version, count, session=None):
-    """A full handshake (unless `session` is given), then `count` connections offering its
-    session (TLS 1.2; TLS 1.3 offers the newest ticket each time). Returns the list of
-    (resumed, worker pid) and the last session."""
-    ctx = client_context(version)
-    if session is None:
-        _, _, session = one_request(port, ctx)
-    results = []
-    for _ in range(count):
-        reused, pid, new_session = one_request(port, ctx, session)
-        results.append((reused, pid))
-        if version == TLS13:
-            session = new_session
-    return results, session
 
 
 def resume_across_workers(n, tally):
@@ -314,6 +299,7 @@ def named_segment(args):
                   "other client-certificate settings", not other and "installed on 2 TLS server(s)" in n.error_log(),
                   f"resumed there: {other}")
 
+            status_page = get(n.port, "/sessions")[1]
             old = n.worker_pids()
             new = n.reload()
             results, _ = same_session(n.port, TLS12, 5, session12)
@@ -327,6 +313,15 @@ def named_segment(args):
         out = subprocess.run([args.cli, "stat", "--json", seg], capture_output=True, text=True)
         entries = json.loads(out.stdout).get("entries", 0) if out.returncode == 0 else -1
         check("shmsesscache stat reads nginx's segment", entries >= 2, f"entries {entries} {out.stderr.strip()}")
+        out = subprocess.run([args.cli, "stat", "--prometheus", seg], capture_output=True, text=True)
+        cli, page = metric_lines(out.stdout), metric_lines(status_page)
+        check("shmsess_status and shmsesscache stat --prometheus: the same metrics, # HELP and # TYPE lines",
+              cli == page and len(page) > 40 and all(name in status_page for name in
+                                                     ("# HELP shmsesscache_taken_total ",
+                                                      "# TYPE shmsesscache_taken_total counter",
+                                                      "# TYPE shmsesscache_entries gauge")),
+              f"{len(page)} metrics on the page, {len(cli)} from the tool; only on the page: "
+              f"{sorted(set(page) - set(cli))[:3]}, only from the tool: {sorted(set(cli) - set(page))[:3]}")
 
         # This time as a daemon, as init systems run it: nginx only upgrades its binary then.
         with Nginx(args.module, args.certs, cache, root=root, port=port, daemon=True) as n2:
@@ -344,18 +339,6 @@ def named_segment(args):
                   f"TLS 1.2 {up12} (worker {pid12} of new master {n2.master}), TLS 1.3 {up13}")
     finally:
         subprocess.run(["rm", "-rf", root])
-
-
-def made_on_and_stored(redis, port, version=TLS12):
-    """A new session (TLS 1.2) or ticket (TLS 1.3) from the host on `port`, returned once
-    Redis holds its keys (the host stores them from a writer thread, off the handshake:
-    Redis's key count is the readiness signal; a TLS 1.3 full handshake makes two tickets)."""
-    want = int(redis.cli("DBSIZE")) + (2 if version == TLS13 else 1)
-    _, _, session = one_request(port, client_context(version))
-    deadline = time.monotonic() + 5
-    while int(redis.cli("DBSIZE")) < want and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return session
 
 
 def two_hosts_on_redis(args):
@@ -519,6 +502,12 @@ def bad_configuration(args):
         (remote + f"    shmsess_remote_key {key};\n    shmsess_remote_key_prefix \"\";",
          "empty \"shmsess_remote_key_prefix\""),
         ("", "need \"shmsess_session_cache\""),  # shmsess_status without a cache
+        # Segment paths that start would refuse (or that would name a temporary file).
+        ("    shmsess_session_cache / 8m;", "names a directory"),
+        (f"    shmsess_session_cache {tmp} 8m;", "names a directory"),
+        ("    shmsess_session_cache /proc/ssl.sess 8m;", "on proc, a pseudo filesystem"),
+        (f"    shmsess_session_cache {tmp}/missing/ssl.sess 8m;", f"the directory {tmp}/missing of segment"),
+        (f"    shmsess_session_cache {tmp}/missing/ssl.sess 8m;", f"mkdir -p {tmp}/missing"),
     )
     try:
         for http, why in cases:
@@ -549,6 +538,109 @@ def bad_configuration(args):
         subprocess.run(["rm", "-rf", tmp])
 
 
+def metric_lines(text):
+    """The metric names of a Prometheus text, each with its # HELP and # TYPE lines (a name
+    without both is left out)."""
+    helped = set(re.findall(r"^# HELP (\S+) \S", text, re.M))
+    typed = set(re.findall(r"^# TYPE (\S+) (?:counter|gauge)$", text, re.M))
+    sampled = set(re.findall(r"^(shmsesscache_\w+)\{", text, re.M))
+    return sorted(helped & typed & sampled)
+
+
+def mapped(pid, needle):
+    with open(f"/proc/{pid}/maps") as f:
+        return needle in f.read()
+
+
+def removed_cache_reload(args):
+    """A reload to a configuration without shmsess_session_cache unmaps the segment in the
+    master and the new workers do not map it (nginx frees its own zone likewise); a reload
+    that brings it back maps it again, and it resumes."""
+    root = tempfile.mkdtemp(prefix="shmsess-nginx-")
+    os.chmod(root, 0o755)
+    try:
+        for segment, needle in (("{root}/ssl.sess", os.path.join(root, "ssl.sess")),
+                                ("anonymous", "/memfd:shmsesscache")):
+            with Nginx(args.module, args.certs, shmsess_cache(segment), root=root) as n:
+                before = [p for p in [n.master, *n.worker_pids()] if mapped(p, needle)]
+                n.http, n.status = "", False
+                without = [p for p in [n.master, *n.reload()] if mapped(p, needle)]
+                n.http, n.status = shmsess_cache(segment), True
+                again = [p for p in [n.master, *n.reload()] if mapped(p, needle)]
+                results, _ = same_session(n.port, TLS12, 3)
+                reused = summarize(results)[0]
+            check(f"reload without shmsess_session_cache ({segment.format(root='ROOT')}): the master unmaps "
+                  "the segment and the new workers do not map it; a reload with it maps it again",
+                  len(before) == 3 and not without and len(again) == 3 and reused == 3,
+                  f"mapped by {len(before)} of master+workers, after the reload without it by {without}, "
+                  f"after the reload with it by {len(again)}, resumed {reused}/3")
+    finally:
+        subprocess.run(["rm", "-rf", root])
+
+
+# Two name-based virtual hosts on one socket; the default (first) one has the cache off.
+VHOSTS_BEHIND_OFF = """
+    server {{
+        listen 127.0.0.1:{port2} ssl;
+        server_name off.test;
+        ssl_session_cache off;
+        location / {{ return 200 "worker=$pid reused=$shmsess_reused early=0\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port2} ssl;
+        server_name vhost-a.test;
+    }}
+    server {{
+        listen 127.0.0.1:{port2} ssl;
+        server_name vhost-b.test;
+    }}
+"""
+
+
+def default_server_off_warns(args):
+    """A default server with `ssl_session_cache off` turns resumption off for the virtual
+    hosts on its socket: said at warn level, naming the socket and the hosts."""
+    with Nginx(args.module, args.certs, shmsess_cache(), servers=VHOSTS_BEHIND_OFF, log_level="warn") as n:
+        off, _ = same_session(n.port2, TLS12, 3)
+        log = n.error_log()
+    n.cleanup()
+    line = next((ln for ln in log.splitlines() if "[warn]" in ln and f"127.0.0.1:{n.port2}" in ln), "")
+    check("a default server with ssl_session_cache off: a [warn] names its socket and the virtual hosts "
+          "that resume nothing there", "vhost-a.test" in line and "vhost-b.test" in line
+          and "off.test" in line and summarize(off)[0] == 0, line[:300] or "no such [warn] line")
+
+
+def errors_at_the_directive(args):
+    """Errors about http-level directives given in an included file (conf.d/) name that file
+    and the directive's line, not the end of the http block in nginx.conf."""
+    key = None
+    tmp = tempfile.mkdtemp(prefix="shmsess-nginx-confd-")
+    try:
+        key = os.path.join(tmp, "key")
+        write_key(key, os.urandom(32).hex())
+        cases = (
+            ("shmsess_session_cache anonymous 8m;\nshmsess_remote_timeout 5ms;\n", 2, "has no effect without"),
+            (f"shmsess_session_cache anonymous 8m;\n\nshmsess_remote redis://127.0.0.1:notaport/0;\n"
+             f"shmsess_remote_key {key};\n", 3, "remote URL is not usable"),
+            ("# the cache\nshmsess_session_cache anonymous 8m;\nshmsess_remote redis://127.0.0.1:6379/0;\n",
+             3, "needs \"shmsess_remote_key\""),
+        )
+        for text, line, why in cases:
+            n = Nginx(args.module, args.certs, "    include {root}/conf.d/*.conf;")
+            os.makedirs(os.path.join(n.root, "conf.d"))
+            conf = os.path.join(n.root, "conf.d", "shmsess.conf")
+            with open(conf, "w") as f:
+                f.write(text)
+            n.write_config()
+            r = n.command("-t")
+            n.cleanup()
+            err = next((ln for ln in r.stderr.splitlines() if why in ln), r.stderr.strip())
+            check(f"nginx -t: {why!r} points at conf.d/shmsess.conf:{line}",
+                  r.returncode != 0 and err.endswith(f"in {conf}:{line}"), err[-200:])
+    finally:
+        subprocess.run(["rm", "-rf", tmp])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--module", required=True)
@@ -565,6 +657,9 @@ def main():
     redis_over_tls(args)
     segment_refused(args)
     bad_configuration(args)
+    removed_cache_reload(args)
+    default_server_off_warns(args)
+    errors_at_the_directive(args)
     finish()
 
 

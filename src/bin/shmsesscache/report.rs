@@ -259,51 +259,15 @@ pub fn json(snap: &Snapshot) -> String {
     format!("{{{}}}\n", parts.join(","))
 }
 
-/// Fields that go up and down (gauges); every other field is a counter.
-const GAUGES: &[&str] = &[
-    "entries",
-    "used_slots",
-    "capacity_slots",
-    "slot_bytes",
-    "shards",
-    "slots_per_shard",
-    "min_shard_used_slots",
-    "max_shard_used_slots",
-    "size_bytes",
-    "created_unix",
-    "now_unix",
-    "oldest_created_unix",
-    "newest_created_unix",
-    "earliest_expiry_unix",
-    "latest_expiry_unix",
-    "avg_time_left_s",
-];
-
 fn prom_label(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
 
+/// The library's Prometheus text (the nginx modules' status pages print the same), labelled
+/// with the segment.
 pub fn prometheus(snap: &Snapshot) -> String {
-    let label = format!("{{segment=\"{}\"}}", prom_label(&snap.path));
-    let mut o = String::new();
-    for (n, v) in snap.fields() {
-        let (name, kind) = if GAUGES.contains(&n) {
-            (format!("shmsesscache_{n}"), "gauge")
-        } else {
-            (format!("shmsesscache_{n}_total"), "counter")
-        };
-        let _ = writeln!(o, "# TYPE {name} {kind}");
-        let _ = writeln!(o, "{name}{label} {v}");
-    }
-    let _ = writeln!(o, "# TYPE shmsesscache_hit_ratio gauge");
-    let _ = writeln!(o, "shmsesscache_hit_ratio{label} {:.6}", snap.hit_ratio());
-    let _ = writeln!(o, "# TYPE shmsesscache_avg_shard_used_slots gauge");
-    let _ = writeln!(
-        o,
-        "shmsesscache_avg_shard_used_slots{label} {:.3}",
-        snap.avg_shard_used()
-    );
-    o
+    let label = format!("segment=\"{}\"", prom_label(&snap.path));
+    ffi::prometheus_text(&snap.s, &label)
 }

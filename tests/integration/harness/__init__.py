@@ -5,6 +5,8 @@
 - `client`: TLS client contexts, one HTTP request, `openssl s_client`;
 - `prefork`: build/prefork_server (c-examples/prefork_server.c);
 - `apache`, `nginx`: Debian's httpd and nginx with this project's modules;
+- `nginx_stream`: nginx's stream and mail blocks, and the echo, IMAP and auth_http peers and
+  the clients their tests use;
 - `redis`: throw-away redis-server instances and clusters, and the second tier's key files.
 
 The tests run as `python3 tests/integration/test_X.py`, so this directory's parent is on

@@ -13,6 +13,7 @@ import re
 import signal
 import ssl
 import subprocess
+import time
 
 from . import process
 from .client import free_port, http_get, resumption_words, s_client, session_context
@@ -22,7 +23,7 @@ READY_TIMEOUT = 20.0
 NGINX = "/usr/sbin/nginx"
 
 CONFIG = """\
-load_module "{module}";
+{modules}load_module "{module}";
 daemon {daemon};
 master_process on;
 worker_processes {workers};
@@ -54,7 +55,12 @@ http {{
     }}
 {servers}
 }}
+{main}
 """
+
+# Debian's dynamic stream and mail modules (libnginx-mod-stream, libnginx-mod-mail), which
+# this project's stream and mail modules need loaded before them.
+DEBIAN_MODULES = "/usr/lib/nginx/modules"
 
 # The cache of each benchmark/test variant: the http-level directives.
 def shmsess_cache(segment="anonymous", size="8m"):
@@ -75,7 +81,8 @@ class Nginx(process.ServerRoot):
     may be passed to reuse a directory (and a named segment in it) across runs."""
 
     def __init__(self, module, certs, http, workers=2, server="", servers="", root=None, port=None,
-                 env=None, pass_env=(), status=True, log_level="info", listen_opts="", daemon=False):
+                 env=None, pass_env=(), status=True, log_level="info", listen_opts="", daemon=False,
+                 modules=(), main="", ports=()):
         self.module = os.path.abspath(module)
         self.certs = os.path.abspath(certs)
         self.http = http
@@ -95,6 +102,12 @@ class Nginx(process.ServerRoot):
         self.proc = None
         self.master = None  # the master's pid: the child we started, until a binary upgrade
         self.seen_workers = set()
+        # More modules loaded before `module`, a main-level text after the http block (a
+        # stream or mail block), and more named ports for it ("{port_NAME}" in `main`; a
+        # dict gives their numbers, e.g. to restart on the same ports).
+        self.modules = modules
+        self.main = main
+        self.ports = dict(ports) if isinstance(ports, dict) else {name: None for name in ports}
 
     def conf_path(self):
         return os.path.join(self.root, "nginx.conf")
@@ -104,13 +117,16 @@ class Nginx(process.ServerRoot):
         self.port = self.port or free_port()
         self.port2 = self.port2 or free_port()
         self.port3 = self.port3 or free_port()
-        fill = {"root": self.root, "port2": self.port2, "port3": self.port3, "certs": self.certs}
+        self.ports = {name: port or free_port() for name, port in self.ports.items()}
+        fill = {"root": self.root, "port2": self.port2, "port3": self.port3, "certs": self.certs,
+                **{f"port_{name}": port for name, port in self.ports.items()}}
         conf = CONFIG.format(
+            modules="".join(f'load_module "{m}";\n' for m in self.modules), main=self.main.format(**fill),
             module=self.module, daemon="on" if self.daemon else "off", workers=self.workers, root=self.root, log_level=self.log_level,
             env="\n".join(f"env {name};" for name in self.pass_env), certs=self.certs,
             http=self.http.format(**fill), port=self.port, listen_opts=self.listen_opts,
             server=self.server.format(**fill), servers=self.servers.format(**fill),
-            status="        location = /sessions { shmsess_status; }" if self.status else "")
+            status=self.status_location())
         with open(self.conf_path(), "w") as f:
             f.write(conf)
 
@@ -218,8 +234,16 @@ class Nginx(process.ServerRoot):
             raise RuntimeError(f"nginx -s reload failed: {r.stderr}")
         return self.wait_workers(old)
 
+    def status_location(self):
+        """`status`: True for the http block's cache, a block's name ("stream") for that
+        block's, False for none."""
+        if not self.status:
+            return ""
+        block = "" if self.status is True else f" {self.status}"
+        return f"        location = /sessions {{ shmsess_status{block}; }}"
+
     def stats(self):
-        """The shmsess_status page as {field: value} (Prometheus names without "shmsess_")."""
+        """The shmsess_status page as {field: value} (see parse_prometheus)."""
         status, body = get(self.port, "/sessions")
         if status != 200:
             raise RuntimeError(f"/sessions gave {status}: {body}")
@@ -251,6 +275,35 @@ class Nginx(process.ServerRoot):
                 pass  # already gone
 
 
+def same_session(port, version, count, session=None, request=one_request):
+    """A full handshake (unless `session` is given), then `count` connections offering its
+    session (TLS 1.2; TLS 1.3 offers the newest ticket each time), each one `request(port,
+    ctx, session)` -> (resumed, answer, new session). Returns the list of (resumed, answer)
+    and the last session."""
+    ctx = session_context(version)
+    if session is None:
+        _, _, session = request(port, ctx)
+    results = []
+    for _ in range(count):
+        reused, answer, new_session = request(port, ctx, session)
+        results.append((reused, answer))
+        if version == ssl.TLSVersion.TLSv1_3:
+            session = new_session
+    return results, session
+
+
+def made_on_and_stored(redis, port, version=ssl.TLSVersion.TLSv1_2, request=one_request):
+    """A new session (TLS 1.2) or ticket (TLS 1.3) from the host on `port` (one `request`),
+    returned once Redis holds its keys (the host stores them from a writer thread, off the
+    handshake: Redis's key count is the readiness signal; a TLS 1.3 full handshake makes two
+    tickets)."""
+    want = int(redis.cli("DBSIZE")) + (2 if version == ssl.TLSVersion.TLSv1_3 else 1)
+    _, _, session = request(port, session_context(version))
+    deadline = time.monotonic() + 5
+    while int(redis.cli("DBSIZE")) < want and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return session
+
 
 def get(port, path):
     """A plain GET over a fresh TLS 1.2 connection: (status, body)."""
@@ -259,10 +312,13 @@ def get(port, path):
 
 
 def parse_prometheus(body):
+    """{field: value} of the library's Prometheus text (names without "shmsesscache_" and
+    "_total", labels dropped; integers as int)."""
     out = {}
-    for m in re.finditer(r"^shmsess_(\w+) (\d+)$", body, re.M):
-        name = m.group(1)
-        out[name[:-len("_total")] if name.endswith("_total") else name] = int(m.group(2))
+    for m in re.finditer(r"^shmsesscache_(\w+)(?:\{[^}]*\})? (\S+)$", body, re.M):
+        name, value = m.group(1), m.group(2)
+        out[name[:-len("_total")] if name.endswith("_total") else name] = \
+            int(value) if value.isdigit() else float(value)
     return out
 
 
