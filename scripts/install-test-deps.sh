@@ -1,11 +1,15 @@
 #!/bin/sh
 # Install the Debian packages the integration tests run against: Apache httpd with mod_ssl and
 # apxs (the socache provider test), redis-server (the second tier), nginx with nginx-dev and the
-# libraries its configure checks for (the nginx module). Does nothing when they are
+# libraries its configure checks for (the nginx module), the man page checkers and the
+# packaging tools. Does nothing when they are
 # there; installs them as root; otherwise names what is missing and fails.
 set -eu
 need=""
-for p in apache2 apache2-dev redis-server redis-tools nginx nginx-dev libpcre2-dev zlib1g-dev; do
+# mandoc and groff check the man pages; debhelper, dpkg-dev, fakeroot and lintian build and check
+# the Debian packages (make deb, make test-deb).
+for p in apache2 apache2-dev redis-server redis-tools nginx nginx-dev libpcre2-dev zlib1g-dev \
+         mandoc groff-base debhelper dpkg-dev fakeroot lintian; do
     dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
 done
 [ -z "$need" ] && exit 0
