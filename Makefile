@@ -39,9 +39,23 @@ API_FUNCTIONS := $(shell sed -n '$(API_SED)' include/shmsesscache.h)
 MODULE_RPATH ?= $(CURDIR)/$(BUILD):$(LIBDIR)
 comma := ,
 
+# $(BUILD)/NAME.settings holds VALUE and changes only when VALUE does: a target built from make
+# variables depends on it, so it is rebuilt when they change (mtimes alone cannot tell).
+define settings_file
+$(BUILD)/$(1).settings: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(2)' | cmp -s - $$@ || echo '$(2)' > $$@
+endef
+# A `make install PREFIX=/opt/x` after a `make install` must not install the first PREFIX's .pc.
+$(eval $(call settings_file,pc-paths,$(PREFIX) $(LIBDIR) $(INCLUDEDIR)))
+$(eval $(call settings_file,module-rpath,$(MODULE_RPATH)))
+# A module only loads into the nginx it was built for, and an upgraded nginx-dev unpacks files
+# with the package's dates, which may be older than the module.
+$(eval $(call settings_file,nginx-dev,$(shell dpkg-query -W -f='$${Version}' nginx-dev 2>/dev/null)))
+
 .PHONY: all lib header check-header lint lint-fmt lint-clippy fmt test test-rust test-c test-integration test-remote test-apache test-fuzz fuzz demo bench install \
         apache-module install-apache-module test-deps clean nginx-module install-nginx-module test-nginx \
-        test-man test-install
+        test-man test-install deb test-deb
 
 all: $(LIB_SO) $(LIB_A) $(PC) $(SERVER) $(CLI)
 
@@ -61,16 +75,9 @@ $(LIB_A): $(LIB_SO)
 $(CLI): $(LIB_SO)
 	cp $(TARGETDIR)/shmsesscache $(CLI)
 
-# The paths the .pc is made of, in a file that changes only when they do: a `make install
-# PREFIX=/opt/x` after a `make install` must not install the .pc of the first PREFIX.
-PC_PATHS := $(BUILD)/pc-paths
-$(PC_PATHS): FORCE
-	@mkdir -p $(BUILD)
-	@echo '$(PREFIX) $(LIBDIR) $(INCLUDEDIR)' | cmp -s - $@ || echo '$(PREFIX) $(LIBDIR) $(INCLUDEDIR)' > $@
-
 # libdir and includedir relative to ${prefix} when they are under it (as pkg-config files do).
 pc_path = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
-$(PC): shmsesscache.pc.in Cargo.toml $(PC_PATHS)
+$(PC): shmsesscache.pc.in Cargo.toml $(BUILD)/pc-paths.settings
 	@mkdir -p $(BUILD)
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(call pc_path,$(LIBDIR))|' \
 	  -e 's|@INCLUDEDIR@|$(call pc_path,$(INCLUDEDIR))|' -e 's|@VERSION@|$(VERSION)|' $< > $@
@@ -96,7 +103,8 @@ check-header:
 	@$(CARGO) run -q --example gen_header > $(BUILD)/shmsesscache.h.check
 	@diff -u include/shmsesscache.h $(BUILD)/shmsesscache.h.check && echo "header in sync" || { echo "include/shmsesscache.h is out of date: run 'make header'"; exit 1; }
 
-test: lint all test-rust test-c test-man test-install test-integration test-remote test-apache test-nginx test-fuzz
+test: lint all test-rust test-c test-man test-install test-integration test-remote test-apache test-nginx test-deb \
+      test-fuzz
 	@echo "all tests passed"
 
 # The lint gate, first in `make test`: rustfmt's check (the crate and fuzz/, its own
@@ -174,7 +182,7 @@ endef
 
 apache-module: $(APACHE_MOD)
 
-$(APACHE_MOD): apache/mod_socache_shmsess.c include/shmsesscache.h $(LIB_SO)
+$(APACHE_MOD): apache/mod_socache_shmsess.c include/shmsesscache.h $(LIB_SO) $(BUILD)/module-rpath.settings
 	$(call apxs_build,$(BUILD)/apache,$(MODULE_RPATH))
 	cp $(BUILD)/apache/.libs/mod_socache_shmsess.so $@
 
@@ -194,7 +202,7 @@ NGINX_MODULES_DIR ?= /usr/lib/nginx/modules
 nginx-module: $(NGINX_MOD)
 
 $(NGINX_MOD): nginx/ngx_http_shmsess_module.c nginx/config scripts/build-nginx-module.sh include/shmsesscache.h \
-              $(LIB_SO) $(if $(NGINX_SRC),FORCE)
+              $(LIB_SO) $(BUILD)/module-rpath.settings $(if $(NGINX_SRC),FORCE,$(BUILD)/nginx-dev.settings)
 	SHMSESS_LIBDIR=$(CURDIR)/$(BUILD) SHMSESS_RPATH=$(MODULE_RPATH) \
 	  scripts/build-nginx-module.sh $(CURDIR)/$(BUILD)/nginx $(NGINX_SRC)
 
@@ -301,6 +309,24 @@ install: all
 	install -m 0644 man/shmsesscache.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 0644 man/libshmsesscache.3 $(DESTDIR)$(MANDIR)/man3/
 	for f in $(API_FUNCTIONS); do ln -sf libshmsesscache.3 $(DESTDIR)$(MANDIR)/man3/$$f.3; done
+
+# Debian packages into build/deb/ (docs/packages.md): dpkg-buildpackage runs debian/rules, which
+# runs this Makefile with PREFIX=/usr, the multiarch LIBDIR, BUILD=build/debian and no module
+# rpath. Needs debhelper, dpkg-dev, apache2-dev and nginx-dev (make test-deps) and Rust on
+# PATH. MAKEFLAGS is dropped so that variables given to this make do not reach the packaging.
+DEB_DIR := $(BUILD)/deb
+deb:
+	@mkdir -p $(DEB_DIR)
+	rm -f $(DEB_DIR)/*.deb $(DEB_DIR)/*.buildinfo $(DEB_DIR)/*.changes
+	pva=$$(dpkg-parsechangelog -S Source)_$$(dpkg-parsechangelog -S Version)_$$(dpkg --print-architecture); \
+	env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL dpkg-buildpackage -us -uc -b \
+	  --buildinfo-file=$(DEB_DIR)/$$pva.buildinfo --buildinfo-option=-u$(DEB_DIR) \
+	  --changes-file=$(DEB_DIR)/$$pva.changes --changes-option=-u$(DEB_DIR)
+
+# Builds the packages, installs them, runs Debian's nginx and Apache with them, purges them.
+# As root only, and it changes the system while it runs: see tests/integration/test_deb.py.
+test-deb: test-deps $(BUILD)/certs/server.pem
+	python3 tests/integration/test_deb.py --certs $(BUILD)/certs
 
 # The man pages against the header and the tool's own help, and through mandoc's and groff's
 # checkers.
