@@ -1,7 +1,13 @@
 # shmsesscache — build, test and demo. `make demo` and `make test` work on a fresh machine
 # with Rust, gcc, python3, OpenSSL 3 headers (libssl-dev) and valgrind.
 
+# Where `make install` puts things. LIBDIR may be outside PREFIX (Debian's multiarch
+# /usr/lib/x86_64-linux-gnu); the pkg-config file is rebuilt whenever these change.
 PREFIX    ?= /usr/local
+LIBDIR    ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+BINDIR    ?= $(PREFIX)/bin
+MANDIR    ?= $(PREFIX)/share/man
 CARGO     ?= cargo
 CC        ?= gcc
 BUILD     := build
@@ -25,9 +31,31 @@ TESTLIB   := tests/c/testlib.c tests/c/testlib.h $(TLSPAIR)
 FAULT_SERVER := $(BUILD)/fault/prefork_server
 RUST_SRC  := $(wildcard src/*.rs src/*/*.rs src/bin/*/*.rs) Cargo.toml build.rs
 CLI       := $(BUILD)/shmsesscache
+# Every function the header declares: each gets a man3 name (a link to libshmsesscache.3).
+API_SED   := s/^[a-z].*[ *]\(shmsess_[a-z0-9_]*\)(.*/\1/p
+API_FUNCTIONS := $(shell sed -n '$(API_SED)' include/shmsesscache.h)
+# Where the modules built in $(BUILD) look for libshmsesscache.so.0 at run time: the build tree,
+# then LIBDIR. Empty: no rpath (the Debian packages, whose library is in the linker's path).
+MODULE_RPATH ?= $(CURDIR)/$(BUILD):$(LIBDIR)
+comma := ,
+
+# $(BUILD)/NAME.settings holds VALUE and changes only when VALUE does: a target built from make
+# variables depends on it, so it is rebuilt when they change (mtimes alone cannot tell).
+define settings_file
+$(BUILD)/$(1).settings: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(2)' | cmp -s - $$@ || echo '$(2)' > $$@
+endef
+# A `make install PREFIX=/opt/x` after a `make install` must not install the first PREFIX's .pc.
+$(eval $(call settings_file,pc-paths,$(PREFIX) $(LIBDIR) $(INCLUDEDIR)))
+$(eval $(call settings_file,module-rpath,$(MODULE_RPATH)))
+# A module only loads into the nginx it was built for, and an upgraded nginx-dev unpacks files
+# with the package's dates, which may be older than the module.
+$(eval $(call settings_file,nginx-dev,$(shell dpkg-query -W -f='$${Version}' nginx-dev 2>/dev/null)))
 
 .PHONY: all lib header check-header lint lint-fmt lint-clippy lint-python fmt test test-rust test-c test-integration test-remote test-apache test-fuzz fuzz demo bench install \
-        apache-module install-apache-module test-deps clean nginx-module install-nginx-module test-nginx
+        apache-module install-apache-module test-deps clean nginx-module install-nginx-module test-nginx \
+        test-man test-install deb test-deb
 
 all: $(LIB_SO) $(LIB_A) $(PC) $(SERVER) $(CLI)
 
@@ -47,9 +75,12 @@ $(LIB_A): $(LIB_SO)
 $(CLI): $(LIB_SO)
 	cp $(TARGETDIR)/shmsesscache $(CLI)
 
-$(PC): shmsesscache.pc.in Cargo.toml
+# libdir and includedir relative to ${prefix} when they are under it (as pkg-config files do).
+pc_path = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
+$(PC): shmsesscache.pc.in Cargo.toml $(BUILD)/pc-paths.settings
 	@mkdir -p $(BUILD)
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(call pc_path,$(LIBDIR))|' \
+	  -e 's|@INCLUDEDIR@|$(call pc_path,$(INCLUDEDIR))|' -e 's|@VERSION@|$(VERSION)|' $< > $@
 
 $(SERVER): c-examples/prefork_server.c include/shmsesscache.h $(LIB_SO)
 	$(CC) $(CFLAGS) $(WARN) -Iinclude $< -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
@@ -72,7 +103,8 @@ check-header:
 	@$(CARGO) run -q --example gen_header > $(BUILD)/shmsesscache.h.check
 	@diff -u include/shmsesscache.h $(BUILD)/shmsesscache.h.check && echo "header in sync" || { echo "include/shmsesscache.h is out of date: run 'make header'"; exit 1; }
 
-test: lint all test-rust test-c test-integration test-remote test-apache test-nginx test-fuzz
+test: lint all test-rust test-c test-man test-install test-integration test-remote test-apache test-nginx test-deb \
+      test-fuzz
 	@echo "all tests passed"
 
 # The lint gate, first in `make test`: rustfmt's check (the crate and fuzz/, its own
@@ -143,7 +175,8 @@ test-deps:
 	sh scripts/install-test-deps.sh
 
 # mod_socache_shmsess, the Apache httpd socache provider (apache/), built with apxs against
-# apache2-dev. Linked to libshmsesscache.so.0, found in build/ or, once installed, $(PREFIX)/lib.
+# apache2-dev. Linked to libshmsesscache.so.0, found in build/ or, once installed, $(LIBDIR)
+# (MODULE_RPATH).
 APXS       ?= apxs
 APACHE_MOD := $(BUILD)/mod_socache_shmsess.so
 define apxs_build
@@ -151,25 +184,25 @@ define apxs_build
 	@mkdir -p $(1)
 	cp apache/mod_socache_shmsess.c $(1)/
 	cd $(1) && $(APXS) -c -Wc,-Wall -Wc,-Wextra -Wc,-Werror -I$(CURDIR)/include -L$(CURDIR)/$(BUILD) -lshmsesscache \
-	  -Wl,-Wl,-rpath,$(2) mod_socache_shmsess.c >apxs.log 2>&1 || { cat apxs.log; exit 1; }
+	  $(if $(2),-Wl$(comma)-Wl$(comma)-rpath$(comma)$(2)) mod_socache_shmsess.c >apxs.log 2>&1 || { cat apxs.log; exit 1; }
 endef
 
 apache-module: $(APACHE_MOD)
 
-$(APACHE_MOD): apache/mod_socache_shmsess.c include/shmsesscache.h $(LIB_SO)
-	$(call apxs_build,$(BUILD)/apache,$(CURDIR)/$(BUILD):$(PREFIX)/lib)
+$(APACHE_MOD): apache/mod_socache_shmsess.c include/shmsesscache.h $(LIB_SO) $(BUILD)/module-rpath.settings
+	$(call apxs_build,$(BUILD)/apache,$(MODULE_RPATH))
 	cp $(BUILD)/apache/.libs/mod_socache_shmsess.so $@
 
-# Installs the module into Apache's module directory, linked to $(PREFIX)/lib only (run
+# Installs the module into Apache's module directory, linked to $(LIBDIR) only (run
 # `make install` for the library itself).
 install-apache-module: $(LIB_SO)
-	$(call apxs_build,$(BUILD)/apache-install,$(PREFIX)/lib)
+	$(call apxs_build,$(BUILD)/apache-install,$(LIBDIR))
 	install -m 0644 $(BUILD)/apache-install/.libs/mod_socache_shmsess.so $(DESTDIR)$$($(APXS) -q LIBEXECDIR)/
 
 # ngx_http_shmsess_module, ngx_stream_shmsess_module and ngx_mail_shmsess_module (nginx/),
 # dynamic modules for the installed nginx (configured with Debian's nginx-dev flags, plus its
 # stream and mail) or, with NGINX_SRC=DIR, for that nginx source tree. Linked to
-# libshmsesscache.so.0, found in build/ or, once installed, $(PREFIX)/lib.
+# libshmsesscache.so.0, found in build/ or, once installed, $(LIBDIR) (MODULE_RPATH).
 NGINX_SRC ?=
 NGINX_MOD := $(BUILD)/nginx/ngx_http_shmsess_module.so
 NGINX_MODULES_DIR ?= /usr/lib/nginx/modules
@@ -179,13 +212,15 @@ nginx-module: $(NGINX_MOD)
 NGINX_MOD_SRC := $(wildcard nginx/*.c nginx/*.h) nginx/config
 
 $(NGINX_MOD): $(NGINX_MOD_SRC) scripts/build-nginx-module.sh include/shmsesscache.h \
-              $(LIB_SO) $(if $(NGINX_SRC),FORCE)
-	SHMSESS_RPATH=$(CURDIR)/$(BUILD):$(PREFIX)/lib scripts/build-nginx-module.sh $(CURDIR)/$(BUILD)/nginx $(NGINX_SRC)
+              $(LIB_SO) $(BUILD)/module-rpath.settings $(if $(NGINX_SRC),FORCE,$(BUILD)/nginx-dev.settings)
+	SHMSESS_LIBDIR=$(CURDIR)/$(BUILD) SHMSESS_RPATH=$(MODULE_RPATH) \
+	  scripts/build-nginx-module.sh $(CURDIR)/$(BUILD)/nginx $(NGINX_SRC)
 
-# Installs the modules into nginx's module directory, linked to $(PREFIX)/lib only (run
+# Installs the modules into nginx's module directory, linked to $(LIBDIR) only (run
 # `make install` for the library itself).
 install-nginx-module: $(LIB_SO)
-	SHMSESS_RPATH=$(PREFIX)/lib scripts/build-nginx-module.sh $(CURDIR)/$(BUILD)/nginx-install $(NGINX_SRC)
+	SHMSESS_LIBDIR=$(CURDIR)/$(BUILD) SHMSESS_RPATH=$(LIBDIR) \
+	  scripts/build-nginx-module.sh $(CURDIR)/$(BUILD)/nginx-install $(NGINX_SRC)
 	install -d $(DESTDIR)$(NGINX_MODULES_DIR)
 	install -m 0644 $(BUILD)/nginx-install/ngx_*_shmsess_module.so $(DESTDIR)$(NGINX_MODULES_DIR)/
 
@@ -270,14 +305,48 @@ bench: all $(BUILD)/certs/server.pem $(BUILD)/bench/handshake $(BUILD)/bench/loa
 	$(MAKE) --no-print-directory nginx-module
 	python3 bench/run.py $(BENCH_ARGS)
 
+# The library, header, pkg-config file, tool and man pages. Outside the linker's default paths
+# (PREFIX=/usr/local is inside on Debian; /opt is not) programs need an rpath or an ld.so.conf.d
+# entry: see the README. Run `ldconfig` after installing into a system directory.
 install: all
-	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 $(LIB_SO).$(SOVERSION) $(DESTDIR)$(PREFIX)/lib/
-	ln -sf libshmsesscache.so.$(SOVERSION) $(DESTDIR)$(PREFIX)/lib/libshmsesscache.so
-	install -m 0644 $(LIB_A) $(DESTDIR)$(PREFIX)/lib/
-	install -m 0644 include/shmsesscache.h $(DESTDIR)$(PREFIX)/include/
-	install -m 0644 $(PC) $(DESTDIR)$(PREFIX)/lib/pkgconfig/
-	install -m 0755 $(CLI) $(DESTDIR)$(PREFIX)/bin/
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) \
+	  $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3
+	install -m 0644 $(LIB_SO).$(SOVERSION) $(DESTDIR)$(LIBDIR)/
+	ln -sf libshmsesscache.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libshmsesscache.so
+	install -m 0644 $(LIB_A) $(DESTDIR)$(LIBDIR)/
+	install -m 0644 include/shmsesscache.h $(DESTDIR)$(INCLUDEDIR)/
+	install -m 0644 $(PC) $(DESTDIR)$(LIBDIR)/pkgconfig/
+	install -m 0755 $(CLI) $(DESTDIR)$(BINDIR)/
+	install -m 0644 man/shmsesscache.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 man/libshmsesscache.3 $(DESTDIR)$(MANDIR)/man3/
+	for f in $(API_FUNCTIONS); do ln -sf libshmsesscache.3 $(DESTDIR)$(MANDIR)/man3/$$f.3; done
+
+# Debian packages into build/deb/ (docs/packages.md): dpkg-buildpackage runs debian/rules, which
+# runs this Makefile with PREFIX=/usr, the multiarch LIBDIR, BUILD=build/debian and no module
+# rpath. Needs debhelper, dpkg-dev, apache2-dev and nginx-dev (make test-deps) and Rust on
+# PATH. MAKEFLAGS is dropped so that variables given to this make do not reach the packaging.
+DEB_DIR := $(BUILD)/deb
+deb:
+	@mkdir -p $(DEB_DIR)
+	rm -f $(DEB_DIR)/*.deb $(DEB_DIR)/*.buildinfo $(DEB_DIR)/*.changes
+	pva=$$(dpkg-parsechangelog -S Source)_$$(dpkg-parsechangelog -S Version)_$$(dpkg --print-architecture); \
+	env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL dpkg-buildpackage -us -uc -b \
+	  --buildinfo-file=$(DEB_DIR)/$$pva.buildinfo --buildinfo-option=-u$(DEB_DIR) \
+	  --changes-file=$(DEB_DIR)/$$pva.changes --changes-option=-u$(DEB_DIR)
+
+# Builds the packages, installs them, runs Debian's nginx and Apache with them, purges them.
+# As root only, and it changes the system while it runs: see tests/integration/test_deb.py.
+test-deb: test-deps $(BUILD)/certs/server.pem
+	python3 tests/integration/test_deb.py --certs $(BUILD)/certs
+
+# The man pages against the header and the tool's own help, and through mandoc's and groff's
+# checkers.
+test-man: test-deps $(CLI)
+	python3 tests/integration/test_man.py --cli $(CLI) --header include/shmsesscache.h --man man
+
+# `make install` into throw-away DESTDIRs (PREFIX changes, LIBDIR, a program built with pkg-config).
+test-install: all
+	python3 tests/integration/test_install.py
 
 clean:
 	rm -rf $(BUILD)

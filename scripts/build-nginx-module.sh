@@ -11,7 +11,8 @@
 # its own conf_flags if it has one, else with NGINX_CONF_FLAGS (default --with-compat
 # --with-http_ssl_module). The tree is copied: configure writes into it.
 # SHMSESS_INCLUDE, SHMSESS_LIBDIR, SHMSESS_RPATH: see nginx/config. SHMSESS_MODULE_DIR: the
-# module source (default nginx/ of this checkout).
+# module source (default nginx/ of this checkout). SHMSESS_CC_OPT, SHMSESS_LD_OPT: more compiler
+# and linker flags (the Debian package's hardening flags from dpkg-buildflags).
 set -euo pipefail
 out=$1
 src=${2:-/usr/share/nginx/src}
@@ -47,7 +48,8 @@ cp -r "$src" "$tree"
 cd "$tree"
 export SHMSESS_INCLUDE=${SHMSESS_INCLUDE:-$here/include}
 export SHMSESS_LIBDIR=${SHMSESS_LIBDIR:-$here/build}
-./configure "${NGX_CONF_FLAGS[@]}" --with-cc-opt="-Wall -Wextra -Werror -Wno-unused-parameter" \
+./configure "${NGX_CONF_FLAGS[@]}" --with-cc-opt="-Wall -Wextra -Werror -Wno-unused-parameter ${SHMSESS_CC_OPT:-}" \
+    ${SHMSESS_LD_OPT:+--with-ld-opt="$SHMSESS_LD_OPT"} \
     --add-dynamic-module="${SHMSESS_MODULE_DIR:-$here/nginx}" >"$out/configure.log" 2>&1 \
     || { tail -30 "$out/configure.log"; exit 1; }
 # Only this project's modules: `make modules` would also build nginx's own dynamic stream and

@@ -2,12 +2,15 @@
 # Install the Debian packages the integration tests run against: Apache httpd with mod_ssl and
 # apxs (the socache provider test), redis-server (the second tier), nginx with nginx-dev and the
 # libraries its configure checks for (the nginx modules), Debian's dynamic stream and mail
-# modules of nginx (ours load after them), and pyflakes3 (make lint's Python check). Does
-# nothing when they are there; installs them as root; otherwise names what is missing and fails.
+# modules of nginx (ours load after them), pyflakes3 (make lint's Python check), the man page
+# checkers (mandoc, groff) and the packaging tools (debhelper, dpkg-dev, fakeroot, lintian: make
+# deb, make test-deb). Does nothing when they are there; installs them as root; otherwise names
+# what is missing and fails.
 set -eu
 need=""
 for p in apache2 apache2-dev redis-server redis-tools nginx nginx-dev libpcre2-dev zlib1g-dev \
-         libnginx-mod-stream libnginx-mod-mail pyflakes3; do
+         libnginx-mod-stream libnginx-mod-mail pyflakes3 \
+         mandoc groff-base debhelper dpkg-dev fakeroot lintian; do
     dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
 done
 [ -z "$need" ] && exit 0
