@@ -13,7 +13,6 @@ import re
 import signal
 import ssl
 import subprocess
-import time
 
 from . import process
 from .client import free_port, http_get, resumption_words, s_client, session_context
@@ -299,9 +298,8 @@ def made_on_and_stored(redis, port, version=ssl.TLSVersion.TLSv1_2, request=one_
     tickets)."""
     want = int(redis.cli("DBSIZE")) + (2 if version == ssl.TLSVersion.TLSv1_3 else 1)
     _, _, session = request(port, session_context(version))
-    deadline = time.monotonic() + 5
-    while int(redis.cli("DBSIZE")) < want and time.monotonic() < deadline:
-        time.sleep(0.01)
+    # A host whose writer never stores it fails here, by name, not later as "did not resume".
+    process.wait_until(lambda: int(redis.cli("DBSIZE")) >= want, 15, "the new session's keys in Redis")
     return session
 
 
