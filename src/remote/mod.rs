@@ -329,18 +329,33 @@ struct Shared {
 /// forever (no thread exists there to unlock it). So the state sits behind a pointer tagged
 /// with its process id; a process that finds another pid there builds its own and leaves
 /// the inherited copy alone (leaked: its connections, queue and thread handle are the
-/// parent's, and may be half-way through a change).
+/// parent's, and may be half-way through a change). Leaked, not lost: the new state points at
+/// the one it replaced, and [`ABANDONED`] keeps those of a tier freed in a child, so a leak
+/// checker (valgrind in a forked worker) sees them still reachable rather than "definitely
+/// lost".
 struct PerProcess {
     pid: u32,
+    /// The parent's state this one replaced after a fork (null in the process that made the
+    /// tier): never touched, only kept reachable.
+    inherited: *mut PerProcess,
+    /// Next in [`ABANDONED`], once this is on it.
+    next_abandoned: AtomicPtr<PerProcess>,
     state: Mutex<ProcessState>,
     /// Wakes the writer thread.
     wake: Condvar,
 }
 
+/// The inherited states of tiers freed in a forked process (see [`PerProcess`]), a stack
+/// linked through `next_abandoned`: pushed with one compare-and-swap, so no lock a fork could
+/// have left held is ever taken.
+static ABANDONED: AtomicPtr<PerProcess> = AtomicPtr::new(std::ptr::null_mut());
+
 impl PerProcess {
-    fn new(pid: u32, backoff: Duration) -> PerProcess {
+    fn new(pid: u32, backoff: Duration, inherited: *mut PerProcess) -> PerProcess {
         PerProcess {
             pid,
+            inherited,
+            next_abandoned: AtomicPtr::new(std::ptr::null_mut()),
             state: Mutex::new(ProcessState {
                 idle: Vec::new(),
                 breaker: Breaker::new(backoff),
@@ -364,7 +379,28 @@ impl Drop for Shared {
         // SAFETY: never null; ours to free only if this process made it (an inherited one
         // is left alone, see `PerProcess`).
         if unsafe { (*p).pid } == std::process::id() {
-            drop(unsafe { Box::from_raw(p) });
+            // SAFETY: ours (made by this process), and nothing else refers to it once `self`
+            // goes away.
+            let mine = unsafe { Box::from_raw(p) };
+            abandon(mine.inherited);
+        }
+    }
+}
+
+/// Keep `p` (an inherited state, or null) reachable for the life of the process.
+fn abandon(p: *mut PerProcess) {
+    if p.is_null() {
+        return;
+    }
+    // SAFETY: an inherited state is never freed; only its `next_abandoned` link, which no
+    // other code reads or writes, is set here, before it is published on the stack.
+    let link = unsafe { &(*p).next_abandoned };
+    let mut head = ABANDONED.load(Acquire);
+    loop {
+        link.store(head, Relaxed);
+        match ABANDONED.compare_exchange_weak(head, p, AcqRel, Acquire) {
+            Ok(_) => return,
+            Err(now) => head = now,
         }
     }
 }
@@ -432,7 +468,7 @@ impl Planned {
             keys,
             backoff,
         } = self;
-        let here = PerProcess::new(std::process::id(), backoff);
+        let here = PerProcess::new(std::process::id(), backoff, std::ptr::null_mut());
         Remote {
             shared: Arc::new(Shared {
                 target,
@@ -741,7 +777,7 @@ impl Shared {
             if unsafe { (*p).pid } == pid {
                 return unsafe { &*p };
             }
-            let fresh = Box::into_raw(Box::new(PerProcess::new(pid, self.backoff)));
+            let fresh = Box::into_raw(Box::new(PerProcess::new(pid, self.backoff, p)));
             if self
                 .per_process
                 .compare_exchange(p, fresh, AcqRel, Acquire)
