@@ -67,7 +67,7 @@
 #define SHMSESS_LOOKUP_TAKE_TLS13 2
 
 // Version of `shmsess_stats` this library fills (`version` field).
-#define SHMSESS_STATS_VERSION 4
+#define SHMSESS_STATS_VERSION 5
 
 // Status of every call. `SHMSESS_OK` is 0; anything else comes with a message from
 // `shmsess_last_error()`.
@@ -273,6 +273,10 @@ typedef struct shmsess_stats {
   // never reached Redis (queue full, or the tier down or backing off).
   uint64_t remote_unconfirmed;
   uint64_t remote_dropped;
+  // Version 5: local lookups that found the entry but could not resume it (made for
+  // another server name, also in `sni_mismatch`, or not a session). Counted in
+  // `lookup_hits` too; `shmsess_stats_hit_ratio` leaves them out.
+  uint64_t lookup_refused;
 } shmsess_stats;
 
 // Called by `shmsess_cache_iterate` with each live entry: its id, its bytes (both valid only
@@ -386,7 +390,9 @@ enum shmsess_result shmsess_stats_field(const struct shmsess_stats *stats,
                                         const char **name,
                                         uint64_t *value);
 
-// Fraction of lookups that hit (0.0 when there were none). NULL gives 0.0.
+// Fraction of lookups that found a session that could resume: hits less `lookup_refused`
+// (for a struct that has it), over hits and misses; 0.0 when there were none. NULL gives
+// 0.0. Pure function; thread-safe.
 double shmsess_stats_hit_ratio(const struct shmsess_stats *stats);
 
 // Set the prefix this process's generated session ids start with (0..16 bytes; 0 removes

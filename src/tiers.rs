@@ -150,6 +150,10 @@ impl<'a> Tiers<'a> {
             // untouched, here and in the remote tier.
             let sess = self.accept(r, id, der, (created, expires), take, take);
             crate::util::wipe(der);
+            if sess.is_none() {
+                // A hit the store counted, but no resumption: the hit ratio leaves it out.
+                self.cache.globals().lookup_refused.fetch_add(1, Relaxed);
+            }
             return match (sess, self.remote.filter(|_| take)) {
                 (Some(s), Some(remote)) => self.consume(remote, r, s, id, expires, None),
                 (sess, _) => sess.map(Resumed::confirmed),
@@ -364,6 +368,11 @@ mod tests {
             .resume(&ID, true, &mut hs)
             .is_none());
         assert_eq!(c.globals().sni_mismatch.load(Relaxed), 1);
+        // The store counted a hit; it resumed nothing, so it is no hit in the ratio.
+        let s = c.stats();
+        assert_eq!((s.lookup_hits, s.lookup_refused), (1, 1));
+        let cs = crate::ffi::stats::to_c_stats(&s, &c.ages(0), 0);
+        assert_eq!(crate::ffi::stats::shmsess_stats_hit_ratio(&cs), 0.0);
         assert!(has(&c, &ID), "put back for the host it was made for");
         assert!(hs.kept.is_empty(), "nothing parked");
     }
@@ -378,6 +387,7 @@ mod tests {
         let tiers = Tiers::new(&c, None, Reach::Both);
         assert!(tiers.resume(&ID, false, &mut hs).is_none());
         assert_eq!(c.globals().decode_errors.load(Relaxed), 1);
+        assert_eq!(c.globals().lookup_refused.load(Relaxed), 1);
         assert!(!has(&c, &ID));
     }
 

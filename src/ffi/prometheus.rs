@@ -248,6 +248,11 @@ const METRICS: &[(&str, Kind, &str)] = &[
         Counter,
         "Writes that never reached Redis (queue full, tier down or backing off).",
     ),
+    (
+        "lookup_refused",
+        Counter,
+        "Lookup hits that could not resume (another server name, not a session).",
+    ),
 ];
 
 /// One metric: `# HELP`, `# TYPE` and the sample.

@@ -113,10 +113,14 @@ pub struct shmsess_stats {
     /// never reached Redis (queue full, or the tier down or backing off).
     pub remote_unconfirmed: u64,
     pub remote_dropped: u64,
+    /// Version 5: local lookups that found the entry but could not resume it (made for
+    /// another server name, also in `sni_mismatch`, or not a session). Counted in
+    /// `lookup_hits` too; `shmsess_stats_hit_ratio` leaves them out.
+    pub lookup_refused: u64,
 }
 
 /// Version of `shmsess_stats` this library fills (`version` field).
-pub const SHMSESS_STATS_VERSION: u32 = 4;
+pub const SHMSESS_STATS_VERSION: u32 = 5;
 
 /// Size of `shmsess_stats` version 1 (its fields up to `size_bytes`): what programs built
 /// against 0.1 headers allocate.
@@ -259,6 +263,7 @@ stats_fields!(|s, a, now| {
     lock_refused_owner: s.lock_refused_owner,
     remote_unconfirmed: s.remote.unconfirmed,
     remote_dropped: s.remote.dropped,
+    lookup_refused: s.lookup_refused,
 });
 
 /// A time of the entry ages, 0 when the cache has no live entry.
@@ -332,20 +337,35 @@ pub extern "C" fn shmsess_stats_field(
     })
 }
 
-/// Fraction of lookups that hit (0.0 when there were none). NULL gives 0.0.
+/// Fraction of lookups that found a session that could resume: hits less `lookup_refused`
+/// (for a struct that has it), over hits and misses; 0.0 when there were none. NULL gives
+/// 0.0. Pure function; thread-safe.
 #[no_mangle]
 pub extern "C" fn shmsess_stats_hit_ratio(stats: *const shmsess_stats) -> f64 {
     if stats.is_null() {
         return 0.0;
     }
     // SAFETY: non-NULL stats filled by this library; both fields are in every version.
-    let (h, m) = unsafe { ((*stats).lookup_hits, (*stats).lookup_misses) };
+    let (h, m, size) = unsafe {
+        (
+            (*stats).lookup_hits,
+            (*stats).lookup_misses,
+            (*stats).struct_size as usize,
+        )
+    };
+    // Hits that could not resume (version 5 on) are no hits; older structs lack the field.
+    let refused = if size >= std::mem::offset_of!(shmsess_stats, lookup_refused) + 8 {
+        // SAFETY: `struct_size` says the caller's struct holds the field.
+        unsafe { (*stats).lookup_refused }
+    } else {
+        0
+    };
     // The counters come from shared memory any owner's process can write, and wrap: summed
     // as floats, so no value overflows (a debug build would panic, a release one wrap).
     let total = h as f64 + m as f64;
     if total == 0.0 {
         0.0
     } else {
-        h as f64 / total
+        (h as f64 - refused as f64).clamp(0.0, total) / total
     }
 }

@@ -172,6 +172,8 @@ pub struct Stats {
     pub sni_mismatch: u64,
     pub hrr_resumed: u64,
     pub anti_replay_skipped: u64,
+    /// Local hits that could not resume (another server name, not a session).
+    pub lookup_refused: u64,
     /// When the segment was created (Unix seconds).
     pub created_unix: u64,
     pub entries: u64,
@@ -1078,6 +1080,7 @@ impl Cache {
         s.sni_mismatch = g.sni_mismatch.load(Relaxed);
         s.hrr_resumed = g.hrr_resumed.load(Relaxed);
         s.anti_replay_skipped = g.anti_replay_skipped.load(Relaxed);
+        s.lookup_refused = g.lookup_refused.load(Relaxed);
         let geo = self.geometry_stats();
         Ok(Stats {
             created_unix: geo.created_unix,

@@ -138,9 +138,13 @@ pub struct Globals {
     /// pid dead in the users' namespace and boot, or a word held too long, is taken over).
     /// Never a mutex: safe to touch whoever wrote it.
     pub recovery_word: AtomicU64,
+    /// Local lookups that found the entry but could not resume it: made for another server
+    /// name (also in `sni_mismatch`) or not a session. `lookup_hits` counts them too; the hit
+    /// ratio leaves them out. (Carved out of `reserved`.)
+    pub lookup_refused: AtomicU64,
     /// Zero in segments made before these counters existed, so using reserved space for new
     /// counters keeps the layout (and its version) unchanged.
-    pub reserved: [AtomicU64; 5],
+    pub reserved: [AtomicU64; 4],
     /// The boot and pid namespace of the processes using the segment (after `reserved`: zero
     /// in segments made before it existed, which count as "unknown" and are adopted as they
     /// are).

@@ -155,6 +155,16 @@ def create_and_inspect(ops):
     check("stat --json: per-shard usage",
           st["min_shard_used_slots"] <= st["avg_shard_used_slots"] <= st["max_shard_used_slots"] <= st["slots_per_shard"])
     check("stat: human-readable report", rc == 0 and re.search(r"hit ratio \d+\.\d%", human) and "time left" in human)
+    # Every promise the statistics watch has its line: names, HelloRetryRequests, early data,
+    # refused hits (apart from hits), lock contention.
+    lines = {"hits refused": rf"{st.get('lookup_refused', 0)} hits refused \(hit ratio",
+             "names": rf"names +{st['sni_mismatch']} refused",
+             "HRR": rf"{st['hrr_resumed']} resumed after a HelloRetryRequest",
+             "early data": rf"early data +{st['anti_replay_skipped']} TLS 1.3 lookups skipped",
+             "contention": rf"lock contention +{st['lock_contended']} waits"}
+    missing = [k for k, pat in lines.items() if not re.search(pat, human)]
+    check("stat: lines for refused hits, server names, HRR, early data and lock contention", not missing,
+          f"missing {missing}")
     samples = dict(re.findall(r'^(shmsesscache_\w+)\{segment="[^"]+"\} (\S+)$', prom, re.M))
     check("stat --prometheus: text exposition format",
           rc_p == 0 and int(samples.get("shmsesscache_lookup_hits_total", -1)) == st["lookup_hits"]

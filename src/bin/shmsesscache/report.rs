@@ -7,7 +7,7 @@ use std::fmt::Write;
 use shmsesscache::ffi::{self, shmsess_stats};
 use shmsesscache::store::cache::Cache;
 
-use crate::text::{duration, utc};
+use crate::text::{self, duration, utc};
 
 pub struct Snapshot {
     pub path: String,
@@ -135,12 +135,28 @@ pub fn human(snap: &Snapshot) -> String {
     }
     let _ = writeln!(
         w,
-        "lookups           {} hits, {} misses (hit ratio {})",
+        "lookups           {} hits, {} misses, {} hits refused (hit ratio {})",
         s.lookup_hits,
         s.lookup_misses,
+        s.lookup_refused,
         pct(snap.hit_ratio())
     );
-    let _ = writeln!(w, "  single use      {} TLS 1.3 tickets taken", s.taken);
+    let _ = writeln!(
+        w,
+        "  names           {} refused: the ClientHello named another server than the session's",
+        s.sni_mismatch
+    );
+    let _ = writeln!(
+        w,
+        "  single use      {} TLS 1.3 tickets taken, {} resumed after a HelloRetryRequest",
+        s.taken, s.hrr_resumed
+    );
+    let _ = writeln!(
+        w,
+        "  early data      {} TLS 1.3 lookups skipped (OpenSSL's anti-replay is on: set SSL_OP_NO_ANTI_REPLAY){}",
+        s.anti_replay_skipped,
+        if s.anti_replay_skipped > 0 { "   <- TLS 1.3 is not resumed" } else { "" }
+    );
     let _ = writeln!(
         w,
         "stores            {} ({} replaced an entry with the same id)",
@@ -174,6 +190,12 @@ pub fn human(snap: &Snapshot) -> String {
         w,
         "lock trouble      {} timeouts, {} errors, {} locks re-initialised, {} refused (not the owner)",
         s.lock_timeouts, s.lock_errors, s.lock_resets, s.lock_refused_owner
+    );
+    let _ = writeln!(
+        w,
+        "lock contention   {} waits for a held lock, {} in all",
+        s.lock_contended,
+        text::nanos(s.lock_wait_ns)
     );
     let _ = writeln!(
         w,

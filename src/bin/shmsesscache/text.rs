@@ -238,6 +238,15 @@ pub fn duration(s: u64) -> String {
     }
 }
 
+/// A wait in nanoseconds as "0 ms", "1.234 ms" or "2.5 s".
+pub fn nanos(ns: u64) -> String {
+    if ns >= 1_000_000_000 {
+        format!("{:.1} s", ns as f64 / 1e9)
+    } else {
+        format!("{:.3} ms", ns as f64 / 1e6)
+    }
+}
+
 /// "8388608", "64M", "512K", "1G" (powers of 1024; an optional "iB"/"B" is accepted).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
