@@ -38,6 +38,7 @@ API_FUNCTIONS := $(shell sed -n '$(API_SED)' include/shmsesscache.h)
 # then LIBDIR. Empty: no rpath (the Debian packages, whose library is in the linker's path).
 MODULE_RPATH ?= $(CURDIR)/$(BUILD):$(LIBDIR)
 comma := ,
+PRELOAD   := $(BUILD)/libshmsesscache_preload.so
 
 # $(BUILD)/NAME.settings holds VALUE and changes only when VALUE does: a target built from make
 # variables depends on it, so it is rebuilt when they change (mtimes alone cannot tell).
@@ -57,7 +58,7 @@ $(eval $(call settings_file,nginx-dev,$(shell dpkg-query -W -f='$${Version}' ngi
         apache-module install-apache-module test-deps clean nginx-module install-nginx-module test-nginx \
         test-man test-install deb test-deb
 
-all: $(LIB_SO) $(LIB_A) $(PC) $(SERVER) $(CLI)
+all: $(LIB_SO) $(LIB_A) $(PC) $(SERVER) $(CLI) $(PRELOAD)
 
 $(TARGETDIR)/libshmsesscache.so: $(RUST_SRC)
 	$(CARGO) build --release --lib --bins
@@ -75,6 +76,12 @@ $(LIB_A): $(LIB_SO)
 $(CLI): $(LIB_SO)
 	cp $(TARGETDIR)/shmsesscache $(CLI)
 
+# The drop-in for servers nobody rebuilds (LD_PRELOAD; `shmsesscache run`, docs/dropin.md).
+# It sits next to libshmsesscache.so.0 in build/ and in $(PREFIX)/lib: found through $$ORIGIN.
+$(PRELOAD): preload/shmsesscache_preload.c include/shmsesscache.h $(LIB_SO)
+	$(CC) $(CFLAGS) $(WARN) -fPIC -shared -fvisibility=hidden -Iinclude $< -o $@ -L$(BUILD) -lshmsesscache \
+	  -lssl -lcrypto -ldl -pthread -Wl,-rpath,'$$ORIGIN' -Wl,-z,nodelete
+
 # libdir and includedir relative to ${prefix} when they are under it (as pkg-config files do).
 pc_path = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
 $(PC): shmsesscache.pc.in Cargo.toml $(BUILD)/pc-paths.settings
@@ -90,6 +97,10 @@ $(HARNESS): tests/c/harness.c $(TESTLIB) include/shmsesscache.h $(LIB_SO)
 
 # The OpenSSL contract under real behaviour: HRR, SNI callbacks, housekeeping, early data, reloads.
 $(CONTRACT): tests/c/contract.c $(TESTLIB) include/shmsesscache.h $(LIB_SO)
+	$(CC) $(CFLAGS) $(WARN) -Iinclude $< $(filter %.c,$(TESTLIB)) -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
+
+# A program written only against OpenSSL, run under the drop-in (test-c sets LD_PRELOAD).
+$(BUILD)/c_dropin: tests/c/dropin.c $(TESTLIB) include/shmsesscache.h $(LIB_SO)
 	$(CC) $(CFLAGS) $(WARN) -Iinclude $< $(filter %.c,$(TESTLIB)) -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
 
 # Regenerate the committed header from src/ffi/.
@@ -152,11 +163,17 @@ $(BUILD)/c_unload: tests/c/unload.c
 
 VALGRIND := valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-possibly-lost=no
 
-test-c: $(HARNESS) $(CONTRACT) $(OLD_ABI) $(BUILD)/c_unload $(BUILD)/certs/server.pem
+DROPIN_LOG := $(CURDIR)/$(BUILD)/c_dropin.log
+DROPIN_ENV := LD_PRELOAD=$(CURDIR)/$(PRELOAD) SHMSESS_PRELOAD_LOG=$(DROPIN_LOG)
+
+test-c: $(HARNESS) $(CONTRACT) $(OLD_ABI) $(BUILD)/c_unload $(BUILD)/c_dropin $(PRELOAD) $(BUILD)/certs/server.pem
 	$(BUILD)/c_unload $(CURDIR)/$(LIB_SO).$(SOVERSION) $(BUILD)/certs
 	for t in $(OLD_ABI); do $(VALGRIND) $$t || exit 1; done
 	$(VALGRIND) --trace-children=no $(HARNESS) $(BUILD)/certs
 	$(VALGRIND) --trace-children=no $(CONTRACT) $(BUILD)/certs
+	rm -f $(DROPIN_LOG)
+	$(DROPIN_ENV) $(VALGRIND) --trace-children=no $(BUILD)/c_dropin $(BUILD)/certs $(DROPIN_LOG)
+	$(DROPIN_ENV) SHMSESS_PRELOAD_FORCE=1 $(VALGRIND) --trace-children=no $(BUILD)/c_dropin $(BUILD)/certs $(DROPIN_LOG) --force
 
 # LD_PRELOAD shim that makes accept, fork and waitpid fail or stall on request (tests only).
 FAULT_SHIM := $(BUILD)/fault_shim.so
@@ -317,6 +334,7 @@ install: all
 	install -m 0644 include/shmsesscache.h $(DESTDIR)$(INCLUDEDIR)/
 	install -m 0644 $(PC) $(DESTDIR)$(LIBDIR)/pkgconfig/
 	install -m 0755 $(CLI) $(DESTDIR)$(BINDIR)/
+	install -m 0644 $(PRELOAD) $(DESTDIR)$(LIBDIR)/
 	install -m 0644 man/shmsesscache.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 0644 man/libshmsesscache.3 $(DESTDIR)$(MANDIR)/man3/
 	for f in $(API_FUNCTIONS); do ln -sf libshmsesscache.3 $(DESTDIR)$(MANDIR)/man3/$$f.3; done

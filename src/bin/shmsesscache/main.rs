@@ -12,6 +12,7 @@
 //! refused). Nothing here ever prints session contents.
 
 mod report;
+mod run;
 mod text;
 
 use std::path::{Path, PathBuf};
@@ -594,7 +595,9 @@ fn main() -> ExitCode {
         println!("shmsesscache {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    if rest.iter().any(|a| a == "--help" || a == "-h") {
+    // For `run`, what follows `--` is the server's own command line.
+    let ours = rest.split(|a| a == "--").next().unwrap_or(&[]);
+    if ours.iter().any(|a| a == "--help" || a == "-h") {
         if let Some(h) = text::command_help(cmd) {
             print!("{h}");
             return ExitCode::SUCCESS;
@@ -608,8 +611,9 @@ fn main() -> ExitCode {
         "dump" => cmd_dump(rest),
         "load" => cmd_load(rest),
         "repair" => cmd_repair(rest),
+        "run" => run::cmd_run(rest),
         other => Err(usage(format!(
-            "unknown command {other:?}; commands: stat, list, flush, create, dump, load, repair (see 'shmsesscache --help')"
+            "unknown command {other:?}; commands: stat, list, flush, create, dump, load, repair, run (see 'shmsesscache --help')"
         ))),
     };
     match result {
