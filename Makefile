@@ -56,7 +56,7 @@ $(eval $(call settings_file,nginx-dev,$(shell dpkg-query -W -f='$${Version}' ngi
 
 .PHONY: all lib header check-header lint lint-fmt lint-clippy lint-python fmt test test-rust test-c test-integration test-remote test-apache test-fuzz fuzz demo bench install \
         apache-module install-apache-module test-deps clean nginx-module install-nginx-module test-nginx \
-        test-man test-install deb test-deb
+        test-man test-install deb test-deb test-dropin
 
 all: $(LIB_SO) $(LIB_A) $(PC) $(SERVER) $(CLI) $(PRELOAD)
 
@@ -115,7 +115,7 @@ check-header:
 	@diff -u include/shmsesscache.h $(BUILD)/shmsesscache.h.check && echo "header in sync" || { echo "include/shmsesscache.h is out of date: run 'make header'"; exit 1; }
 
 test: lint all test-rust test-c test-man test-install test-integration test-remote test-apache test-nginx test-deb \
-      test-fuzz
+      test-dropin test-fuzz
 	@echo "all tests passed"
 
 # The lint gate, first in `make test`: rustfmt's check (the crate and fuzz/, its own
@@ -248,6 +248,10 @@ test-nginx: test-deps all $(FAULT_SERVER) $(BUILD)/certs/server.pem
 	python3 tests/integration/test_nginx_stream.py --module $(NGINX_MOD) --cli $(CLI) --certs $(BUILD)/certs
 
 FORCE:
+
+# The drop-in under Debian's own servers (scripts/dropin_harness.py), each with and without it.
+test-dropin: test-deps all $(BUILD)/certs/server.pem
+	python3 tests/integration/test_dropin.py --cli $(CLI) --certs $(BUILD)/certs
 
 # Two example servers ("hosts") sharing a throw-away redis-server on 127.0.0.1.
 test-remote: test-deps all $(BUILD)/certs/server.pem

@@ -1,0 +1,348 @@
+"""Debian's own TLS servers (hitch, nsd, lighttpd, proftpd, dovecot) as throw-away instances
+on loopback, started plainly or under `shmsesscache run`, and a client that resumes sessions.
+
+Each server gets a configuration generated here (own directory, pid file, ports on
+127.0.0.1), runs in the foreground where it can, and is ready when its TLS port accepts.
+Counts and timeouts are bounded.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+
+from prefork_harness import free_port
+
+READY_TIMEOUT = 20.0
+IO_TIMEOUT = 5.0
+WORKERS = 4
+
+
+def wait_for_port(port, proc, timeout=READY_TIMEOUT):
+    """Ready when the port accepts a TCP connection (bounded); the server must still run."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+class Backend:
+    """hitch's backend: a TCP echo server on loopback (one thread per connection)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def _echo(c):
+        with c:
+            c.settimeout(IO_TIMEOUT)
+            try:
+                while data := c.recv(4096):
+                    c.sendall(data)
+            except OSError:
+                pass
+
+    def close(self):
+        self.sock.close()
+
+
+class TLSServer:
+    """A server process, plain or under the drop-in. Subclasses say how to configure it."""
+
+    payload = b""          # what the client sends after the handshake (to read a reply)
+    reload_signal = signal.SIGHUP
+    root_master = False    # a process that stays root while unprivileged workers serve
+    name = "server"
+
+    def __init__(self, cli=None, run_args=(), certs=None, wrapper=()):
+        self.wrapper = list(wrapper)  # e.g. ["timeout", "300"]: a process in between
+        self.cli = cli
+        self.run_args = list(run_args)
+        self.certs = certs
+        self.dir = tempfile.mkdtemp(prefix=f"shmsess-{self.name}-")
+        os.chmod(self.dir, 0o755)
+        self.port = free_port()
+        self.proc = None
+        self.log = os.path.join(self.dir, "dropin.log")
+
+    def command(self):
+        raise NotImplementedError
+
+    def env(self):
+        return dict(os.environ)
+
+    def start(self):
+        cmd = self.wrapper + self.command()
+        if self.cli:
+            cmd = [self.cli, "run", "--log", self.log, *self.run_args, "--", *cmd]
+        self.out = open(os.path.join(self.dir, "server.out"), "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.STDOUT, env=self.env(),
+                                     start_new_session=True)
+        try:
+            wait_for_port(self.port, self.proc)
+        except RuntimeError as e:
+            self.stop()
+            self.cleanup()
+            raise RuntimeError(f"{self.name}: {e}: {self.server_output()[-2000:]}") from None
+        return self
+
+    def master_pid(self):
+        return self.proc.pid
+
+    def session_pids(self):
+        out = subprocess.run(["ps", "-o", "pid=", "-s", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def workers(self):
+        """Pids of the processes that serve: those of the server's session without children
+        (hitch's and lighttpd's workers are the master's children, nsd's the grandchildren)."""
+        out = subprocess.run(["ps", "-o", "pid=,ppid=", "-s", str(self.proc.pid)], capture_output=True, text=True)
+        pairs = [tuple(int(x) for x in line.split()) for line in out.stdout.splitlines() if line.strip()]
+        parents = {pp for _, pp in pairs}
+        return sorted(p for p, _ in pairs if p not in parents and p != self.proc.pid)
+
+    def reload(self):
+        os.kill(self.master_pid(), self.reload_signal)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        # Workers of a killed master may linger in the session: end them too.
+        if self.proc:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if getattr(self, "out", None):
+            self.out.close()
+
+    def dropin_log(self):
+        try:
+            with open(self.log) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def server_output(self):
+        with open(os.path.join(self.dir, "server.out")) as f:
+            return f.read()
+
+    def cleanup(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        self.cleanup()
+
+    def pem_with_key(self, mode=0o600):
+        """certificate and key in one file, as hitch and lighttpd take them."""
+        path = os.path.join(self.dir, "server-with-key.pem")
+        with open(path, "w") as out:
+            for part in ("server.key", "server.pem"):
+                with open(os.path.join(self.certs, part)) as f:
+                    out.write(f.read())
+        os.chmod(path, mode)
+        return path
+
+
+class Hitch(TLSServer):
+    name = "hitch"
+    payload = b"ping\n"
+    root_master = True
+
+    def command(self):
+        self.backend = Backend()
+        return ["hitch", f"--frontend=[127.0.0.1]:{self.port}", f"--backend=[127.0.0.1]:{self.backend.port}",
+                f"--workers={WORKERS}", "--user=_hitch", "--tls-protos=TLSv1.2 TLSv1.3",
+                f"--pidfile={self.dir}/hitch.pid", self.pem_with_key()]
+
+    def stop(self):
+        super().stop()
+        if hasattr(self, "backend"):
+            self.backend.close()
+
+
+def dns_query():
+    """A DNS-over-TCP query for example.com/A (nsd answers REFUSED: it serves no zone)."""
+    q = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + b"\x07example\x03com\x00" + struct.pack(">HH", 1, 1)
+    return struct.pack(">H", len(q)) + q
+
+
+class Nsd(TLSServer):
+    name = "nsd"
+    payload = dns_query()
+
+    def command(self):
+        conf = os.path.join(self.dir, "nsd.conf")
+        d = os.path.join(self.dir, "var")  # written by the nsd user after the drop
+        os.mkdir(d)
+        shutil.chown(d, "nsd", "nsd")
+        with open(conf, "w") as f:
+            f.write(f"""server:
+    ip-address: 127.0.0.1@{self.port}
+    port: {free_port()}
+    tls-port: {self.port}
+    tls-service-key: {self.certs}/server.key
+    tls-service-pem: {self.certs}/server.pem
+    server-count: {WORKERS}
+    reuseport: no
+    username: nsd
+    chroot: ""
+    zonesdir: "{d}"
+    database: ""
+    zonelistfile: "{d}/zone.list"
+    xfrdfile: "{d}/xfrd.state"
+    xfrdir: "{d}"
+    pidfile: "{d}/nsd.pid"
+    logfile: "{d}/nsd.log"
+    do-ip6: no
+remote-control:
+    control-enable: no
+""")
+        return ["nsd", "-d", "-c", conf]
+
+
+SERVERS = {"hitch": Hitch, "nsd": Nsd}
+
+
+def client_context(version, no_ticket):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = version
+    ctx.maximum_version = version
+    if no_ticket:
+        ctx.options |= ssl.OP_NO_TICKET
+    return ctx
+
+
+def connect(server, ctx, session=None):
+    """One connection: handshake, the server's payload, one read (so a TLS 1.3 ticket arrives),
+    close_notify. Returns (reused, the session to offer next)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=IO_TIMEOUT) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+            if server.payload:
+                tls.sendall(server.payload)
+            try:
+                tls.recv(4096)
+            except (socket.timeout, ssl.SSLError, OSError):
+                pass
+            reused, new = tls.session_reused, tls.session
+            try:
+                tls.unwrap()
+            except (ssl.SSLError, OSError):
+                pass
+            return reused, new
+
+
+def resumed_of(server, version, count, no_ticket=True):
+    """A client reconnecting `count` times after a first full handshake, each time offering the
+    session it holds. Returns how many of the `count` resumed."""
+    ctx = client_context(version, no_ticket)
+    _, session = connect(server, ctx)
+    reused = 0
+    for _ in range(count):
+        r, new = connect(server, ctx, session)
+        reused += bool(r)
+        session = new
+    return reused
+
+
+def replayed_ticket_resumes(server, version=ssl.TLSVersion.TLSv1_3):
+    """Offer one TLS 1.3 ticket twice: (first resumed, second resumed)."""
+    ctx = client_context(version, True)
+    _, ticket = connect(server, ctx)
+    first, _ = connect(server, ctx, ticket)
+    second, _ = connect(server, ctx, ticket)
+    return first, second
+
+
+def load(server, stop, counter):
+    """Full handshakes and resumptions until `stop` is set (for kills under load)."""
+    ctx = client_context(ssl.TLSVersion.TLSv1_2, True)
+    session = None
+    while not stop.is_set():
+        try:
+            _, session = connect(server, ctx, session)
+            counter[0] += 1
+        except OSError:
+            counter[1] += 1
+            session = None
+
+
+def segment_range(pid, path):
+    """(start, end) of the mapping of `path` in process `pid`."""
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            if line.rstrip().endswith(path):
+                a, b = line.split()[0].split("-")
+                return int(a, 16), int(b, 16)
+    raise RuntimeError(f"{path} is not mapped in {pid}")
+
+
+class LockTrace:
+    """gdb attached to `pid`, counting pthread_mutex_lock/trylock calls on a mutex inside the
+    segment mapping (every shard lock the library takes goes through one of them). Stopped
+    with SIGINT, then it detaches, removing its breakpoints."""
+
+    def __init__(self, pid, path):
+        start, end = segment_range(pid, path)
+        cond = f"(unsigned long)$rdi >= {start} && (unsigned long)$rdi < {end}"
+        script = ["set pagination off", "set confirm off",
+                  "handle SIGHUP SIGTERM SIGPIPE SIGCHLD SIGUSR1 SIGUSR2 nostop noprint pass"]
+        for n, fn in enumerate(("pthread_mutex_lock", "pthread_mutex_trylock"), 1):
+            script += [f'dprintf {fn},"SEGMENT-LOCK\\n"', f"condition {n} {cond}"]
+        script += ['printf "TRACING\\n"', "continue", "detach", "quit"]
+        args = ["gdb", "-q", "-nx", "-batch", "-p", str(pid)]
+        for line in script:
+            args += ["-ex", line]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     stdin=subprocess.DEVNULL)
+        self.lines = []
+        deadline = time.monotonic() + 30
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if line.startswith("TRACING") or time.monotonic() > deadline:
+                break
+        if not any(l.startswith("TRACING") for l in self.lines):
+            raise RuntimeError("gdb did not attach: " + "".join(self.lines[-5:]))
+
+    def stop(self):
+        """Number of segment lock calls seen."""
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=30)
+        self.lines += out.splitlines()
+        return sum(1 for l in self.lines if l.startswith("SEGMENT-LOCK"))

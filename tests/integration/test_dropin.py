@@ -1,0 +1,170 @@
+"""The drop-in against Debian's own servers: resumption without it (the contrast) and under
+`shmsesscache run`, TLS 1.3 tickets once each, a worker killed under load, a reload, and the
+root master never locking the segment (its lock calls traced with gdb).
+
+    python3 tests/integration/test_dropin.py --cli build/shmsesscache --certs build/certs [--only hitch,nsd]
+"""
+
+import argparse
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
+sys.path.insert(0, os.path.dirname(__file__))
+
+from checks import check, finish  # noqa: E402
+import dropin_harness as dh  # noqa: E402
+
+TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
+RECONNECTS = 20
+
+
+def contrast(kind, args):
+    with kind(certs=args.certs) as s:
+        n = dh.resumed_of(s, TLS12, RECONNECTS)
+    check(f"{kind.name} alone (the contrast): TLS 1.2 without tickets mostly misses across its workers",
+          n < RECONNECTS - 1, f"{n}/{RECONNECTS}")
+    return n
+
+
+def segment_stats(cli, path):
+    out = subprocess.run([cli, "stat", path, "--json"], capture_output=True, text=True, timeout=30)
+    import json
+    return json.loads(out.stdout) if out.returncode == 0 else {}
+
+
+def test_resumption(kind, args):
+    alone = contrast(kind, args)
+    seg_dir = os.path.join("/run", "shmsesscache-test")
+    os.makedirs(seg_dir, mode=0o700, exist_ok=True)
+    seg = os.path.join(seg_dir, f"{kind.name}-{os.getpid()}.sess")
+    with kind(cli=args.cli, run_args=["--path", seg, "--no-tickets", "--size", "8M"], certs=args.certs) as s:
+        n12 = dh.resumed_of(s, TLS12, RECONNECTS)
+        n13 = dh.resumed_of(s, TLS13, 10)
+        first, second = dh.replayed_ticket_resumes(s)
+        check(f"{kind.name}: TLS 1.2 without tickets resumes across workers under the drop-in",
+              n12 >= RECONNECTS - 1, f"{n12}/{RECONNECTS} (alone: {alone}/{RECONNECTS})")
+        check(f"{kind.name}: TLS 1.3 stateful tickets resume", n13 >= 9, f"{n13}/10")
+        check(f"{kind.name}: a TLS 1.3 ticket resumes once", first and not second,
+              f"first {first}, replay {second}")
+        st = segment_stats(args.cli, seg)
+        check(f"{kind.name}: 'shmsesscache stat' reads the drop-in's segment",
+              st.get("lookup_hits", 0) >= n12 and st.get("taken", 0) >= 1,
+              f"hits {st.get('lookup_hits')}, taken {st.get('taken')}")
+        if kind.root_master:
+            root_master_never_locks(s, kind, seg)
+        killed_under_load(s, kind)
+        reload_keeps_sessions(s, kind)
+        log = s.dropin_log()
+        check(f"{kind.name}: the drop-in logged its install, no warnings",
+              "installed on a server context" in log and "warning" not in log,
+              log.strip().splitlines()[-1] if log.strip() else "empty log")
+    os.unlink(seg)
+    anonymous_segment_made_once(kind, args)
+
+
+def memfd_segments(pids):
+    """{inode: [pids]} of the anonymous segments (memfd "shmsesscache") these processes map."""
+    found = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                for line in f:
+                    if "/memfd:shmsesscache" in line:
+                        found.setdefault(line.split()[4], set()).add(pid)
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def anonymous_segment_made_once(kind, args):
+    """Without --path, behind `timeout` (a process in between that never serves TLS): one
+    anonymous segment, made by the server's master, mapped by every process that serves."""
+    with kind(cli=args.cli, run_args=["--no-tickets"], certs=args.certs, wrapper=["timeout", "300"]) as s:
+        n12 = dh.resumed_of(s, TLS12, RECONNECTS)
+        everyone = s.session_pids()
+        segs = memfd_segments(everyone)
+        workers = set(s.workers())
+        check(f"{kind.name}: anonymous segment (behind timeout): sessions resume across workers",
+              n12 >= RECONNECTS - 1, f"{n12}/{RECONNECTS}")
+        check(f"{kind.name}: one anonymous segment, mapped by every worker, none by timeout",
+              len(segs) == 1 and workers <= next(iter(segs.values()), set())
+              and s.proc.pid not in next(iter(segs.values()), set()),
+              f"segments {[sorted(v) for v in segs.values()]}, workers {sorted(workers)}, timeout {s.proc.pid}")
+
+
+def root_master_never_locks(s, kind, seg):
+    """gdb counts the shard-lock calls in the root master through handshakes and a reload, and
+    in one unprivileged worker through the same handshakes (the control: tracing sees locks)."""
+    master, worker = s.master_pid(), s.workers()[0]
+    traces = [dh.LockTrace(master, seg), dh.LockTrace(worker, seg)]
+    done = 0
+    while done < 40:  # enough for the kernel to hand the traced worker some
+        dh.resumed_of(s, TLS12, 4)
+        done += 5
+    s.reload()
+    dh.resumed_of(s, TLS12, 4)
+    in_master, in_worker = (t.stop() for t in traces)
+    check(f"{kind.name}: the root master never locks the segment (traced with gdb), a worker does",
+          in_master == 0 and in_worker > 0, f"master {in_master} lock calls, worker {in_worker}")
+
+
+def killed_under_load(s, kind):
+    stop, counter = threading.Event(), [0, 0]
+    t = threading.Thread(target=dh.load, args=(s, stop, counter), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while counter[0] < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim = s.workers()[0]
+    os.kill(victim, signal.SIGKILL)
+    before = counter[0]
+    deadline = time.monotonic() + 10
+    while counter[0] < before + 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    t.join(10)
+    n = dh.resumed_of(s, TLS12, RECONNECTS)
+    check(f"{kind.name}: after a worker was SIGKILLed under load, sessions resume",
+          n >= RECONNECTS - 1 and s.proc.poll() is None,
+          f"{n}/{RECONNECTS}; {counter[0]} connections under load, {counter[1]} failed")
+
+
+def reload_keeps_sessions(s, kind):
+    ctx = dh.client_context(TLS12, True)
+    _, session = dh.connect(s, ctx)
+    old = set(s.workers())
+    s.reload()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not (set(s.workers()) - old):
+        time.sleep(0.1)
+    reused = 0
+    for _ in range(RECONNECTS):
+        r, session = dh.connect(s, ctx, session)
+        reused += bool(r)
+    check(f"{kind.name}: a session from before a reload (SIGHUP) resumes after it",
+          reused >= RECONNECTS - 1 and s.proc.poll() is None,
+          f"{reused}/{RECONNECTS}, new workers {sorted(set(s.workers()) - old)}")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--cli", required=True)
+    p.add_argument("--certs", required=True)
+    p.add_argument("--only", default=",".join(dh.SERVERS))
+    args = p.parse_args()
+    args.cli = os.path.abspath(args.cli)
+    args.certs = os.path.abspath(args.certs)
+    for name in args.only.split(","):
+        test_resumption(dh.SERVERS[name], args)
+    finish()
+
+
+if __name__ == "__main__":
+    main()
