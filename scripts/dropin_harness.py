@@ -74,6 +74,8 @@ class Backend:
 class TLSServer:
     """A server process, plain or under the drop-in. Subclasses say how to configure it."""
 
+    dropin_args = []       # what its recipe adds to `shmsesscache run` (docs/dropin.md)
+
     payload = b""          # what the client sends after the handshake (to read a reply)
     reload_signal = signal.SIGHUP
     root_master = False    # a process that stays root while unprivileged workers serve
@@ -82,7 +84,7 @@ class TLSServer:
     def __init__(self, cli=None, run_args=(), certs=None, wrapper=()):
         self.wrapper = list(wrapper)  # e.g. ["timeout", "300"]: a process in between
         self.cli = cli
-        self.run_args = list(run_args)
+        self.run_args = list(run_args) + (self.dropin_args if cli else [])
         self.certs = certs
         self.dir = tempfile.mkdtemp(prefix=f"shmsess-{self.name}-")
         os.chmod(self.dir, 0o755)
@@ -107,8 +109,9 @@ class TLSServer:
             wait_for_port(self.port, self.proc)
         except RuntimeError as e:
             self.stop()
+            said = self.server_output()[-2000:] + self.dropin_log()[-1000:]
             self.cleanup()
-            raise RuntimeError(f"{self.name}: {e}: {self.server_output()[-2000:]}") from None
+            raise RuntimeError(f"{self.name}: {e}: {said}") from None
         return self
 
     def master_pid(self):
@@ -167,14 +170,17 @@ class TLSServer:
         self.stop()
         self.cleanup()
 
-    def pem_with_key(self, mode=0o600):
-        """certificate and key in one file, as hitch and lighttpd take them."""
+    def pem_with_key(self, mode=0o600, owner=None):
+        """certificate and key in one file, as hitch and lighttpd take them; `owner` for a
+        server that reads it again after dropping root (lighttpd's graceful restart)."""
         path = os.path.join(self.dir, "server-with-key.pem")
         with open(path, "w") as out:
             for part in ("server.key", "server.pem"):
                 with open(os.path.join(self.certs, part)) as f:
                     out.write(f.read())
         os.chmod(path, mode)
+        if owner:
+            shutil.chown(path, owner)
         return path
 
 
@@ -235,7 +241,38 @@ remote-control:
         return ["nsd", "-d", "-c", conf]
 
 
-SERVERS = {"hitch": Hitch, "nsd": Nsd}
+class Lighttpd(TLSServer):
+    """lighttpd turns OpenSSL's server cache off itself: the drop-in needs --force."""
+    name = "lighttpd"
+    payload = b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n"
+    reload_signal = signal.SIGUSR1  # graceful restart
+    dropin_args = ["--force"]
+    root_master = False             # it drops to www-data before forking its workers
+
+    def command(self):
+        d = self.dir
+        docs = os.path.join(d, "htdocs")
+        os.mkdir(docs)
+        with open(os.path.join(docs, "index.html"), "w") as f:
+            f.write("hello\n")
+        os.chmod(docs, 0o755)
+        conf = os.path.join(d, "lighttpd.conf")
+        with open(conf, "w") as f:
+            f.write(f"""server.modules = ("mod_openssl")
+server.bind = "127.0.0.1"
+server.port = {self.port}
+server.document-root = "{docs}"
+server.max-worker = {WORKERS}
+server.username = "www-data"
+server.groupname = "www-data"
+server.pid-file = "{d}/lighttpd.pid"
+ssl.engine = "enable"
+ssl.pemfile = "{self.pem_with_key(owner="www-data")}"
+""")
+        return ["lighttpd", "-D", "-f", conf]
+
+
+SERVERS = {"hitch": Hitch, "nsd": Nsd, "lighttpd": Lighttpd}
 
 
 def client_context(version, no_ticket):

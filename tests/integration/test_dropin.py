@@ -67,6 +67,21 @@ def test_resumption(kind, args):
               log.strip().splitlines()[-1] if log.strip() else "empty log")
     os.unlink(seg)
     anonymous_segment_made_once(kind, args)
+    if "--force" in kind.dropin_args:
+        left_alone_without_force(kind, args)
+
+
+def left_alone_without_force(kind, args):
+    """A server that turned its session cache off is left as it is, and the log says why."""
+    s = kind(cli=args.cli, run_args=["--no-tickets"], certs=args.certs)
+    s.dropin_args = []
+    s.run_args = ["--no-tickets"]
+    with s:
+        n = dh.resumed_of(s, TLS12, RECONNECTS)
+        log = s.dropin_log()
+    check(f"{kind.name}: without --force the drop-in leaves its cache-off contexts alone and says so",
+          n < RECONNECTS - 1 and "turned its session cache off (cache mode 0x" in log
+          and "--force" in log, f"{n}/{RECONNECTS}; log: {log.strip().splitlines()[:1]}")
 
 
 def memfd_segments(pids):
@@ -144,11 +159,12 @@ def reload_keeps_sessions(s, kind):
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and not (set(s.workers()) - old):
         time.sleep(0.1)
+    dh.wait_for_port(s.port, s.proc)
     reused = 0
     for _ in range(RECONNECTS):
         r, session = dh.connect(s, ctx, session)
         reused += bool(r)
-    check(f"{kind.name}: a session from before a reload (SIGHUP) resumes after it",
+    check(f"{kind.name}: a session from before a reload ({s.reload_signal.name}) resumes after it",
           reused >= RECONNECTS - 1 and s.proc.poll() is None,
           f"{reused}/{RECONNECTS}, new workers {sorted(set(s.workers()) - old)}")
 
