@@ -11,15 +11,11 @@ import re
 import signal
 import ssl
 import subprocess
-import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
-sys.path.insert(0, os.path.dirname(__file__))
-
-from checks import check, finish  # noqa: E402
-import dropin_harness as dh  # noqa: E402
+from harness.checks import check, finish
+from harness import dropin as dh
 
 TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
 RECONNECTS = 20

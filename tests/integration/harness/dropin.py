@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 
-from prefork_harness import free_port
+from .client import client_context, free_port
 
 READY_TIMEOUT = 20.0
 IO_TIMEOUT = 5.0
@@ -273,17 +273,6 @@ ssl.pemfile = "{self.pem_with_key(owner="www-data")}"
 
 
 SERVERS = {"hitch": Hitch, "nsd": Nsd, "lighttpd": Lighttpd}
-
-
-def client_context(version, no_ticket):
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    ctx.minimum_version = version
-    ctx.maximum_version = version
-    if no_ticket:
-        ctx.options |= ssl.OP_NO_TICKET
-    return ctx
 
 
 def connect(server, ctx, session=None):
