@@ -50,14 +50,34 @@ static int log_fd = 2;
 static dev_t log_dev;
 static ino_t log_ino;
 static int log_is_file;
+static char log_path[4096];
 
-/* A daemon may close every descriptor and reuse the number: write only while the
- * descriptor is still the file we opened. */
-static int log_fd_is_ours(void) {
+static int is_log_file(int fd) {
     struct stat st;
-    if (!log_is_file)
+    return fstat(fd, &st) == 0 && st.st_dev == log_dev && st.st_ino == log_ino;
+}
+
+/* A daemon may close every descriptor at start and reuse the numbers (proftpd does): write
+ * only while the descriptor is still the file we opened, else open it again by name (which
+ * fails after a chroot or a change of user: then the line goes to stderr). */
+static int log_fd_is_ours(void) {
+    if (!log_is_file || is_log_file(log_fd))
         return 1;
-    return fstat(log_fd, &st) == 0 && st.st_dev == log_dev && st.st_ino == log_ino;
+    int fd = open(log_path, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
+    if (fd >= 0 && is_log_file(fd)) {
+        int high = fcntl(fd, F_DUPFD_CLOEXEC, 900);
+        if (high >= 0) {
+            close(fd);
+            fd = high;
+        }
+        log_fd = fd;
+        return 1;
+    }
+    if (fd >= 0)
+        close(fd);
+    log_fd = 2;
+    log_is_file = 0;
+    return 1;
 }
 
 static void say(const char *fmt, ...) {
@@ -114,6 +134,7 @@ static void open_log(const char *file) {
     log_dev = st.st_dev;
     log_ino = st.st_ino;
     log_is_file = 1;
+    snprintf(log_path, sizeof log_path, "%s", file);
 }
 
 static const char *env(const char *name) {

@@ -79,6 +79,7 @@ class TLSServer:
     payload = b""          # what the client sends after the handshake (to read a reply)
     reload_signal = signal.SIGHUP
     root_master = False    # a process that stays root while unprivileged workers serve
+    persistent_workers = True  # False: a child per connection (proftpd, dovecot)
     name = "server"
 
     def __init__(self, cli=None, run_args=(), certs=None, wrapper=()):
@@ -272,7 +273,44 @@ ssl.pemfile = "{self.pem_with_key(owner="www-data")}"
         return ["lighttpd", "-D", "-f", conf]
 
 
-SERVERS = {"hitch": Hitch, "nsd": Nsd, "lighttpd": Lighttpd}
+class Proftpd(TLSServer):
+    """proftpd with mod_tls, implicit FTPS: a child per connection, forked by a master that
+    runs as `nobody` with root as its real and saved uid (seteuid only)."""
+    name = "proftpd"
+    payload = b""  # the server speaks first ("220 ..."), which also brings TLS 1.3 tickets
+    persistent_workers = False
+
+    def command(self):
+        d = self.dir
+        conf = os.path.join(d, "proftpd.conf")
+        with open(conf, "w") as f:
+            f.write(f"""ServerName "shmsess-test"
+ServerType standalone
+DefaultServer on
+Port {self.port}
+DefaultAddress 127.0.0.1
+UseIPv6 off
+User nobody
+Group nogroup
+MaxInstances 60
+PidFile {d}/proftpd.pid
+ScoreboardFile {d}/proftpd.scoreboard
+DelayTable none
+WtmpLog off
+UseReverseDNS off
+ModulePath /usr/lib/proftpd
+LoadModule mod_tls.c
+TLSEngine on
+TLSProtocol TLSv1.2 TLSv1.3
+TLSRSACertificateFile {self.certs}/server.pem
+TLSRSACertificateKeyFile {self.certs}/server.key
+TLSOptions UseImplicitSSL NoSessionReuseRequired
+TLSLog {d}/tls.log
+""")
+        return ["proftpd", "-n", "-q", "-c", conf]
+
+
+SERVERS = {"hitch": Hitch, "nsd": Nsd, "lighttpd": Lighttpd, "proftpd": Proftpd}
 
 
 def connect(server, ctx, session=None):
