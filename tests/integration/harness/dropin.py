@@ -38,6 +38,14 @@ def wait_for_port(port, proc, timeout=READY_TIMEOUT):
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 class Backend:
     """hitch's backend: a TCP echo server on loopback (one thread per connection)."""
 
@@ -80,6 +88,8 @@ class TLSServer:
     reload_signal = signal.SIGHUP
     root_master = False    # a process that stays root while unprivileged workers serve
     persistent_workers = True  # False: a child per connection (proftpd, dovecot)
+    needs_named_segment = False  # its workers are exec'd: an anonymous segment cannot reach them
+    worker_title = None    # the serving processes' command line contains this (dovecot's many kinds)
     name = "server"
 
     def __init__(self, cli=None, run_args=(), certs=None, wrapper=()):
@@ -128,7 +138,8 @@ class TLSServer:
         out = subprocess.run(["ps", "-o", "pid=,ppid=", "-s", str(self.proc.pid)], capture_output=True, text=True)
         pairs = [tuple(int(x) for x in line.split()) for line in out.stdout.splitlines() if line.strip()]
         parents = {pp for _, pp in pairs}
-        return sorted(p for p, _ in pairs if p not in parents and p != self.proc.pid)
+        leaves = [p for p, _ in pairs if p not in parents and p != self.proc.pid]
+        return sorted(p for p in leaves if self.worker_title is None or self.worker_title in cmdline(p))
 
     def reload(self):
         os.kill(self.master_pid(), self.reload_signal)
@@ -310,7 +321,62 @@ TLSLog {d}/tls.log
         return ["proftpd", "-n", "-q", "-c", conf]
 
 
-SERVERS = {"hitch": Hitch, "nsd": Nsd, "lighttpd": Lighttpd, "proftpd": Proftpd}
+PRELOAD_VARIABLES = ("LD_PRELOAD SHMSESS_PRELOAD_PATH SHMSESS_PRELOAD_SIZE SHMSESS_PRELOAD_NO_TICKETS "
+                     "SHMSESS_PRELOAD_IGNORE_UNEXPECTED_EOF SHMSESS_PRELOAD_FORCE SHMSESS_PRELOAD_LOG")
+
+
+class Dovecot(TLSServer):
+    """dovecot's imap-login: forked *and exec'd* per connection (service_count = 1, the
+    default), chrooted, as dovenull, with its own ticket keys per process: the drop-in needs a
+    named segment, tickets off, and import_environment passing its variables on."""
+    name = "dovecot"
+    payload = b""  # the server greets first ("* OK ...")
+    persistent_workers = False
+    needs_named_segment = True
+    worker_title = "imap-login"
+
+    def command(self):
+        d = self.dir
+        conf = os.path.join(d, "dovecot.conf")
+        with open(conf, "w") as f:
+            f.write(f"""base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = required
+ssl_cert = <{self.certs}/server.pem
+ssl_key = <{self.certs}/server.key
+ssl_min_protocol = TLSv1.2
+default_internal_user = dovecot
+default_login_user = dovenull
+auth_mechanisms = plain
+passdb {{
+  driver = static
+  args = nopassword=y
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home=/nonexistent
+}}
+import_environment = TZ {PRELOAD_VARIABLES}
+service imap-login {{
+  inet_listener imap {{
+    port = 0
+  }}
+  inet_listener imaps {{
+    port = {self.port}
+    ssl = yes
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+""")
+        return ["dovecot", "-F", "-c", conf]
+
+
+SERVERS = {"hitch": Hitch, "nsd": Nsd, "lighttpd": Lighttpd, "proftpd": Proftpd, "dovecot": Dovecot}
 
 
 def connect(server, ctx, session=None):
