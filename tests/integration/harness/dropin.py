@@ -49,7 +49,8 @@ def cmdline(pid):
 class Backend:
     """hitch's backend: a TCP echo server on loopback (one thread per connection)."""
 
-    def __init__(self):
+    def __init__(self, http=False):
+        self.http = http
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -65,8 +66,29 @@ class Backend:
                 return
             threading.Thread(target=self._echo, args=(c,), daemon=True).start()
 
+    def _echo(self, c):
+        if self.http:
+            return self._http(c)
+        self._echo_bytes(c)
+
     @staticmethod
-    def _echo(c):
+    def _http(c):
+        """One HTTP/1.0 answer, then close: what bench/loadgen.c reads to EOF."""
+        with c:
+            c.settimeout(IO_TIMEOUT)
+            try:
+                data = b""
+                while b"\r\n\r\n" not in data and len(data) < 8192:
+                    chunk = c.recv(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+            except OSError:
+                pass
+
+    @staticmethod
+    def _echo_bytes(c):
         with c:
             c.settimeout(IO_TIMEOUT)
             try:
@@ -200,9 +222,10 @@ class Hitch(TLSServer):
     name = "hitch"
     payload = b"ping\n"
     root_master = True
+    http_backend = False  # True: the backend answers one HTTP/1.0 request (for bench/loadgen)
 
     def command(self):
-        self.backend = Backend()
+        self.backend = Backend(http=self.http_backend)
         return ["hitch", f"--frontend=[127.0.0.1]:{self.port}", f"--backend=[127.0.0.1]:{self.backend.port}",
                 f"--workers={WORKERS}", "--user=_hitch", "--tls-protos=TLSv1.2 TLSv1.3",
                 f"--pidfile={self.dir}/hitch.pid", self.pem_with_key()]
