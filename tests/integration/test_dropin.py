@@ -171,6 +171,39 @@ def reload_keeps_sessions(s, kind):
           f"{reused}/{RECONNECTS}, new workers {sorted(set(s.workers()) - old)}")
 
 
+def run_refuses_bad_settings(args):
+    """A bad setting is refused before PROGRAM starts, with the fix; set directly in the
+    environment (a unit's Environment=) the server still starts, without the cache, and says
+    why once."""
+    import tempfile
+    marker = os.path.join(tempfile.mkdtemp(prefix="shmsess-run-"), "started")
+    cases = [(["--size", "1K"], "needs at least 56000 bytes (e.g. --size 55K)"), (["--size", "lots"], "examples: 8388608, 512K, 64M, 1G"),
+             (["--path", "relative.sess"], "give an absolute path"),
+             (["--log", "/nonexistent-dir/x.log"], "--log /nonexistent-dir/x.log")]
+    for flags, fix in cases:
+        out = subprocess.run([args.cli, "run", *flags, "--", "touch", marker], capture_output=True, text=True,
+                             timeout=30)
+        check(f"run {' '.join(flags)}: refused before the program starts, with the fix",
+              out.returncode in (1, 2) and fix in out.stderr and not os.path.exists(marker),
+              f"exit {out.returncode}: {out.stderr.strip()}")
+    env = dict(os.environ, SHMSESS_PRELOAD_LIB="/nonexistent/libshmsesscache_preload.so")
+    out = subprocess.run([args.cli, "run", "--", "touch", marker], capture_output=True, text=True, env=env,
+                         timeout=30)
+    check("run: a missing preload is refused before the program starts",
+          out.returncode == 1 and "SHMSESS_PRELOAD_LIB" in out.stderr and not os.path.exists(marker),
+          out.stderr.strip())
+    preload = os.path.join(os.path.dirname(args.cli), "libshmsesscache_preload.so")
+    s = dh.Hitch(certs=args.certs)
+    s.env = lambda: dict(os.environ, LD_PRELOAD=preload, SHMSESS_PRELOAD_SIZE="1K", SHMSESS_PRELOAD_LOG=s.log)
+    with s:
+        n = dh.resumed_of(s, TLS12, 5)
+        log = s.dropin_log()
+    check("a bad SHMSESS_PRELOAD_SIZE set directly: the server serves without the cache, the reason logged once per process",
+          "no shared session cache, the server runs with its own" in log and "minimum is" in log
+          and len(set(re.findall(r"drop-in\[(\d+)\]", log))) == len(log.strip().splitlines()),
+          f"resumed {n}/5; {log.strip().splitlines()[:1]}")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--cli", required=True)
@@ -179,6 +212,7 @@ def main():
     args = p.parse_args()
     args.cli = os.path.abspath(args.cli)
     args.certs = os.path.abspath(args.certs)
+    run_refuses_bad_settings(args)
     for name in args.only.split(","):
         test_resumption(dh.SERVERS[name], args)
     finish()

@@ -69,6 +69,10 @@ fn settings(a: &Args) -> Result<Settings, Failure> {
         .map(text::parse_size)
         .transpose()
         .map_err(|m| usage(format!("run: --size: {m}")))?;
+    if let Some(n) = size {
+        // In the options' words (--size), before the library's (size_bytes).
+        super::check_segment_size("run", n, shmsesscache::store::layout::DEFAULT_UNIT_BYTES)?;
+    }
     let path = a.value("path").map(str::to_string);
     if let Some(p) = &path {
         if !p.starts_with('/') {
