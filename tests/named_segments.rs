@@ -218,26 +218,35 @@ fn truncated_file_is_an_error_not_a_sigbus(base: &Path) {
 fn descriptor_closed_by_the_program(base: &Path) {
     let p = base.join("closed-fd.sess");
     let other = base.join("other-file");
-    in_child("a segment whose descriptor the program closed and reused", move || {
-        let c = create(&p, 512 << 10).unwrap();
-        let fd = fd_of(&p).expect("the cache keeps the segment file open");
-        let replacement = OpenOptions::new().create(true).write(true).open(&other).unwrap();
-        // SAFETY: the program closing "every descriptor" and reusing the number, as daemons do.
-        unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&replacement), fd) };
-        let worker = || {
-            let mut buf = vec![0u8; 8192];
-            let ok = c.store(&id(7), &make(7, 1), 0, u32::MAX).is_ok()
-                && matches!(c.lookup(&id(7), &mut buf, false), Ok(Found::Hit { .. }));
-            i32::from(!ok)
-        };
-        let in_worker = wait(spawn(worker), Duration::from_secs(30));
-        let here = worker();
-        drop(c);
-        // SAFETY: asks whether the number is still open.
-        let still_open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
-        eprintln!("worker {in_worker:?}, here {here}, the program's file still open: {still_open}");
-        i32::from(!(in_worker == Exit::Code(0) && here == 0 && still_open))
-    });
+    in_child(
+        "a segment whose descriptor the program closed and reused",
+        move || {
+            let c = create(&p, 512 << 10).unwrap();
+            let fd = fd_of(&p).expect("the cache keeps the segment file open");
+            let replacement = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .open(&other)
+                .unwrap();
+            // SAFETY: the program closing "every descriptor" and reusing the number, as daemons do.
+            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&replacement), fd) };
+            let worker = || {
+                let mut buf = vec![0u8; 8192];
+                let ok = c.store(&id(7), &make(7, 1), 0, u32::MAX).is_ok()
+                    && matches!(c.lookup(&id(7), &mut buf, false), Ok(Found::Hit { .. }));
+                i32::from(!ok)
+            };
+            let in_worker = wait(spawn(worker), Duration::from_secs(30));
+            let here = worker();
+            drop(c);
+            // SAFETY: asks whether the number is still open.
+            let still_open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+            eprintln!(
+                "worker {in_worker:?}, here {here}, the program's file still open: {still_open}"
+            );
+            i32::from(!(in_worker == Exit::Code(0) && here == 0 && still_open))
+        },
+    );
 }
 
 /// The descriptor of this process open on `path`'s inode (the library opens a temporary name
