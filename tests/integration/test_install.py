@@ -57,7 +57,7 @@ def installed(destdir, prefix, libdir):
     return [f"{libdir}/libshmsesscache.so.0", f"{libdir}/libshmsesscache.so", f"{libdir}/libshmsesscache.a",
             f"{libdir}/pkgconfig/shmsesscache.pc", f"{prefix}/include/shmsesscache.h", f"{prefix}/bin/shmsesscache",
             f"{prefix}/share/man/man1/shmsesscache.1", f"{prefix}/share/man/man3/libshmsesscache.3",
-            f"{prefix}/share/man/man3/shmsess_cache_create.3"]
+            f"{prefix}/share/man/man3/shmsess_cache_create.3", f"{libdir}/libshmsesscache_preload.so"]
 
 
 def missing(destdir, files):
@@ -114,6 +114,14 @@ def libdir_layout(tmp):
     check("it runs against the installed libshmsesscache.so.0 (SONAME)",
           run.returncode == 0 and run.stdout.startswith("version ") and f"{dest}{libdir}/libshmsesscache.so.0" in ldd,
           run.stdout.strip() + run.stderr.strip())
+    # The installed tool finds the installed preload (in the multiarch LIBDIR beside its bin),
+    # which finds the installed library next to it ($ORIGIN).
+    env = {k: v for k, v in os.environ.items() if k != "SHMSESS_PRELOAD_LIB"}
+    run = subprocess.run([f"{dest}/usr/bin/shmsesscache", "run", "--", "sh", "-c", 'echo "$LD_PRELOAD"; ldd "${LD_PRELOAD##*:}"'],
+                         capture_output=True, text=True, timeout=30, env=env)
+    check("the installed 'shmsesscache run' preloads the installed drop-in, linked to the installed library",
+          run.returncode == 0 and f"{dest}{libdir}/libshmsesscache_preload.so" in run.stdout
+          and f"{dest}{libdir}/libshmsesscache.so.0" in run.stdout, (run.stdout + run.stderr).strip()[-400:])
 
 
 def main():
