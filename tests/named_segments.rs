@@ -225,6 +225,7 @@ fn descriptor_closed_by_the_program(base: &Path) {
             let fd = fd_of(&p).expect("the cache keeps the segment file open");
             let replacement = OpenOptions::new()
                 .create(true)
+                .truncate(true)
                 .write(true)
                 .open(&other)
                 .unwrap();
