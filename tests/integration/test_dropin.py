@@ -204,6 +204,18 @@ def run_refuses_bad_settings(args):
           f"resumed {n}/5; {log.strip().splitlines()[:1]}")
 
 
+def unexpected_eof(args):
+    """--ignore-unexpected-eof: a client that drops TCP without close_notify keeps its
+    session (OpenSSL otherwise treats the EOF as fatal and removes it from the shared cache)."""
+    results = {}
+    for flag in ([], ["--ignore-unexpected-eof"]):
+        with dh.Hitch(cli=args.cli, run_args=["--no-tickets", *flag], certs=args.certs) as s:
+            results[bool(flag)] = dh.resumed_after_drops(s, 10)
+    check("hitch: --ignore-unexpected-eof keeps the sessions of clients that drop TCP without close_notify",
+          results[True] >= 9 and results[False] <= 1,
+          f"with it {results[True]}/10, without {results[False]}/10")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--cli", required=True)
@@ -213,6 +225,8 @@ def main():
     args.cli = os.path.abspath(args.cli)
     args.certs = os.path.abspath(args.certs)
     run_refuses_bad_settings(args)
+    if "hitch" in args.only.split(","):
+        unexpected_eof(args)
     for name in args.only.split(","):
         test_resumption(dh.SERVERS[name], args)
     finish()

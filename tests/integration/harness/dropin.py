@@ -421,6 +421,40 @@ def connect(server, ctx, session=None):
             return reused, new
 
 
+def connect_and_drop(server, ctx, session=None):
+    """A handshake, the payload and its answer, then TCP closed without close_notify (a
+    browser's unused preconnect). Returns (reused, session)."""
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=IO_TIMEOUT)
+    tls = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+    try:
+        if server.payload:
+            tls.sendall(server.payload)
+        try:
+            tls.recv(4096)
+        except (socket.timeout, ssl.SSLError, OSError):
+            pass
+        return tls.session_reused, tls.session
+    finally:
+        # SSLSocket.shutdown drops the TLS layer and shuts the socket down: no close_notify.
+        tls.shutdown(socket.SHUT_RDWR)
+        tls.close()
+
+
+def resumed_after_drops(server, count):
+    """TLS 1.2 without tickets: a full handshake dropped without close_notify, then `count`
+    clean reconnections offering that session, one at a time. How many resumed."""
+    ctx = client_context(ssl.TLSVersion.TLSv1_2, True)
+    reused = 0
+    for _ in range(count):
+        _, session = connect_and_drop(server, ctx)
+        # The worker must have read the EOF before the session is offered again. Nothing
+        # signals it where the session is kept (that is the point), so: a bounded pause.
+        time.sleep(0.2)
+        r, _ = connect(server, ctx, session)
+        reused += bool(r)
+    return reused
+
+
 def resumed_of(server, version, count, no_ticket=True):
     """A client reconnecting `count` times after a first full handshake, each time offering the
     session it holds. Returns how many of the `count` resumed."""
