@@ -216,6 +216,25 @@ def unexpected_eof(args):
           f"with it {results[True]}/10, without {results[False]}/10")
 
 
+def hello_retry_request(args):
+    """A TLS 1.3 ticket offered with a key share the server does not accept (it takes only
+    P-256): the server asks again (HelloRetryRequest) and the ticket still resumes, once."""
+    seg = os.path.join("/run", "shmsesscache-test", f"hrr-{os.getpid()}.sess")
+    s = dh.Hitch(cli=args.cli, run_args=["--no-tickets", "--path", seg], certs=args.certs)
+    s.http_backend, s.groups = True, "P-256"
+    with s:
+        ticket = os.path.join(s.dir, "ticket.pem")
+        dh.s_client_tls13(s, "-sess_out", ticket)
+        first = dh.s_client_tls13(s, "-sess_in", ticket, "-groups", "X25519:P-256")
+        again = dh.s_client_tls13(s, "-sess_in", ticket, "-groups", "X25519:P-256")
+        st = segment_stats(args.cli, seg)
+    os.unlink(seg)
+    words = [re.findall(r"^(New|Reused), ", o, re.M) for o in (first, again)]
+    check("hitch: a TLS 1.3 ticket resumes through a HelloRetryRequest, once",
+          words == [["Reused"], ["New"]] and st.get("hrr_resumed") == 1,
+          f"{words}, hrr_resumed {st.get('hrr_resumed')}")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--cli", required=True)
@@ -227,6 +246,7 @@ def main():
     run_refuses_bad_settings(args)
     if "hitch" in args.only.split(","):
         unexpected_eof(args)
+        hello_retry_request(args)
     for name in args.only.split(","):
         test_resumption(dh.SERVERS[name], args)
     finish()

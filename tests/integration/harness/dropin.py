@@ -223,10 +223,17 @@ class Hitch(TLSServer):
     payload = b"ping\n"
     root_master = True
     http_backend = False  # True: the backend answers one HTTP/1.0 request (for bench/loadgen)
+    groups = None         # e.g. "P-256": the only key exchange group (ecdh-curve), for HRRs
 
     def command(self):
         self.backend = Backend(http=self.http_backend)
-        return ["hitch", f"--frontend=[127.0.0.1]:{self.port}", f"--backend=[127.0.0.1]:{self.backend.port}",
+        config = []
+        if self.groups:
+            conf = os.path.join(self.dir, "hitch.conf")
+            with open(conf, "w") as f:
+                f.write(f'ecdh-curve = "{self.groups}"\n')
+            config = [f"--config={conf}"]
+        return ["hitch", *config, f"--frontend=[127.0.0.1]:{self.port}", f"--backend=[127.0.0.1]:{self.backend.port}",
                 f"--workers={WORKERS}", "--user=_hitch", "--tls-protos=TLSv1.2 TLSv1.3",
                 f"--pidfile={self.dir}/hitch.pid", self.pem_with_key()]
 
@@ -466,6 +473,14 @@ def resumed_of(server, version, count, no_ticket=True):
         reused += bool(r)
         session = new
     return reused
+
+
+def s_client_tls13(server, *args):
+    """`openssl s_client -tls1_3` sending one HTTP/1.0 request and reading until the server
+    closes (so the ticket arrives). Returns its output."""
+    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-tls1_3", "-ign_eof",
+                          *args], input="GET / HTTP/1.0\r\n\r\n", capture_output=True, text=True, timeout=30)
+    return out.stdout
 
 
 def replayed_ticket_resumes(server, version=ssl.TLSVersion.TLSv1_3):
