@@ -249,6 +249,10 @@ def main():
         hello_retry_request(args)
     for name in args.only.split(","):
         test_resumption(dh.SERVERS[name], args)
+    try:
+        os.rmdir(os.path.join("/run", "shmsesscache-test"))  # only when no other run uses it
+    except OSError:
+        pass
     finish()
 
 
