@@ -39,6 +39,9 @@ API_FUNCTIONS := $(shell sed -n '$(API_SED)' include/shmsesscache.h)
 MODULE_RPATH ?= $(CURDIR)/$(BUILD):$(LIBDIR)
 comma := ,
 PRELOAD   := $(BUILD)/libshmsesscache_preload.so
+# Installed in a directory of its own under LIBDIR: it is no library to link against (it has
+# no SONAME), so it stays out of the linker's path; `shmsesscache run` looks there.
+PRELOAD_DIR = $(LIBDIR)/shmsesscache
 
 # $(BUILD)/NAME.settings holds VALUE and changes only when VALUE does: a target built from make
 # variables depends on it, so it is rebuilt when they change (mtimes alone cannot tell).
@@ -77,10 +80,10 @@ $(CLI): $(LIB_SO)
 	cp $(TARGETDIR)/shmsesscache $(CLI)
 
 # The drop-in for servers nobody rebuilds (LD_PRELOAD; `shmsesscache run`, docs/dropin.md).
-# It sits next to libshmsesscache.so.0 in build/ and in $(PREFIX)/lib: found through $$ORIGIN.
+# It finds libshmsesscache.so.0 beside it in build/, one directory up once installed.
 $(PRELOAD): preload/shmsesscache_preload.c include/shmsesscache.h $(LIB_SO)
 	$(CC) $(CFLAGS) $(WARN) -fPIC -shared -fvisibility=hidden -Iinclude $< -o $@ -L$(BUILD) -lshmsesscache \
-	  -lssl -lcrypto -ldl -pthread -Wl,-rpath,'$$ORIGIN' -Wl,-z,nodelete
+	  -lssl -lcrypto -ldl -pthread -Wl,-rpath,'$$ORIGIN:$$ORIGIN/..' -Wl,-z,nodelete
 
 # libdir and includedir relative to ${prefix} when they are under it (as pkg-config files do).
 pc_path = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
@@ -338,7 +341,8 @@ install: all
 	install -m 0644 include/shmsesscache.h $(DESTDIR)$(INCLUDEDIR)/
 	install -m 0644 $(PC) $(DESTDIR)$(LIBDIR)/pkgconfig/
 	install -m 0755 $(CLI) $(DESTDIR)$(BINDIR)/
-	install -m 0644 $(PRELOAD) $(DESTDIR)$(LIBDIR)/
+	install -d $(DESTDIR)$(PRELOAD_DIR)
+	install -m 0644 $(PRELOAD) $(DESTDIR)$(PRELOAD_DIR)/
 	install -m 0644 man/shmsesscache.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 0644 man/libshmsesscache.3 $(DESTDIR)$(MANDIR)/man3/
 	for f in $(API_FUNCTIONS); do ln -sf libshmsesscache.3 $(DESTDIR)$(MANDIR)/man3/$$f.3; done

@@ -14,7 +14,8 @@ use super::{usage, Args, Failure, EXIT_FAILED};
 use crate::text;
 
 /// Where the preload is looked for when SHMSESS_PRELOAD_LIB does not say: next to this
-/// program (the build directory) or in the `lib` beside its `bin` (an installed prefix).
+/// program (the build directory) or in `LIBDIR/shmsesscache` beside its `bin` (an installed
+/// prefix).
 const PRELOAD_NAME: &str = "libshmsesscache_preload.so";
 
 /// The settings, as the variables the preload reads (docs/dropin.md lists them).
@@ -179,9 +180,14 @@ fn find_preload() -> Result<PathBuf, Failure> {
             )
         })?;
     let dir = exe.parent().unwrap_or(Path::new("/"));
-    // The build tree; an installed prefix's lib; a Debian multiarch LIBDIR (/usr/lib/TRIPLET).
-    let multiarch = format!("../lib/{}-linux-gnu", std::env::consts::ARCH);
-    let dirs = [dir.to_path_buf(), dir.join("../lib"), dir.join(multiarch)];
+    // The build tree; LIBDIR/shmsesscache of an installed prefix, LIBDIR being lib or Debian's
+    // multiarch lib/TRIPLET.
+    let multiarch = format!("../lib/{}-linux-gnu/shmsesscache", std::env::consts::ARCH);
+    let dirs = [
+        dir.to_path_buf(),
+        dir.join("../lib/shmsesscache"),
+        dir.join(multiarch),
+    ];
     dirs.iter()
         .map(|d| d.join(PRELOAD_NAME))
         .find(|c| usable_preload(c))

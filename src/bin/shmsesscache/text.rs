@@ -92,7 +92,8 @@ OPTIONS
 
 ENVIRONMENT
     SHMSESS_PRELOAD_LIB       the preload to use instead of the one next to this program
-                              (or in ../lib beside it)
+                              (or in ../lib/shmsesscache or
+                              ../lib/TRIPLET/shmsesscache beside it)
 
 EXIT STATUS
     PROGRAM's, once it started; 1 if a setting was refused or PROGRAM could not be started;
