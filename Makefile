@@ -38,6 +38,10 @@ API_FUNCTIONS := $(shell sed -n '$(API_SED)' include/shmsesscache.h)
 # then LIBDIR. Empty: no rpath (the Debian packages, whose library is in the linker's path).
 MODULE_RPATH ?= $(CURDIR)/$(BUILD):$(LIBDIR)
 comma := ,
+PRELOAD   := $(BUILD)/libshmsesscache_preload.so
+# Installed in a directory of its own under LIBDIR: it is no library to link against (it has
+# no SONAME), so it stays out of the linker's path; `shmsesscache run` looks there.
+PRELOAD_DIR = $(LIBDIR)/shmsesscache
 
 # $(BUILD)/NAME.settings holds VALUE and changes only when VALUE does: a target built from make
 # variables depends on it, so it is rebuilt when they change (mtimes alone cannot tell).
@@ -55,9 +59,9 @@ $(eval $(call settings_file,nginx-dev,$(shell dpkg-query -W -f='$${Version}' ngi
 
 .PHONY: all lib header check-header lint lint-fmt lint-clippy lint-python fmt test test-rust test-c test-integration test-remote test-apache test-fuzz fuzz demo bench install \
         apache-module install-apache-module test-deps clean nginx-module install-nginx-module test-nginx \
-        test-man test-install deb test-deb
+        test-man test-install deb test-deb test-dropin
 
-all: $(LIB_SO) $(LIB_A) $(PC) $(SERVER) $(CLI)
+all: $(LIB_SO) $(LIB_A) $(PC) $(SERVER) $(CLI) $(PRELOAD)
 
 $(TARGETDIR)/libshmsesscache.so: $(RUST_SRC)
 	$(CARGO) build --release --lib --bins
@@ -74,6 +78,12 @@ $(LIB_A): $(LIB_SO)
 # The operator's command-line tool (stat, list, flush, create, dump, load).
 $(CLI): $(LIB_SO)
 	cp $(TARGETDIR)/shmsesscache $(CLI)
+
+# The drop-in for servers nobody rebuilds (LD_PRELOAD; `shmsesscache run`, docs/dropin.md).
+# It finds libshmsesscache.so.0 beside it in build/, one directory up once installed.
+$(PRELOAD): preload/shmsesscache_preload.c include/shmsesscache.h $(LIB_SO)
+	$(CC) $(CFLAGS) $(WARN) -fPIC -shared -fvisibility=hidden -Iinclude $< -o $@ -L$(BUILD) -lshmsesscache \
+	  -lssl -lcrypto -ldl -pthread -Wl,-rpath,'$$ORIGIN:$$ORIGIN/..' -Wl,-z,nodelete
 
 # libdir and includedir relative to ${prefix} when they are under it (as pkg-config files do).
 pc_path = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
@@ -92,6 +102,10 @@ $(HARNESS): tests/c/harness.c $(TESTLIB) include/shmsesscache.h $(LIB_SO)
 $(CONTRACT): tests/c/contract.c $(TESTLIB) include/shmsesscache.h $(LIB_SO)
 	$(CC) $(CFLAGS) $(WARN) -Iinclude $< $(filter %.c,$(TESTLIB)) -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
 
+# A program written only against OpenSSL, run under the drop-in (test-c sets LD_PRELOAD).
+$(BUILD)/c_dropin: tests/c/dropin.c $(TESTLIB) include/shmsesscache.h $(LIB_SO)
+	$(CC) $(CFLAGS) $(WARN) -Iinclude $< $(filter %.c,$(TESTLIB)) -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
+
 # Regenerate the committed header from src/ffi/.
 header:
 	$(CARGO) run -q --example gen_header > include/shmsesscache.h.new
@@ -104,7 +118,7 @@ check-header:
 	@diff -u include/shmsesscache.h $(BUILD)/shmsesscache.h.check && echo "header in sync" || { echo "include/shmsesscache.h is out of date: run 'make header'"; exit 1; }
 
 test: lint all test-rust test-c test-man test-install test-integration test-remote test-apache test-nginx test-deb \
-      test-fuzz
+      test-dropin test-fuzz
 	@echo "all tests passed"
 
 # The lint gate, first in `make test`: rustfmt's check (the crate and fuzz/, its own
@@ -152,11 +166,17 @@ $(BUILD)/c_unload: tests/c/unload.c
 
 VALGRIND := valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-possibly-lost=no
 
-test-c: $(HARNESS) $(CONTRACT) $(OLD_ABI) $(BUILD)/c_unload $(BUILD)/certs/server.pem
+DROPIN_LOG := $(CURDIR)/$(BUILD)/c_dropin.log
+DROPIN_ENV := LD_PRELOAD=$(CURDIR)/$(PRELOAD) SHMSESS_PRELOAD_LOG=$(DROPIN_LOG)
+
+test-c: $(HARNESS) $(CONTRACT) $(OLD_ABI) $(BUILD)/c_unload $(BUILD)/c_dropin $(PRELOAD) $(BUILD)/certs/server.pem
 	$(BUILD)/c_unload $(CURDIR)/$(LIB_SO).$(SOVERSION) $(BUILD)/certs
 	for t in $(OLD_ABI); do $(VALGRIND) $$t || exit 1; done
 	$(VALGRIND) --trace-children=no $(HARNESS) $(BUILD)/certs
 	$(VALGRIND) --trace-children=no $(CONTRACT) $(BUILD)/certs
+	rm -f $(DROPIN_LOG)
+	$(DROPIN_ENV) $(VALGRIND) --trace-children=no $(BUILD)/c_dropin $(BUILD)/certs $(DROPIN_LOG)
+	$(DROPIN_ENV) SHMSESS_PRELOAD_FORCE=1 $(VALGRIND) --trace-children=no $(BUILD)/c_dropin $(BUILD)/certs $(DROPIN_LOG) --force
 
 # LD_PRELOAD shim that makes accept, fork and waitpid fail or stall on request (tests only).
 FAULT_SHIM := $(BUILD)/fault_shim.so
@@ -231,6 +251,10 @@ test-nginx: test-deps all $(FAULT_SERVER) $(BUILD)/certs/server.pem
 	python3 tests/integration/test_nginx_stream.py --module $(NGINX_MOD) --cli $(CLI) --certs $(BUILD)/certs
 
 FORCE:
+
+# The drop-in under Debian's own servers (scripts/dropin_harness.py), each with and without it.
+test-dropin: test-deps all $(BUILD)/certs/server.pem
+	python3 tests/integration/test_dropin.py --cli $(CLI) --certs $(BUILD)/certs
 
 # Two example servers ("hosts") sharing a throw-away redis-server on 127.0.0.1.
 test-remote: test-deps all $(BUILD)/certs/server.pem
@@ -317,6 +341,8 @@ install: all
 	install -m 0644 include/shmsesscache.h $(DESTDIR)$(INCLUDEDIR)/
 	install -m 0644 $(PC) $(DESTDIR)$(LIBDIR)/pkgconfig/
 	install -m 0755 $(CLI) $(DESTDIR)$(BINDIR)/
+	install -d $(DESTDIR)$(PRELOAD_DIR)
+	install -m 0644 $(PRELOAD) $(DESTDIR)$(PRELOAD_DIR)/
 	install -m 0644 man/shmsesscache.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 0644 man/libshmsesscache.3 $(DESTDIR)$(MANDIR)/man3/
 	for f in $(API_FUNCTIONS); do ln -sf libshmsesscache.3 $(DESTDIR)$(MANDIR)/man3/$$f.3; done

@@ -20,6 +20,12 @@
    `ssl_session_cache off`, TLS 1.2 and 1.3: resumed and full handshakes/s and the server's
    CPU (master + workers, from /proc/PID/stat) per 1,000 resumed handshakes
 
+11. The drop-in (`shmsesscache run`): Debian's hitch (4 workers, an HTTP backend on loopback)
+   under the drop-in (`--no-tickets`) against hitch alone and against build/prefork_server
+   linked with the library (4 workers), and that server with --no-cache under the drop-in
+   (the drop-in's own cost, same server): resumed handshakes/s and the server's CPU (master +
+   workers; hitch's backend not counted) per 1,000 resumed handshakes, TLS 1.2 and 1.3
+
 `--only apache` (or another part: handshake, ops, e2e, tiers) runs just that part and keeps the
 others' figures from the existing results.json.
 
@@ -47,6 +53,7 @@ from harness import nginx_stream as nginx_stream_harness  # noqa: E402
 from harness.client import free_port  # noqa: E402
 from harness.prefork import Server  # noqa: E402
 from harness import process  # noqa: E402
+from harness import dropin as dropin_harness  # noqa: E402
 from harness.redis import Redis, write_key  # noqa: E402
 
 # Documented densities (shared/reference/anchors.md), sessions of ~160 bytes per MiB.
@@ -290,6 +297,64 @@ def nginx_stream(a):
     return interleaved_nginx(a, STREAM_CACHES, start, lambda ng: ng.ports["return"], "stream")
 
 
+def dropin_server(a, name, workers):
+    """A started server for the drop-in part: (context manager, pids whose CPU counts)."""
+    if name.startswith("example server"):
+        dropped_in = name == "example server + drop-in"
+        extra = ["--tls13-stateful"] + (["--no-cache"] if dropped_in else [])
+        srv = Server(os.path.join(a.build, "prefork_server"), a.certs_for_nobody, workers, extra)
+        if dropped_in:
+            # The same server without its own shmsess_install: the drop-in installs instead.
+            srv.cmd = [os.path.join(a.build, "shmsesscache"), "run", "--", *srv.cmd]
+        if os.geteuid() == 0:
+            # Its workers never drop root, and the drop-in serves no root process: both
+            # variants run as nobody.
+            srv.cmd = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *srv.cmd]
+        srv.start()
+        return srv, lambda: [srv.proc.pid] + process.children(srv.proc.pid)
+    cli = os.path.join(a.build, "shmsesscache") if name == "hitch + drop-in" else None
+    h = dropin_harness.Hitch(cli=cli, run_args=["--no-tickets"] if cli else [], certs=a.certs)
+    h.http_backend = True
+    h.start()
+    return h, h.session_pids
+
+
+def dropin(a):
+    """hitch under the drop-in, hitch alone, the example server linked with the library: the
+    same load, runs interleaved; CPU of the server's processes per 1,000 resumed handshakes."""
+    if not shutil.which("hitch"):
+        print("hitch is not installed (make test-deps): the drop-in figures are skipped", file=sys.stderr)
+        return []
+    names = ["hitch + drop-in", "hitch alone", "example server (linked)", "example server + drop-in"]
+    res = []
+    a.certs_for_nobody = tempfile.mkdtemp(prefix="shmsess-bench-certs-")
+    for f in ("server.pem", "server.key"):  # the throw-away test key, readable by nobody
+        shutil.copy(os.path.join(a.certs, f), a.certs_for_nobody)
+        os.chmod(os.path.join(a.certs_for_nobody, f), 0o644)
+    os.chmod(a.certs_for_nobody, 0o755)
+    for proto in ("1.2", "1.3"):
+        runs = {n: [] for n in names}
+        for _ in range(a.runs):
+            for name in names:
+                srv, pids = dropin_server(a, name, 4)
+                try:
+                    before = cpu_seconds(pids())
+                    r = loadgen(a.build, srv.port, a.clients, a.e2e_seconds, proto)
+                    r["server_cpu_s"] = cpu_seconds(pids()) - before
+                finally:
+                    srv.__exit__()
+                runs[name].append(r)
+        for name in names:
+            row = nginx_row(runs[name], server=name, workers=4, protocol=f"TLS {proto}")
+            cpu = row["median_cpu_ms_per_1000_resumed"]
+            print(f"  drop-in TLS {proto} {name:24} {row['median_handshakes_per_s']:8.0f} hs/s "
+                  f"resumed {row['median_resumed_per_s']:7.0f}/s "
+                  f"cpu/1000 resumed {'-' if cpu is None else f'{cpu:.0f} ms'}", file=sys.stderr, flush=True)
+            res.append(row)
+    shutil.rmtree(a.certs_for_nobody, ignore_errors=True)
+    return res
+
+
 def tiers(a):
     """Lookup cost per tier, then two hosts with and without the tier."""
     if not shutil.which("redis-server"):
@@ -450,6 +515,12 @@ def table(r):
         for x in r["tiers"]["two_hosts"]:
             lines.append(f"   two hosts {x['protocol']} {x['mode']:8} {x['median_handshakes_per_s']:7.0f} "
                          f"({100 * x['median_resumed_fraction']:5.1f}%)")
+    for x in r.get("dropin", []):
+        if x is r["dropin"][0]:
+            lines.append("11. the drop-in: resumed/s and server CPU per 1,000 resumed (ms), 4 workers")
+        cpu = x["median_cpu_ms_per_1000_resumed"]
+        lines.append(f"   {x['protocol']} {x['server']:24} {x['median_resumed_per_s']:7.0f}/s "
+                     f"({100 * x['median_resumed_fraction']:5.1f}% resumed)  cpu {'-' if cpu is None else f'{cpu:.0f}'}")
     return "\n".join(lines)
 
 
@@ -467,10 +538,10 @@ def main():
     ap.add_argument("--out", default=HERE)
     ap.add_argument("--tiers", default=os.path.join(ROOT, "target", "release", "examples", "bench_tiers"))
     ap.add_argument("--threads-bench", default=os.path.join(ROOT, "target", "release", "examples", "bench_threads"))
-    ap.add_argument("--only", choices=["handshake", "ops", "e2e", "apache", "tiers", "threads", "nginx", "stream"],
+    ap.add_argument("--only", choices=["handshake", "ops", "e2e", "apache", "tiers", "threads", "nginx", "stream", "dropin"],
                     help="run one part; the others keep their figures from results.json")
     a = ap.parse_args()
-    parts = [a.only] if a.only else ["handshake", "ops", "e2e", "apache", "tiers", "threads", "nginx", "stream"]
+    parts = [a.only] if a.only else ["handshake", "ops", "e2e", "apache", "tiers", "threads", "nginx", "stream", "dropin"]
     r = {}
     if a.only and os.path.exists(os.path.join(a.out, "results.json")):
         with open(os.path.join(a.out, "results.json")) as f:
@@ -507,6 +578,9 @@ def main():
     if "stream" in parts:
         print("nginx stream: shmsess_session_cache vs shared:STREAM vs off ...", file=sys.stderr, flush=True)
         r["nginx_stream"] = nginx_stream(a)
+    if "dropin" in parts:
+        print("the drop-in: hitch under it, hitch alone, the linked example server ...", file=sys.stderr, flush=True)
+        r["dropin"] = dropin(a)
     r["anchor_density"] = ANCHOR_DENSITY
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(r, f, indent=1)

@@ -42,6 +42,16 @@
 // non-empty `session_id_prefix`.
 #define SHMSESS_GENERATE_SESSION_IDS 16
 
+// The segment is written by less privileged processes (workers that dropped root after it
+// was made, as under `shmsesscache run`): a process whose effective uid is 0 never takes its
+// locks. Its session callbacks then act as a miss (a full handshake, nothing stored or
+// removed), each such call is counted in `lock_refused_owner`, and the first one in each
+// process is logged (warning). glibc writes through pointers kept inside a robust mutex, so
+// root locking memory another user can write would hand that user root's writes. The calls
+// that are not callbacks (`shmsess_cache_store`, `_lookup`, ...) are not affected. (Added in
+// 0.5.)
+#define SHMSESS_NEVER_LOCK_AS_ROOT 32
+
 // Longest session id prefix (bytes); the other 16 or more of a 32-byte id stay random.
 #define SHMSESS_MAX_ID_PREFIX 16
 
@@ -265,7 +275,8 @@ typedef struct shmsess_stats {
   // Shard locks re-initialised because nobody could ever take them again (held
   // by a thread that no longer exists, not recoverable, damaged), each followed by a repair
   // of the shard; lock attempts refused because the process's user does not own the
-  // segment file.
+  // segment file (and, with `SHMSESS_NEVER_LOCK_AS_ROOT`, session callbacks in a root
+  // process that left the cache alone).
   uint64_t lock_resets;
   uint64_t lock_refused_owner;
   // Second tier (version 4): TLS 1.3 tickets found locally while Redis could not confirm
@@ -358,6 +369,16 @@ void shmsess_cache_free(struct shmsess_cache *cache);
 // several SSL_CTXs may share one cache. Call before `SSL_new` on `ctx`, in one thread.
 // The SSL_CTX holds a reference to the cache until it is freed.
 enum shmsess_result shmsess_install(struct shmsess_cache *cache, SSL_CTX *ctx);
+
+// Like `shmsess_install`, with flags for this `ctx` alone, ORed with the cache's own:
+// `SHMSESS_KEEP_SESSION_ID_CONTEXT` leaves the context the server set on `ctx` in place
+// (the cache's other contexts still get one derived). For a caller that knows per context
+// whether the server set one (the drop-in watches `SSL_CTX_set_session_id_context`). Any
+// other flag is `SHMSESS_ERR_INVALID_ARGUMENT` and nothing is changed. Same ownership and
+// threading rules as `shmsess_install`. (Added in 0.5.)
+enum shmsess_result shmsess_install_flags(struct shmsess_cache *cache,
+                                          SSL_CTX *ctx,
+                                          uint32_t flags);
 
 // Fill `*stats` with the cache's statistics (counts of all processes), `struct_size`
 // included. The header turns `shmsess_cache_stats(c, s)` into

@@ -33,6 +33,9 @@ pub struct InstallOptions {
     pub generate_ids: bool,
     /// Prefix the generator starts every id with (at most [`MAX_ID_PREFIX`] bytes).
     pub id_prefix: Vec<u8>,
+    /// Callbacks in a process whose effective uid is 0 leave the cache alone (the segment is
+    /// written by less privileged workers); see `tls::install::served_here`.
+    pub never_lock_as_root: bool,
 }
 
 /// Longest prefix the id generator accepts: at least half of a 32-byte id stays random.

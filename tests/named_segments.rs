@@ -23,6 +23,7 @@ fn named_segments_and_the_operating_system() {
     let dir = TempDir::new();
     full_filesystem_is_a_clean_error(dir.path());
     truncated_file_is_an_error_not_a_sigbus(dir.path());
+    descriptor_closed_by_the_program(dir.path());
     stats_of_a_segment_truncated_to_nothing(dir.path());
     cli_reads_check_the_file_before_reading_it(dir.path());
     file_size_limit_is_a_clean_error(dir.path());
@@ -209,6 +210,56 @@ fn truncated_file_is_an_error_not_a_sigbus(base: &Path) {
             2
         }
     });
+}
+
+/// A daemon that closes every descriptor at start (proftpd) takes the segment file's with it,
+/// and the number is soon another file's (a socket, an empty file): its size must not read as
+/// a truncation that turns the cache off, and dropping the cache must not close that file.
+fn descriptor_closed_by_the_program(base: &Path) {
+    let p = base.join("closed-fd.sess");
+    let other = base.join("other-file");
+    in_child(
+        "a segment whose descriptor the program closed and reused",
+        move || {
+            let c = create(&p, 512 << 10).unwrap();
+            let fd = fd_of(&p).expect("the cache keeps the segment file open");
+            let replacement = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&other)
+                .unwrap();
+            // SAFETY: the program closing "every descriptor" and reusing the number, as daemons do.
+            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&replacement), fd) };
+            let worker = || {
+                let mut buf = vec![0u8; 8192];
+                let ok = c.store(&id(7), &make(7, 1), 0, u32::MAX).is_ok()
+                    && matches!(c.lookup(&id(7), &mut buf, false), Ok(Found::Hit { .. }));
+                i32::from(!ok)
+            };
+            let in_worker = wait(spawn(worker), Duration::from_secs(30));
+            let here = worker();
+            drop(c);
+            // SAFETY: asks whether the number is still open.
+            let still_open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+            eprintln!(
+                "worker {in_worker:?}, here {here}, the program's file still open: {still_open}"
+            );
+            i32::from(!(in_worker == Exit::Code(0) && here == 0 && still_open))
+        },
+    );
+}
+
+/// The descriptor of this process open on `path`'s inode (the library opens a temporary name
+/// and links it into place, so the name /proc shows may be another).
+fn fd_of(path: &Path) -> Option<i32> {
+    let want = fs::metadata(path).ok()?;
+    fs::read_dir("/proc/self/fd").ok()?.flatten().find_map(|e| {
+        let m = fs::metadata(e.path()).ok()?;
+        (m.dev() == want.dev() && m.ino() == want.ino())
+            .then(|| e.file_name().to_str()?.parse().ok())
+            .flatten()
+    })
 }
 
 /// Point 1: a file truncated to nothing takes the header page too (the global counters).

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use openssl_sys::SSL_CTX;
 
-use super::options::{plan, prefix_arg, shmsess_options, Plan};
+use super::options::{plan, prefix_arg, shmsess_options, Plan, SHMSESS_KEEP_SESSION_ID_CONTEXT};
 use super::result::{shmsess_result, Fail};
 use super::{guard, handle, null};
 use crate::handle::{self, Handle};
@@ -98,6 +98,42 @@ pub extern "C" fn shmsess_install(cache: *mut shmsess_cache, ctx: *mut SSL_CTX) 
             return Err(null("ctx"));
         }
         install::install(&h, ctx)?;
+        Ok(SHMSESS_OK)
+    })
+}
+
+/// Flags `shmsess_install_flags` takes (per context).
+const INSTALL_FLAGS: u32 = SHMSESS_KEEP_SESSION_ID_CONTEXT;
+
+/// Like `shmsess_install`, with flags for this `ctx` alone, ORed with the cache's own:
+/// `SHMSESS_KEEP_SESSION_ID_CONTEXT` leaves the context the server set on `ctx` in place
+/// (the cache's other contexts still get one derived). For a caller that knows per context
+/// whether the server set one (the drop-in watches `SSL_CTX_set_session_id_context`). Any
+/// other flag is `SHMSESS_ERR_INVALID_ARGUMENT` and nothing is changed. Same ownership and
+/// threading rules as `shmsess_install`. (Added in 0.5.)
+#[no_mangle]
+pub extern "C" fn shmsess_install_flags(
+    cache: *mut shmsess_cache,
+    ctx: *mut SSL_CTX,
+    flags: u32,
+) -> shmsess_result {
+    guard("shmsess_install_flags", || {
+        let h = handle(cache)?;
+        if ctx.is_null() {
+            return Err(null("ctx"));
+        }
+        if flags & !INSTALL_FLAGS != 0 {
+            return Err(Fail(
+                SHMSESS_ERR_INVALID_ARGUMENT,
+                format!(
+                    "shmsess_install_flags takes only SHMSESS_KEEP_SESSION_ID_CONTEXT, not 0x{:x}",
+                    flags & !INSTALL_FLAGS
+                ),
+            ));
+        }
+        let keep =
+            h.install.keep_session_id_context || flags & SHMSESS_KEEP_SESSION_ID_CONTEXT != 0;
+        install::install_keeping(&h, ctx, keep)?;
         Ok(SHMSESS_OK)
     })
 }

@@ -33,12 +33,22 @@ pub const SHMSESS_KEEP_SESSION_ID_CONTEXT: u32 = 8;
 /// from the kernel's CSPRNG, checked for uniqueness against the shared cache. Implied by a
 /// non-empty `session_id_prefix`.
 pub const SHMSESS_GENERATE_SESSION_IDS: u32 = 16;
+/// The segment is written by less privileged processes (workers that dropped root after it
+/// was made, as under `shmsesscache run`): a process whose effective uid is 0 never takes its
+/// locks. Its session callbacks then act as a miss (a full handshake, nothing stored or
+/// removed), each such call is counted in `lock_refused_owner`, and the first one in each
+/// process is logged (warning). glibc writes through pointers kept inside a robust mutex, so
+/// root locking memory another user can write would hand that user root's writes. The calls
+/// that are not callbacks (`shmsess_cache_store`, `_lookup`, ...) are not affected. (Added in
+/// 0.5.)
+pub const SHMSESS_NEVER_LOCK_AS_ROOT: u32 = 32;
 /// Every flag above: others are refused.
 const KNOWN_FLAGS: u32 = SHMSESS_KEEP_INTERNAL_CACHE
     | SHMSESS_TLS13_ALLOW_REUSE
     | SHMSESS_NO_TLS13
     | SHMSESS_KEEP_SESSION_ID_CONTEXT
-    | SHMSESS_GENERATE_SESSION_IDS;
+    | SHMSESS_GENERATE_SESSION_IDS
+    | SHMSESS_NEVER_LOCK_AS_ROOT;
 
 /// Longest session id prefix (bytes); the other 16 or more of a 32-byte id stay random.
 pub const SHMSESS_MAX_ID_PREFIX: u32 = 16;
@@ -414,6 +424,7 @@ pub(super) fn plan(opts: *const shmsess_options) -> Result<Plan, Fail> {
         keep_session_id_context: o.flags & SHMSESS_KEEP_SESSION_ID_CONTEXT != 0,
         generate_ids: o.flags & SHMSESS_GENERATE_SESSION_IDS != 0 || !id_prefix.is_empty(),
         id_prefix,
+        never_lock_as_root: o.flags & SHMSESS_NEVER_LOCK_AS_ROOT != 0,
     };
     // The same plan Cache::create makes: a size it would refuse is refused here.
     crate::store::layout::Geometry::plan(cfg.size_bytes, cfg.unit_bytes).map_err(Error::invalid)?;

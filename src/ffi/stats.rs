@@ -105,7 +105,8 @@ pub struct shmsess_stats {
     /// Shard locks re-initialised because nobody could ever take them again (held
     /// by a thread that no longer exists, not recoverable, damaged), each followed by a repair
     /// of the shard; lock attempts refused because the process's user does not own the
-    /// segment file.
+    /// segment file (and, with `SHMSESS_NEVER_LOCK_AS_ROOT`, session callbacks in a root
+    /// process that left the cache alone).
     pub lock_resets: u64,
     pub lock_refused_owner: u64,
     /// Second tier (version 4): TLS 1.3 tickets found locally while Redis could not confirm

@@ -38,7 +38,10 @@ pub struct Mapping {
 }
 
 struct Backing {
-    file: File,
+    /// Closed on drop only while it still is the segment file (see `is_still_the_file`).
+    file: std::mem::ManuallyDrop<File>,
+    /// (device, inode) of the file when it was opened.
+    identity: (u64, u64),
     path: PathBuf,
     /// CLOCK_MONOTONIC_COARSE time (ns) of the next size check; 0: check at the next use.
     /// Zeroed in a child after `fork` (see [`ForkLocal`]): a worker forked within a second of
@@ -46,6 +49,25 @@ struct Backing {
     next_check_ns: ForkLocal,
     /// The file's size once it was found shorter than the mapping (for good); else u64::MAX.
     truncated_to: AtomicU64,
+}
+
+impl Backing {
+    fn is_still_the_file(&self) -> bool {
+        self.file
+            .metadata()
+            .map(|m| (m.dev(), m.ino()) == self.identity)
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        if self.is_still_the_file() {
+            // SAFETY: dropped once, here; never used afterwards.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.file) };
+        }
+        // Otherwise the number belongs to another file of the program now: leave it open.
+    }
 }
 
 impl Mapping {
@@ -64,7 +86,7 @@ impl Mapping {
     /// The open file behind a named segment (`None` for an anonymous one): for `fstat`,
     /// `pread` or an `flock` on the segment without opening its path again.
     pub fn file(&self) -> Option<&File> {
-        self.backing.as_ref().map(|b| &b.file)
+        self.backing.as_ref().map(|b| &*b.file)
     }
 
     /// `len` bytes of zeroed `MAP_SHARED` memory that no file name reaches: shared with children
@@ -88,10 +110,12 @@ impl Mapping {
 
     fn with_file(file: File, path: &Path, len: usize) -> io::Result<Mapping> {
         let raw = map_shared(file.as_raw_fd(), len)?;
+        let st = file.metadata()?;
         Ok(Mapping {
             raw,
             backing: Some(Backing {
-                file,
+                file: std::mem::ManuallyDrop::new(file),
+                identity: (st.dev(), st.ino()),
                 path: path.to_owned(),
                 next_check_ns: ForkLocal::new(),
                 truncated_to: AtomicU64::new(u64::MAX),
@@ -118,7 +142,15 @@ impl Mapping {
             return Ok(());
         }
         let size = match b.file.metadata() {
-            Ok(m) => m.len(),
+            Ok(m) if (m.dev(), m.ino()) == b.identity => m.len(),
+            // The program closed the descriptor and the number now names something else (a
+            // daemon closing every descriptor at start): the size cannot be watched any more.
+            Ok(_) => {
+                b.next_check_ns.get().store(u64::MAX, Relaxed);
+                // Info, not a warning: a server forking a child per connection says it per child.
+                log::emit(Level::Info, &format!("{}: the program closed the segment file's descriptor (its number is now another file's), so this process can no longer see the file being truncated; the mapping itself is unaffected", b.path.display()));
+                return Ok(());
+            }
             // Cannot tell: keep going (the mapping itself is unaffected by fstat failing).
             Err(_) => return Ok(()),
         };

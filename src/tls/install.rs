@@ -43,10 +43,30 @@ fn handle_for_ctx<'a>(ctx: *const SSL_CTX) -> Option<&'a Handle> {
 /// in this process (an SNI callback may have switched to an SSL_CTX nothing was installed on).
 pub(super) fn with_ctx_handle<R>(ctx: *const SSL_CTX, f: impl FnOnce(&Handle) -> R) -> Option<R> {
     if let Some(h) = handle_for_ctx(ctx) {
-        return Some(f(h));
+        return served_here(h).then(|| f(h));
     }
     let latest = LATEST.read().unwrap_or_else(|p| p.into_inner()).upgrade();
-    latest.map(|h| f(&h))
+    latest.filter(|h| served_here(h)).map(|h| f(&h))
+}
+
+const ROOT_NOT_SERVED: &str = "this process runs as root and the session cache's segment is written by less privileged processes (SHMSESS_NEVER_LOCK_AS_ROOT): root never takes its locks, so this process's TLS handshakes are not served by the shared cache (full handshakes, nothing stored); let the server's unprivileged workers handle TLS";
+
+/// Whether the callbacks of this process may use `h`'s cache: not as root when the segment is
+/// written by less privileged workers (glibc writes through pointers inside a robust mutex).
+/// The first refusal in each process is logged; every one is counted.
+fn served_here(h: &Handle) -> bool {
+    // SAFETY: no preconditions.
+    if !h.install.never_lock_as_root || unsafe { libc::geteuid() } != 0 {
+        return true;
+    }
+    h.cache.globals().lock_refused_owner.fetch_add(1, Relaxed);
+    static SAID_IN: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+    // SAFETY: no preconditions.
+    let pid = unsafe { libc::getpid() };
+    if SAID_IN.swap(pid, Relaxed) != pid {
+        log::emit(Level::Warning, ROOT_NOT_SERVED);
+    }
+    false
 }
 
 pub(super) fn with_handle<R>(ssl: *const SSL, f: impl FnOnce(&Handle) -> R) -> Option<R> {
@@ -167,7 +187,17 @@ unsafe extern "C" fn generate_session_id_cb(
 /// Install the callbacks, cache mode and session id context on `ctx`. The SSL_CTX keeps a
 /// reference to the cache until it is freed.
 pub(crate) fn install(handle: &Arc<Handle>, ctx: *mut SSL_CTX) -> Result<()> {
-    let sid_ctx = if handle.install.keep_session_id_context {
+    install_keeping(handle, ctx, handle.install.keep_session_id_context)
+}
+
+/// [`install`], leaving `ctx`'s session id context alone when `keep_session_id_context` (a
+/// drop-in that saw the server set one installs per context).
+pub(crate) fn install_keeping(
+    handle: &Arc<Handle>,
+    ctx: *mut SSL_CTX,
+    keep_session_id_context: bool,
+) -> Result<()> {
+    let sid_ctx = if keep_session_id_context {
         None
     } else {
         Some(match &handle.install.session_id_context {

@@ -83,7 +83,21 @@ static void test_api_errors(void)
     SSL_CTX *nocert = SSL_CTX_new(TLS_server_method());
     CHECK(shmsess_install(c, nocert) == SHMSESS_ERR_INVALID_ARGUMENT && strstr(shmsess_last_error(), "certificate"),
           "install without a certificate or context: %s", shmsess_last_error());
+    /* Per-context flags: only SHMSESS_KEEP_SESSION_ID_CONTEXT, which also lets a context without a
+     * certificate be installed on (the caller set its session id context). */
+    CHECK(shmsess_install_flags(c, nocert, SHMSESS_NO_TLS13) == SHMSESS_ERR_INVALID_ARGUMENT &&
+              strstr(shmsess_last_error(), "SHMSESS_KEEP_SESSION_ID_CONTEXT") && !SSL_CTX_sess_get_new_cb(nocert),
+          "install_flags with another flag is refused, nothing set: %s", shmsess_last_error());
+    CHECK(shmsess_install_flags(c, nocert, SHMSESS_KEEP_SESSION_ID_CONTEXT) == SHMSESS_OK &&
+              SSL_CTX_sess_get_new_cb(nocert) != NULL,
+          "install_flags keeping the caller's context: %s", shmsess_last_error());
+    CHECK(shmsess_install_flags(NULL, nocert, 0) == SHMSESS_ERR_NULL_ARGUMENT, "install_flags NULL cache");
     SSL_CTX_free(nocert);
+    shmsess_options ro;
+    shmsess_options_init(&ro);
+    ro.flags = SHMSESS_NEVER_LOCK_AS_ROOT;
+    CHECK(shmsess_options_check(&ro) == SHMSESS_OK, "SHMSESS_NEVER_LOCK_AS_ROOT is a known flag: %s",
+          shmsess_last_error());
     shmsess_cache_free(c);
     CHECK(shmsess_cache_stats(c, &(shmsess_stats){ 0 }) == SHMSESS_ERR_BAD_HANDLE, "use after free is refused");
     shmsess_cache_free(c); /* double free: ignored, reported */

@@ -57,7 +57,13 @@ def installed(destdir, prefix, libdir):
     return [f"{libdir}/libshmsesscache.so.0", f"{libdir}/libshmsesscache.so", f"{libdir}/libshmsesscache.a",
             f"{libdir}/pkgconfig/shmsesscache.pc", f"{prefix}/include/shmsesscache.h", f"{prefix}/bin/shmsesscache",
             f"{prefix}/share/man/man1/shmsesscache.1", f"{prefix}/share/man/man3/libshmsesscache.3",
-            f"{prefix}/share/man/man3/shmsess_cache_create.3"]
+            f"{prefix}/share/man/man3/shmsess_cache_create.3", f"{libdir}/shmsesscache/libshmsesscache_preload.so"]
+
+
+def linked_to(ldd_output, soname):
+    """The real paths ldd resolved `soname` to."""
+    return [os.path.realpath(line.split("=>")[1].split("(")[0].strip())
+            for line in ldd_output.splitlines() if soname in line and "=>" in line]
 
 
 def missing(destdir, files):
@@ -114,6 +120,15 @@ def libdir_layout(tmp):
     check("it runs against the installed libshmsesscache.so.0 (SONAME)",
           run.returncode == 0 and run.stdout.startswith("version ") and f"{dest}{libdir}/libshmsesscache.so.0" in ldd,
           run.stdout.strip() + run.stderr.strip())
+    # The installed tool finds the installed preload (in LIBDIR/shmsesscache, LIBDIR the
+    # multiarch one), which finds the installed library one directory up ($ORIGIN/..).
+    env = {k: v for k, v in os.environ.items() if k != "SHMSESS_PRELOAD_LIB"}
+    run = subprocess.run([f"{dest}/usr/bin/shmsesscache", "run", "--", "sh", "-c", 'echo "$LD_PRELOAD"; ldd "${LD_PRELOAD##*:}"'],
+                         capture_output=True, text=True, timeout=30, env=env)
+    check("the installed 'shmsesscache run' preloads the installed drop-in, linked to the installed library",
+          run.returncode == 0 and f"{dest}{libdir}/shmsesscache/libshmsesscache_preload.so" in run.stdout
+          and os.path.realpath(f"{dest}{libdir}/libshmsesscache.so.0") in linked_to(run.stdout, "libshmsesscache.so.0"),
+          (run.stdout + run.stderr).strip()[-400:])
 
 
 def main():

@@ -12,6 +12,7 @@
 //! refused). Nothing here ever prints session contents.
 
 mod report;
+mod run;
 mod text;
 
 use std::path::{Path, PathBuf};
@@ -379,7 +380,7 @@ fn cmd_create(raw: &[String]) -> Result<u8, Failure> {
         .map(text::parse_owner)
         .transpose()
         .map_err(|m| usage(format!("create: --owner: {m}")))?;
-    check_create_size(size, unit)?;
+    check_segment_size("create", size, unit)?;
     let path = create_path(&a, owner)?;
     if std::fs::symlink_metadata(&path).is_ok() {
         return Err(Failure(
@@ -413,24 +414,24 @@ fn cmd_create(raw: &[String]) -> Result<u8, Failure> {
 }
 
 /// The library's own checks name the C fields (`size_bytes`); the operator typed `--size`.
-fn check_create_size(size: u64, unit: u32) -> Result<(), Failure> {
+fn check_segment_size(command: &str, size: u64, unit: u32) -> Result<(), Failure> {
     use shmsesscache::store::layout::{
         Geometry, MAX_SEGMENT_BYTES, MAX_UNIT_BYTES, MIN_UNIT_BYTES,
     };
     let Some(min) = Geometry::min_total_bytes(unit) else {
         return Err(usage(format!(
-            "create: --slot-bytes {unit} is invalid: use a multiple of 8 between {MIN_UNIT_BYTES} and {MAX_UNIT_BYTES}"
+            "{command}: --slot-bytes {unit} is invalid: use a multiple of 8 between {MIN_UNIT_BYTES} and {MAX_UNIT_BYTES}"
         )));
     };
     if size < min {
         return Err(usage(format!(
-            "create: --size {size} is too small: with {unit}-byte slots a segment needs at least {min} bytes (e.g. --size {}K)",
+            "{command}: --size {size} is too small: with {unit}-byte slots a segment needs at least {min} bytes (e.g. --size {}K)",
             min.div_ceil(1024)
         )));
     }
     if size > MAX_SEGMENT_BYTES {
         return Err(usage(format!(
-            "create: --size {size} is larger than the maximum, {MAX_SEGMENT_BYTES} bytes (1T)"
+            "{command}: --size {size} is larger than the maximum, {MAX_SEGMENT_BYTES} bytes (1T)"
         )));
     }
     Ok(())
@@ -594,7 +595,9 @@ fn main() -> ExitCode {
         println!("shmsesscache {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    if rest.iter().any(|a| a == "--help" || a == "-h") {
+    // For `run`, what follows `--` is the server's own command line.
+    let ours = rest.split(|a| a == "--").next().unwrap_or(&[]);
+    if ours.iter().any(|a| a == "--help" || a == "-h") {
         if let Some(h) = text::command_help(cmd) {
             print!("{h}");
             return ExitCode::SUCCESS;
@@ -608,8 +611,9 @@ fn main() -> ExitCode {
         "dump" => cmd_dump(rest),
         "load" => cmd_load(rest),
         "repair" => cmd_repair(rest),
+        "run" => run::cmd_run(rest),
         other => Err(usage(format!(
-            "unknown command {other:?}; commands: stat, list, flush, create, dump, load, repair (see 'shmsesscache --help')"
+            "unknown command {other:?}; commands: stat, list, flush, create, dump, load, repair, run (see 'shmsesscache --help')"
         ))),
     };
     match result {

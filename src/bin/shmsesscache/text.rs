@@ -12,6 +12,8 @@ SYNOPSIS
     shmsesscache dump   PATH FILE
     shmsesscache load   PATH FILE
     shmsesscache repair PATH [--force]
+    shmsesscache run    [--size SIZE] [--path PATH] [--no-tickets] [--ignore-unexpected-eof]
+                        [--log FILE] [--force] -- PROGRAM [ARGS...]
     shmsesscache COMMAND --help
 
 DESCRIPTION
@@ -48,6 +50,54 @@ EXIT STATUS
     2  bad command line
     3  done in part: some shards could not be locked in time, or some records of a dump were
        refused (the message says how many)
+";
+
+const RUN_HELP: &str = "\
+NAME
+    shmsesscache run - start a server that was not built for the cache, with the drop-in
+
+SYNOPSIS
+    shmsesscache run [--size SIZE] [--path PATH] [--no-tickets] [--ignore-unexpected-eof]
+                     [--log FILE] [--force] -- PROGRAM [ARGS...]
+
+DESCRIPTION
+    Checks the settings as the library would (a bad value is refused here, with the fix,
+    before PROGRAM starts; a --path segment is created or attached once, so a file of another
+    size or owner is found now), then execs PROGRAM with libshmsesscache_preload.so added to
+    LD_PRELOAD and the settings in SHMSESS_PRELOAD_* variables. Inside the server the drop-in
+    installs the shared cache on each server SSL_CTX at its first SSL_new, keeping the
+    session id context the server set; client contexts are never touched. If the cache cannot
+    be made, the server runs as it would without it and the reason is logged once. A process
+    running as root is never served by the cache (its workers that dropped root are).
+
+    A systemd unit can set the same variables with Environment= instead (docs/dropin.md).
+
+OPTIONS
+    --size SIZE               segment size (bytes, or 512K, 64M, 1G; default 8M)
+                              (SHMSESS_PRELOAD_SIZE)
+    --path PATH               a named segment (absolute path), mapped when each process
+                              starts: needed when the server execs its workers (dovecot);
+                              read it with 'shmsesscache stat PATH'. Default: anonymous, made
+                              by the process that makes the first server SSL_CTX, shared
+                              with the children it forks (SHMSESS_PRELOAD_PATH)
+    --no-tickets              SSL_OP_NO_TICKET on the server contexts it installs on:
+                              stateful, single-use TLS 1.3 tickets; for servers whose ticket
+                              keys differ per process (SHMSESS_PRELOAD_NO_TICKETS=1)
+    --ignore-unexpected-eof   SSL_OP_IGNORE_UNEXPECTED_EOF: a client dropping TCP without
+                              close_notify keeps its session (SHMSESS_PRELOAD_IGNORE_UNEXPECTED_EOF=1)
+    --log FILE                the drop-in's and library's messages (default: stderr)
+                              (SHMSESS_PRELOAD_LOG)
+    --force                   also install on contexts where the server set its own session
+                              callbacks or turned its session cache off (SHMSESS_PRELOAD_FORCE=1)
+
+ENVIRONMENT
+    SHMSESS_PRELOAD_LIB       the preload to use instead of the one next to this program
+                              (or in ../lib/shmsesscache or
+                              ../lib/TRIPLET/shmsesscache beside it)
+
+EXIT STATUS
+    PROGRAM's, once it started; 1 if a setting was refused or PROGRAM could not be started;
+    2 bad command line.
 ";
 
 const REPAIR_HELP: &str = "\
@@ -198,6 +248,7 @@ pub fn command_help(cmd: &str) -> Option<&'static str> {
         "dump" => DUMP_HELP,
         "load" => LOAD_HELP,
         "repair" => REPAIR_HELP,
+        "run" => RUN_HELP,
         _ => return None,
     })
 }

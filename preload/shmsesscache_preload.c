@@ -1,0 +1,460 @@
+/*
+ * libshmsesscache_preload.so: the shared session cache for OpenSSL servers nobody rebuilds.
+ * Loaded with LD_PRELOAD (by `shmsesscache run -- SERVER`, or a unit's Environment=), it
+ * interposes the few libssl entry points that tell it what the server does with its
+ * SSL_CTXs, and at the first SSL_new on each *server* context it calls shmsess_install on
+ * it, through the library's public C ABI only. Settings come from SHMSESS_PRELOAD_*
+ * variables (docs/dropin.md). It never stops the server from starting or serving: whatever
+ * fails, the server runs as it would without it and the reason is logged once.
+ *
+ * Why interposition works: references to libssl's symbols, the server's and libssl's own
+ * internal ones, bind to these unversioned definitions first; dlsym(RTLD_NEXT) finds the
+ * real ones. The library's own OpenSSL calls come back through here too: a thread-local flag
+ * passes them straight through.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/ssl.h>
+
+#include "shmsesscache.h"
+
+#define EXPORT __attribute__((visibility("default")))
+
+/* ---- settings (SHMSESS_PRELOAD_*) ---- */
+
+struct settings {
+    const char *path;          /* NULL: anonymous, made by the first server context */
+    uint64_t size;             /* 0: the library's default */
+    int no_tickets;
+    int ignore_unexpected_eof;
+    int force;
+    const char *bad;           /* the first invalid variable, with the fix */
+};
+
+static struct settings cfg;
+
+/* ---- log: one file (or stderr), opened before any chroot ---- */
+
+static int log_fd = 2;
+static dev_t log_dev;
+static ino_t log_ino;
+static int log_is_file;
+static char log_path[4096];
+
+static int is_log_file(int fd) {
+    struct stat st;
+    return fstat(fd, &st) == 0 && st.st_dev == log_dev && st.st_ino == log_ino;
+}
+
+/* A daemon may close every descriptor at start and reuse the numbers (proftpd does): write
+ * only while the descriptor is still the file we opened, else open it again by name (which
+ * fails after a chroot or a change of user: then the line goes to stderr). */
+static int log_fd_is_ours(void) {
+    if (!log_is_file || is_log_file(log_fd))
+        return 1;
+    int fd = open(log_path, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
+    if (fd >= 0 && is_log_file(fd)) {
+        int high = fcntl(fd, F_DUPFD_CLOEXEC, 900);
+        if (high >= 0) {
+            close(fd);
+            fd = high;
+        }
+        log_fd = fd;
+        return 1;
+    }
+    if (fd >= 0)
+        close(fd);
+    log_fd = 2;
+    log_is_file = 0;
+    return 1;
+}
+
+static void say(const char *fmt, ...) {
+    char line[1024];
+    size_t room = sizeof line - 1; /* one byte kept for the newline */
+    int n = snprintf(line, room, "shmsesscache drop-in[%ld]: ", (long)getpid());
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(line + n, room - (size_t)n, fmt, ap);
+    va_end(ap);
+    size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
+    if (len > room - 1)
+        len = room - 1; /* cut: vsnprintf wrote at most that much */
+    line[len++] = '\n';
+    if (log_fd_is_ours()) {
+        ssize_t w = write(log_fd, line, len);
+        (void)w;
+    }
+}
+
+/* Each kind of message once per process (a forked worker says it again for itself). */
+enum once { ONCE_SETTINGS, ONCE_CACHE, ONCE_OWN_CALLBACKS, ONCE_CACHE_OFF, ONCE_INSTALL,
+            ONCE_INSTALLED, ONCE_COUNT };
+static pid_t said_in[ONCE_COUNT];
+
+static int first_time(enum once what) {
+    pid_t me = getpid();
+    if (__atomic_exchange_n(&said_in[what], me, __ATOMIC_RELAXED) == me)
+        return 0;
+    return 1;
+}
+
+static void library_log(int level, const char *message, void *userdata) {
+    (void)userdata;
+    say("%s: %s", level <= 1 ? "error" : level == 2 ? "warning" : "info", message);
+}
+
+static void open_log(const char *file) {
+    int fd = open(file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        say("cannot open the log file %s (%s): logging to stderr", file, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    /* Far from the low numbers a daemon's own files get. */
+    int high = fcntl(fd, F_DUPFD_CLOEXEC, 900);
+    if (high >= 0) {
+        close(fd);
+        fd = high;
+    }
+    log_fd = fd;
+    log_dev = st.st_dev;
+    log_ino = st.st_ino;
+    log_is_file = 1;
+    snprintf(log_path, sizeof log_path, "%s", file);
+}
+
+static const char *env(const char *name) {
+    const char *v = getenv(name);
+    return v && *v ? v : NULL;
+}
+
+/* "1" or "0" (unset or empty: 0); anything else is refused with the fix. */
+static int env_switch(const char *name, int *out) {
+    const char *v = env(name);
+    if (!v || strcmp(v, "0") == 0) {
+        *out = 0;
+        return 1;
+    }
+    if (strcmp(v, "1") == 0) {
+        *out = 1;
+        return 1;
+    }
+    return 0;
+}
+
+/* Bytes, or a number with K, M or G (powers of 1024), as `shmsesscache run --size` takes. */
+static int parse_size(const char *s, uint64_t *out) {
+    char *end = NULL;
+    errno = 0;
+    unsigned long long n = strtoull(s, &end, 10);
+    if (errno || end == s || *s == '-')
+        return 0;
+    uint64_t mult = 1;
+    switch (*end) {
+    case 'K': case 'k': mult = 1ull << 10; end++; break;
+    case 'M': case 'm': mult = 1ull << 20; end++; break;
+    case 'G': case 'g': mult = 1ull << 30; end++; break;
+    }
+    if (strcmp(end, "B") == 0 || strcmp(end, "iB") == 0)
+        end += strlen(end);
+    if (*end || n == 0 || n > UINT64_MAX / mult)
+        return 0;
+    *out = n * mult;
+    return 1;
+}
+
+static void read_settings(void) {
+    static const char *switches[] = {"SHMSESS_PRELOAD_NO_TICKETS",
+                                     "SHMSESS_PRELOAD_IGNORE_UNEXPECTED_EOF",
+                                     "SHMSESS_PRELOAD_FORCE"};
+    int *targets[] = {&cfg.no_tickets, &cfg.ignore_unexpected_eof, &cfg.force};
+    cfg.path = env("SHMSESS_PRELOAD_PATH");
+    const char *size = env("SHMSESS_PRELOAD_SIZE");
+    if (size && !parse_size(size, &cfg.size))
+        cfg.bad = "SHMSESS_PRELOAD_SIZE is not a size (examples: 8388608, 512K, 64M, 1G)";
+    for (size_t i = 0; i < sizeof switches / sizeof *switches; i++)
+        if (!env_switch(switches[i], targets[i]) && !cfg.bad)
+            cfg.bad = "SHMSESS_PRELOAD_NO_TICKETS, _IGNORE_UNEXPECTED_EOF and _FORCE take 1 or 0";
+}
+
+/* ---- the real libssl functions ---- */
+
+static __thread int inside; /* in a call into the library: pass everything through */
+
+#define REAL(name) real_##name
+#define DECLARE_REAL(ret, name, params) static ret(*real_##name) params
+DECLARE_REAL(SSL_CTX *, SSL_CTX_new, (const SSL_METHOD *));
+DECLARE_REAL(SSL_CTX *, SSL_CTX_new_ex, (OSSL_LIB_CTX *, const char *, const SSL_METHOD *));
+DECLARE_REAL(SSL *, SSL_new, (SSL_CTX *));
+DECLARE_REAL(long, SSL_CTX_ctrl, (SSL_CTX *, int, long, void *));
+DECLARE_REAL(int, SSL_CTX_set_session_id_context, (SSL_CTX *, const unsigned char *, unsigned int));
+DECLARE_REAL(void, SSL_CTX_sess_set_new_cb, (SSL_CTX *, int (*)(SSL *, SSL_SESSION *)));
+DECLARE_REAL(void, SSL_CTX_sess_set_remove_cb, (SSL_CTX *, void (*)(SSL_CTX *, SSL_SESSION *)));
+DECLARE_REAL(void, SSL_CTX_sess_set_get_cb,
+             (SSL_CTX *, SSL_SESSION *(*)(SSL *, const unsigned char *, int, int *)));
+
+/* Looked up on first use: a constructor of another object may call libssl before ours. */
+static void *next_symbol(const char *name) {
+    void *p = dlsym(RTLD_NEXT, name);
+    if (!p) {
+        say("error: %s not found after the drop-in (%s); is libssl linked?", name, dlerror());
+        abort(); /* cannot forward the call: nothing sensible is left to do */
+    }
+    return p;
+}
+static void *resolve(void **slot, const char *name) {
+    void *p = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    if (!p) {
+        p = next_symbol(name);
+        __atomic_store_n(slot, p, __ATOMIC_RELEASE);
+    }
+    return p;
+}
+#define RESOLVE(name) ((__typeof__(REAL(name)))resolve((void **)&REAL(name), #name))
+
+/* ---- what the server did to each SSL_CTX (kept in its ex_data) ---- */
+
+enum {
+    ST_SEEN = 1 << 0,
+    ST_SID_CTX = 1 << 1,        /* the server set a session id context */
+    ST_OWN_NEW_CB = 1 << 2,
+    ST_OWN_GET_CB = 1 << 3,
+    ST_OWN_REMOVE_CB = 1 << 4,
+    ST_MODE_SET = 1 << 5,       /* the server set a cache mode (in the high bits) */
+    ST_DECIDED = 1 << 6,
+    ST_MODE_SHIFT = 16,
+};
+
+static int ex_index = -1;
+static pthread_once_t ex_once = PTHREAD_ONCE_INIT;
+static void make_ex_index(void) {
+    ex_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+static uintptr_t state_of(const SSL_CTX *ctx) {
+    pthread_once(&ex_once, make_ex_index);
+    return ex_index < 0 ? 0 : (uintptr_t)SSL_CTX_get_ex_data(ctx, ex_index);
+}
+
+static void set_state(SSL_CTX *ctx, uintptr_t st) {
+    pthread_once(&ex_once, make_ex_index);
+    if (ex_index >= 0)
+        SSL_CTX_set_ex_data(ctx, ex_index, (void *)(st | ST_SEEN));
+}
+
+static void add_state(SSL_CTX *ctx, uintptr_t bits) {
+    if (ctx)
+        set_state(ctx, state_of(ctx) | bits);
+}
+
+/* A client-only method never serves; a server-only one always does; a generic one
+ * (TLS_method) serves when the server set a session id context on it. */
+static int is_server_context(const SSL_CTX *ctx, uintptr_t st) {
+    const SSL_METHOD *m = SSL_CTX_get_ssl_method(ctx);
+    if (m == TLS_client_method() || m == DTLS_client_method())
+        return 0;
+    if (m == TLS_server_method() || m == DTLS_server_method())
+        return 1;
+    return (st & ST_SID_CTX) != 0;
+}
+
+/* ---- the cache: named, attached at load; anonymous, made by the first server context ---- */
+
+static shmsess_cache *cache;
+static int cache_tried;
+static const char *cache_error = "not made yet";
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void make_cache(void) {
+    shmsess_options o;
+    shmsess_options_init(&o);
+    o.path = cfg.path;
+    if (cfg.size)
+        o.size_bytes = cfg.size;
+    o.flags |= SHMSESS_NEVER_LOCK_AS_ROOT;
+    if (cfg.bad) {
+        cache_error = cfg.bad;
+        return;
+    }
+    inside++;
+    shmsess_result r = shmsess_options_check(&o);
+    if (r == SHMSESS_OK)
+        r = shmsess_cache_create(&o, &cache);
+    inside--;
+    if (r != SHMSESS_OK) {
+        static char why[512];
+        snprintf(why, sizeof why, "%s", shmsess_last_error());
+        cache_error = why;
+        cache = NULL;
+    }
+}
+
+/* Made once: a forked child inherits `cache_tried` and the mapping with it. */
+static void ensure_cache(void) {
+    pthread_mutex_lock(&cache_lock);
+    if (!cache_tried) {
+        cache_tried = 1;
+        make_cache();
+        if (!cache && first_time(ONCE_CACHE))
+            say("warning: no shared session cache, the server runs with its own: %s", cache_error);
+    }
+    pthread_mutex_unlock(&cache_lock);
+}
+
+__attribute__((constructor)) static void preload_init(void) {
+    const char *log = env("SHMSESS_PRELOAD_LOG");
+    if (log)
+        open_log(log);
+    read_settings();
+    if (cfg.bad && first_time(ONCE_SETTINGS))
+        say("warning: %s; the server runs without the shared cache", cfg.bad);
+    shmsess_set_log_callback(library_log, NULL, 2);
+    /* Mapped now, before the server forks, drops privileges or chroots. */
+    if (cfg.path)
+        ensure_cache();
+}
+
+/* ---- deciding, once per context, at its first SSL_new ---- */
+
+static void describe_callbacks(uintptr_t st, char *out, size_t len) {
+    snprintf(out, len, "%s%s%s", st & ST_OWN_NEW_CB ? " new" : "", st & ST_OWN_GET_CB ? " get" : "",
+             st & ST_OWN_REMOVE_CB ? " remove" : "");
+}
+
+/* Leave alone a server that runs its own session cache or turned caching off. */
+static int server_objects(uintptr_t st) {
+    long mode = (long)(st >> ST_MODE_SHIFT);
+    if (st & (ST_OWN_NEW_CB | ST_OWN_GET_CB | ST_OWN_REMOVE_CB)) {
+        if (first_time(ONCE_OWN_CALLBACKS)) {
+            char which[32];
+            describe_callbacks(st, which, sizeof which);
+            say("info: left a server context alone: the server set its own session callbacks (%s ); "
+                "set SHMSESS_PRELOAD_FORCE=1 (shmsesscache run --force) to replace them",
+                which);
+        }
+        return 1;
+    }
+    if ((st & ST_MODE_SET) && !(mode & SSL_SESS_CACHE_SERVER)) {
+        if (first_time(ONCE_CACHE_OFF))
+            say("info: left a server context alone: the server turned its session cache off "
+                "(cache mode 0x%lx); set SHMSESS_PRELOAD_FORCE=1 (shmsesscache run --force) to "
+                "cache its sessions anyway", mode);
+        return 1;
+    }
+    return 0;
+}
+
+static void install_on(SSL_CTX *ctx, uintptr_t st) {
+    uint32_t flags = (st & ST_SID_CTX) ? SHMSESS_KEEP_SESSION_ID_CONTEXT : 0;
+    inside++;
+    shmsess_result r = shmsess_install_flags(cache, ctx, flags);
+    if (r == SHMSESS_OK) {
+        uint64_t opts = 0;
+        if (cfg.no_tickets)
+            opts |= SSL_OP_NO_TICKET;
+        if (cfg.ignore_unexpected_eof)
+            opts |= SSL_OP_IGNORE_UNEXPECTED_EOF;
+        if (opts)
+            SSL_CTX_set_options(ctx, opts);
+    }
+    inside--;
+    if (r != SHMSESS_OK && first_time(ONCE_INSTALL))
+        say("warning: could not install the shared cache on a server context (it keeps its own): %s",
+            shmsess_last_error());
+    else if (r == SHMSESS_OK && first_time(ONCE_INSTALLED))
+        say("info: shared cache installed on a server context (session id context %s%s%s)",
+            (st & ST_SID_CTX) ? "the server's" : "derived", cfg.no_tickets ? ", tickets off" : "",
+            cfg.ignore_unexpected_eof ? ", unexpected EOF ignored" : "");
+}
+
+static void decide(SSL_CTX *ctx) {
+    static pthread_mutex_t deciding = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&deciding);
+    uintptr_t st = state_of(ctx);
+    if (!(st & ST_DECIDED)) {
+        set_state(ctx, st | ST_DECIDED);
+        if (is_server_context(ctx, st)) {
+            ensure_cache();
+            if (cache && (cfg.force || !server_objects(st)))
+                install_on(ctx, st);
+        }
+    }
+    pthread_mutex_unlock(&deciding);
+}
+
+/* ---- the interposed entry points ---- */
+
+static SSL_CTX *noticed(SSL_CTX *ctx) {
+    if (ctx && !inside) {
+        add_state(ctx, 0);
+        /* An anonymous segment is made here, before the server forks its workers; client-only
+         * processes and those that never make a server context make none. */
+        if (is_server_context(ctx, 0))
+            ensure_cache();
+    }
+    return ctx;
+}
+
+EXPORT SSL_CTX *SSL_CTX_new(const SSL_METHOD *method) {
+    return noticed(RESOLVE(SSL_CTX_new)(method));
+}
+
+EXPORT SSL_CTX *SSL_CTX_new_ex(OSSL_LIB_CTX *libctx, const char *propq, const SSL_METHOD *method) {
+    return noticed(RESOLVE(SSL_CTX_new_ex)(libctx, propq, method));
+}
+
+EXPORT SSL *SSL_new(SSL_CTX *ctx) {
+    if (ctx && !inside && !(state_of(ctx) & ST_DECIDED))
+        decide(ctx);
+    return RESOLVE(SSL_new)(ctx);
+}
+
+EXPORT long SSL_CTX_ctrl(SSL_CTX *ctx, int cmd, long larg, void *parg) {
+    if (ctx && !inside && cmd == SSL_CTRL_SET_SESS_CACHE_MODE) {
+        uintptr_t st = state_of(ctx) & ((1u << ST_MODE_SHIFT) - 1);
+        set_state(ctx, st | ST_MODE_SET | ((uintptr_t)(larg & 0xffff) << ST_MODE_SHIFT));
+    }
+    return RESOLVE(SSL_CTX_ctrl)(ctx, cmd, larg, parg);
+}
+
+EXPORT int SSL_CTX_set_session_id_context(SSL_CTX *ctx, const unsigned char *sid, unsigned int len) {
+    int ok = RESOLVE(SSL_CTX_set_session_id_context)(ctx, sid, len);
+    if (ok == 1 && len > 0 && !inside) {
+        add_state(ctx, ST_SID_CTX);
+        noticed(ctx); /* a generic-method context is a server one from here on */
+    }
+    return ok;
+}
+
+EXPORT void SSL_CTX_sess_set_new_cb(SSL_CTX *ctx, int (*cb)(SSL *, SSL_SESSION *)) {
+    if (cb && !inside)
+        add_state(ctx, ST_OWN_NEW_CB);
+    RESOLVE(SSL_CTX_sess_set_new_cb)(ctx, cb);
+}
+
+EXPORT void SSL_CTX_sess_set_remove_cb(SSL_CTX *ctx, void (*cb)(SSL_CTX *, SSL_SESSION *)) {
+    if (cb && !inside)
+        add_state(ctx, ST_OWN_REMOVE_CB);
+    RESOLVE(SSL_CTX_sess_set_remove_cb)(ctx, cb);
+}
+
+EXPORT void SSL_CTX_sess_set_get_cb(SSL_CTX *ctx,
+                                    SSL_SESSION *(*cb)(SSL *, const unsigned char *, int, int *)) {
+    if (cb && !inside)
+        add_state(ctx, ST_OWN_GET_CB);
+    RESOLVE(SSL_CTX_sess_set_get_cb)(ctx, cb);
+}

@@ -1,0 +1,215 @@
+/*
+ * The drop-in (libshmsesscache_preload.so) in a program that was not written for the cache:
+ * it only uses OpenSSL, and is run with LD_PRELOAD and SHMSESS_PRELOAD_* set by the Makefile.
+ *   dropin CERTDIR LOGFILE          the default: server contexts shared, client ones untouched,
+ *                                   the server's own callbacks and cache-off left alone,
+ *                                   a root process not served
+ *   dropin CERTDIR LOGFILE --force  SHMSESS_PRELOAD_FORCE=1: those are replaced
+ * Workers are forked processes; when run as root they drop to nobody first, as a server's
+ * workers do, except the one that checks the root rule.
+ */
+#define _GNU_SOURCE
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testlib.h"
+
+static const char *logfile;
+static int forced;
+
+/* What a worker reports about the server context it served on. */
+struct report {
+    struct outcome hs;
+    int installed;     /* the drop-in's callbacks are on the context */
+    long mode;         /* its cache mode after SSL_new */
+};
+
+static int own_new_calls;
+static int own_new(SSL *s, SSL_SESSION *sess) { (void)s; (void)sess; own_new_calls++; return 0; }
+static SSL_SESSION *own_get(SSL *s, const unsigned char *id, int len, int *copy)
+{
+    (void)s; (void)id; (void)len; *copy = 0;
+    return NULL;
+}
+static void own_remove(SSL_CTX *c, SSL_SESSION *s) { (void)c; (void)s; }
+
+static void drop_root(void)
+{
+    if (getuid() == 0 && setresuid(65534, 65534, 65534) != 0) {
+        perror("setresuid");
+        exit(1);
+    }
+}
+
+/* In a forked worker (unprivileged unless stay_root): the first SSL_new on sctx, then a
+ * handshake offering `offer`. */
+static void worker(SSL_CTX *sctx, SSL_CTX *cctx, const struct outcome *offer, int stay_root,
+                   struct report *out)
+{
+    int fds[2];
+    if (pipe(fds) != 0)
+        exit(1);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        if (!stay_root)
+            drop_root();
+        struct report *r = calloc(1, sizeof *r);
+        SSL_free(SSL_new(sctx));
+        r->installed = SSL_CTX_sess_get_new_cb(sctx) != NULL && SSL_CTX_sess_get_new_cb(sctx) != own_new;
+        r->mode = SSL_CTX_get_session_cache_mode(sctx);
+        struct hs_options o = { 0 };
+        handshake_with(sctx, cctx, offer, &o, &r->hs);
+        ssize_t w = write(fds[1], r, sizeof *r);
+        free(r);
+        exit(w == (ssize_t)sizeof *r ? 0 : 1);
+    }
+    close(fds[1]);
+    memset(out, 0, sizeof *out);
+    size_t got = 0;
+    ssize_t n;
+    while (got < sizeof *out && (n = read(fds[0], (char *)out + got, sizeof *out - got)) > 0)
+        got += (size_t)n;
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(got == sizeof *out && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "worker failed (status %d; under valgrind 99 means it reported errors)", status);
+}
+
+/* How many lines of the drop-in's log contain `needle`. */
+static int log_lines_with(const char *needle)
+{
+    FILE *f = fopen(logfile, "r");
+    char line[2048];
+    int n = 0;
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof line, f))
+        n += strstr(line, needle) != NULL;
+    fclose(f);
+    return n;
+}
+
+/* A server context and a client context in one process: sessions of the server one resume
+ * in another worker; the client one keeps OpenSSL's own client cache, no callbacks. */
+static void test_server_shared_client_untouched(int version)
+{
+    SSL_CTX *sctx = server_ctx("server", version, SSL_OP_NO_TICKET, 0, 0);
+    SSL_CTX *cctx = client_ctx(version, 0);
+    long client_mode = SSL_CTX_get_session_cache_mode(cctx);
+    struct report a, b;
+    worker(sctx, cctx, NULL, 0, &a);
+    worker(sctx, cctx, &a.hs, 0, &b);
+    CHECK(a.hs.ok && b.hs.ok, "v%x: handshakes %d %d", version, a.hs.ok, b.hs.ok);
+    CHECK(a.installed && a.mode == (SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL),
+          "v%x: server context not installed (callbacks %d, mode 0x%lx)", version, a.installed, a.mode);
+    CHECK(b.hs.reused, "v%x: a session of one worker did not resume in another", version);
+    SSL_free(SSL_new(cctx));
+    CHECK(SSL_CTX_sess_get_new_cb(cctx) == NULL && SSL_CTX_sess_get_get_cb(cctx) == NULL &&
+          SSL_CTX_get_session_cache_mode(cctx) == client_mode,
+          "v%x: the client context was changed (mode 0x%lx, was 0x%lx)", version,
+          SSL_CTX_get_session_cache_mode(cctx), client_mode);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+}
+
+/* Two contexts with one certificate and their own session id contexts: the drop-in keeps
+ * each (a derived one would be the same for both, and a session would cross over). */
+static void test_keeps_server_session_id_context(void)
+{
+    SSL_CTX *one = server_ctx("server", TLS12, SSL_OP_NO_TICKET, 0, 0);
+    SSL_CTX *two = server_ctx("server", TLS12, SSL_OP_NO_TICKET, 0, 0);
+    SSL_CTX_set_session_id_context(one, (const unsigned char *)"one", 3);
+    SSL_CTX_set_session_id_context(two, (const unsigned char *)"two", 3);
+    SSL_CTX *cctx = client_ctx(TLS12, 0);
+    struct report a, same, other;
+    worker(one, cctx, NULL, 0, &a);
+    worker(one, cctx, &a.hs, 0, &same);
+    worker(two, cctx, &a.hs, 0, &other);
+    CHECK(same.hs.reused, "a session did not resume on its own context");
+    CHECK(other.hs.ok && !other.hs.reused, "a session resumed on a context with another session id context");
+    SSL_CTX_free(one);
+    SSL_CTX_free(two);
+    SSL_CTX_free(cctx);
+}
+
+/* A worker still running as root handles TLS: it is not served (nothing stored, nothing
+ * looked up) and says so once; an unprivileged worker then has nothing to resume. */
+static void test_root_process_not_served(void)
+{
+    if (getuid() != 0) {
+        printf("skipped the root rule: needs root\n");
+        return;
+    }
+    SSL_CTX *sctx = server_ctx("server", TLS12, SSL_OP_NO_TICKET, 0, 0);
+    SSL_CTX *cctx = client_ctx(TLS12, 0);
+    int said_before = log_lines_with("runs as root");
+    struct report root1, root2, user;
+    worker(sctx, cctx, NULL, 1, &root1);
+    worker(sctx, cctx, &root1.hs, 0, &user);
+    worker(sctx, cctx, &root1.hs, 1, &root2);
+    CHECK(root1.hs.ok && user.hs.ok && root2.hs.ok, "handshakes failed");
+    CHECK(!user.hs.reused, "a session made by a root worker was in the shared cache");
+    CHECK(!root2.hs.reused, "a root worker looked a session up in the shared cache");
+    int said = log_lines_with("runs as root") - said_before;
+    CHECK(said == 2, "root refusals logged %d times (once per root worker: 2)", said);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+}
+
+/* A server that runs its own session cache, and one that turned caching off: left alone
+ * (and logged), unless --force. */
+static void test_server_settings_respected(void)
+{
+    SSL_CTX *own = server_ctx("server", TLS12, SSL_OP_NO_TICKET, 0, 0);
+    SSL_CTX_sess_set_new_cb(own, own_new);
+    SSL_CTX_sess_set_get_cb(own, own_get);
+    SSL_CTX_sess_set_remove_cb(own, own_remove);
+    SSL_CTX *off = server_ctx("server", TLS12, SSL_OP_NO_TICKET, 0, 0);
+    SSL_CTX_set_session_cache_mode(off, SSL_SESS_CACHE_OFF);
+    SSL_CTX *cctx = client_ctx(TLS12, 0);
+    struct report o, o2, f, f2;
+    worker(own, cctx, NULL, 0, &o);
+    worker(own, cctx, &o.hs, 0, &o2);
+    worker(off, cctx, NULL, 0, &f);
+    worker(off, cctx, &f.hs, 0, &f2);
+    if (!forced) {
+        CHECK(!o.installed && !o2.hs.reused, "own callbacks were replaced without --force");
+        CHECK(!f.installed && f.mode == SSL_SESS_CACHE_OFF && !f2.hs.reused,
+              "a context with caching off was changed without --force (mode 0x%lx)", f.mode);
+        CHECK(log_lines_with("set its own session callbacks ( new get remove )") >= 1,
+              "no log line naming the server's callbacks");
+        CHECK(log_lines_with("turned its session cache off (cache mode 0x0)") >= 1,
+              "no log line naming the cache mode");
+    } else {
+        CHECK(o.installed && o2.hs.reused, "--force: own callbacks not replaced (reused %d)", o2.hs.reused);
+        CHECK(f.installed && f2.hs.reused, "--force: caching-off context not installed (mode 0x%lx)", f.mode);
+    }
+    SSL_CTX_free(own);
+    SSL_CTX_free(off);
+    SSL_CTX_free(cctx);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s CERTDIR LOGFILE [--force]\n", argv[0]);
+        return 2;
+    }
+    certdir = argv[1];
+    logfile = argv[2];
+    forced = argc > 3 && strcmp(argv[3], "--force") == 0;
+    if (!forced) {
+        test_server_shared_client_untouched(TLS12);
+        test_server_shared_client_untouched(TLS13);
+        test_keeps_server_session_id_context();
+        test_root_process_not_served();
+    }
+    test_server_settings_respected();
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}

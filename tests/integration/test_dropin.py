@@ -1,0 +1,260 @@
+"""The drop-in against Debian's own servers: resumption without it (the contrast) and under
+`shmsesscache run`, TLS 1.3 tickets once each, a worker killed under load, a reload, and the
+root master never locking the segment (its lock calls traced with gdb).
+
+    python3 tests/integration/test_dropin.py --cli build/shmsesscache --certs build/certs [--only hitch,nsd]
+"""
+
+import argparse
+import os
+import re
+import signal
+import ssl
+import subprocess
+import threading
+import time
+
+from harness.checks import check, finish
+from harness import dropin as dh
+
+TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
+RECONNECTS = 20
+
+
+def contrast(kind, args):
+    with kind(certs=args.certs) as s:
+        n = dh.resumed_of(s, TLS12, RECONNECTS)
+    check(f"{kind.name} alone (the contrast): TLS 1.2 without tickets mostly misses across its workers",
+          n < RECONNECTS - 1, f"{n}/{RECONNECTS}")
+    return n
+
+
+def segment_stats(cli, path):
+    out = subprocess.run([cli, "stat", path, "--json"], capture_output=True, text=True, timeout=30)
+    import json
+    return json.loads(out.stdout) if out.returncode == 0 else {}
+
+
+def test_resumption(kind, args):
+    alone = contrast(kind, args)
+    seg_dir = os.path.join("/run", "shmsesscache-test")
+    os.makedirs(seg_dir, mode=0o700, exist_ok=True)
+    seg = os.path.join(seg_dir, f"{kind.name}-{os.getpid()}.sess")
+    with kind(cli=args.cli, run_args=["--path", seg, "--no-tickets", "--size", "8M"], certs=args.certs) as s:
+        n12 = dh.resumed_of(s, TLS12, RECONNECTS)
+        n13 = dh.resumed_of(s, TLS13, 10)
+        first, second = dh.replayed_ticket_resumes(s)
+        check(f"{kind.name}: TLS 1.2 without tickets resumes across workers under the drop-in",
+              n12 >= RECONNECTS - 1, f"{n12}/{RECONNECTS} (alone: {alone}/{RECONNECTS})")
+        check(f"{kind.name}: TLS 1.3 stateful tickets resume", n13 >= 9, f"{n13}/10")
+        check(f"{kind.name}: a TLS 1.3 ticket resumes once", first and not second,
+              f"first {first}, replay {second}")
+        st = segment_stats(args.cli, seg)
+        check(f"{kind.name}: 'shmsesscache stat' reads the drop-in's segment",
+              st.get("lookup_hits", 0) >= n12 and st.get("taken", 0) >= 1,
+              f"hits {st.get('lookup_hits')}, taken {st.get('taken')}")
+        if kind.root_master:
+            root_master_never_locks(s, kind, seg)
+        killed_under_load(s, kind)
+        reload_keeps_sessions(s, kind)
+        # A server that closes every descriptor and drops root (proftpd) gets the lines on stderr.
+        log = s.dropin_log() + "".join(l + "\n" for l in s.server_output().splitlines() if "drop-in[" in l)
+        check(f"{kind.name}: the drop-in logged its install, no warnings",
+              "installed on a server context" in log and "warning" not in log,
+              log.strip().splitlines()[-1] if log.strip() else "empty log")
+    os.unlink(seg)
+    if not kind.needs_named_segment:
+        anonymous_segment_made_once(kind, args)
+    if "--force" in kind.dropin_args:
+        left_alone_without_force(kind, args)
+
+
+def left_alone_without_force(kind, args):
+    """A server that turned its session cache off is left as it is, and the log says why."""
+    s = kind(cli=args.cli, run_args=["--no-tickets"], certs=args.certs)
+    s.dropin_args = []
+    s.run_args = ["--no-tickets"]
+    with s:
+        n = dh.resumed_of(s, TLS12, RECONNECTS)
+        log = s.dropin_log()
+    check(f"{kind.name}: without --force the drop-in leaves its cache-off contexts alone and says so",
+          n < RECONNECTS - 1 and "turned its session cache off (cache mode 0x" in log
+          and "--force" in log, f"{n}/{RECONNECTS}; log: {log.strip().splitlines()[:1]}")
+
+
+def memfd_segments(pids):
+    """{inode: {pids}} of the anonymous segments (memfd "shmsesscache") these processes map,
+    and the pids that were still there to be read (a child per connection comes and goes)."""
+    found, read = {}, set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                for line in f:
+                    if "/memfd:shmsesscache" in line:
+                        found.setdefault(line.split()[4], set()).add(pid)
+            read.add(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return found, read
+
+
+def anonymous_segment_made_once(kind, args):
+    """Without --path, behind `timeout` (a process in between that never serves TLS): one
+    anonymous segment, made by the server's master, mapped by every process that serves."""
+    with kind(cli=args.cli, run_args=["--no-tickets"], certs=args.certs, wrapper=["timeout", "300"]) as s:
+        n12 = dh.resumed_of(s, TLS12, RECONNECTS)
+        workers = set(s.workers())
+        segs, alive = memfd_segments(s.session_pids())
+        workers &= alive
+        check(f"{kind.name}: anonymous segment (behind timeout): sessions resume across workers",
+              n12 >= RECONNECTS - 1, f"{n12}/{RECONNECTS}")
+        check(f"{kind.name}: one anonymous segment, mapped by every worker, none by timeout",
+              len(segs) == 1 and workers <= next(iter(segs.values()), set())
+              and s.proc.pid not in next(iter(segs.values()), set()),
+              f"segments {[sorted(v) for v in segs.values()]}, workers {sorted(workers)}, timeout {s.proc.pid}")
+
+
+def root_master_never_locks(s, kind, seg):
+    """gdb counts the shard-lock calls in the root master through handshakes and a reload, and
+    in one unprivileged worker through the same handshakes (the control: tracing sees locks)."""
+    master, worker = s.master_pid(), s.workers()[0]
+    traces = [dh.LockTrace(master, seg), dh.LockTrace(worker, seg)]
+    done = 0
+    while done < 40:  # enough for the kernel to hand the traced worker some
+        dh.resumed_of(s, TLS12, 4)
+        done += 5
+    s.reload()
+    dh.resumed_of(s, TLS12, 4)
+    in_master, in_worker = (t.stop() for t in traces)
+    check(f"{kind.name}: the root master never locks the segment (traced with gdb), a worker does",
+          in_master == 0 and in_worker > 0, f"master {in_master} lock calls, worker {in_worker}")
+
+
+def killed_under_load(s, kind):
+    stop, counter = threading.Event(), [0, 0]
+    t = threading.Thread(target=dh.load, args=(s, stop, counter), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while counter[0] < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victims = []
+    while not victims and time.monotonic() < deadline + 10:  # a child per connection may be between
+        victims = s.workers()
+    os.kill(victims[0], signal.SIGKILL)
+    before = counter[0]
+    deadline = time.monotonic() + 10
+    while counter[0] < before + 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    t.join(10)
+    n = dh.resumed_of(s, TLS12, RECONNECTS)
+    check(f"{kind.name}: after a worker was SIGKILLed under load, sessions resume",
+          n >= RECONNECTS - 1 and s.proc.poll() is None,
+          f"{n}/{RECONNECTS}; {counter[0]} connections under load, {counter[1]} failed")
+
+
+def reload_keeps_sessions(s, kind):
+    ctx = dh.client_context(TLS12, True)
+    _, session = dh.connect(s, ctx)
+    old = set(s.workers())
+    s.reload()
+    deadline = time.monotonic() + 15
+    while kind.persistent_workers and time.monotonic() < deadline and not (set(s.workers()) - old):
+        time.sleep(0.1)
+    dh.wait_for_port(s.port, s.proc)
+    reused = 0
+    for _ in range(RECONNECTS):
+        r, session = dh.connect(s, ctx, session)
+        reused += bool(r)
+    check(f"{kind.name}: a session from before a reload ({s.reload_signal.name}) resumes after it",
+          reused >= RECONNECTS - 1 and s.proc.poll() is None,
+          f"{reused}/{RECONNECTS}, new workers {sorted(set(s.workers()) - old)}")
+
+
+def run_refuses_bad_settings(args):
+    """A bad setting is refused before PROGRAM starts, with the fix; set directly in the
+    environment (a unit's Environment=) the server still starts, without the cache, and says
+    why once."""
+    import tempfile
+    marker = os.path.join(tempfile.mkdtemp(prefix="shmsess-run-"), "started")
+    cases = [(["--size", "1K"], "needs at least 56000 bytes (e.g. --size 55K)"), (["--size", "lots"], "examples: 8388608, 512K, 64M, 1G"),
+             (["--path", "relative.sess"], "give an absolute path"),
+             (["--log", "/nonexistent-dir/x.log"], "--log /nonexistent-dir/x.log")]
+    for flags, fix in cases:
+        out = subprocess.run([args.cli, "run", *flags, "--", "touch", marker], capture_output=True, text=True,
+                             timeout=30)
+        check(f"run {' '.join(flags)}: refused before the program starts, with the fix",
+              out.returncode in (1, 2) and fix in out.stderr and not os.path.exists(marker),
+              f"exit {out.returncode}: {out.stderr.strip()}")
+    env = dict(os.environ, SHMSESS_PRELOAD_LIB="/nonexistent/libshmsesscache_preload.so")
+    out = subprocess.run([args.cli, "run", "--", "touch", marker], capture_output=True, text=True, env=env,
+                         timeout=30)
+    check("run: a missing preload is refused before the program starts",
+          out.returncode == 1 and "SHMSESS_PRELOAD_LIB" in out.stderr and not os.path.exists(marker),
+          out.stderr.strip())
+    preload = os.path.join(os.path.dirname(args.cli), "libshmsesscache_preload.so")
+    s = dh.Hitch(certs=args.certs)
+    s.env = lambda: dict(os.environ, LD_PRELOAD=preload, SHMSESS_PRELOAD_SIZE="1K", SHMSESS_PRELOAD_LOG=s.log)
+    with s:
+        n = dh.resumed_of(s, TLS12, 5)
+        log = s.dropin_log()
+    check("a bad SHMSESS_PRELOAD_SIZE set directly: the server serves without the cache, the reason logged once per process",
+          "no shared session cache, the server runs with its own" in log and "minimum is" in log
+          and len(set(re.findall(r"drop-in\[(\d+)\]", log))) == len(log.strip().splitlines()),
+          f"resumed {n}/5; {log.strip().splitlines()[:1]}")
+
+
+def unexpected_eof(args):
+    """--ignore-unexpected-eof: a client that drops TCP without close_notify keeps its
+    session (OpenSSL otherwise treats the EOF as fatal and removes it from the shared cache)."""
+    results = {}
+    for flag in ([], ["--ignore-unexpected-eof"]):
+        with dh.Hitch(cli=args.cli, run_args=["--no-tickets", *flag], certs=args.certs) as s:
+            results[bool(flag)] = dh.resumed_after_drops(s, 10)
+    check("hitch: --ignore-unexpected-eof keeps the sessions of clients that drop TCP without close_notify",
+          results[True] >= 9 and results[False] <= 1,
+          f"with it {results[True]}/10, without {results[False]}/10")
+
+
+def hello_retry_request(args):
+    """A TLS 1.3 ticket offered with a key share the server does not accept (it takes only
+    P-256): the server asks again (HelloRetryRequest) and the ticket still resumes, once."""
+    seg = os.path.join("/run", "shmsesscache-test", f"hrr-{os.getpid()}.sess")
+    s = dh.Hitch(cli=args.cli, run_args=["--no-tickets", "--path", seg], certs=args.certs)
+    s.http_backend, s.groups = True, "P-256"
+    with s:
+        ticket = os.path.join(s.dir, "ticket.pem")
+        dh.s_client_tls13(s, "-sess_out", ticket)
+        first = dh.s_client_tls13(s, "-sess_in", ticket, "-groups", "X25519:P-256")
+        again = dh.s_client_tls13(s, "-sess_in", ticket, "-groups", "X25519:P-256")
+        st = segment_stats(args.cli, seg)
+    os.unlink(seg)
+    words = [re.findall(r"^(New|Reused), ", o, re.M) for o in (first, again)]
+    check("hitch: a TLS 1.3 ticket resumes through a HelloRetryRequest, once",
+          words == [["Reused"], ["New"]] and st.get("hrr_resumed") == 1,
+          f"{words}, hrr_resumed {st.get('hrr_resumed')}")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--cli", required=True)
+    p.add_argument("--certs", required=True)
+    p.add_argument("--only", default=",".join(dh.SERVERS))
+    args = p.parse_args()
+    args.cli = os.path.abspath(args.cli)
+    args.certs = os.path.abspath(args.certs)
+    run_refuses_bad_settings(args)
+    if "hitch" in args.only.split(","):
+        unexpected_eof(args)
+        hello_retry_request(args)
+    for name in args.only.split(","):
+        test_resumption(dh.SERVERS[name], args)
+    try:
+        os.rmdir(os.path.join("/run", "shmsesscache-test"))  # only when no other run uses it
+    except OSError:
+        pass
+    finish()
+
+
+if __name__ == "__main__":
+    main()
