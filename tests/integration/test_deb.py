@@ -267,9 +267,10 @@ def nginx(certs):
     # nginx's $ssl_session_reused: "r" for a resumed session.
     resumption("nginx", port, NGINX_SEGMENT, NGINX_LOG, "r")
     _, body, _, _ = http_get(port, client_context(ssl.TLSVersion.TLSv1_2), "/sessions")
-    hits = re.search(rb"^shmsess_lookup_hits_total (\d+)", body, re.M)
+    # The library's Prometheus text (the CLI's names), labelled with the block and segment.
+    hits = re.search(rb"^shmsesscache_lookup_hits_total(?:\{[^}]*\})? (\d+)", body, re.M)
     check("nginx: shmsess_status serves the statistics", hits and int(hits.group(1)) > 0,
-          f"shmsess_lookup_hits_total {hits.group(1).decode()}" if hits else body[-300:].decode(errors="replace"))
+          f"shmsesscache_lookup_hits_total {hits.group(1).decode()}" if hits else body[-300:].decode(errors="replace"))
     stop = run("service", "nginx", "stop")
     check("service nginx stop", stop.returncode == 0 and wait_port(port, up=False), stop.stderr.strip())
 
