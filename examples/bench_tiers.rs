@@ -133,7 +133,10 @@ fn main() {
             let _ = origin.store(&id(tag ^ 0x80, i), &der, now, expires);
             let _ = origin.store(&id(tag ^ 0x40, i), &der, now, expires);
         }
-        let dropped = counters.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        let dropped = counters
+            .get()
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed);
         let queued = timed_bursts(
             secs,
             256,
@@ -145,7 +148,10 @@ fn main() {
             || assert!(remote.flush(Duration::from_secs(10)), "writer stuck"),
         );
         assert_eq!(
-            counters.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            counters
+                .get()
+                .dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
             dropped,
             "writes dropped"
         );

@@ -43,13 +43,14 @@ pub const MAX_ID_PREFIX: usize = 16;
 
 /// What a `shmsess_cache*` points to: the mapped cache and how to behave in OpenSSL.
 pub struct Handle {
+    /// The optional second tier (Redis), shared by hosts. Declared first, so dropped first:
+    /// its writer thread finishes (and counts into the segment) before `cache` unmaps it.
+    pub remote: Option<Remote>,
     pub cache: Cache,
     pub install: InstallOptions,
     /// The generator's prefix in this process: starts as `install.id_prefix`; a worker may
     /// change it after fork (e.g. to add its own number), which affects only that worker.
     pub id_prefix: RwLock<Vec<u8>>,
-    /// The optional second tier (Redis), shared by hosts.
-    pub remote: Option<Remote>,
 }
 
 impl Handle {

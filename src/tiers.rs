@@ -434,12 +434,12 @@ mod tests {
         let missing = local.lookup_bytes(&[7; 32], &mut [0u8; 64], Take::Never, now);
         assert!(matches!(missing, Ok(Found::Miss)));
         assert!(remote.flush(Duration::from_secs(5)));
-        let tried = counters.errors.load(Relaxed) + counters.dropped.load(Relaxed);
+        let tried = counters.get().errors.load(Relaxed) + counters.get().dropped.load(Relaxed);
         assert_eq!(tried, 0, "nothing reached the tier");
         // Both tiers: the same store is queued for Redis (and, Redis being down, lost).
         let both = Tiers::new(&c, Some(&remote), Reach::Both);
         both.store(&[5; 32], b"other", now, now + 300).unwrap();
         assert!(remote.flush(Duration::from_secs(5)));
-        assert_eq!(counters.dropped.load(Relaxed), 1);
+        assert_eq!(counters.get().dropped.load(Relaxed), 1);
     }
 }

@@ -193,7 +193,7 @@ fn a_cross_host_read_and_consume_share_one_deadline() {
     .unwrap();
     let t = now();
     r.store_now(&[9; 32], DER, t, t + 300, t);
-    assert_eq!(c.stores.load(Relaxed), 1);
+    assert_eq!(c.get().stores.load(Relaxed), 1);
     let start = Instant::now();
     let dl = r.deadline();
     let got = r.fetch_within(&[9; 32], false, t, dl);
@@ -250,7 +250,7 @@ fn freeing_a_cluster_handle_waits_one_timeout_not_one_per_job() {
         spent < Duration::from_millis(1500),
         "freeing the handle took {spent:?}"
     );
-    let s = c.load();
+    let s = c.get().load();
     assert_eq!(s.stores, 0);
     assert_eq!(s.dropped, 64, "every write not sent is counted: {s:?}");
 }
@@ -306,7 +306,7 @@ fn a_reply_dribbled_after_a_large_burst_is_cut_at_the_deadline() {
         spent < Duration::from_millis(1500),
         "the fetch took {spent:?} (timeout 200 ms)"
     );
-    assert_eq!(c.timeouts.load(Relaxed), 1);
+    assert_eq!(c.get().timeouts.load(Relaxed), 1);
 }
 
 #[test]
@@ -333,7 +333,7 @@ fn a_cluster_with_more_slot_ranges_than_a_reply_array_is_routed() {
     assert!(
         matches!(r.fetch(&[9; 32], false, t), Fetched::Hit(_)),
         "{:?}",
-        c.load()
+        c.get().load()
     );
 }
 
@@ -365,7 +365,7 @@ fn a_swap_done_before_the_connection_broke_is_not_retried_into_a_refusal() {
     .unwrap();
     let t = now();
     r.store_now(&[5; 32], DER, t, t + 300, t);
-    assert_eq!(c.stores.load(Relaxed), 1);
+    assert_eq!(c.get().stores.load(Relaxed), 1);
     // A never-used ticket: its one use cannot be confirmed, but it is no replay.
     assert_eq!(r.take_local(&[5; 32], t + 300, t), Taken::Unconfirmed);
 }
@@ -424,6 +424,6 @@ fn a_hung_seed_does_not_stop_the_cluster_when_a_known_node_answers() {
     assert!(
         matches!(got, Fetched::Miss),
         "answered by B: {:?}",
-        c.load()
+        c.get().load()
     );
 }

@@ -71,10 +71,10 @@ fn single_use(compat: Compat) {
     // Never stored (its SET failed or is still queued): accepted, and a late store cannot
     // bring it back for another host.
     assert_eq!(r.take_local(&id(3), exp, t), Taken::NeverStored);
-    let stores = c.stores.load(Relaxed);
+    let stores = c.get().stores.load(Relaxed);
     r.store_now(&id(3), b"der-3", t, exp, t);
     assert_eq!(
-        c.stores.load(Relaxed),
+        c.get().stores.load(Relaxed),
         stores,
         "SET NX did not overwrite the tombstone"
     );
@@ -92,7 +92,7 @@ fn single_use(compat: Compat) {
     assert!(r.flush(Duration::from_secs(5)));
     assert_eq!(r.take_local(&id(5), exp, t), Taken::NeverStored);
 
-    let s = c.load();
+    let s = c.get().load();
     assert_eq!(
         (s.errors, s.timeouts, s.skipped, s.rejected, s.dropped),
         (0, 0, 0, 0, 0),
@@ -125,7 +125,7 @@ fn a_restarted_redis_costs_no_failure_the_stale_connection_is_replaced() {
     // The pooled connection is dead (the old server closed it): replaced within the same
     // operation. Redis lost its data (no persistence): a miss, not an error.
     assert!(miss(r.fetch(&[9; 32], false, t)));
-    let s = c.load();
+    let s = c.get().load();
     assert_eq!((s.errors, s.timeouts), (0, 0), "{s:?}");
 }
 
@@ -135,7 +135,7 @@ fn an_unreachable_redis_leaves_a_local_take_unconfirmed() {
     let r = remote(&c, free_port(), Compat::Detect, 200);
     let t = now();
     assert_eq!(r.take_local(&[1; 32], t + 60, t), Taken::Unconfirmed);
-    assert_eq!(c.unconfirmed.load(Relaxed), 1);
+    assert_eq!(c.get().unconfirmed.load(Relaxed), 1);
 }
 
 #[test]
@@ -162,12 +162,12 @@ fn queued_writes_never_wait_for_redis_and_the_queue_is_bounded() {
         spent < Duration::from_millis(timeout_ms),
         "queueing took {spent:?}"
     );
-    let dropped = c.dropped.load(Relaxed);
+    let dropped = c.get().dropped.load(Relaxed);
     assert!(
         dropped >= 10_000 - 4096 - 64,
         "the queue is bounded: {dropped} dropped"
     );
-    assert_eq!(c.stores.load(Relaxed), 0);
+    assert_eq!(c.get().stores.load(Relaxed), 0);
     drop(r);
     drop(silent);
 }

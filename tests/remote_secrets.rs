@@ -115,7 +115,11 @@ fn the_url_password_is_wiped() {
         };
         let r = Remote::new(cfg, c.clone()).unwrap();
         let got = r.fetch(&[9; 32], false, 0);
-        assert!(matches!(got, Fetched::Miss), "logged in: {:?}", c.load());
+        assert!(
+            matches!(got, Fetched::Miss),
+            "logged in: {:?}",
+            c.get().load()
+        );
     }
     // Its last 24 bytes: a freed copy may have its first 16 overwritten by the allocator.
     let found = copies_of(&pat[16..]);

@@ -6,7 +6,7 @@ use std::hash::Hasher;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use siphasher::sip::SipHasher13;
@@ -53,8 +53,8 @@ impl Default for Config {
 pub const DEFAULT_LOCK_TIMEOUT_MS: u64 = 200;
 
 pub struct Cache {
-    /// Shared with the Redis tier's [`RemoteCountersRef`], which may outlive this value on
-    /// the tier's writer thread: the segment is unmapped when the last of them goes.
+    /// The segment; the Redis tier's [`RemoteCountersRef`] holds it only while it counts, so
+    /// the segment is unmapped when this value goes (give or take one count in flight).
     map: Arc<Mapping>,
     geo: Geometry,
     hash_key: [u64; 2],
@@ -101,18 +101,41 @@ fn globals_of(map: &Mapping) -> &Globals {
     unsafe { &*(map.base().add(GLOBALS_OFFSET) as *const Globals) }
 }
 
-/// Where the Redis tier counts (`remote_*` statistics): a segment's counters, holding the
-/// segment's mapping so that they stay valid as long as this value lives, on any thread
-/// ([`Cache::remote_counters`]); or private counters nobody else sees
-/// ([`RemoteCountersRef::private`]: tests, benchmarks). Cheap to clone; reads as
-/// [`RemoteCounters`].
+/// Where the Redis tier counts (`remote_*` statistics): a segment's counters
+/// ([`Cache::remote_counters`]), or private counters nobody else sees
+/// ([`RemoteCountersRef::private`]: tests, benchmarks). Cheap to clone.
+///
+/// It does not keep the segment mapped: the cache's owner decides when the segment goes (a
+/// forked child that frees its cache unmaps it, although the tier state it inherited is never
+/// freed there). [`RemoteCountersRef::get`] holds the mapping while one count is made; once
+/// the cache is gone, counts go nowhere.
 #[derive(Clone)]
 pub struct RemoteCountersRef(CountersAt);
 
 #[derive(Clone)]
 enum CountersAt {
-    Segment(Arc<Mapping>),
+    Segment(Weak<Mapping>),
     Private(Arc<RemoteCounters>),
+}
+
+/// The counters of a [`RemoteCountersRef`] for the moment: holds the segment mapped while it
+/// lives. Reads as [`RemoteCounters`].
+pub struct Counting<'a>(CountingAt<'a>);
+
+enum CountingAt<'a> {
+    Segment(Arc<Mapping>),
+    Borrowed(&'a RemoteCounters),
+}
+
+impl std::ops::Deref for Counting<'_> {
+    type Target = RemoteCounters;
+
+    fn deref(&self) -> &RemoteCounters {
+        match &self.0 {
+            CountingAt::Segment(map) => &globals_of(map).remote,
+            CountingAt::Borrowed(c) => c,
+        }
+    }
 }
 
 impl RemoteCountersRef {
@@ -123,16 +146,22 @@ impl RemoteCountersRef {
         let zero: RemoteCounters = unsafe { std::mem::zeroed() };
         RemoteCountersRef(CountersAt::Private(Arc::new(zero)))
     }
-}
 
-impl std::ops::Deref for RemoteCountersRef {
-    type Target = RemoteCounters;
-
-    fn deref(&self) -> &RemoteCounters {
+    /// The counters to count into now: the segment's while its cache lives, else (the cache
+    /// was freed, e.g. while the tier's writer thread finished a batch) counters nobody reads.
+    pub fn get(&self) -> Counting<'_> {
         match &self.0 {
-            CountersAt::Segment(map) => &globals_of(map).remote,
-            CountersAt::Private(c) => c,
+            CountersAt::Segment(map) => match map.upgrade() {
+                Some(map) => Counting(CountingAt::Segment(map)),
+                None => Counting(CountingAt::Borrowed(&LOST_SEGMENT_GLOBALS.remote)),
+            },
+            CountersAt::Private(c) => Counting(CountingAt::Borrowed(c)),
         }
+    }
+
+    /// Whether these are a segment's counters whose cache still lives.
+    pub fn in_live_segment(&self) -> bool {
+        matches!(&self.0, CountersAt::Segment(map) if map.strong_count() > 0)
     }
 }
 
@@ -590,7 +619,7 @@ impl Cache {
     /// The Redis tier's counters in this segment, for the tier to keep: they stay mapped as
     /// long as it holds them, whatever happens to this `Cache` meanwhile.
     pub fn remote_counters(&self) -> RemoteCountersRef {
-        RemoteCountersRef(CountersAt::Segment(Arc::clone(&self.map)))
+        RemoteCountersRef(CountersAt::Segment(Arc::downgrade(&self.map)))
     }
 
     fn shard_base(&self, idx: usize) -> *mut u8 {
