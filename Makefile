@@ -22,6 +22,8 @@ LIB_SO    := $(BUILD)/libshmsesscache.so
 LIB_A     := $(BUILD)/libshmsesscache.a
 PC        := $(BUILD)/shmsesscache.pc
 SERVER    := $(BUILD)/prefork_server
+# The small server docs/c-api.md walks through (built with the warnings as errors, tested).
+MINIMAL   := $(BUILD)/minimal_server
 HARNESS   := $(BUILD)/c_harness
 CONTRACT  := $(BUILD)/c_contract
 # The TLS server/client pair over memory BIOs (contexts, handshakes) that the C tests and
@@ -61,7 +63,7 @@ $(eval $(call settings_file,nginx-dev,$(shell dpkg-query -W -f='$${Version}' ngi
         apache-module install-apache-module test-deps clean nginx-module install-nginx-module test-nginx \
         test-man test-install deb test-deb test-dropin
 
-all: $(LIB_SO) $(LIB_A) $(PC) $(SERVER) $(CLI) $(PRELOAD)
+all: $(LIB_SO) $(LIB_A) $(PC) $(SERVER) $(MINIMAL) $(CLI) $(PRELOAD)
 
 $(TARGETDIR)/libshmsesscache.so: $(RUST_SRC)
 	$(CARGO) build --release --lib --bins
@@ -93,6 +95,9 @@ $(PC): shmsesscache.pc.in Cargo.toml $(BUILD)/pc-paths.settings
 	  -e 's|@INCLUDEDIR@|$(call pc_path,$(INCLUDEDIR))|' -e 's|@VERSION@|$(VERSION)|' $< > $@
 
 $(SERVER): c-examples/prefork_server.c include/shmsesscache.h $(LIB_SO)
+	$(CC) $(CFLAGS) $(WARN) -Iinclude $< -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
+
+$(MINIMAL): c-examples/minimal_server.c include/shmsesscache.h $(LIB_SO)
 	$(CC) $(CFLAGS) $(WARN) -Iinclude $< -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
 
 $(HARNESS): tests/c/harness.c $(TESTLIB) include/shmsesscache.h $(LIB_SO)
@@ -186,6 +191,7 @@ $(FAULT_SHIM): tests/c/fault_shim.c
 test-integration: all $(FAULT_SERVER) $(FAULT_SHIM) $(BUILD)/certs/server.pem
 	python3 tests/integration/test_prefork.py --server $(SERVER) --certs $(BUILD)/certs
 	python3 tests/integration/test_example_server.py --server $(SERVER) --certs $(BUILD)/certs --shim $(FAULT_SHIM)
+	python3 tests/integration/test_minimal_server.py --server $(MINIMAL) --certs $(BUILD)/certs
 	python3 tests/integration/test_operations.py --server $(SERVER) --cli $(CLI) --certs $(BUILD)/certs
 	python3 tests/integration/test_worker_kills.py --server $(FAULT_SERVER) --certs $(BUILD)/certs
 
