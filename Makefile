@@ -61,7 +61,7 @@ $(eval $(call settings_file,nginx-dev,$(shell dpkg-query -W -f='$${Version}' ngi
 
 .PHONY: all lib header check-header lint lint-fmt lint-clippy lint-python fmt test test-rust test-c test-integration test-remote test-apache test-fuzz fuzz demo bench install \
         apache-module install-apache-module test-deps clean nginx-module install-nginx-module test-nginx \
-        test-man test-install deb test-deb test-dropin
+        test-man test-install deb test-deb test-dropin test-docs
 
 all: $(LIB_SO) $(LIB_A) $(PC) $(SERVER) $(MINIMAL) $(CLI) $(PRELOAD)
 
@@ -122,7 +122,7 @@ check-header:
 	@$(CARGO) run -q --example gen_header > $(BUILD)/shmsesscache.h.check
 	@diff -u include/shmsesscache.h $(BUILD)/shmsesscache.h.check && echo "header in sync" || { echo "include/shmsesscache.h is out of date: run 'make header'"; exit 1; }
 
-test: lint all test-rust test-c test-man test-install test-integration test-remote test-apache test-nginx test-deb \
+test: lint all test-docs test-rust test-c test-man test-install test-integration test-remote test-apache test-nginx test-deb \
       test-dropin test-fuzz
 	@echo "all tests passed"
 
@@ -337,7 +337,7 @@ bench: all $(BUILD)/certs/server.pem $(BUILD)/bench/handshake $(BUILD)/bench/loa
 
 # The library, header, pkg-config file, tool and man pages. Outside the linker's default paths
 # (PREFIX=/usr/local is inside on Debian; /opt is not) programs need an rpath or an ld.so.conf.d
-# entry: see the README. Run `ldconfig` after installing into a system directory.
+# entry: see docs/c-api.md. Run `ldconfig` after installing into a system directory.
 install: all
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) \
 	  $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3
@@ -373,6 +373,10 @@ test-deb: test-deps $(BUILD)/certs/server.pem
 
 # The man pages against the header and the tool's own help, and through mandoc's and groff's
 # checkers.
+# Every relative link and #anchor of README.md and docs/*.md resolves (reads files only).
+test-docs:
+	python3 tests/integration/test_docs.py
+
 test-man: test-deps $(CLI)
 	python3 tests/integration/test_man.py --cli $(CLI) --header include/shmsesscache.h --man man
 
