@@ -22,6 +22,8 @@ LIB_SO    := $(BUILD)/libshmsesscache.so
 LIB_A     := $(BUILD)/libshmsesscache.a
 PC        := $(BUILD)/shmsesscache.pc
 SERVER    := $(BUILD)/prefork_server
+# The small server docs/c-api.md walks through (built with the warnings as errors, tested).
+MINIMAL   := $(BUILD)/minimal_server
 HARNESS   := $(BUILD)/c_harness
 CONTRACT  := $(BUILD)/c_contract
 # The TLS server/client pair over memory BIOs (contexts, handshakes) that the C tests and
@@ -59,9 +61,9 @@ $(eval $(call settings_file,nginx-dev,$(shell dpkg-query -W -f='$${Version}' ngi
 
 .PHONY: all lib header check-header lint lint-fmt lint-clippy lint-python fmt test test-rust test-c test-integration test-remote test-apache test-fuzz fuzz demo bench install \
         apache-module install-apache-module test-deps clean nginx-module install-nginx-module test-nginx \
-        test-man test-install deb test-deb test-dropin
+        test-man test-install deb test-deb test-dropin test-docs
 
-all: $(LIB_SO) $(LIB_A) $(PC) $(SERVER) $(CLI) $(PRELOAD)
+all: $(LIB_SO) $(LIB_A) $(PC) $(SERVER) $(MINIMAL) $(CLI) $(PRELOAD)
 
 $(TARGETDIR)/libshmsesscache.so: $(RUST_SRC)
 	$(CARGO) build --release --lib --bins
@@ -95,6 +97,9 @@ $(PC): shmsesscache.pc.in Cargo.toml $(BUILD)/pc-paths.settings
 $(SERVER): c-examples/prefork_server.c include/shmsesscache.h $(LIB_SO)
 	$(CC) $(CFLAGS) $(WARN) -Iinclude $< -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
 
+$(MINIMAL): c-examples/minimal_server.c include/shmsesscache.h $(LIB_SO)
+	$(CC) $(CFLAGS) $(WARN) -Iinclude $< -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
+
 $(HARNESS): tests/c/harness.c $(TESTLIB) include/shmsesscache.h $(LIB_SO)
 	$(CC) $(CFLAGS) $(WARN) -Iinclude $< $(filter %.c,$(TESTLIB)) -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
 
@@ -117,7 +122,7 @@ check-header:
 	@$(CARGO) run -q --example gen_header > $(BUILD)/shmsesscache.h.check
 	@diff -u include/shmsesscache.h $(BUILD)/shmsesscache.h.check && echo "header in sync" || { echo "include/shmsesscache.h is out of date: run 'make header'"; exit 1; }
 
-test: lint all test-rust test-c test-man test-install test-integration test-remote test-apache test-nginx test-deb \
+test: lint all test-docs test-rust test-c test-man test-install test-integration test-remote test-apache test-nginx test-deb \
       test-dropin test-fuzz
 	@echo "all tests passed"
 
@@ -186,6 +191,7 @@ $(FAULT_SHIM): tests/c/fault_shim.c
 test-integration: all $(FAULT_SERVER) $(FAULT_SHIM) $(BUILD)/certs/server.pem
 	python3 tests/integration/test_prefork.py --server $(SERVER) --certs $(BUILD)/certs
 	python3 tests/integration/test_example_server.py --server $(SERVER) --certs $(BUILD)/certs --shim $(FAULT_SHIM)
+	python3 tests/integration/test_minimal_server.py --server $(MINIMAL) --certs $(BUILD)/certs
 	python3 tests/integration/test_operations.py --server $(SERVER) --cli $(CLI) --certs $(BUILD)/certs
 	python3 tests/integration/test_worker_kills.py --server $(FAULT_SERVER) --certs $(BUILD)/certs
 
@@ -331,7 +337,7 @@ bench: all $(BUILD)/certs/server.pem $(BUILD)/bench/handshake $(BUILD)/bench/loa
 
 # The library, header, pkg-config file, tool and man pages. Outside the linker's default paths
 # (PREFIX=/usr/local is inside on Debian; /opt is not) programs need an rpath or an ld.so.conf.d
-# entry: see the README. Run `ldconfig` after installing into a system directory.
+# entry: see docs/c-api.md. Run `ldconfig` after installing into a system directory.
 install: all
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) \
 	  $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3
@@ -367,6 +373,10 @@ test-deb: test-deps $(BUILD)/certs/server.pem
 
 # The man pages against the header and the tool's own help, and through mandoc's and groff's
 # checkers.
+# Every relative link and #anchor of README.md and docs/*.md resolves (reads files only).
+test-docs:
+	python3 tests/integration/test_docs.py
+
 test-man: test-deps $(CLI)
 	python3 tests/integration/test_man.py --cli $(CLI) --header include/shmsesscache.h --man man
 

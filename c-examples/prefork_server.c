@@ -34,7 +34,7 @@
  * Each request line gets an HTTP/1.0 answer naming the worker pid and whether the session was
  * resumed, so curl, Python's ssl module and openssl s_client can all talk to it.
  *
- * The SSL_shutdown rule (see README): OpenSSL removes a session from the cache when an SSL
+ * The SSL_shutdown rule (docs/c-api.md): OpenSSL removes a session from the cache when an SSL
  * whose handshake completed is freed without SSL_shutdown() ("unclean" close), and with an
  * external cache that removal reaches every worker. So after answering we always call
  * SSL_shutdown() (sending close_notify; we do not wait for the client's). A client that drops
@@ -43,8 +43,7 @@
  * we see the error; SSL_OP_IGNORE_UNEXPECTED_EOF makes it a plain end of stream instead, as
  * servers that keep sessions do. When the connection broke in the middle, we mark it shut
  * down with SSL_set_shutdown() only if the handshake had completed and no TLS-level error
- * occurred, which keeps the session usable (the choice 001_*.txt describes); after a protocol
- * error we let OpenSSL drop it.
+ * occurred, which keeps the session usable; after a protocol error we let OpenSSL drop it.
  *
  * Process management: the parent blocks SIGTERM, SIGINT, SIGUSR1 and SIGCHLD and takes them
  * with sigtimedwait(), so a stop request can never slip in between a check and a blocking

@@ -68,7 +68,8 @@
 //!    word, and repairs every shard: for a segment no process uses any more.
 //!
 //! Messages about recoveries and lock failures reach the log callback only after the shard
-//! lock is released. The README's "After a crash" section says which tests show each of these.
+//! lock is released. docs/design.md ("After a crash", and its table of guarantees) says
+//! which tests show each of these.
 
 pub mod cache;
 pub mod dumpfile;

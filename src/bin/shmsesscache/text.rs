@@ -136,9 +136,9 @@ DESCRIPTION
 
     Reading it:
       evicted (live) > 0     the segment is too small: live sessions were pushed out before
-                             they expired. Make it bigger (see the README, 'Size the segment').
-      hit ratio low          clients are not coming back, or the sessions were lost: see the
-                             README, 'Sessions are not resumed'.
+                             they expired. Make it bigger (docs/operating.md, 'Size the segment').
+      hit ratio low          clients are not coming back, or the sessions were lost: see
+                             docs/operating.md, 'Sessions are not resumed'.
       lock owner died > 0    a process died inside the cache; the shard was checked and
                              repaired (corrupt dropped says how many entries did not verify).
       lock timeouts > 0      a live process held a lock too long (stopped in a debugger?).

@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""The links of the documentation: every relative link in README.md and docs/*.md names a file
+of the repository, and every `#anchor` (in the same page or another Markdown page) names a
+heading of that page, as GitHub makes anchors from headings. Also: each page in docs/ is
+reachable from the README, and no page cites a reference file the repository does not have
+(the README once cited `004_*.txt`, which lives outside it).
+
+Cheap (reads files only). Each check prints PASS/FAIL; the run ends with "N passed, M failed".
+"""
+
+import argparse
+import os
+import re
+
+from harness.checks import check, finish
+
+# [text](target): the target up to the closing parenthesis, without a title. Images too.
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^(```|~~~)")
+
+
+def prose_lines(text):
+    """The lines of a Markdown page outside fenced code blocks."""
+    inside = False
+    for line in text.splitlines():
+        if FENCE.match(line):
+            inside = not inside
+            continue
+        if not inside:
+            yield line
+
+
+def slug(heading):
+    """GitHub's anchor of a heading: lower case, markup and punctuation dropped (hyphens and
+    underscores kept), spaces turned into hyphens."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip()).lower()
+    text = re.sub(r"[^\w\- ]", "", text.replace("`", ""))
+    return text.replace(" ", "-")
+
+
+def anchors(path):
+    """Every anchor a Markdown page has: its headings' slugs, with GitHub's -1, -2 for repeats."""
+    seen, found = {}, set()
+    for line in prose_lines(open(path, encoding="utf-8").read()):
+        m = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if not m:
+            continue
+        s = slug(m.group(1))
+        n = seen.get(s, 0)
+        seen[s] = n + 1
+        found.add(s if n == 0 else f"{s}-{n}")
+    return found
+
+
+def links(path):
+    """(line number, target) of every link of a page outside code blocks and code spans."""
+    out = []
+    for no, line in enumerate(prose_lines(open(path, encoding="utf-8").read()), 1):
+        for m in LINK.finditer(re.sub(r"`[^`]*`", "", line)):
+            out.append((no, m.group(1)))
+    return out
+
+
+def check_page(root, page, cache):
+    rel = os.path.relpath(page, root)
+    bad = []
+    count = 0
+    for no, target in links(page):
+        if re.match(r"^[a-z]+:", target):  # https:, mailto:: not ours to check
+            continue
+        count += 1
+        file_part, _, anchor = target.partition("#")
+        dest = os.path.normpath(os.path.join(os.path.dirname(page), file_part)) if file_part else page
+        if not os.path.exists(dest):
+            bad.append(f"{target} (no file {os.path.relpath(dest, root)})")
+            continue
+        if anchor:
+            if not dest.endswith(".md"):
+                bad.append(f"{target} (an anchor into a file that is not Markdown)")
+                continue
+            if dest not in cache:
+                cache[dest] = anchors(dest)
+            if anchor not in cache[dest]:
+                bad.append(f"{target} (no heading #{anchor} in {os.path.relpath(dest, root)})")
+    check(f"{rel}: its {count} relative links resolve to files and headings", not bad, "; ".join(bad[:8]))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--root", default=os.path.join(os.path.dirname(__file__), "..", ".."))
+    root = os.path.abspath(p.parse_args().root)
+    docs = os.path.join(root, "docs")
+    pages = [os.path.join(root, "README.md")] + sorted(
+        os.path.join(docs, f) for f in os.listdir(docs) if f.endswith(".md"))
+    check("docs/ has pages to check", len(pages) > 1, f"{len(pages) - 1} pages")
+    cache = {}
+    for page in pages:
+        check_page(root, page, cache)
+    readme_targets = {os.path.normpath(os.path.join(root, t.partition("#")[0]))
+                      for _, t in links(os.path.join(root, "README.md"))}
+    unlinked = [os.path.relpath(d, root) for d in pages[1:] if d not in readme_targets]
+    check("every page in docs/ is linked from the README", not unlinked, f"not linked: {unlinked}")
+    cited = [os.path.relpath(page, root) for page in pages
+             if re.search(r"\b00\d_\*?\.txt", open(page, encoding="utf-8").read())]
+    check("no page cites a reference file (00N_*.txt) the repository does not have", not cited,
+          f"cited in {cited}")
+    finish()
+
+
+if __name__ == "__main__":
+    main()
