@@ -235,31 +235,45 @@ pub extern "C" fn shmsess_options_init_sized(
 const OPTIONS_LEGACY_INIT: u32 = 0x8000_0000 | OPTIONS_V1_BYTES as u32;
 
 /// Offset and size of every field of `shmsess_options`, in order: a `struct_size` that ends
-/// inside a field leaves that field out rather than reading half a pointer.
-const OPTIONS_FIELDS: [(usize, usize); 18] = {
-    use std::mem::{offset_of, size_of};
-    type O = shmsess_options;
-    [
-        (offset_of!(O, struct_size), 4),
-        (offset_of!(O, flags), 4),
-        (offset_of!(O, path), size_of::<*const c_char>()),
-        (offset_of!(O, size_bytes), 8),
-        (offset_of!(O, slot_bytes), 4),
-        (offset_of!(O, lock_timeout_ms), 4),
-        (offset_of!(O, session_timeout), 4),
-        (offset_of!(O, session_id_context_len), 4),
-        (offset_of!(O, session_id_context), size_of::<*const u8>()),
-        (offset_of!(O, session_id_prefix), size_of::<*const u8>()),
-        (offset_of!(O, session_id_prefix_len), 4),
-        (offset_of!(O, remote_url), size_of::<*const c_char>()),
-        (offset_of!(O, remote_key_file), size_of::<*const c_char>()),
-        (offset_of!(O, remote_key_prefix), size_of::<*const c_char>()),
-        (offset_of!(O, remote_timeout_ms), 4),
-        (offset_of!(O, remote_backoff_ms), 4),
-        (offset_of!(O, remote_ca_file), size_of::<*const c_char>()),
-        (offset_of!(O, remote_cluster), 4),
-    ]
-};
+/// inside a field leaves that field out rather than reading half a pointer. One list: the
+/// macro also destructures the struct naming exactly these fields, so a field added to the
+/// struct and not here stops the build ("pattern does not mention field"), even one that fits
+/// in padding the offset checks below cannot see.
+macro_rules! options_fields {
+    ($($field:ident: $size:expr),* $(,)?) => {
+        const OPTIONS_FIELDS: [(usize, usize); [$(stringify!($field)),*].len()] =
+            [$((std::mem::offset_of!(shmsess_options, $field), $size)),*];
+
+        /// Never called: it only has to compile.
+        #[allow(dead_code)]
+        fn options_fields_name_every_field(o: shmsess_options) {
+            let shmsess_options { $($field: _),* } = o;
+        }
+    };
+}
+
+const PTR: usize = std::mem::size_of::<*const c_char>();
+
+options_fields!(
+    struct_size: 4,
+    flags: 4,
+    path: PTR,
+    size_bytes: 8,
+    slot_bytes: 4,
+    lock_timeout_ms: 4,
+    session_timeout: 4,
+    session_id_context_len: 4,
+    session_id_context: PTR,
+    session_id_prefix: PTR,
+    session_id_prefix_len: 4,
+    remote_url: PTR,
+    remote_key_file: PTR,
+    remote_key_prefix: PTR,
+    remote_timeout_ms: 4,
+    remote_backoff_ms: 4,
+    remote_ca_file: PTR,
+    remote_cluster: 4,
+);
 
 /// `OPTIONS_FIELDS` lists every field of `shmsess_options` once, in struct order: each field
 /// starts where the one before ends (rounded up to its own alignment, which for these fields
