@@ -16,7 +16,8 @@ use openssl_sys::{SSL, SSL_CTX};
 
 /// OpenSSL objects that carry ex_data.
 pub(crate) trait Carrier {
-    /// Register an index whose values `free` releases when an object is freed.
+    /// Register an index whose values `free` releases when an object is freed, and which a
+    /// copy of an object (`SSL_dup`) does not inherit.
     ///
     /// # Safety
     /// `free` must release exactly what this index's values are.
@@ -32,7 +33,7 @@ pub(crate) trait Carrier {
 impl Carrier for SSL {
     unsafe fn new_index(free: Option<ossl::CRYPTO_EX_free>) -> c_int {
         // SAFETY: no argument pointers; the free function is the caller's promise.
-        unsafe { ossl::SSL_get_ex_new_index(0, std::ptr::null_mut(), None, None, free) }
+        unsafe { ossl::SSL_get_ex_new_index(0, std::ptr::null_mut(), None, Some(copy_empty), free) }
     }
 
     unsafe fn get(obj: *const SSL, idx: c_int) -> *mut c_void {
@@ -49,7 +50,9 @@ impl Carrier for SSL {
 impl Carrier for SSL_CTX {
     unsafe fn new_index(free: Option<ossl::CRYPTO_EX_free>) -> c_int {
         // SAFETY: no argument pointers; the free function is the caller's promise.
-        unsafe { ossl::SSL_CTX_get_ex_new_index(0, std::ptr::null_mut(), None, None, free) }
+        unsafe {
+            ossl::SSL_CTX_get_ex_new_index(0, std::ptr::null_mut(), None, Some(copy_empty), free)
+        }
     }
 
     unsafe fn get(obj: *const SSL_CTX, idx: c_int) -> *mut c_void {
@@ -174,6 +177,24 @@ impl<C: Carrier, P: Owner> Slot<C, P> {
         // SAFETY: a P we put there, no longer on the object.
         Some(unsafe { P::from_raw(p) })
     }
+}
+
+/// OpenSSL's dup callback: a copy of an object starts with the slot empty. Without it OpenSSL
+/// copies the pointer, and the original and the copy (`SSL_dup`) would both own, and free, one
+/// value: a ticket parked for a HelloRetryRequest was freed twice.
+unsafe extern "C" fn copy_empty(
+    _to: *mut ossl::CRYPTO_EX_DATA,
+    _from: *const ossl::CRYPTO_EX_DATA,
+    from_d: *mut *mut c_void,
+    _idx: c_int,
+    _argl: c_long,
+    _argp: *mut c_void,
+) -> c_int {
+    if !from_d.is_null() {
+        // SAFETY: OpenSSL 3 passes the address of the value the copy will hold.
+        unsafe { *from_d = std::ptr::null_mut() };
+    }
+    1
 }
 
 /// OpenSSL's free callback for a slot holding `P`: releases what the freed object still held.

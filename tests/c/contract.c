@@ -260,6 +260,42 @@ static void test_ssl_clear_drops_parked_ticket(void)
     ERR_clear_error();
 }
 
+/* SSL_dup copies ex_data: a ticket parked for a HelloRetryRequest must not be owned by the
+ * original and the copy alike (both frees released it: a double free). The copy starts with
+ * nothing parked; the original keeps its ticket. */
+static void test_ssl_dup_does_not_share_a_parked_ticket(void)
+{
+    shmsess_cache *cache = new_cache(0);
+    SSL_CTX *sctx = server_ctx("server", TLS13, SSL_OP_NO_TICKET, 0, 0), *cctx = client_ctx(TLS13, 0);
+    SSL_CTX_set1_groups_list(sctx, "P-256");
+    SSL_CTX_set1_groups_list(cctx, "X25519:P-256");
+    shmsess_install(cache, sctx);
+    struct tls_pair p;
+    tls_pair_open(&p, sctx, cctx);
+    CHECK(tls_pair_handshake(&p, 0), "first handshake");
+    tls_pair_first_byte(&p);
+    SSL_SESSION *sess = SSL_get1_session(p.c);
+    tls_pair_close(&p, 1);
+    /* ClientHello 1 (an X25519 share the server does not take): the ticket is taken and parked,
+     * and the server answers with a HelloRetryRequest; the handshake goes no further. */
+    tls_pair_open(&p, sctx, cctx);
+    SSL_set_session(p.c, sess);
+    SSL_do_handshake(p.c);
+    SSL_do_handshake(p.s);
+    CHECK(stats_of(cache).taken == 1, "the ticket was taken and parked (taken %llu)",
+          (unsigned long long)stats_of(cache).taken);
+    SSL_clear(p.s);
+    SSL *copy = SSL_dup(p.s);
+    CHECK(copy != NULL, "SSL_dup");
+    SSL_free(copy); /* frees only what the copy owns */
+    tls_pair_close(&p, 0);
+    SSL_SESSION_free(sess);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+    shmsess_cache_free(cache);
+    ERR_clear_error();
+}
+
 /* No servername callback at all (one host, or hosts told apart by certificate): OpenSSL then
  * records no name in the session, the library does; the same name resumes, another does not. */
 static void test_sni_without_callback(void)
@@ -465,6 +501,7 @@ int main(int argc, char **argv)
     test_sni_without_callback();
     test_sni_through_hrr_and_case();
     test_ssl_clear_drops_parked_ticket();
+    test_ssl_dup_does_not_share_a_parked_ticket();
     test_policy_in_session_id_context();
     test_internal_housekeeping_stays_local();
     test_anti_replay_does_not_burn_tickets();
