@@ -146,6 +146,7 @@ lint-fmt:
 lint-clippy:
 	@$(CARGO) clippy --version >/dev/null 2>&1 || { echo "clippy is missing: rustup component add clippy" >&2; exit 1; }
 	$(CARGO) clippy --release --all-targets --features fault-injection -- -D warnings
+	$(CARGO) clippy --release --all-targets -- -D warnings
 
 lint-python:
 	@command -v pyflakes3 >/dev/null 2>&1 || { echo "pyflakes3 is missing: apt-get install pyflakes3 (make test-deps)" >&2; exit 1; }

@@ -16,12 +16,16 @@ use shmsesscache::store::layout::{ShardHeader, GLOBALS_OFFSET, HEADER_BYTES};
 fn hit_ratio_of_maximal_counters_does_not_overflow() {
     // SAFETY: shmsess_stats is plain integers; all-zero is a valid value.
     let mut s: shmsess_stats = unsafe { std::mem::zeroed() };
+    s.struct_size = std::mem::size_of::<shmsess_stats>() as u32;
     s.lookup_hits = u64::MAX;
     s.lookup_misses = u64::MAX;
     let r = shmsess_stats_hit_ratio(&s);
     assert!((r - 0.5).abs() < 1e-9, "{r}");
     s.lookup_misses = 0;
     assert_eq!(shmsess_stats_hit_ratio(&s), 1.0);
+    // A struct whose size says it does not hold the counters is not read past its size.
+    s.struct_size = 16;
+    assert_eq!(shmsess_stats_hit_ratio(&s), 0.0);
 }
 
 #[test]

@@ -346,14 +346,13 @@ pub extern "C" fn shmsess_stats_hit_ratio(stats: *const shmsess_stats) -> f64 {
     if stats.is_null() {
         return 0.0;
     }
-    // SAFETY: non-NULL stats filled by this library; both fields are in every version.
-    let (h, m, size) = unsafe {
-        (
-            (*stats).lookup_hits,
-            (*stats).lookup_misses,
-            (*stats).struct_size as usize,
-        )
-    };
+    // SAFETY: non-NULL; `struct_size` is the first field of every version.
+    let size = unsafe { (*stats).struct_size } as usize;
+    if size < std::mem::offset_of!(shmsess_stats, lookup_misses) + 8 {
+        return 0.0; // not a struct this library filled
+    }
+    // SAFETY: `struct_size` says the caller's struct holds both fields.
+    let (h, m) = unsafe { ((*stats).lookup_hits, (*stats).lookup_misses) };
     // Hits that could not resume (version 5 on) are no hits; older structs lack the field.
     let refused = if size >= std::mem::offset_of!(shmsess_stats, lookup_refused) + 8 {
         // SAFETY: `struct_size` says the caller's struct holds the field.
