@@ -243,6 +243,8 @@ def main():
     args = p.parse_args()
     args.cli = os.path.abspath(args.cli)
     args.certs = os.path.abspath(args.certs)
+    # Named segments go in a directory of root's (a fresh machine has none: /run is a tmpfs).
+    os.makedirs(os.path.join("/run", "shmsesscache-test"), mode=0o700, exist_ok=True)
     run_refuses_bad_settings(args)
     if "hitch" in args.only.split(","):
         unexpected_eof(args)
