@@ -72,7 +72,42 @@ static const char *parse_size(const char *text, apr_uint64_t *out)
     return NULL;
 }
 
-/* Configuration time: parse "[path][(size)]"; nothing is created yet (configtest runs this). */
+/* The library's last message without the name of the function it came from. */
+static const char *library_error(apr_pool_t *p)
+{
+    const char *why = shmsess_last_error();
+    const char *colon = strstr(why, ": ");
+    if (strncmp(why, "shmsess_", 8) == 0 && colon)
+        why = colon + 2;
+    return apr_pstrdup(p, why);
+}
+
+static void fill_options(const ap_socache_instance_t *ctx, const char *path, shmsess_options *opts)
+{
+    shmsess_options_init(opts);
+    opts->path = path;
+    opts->size_bytes = ctx->size;
+}
+
+/* The library's own check of what start would refuse (sizes, the path's directory), without
+ * creating anything: `apache2 -t`, and so `apache2ctl graceful`, refuse it with the fix
+ * instead of a restart that finds out in the parent. What only opening the segment can find
+ * (its mode, owner, format, a full filesystem) is handled by init without stopping httpd. */
+static const char *check_settings(const ap_socache_instance_t *ctx, const char *arg, apr_pool_t *tmp)
+{
+    shmsess_options opts;
+    fill_options(ctx, ctx->path, &opts);
+    if (shmsess_options_check(&opts) == SHMSESS_OK)
+        return NULL;
+    const char *why = library_error(tmp);
+    if (strstr(why, "size_bytes") == NULL)
+        return apr_psprintf(tmp, "shmsess:%s: %s", arg, why);
+    return apr_psprintf(tmp, "shmsess:%s: %s; give a size from 64K to 1024G, e.g. SSLSessionCache shmsess:%s(64M)",
+                        arg, why, ctx->path ? ctx->path : "");
+}
+
+/* Configuration time: parse "[path][(size)]" and check it; nothing is created yet (configtest
+ * runs this). */
 static const char *socache_shmsess_create(ap_socache_instance_t **instance, const char *arg,
                                           apr_pool_t *tmp, apr_pool_t *p)
 {
@@ -100,7 +135,7 @@ static const char *socache_shmsess_create(ap_socache_instance_t **instance, cons
         if (ctx->path == NULL)
             return apr_psprintf(tmp, "shmsess: invalid path '%s'", path);
     }
-    return NULL;
+    return check_settings(ctx, arg, tmp);
 }
 
 /* Library messages (lock recoveries, refused sessions, full shards) go to the main error
@@ -116,13 +151,26 @@ static void log_to_apache(int level, const char *message, void *userdata)
 static shmsess_result open_segment(ap_socache_instance_t *ctx, const char *path, shmsess_cache **out)
 {
     shmsess_options opts;
-    shmsess_options_init(&opts);
-    opts.path = path;
-    opts.size_bytes = ctx->size;
+    fill_options(ctx, path, &opts);
     return shmsess_cache_create(&opts, out);
 }
 
-/* post_config, in the parent before the children are forked (they inherit the mapping). */
+/* What to do about a named segment the library refused to open. */
+static const char *fix_for(shmsess_result r)
+{
+    if (r == SHMSESS_ERR_FORMAT)
+        return "Remove the file, or move its sessions with 'shmsesscache dump' and 'shmsesscache load', to use "
+               "it again.";
+    return "Mend what the message names (the file must be a regular file of the user that starts httpd, mode "
+           "0600, on a filesystem with room for it), then 'apache2ctl graceful' to use it again.";
+}
+
+/* post_config, in the parent before the children are forked (they inherit the mapping).
+ * Never fails: mod_ssl exits when a provider's init does (AH01874), and at a graceful restart
+ * that takes the whole site down for a cache. The settings were checked at configuration
+ * time; what only opening the segment finds (another format, a loose mode, a full
+ * filesystem) falls back to an anonymous segment, and if even that cannot be had (no memory),
+ * httpd serves without a session cache until the next restart. Both are logged as errors. */
 static apr_status_t socache_shmsess_init(ap_socache_instance_t *ctx, const char *cname,
                                          const struct ap_socache_hints *hints, server_rec *s,
                                          apr_pool_t *p)
@@ -131,23 +179,27 @@ static apr_status_t socache_shmsess_init(ap_socache_instance_t *ctx, const char 
     (void)p;
     shmsess_set_log_callback(log_to_apache, NULL, 4);
     ctx->fell_back = 0;
+    ctx->cache = NULL;
     shmsess_result r = open_segment(ctx, ctx->path, &ctx->cache);
-    if (r == SHMSESS_ERR_FORMAT && ctx->path) {
-        /* A segment of another size or build: refusing to start would turn a size change
-         * plus `apachectl graceful` into an outage, and deleting a file we did not make is
-         * not ours to do. Serve from anonymous memory and say so loudly. */
+    if (r != SHMSESS_OK && ctx->path) {
+        /* Refusing to start would turn a size change, a chmod or a full disk plus
+         * `apachectl graceful` into an outage, and deleting or mending a file is not ours to
+         * do. Serve from anonymous memory and say so loudly. */
         ap_log_error(APLOG_MARK, APLOG_ERR, 0, s,
                      "shmsess: cannot use %s for %s: %s. Using an anonymous segment of %" APR_UINT64_T_FMT
-                     " bytes instead (sessions will not survive a restart). Remove the file, or move "
-                     "its sessions with 'shmsesscache dump' and 'shmsesscache load', to use it again.",
-                     ctx->path, cname, shmsess_last_error(), ctx->size);
+                     " bytes instead (sessions will not survive a restart). %s",
+                     ctx->path, cname, shmsess_last_error(), ctx->size, fix_for(r));
         ctx->fell_back = 1;
         r = open_segment(ctx, NULL, &ctx->cache);
     }
     if (r != SHMSESS_OK) {
-        ap_log_error(APLOG_MARK, APLOG_CRIT, 0, s, "shmsess: cannot create the %s cache (%s): %s", cname,
-                     ctx->path ? ctx->path : "anonymous", shmsess_last_error());
-        return r == SHMSESS_ERR_INVALID_ARGUMENT ? APR_EINVAL : APR_EGENERAL;
+        ap_log_error(APLOG_MARK, APLOG_ERR, 0, s,
+                     "shmsess: cannot create an anonymous segment of %" APR_UINT64_T_FMT " bytes for %s: %s. "
+                     "Serving without a session cache (every handshake is a full one) until the next restart; "
+                     "give a smaller size in SSLSessionCache.",
+                     ctx->size, cname, shmsess_last_error());
+        ctx->cache = NULL;
+        return APR_SUCCESS;
     }
     ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, "shmsess: %s cache of %" APR_UINT64_T_FMT " bytes in %s", cname,
                  ctx->size, ctx->path && !ctx->fell_back ? ctx->path : "anonymous shared memory");

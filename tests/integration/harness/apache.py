@@ -107,20 +107,46 @@ class Apache(process.ServerRoot):
         # mod_ssl's session id context is derived from "servername:port": a restart that
         # should resume old sessions keeps its port.
         self.port = self.port or free_port()
+        self.write_config()
+        self.log.mark()
+        # A session of its own: on shutdown prefork signals its whole process group, which
+        # would otherwise include the test.
+        self.proc, self.out, _ = process.spawn([apache_binary(), "-f", self.conf_path(), "-DFOREGROUND"],
+                                               env=self.env)
+        self._wait_ready()
+        return self
+
+    def conf_path(self):
+        return os.path.join(self.root, "httpd.conf")
+
+    def write_config(self, cache=None):
+        """Write httpd.conf, with `cache` as the new SSLSessionCache argument if given (a
+        running httpd reads it at its next restart)."""
+        self.cache = cache or self.cache
         user = "User www-data\nGroup www-data" if os.geteuid() == 0 else ""
         conf = CONFIG.format(root=self.root, port=self.port, mods=modules_dir(), module=self.module,
                              workers=self.workers, max_workers=self.max_workers, max_conn=self.max_conn,
                              cache=self.cache.format(root=self.root), certs=self.certs, user=user,
                              ssl_level=self.ssl_level, extra=self.extra)
-        conf_path = os.path.join(self.root, "httpd.conf")
-        with open(conf_path, "w") as f:
+        with open(self.conf_path(), "w") as f:
             f.write(conf)
-        self.log.mark()
-        # A session of its own: on shutdown prefork signals its whole process group, which
-        # would otherwise include the test.
-        self.proc, self.out, _ = process.spawn([apache_binary(), "-f", conf_path, "-DFOREGROUND"], env=self.env)
-        self._wait_ready()
-        return self
+
+    def config_test(self):
+        """`apache2 -t` on the configuration: (exit status, its output)."""
+        out = subprocess.run([apache_binary(), "-t", "-f", self.conf_path()], capture_output=True, text=True,
+                             env={**os.environ, **(self.env or {})}, timeout=READY_TIMEOUT)
+        return out.returncode, out.stdout + out.stderr
+
+    def operator_graceful(self):
+        """What `apache2ctl graceful` does: the configuration test, then the graceful restart
+        only if it passed. Returns the test's (exit status, output)."""
+        rc, text = self.config_test()
+        if rc == 0:
+            self.graceful()
+        return rc, text
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
 
     def _wait_ready(self):
         # Readiness: the TLS handshake on the port completes (the listener exists before the
