@@ -533,6 +533,15 @@ enum shmsess_result shmsess_stats_prometheus(const struct shmsess_stats *stats,
                                              size_t cap,
                                              size_t *len);
 
+// Count a resumption the caller answered itself from a copy it kept: the TLS 1.3 ticket a
+// `shmsess_cache_lookup` took for a connection's first ClientHello, handed back for the
+// ClientHello retried after a HelloRetryRequest (a provider that can keep it on the
+// connection, as the Apache one does on mod_ssl's connection pool). Counted in
+// `hrr_resumed`, as the session callbacks count theirs; the resumption's one lookup hit was
+// counted by the lookup that took the ticket, so it is not counted again, and nothing is
+// read. Thread- and process-safe; no lock. (Added in 0.5.)
+enum shmsess_result shmsess_cache_count_hrr_resumed(struct shmsess_cache *cache);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

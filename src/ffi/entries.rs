@@ -6,6 +6,7 @@
 use std::ffi::{c_int, c_void};
 use std::ops::ControlFlow;
 use std::panic::catch_unwind;
+use std::sync::atomic::Ordering::Relaxed;
 
 use super::cache::shmsess_cache;
 use super::result::{shmsess_result, Fail};
@@ -178,6 +179,22 @@ impl Resumer for Copied<'_> {
     fn park(&mut self, _: &[u8], _: &[u8], _: (u32, u32)) {}
 
     fn discard_parked(&mut self) {}
+}
+
+/// Count a resumption the caller answered itself from a copy it kept: the TLS 1.3 ticket a
+/// `shmsess_cache_lookup` took for a connection's first ClientHello, handed back for the
+/// ClientHello retried after a HelloRetryRequest (a provider that can keep it on the
+/// connection, as the Apache one does on mod_ssl's connection pool). Counted in
+/// `hrr_resumed`, as the session callbacks count theirs; the resumption's one lookup hit was
+/// counted by the lookup that took the ticket, so it is not counted again, and nothing is
+/// read. Thread- and process-safe; no lock. (Added in 0.5.)
+#[no_mangle]
+pub extern "C" fn shmsess_cache_count_hrr_resumed(cache: *mut shmsess_cache) -> shmsess_result {
+    guard("shmsess_cache_count_hrr_resumed", || {
+        let h = handle(cache)?;
+        h.cache.globals().hrr_resumed.fetch_add(1, Relaxed);
+        Ok(SHMSESS_OK)
+    })
 }
 
 /// 1 if `der` (`len` bytes) is an encoded `SSL_SESSION` of TLS 1.3, 0 otherwise (also for NULL

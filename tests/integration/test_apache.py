@@ -169,9 +169,16 @@ def hello_retry_request(args):
     sess_dir = tempfile.mkdtemp(prefix="shmsess-hrr-")
     with Apache(args.module, args.certs, "shmsess", extra="SSLOpenSSLConfCmd Groups P-256") as a:
         words, first = s_client_chain(a.port, 10, "X25519:P-256", sess_dir)
+        auto = status_auto(a.port, client_context(TLS12))
         again = s_client_offer(a.port, "X25519:P-256", first)
         again_direct = s_client_offer(a.port, "P-256", first)
     a.cleanup()
+    resumed = words[1:].count("Reused")
+    counts = {k: int(auto.get(k, -1)) for k in ("CacheRetrieveHitCount", "CacheRetrieveMissCount",
+                                                 "CacheHRRResumedCount")}
+    check("mod_status: each resumption through an HRR is one retrieve hit, no miss, one HRR resumption",
+          counts == {"CacheRetrieveHitCount": resumed, "CacheRetrieveMissCount": 0, "CacheHRRResumedCount": resumed},
+          f"{counts} for {resumed} resumptions")
     check("TLS 1.3 through a HelloRetryRequest (Groups P-256, client X25519:P-256): tickets resume",
           words[0] == "New" and words[1:].count("Reused") == 10, " ".join(words))
     check("... each once: a used ticket offered again is refused, through an HRR or not",
