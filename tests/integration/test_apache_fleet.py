@@ -14,6 +14,7 @@ anything failed.
 import argparse
 import os
 import re
+import shutil
 import ssl
 import subprocess
 import tempfile
@@ -23,7 +24,7 @@ from harness import process
 from harness.apache import Apache, get, s_client_offer, status_auto
 from harness.checks import check, finish, run
 from harness.client import session_context
-from harness.redis import Redis, key_dir
+from harness.redis import Redis, key_dir, make_ca, new_key, write_key
 
 TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
 ALTERNATIONS = 39
@@ -282,7 +283,53 @@ def key_rotation_on_graceful(args):
           f"resumed {after}")
 
 
-SCENARIOS = ("fleet", "mod_socache_redis_contrast", "refused_directives", "key_rotation_on_graceful")
+def ca_rotation_on_graceful(args):
+    """`apache2ctl graceful` re-reads ShmsessRemoteCA: B's CA file names another CA, so B
+    cannot verify Redis (rediss://) and resumes nothing of A's; once the file holds Redis's CA
+    and B restarts gracefully, it does."""
+    work = tempfile.mkdtemp(prefix="shmsess-fleet-ca-")
+    try:
+        ca, cert, pkey = make_ca(work, "redis")
+        other_ca = make_ca(work, "other")[0]
+        key = os.path.join(work, "key")
+        write_key(key, new_key())
+        ca_a, ca_b = os.path.join(work, "ca-a.pem"), os.path.join(work, "ca-b.pem")
+        shutil.copy(ca, ca_a)
+        shutil.copy(other_ca, ca_b)
+        with Redis(tls=(ca, cert, pkey)) as redis:
+            common = dict(ssl_level="warn", server_name=SERVER_NAME)
+            a = Apache(args.module, args.certs, "shmsess", extra=fleet_directives(redis, key) +
+                       f"ShmsessRemoteCA {ca_a}\n", **common).start()
+            b = Apache(args.module, args.certs, "shmsess", mpm="event", workers=2,
+                       extra=fleet_directives(redis, key) + f"ShmsessRemoteCA {ca_b}\n", **common).start()
+            try:
+                before = made_on_a_offered_on_b(a, b, redis)
+                shutil.copy(ca, ca_b)
+                b.graceful()
+                after = made_on_a_offered_on_b(a, b, redis)
+                log = b.error_log()
+            finally:
+                stop(a, b)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    check("CA rotation: with another CA in its ShmsessRemoteCA, B resumes nothing of A's", not before,
+          f"resumed {before}; " + next((ln for ln in log.splitlines() if "refused" in ln), "")[:200])
+    check("CA rotation: after the file holds Redis's CA and a graceful restart, B resumes A's sessions", after,
+          f"resumed {after}")
+
+
+def made_on_a_offered_on_b(a, b, redis):
+    """A TLS 1.2 session made on A, offered on B once A's writer has sent it to Redis."""
+    ctx = session_context(TLS12)
+    before = keys_in_redis(redis)
+    _, _, _, session = get(a.port, ctx)
+    if not process.poll_until(lambda: keys_in_redis(redis) > before, 5.0):
+        raise RuntimeError("A's session never reached Redis")
+    return get(b.port, ctx, session=session)[2]
+
+
+SCENARIOS = ("fleet", "mod_socache_redis_contrast", "refused_directives", "key_rotation_on_graceful",
+             "ca_rotation_on_graceful")
 
 
 def main():
