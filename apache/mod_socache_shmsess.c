@@ -233,6 +233,23 @@ static shmsess_result open_tiers(ap_socache_instance_t *ctx, const char *path, c
     return r;
 }
 
+/* Whether this httpd served a configuration generation already (init ran; mod_ssl skips it in
+ * the startup's first pass and `apache2 -t` never reaches it): check_config then runs for a
+ * restart. Kept in the process pool, which outlives generations (the key is copied: this
+ * module's strings go when the module is unloaded at a restart). */
+#define SERVED_KEY "socache_shmsess:served"
+
+static void mark_served(server_rec *s)
+{
+    apr_pool_userdata_set((void *)1, SERVED_KEY, apr_pool_cleanup_null, s->process->pool);
+}
+
+static int served_before(server_rec *s)
+{
+    void *served = NULL;
+    return apr_pool_userdata_get(&served, SERVED_KEY, s->process->pool) == APR_SUCCESS && served != NULL;
+}
+
 /* What to do about a named segment the library refused to open. */
 static const char *fix_for(shmsess_result r)
 {
@@ -260,6 +277,7 @@ static apr_status_t socache_shmsess_init(ap_socache_instance_t *ctx, const char 
     ctx->remote_dropped = 0;
     ctx->cache = NULL;
     ctx->remote = remote_conf_of(s);
+    mark_served(s);
     shmsess_result r = open_tiers(ctx, ctx->path, cname, s);
     if (r != SHMSESS_OK && ctx->path) {
         /* Refusing to start would turn a size change, a chmod or a full disk plus
@@ -740,6 +758,23 @@ static const char *orphan_directive(const remote_conf *rc)
 
 /* After the configuration is read, in `apache2 -t` too: the fleet tier's settings as a whole
  * (URL, key file's owner, mode and contents, CA file, cluster), as start would check them. */
+/* A refusal of the fleet tier's settings: fatal in `apache2 -t` and at the first start, so
+ * the operator sees it before anything runs; at a restart of a running httpd (a key file
+ * whose mode changed since, a restart signalled without the configuration test) an error in
+ * the log, and the new generation runs without the tier (init says so too). */
+static int refuse_remote(server_rec *s, const char *why)
+{
+    if (served_before(s)) {
+        ap_log_error(APLOG_MARK, APLOG_ERR, 0, s,
+                     "shmsess: %s. This restart goes on without the fleet tier (each host's segment only); mend "
+                     "it and run 'apache2ctl graceful'.",
+                     why);
+        return OK;
+    }
+    ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "shmsess: %s", why);
+    return HTTP_INTERNAL_SERVER_ERROR;
+}
+
 static int check_remote_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s)
 {
     (void)pconf;
@@ -749,19 +784,17 @@ static int check_remote_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *
         const char *orphan = orphan_directive(rc);
         if (orphan == NULL)
             return OK;
-        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s,
-                     "shmsess: %s is set but ShmsessRemote is not: add ShmsessRemote redis://host:port/db, or remove it",
-                     orphan);
-        return HTTP_INTERNAL_SERVER_ERROR;
+        return refuse_remote(s, apr_psprintf(ptemp, "%s is set but ShmsessRemote is not: add ShmsessRemote "
+                                                    "redis://host:port/db, or remove it",
+                                             orphan));
     }
     shmsess_options opts;
     shmsess_options_init(&opts);
     fill_remote(rc, &opts);
     if (shmsess_options_check(&opts) == SHMSESS_OK)
         return OK;
-    ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "shmsess: ShmsessRemote settings refused: %s",
-                 in_directives(library_error(ptemp), ptemp));
-    return HTTP_INTERNAL_SERVER_ERROR;
+    return refuse_remote(s, apr_psprintf(ptemp, "ShmsessRemote settings refused: %s",
+                                         in_directives(library_error(ptemp), ptemp)));
 }
 
 static void register_hooks(apr_pool_t *p)

@@ -318,6 +318,40 @@ def ca_rotation_on_graceful(args):
           f"resumed {after}")
 
 
+def refused_at_restart(args):
+    """The key file's mode is loosened while httpd runs: `apache2 -t` refuses it, and a
+    graceful restart signalled without the test (SIGUSR1) must not take httpd down: the new
+    generation serves without the tier, logged; mended, the next graceful brings it back."""
+    with Redis() as redis, key_dir("shmsess-fleet-restart-") as work:
+        key = os.path.join(work, "key")
+        a = Apache(args.module, args.certs, "shmsess", ssl_level="warn", server_name=SERVER_NAME,
+                   extra=fleet_directives(redis, key)).start()
+        try:
+            os.chmod(key, 0o644)
+            rc, text = a.config_test()
+            check("key file mode 644: apache2 -t refuses it", rc != 0 and "chmod 600" in text,
+                  next((ln for ln in text.splitlines() if "shmsess" in ln), text.strip())[:200])
+            try:
+                a.graceful()
+                came_back = True
+            except RuntimeError as e:
+                came_back, why = False, str(e).splitlines()[-1][:200]
+            up = came_back and get(a.port, session_context(TLS12))[0] == 200
+            log = a.error_log()
+            check("key file mode 644, graceful restart without the test: httpd comes back and serves", up,
+                  "" if came_back else f"httpd exited: {why}")
+            check("... and the error log says the tier is off until mended",
+                  "goes on without the fleet tier" in log, next((ln for ln in log.splitlines()
+                                                                  if "goes on without" in ln), "none")[:240])
+            os.chmod(key, 0o600)
+            if came_back:
+                a.graceful()
+            back = came_back and made_on_a_offered_on_b(a, a, redis) is not None
+            check("mended and restarted gracefully: the tier is back (A's sessions reach Redis)", back)
+        finally:
+            stop(a)
+
+
 def made_on_a_offered_on_b(a, b, redis):
     """A TLS 1.2 session made on A, offered on B once A's writer has sent it to Redis."""
     ctx = session_context(TLS12)
@@ -329,7 +363,7 @@ def made_on_a_offered_on_b(a, b, redis):
 
 
 SCENARIOS = ("fleet", "mod_socache_redis_contrast", "refused_directives", "key_rotation_on_graceful",
-             "ca_rotation_on_graceful")
+             "ca_rotation_on_graceful", "refused_at_restart")
 
 
 def main():
