@@ -267,14 +267,11 @@ def key_rotation_on_graceful(args):
                 with open(path, "w") as f:
                     f.write(new + old)
             a.graceful()
-            ctx = session_context(TLS12)
-            _, _, _, s1 = get(a.port, ctx)
-            before = get(b.port, ctx, session=s1)[2]
+            before = made_on_a_offered_on_b(a, b, redis)
             with open(key_b, "w") as f:
                 f.write(new + old)
             b.graceful()
-            _, _, _, s2 = get(a.port, ctx)
-            after = get(b.port, ctx, session=s2)[2]
+            after = made_on_a_offered_on_b(a, b, redis)
         finally:
             stop(a, b)
     check("key rotation: before B's graceful restart it cannot open what A seals with the new key",
