@@ -274,6 +274,7 @@ test-apache: test-deps all $(FAULT_SERVER) $(BUILD)/certs/server.pem
 	$(MAKE) --no-print-directory apache-module
 	python3 tests/integration/test_apache.py --module $(APACHE_MOD) --cli $(CLI) --certs $(BUILD)/certs \
 	  --fault-lib $(BUILD)/fault
+	python3 tests/integration/test_apache_fleet.py --module $(APACHE_MOD) --certs $(BUILD)/certs
 
 # The example server linked against a fault-injection build of the library (tests only: it
 # dies inside critical sections when SHMSESS_TEST_FAULT says so).

@@ -28,6 +28,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 
 #include <openssl/crypto.h>
@@ -42,12 +43,32 @@ APLOG_USE_MODULE(socache_shmsess);
  * are 160-byte-ish DER, so 8 MiB holds about 40,000 of them). */
 #define DEFAULT_SIZE (8u * 1024 * 1024)
 
+/* The fleet tier's directives (server config, outside <VirtualHost>: the session cache is
+ * one for the whole server). Checked by check_config, so `apache2 -t` refuses them; read by
+ * init at every start and graceful restart, which re-reads the key and CA files. */
+typedef struct {
+    const char *url;         /* ShmsessRemote redis://... | rediss://...; NULL: one host */
+    const char *key_file;    /* ShmsessRemoteKey */
+    const char *ca_file;     /* ShmsessRemoteCA */
+    const char *key_prefix;  /* ShmsessRemoteKeyPrefix */
+    unsigned int timeout_ms; /* ShmsessRemoteTimeout; 0: the library's default */
+    int cluster;             /* ShmsessRemoteCluster on */
+    int cluster_set;
+} remote_conf;
+
 struct ap_socache_instance_t {
     const char *path;    /* NULL: anonymous shared memory, inherited by the children */
     apr_uint64_t size;   /* segment bytes */
     shmsess_cache *cache;
     int fell_back;       /* the named segment was refused; an anonymous one is used */
+    int remote_dropped;  /* the fleet tier was refused at this start; this host's segment only */
+    const remote_conf *remote; /* this generation's ShmsessRemote*, set by init */
 };
+
+static remote_conf *remote_conf_of(server_rec *s)
+{
+    return ap_get_module_config(s->module_config, &socache_shmsess_module);
+}
 
 /* "64M", "512000", "2G": bytes with an optional K/M/G suffix (powers of 1024). */
 static const char *parse_size(const char *text, apr_uint64_t *out)
@@ -72,7 +93,78 @@ static const char *parse_size(const char *text, apr_uint64_t *out)
     return NULL;
 }
 
-/* Configuration time: parse "[path][(size)]"; nothing is created yet (configtest runs this). */
+/* The library's last message without the name of the function it came from. */
+static const char *library_error(apr_pool_t *p)
+{
+    const char *why = shmsess_last_error();
+    const char *colon = strstr(why, ": ");
+    if (strncmp(why, "shmsess_", 8) == 0 && colon)
+        why = colon + 2;
+    return apr_pstrdup(p, why);
+}
+
+/* The library names the fields of shmsess_options; the operator wrote directives. */
+static const char *const field_directives[][2] = {
+    { "remote_url", "ShmsessRemote" },
+    { "remote_key_file", "ShmsessRemoteKey" },
+    { "remote_ca_file", "ShmsessRemoteCA" },
+    { "remote_key_prefix", "ShmsessRemoteKeyPrefix" },
+    { "remote_timeout_ms", "ShmsessRemoteTimeout" },
+    { "remote_cluster", "ShmsessRemoteCluster" },
+};
+
+static const char *in_directives(const char *message, apr_pool_t *p)
+{
+    for (size_t i = 0; i < sizeof field_directives / sizeof field_directives[0]; i++) {
+        const char *field = field_directives[i][0];
+        const char *at;
+        while ((at = strstr(message, field)) != NULL)
+            message = apr_pstrcat(p, apr_pstrndup(p, message, (apr_size_t)(at - message)), field_directives[i][1],
+                                  at + strlen(field), NULL);
+    }
+    return message;
+}
+
+static void fill_options(const ap_socache_instance_t *ctx, const char *path, shmsess_options *opts)
+{
+    shmsess_options_init(opts);
+    opts->path = path;
+    opts->size_bytes = ctx->size;
+}
+
+/* The fleet tier's fields. The byte API reaches Redis only with SHMSESS_BYTE_API_REMOTE. */
+static void fill_remote(const remote_conf *rc, shmsess_options *opts)
+{
+    if (rc == NULL || rc->url == NULL)
+        return;
+    opts->flags |= SHMSESS_BYTE_API_REMOTE;
+    opts->remote_url = rc->url;
+    opts->remote_key_file = rc->key_file;
+    opts->remote_ca_file = rc->ca_file;
+    opts->remote_key_prefix = rc->key_prefix;
+    opts->remote_timeout_ms = rc->timeout_ms;
+    opts->remote_cluster = rc->cluster;
+}
+
+/* The library's own check of what start would refuse (sizes, the path's directory), without
+ * creating anything: `apache2 -t`, and so `apache2ctl graceful`, refuse it with the fix
+ * instead of a restart that finds out in the parent. What only opening the segment can find
+ * (its mode, owner, format, a full filesystem) is handled by init without stopping httpd. */
+static const char *check_settings(const ap_socache_instance_t *ctx, const char *arg, apr_pool_t *tmp)
+{
+    shmsess_options opts;
+    fill_options(ctx, ctx->path, &opts);
+    if (shmsess_options_check(&opts) == SHMSESS_OK)
+        return NULL;
+    const char *why = library_error(tmp);
+    if (strstr(why, "size_bytes") == NULL)
+        return apr_psprintf(tmp, "shmsess:%s: %s", arg, why);
+    return apr_psprintf(tmp, "shmsess:%s: %s; give a size from 64K to 1024G, e.g. SSLSessionCache shmsess:%s(64M)",
+                        arg, why, ctx->path ? ctx->path : "");
+}
+
+/* Configuration time: parse "[path][(size)]" and check it; nothing is created yet (configtest
+ * runs this). */
 static const char *socache_shmsess_create(ap_socache_instance_t **instance, const char *arg,
                                           apr_pool_t *tmp, apr_pool_t *p)
 {
@@ -100,7 +192,7 @@ static const char *socache_shmsess_create(ap_socache_instance_t **instance, cons
         if (ctx->path == NULL)
             return apr_psprintf(tmp, "shmsess: invalid path '%s'", path);
     }
-    return NULL;
+    return check_settings(ctx, arg, tmp);
 }
 
 /* Library messages (lock recoveries, refused sessions, full shards) go to the main error
@@ -113,16 +205,67 @@ static void log_to_apache(int level, const char *message, void *userdata)
     ap_log_error(APLOG_MARK, ap_level, 0, ap_server_conf, "shmsesscache: %s", message);
 }
 
-static shmsess_result open_segment(ap_socache_instance_t *ctx, const char *path, shmsess_cache **out)
+static shmsess_result open_segment(ap_socache_instance_t *ctx, const char *path, const remote_conf *remote,
+                                   shmsess_cache **out)
 {
     shmsess_options opts;
-    shmsess_options_init(&opts);
-    opts.path = path;
-    opts.size_bytes = ctx->size;
+    fill_options(ctx, path, &opts);
+    fill_remote(remote, &opts);
     return shmsess_cache_create(&opts, out);
 }
 
-/* post_config, in the parent before the children are forked (they inherit the mapping). */
+/* The named (or anonymous) segment with the fleet tier; if the tier is refused now (a key or
+ * CA file removed, or its mode loosened, since `apache2 -t`), the segment alone, logged. */
+static shmsess_result open_tiers(ap_socache_instance_t *ctx, const char *path, const char *cname, server_rec *s)
+{
+    shmsess_result r = open_segment(ctx, path, ctx->remote, &ctx->cache);
+    if (r == SHMSESS_OK || ctx->remote->url == NULL)
+        return r;
+    const char *why = library_error(s->process->pconf);
+    r = open_segment(ctx, path, NULL, &ctx->cache);
+    if (r == SHMSESS_OK) {
+        ap_log_error(APLOG_MARK, APLOG_ERR, 0, s,
+                     "shmsess: the fleet tier (ShmsessRemote) for %s is refused: %s. Serving from this host's "
+                     "segment only until it is mended and 'apache2ctl graceful' is run.",
+                     cname, in_directives(why, s->process->pconf));
+        ctx->remote_dropped = 1;
+    }
+    return r;
+}
+
+/* Whether this httpd served a configuration generation already (init ran; mod_ssl skips it in
+ * the startup's first pass and `apache2 -t` never reaches it): check_config then runs for a
+ * restart. Kept in the process pool, which outlives generations (the key is copied: this
+ * module's strings go when the module is unloaded at a restart). */
+#define SERVED_KEY "socache_shmsess:served"
+
+static void mark_served(server_rec *s)
+{
+    apr_pool_userdata_set((void *)1, SERVED_KEY, apr_pool_cleanup_null, s->process->pool);
+}
+
+static int served_before(server_rec *s)
+{
+    void *served = NULL;
+    return apr_pool_userdata_get(&served, SERVED_KEY, s->process->pool) == APR_SUCCESS && served != NULL;
+}
+
+/* What to do about a named segment the library refused to open. */
+static const char *fix_for(shmsess_result r)
+{
+    if (r == SHMSESS_ERR_FORMAT)
+        return "Remove the file, or move its sessions with 'shmsesscache dump' and 'shmsesscache load', to use "
+               "it again.";
+    return "Mend what the message names (the file must be a regular file of the user that starts httpd, mode "
+           "0600, on a filesystem with room for it), then 'apache2ctl graceful' to use it again.";
+}
+
+/* post_config, in the parent before the children are forked (they inherit the mapping).
+ * Never fails: mod_ssl exits when a provider's init does (AH01874), and at a graceful restart
+ * that takes the whole site down for a cache. The settings were checked at configuration
+ * time; what only opening the segment finds (another format, a loose mode, a full
+ * filesystem) falls back to an anonymous segment, and if even that cannot be had (no memory),
+ * httpd serves without a session cache until the next restart. Both are logged as errors. */
 static apr_status_t socache_shmsess_init(ap_socache_instance_t *ctx, const char *cname,
                                          const struct ap_socache_hints *hints, server_rec *s,
                                          apr_pool_t *p)
@@ -131,26 +274,34 @@ static apr_status_t socache_shmsess_init(ap_socache_instance_t *ctx, const char 
     (void)p;
     shmsess_set_log_callback(log_to_apache, NULL, 4);
     ctx->fell_back = 0;
-    shmsess_result r = open_segment(ctx, ctx->path, &ctx->cache);
-    if (r == SHMSESS_ERR_FORMAT && ctx->path) {
-        /* A segment of another size or build: refusing to start would turn a size change
-         * plus `apachectl graceful` into an outage, and deleting a file we did not make is
-         * not ours to do. Serve from anonymous memory and say so loudly. */
+    ctx->remote_dropped = 0;
+    ctx->cache = NULL;
+    ctx->remote = remote_conf_of(s);
+    mark_served(s);
+    shmsess_result r = open_tiers(ctx, ctx->path, cname, s);
+    if (r != SHMSESS_OK && ctx->path) {
+        /* Refusing to start would turn a size change, a chmod or a full disk plus
+         * `apachectl graceful` into an outage, and deleting or mending a file is not ours to
+         * do. Serve from anonymous memory and say so loudly. */
         ap_log_error(APLOG_MARK, APLOG_ERR, 0, s,
                      "shmsess: cannot use %s for %s: %s. Using an anonymous segment of %" APR_UINT64_T_FMT
-                     " bytes instead (sessions will not survive a restart). Remove the file, or move "
-                     "its sessions with 'shmsesscache dump' and 'shmsesscache load', to use it again.",
-                     ctx->path, cname, shmsess_last_error(), ctx->size);
+                     " bytes instead (sessions will not survive a restart). %s",
+                     ctx->path, cname, shmsess_last_error(), ctx->size, fix_for(r));
         ctx->fell_back = 1;
-        r = open_segment(ctx, NULL, &ctx->cache);
+        r = open_tiers(ctx, NULL, cname, s);
     }
     if (r != SHMSESS_OK) {
-        ap_log_error(APLOG_MARK, APLOG_CRIT, 0, s, "shmsess: cannot create the %s cache (%s): %s", cname,
-                     ctx->path ? ctx->path : "anonymous", shmsess_last_error());
-        return r == SHMSESS_ERR_INVALID_ARGUMENT ? APR_EINVAL : APR_EGENERAL;
+        ap_log_error(APLOG_MARK, APLOG_ERR, 0, s,
+                     "shmsess: cannot create an anonymous segment of %" APR_UINT64_T_FMT " bytes for %s: %s. "
+                     "Serving without a session cache (every handshake is a full one) until the next restart; "
+                     "give a smaller size in SSLSessionCache.",
+                     ctx->size, cname, shmsess_last_error());
+        ctx->cache = NULL;
+        return APR_SUCCESS;
     }
-    ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, "shmsess: %s cache of %" APR_UINT64_T_FMT " bytes in %s", cname,
-                 ctx->size, ctx->path && !ctx->fell_back ? ctx->path : "anonymous shared memory");
+    ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, "shmsess: %s cache of %" APR_UINT64_T_FMT " bytes in %s%s", cname,
+                 ctx->size, ctx->path && !ctx->fell_back ? ctx->path : "anonymous shared memory",
+                 ctx->remote->url && !ctx->remote_dropped ? ", with the fleet tier (ShmsessRemote)" : "");
     return APR_SUCCESS;
 }
 
@@ -259,6 +410,12 @@ static apr_status_t socache_shmsess_retrieve(ap_socache_instance_t *ctx, server_
     (void)s;
     if (ctx->cache == NULL)
         return APR_EGENERAL;
+    /* The ClientHello retried after a HelloRetryRequest: the ticket this connection took is
+     * here, and asking the cache (and Redis, which has its tombstone) would only miss. */
+    if (p != NULL && unpark(id, idlen, dest, destlen, p)) {
+        shmsess_cache_count_hrr_resumed(ctx->cache);
+        return APR_SUCCESS;
+    }
     size_t got = 0;
     shmsess_result r = shmsess_cache_lookup(ctx->cache, id, idlen, dest, *destlen, &got, SHMSESS_LOOKUP_TAKE_TLS13);
     if (r == SHMSESS_OK) {
@@ -267,8 +424,6 @@ static apr_status_t socache_shmsess_retrieve(ap_socache_instance_t *ctx, server_
             park(id, idlen, dest, got, p);
         return APR_SUCCESS;
     }
-    if (r == SHMSESS_ERR_NOT_FOUND && p != NULL && unpark(id, idlen, dest, destlen, p))
-        return APR_SUCCESS;
     return status_of(r);
 }
 
@@ -292,8 +447,58 @@ static int percent(uint64_t part, uint64_t whole)
     return whole ? (int)(100 * part / whole) : 0;
 }
 
+/* Counters only this cache has, for both of mod_status's forms (?auto key, HTML label).
+ * The remote ones are shown when ShmsessRemote is on. */
+struct counter_line {
+    const char *key;
+    const char *label;
+    size_t offset;
+    int remote;
+};
+
+#define COUNTER(key, label, field, remote) { key, label, offsetof(shmsess_stats, field), remote }
+static const struct counter_line counter_lines[] = {
+    COUNTER("CacheHRRResumedCount", "TLS 1.3 tickets resumed through a HelloRetryRequest", hrr_resumed, 0),
+    COUNTER("CacheSNIMismatchCount", "sessions refused for another server name", sni_mismatch, 0),
+    COUNTER("CacheRemoteStoreCount", "sessions written to Redis", remote_stores, 1),
+    COUNTER("CacheRemoteHitCount", "local misses Redis answered", remote_hits, 1),
+    COUNTER("CacheRemoteMissCount", "local misses Redis did not have either", remote_misses, 1),
+    COUNTER("CacheRemoteErrorCount", "failed Redis operations", remote_errors, 1),
+    COUNTER("CacheRemoteTimeoutCount", "Redis operations past ShmsessRemoteTimeout", remote_timeouts, 1),
+    COUNTER("CacheRemoteSkippedCount", "Redis operations skipped while backing off", remote_skipped, 1),
+    COUNTER("CacheRemoteRejectedCount", "Redis values that did not authenticate", remote_rejected, 1),
+    COUNTER("CacheRemoteReplaysRefusedCount", "TLS 1.3 tickets refused as used on another host",
+            remote_replays_refused, 1),
+    COUNTER("CacheRemoteUnconfirmedCount", "TLS 1.3 tickets whose single use Redis could not confirm",
+            remote_unconfirmed, 1),
+    COUNTER("CacheRemoteDroppedCount", "writes that never reached Redis", remote_dropped, 1),
+};
+
+static uint64_t counter_value(const shmsess_stats *st, const struct counter_line *c)
+{
+    uint64_t v;
+    memcpy(&v, (const char *)st + c->offset, sizeof v);
+    return v;
+}
+
+static void status_counters(const ap_socache_instance_t *ctx, const shmsess_stats *st, request_rec *r, int flags)
+{
+    int remote = ctx->remote && ctx->remote->url && !ctx->remote_dropped;
+    for (size_t i = 0; i < sizeof counter_lines / sizeof counter_lines[0]; i++) {
+        const struct counter_line *c = &counter_lines[i];
+        if (c->remote && !remote)
+            continue;
+        if (flags & AP_STATUS_SHORT)
+            ap_rprintf(r, "%s: %" APR_UINT64_T_FMT "\n", c->key, (apr_uint64_t)counter_value(st, c));
+        else
+            ap_rprintf(r, "%s: <b>%" APR_UINT64_T_FMT "</b><br>", c->label, (apr_uint64_t)counter_value(st, c));
+    }
+}
+
 /* mod_status: shmcb's lines and ?auto keys (so existing monitoring keeps parsing them), then
- * what only this cache has. */
+ * what only this cache has. Retrieves are counted as resumptions: a local miss that Redis
+ * answered is a hit, and the second lookup of a ticket through a HelloRetryRequest (answered
+ * from the copy kept on the connection) is neither a hit nor a miss but an HRR resumption. */
 static void socache_shmsess_status(ap_socache_instance_t *ctx, request_rec *r, int flags)
 {
     shmsess_stats st;
@@ -311,6 +516,8 @@ static void socache_shmsess_status(ap_socache_instance_t *ctx, request_rec *r, i
     long min_left = seconds_until(st.earliest_expiry_unix, st.now_unix);
     long max_left = seconds_until(st.latest_expiry_unix, st.now_unix);
     uint64_t recoveries = st.lock_owner_died + st.dirty_repairs;
+    uint64_t retrieve_hits = st.lookup_hits + st.remote_hits;
+    uint64_t retrieve_misses = st.lookup_misses - (st.remote_hits < st.lookup_misses ? st.remote_hits : st.lookup_misses);
 
     if (flags & AP_STATUS_SHORT) {
         ap_rprintf(r, "CacheType: SHMSESS\n");
@@ -329,8 +536,8 @@ static void socache_shmsess_status(ap_socache_instance_t *ctx, request_rec *r, i
         ap_rprintf(r, "CacheReplaceCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.replaced);
         ap_rprintf(r, "CacheExpireCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.expired);
         ap_rprintf(r, "CacheDiscardCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.evicted);
-        ap_rprintf(r, "CacheRetrieveHitCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.lookup_hits);
-        ap_rprintf(r, "CacheRetrieveMissCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.lookup_misses);
+        ap_rprintf(r, "CacheRetrieveHitCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)retrieve_hits);
+        ap_rprintf(r, "CacheRetrieveMissCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)retrieve_misses);
         ap_rprintf(r, "CacheRemoveHitCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.remove_hits);
         ap_rprintf(r, "CacheRemoveMissCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.remove_misses);
         ap_rprintf(r, "CacheSingleUseTakenCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.taken);
@@ -339,6 +546,7 @@ static void socache_shmsess_status(ap_socache_instance_t *ctx, request_rec *r, i
         ap_rprintf(r, "CacheCorruptDroppedCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.corrupt_dropped);
         ap_rprintf(r, "CacheLockTimeoutCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.lock_timeouts);
         ap_rprintf(r, "CacheLockContendedCount: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)st.lock_contended);
+        status_counters(ctx, &st, r, flags);
         return;
     }
 
@@ -362,7 +570,7 @@ static void socache_shmsess_status(ap_socache_instance_t *ctx, request_rec *r, i
                (apr_uint64_t)st.evicted);
     ap_rprintf(r, "total retrieves since starting: <b>%" APR_UINT64_T_FMT "</b> hit, <b>%" APR_UINT64_T_FMT
                   "</b> miss<br>",
-               (apr_uint64_t)st.lookup_hits, (apr_uint64_t)st.lookup_misses);
+               (apr_uint64_t)retrieve_hits, (apr_uint64_t)retrieve_misses);
     ap_rprintf(r, "total removes since starting: <b>%" APR_UINT64_T_FMT "</b> hit, <b>%" APR_UINT64_T_FMT
                   "</b> miss<br>",
                (apr_uint64_t)st.remove_hits, (apr_uint64_t)st.remove_misses);
@@ -374,6 +582,7 @@ static void socache_shmsess_status(ap_socache_instance_t *ctx, request_rec *r, i
                   "</b><br>",
                (apr_uint64_t)recoveries, (apr_uint64_t)st.corrupt_dropped, (apr_uint64_t)st.lock_timeouts,
                (apr_uint64_t)st.lock_contended);
+    status_counters(ctx, &st, r, flags);
 }
 
 struct iterate_call {
@@ -421,18 +630,186 @@ static const ap_socache_provider_t socache_shmsess = {
     socache_shmsess_iterate,
 };
 
+static void *create_server_config(apr_pool_t *p, server_rec *s)
+{
+    (void)s;
+    return apr_pcalloc(p, sizeof(remote_conf));
+}
+
+/* The directives configure the one session cache of the server: outside <VirtualHost>. */
+static remote_conf *global_conf(cmd_parms *cmd, const char **err)
+{
+    *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+    return *err ? NULL : remote_conf_of(cmd->server);
+}
+
+static const char *set_remote(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    (void)dconf;
+    const char *err;
+    remote_conf *rc = global_conf(cmd, &err);
+    if (rc == NULL)
+        return err;
+    if (strncmp(arg, "redis://", 8) != 0 && strncmp(arg, "rediss://", 9) != 0)
+        return "ShmsessRemote: expected redis://host:port/db or rediss://host:port/db "
+               "(e.g. ShmsessRemote redis://10.0.0.5:6379/0)";
+    rc->url = arg;
+    return NULL;
+}
+
+static const char *set_file(cmd_parms *cmd, const char *arg, const char **field)
+{
+    const char *path = ap_server_root_relative(cmd->pool, arg);
+    if (path == NULL)
+        return apr_psprintf(cmd->pool, "%s: invalid path '%s'", cmd->cmd->name, arg);
+    *field = path;
+    return NULL;
+}
+
+static const char *set_remote_key(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    (void)dconf;
+    const char *err;
+    remote_conf *rc = global_conf(cmd, &err);
+    return rc ? set_file(cmd, arg, &rc->key_file) : err;
+}
+
+static const char *set_remote_ca(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    (void)dconf;
+    const char *err;
+    remote_conf *rc = global_conf(cmd, &err);
+    return rc ? set_file(cmd, arg, &rc->ca_file) : err;
+}
+
+static const char *set_remote_timeout(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    (void)dconf;
+    const char *err;
+    remote_conf *rc = global_conf(cmd, &err);
+    if (rc == NULL)
+        return err;
+    char *end = NULL;
+    errno = 0;
+    unsigned long ms = strtoul(arg, &end, 10);
+    if (end == arg || *end != '\0' || errno || arg[0] == '-' || ms < 1 || ms > 60000)
+        return "ShmsessRemoteTimeout: milliseconds from 1 to 60000 per remote operation "
+               "(e.g. ShmsessRemoteTimeout 25)";
+    rc->timeout_ms = (unsigned int)ms;
+    return NULL;
+}
+
+static const char *set_remote_cluster(cmd_parms *cmd, void *dconf, int on)
+{
+    (void)dconf;
+    const char *err;
+    remote_conf *rc = global_conf(cmd, &err);
+    if (rc == NULL)
+        return err;
+    rc->cluster = on;
+    rc->cluster_set = 1;
+    return NULL;
+}
+
+static const char *set_remote_key_prefix(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    (void)dconf;
+    const char *err;
+    remote_conf *rc = global_conf(cmd, &err);
+    if (rc == NULL)
+        return err;
+    if (*arg == '\0')
+        return "ShmsessRemoteKeyPrefix: give a non-empty prefix (e.g. ShmsessRemoteKeyPrefix shmsess:www:)";
+    rc->key_prefix = arg;
+    return NULL;
+}
+
+static const command_rec shmsess_directives[] = {
+    AP_INIT_TAKE1("ShmsessRemote", set_remote, NULL, RSRC_CONF,
+                  "redis://host:port/db or rediss://...: the Redis tier this host shares with others"),
+    AP_INIT_TAKE1("ShmsessRemoteKey", set_remote_key, NULL, RSRC_CONF,
+                  "file of AES-256 keys (64 hex digits a line, mode 0600) sealing sessions in Redis"),
+    AP_INIT_TAKE1("ShmsessRemoteCA", set_remote_ca, NULL, RSRC_CONF,
+                  "PEM file of the CA certificates a rediss:// server's certificate must chain to"),
+    AP_INIT_TAKE1("ShmsessRemoteTimeout", set_remote_timeout, NULL, RSRC_CONF,
+                  "longest a remote operation may take, in ms (default 25)"),
+    AP_INIT_FLAG("ShmsessRemoteCluster", set_remote_cluster, NULL, RSRC_CONF,
+                 "on: ShmsessRemote names a seed node of a Redis Cluster"),
+    AP_INIT_TAKE1("ShmsessRemoteKeyPrefix", set_remote_key_prefix, NULL, RSRC_CONF,
+                  "prefix of the Redis keys (default shmsess:)"),
+    { NULL },
+};
+
+/* The directives that only make sense with ShmsessRemote. */
+static const char *orphan_directive(const remote_conf *rc)
+{
+    if (rc->key_file)
+        return "ShmsessRemoteKey";
+    if (rc->ca_file)
+        return "ShmsessRemoteCA";
+    if (rc->timeout_ms)
+        return "ShmsessRemoteTimeout";
+    if (rc->cluster_set)
+        return "ShmsessRemoteCluster";
+    if (rc->key_prefix)
+        return "ShmsessRemoteKeyPrefix";
+    return NULL;
+}
+
+/* After the configuration is read, in `apache2 -t` too: the fleet tier's settings as a whole
+ * (URL, key file's owner, mode and contents, CA file, cluster), as start would check them. */
+/* A refusal of the fleet tier's settings: fatal in `apache2 -t` and at the first start, so
+ * the operator sees it before anything runs; at a restart of a running httpd (a key file
+ * whose mode changed since, a restart signalled without the configuration test) an error in
+ * the log, and the new generation runs without the tier (init says so too). */
+static int refuse_remote(server_rec *s, const char *why)
+{
+    if (served_before(s)) {
+        ap_log_error(APLOG_MARK, APLOG_ERR, 0, s,
+                     "shmsess: %s. This restart goes on without the fleet tier (each host's segment only); mend "
+                     "it and run 'apache2ctl graceful'.",
+                     why);
+        return OK;
+    }
+    ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "shmsess: %s", why);
+    return HTTP_INTERNAL_SERVER_ERROR;
+}
+
+static int check_remote_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s)
+{
+    (void)pconf;
+    (void)plog;
+    const remote_conf *rc = remote_conf_of(s);
+    if (rc->url == NULL) {
+        const char *orphan = orphan_directive(rc);
+        if (orphan == NULL)
+            return OK;
+        return refuse_remote(s, apr_psprintf(ptemp, "%s is set but ShmsessRemote is not: add ShmsessRemote "
+                                                    "redis://host:port/db, or remove it",
+                                             orphan));
+    }
+    shmsess_options opts;
+    shmsess_options_init(&opts);
+    fill_remote(rc, &opts);
+    if (shmsess_options_check(&opts) == SHMSESS_OK)
+        return OK;
+    return refuse_remote(s, apr_psprintf(ptemp, "ShmsessRemote settings refused: %s",
+                                         in_directives(library_error(ptemp), ptemp)));
+}
+
 static void register_hooks(apr_pool_t *p)
 {
     ap_register_provider(p, AP_SOCACHE_PROVIDER_GROUP, "shmsess", AP_SOCACHE_PROVIDER_VERSION, &socache_shmsess);
+    ap_hook_check_config(check_remote_config, NULL, NULL, APR_HOOK_MIDDLE);
 }
 
 module AP_MODULE_DECLARE_DATA socache_shmsess_module = {
     STANDARD20_MODULE_STUFF,
     NULL, /* per-directory config */
     NULL, /* merge per-directory */
-    NULL, /* per-server config */
-    NULL, /* merge per-server */
-    NULL, /* directives: none, everything is in the SSLSessionCache argument */
+    create_server_config,
+    NULL, /* merge per-server: the directives are global only */
+    shmsess_directives,
     register_hooks,
     AP_MODULE_FLAG_NONE,
 };

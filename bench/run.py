@@ -15,6 +15,9 @@
    host at random for every connection, with the tier and without it
 6. Apache httpd side by side: the same httpd (mpm_prefork, 4 children), the same load,
    `SSLSessionCache shmcb` vs `shmsess` (both 8 MiB) vs `none`, TLS 1.2 and 1.3
+12. Two Apache hosts through one redis-server (`--only apache-fleet`): this provider with
+   `ShmsessRemote` vs Debian's `mod_socache_redis`, a load generator picking a host at random
+   per connection; handshakes/s and the servers' CPU per 1,000 resumed, runs interleaved
 8. nginx side by side: the same nginx binary (Debian's) and workers, the same load,
    `shmsess_session_cache` (ngx_http_shmsess_module) vs `ssl_session_cache shared:SSL:10m` vs
    `ssl_session_cache off`, TLS 1.2 and 1.3: resumed and full handshakes/s and the server's
@@ -391,6 +394,84 @@ def tiers(a):
     return out
 
 
+def apache_fleet_caches(redis, key):
+    """What the two Apache hosts share in the fleet part: this provider with its Redis tier, or
+    Debian's mod_socache_redis. {name: (SSLSessionCache argument, directives, more modules)}."""
+    return {
+        "shmsess+redis": ("shmsess:(8M)", f"ShmsessRemote {redis.url}\nShmsessRemoteKey {key}\n", ()),
+        "mod_socache_redis": (f"redis:127.0.0.1:{redis.port}", "",
+                              (("socache_redis_module", "mod_socache_redis.so"),)),
+    }
+
+
+def apache_fleet(a):
+    """Two Apache hosts (mpm_prefork, a.apache_workers children each, one `ServerName` so that
+    mod_ssl's session id contexts match) behind a load generator that picks a host at random
+    for every connection, sharing one redis-server: this tier vs mod_socache_redis, runs
+    interleaved; handshakes/s and the servers' CPU (parents + children) per 1,000 resumed."""
+    module = os.path.join(a.build, "mod_socache_shmsess.so")
+    redis_mod = os.path.join(apache_harness.modules_dir(), "mod_socache_redis.so")
+    if not (apache_harness.apache_binary() and os.path.exists(module) and os.path.exists(redis_mod)
+            and shutil.which("redis-server")):
+        print("Apache httpd, the module, mod_socache_redis or redis-server is missing: the Apache fleet "
+              "figures are skipped", file=sys.stderr)
+        return []
+    tmp = tempfile.mkdtemp(prefix="shmsess-bench-fleet-")
+    key = os.path.join(tmp, "key")
+    write_key(key, os.urandom(32).hex())
+    res = []
+    try:
+        with Redis() as redis:
+            caches = apache_fleet_caches(redis, key)
+            for proto in ("1.2", "1.3"):
+                runs = {c: [] for c in caches}
+                for _ in range(a.runs):
+                    for name, (spec, extra, modules) in caches.items():
+                        redis.cli("FLUSHALL")
+                        runs[name].append(apache_fleet_run(a, module, spec, extra, modules, proto))
+                for name in caches:
+                    row = nginx_row(runs[name], cache=name, hosts=2, workers=a.apache_workers,
+                                    protocol=f"TLS {proto}")
+                    cpu = row["median_cpu_ms_per_1000_resumed"]
+                    print(f"  apache fleet TLS {proto} {name:17} {row['median_handshakes_per_s']:8.0f} hs/s "
+                          f"resumed {100 * row['median_resumed_fraction']:5.1f}% "
+                          f"cpu/1000 resumed {'-' if cpu is None else f'{cpu:.0f} ms'}", file=sys.stderr, flush=True)
+                    res.append(row)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
+def apache_fleet_run(a, module, spec, extra, modules, proto):
+    """One loadgen run against two fresh hosts: its result, with the hosts' CPU seconds."""
+    hosts = []
+    try:
+        for _ in range(2):
+            hosts.append(apache_harness.Apache(module, a.certs, spec, workers=a.apache_workers, max_conn=0,
+                                               ssl_level="warn", server_name="fleet.test:443", extra=extra,
+                                               modules=modules).start())
+        pids = [p for h in hosts for p in [h.proc.pid] + process.children(h.proc.pid)]
+        before = cpu_seconds(pids)
+        r = loadgen(a.build, ",".join(str(h.port) for h in hosts), a.clients, a.e2e_seconds, proto)
+        r["server_cpu_s"] = cpu_seconds(pids) - before
+        return r
+    finally:
+        for h in hosts:
+            h.stop()
+            h.cleanup()
+
+
+def apache_fleet_lines(rows):
+    """The summary lines of the Apache fleet part (12)."""
+    lines = [f"12. two Apache hosts through Redis, {rows[0]['workers']} prefork children each: handshakes/s "
+             "(resumed), server CPU ms per 1,000 resumed"]
+    for x in rows:
+        cpu = x["median_cpu_ms_per_1000_resumed"]
+        lines.append(f"   {x['protocol']} {x['cache']:17} {x['median_handshakes_per_s']:7.0f} "
+                     f"({100 * x['median_resumed_fraction']:5.1f}%)  {'-' if cpu is None else f'{cpu:6.0f}'}")
+    return lines
+
+
 def plots(r, outdir):
     try:
         import matplotlib
@@ -502,6 +583,8 @@ def table(r):
     for key, title in (("nginx", "8. nginx"), ("nginx_stream", "10. nginx stream block")):
         if r.get(key):
             lines += nginx_lines(r[key], title)
+    if r.get("apache_fleet"):
+        lines += apache_fleet_lines(r["apache_fleet"])
     if r.get("tiers", {}).get("lookup"):
         t = r["tiers"]["lookup"]
         lines.append("7. lookup cost per tier (ns, median): " + ", ".join(
@@ -538,10 +621,12 @@ def main():
     ap.add_argument("--out", default=HERE)
     ap.add_argument("--tiers", default=os.path.join(ROOT, "target", "release", "examples", "bench_tiers"))
     ap.add_argument("--threads-bench", default=os.path.join(ROOT, "target", "release", "examples", "bench_threads"))
-    ap.add_argument("--only", choices=["handshake", "ops", "e2e", "apache", "tiers", "threads", "nginx", "stream", "dropin"],
+    ap.add_argument("--only", choices=["handshake", "ops", "e2e", "apache", "tiers", "threads", "nginx", "stream", "dropin",
+                                       "apache-fleet"],
                     help="run one part; the others keep their figures from results.json")
     a = ap.parse_args()
-    parts = [a.only] if a.only else ["handshake", "ops", "e2e", "apache", "tiers", "threads", "nginx", "stream", "dropin"]
+    parts = [a.only] if a.only else ["handshake", "ops", "e2e", "apache", "tiers", "threads", "nginx", "stream", "dropin",
+                                     "apache-fleet"]
     r = {}
     if a.only and os.path.exists(os.path.join(a.out, "results.json")):
         with open(os.path.join(a.out, "results.json")) as f:
@@ -581,6 +666,9 @@ def main():
     if "dropin" in parts:
         print("the drop-in: hitch under it, hitch alone, the linked example server ...", file=sys.stderr, flush=True)
         r["dropin"] = dropin(a)
+    if "apache-fleet" in parts:
+        print("two Apache hosts through Redis: shmsess+redis vs mod_socache_redis ...", file=sys.stderr, flush=True)
+        r["apache_fleet"] = apache_fleet(a)
     r["anchor_density"] = ANCHOR_DENSITY
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(r, f, indent=1)

@@ -79,6 +79,17 @@
 // Version of `shmsess_stats` this library fills (`version` field).
 #define SHMSESS_STATS_VERSION 5
 
+// Let the byte API (`shmsess_cache_store`, `_lookup`, `_remove`) use the second tier
+// (`remote_url`) as the session callbacks do: stores and removals are queued for Redis, a
+// local miss asks Redis and refills the segment, and an entry `SHMSESS_LOOKUP_TAKE_TLS13` (or
+// `_TAKE`) makes single use is single use across hosts (tombstone swap); one read from Redis
+// whose single use Redis cannot confirm is refused. Without this flag the byte API stays on
+// the local segment, as it did before 0.5, for programs that set a remote tier for the
+// callbacks only. The byte API cannot turn early data off: a caller that allows 0-RTT must
+// not resume a ticket from this lookup with early data (mod_ssl offers no 0-RTT). No effect
+// without `remote_url`. (Added in 0.5.)
+#define SHMSESS_BYTE_API_REMOTE 64
+
 // Status of every call. `SHMSESS_OK` is 0; anything else comes with a message from
 // `shmsess_last_error()`.
 typedef enum shmsess_result {
@@ -154,8 +165,9 @@ typedef struct shmsess_options {
   // Each process connects lazily, after fork, and starts one writer thread on its first new
   // session: stores and removals are queued, never waited for by the handshake. Requires
   // `remote_key_file`. Copied at creation.
-  // Used by the session callbacks `shmsess_install` sets; `shmsess_cache_store`, `_lookup`,
-  // `_remove` and `_iterate` stay on the local segment.
+  // Used by the session callbacks `shmsess_install` sets; `shmsess_cache_store`, `_lookup`
+  // and `_remove` stay on the local segment unless `flags` has `SHMSESS_BYTE_API_REMOTE`;
+  // `_iterate` always does.
   // (Fields from here on added in 0.3.)
   const char *remote_url;
   // Key file for the second tier: one AES-256 key per line, 64 hex digits (`openssl rand
@@ -431,7 +443,8 @@ enum shmsess_result shmsess_cache_flush(struct shmsess_cache *cache, uint64_t ex
 
 // Store `data_len` bytes (e.g. an i2d'd SSL_SESSION, 1..8192 bytes) under the id
 // (1..32 bytes), valid until Unix time `expires`. Replaces an entry with the same id. The
-// bytes are copied. SHMSESS_ERR_TOO_LARGE for data over 8192 bytes (nothing stored).
+// bytes are copied. SHMSESS_ERR_TOO_LARGE for data over 8192 bytes (nothing stored). With
+// `SHMSESS_BYTE_API_REMOTE` the entry is also queued for Redis (sealed, never waited for).
 // Thread- and process-safe.
 enum shmsess_result shmsess_cache_store(struct shmsess_cache *cache,
                                         const uint8_t *id,
@@ -446,7 +459,12 @@ enum shmsess_result shmsess_cache_store(struct shmsess_cache *cache,
 // session; SHMSESS_LOOKUP_KEEP (0) leaves it. Other values count as SHMSESS_LOOKUP_TAKE.
 // SHMSESS_ERR_NOT_FOUND on a miss or an expired entry;
 // SHMSESS_ERR_BUFFER_TOO_SMALL with `*out_len` set to the size needed (nothing taken).
-// Thread- and process-safe.
+// With `SHMSESS_BYTE_API_REMOTE` a local miss asks Redis within `remote_timeout_ms`: an entry
+// the lookup would not take is copied into the segment too; one it takes (a TLS 1.3 ticket)
+// is consumed across hosts by a tombstone swap, and refused (SHMSESS_ERR_NOT_FOUND) if it was
+// used elsewhere already, or if it was read from Redis and Redis could not confirm the swap.
+// A local one Redis cannot confirm is returned (its single use is known on this host only).
+// Lock timeouts are then misses too. Thread- and process-safe.
 enum shmsess_result shmsess_cache_lookup(struct shmsess_cache *cache,
                                          const uint8_t *id,
                                          size_t id_len,
@@ -474,7 +492,8 @@ enum shmsess_result shmsess_cache_iterate(struct shmsess_cache *cache,
                                           void *userdata);
 
 // Remove the entry for `id` (1..32 bytes). SHMSESS_ERR_NOT_FOUND if there was none, which is
-// normal (OpenSSL removes sessions it never stored). Thread- and process-safe.
+// normal (OpenSSL removes sessions it never stored). With `SHMSESS_BYTE_API_REMOTE` its Redis
+// value is also queued to become a tombstone. Thread- and process-safe.
 enum shmsess_result shmsess_cache_remove(struct shmsess_cache *cache,
                                          const uint8_t *id,
                                          size_t id_len);
@@ -513,6 +532,15 @@ enum shmsess_result shmsess_stats_prometheus(const struct shmsess_stats *stats,
                                              char *buf,
                                              size_t cap,
                                              size_t *len);
+
+// Count a resumption the caller answered itself from a copy it kept: the TLS 1.3 ticket a
+// `shmsess_cache_lookup` took for a connection's first ClientHello, handed back for the
+// ClientHello retried after a HelloRetryRequest (a provider that can keep it on the
+// connection, as the Apache one does on mod_ssl's connection pool). Counted in
+// `hrr_resumed`, as the session callbacks count theirs; the resumption's one lookup hit was
+// counted by the lookup that took the ticket, so it is not counted again, and nothing is
+// read. Thread- and process-safe; no lock. (Added in 0.5.)
+enum shmsess_result shmsess_cache_count_hrr_resumed(struct shmsess_cache *cache);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -36,6 +36,8 @@ pub struct InstallOptions {
     /// Callbacks in a process whose effective uid is 0 leave the cache alone (the segment is
     /// written by less privileged workers); see `tls::install::served_here`.
     pub never_lock_as_root: bool,
+    /// The byte API reaches Redis too (`SHMSESS_BYTE_API_REMOTE`).
+    pub byte_api_remote: bool,
 }
 
 /// Longest prefix the id generator accepts: at least half of a 32-byte id stays random.
@@ -73,6 +75,15 @@ impl Handle {
     /// API the segment only (see [`Reach`]).
     pub fn tiers(&self, reach: Reach) -> Tiers<'_> {
         Tiers::new(&self.cache, self.remote.as_ref(), reach)
+    }
+
+    /// What the byte API reaches: both tiers with `SHMSESS_BYTE_API_REMOTE`, else the segment.
+    pub fn byte_reach(&self) -> Reach {
+        if self.install.byte_api_remote && self.remote.is_some() {
+            Reach::Both
+        } else {
+            Reach::LocalOnly
+        }
     }
 }
 

@@ -24,7 +24,13 @@
 //!
 //! Stores and removals go to the segment now and to Redis through the tier's writer thread
 //! (queued, never waited for). [`Reach::LocalOnly`] leaves Redis out of all three: the byte
-//! API's behaviour until the Apache provider asks for both tiers.
+//! API's behaviour unless the cache was created with `SHMSESS_BYTE_API_REMOTE` (the Apache
+//! provider with `ShmsessRemote`), so that programs built before it keep their meaning.
+//!
+//! Which entries are single use is decided per entry ([`Take`]): the OpenSSL callbacks know
+//! a handshake's version beforehand (`Take::Always` for TLS 1.3); the byte API, which stores
+//! opaque bytes, asks the bytes (`Take::If`), in the segment's critical section and again of
+//! a value read from Redis.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -40,9 +46,11 @@ pub const SMALL_SESSION_BYTES: usize = 1024;
 /// Which tiers a caller uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reach {
-    /// The segment and, when the cache has one, Redis (the OpenSSL callbacks).
+    /// The segment and, when the cache has one, Redis (the OpenSSL callbacks; the byte API
+    /// of a cache created with `SHMSESS_BYTE_API_REMOTE`).
     Both,
-    /// The segment only (the C byte API: `shmsess_cache_store`, `_lookup`, `_remove`).
+    /// The segment only (the C byte API otherwise: `shmsess_cache_store`, `_lookup`,
+    /// `_remove`).
     LocalOnly,
 }
 
@@ -53,6 +61,12 @@ pub trait Resumer {
     /// A ticket kept across a HelloRetryRequest, wiped when dropped.
     type Parked: AsRef<[u8]>;
 
+    /// Whether the caller can take an entry of these bytes now (the byte API: its buffer is
+    /// large enough). One it cannot is left as it was: put back if it was taken, never
+    /// consumed in Redis.
+    fn fits(&mut self, _der: &[u8]) -> bool {
+        true
+    }
     /// Decode an entry's bytes; `None` if they are not a session (the entry is then dropped).
     fn decode(&mut self, der: &[u8]) -> Option<Self::Session>;
     /// Whether `session` was made for the server this handshake names.
@@ -118,21 +132,22 @@ impl<'a> Tiers<'a> {
         local
     }
 
-    /// Copy the entry for `id` into `out`, taking it as `take` says: the byte API's lookup,
-    /// in the segment only (the byte API gets Redis with the Apache provider's issue).
+    /// Copy the entry for `id` into `out`, taking it as `take` says, in the segment only:
+    /// the byte API's lookup of a cache without `SHMSESS_BYTE_API_REMOTE` (with it, the byte
+    /// API goes through [`Tiers::resume`]).
     pub fn lookup_bytes(&self, id: &[u8], out: &mut [u8], take: Take, now: u32) -> Result<Found> {
         self.cache.lookup_taking(id, out, take, now)
     }
 
     /// The session for `id` that may resume this handshake, following the steps in the
-    /// module's documentation. `take`: the ticket is single use (TLS 1.3).
+    /// module's documentation. `take`: which entries are single use (TLS 1.3 tickets).
     pub fn resume<R: Resumer>(
         &self,
         id: &[u8],
-        take: bool,
+        take: Take,
         r: &mut R,
     ) -> Option<Resumed<R::Session>> {
-        if take {
+        if !matches!(take, Take::Never) {
             // The ClientHello after a HelloRetryRequest offers the ticket its first one took.
             // It may name another host than the first did: the name is checked again.
             if let Some((parked, times)) = r.take_parked(id) {
@@ -146,15 +161,17 @@ impl<'a> Tiers<'a> {
         let mut small = [0u8; SMALL_SESSION_BYTES];
         let mut big = Vec::new();
         if let Some((der, created, expires)) = self.read_local(id, take, &mut small, &mut big) {
+            // The same predicate the critical section applied: whether it took the entry.
+            let taken = take.applies_to(der);
             // The name check comes first: a ticket offered for another host goes back
             // untouched, here and in the remote tier.
-            let sess = self.accept(r, id, der, (created, expires), take, take);
+            let sess = self.accept(r, id, der, (created, expires), taken, taken);
             crate::util::wipe(der);
             if sess.is_none() {
                 // A hit the store counted, but no resumption: the hit ratio leaves it out.
                 self.cache.globals().lookup_refused.fetch_add(1, Relaxed);
             }
-            return match (sess, self.remote.filter(|_| take)) {
+            return match (sess, self.remote.filter(|_| taken)) {
                 (Some(s), Some(remote)) => self.consume(remote, r, s, id, expires, None),
                 (sess, _) => sess.map(Resumed::confirmed),
             };
@@ -168,12 +185,13 @@ impl<'a> Tiers<'a> {
         let Fetched::Hit(o) = remote.fetch_within(id, false, now, dl) else {
             return None;
         };
-        if !take {
+        let single = take.applies_to(&o.der);
+        if !single {
             // The next resumption on this host is a local hit.
             let _ = self.cache.store(id, &o.der, o.created, o.expires);
         }
-        let sess = self.accept(r, id, &o.der, (o.created, o.expires), false, take)?;
-        if take {
+        let sess = self.accept(r, id, &o.der, (o.created, o.expires), false, single)?;
+        if single {
             self.consume(remote, r, sess, id, o.expires, Some(dl))
         } else {
             Some(Resumed::confirmed(sess))
@@ -187,11 +205,12 @@ impl<'a> Tiers<'a> {
     fn read_local<'b>(
         &self,
         id: &[u8],
-        take: bool,
+        take: Take,
         small: &'b mut [u8; SMALL_SESSION_BYTES],
         big: &'b mut Vec<u8>,
     ) -> Option<(&'b mut [u8], u32, u32)> {
-        match self.cache.lookup(id, small, take) {
+        let now = crate::util::now_unix();
+        match self.cache.lookup_taking(id, small, take, now) {
             Ok(Found::Hit {
                 len,
                 created,
@@ -199,7 +218,7 @@ impl<'a> Tiers<'a> {
             }) => Some((&mut small[..len], created, expires)),
             Ok(Found::BufferTooSmall { needed }) => {
                 big.resize(needed, 0u8);
-                match self.cache.lookup(id, big, take) {
+                match self.cache.lookup_taking(id, big, take, now) {
                     Ok(Found::Hit {
                         len,
                         created,
@@ -265,6 +284,12 @@ impl<'a> Tiers<'a> {
         park: bool,
     ) -> Option<R::Session> {
         let g = self.cache.globals();
+        if !r.fits(der) {
+            if put_back {
+                let _ = self.cache.store(id, der, times.0, times.1);
+            }
+            return None;
+        }
         let Some(sess) = r.decode(der) else {
             g.decode_errors.fetch_add(1, Relaxed);
             let _ = self.cache.remove(id);
@@ -349,7 +374,7 @@ mod tests {
     fn a_single_use_ticket_is_taken_and_kept_for_a_retried_hello() {
         let c = cache_with_ticket();
         let mut hs = Fake::default();
-        let got = Tiers::new(&c, None, Reach::Both).resume(&ID, true, &mut hs);
+        let got = Tiers::new(&c, None, Reach::Both).resume(&ID, Take::Always, &mut hs);
         let got = got.expect("resumes");
         assert_eq!(got.session, b"ticket");
         assert!(!got.unconfirmed);
@@ -365,7 +390,7 @@ mod tests {
             ..Fake::default()
         };
         assert!(Tiers::new(&c, None, Reach::Both)
-            .resume(&ID, true, &mut hs)
+            .resume(&ID, Take::Always, &mut hs)
             .is_none());
         assert_eq!(c.globals().sni_mismatch.load(Relaxed), 1);
         // The store counted a hit; it resumed nothing, so it is no hit in the ratio.
@@ -385,7 +410,7 @@ mod tests {
             ..Fake::default()
         };
         let tiers = Tiers::new(&c, None, Reach::Both);
-        assert!(tiers.resume(&ID, false, &mut hs).is_none());
+        assert!(tiers.resume(&ID, Take::Never, &mut hs).is_none());
         assert_eq!(c.globals().decode_errors.load(Relaxed), 1);
         assert_eq!(c.globals().lookup_refused.load(Relaxed), 1);
         assert!(!has(&c, &ID));
@@ -398,7 +423,7 @@ mod tests {
             parked: Some((b"parked".to_vec(), (1, 2))),
             ..Fake::default()
         };
-        let got = Tiers::new(&c, None, Reach::Both).resume(&ID, true, &mut hs);
+        let got = Tiers::new(&c, None, Reach::Both).resume(&ID, Take::Always, &mut hs);
         assert_eq!(got.expect("resumes").session, b"parked");
         assert_eq!(c.globals().hrr_resumed.load(Relaxed), 1);
         assert!(has(&c, &ID), "the segment's copy is not touched");

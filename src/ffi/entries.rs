@@ -1,16 +1,18 @@
-//! The byte API: `shmsess_cache_store`, `_lookup`, `_remove` and `_iterate` on the local
-//! segment, for callers that encode sessions themselves (an Apache socache provider), and
-//! `shmsess_session_is_tls13`.
+//! The byte API: `shmsess_cache_store`, `_lookup`, `_remove` and `_iterate`, for callers that
+//! encode sessions themselves (an Apache socache provider), and `shmsess_session_is_tls13`.
+//! On the local segment, or with `SHMSESS_BYTE_API_REMOTE` through both tiers (the policy in
+//! [`crate::tiers`], the one the OpenSSL callbacks use).
 
 use std::ffi::{c_int, c_void};
 use std::ops::ControlFlow;
 use std::panic::catch_unwind;
+use std::sync::atomic::Ordering::Relaxed;
 
 use super::cache::shmsess_cache;
 use super::result::{shmsess_result, Fail};
 use super::{bytes, guard, handle, id_arg, null};
 use crate::store::cache::{Found, Take};
-use crate::tiers::Reach;
+use crate::tiers::{Reach, Resumer};
 use crate::tls::der;
 use shmsess_result::*;
 
@@ -26,7 +28,8 @@ pub const SHMSESS_LOOKUP_TAKE_TLS13: c_int = 2;
 
 /// Store `data_len` bytes (e.g. an i2d'd SSL_SESSION, 1..8192 bytes) under the id
 /// (1..32 bytes), valid until Unix time `expires`. Replaces an entry with the same id. The
-/// bytes are copied. SHMSESS_ERR_TOO_LARGE for data over 8192 bytes (nothing stored).
+/// bytes are copied. SHMSESS_ERR_TOO_LARGE for data over 8192 bytes (nothing stored). With
+/// `SHMSESS_BYTE_API_REMOTE` the entry is also queued for Redis (sealed, never waited for).
 /// Thread- and process-safe.
 #[no_mangle]
 pub extern "C" fn shmsess_cache_store(
@@ -43,7 +46,7 @@ pub extern "C" fn shmsess_cache_store(
         let data = bytes(data, data_len, "data")?;
         let now = crate::util::now_unix();
         let expires = expires.min(u64::from(u32::MAX)) as u32;
-        h.tiers(Reach::LocalOnly).store(id, data, now, expires)?;
+        h.tiers(h.byte_reach()).store(id, data, now, expires)?;
         Ok(SHMSESS_OK)
     })
 }
@@ -54,7 +57,12 @@ pub extern "C" fn shmsess_cache_store(
 /// session; SHMSESS_LOOKUP_KEEP (0) leaves it. Other values count as SHMSESS_LOOKUP_TAKE.
 /// SHMSESS_ERR_NOT_FOUND on a miss or an expired entry;
 /// SHMSESS_ERR_BUFFER_TOO_SMALL with `*out_len` set to the size needed (nothing taken).
-/// Thread- and process-safe.
+/// With `SHMSESS_BYTE_API_REMOTE` a local miss asks Redis within `remote_timeout_ms`: an entry
+/// the lookup would not take is copied into the segment too; one it takes (a TLS 1.3 ticket)
+/// is consumed across hosts by a tombstone swap, and refused (SHMSESS_ERR_NOT_FOUND) if it was
+/// used elsewhere already, or if it was read from Redis and Redis could not confirm the swap.
+/// A local one Redis cannot confirm is returned (its single use is known on this host only).
+/// Lock timeouts are then misses too. Thread- and process-safe.
 #[no_mangle]
 pub extern "C" fn shmsess_cache_lookup(
     cache: *mut shmsess_cache,
@@ -86,7 +94,11 @@ pub extern "C" fn shmsess_cache_lookup(
             _ => Take::Always,
         };
         let now = crate::util::now_unix();
-        match h.tiers(Reach::LocalOnly).lookup_bytes(id, out, take, now)? {
+        let found = match h.byte_reach() {
+            Reach::Both => lookup_both_tiers(&h, id, out, take),
+            Reach::LocalOnly => h.tiers(Reach::LocalOnly).lookup_bytes(id, out, take, now)?,
+        };
+        match found {
             Found::Hit { len, .. } => {
                 // SAFETY: checked non-NULL.
                 unsafe { *out_len = len };
@@ -102,6 +114,86 @@ pub extern "C" fn shmsess_cache_lookup(
                 ))
             }
         }
+    })
+}
+
+/// A byte-API lookup through the two-tier policy ([`crate::tiers::Tiers::resume`]): the
+/// bytes are the caller's own encoding, so decoding is a copy into its buffer, and the
+/// session id context (the server name, for mod_ssl) is the caller's to check.
+fn lookup_both_tiers(h: &crate::handle::Handle, id: &[u8], out: &mut [u8], take: Take) -> Found {
+    let mut copy = Copied {
+        out,
+        len: 0,
+        needed: None,
+    };
+    let found = h.tiers(Reach::Both).resume(id, take, &mut copy);
+    match (found, copy.needed) {
+        (Some(_), _) => Found::Hit {
+            len: copy.len,
+            created: 0,
+            expires: 0,
+        },
+        (None, Some(needed)) => Found::BufferTooSmall { needed },
+        (None, None) => {
+            // Copied, then refused (used on another host): nothing of it stays behind.
+            crate::util::wipe(&mut copy.out[..copy.len]);
+            Found::Miss
+        }
+    }
+}
+
+/// The caller's buffer as the policy's [`Resumer`]: an entry is "decoded" by copying it
+/// there. Parking for a retried ClientHello is the caller's (it has the connection).
+struct Copied<'a> {
+    out: &'a mut [u8],
+    len: usize,
+    needed: Option<usize>,
+}
+
+impl Resumer for Copied<'_> {
+    type Session = ();
+    type Parked = Vec<u8>;
+
+    fn fits(&mut self, der: &[u8]) -> bool {
+        let fits = der.len() <= self.out.len();
+        if !fits {
+            self.needed = Some(der.len());
+        }
+        fits
+    }
+
+    fn decode(&mut self, der: &[u8]) -> Option<()> {
+        self.out[..der.len()].copy_from_slice(der);
+        self.len = der.len();
+        Some(())
+    }
+
+    fn same_host(&mut self, _: &()) -> bool {
+        true
+    }
+
+    fn take_parked(&mut self, _: &[u8]) -> Option<(Vec<u8>, (u32, u32))> {
+        None
+    }
+
+    fn park(&mut self, _: &[u8], _: &[u8], _: (u32, u32)) {}
+
+    fn discard_parked(&mut self) {}
+}
+
+/// Count a resumption the caller answered itself from a copy it kept: the TLS 1.3 ticket a
+/// `shmsess_cache_lookup` took for a connection's first ClientHello, handed back for the
+/// ClientHello retried after a HelloRetryRequest (a provider that can keep it on the
+/// connection, as the Apache one does on mod_ssl's connection pool). Counted in
+/// `hrr_resumed`, as the session callbacks count theirs; the resumption's one lookup hit was
+/// counted by the lookup that took the ticket, so it is not counted again, and nothing is
+/// read. Thread- and process-safe; no lock. (Added in 0.5.)
+#[no_mangle]
+pub extern "C" fn shmsess_cache_count_hrr_resumed(cache: *mut shmsess_cache) -> shmsess_result {
+    guard("shmsess_cache_count_hrr_resumed", || {
+        let h = handle(cache)?;
+        h.cache.globals().hrr_resumed.fetch_add(1, Relaxed);
+        Ok(SHMSESS_OK)
     })
 }
 
@@ -182,7 +274,8 @@ pub extern "C" fn shmsess_cache_iterate(
 }
 
 /// Remove the entry for `id` (1..32 bytes). SHMSESS_ERR_NOT_FOUND if there was none, which is
-/// normal (OpenSSL removes sessions it never stored). Thread- and process-safe.
+/// normal (OpenSSL removes sessions it never stored). With `SHMSESS_BYTE_API_REMOTE` its Redis
+/// value is also queued to become a tombstone. Thread- and process-safe.
 #[no_mangle]
 pub extern "C" fn shmsess_cache_remove(
     cache: *mut shmsess_cache,
@@ -192,7 +285,7 @@ pub extern "C" fn shmsess_cache_remove(
     guard("shmsess_cache_remove", || {
         let h = handle(cache)?;
         let id = id_arg(id, id_len)?;
-        if h.tiers(Reach::LocalOnly).remove(id)? {
+        if h.tiers(h.byte_reach()).remove(id)? {
             Ok(SHMSESS_OK)
         } else {
             Err(Fail(SHMSESS_ERR_NOT_FOUND, "no entry with that id".into()))

@@ -42,13 +42,24 @@ pub const SHMSESS_GENERATE_SESSION_IDS: u32 = 16;
 /// that are not callbacks (`shmsess_cache_store`, `_lookup`, ...) are not affected. (Added in
 /// 0.5.)
 pub const SHMSESS_NEVER_LOCK_AS_ROOT: u32 = 32;
+/// Let the byte API (`shmsess_cache_store`, `_lookup`, `_remove`) use the second tier
+/// (`remote_url`) as the session callbacks do: stores and removals are queued for Redis, a
+/// local miss asks Redis and refills the segment, and an entry `SHMSESS_LOOKUP_TAKE_TLS13` (or
+/// `_TAKE`) makes single use is single use across hosts (tombstone swap); one read from Redis
+/// whose single use Redis cannot confirm is refused. Without this flag the byte API stays on
+/// the local segment, as it did before 0.5, for programs that set a remote tier for the
+/// callbacks only. The byte API cannot turn early data off: a caller that allows 0-RTT must
+/// not resume a ticket from this lookup with early data (mod_ssl offers no 0-RTT). No effect
+/// without `remote_url`. (Added in 0.5.)
+pub const SHMSESS_BYTE_API_REMOTE: u32 = 64;
 /// Every flag above: others are refused.
 const KNOWN_FLAGS: u32 = SHMSESS_KEEP_INTERNAL_CACHE
     | SHMSESS_TLS13_ALLOW_REUSE
     | SHMSESS_NO_TLS13
     | SHMSESS_KEEP_SESSION_ID_CONTEXT
     | SHMSESS_GENERATE_SESSION_IDS
-    | SHMSESS_NEVER_LOCK_AS_ROOT;
+    | SHMSESS_NEVER_LOCK_AS_ROOT
+    | SHMSESS_BYTE_API_REMOTE;
 
 /// Longest session id prefix (bytes); the other 16 or more of a 32-byte id stay random.
 pub const SHMSESS_MAX_ID_PREFIX: u32 = 16;
@@ -103,8 +114,9 @@ pub struct shmsess_options {
     /// Each process connects lazily, after fork, and starts one writer thread on its first new
     /// session: stores and removals are queued, never waited for by the handshake. Requires
     /// `remote_key_file`. Copied at creation.
-    /// Used by the session callbacks `shmsess_install` sets; `shmsess_cache_store`, `_lookup`,
-    /// `_remove` and `_iterate` stay on the local segment.
+    /// Used by the session callbacks `shmsess_install` sets; `shmsess_cache_store`, `_lookup`
+    /// and `_remove` stay on the local segment unless `flags` has `SHMSESS_BYTE_API_REMOTE`;
+    /// `_iterate` always does.
     /// (Fields from here on added in 0.3.)
     pub remote_url: *const c_char,
     /// Key file for the second tier: one AES-256 key per line, 64 hex digits (`openssl rand
@@ -437,6 +449,7 @@ pub(super) fn plan(opts: *const shmsess_options) -> Result<Plan, Fail> {
         session_id_context: sid_ctx,
         keep_session_id_context: o.flags & SHMSESS_KEEP_SESSION_ID_CONTEXT != 0,
         generate_ids: o.flags & SHMSESS_GENERATE_SESSION_IDS != 0 || !id_prefix.is_empty(),
+        byte_api_remote: o.flags & SHMSESS_BYTE_API_REMOTE != 0,
         id_prefix,
         never_lock_as_root: o.flags & SHMSESS_NEVER_LOCK_AS_ROOT != 0,
     };

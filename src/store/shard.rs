@@ -38,7 +38,8 @@ pub enum Take {
 }
 
 impl Take {
-    fn applies_to(self, payload: &[u8]) -> bool {
+    /// Whether a lookup taking this way removes an entry holding `payload`.
+    pub fn applies_to(self, payload: &[u8]) -> bool {
         match self {
             Take::Never => false,
             Take::Always => true,

@@ -27,6 +27,7 @@ use super::sni;
 use crate::error::ErrorKind;
 use crate::handle::Handle;
 use crate::log::{self, Level};
+use crate::store::cache::Take;
 use crate::store::layout::{MAX_ID_LEN, MAX_SESSION_BYTES};
 use crate::tiers::{Reach, Resumer, SMALL_SESSION_BYTES};
 
@@ -187,7 +188,7 @@ fn fetch_session(h: &Handle, ssl: *mut SSL, id: &[u8]) -> Option<*mut SSL_SESSIO
     let take = tls13 && !h.install.tls13_reuse;
     let resumed = h
         .tiers(Reach::Both)
-        .resume(id, take, &mut Handshake { ssl })?;
+        .resume(id, Take::from(take), &mut Handshake { ssl })?;
     if resumed.unconfirmed {
         // SAFETY: the SSL OpenSSL passed to the get callback; early data is decided after
         // the callback returns (final_early_data).

@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import threading
 
-from harness.checks import check, finish
+from harness.checks import check, finish, run
 from harness.apache import Apache, get, s_client_chain, s_client_offer, session_events, status_auto
 from harness.client import session_context as client_context
 from harness.prefork import s_client_reconnect
@@ -169,9 +169,16 @@ def hello_retry_request(args):
     sess_dir = tempfile.mkdtemp(prefix="shmsess-hrr-")
     with Apache(args.module, args.certs, "shmsess", extra="SSLOpenSSLConfCmd Groups P-256") as a:
         words, first = s_client_chain(a.port, 10, "X25519:P-256", sess_dir)
+        auto = status_auto(a.port, client_context(TLS12))
         again = s_client_offer(a.port, "X25519:P-256", first)
         again_direct = s_client_offer(a.port, "P-256", first)
     a.cleanup()
+    resumed = words[1:].count("Reused")
+    counts = {k: int(auto.get(k, -1)) for k in ("CacheRetrieveHitCount", "CacheRetrieveMissCount",
+                                                 "CacheHRRResumedCount")}
+    check("mod_status: each resumption through an HRR is one retrieve hit, no miss, one HRR resumption",
+          counts == {"CacheRetrieveHitCount": resumed, "CacheRetrieveMissCount": 0, "CacheHRRResumedCount": resumed},
+          f"{counts} for {resumed} resumptions")
     check("TLS 1.3 through a HelloRetryRequest (Groups P-256, client X25519:P-256): tickets resume",
           words[0] == "New" and words[1:].count("Reused") == 10, " ".join(words))
     check("... each once: a used ticket offered again is refused, through an HRR or not",
@@ -276,19 +283,112 @@ def bad_configuration(args):
         check(f"SSLSessionCache {arg}: httpd refuses to start with a clear message", ok, detail)
 
 
+# Settings the library refuses at start: `apache2 -t` must refuse them too, naming the fix,
+# so that `apache2ctl graceful` (which runs the test first) never restarts into them.
+REFUSED_SETTINGS = (
+    ("shmsess:(1K)", "too small", "shmsess:("),
+    ("shmsess:(1)", "too small", "shmsess:("),
+    ("shmsess:(18446744073709551615)", "larger than the maximum", "shmsess:("),
+    ("shmsess:(2000G)", "larger than the maximum", "shmsess:("),
+    ("shmsess:{root}/adir", "names a directory", "e.g."),
+)
+
+
+def serves(a):
+    """httpd runs and completes a handshake and a request."""
+    try:
+        return a.alive() and get(a.port, client_context(TLS12))[0] == 200
+    except OSError:
+        return False
+
+
+def refused_at_configuration_check(args):
+    """Running on shmsess:(8M), the operator changes the argument to one the library refuses
+    and runs `apache2ctl graceful`: the configuration test refuses it with the fix in the
+    message, the restart does not happen, and the running cache keeps its sessions."""
+    for arg, why, fix in REFUSED_SETTINGS:
+        with Apache(args.module, args.certs, "shmsess:(8M)", ssl_level="warn") as a:
+            os.makedirs(os.path.join(a.root, "adir"), exist_ok=True)
+            _, session = same_session(a.port, TLS12, 1)
+            a.write_config(arg)
+            try:
+                rc, text = a.operator_graceful()
+            except RuntimeError as e:
+                rc, text = 0, f"graceful restart: {str(e).splitlines()[0]}"
+            message = next((line for line in text.splitlines() if "SSLSessionCache" in line), text.strip()[:200])
+            check(f"SSLSessionCache {arg}: apache2 -t refuses it, with the fix", rc != 0 and why in text and
+                  fix in message, message[:240])
+            up = serves(a)
+            resumed = up and get(a.port, client_context(TLS12), session=session)[2]
+            check(f"SSLSessionCache {arg}: after apache2ctl graceful httpd still serves, on its cache",
+                  up and resumed, f"serving {up}, old session resumed {resumed}")
+        a.cleanup()
+
+
+def refused_at_restart(args):
+    """A named segment the library refuses only when it opens it (a loose mode, a full
+    filesystem): `apache2 -t` cannot know, so a graceful restart must not take httpd down;
+    the new generation serves from an anonymous segment and says so in the error log."""
+    root = tempfile.mkdtemp(prefix="shmsess-apache-")
+    fs = os.path.join(root, "fs")
+    os.makedirs(fs)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=9M,mode=0755", "tmpfs", fs]).returncode == 0
+    try:
+        for case in ("chmod 644", "full filesystem"):
+            seg = os.path.join(fs if case == "full filesystem" else root, "sessions")
+            if case == "full filesystem" and not mounted:
+                check("full filesystem: a tmpfs to fill", False, "mount -t tmpfs failed")
+                continue
+            with Apache(args.module, args.certs, f"shmsess:{seg}(8M)", root=root, ssl_level="warn") as a:
+                check(f"{case}: httpd runs on the named segment", same_session(a.port, TLS12, 2)[0] == 2)
+                if case == "chmod 644":
+                    os.chmod(seg, 0o644)
+                else:
+                    # The filesystem fills up, and the configuration moves the segment to a new
+                    # file there: the new generation cannot allocate it.
+                    subprocess.run(["dd", "if=/dev/zero", f"of={fs}/filler", "bs=1M", "count=16"],
+                                   capture_output=True)
+                    seg = os.path.join(fs, "moved")
+                    a.write_config(f"shmsess:{seg}(8M)")
+                try:
+                    a.graceful()
+                    came_back = True
+                except RuntimeError as e:
+                    came_back, why = False, str(e).splitlines()[-1][:200]
+                log = a.error_log()
+                check(f"{case}, graceful: httpd comes back and serves", came_back and serves(a),
+                      "" if came_back else f"httpd exited: {why}")
+                check(f"{case}, graceful: the error log says the segment was refused and what is used instead",
+                      "Using an anonymous segment" in log and seg in log,
+                      next((line for line in log.splitlines() if "Using an anonymous" in line), "none")[:300])
+                reused = came_back and same_session(a.port, TLS12, 3)[0]
+                check(f"{case}, graceful: sessions resume on the anonymous segment", reused == 3, f"{reused}/3")
+            for f in ("sessions", "moved", "filler"):
+                for d in (root, fs):
+                    if os.path.exists(os.path.join(d, f)):
+                        os.unlink(os.path.join(d, f))
+    finally:
+        if mounted:
+            subprocess.run(["umount", fs])
+        subprocess.run(["rm", "-rf", root])
+
+
+SCENARIOS = (
+    "anonymous_segment", "shmcb_contrast", "hello_retry_request", "named_segment",
+    "children_killed_inside_the_cache", "bad_configuration", "refused_at_configuration_check",
+    "refused_at_restart",
+)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--module", required=True)
     ap.add_argument("--cli", required=True)
     ap.add_argument("--certs", required=True)
     ap.add_argument("--fault-lib", required=True, help="directory of a fault-injection libshmsesscache.so.0")
+    ap.add_argument("--only", action="append", choices=SCENARIOS, help="run only this scenario (repeatable)")
     args = ap.parse_args()
-    anonymous_segment(args)
-    shmcb_contrast(args)
-    hello_retry_request(args)
-    named_segment(args)
-    children_killed_inside_the_cache(args)
-    bad_configuration(args)
+    run([globals()[name] for name in args.only or SCENARIOS], args)
     finish()
 
 

@@ -33,7 +33,7 @@ def modules_dir():
 
 CONFIG = """\
 ServerRoot "{root}"
-ServerName 127.0.0.1:{port}
+ServerName {server_name}
 Listen 127.0.0.1:{port}
 PidFile "{root}/httpd.pid"
 DefaultRuntimeDir "{root}"
@@ -45,19 +45,14 @@ LogLevel warn ssl:{ssl_level} socache_shmsess:info
 # concurrent use mod_ssl creates no "ssl-cache" mutex, so no such file.
 Mutex flock:{root} ssl-cache
 {user}
-LoadModule mpm_prefork_module {mods}/mod_mpm_prefork.so
+{mpm_config}
 LoadModule authz_core_module {mods}/mod_authz_core.so
 LoadModule status_module {mods}/mod_status.so
 LoadModule dir_module {mods}/mod_dir.so
 LoadModule socache_shmcb_module {mods}/mod_socache_shmcb.so
 LoadModule ssl_module {mods}/mod_ssl.so
 LoadModule socache_shmsess_module "{module}"
-StartServers {workers}
-MinSpareServers {workers}
-MaxSpareServers {workers}
-ServerLimit {max_workers}
-MaxRequestWorkers {max_workers}
-MaxConnectionsPerChild {max_conn}
+{mods_extra}MaxConnectionsPerChild {max_conn}
 KeepAlive Off
 DocumentRoot "{root}/htdocs"
 DirectoryIndex index.html
@@ -76,6 +71,25 @@ SSLCertificateKeyFile "{certs}/server.key"
 """
 
 
+# prefork: `workers` processes. event: `workers` processes of 4 threads each (the writer
+# thread and the deadline then run beside handshake threads).
+MPM_CONFIG = {
+    "prefork": """LoadModule mpm_prefork_module {mods}/mod_mpm_prefork.so
+StartServers {workers}
+MinSpareServers {workers}
+MaxSpareServers {workers}
+ServerLimit {max_workers}
+MaxRequestWorkers {max_workers}""",
+    "event": """LoadModule mpm_event_module {mods}/mod_mpm_event.so
+StartServers {workers}
+ServerLimit {max_workers}
+ThreadsPerChild 4
+MaxRequestWorkers {max_threads}
+MinSpareThreads 4
+MaxSpareThreads {max_threads}""",
+}
+
+
 class Apache(process.ServerRoot):
     """One httpd: `with Apache(module, certs, "shmsess:(8M)") as a: ... a.port ...`.
 
@@ -83,7 +97,8 @@ class Apache(process.ServerRoot):
     `root` may be passed to reuse a directory (and a named segment in it) across runs."""
 
     def __init__(self, module, certs, cache, workers=4, max_conn=8, root=None, ssl_level="trace2",
-                 max_workers=None, port=None, env=None, extra=""):
+                 max_workers=None, port=None, env=None, extra="", mpm="prefork", server_name=None,
+                 modules=()):
         self.module = os.path.abspath(module)
         self.certs = os.path.abspath(certs)
         self.cache = cache
@@ -96,31 +111,65 @@ class Apache(process.ServerRoot):
         self.port = port
         self.env = env
         self.extra = extra
+        self.mpm = mpm
+        # mod_ssl's session id context is "ServerName:port": hosts of one fleet share it.
+        self.server_name = server_name
+        self.modules = modules  # more (name, file) to load, e.g. ("socache_redis_module", ...)
 
     def start(self):
+        # mod_ssl's session id context is derived from "servername:port": a restart that
+        # should resume old sessions keeps its port.
+        self.port = self.port or free_port()
+        self.write_config()
+        self.log.mark()
+        # A session of its own: on shutdown prefork signals its whole process group, which
+        # would otherwise include the test.
+        self.proc, self.out, _ = process.spawn([apache_binary(), "-f", self.conf_path(), "-DFOREGROUND"],
+                                               env=self.env)
+        self._wait_ready()
+        return self
+
+    def conf_path(self):
+        return os.path.join(self.root, "httpd.conf")
+
+    def write_config(self, cache=None):
+        """Write httpd.conf, with `cache` as the new SSLSessionCache argument if given (a
+        running httpd reads it at its next restart)."""
+        self.cache = cache or self.cache
         os.makedirs(os.path.join(self.root, "htdocs"), exist_ok=True)
         with open(os.path.join(self.root, "htdocs", "index.html"), "w") as f:
             f.write("hello\n")
         # Children run as www-data when started as root: they must reach the document root.
         os.chmod(self.root, 0o755)
         os.chmod(os.path.join(self.root, "htdocs"), 0o755)
-        # mod_ssl's session id context is derived from "servername:port": a restart that
-        # should resume old sessions keeps its port.
-        self.port = self.port or free_port()
         user = "User www-data\nGroup www-data" if os.geteuid() == 0 else ""
-        conf = CONFIG.format(root=self.root, port=self.port, mods=modules_dir(), module=self.module,
-                             workers=self.workers, max_workers=self.max_workers, max_conn=self.max_conn,
-                             cache=self.cache.format(root=self.root), certs=self.certs, user=user,
-                             ssl_level=self.ssl_level, extra=self.extra)
-        conf_path = os.path.join(self.root, "httpd.conf")
-        with open(conf_path, "w") as f:
+        mods = modules_dir()
+        mpm_config = MPM_CONFIG[self.mpm].format(mods=mods, workers=self.workers, max_workers=self.max_workers,
+                                                 max_threads=4 * self.max_workers)
+        mods_extra = "".join(f"LoadModule {name} {mods}/{so}\n" for name, so in self.modules)
+        conf = CONFIG.format(root=self.root, port=self.port, mods=mods, module=self.module, mpm_config=mpm_config,
+                             mods_extra=mods_extra, max_conn=self.max_conn, server_name=self.server_name or
+                             f"127.0.0.1:{self.port}", cache=self.cache.format(root=self.root), certs=self.certs,
+                             user=user, ssl_level=self.ssl_level, extra=self.extra)
+        with open(self.conf_path(), "w") as f:
             f.write(conf)
-        self.log.mark()
-        # A session of its own: on shutdown prefork signals its whole process group, which
-        # would otherwise include the test.
-        self.proc, self.out, _ = process.spawn([apache_binary(), "-f", conf_path, "-DFOREGROUND"], env=self.env)
-        self._wait_ready()
-        return self
+
+    def config_test(self):
+        """`apache2 -t` on the configuration: (exit status, its output)."""
+        out = subprocess.run([apache_binary(), "-t", "-f", self.conf_path()], capture_output=True, text=True,
+                             env={**os.environ, **(self.env or {})}, timeout=READY_TIMEOUT)
+        return out.returncode, out.stdout + out.stderr
+
+    def operator_graceful(self):
+        """What `apache2ctl graceful` does: the configuration test, then the graceful restart
+        only if it passed. Returns the test's (exit status, output)."""
+        rc, text = self.config_test()
+        if rc == 0:
+            self.graceful()
+        return rc, text
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
 
     def _wait_ready(self):
         # Readiness: the TLS handshake on the port completes (the listener exists before the

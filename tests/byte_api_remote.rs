@@ -1,0 +1,292 @@
+//! The byte API (`shmsess_cache_store`, `_lookup`, `_remove`) with `SHMSESS_BYTE_API_REMOTE`:
+//! two "hosts" (two caches on separate anonymous segments) sharing a real `redis-server` on
+//! 127.0.0.1, as two Apache instances with `ShmsessRemote` do. Without the flag the byte API
+//! stays on the local segment, as programs built before it expect.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::{Duration, Instant};
+
+use shmsesscache::ffi::*;
+use shmsesscache::handle::Handle;
+
+#[path = "common/redis_server.rs"]
+mod redis_server;
+use redis_server::{free_port, RedisServer};
+
+/// Bytes the library reads as a TLS 1.3 `SSL_SESSION` (SEQUENCE, version 1, 0x0304), padded.
+fn tls13_bytes(n: u8) -> Vec<u8> {
+    let mut v = vec![
+        0x30, 0x82, 0x00, 0xa0, 0x02, 0x01, 0x01, 0x02, 0x02, 0x03, 0x04,
+    ];
+    v.resize(160, n);
+    v
+}
+
+/// The same for TLS 1.2 (0x0303).
+fn tls12_bytes(n: u8) -> Vec<u8> {
+    let mut v = tls13_bytes(n);
+    v[10] = 0x03;
+    v
+}
+
+struct Host {
+    cache: *mut shmsess_cache,
+}
+
+impl Host {
+    fn new(port: u16, key_file: &str, prefix: &str, flags: u32, timeout_ms: u32) -> Host {
+        let url = CString::new(format!("redis://127.0.0.1:{port}/0")).unwrap();
+        let key = CString::new(key_file).unwrap();
+        let prefix = CString::new(prefix).unwrap();
+        let mut o = std::mem::MaybeUninit::<shmsess_options>::uninit();
+        let size = std::mem::size_of::<shmsess_options>();
+        assert_eq!(
+            shmsess_options_init_sized(o.as_mut_ptr(), size),
+            shmsess_result::SHMSESS_OK
+        );
+        // SAFETY: initialised above.
+        let mut o = unsafe { o.assume_init() };
+        o.size_bytes = 1 << 20;
+        o.flags = flags;
+        o.remote_url = url.as_ptr();
+        o.remote_key_file = key.as_ptr();
+        o.remote_key_prefix = prefix.as_ptr();
+        o.remote_timeout_ms = timeout_ms;
+        o.remote_backoff_ms = 1;
+        let mut cache = std::ptr::null_mut();
+        let r = shmsess_cache_create(&o, &mut cache);
+        assert_eq!(r, shmsess_result::SHMSESS_OK, "create");
+        Host { cache }
+    }
+
+    fn store(&self, id: &[u8], data: &[u8]) {
+        let exp = u64::from(shmsesscache::util::now_unix()) + 300;
+        let r = shmsess_cache_store(
+            self.cache,
+            id.as_ptr(),
+            id.len(),
+            data.as_ptr(),
+            data.len(),
+            exp,
+        );
+        assert_eq!(r, shmsess_result::SHMSESS_OK);
+        // The writer thread has sent it: the other host can read it now.
+        assert!(self
+            .handle()
+            .remote
+            .as_ref()
+            .unwrap()
+            .flush(Duration::from_secs(5)));
+    }
+
+    fn lookup(&self, id: &[u8], buf_len: usize) -> Result<Vec<u8>, (shmsess_result, usize)> {
+        let mut buf = vec![0u8; buf_len];
+        let mut len = 0usize;
+        let r = shmsess_cache_lookup(
+            self.cache,
+            id.as_ptr(),
+            id.len(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut len,
+            SHMSESS_LOOKUP_TAKE_TLS13,
+        );
+        if r == shmsess_result::SHMSESS_OK {
+            buf.truncate(len);
+            Ok(buf)
+        } else {
+            Err((r, len))
+        }
+    }
+
+    fn handle(&self) -> &Handle {
+        // SAFETY: a live handle from shmsess_cache_create is an Arc<Handle>'s pointer.
+        unsafe { &*(self.cache as *const Handle) }
+    }
+
+    fn stats(&self) -> shmsess_stats {
+        // SAFETY: all-zero bytes are a valid shmsess_stats (integers only); the call fills it.
+        let mut st: shmsess_stats = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<shmsess_stats>();
+        let r = shmsess_cache_stats_sized(self.cache, &mut st, size);
+        assert_eq!(r, shmsess_result::SHMSESS_OK);
+        st
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        shmsess_cache_free(self.cache);
+    }
+}
+
+fn key_file(dir: &std::path::Path) -> String {
+    let path = dir.join("keys");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .unwrap();
+    writeln!(f, "{}", "ab".repeat(32)).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("shmsess-byteapi-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+const FLAG: u32 = SHMSESS_BYTE_API_REMOTE;
+
+#[test]
+fn tls12_bytes_stored_on_one_host_resume_on_the_other_and_are_refilled_there() {
+    let srv = RedisServer::start(free_port());
+    let dir = temp_dir("12");
+    let key = key_file(&dir);
+    let (a, b) = (
+        Host::new(srv.port, &key, "b12:", FLAG, 2000),
+        Host::new(srv.port, &key, "b12:", FLAG, 2000),
+    );
+    let id = [1u8; 32];
+    a.store(&id, &tls12_bytes(1));
+    assert_eq!(
+        b.lookup(&id, 8192).unwrap(),
+        tls12_bytes(1),
+        "B reads it from Redis"
+    );
+    assert_eq!(
+        b.lookup(&id, 8192).unwrap(),
+        tls12_bytes(1),
+        "TLS 1.2: again"
+    );
+    assert_eq!(
+        b.stats().remote_hits,
+        1,
+        "the second lookup was local (refilled)"
+    );
+    // A buffer too small: the size needed, as on the local path.
+    let other = [2u8; 32];
+    a.store(&other, &tls12_bytes(2));
+    assert_eq!(
+        b.lookup(&other, 10),
+        Err((shmsess_result::SHMSESS_ERR_BUFFER_TOO_SMALL, 160))
+    );
+    // Removed on A: its Redis value is a tombstone, and a third host misses.
+    let r = shmsess_cache_remove(a.cache, id.as_ptr(), id.len());
+    assert_eq!(r, shmsess_result::SHMSESS_OK);
+    assert!(a
+        .handle()
+        .remote
+        .as_ref()
+        .unwrap()
+        .flush(Duration::from_secs(5)));
+    let c = Host::new(srv.port, &key, "b12:", FLAG, 2000);
+    assert_eq!(
+        c.lookup(&id, 8192).unwrap_err().0,
+        shmsess_result::SHMSESS_ERR_NOT_FOUND
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_tls13_ticket_resumes_once_across_hosts() {
+    let srv = RedisServer::start(free_port());
+    let dir = temp_dir("13");
+    let key = key_file(&dir);
+    let (a, b) = (
+        Host::new(srv.port, &key, "b13:", FLAG, 2000),
+        Host::new(srv.port, &key, "b13:", FLAG, 2000),
+    );
+    let id = [3u8; 32];
+    a.store(&id, &tls13_bytes(3));
+    // A buffer too small for it: nothing is consumed, the full buffer then gets it.
+    assert_eq!(
+        b.lookup(&id, 10),
+        Err((shmsess_result::SHMSESS_ERR_BUFFER_TOO_SMALL, 160))
+    );
+    assert_eq!(b.lookup(&id, 8192).unwrap(), tls13_bytes(3), "B takes it");
+    assert_eq!(
+        b.lookup(&id, 8192).unwrap_err().0,
+        shmsess_result::SHMSESS_ERR_NOT_FOUND
+    );
+    // A still has it in its own segment: the tombstone refuses the replay there.
+    assert_eq!(
+        a.lookup(&id, 8192).unwrap_err().0,
+        shmsess_result::SHMSESS_ERR_NOT_FOUND
+    );
+    assert_eq!(a.stats().remote_replays_refused, 1);
+    // The other way round: taken on A (local), then B cannot read it from Redis.
+    let id2 = [4u8; 32];
+    a.store(&id2, &tls13_bytes(4));
+    assert_eq!(a.lookup(&id2, 8192).unwrap(), tls13_bytes(4));
+    assert_eq!(
+        b.lookup(&id2, 8192).unwrap_err().0,
+        shmsess_result::SHMSESS_ERR_NOT_FOUND
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn without_the_flag_the_byte_api_stays_local() {
+    let srv = RedisServer::start(free_port());
+    let dir = temp_dir("local");
+    let key = key_file(&dir);
+    let (a, b) = (
+        Host::new(srv.port, &key, "bl:", 0, 2000),
+        Host::new(srv.port, &key, "bl:", 0, 2000),
+    );
+    let id = [5u8; 32];
+    let exp = u64::from(shmsesscache::util::now_unix()) + 300;
+    let data = tls12_bytes(5);
+    let r = shmsess_cache_store(a.cache, id.as_ptr(), 32, data.as_ptr(), data.len(), exp);
+    assert_eq!(r, shmsess_result::SHMSESS_OK);
+    assert!(a
+        .handle()
+        .remote
+        .as_ref()
+        .unwrap()
+        .flush(Duration::from_secs(5)));
+    assert_eq!(
+        b.lookup(&id, 8192).unwrap_err().0,
+        shmsess_result::SHMSESS_ERR_NOT_FOUND
+    );
+    assert_eq!(
+        b.stats().remote_hits + b.stats().remote_misses,
+        0,
+        "Redis never asked"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn with_redis_down_a_local_ticket_resumes_and_a_lookup_costs_at_most_the_timeout() {
+    let mut srv = RedisServer::start(free_port());
+    let dir = temp_dir("down");
+    let key = key_file(&dir);
+    let a = Host::new(srv.port, &key, "bd:", FLAG, 50);
+    let id = [6u8; 32];
+    a.store(&id, &tls13_bytes(6));
+    srv.stop();
+    let t = Instant::now();
+    assert_eq!(
+        a.lookup(&id, 8192).unwrap(),
+        tls13_bytes(6),
+        "local, unconfirmed"
+    );
+    assert_eq!(
+        a.lookup(&[7u8; 32], 8192).unwrap_err().0,
+        shmsess_result::SHMSESS_ERR_NOT_FOUND
+    );
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_millis(500),
+        "two lookups took {took:?}"
+    );
+    assert_eq!(a.stats().remote_unconfirmed, 1);
+    std::fs::remove_dir_all(dir).unwrap();
+}
