@@ -1122,9 +1122,9 @@ impl Shared {
             }
         };
         let fetch = |conn: &mut Conn, _: Dialect, dl: Deadline| {
-            conn.set_limits(SLOTS_CAP, SLOTS_MAX_RANGES);
+            conn.set_limits(SLOTS_LIMITS);
             let r = conn.call(&[b"CLUSTER", b"SLOTS"], dl);
-            conn.set_limits(REPLY_CAP, resp::MAX_ARRAY);
+            conn.set_limits(resp::Limits::reply(REPLY_CAP));
             let seed = conn
                 .peer()
                 .map(|a| a.ip())
@@ -1271,6 +1271,16 @@ const SLOTS_MAX_RANGES: usize = 16384;
 /// Largest CLUSTER SLOTS reply read: up to [`SLOTS_MAX_RANGES`] ranges of about 150 bytes
 /// (a master and a replica with their ids), with room to spare.
 const SLOTS_CAP: usize = 4 << 20;
+/// Bounds on a CLUSTER SLOTS reply as a whole. A range with a master and a replica is 13
+/// elements (Redis 7 adds a map of metadata per node) and ~700 bytes parsed: room for ~10,000
+/// such ranges, far more than a cluster that was ever rebalanced has. With the reply buffer
+/// ([`SLOTS_CAP`]) a worker spends at most ~12 MiB on one reply, whatever its nesting.
+const SLOTS_LIMITS: resp::Limits = resp::Limits {
+    cap: SLOTS_CAP,
+    max_array: SLOTS_MAX_RANGES,
+    max_elements: 1 << 17,
+    max_tree_bytes: 8 << 20,
+};
 
 /// First version with `SET ... GET` (and GETDEL).
 const NATIVE_SINCE: Version = Version(6, 2, 0);
@@ -1332,6 +1342,29 @@ mod tests {
         );
         assert_eq!(c.get().skipped.load(Relaxed), 2);
         assert_eq!(c.get().hits.load(Relaxed) + c.get().misses.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn a_slot_map_of_ten_thousand_ranges_with_replicas_fits_its_bounds() {
+        // What Redis 7 sends per range: master and replica, each with its id and an (empty)
+        // metadata map.
+        let node = |port: u32| {
+            format!(
+                "*4\r\n$9\r\n127.0.0.1\r\n:{port}\r\n$40\r\n{}\r\n*0\r\n",
+                "a".repeat(40)
+            )
+        };
+        let mut reply = "*10000\r\n".to_string();
+        for i in 0..10000u32 {
+            let (a, b) = (i, i);
+            reply += &format!("*4\r\n:{a}\r\n:{b}\r\n{}{}", node(7000), node(7001));
+        }
+        assert!(reply.len() < SLOTS_CAP, "{}", reply.len());
+        let (r, _) = resp::parse_within(reply.as_bytes(), SLOTS_LIMITS)
+            .unwrap()
+            .unwrap();
+        let map = SlotMap::parse(r, IpAddr::from([127, 0, 0, 1])).unwrap();
+        assert_eq!(map.ranges.len(), 10000);
     }
 
     #[test]

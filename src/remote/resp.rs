@@ -149,24 +149,49 @@ pub const MAX_ARRAY: usize = 1024;
 const MAX_DEPTH: usize = 4;
 
 /// Parse one reply from the start of `buf`. `Ok(None)`: incomplete, read more. `cap` bounds
-/// every bulk string.
+/// every bulk string; the other bounds are [`Limits::reply`]'s.
 pub fn parse(buf: &[u8], cap: usize) -> Result<Option<(Reply, usize)>, Failure> {
-    parse_at(
-        buf,
-        0,
+    parse_within(buf, Limits::reply(cap))
+}
+
+/// [`parse`] under the bounds `lim`.
+pub fn parse_within(buf: &[u8], lim: Limits) -> Result<Option<(Reply, usize)>, Failure> {
+    match scan(buf, &mut Scan::default(), lim)? {
+        None => Ok(None),
+        Some(end) => parse_at(&buf[..end], 0, lim, 0),
+    }
+}
+
+/// Bounds on one reply, whatever its nesting: its bulk strings, its arrays, how many elements
+/// it has in all and what its parsed tree may cost in memory. Checked by [`scan`] as bytes
+/// arrive, before anything is parsed: a bound per array alone let 1000 arrays of 1000
+/// elements (4 MB on the wire) become a 40 MB tree.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Longest bulk string.
+    pub cap: usize,
+    /// Most elements of one array.
+    pub max_array: usize,
+    /// Most elements in the whole reply (arrays and what they hold, at every level).
+    pub max_elements: usize,
+    /// Most bytes the parsed reply may take: [`ELEMENT_COST`] per element plus its payload.
+    pub max_tree_bytes: usize,
+}
+
+/// What one parsed element costs beyond its payload: its `Reply` in its parent's array and
+/// the allocator's share of its own buffer.
+pub const ELEMENT_COST: usize = std::mem::size_of::<Reply>() + 16;
+
+impl Limits {
+    /// An ordinary reply (a value, a status, INFO, a short array): bulk strings up to `cap`.
+    pub fn reply(cap: usize) -> Limits {
         Limits {
             cap,
             max_array: MAX_ARRAY,
-        },
-        0,
-    )
-}
-
-/// Bounds on one reply: its bulk strings and its arrays.
-#[derive(Clone, Copy, Debug)]
-struct Limits {
-    cap: usize,
-    max_array: usize,
+            max_elements: MAX_ARRAY,
+            max_tree_bytes: cap + MAX_ARRAY * ELEMENT_COST,
+        }
+    }
 }
 
 fn parse_at(
@@ -241,6 +266,9 @@ struct Scan {
     pos: usize,
     /// Elements each open array still expects, innermost last.
     open: Vec<u64>,
+    /// Elements seen so far, at every level, and what their parse will cost (see [`Limits`]).
+    elements: usize,
+    tree_bytes: usize,
 }
 
 /// Advance `s` over the complete elements in `buf`; `Some(end)` once a whole reply is there.
@@ -257,6 +285,17 @@ fn scan(buf: &[u8], s: &mut Scan, lim: Limits) -> Result<Option<usize>, Failure>
                 .and_then(|s| s.parse::<i64>().ok())
                 .ok_or(Failure::Protocol("bad integer"))
         };
+        // Counted once the element is passed (a bulk string still arriving is seen again).
+        let (elements, tree_bytes) = (
+            s.elements + 1,
+            s.tree_bytes + ELEMENT_COST + payload_bytes(kind, body, lim.cap),
+        );
+        if elements > lim.max_elements {
+            return Err(Failure::Protocol("reply has too many elements"));
+        }
+        if tree_bytes > lim.max_tree_bytes {
+            return Err(Failure::TooLarge(tree_bytes as u64));
+        }
         let opened = match kind {
             b'+' | b'-' => None,
             b':' => int().map(|_| None)?,
@@ -285,6 +324,7 @@ fn scan(buf: &[u8], s: &mut Scan, lim: Limits) -> Result<Option<usize>, Failure>
         if kind != b'$' || s.pos < next {
             s.pos = next;
         }
+        (s.elements, s.tree_bytes) = (elements, tree_bytes);
         if let Some(n) = opened {
             s.open.push(n);
             continue;
@@ -302,6 +342,20 @@ fn scan(buf: &[u8], s: &mut Scan, lim: Limits) -> Result<Option<usize>, Failure>
                 }
             }
         }
+    }
+}
+
+/// The bytes an element's parse copies: a status or error's text, a bulk string's announced
+/// length (0 if over `cap`: that one is refused as too large by itself).
+fn payload_bytes(kind: u8, body: &[u8], cap: usize) -> usize {
+    match kind {
+        b'+' | b'-' => body.len(),
+        b'$' => std::str::from_utf8(body)
+            .ok()
+            .and_then(|t| t.parse::<usize>().ok())
+            .filter(|&n| n <= cap)
+            .unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -651,10 +705,7 @@ impl Conn {
         Conn {
             io,
             buf: Vec::new(),
-            lim: Limits {
-                cap,
-                max_array: MAX_ARRAY,
-            },
+            lim: Limits::reply(cap),
             scan: Scan::default(),
             written: 0,
         }
@@ -685,10 +736,10 @@ impl Conn {
         n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
     }
 
-    /// Change the reply cap and the most elements an array may have (CLUSTER SLOTS is larger
-    /// than any session, and has an element per slot range).
-    pub fn set_limits(&mut self, cap: usize, max_array: usize) {
-        self.lim = Limits { cap, max_array };
+    /// Change the bounds on the next replies (CLUSTER SLOTS is larger than any session, and
+    /// has an element per slot range).
+    pub fn set_limits(&mut self, lim: Limits) {
+        self.lim = lim;
     }
 
     /// The peer's address.
@@ -844,10 +895,7 @@ mod tests {
     fn the_scan_finds_each_reply_end_once_as_bytes_arrive() {
         let all: &[u8] = b"+OK\r\n:42\r\n$3\r\nabc\r\n$-1\r\n*0\r\n*-1\r\n\
             *2\r\n*2\r\n:1\r\n$1\r\nx\r\n:7\r\n-ERR nope\r\n";
-        let lim = Limits {
-            cap: 100,
-            max_array: MAX_ARRAY,
-        };
+        let lim = Limits::reply(100);
         let mut pos = 0;
         while pos < all.len() {
             let (_, used) = parse(&all[pos..], 100).unwrap().unwrap();
@@ -864,8 +912,9 @@ mod tests {
         let mut st = Scan::default();
         assert!(scan(b"*1025\r\n", &mut st, lim).is_err());
         let wide = Limits {
-            cap: 100,
             max_array: 16384,
+            max_elements: 16384,
+            ..Limits::reply(100)
         };
         assert_eq!(
             scan(b"*1025\r\n", &mut Scan::default(), wide).unwrap(),
@@ -933,6 +982,39 @@ mod tests {
             Err(Failure::Protocol(_))
         ));
         assert!(matches!(parse(b":12x\r\n", 100), Err(Failure::Protocol(_))));
+    }
+
+    #[test]
+    fn elements_are_bounded_across_levels_not_only_per_array() {
+        // 3 arrays of 3: 13 elements, each array within its own bound.
+        let reply = format!("*3\r\n{}", "*3\r\n:1\r\n:2\r\n:3\r\n".repeat(3));
+        let lim = |max_elements, max_tree_bytes| Limits {
+            cap: 100,
+            max_array: 3,
+            max_elements,
+            max_tree_bytes,
+        };
+        assert!(parse_within(reply.as_bytes(), lim(13, 1 << 20))
+            .unwrap()
+            .is_some());
+        assert_eq!(
+            parse_within(reply.as_bytes(), lim(12, 1 << 20)),
+            Err(Failure::Protocol("reply has too many elements"))
+        );
+        assert!(matches!(
+            parse_within(reply.as_bytes(), lim(13, 12 * ELEMENT_COST)),
+            Err(Failure::TooLarge(_))
+        ));
+        // A bulk string is charged its length once, however it arrives.
+        let bulk = b"*2\r\n$50\r\n";
+        let mut st = Scan::default();
+        let l = lim(3, 3 * ELEMENT_COST + 50);
+        assert_eq!(scan(bulk, &mut st, l).unwrap(), None);
+        assert_eq!(scan(bulk, &mut st, l).unwrap(), None);
+        let mut all = bulk.to_vec();
+        all.extend_from_slice(&[b'x'; 50]);
+        all.extend_from_slice(b"\r\n:1\r\n");
+        assert_eq!(scan(&all, &mut st, l).unwrap(), Some(all.len()));
     }
 
     #[test]
