@@ -427,3 +427,111 @@ fn a_hung_seed_does_not_stop_the_cluster_when_a_known_node_answers() {
         c.get().load()
     );
 }
+
+/// A listener that only counts the connections it gets (it never reads or answers).
+fn counting_listener() -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let n = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&n);
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in l.incoming().flatten() {
+            seen.fetch_add(1, Relaxed);
+            held.push(c);
+        }
+    });
+    (port, n)
+}
+
+/// A cluster node whose map (also its answer to CLUSTER SLOTS) is `map_ports` serving all
+/// slots in equal parts, which answers AUTH, INFO, and any key command with `redirect`.
+fn redirecting_node(map_ports: Arc<Mutex<Vec<u16>>>, redirect: String) -> u16 {
+    fake(Arc::new(move |args: &[Vec<u8>]| {
+        if is(args, "INFO") {
+            return info();
+        }
+        if is(args, "AUTH") {
+            return Act::Reply(b"+OK\r\n".to_vec(), Duration::ZERO);
+        }
+        if is(args, "CLUSTER") {
+            let ports = map_ports.lock().unwrap().clone();
+            let per = 16384 / ports.len();
+            let mut r = format!("*{}\r\n", ports.len());
+            for (i, p) in ports.iter().enumerate() {
+                let end = if i + 1 == ports.len() {
+                    16383
+                } else {
+                    (i + 1) * per - 1
+                };
+                r += &format!(
+                    "*3\r\n:{}\r\n:{end}\r\n*2\r\n$9\r\n127.0.0.1\r\n:{p}\r\n",
+                    i * per
+                );
+            }
+            return Act::Reply(r.into_bytes(), Duration::ZERO);
+        }
+        Act::Reply(redirect.clone().into_bytes(), Duration::ZERO)
+    }))
+}
+
+#[test]
+fn a_redirect_to_an_address_outside_the_slot_map_gets_no_connection_and_no_password() {
+    let (trap, connections) = counting_listener();
+    for kind in ["MOVED", "ASK"] {
+        let map = Arc::new(Mutex::new(Vec::new()));
+        let seed = redirecting_node(Arc::clone(&map), format!("-{kind} 1 127.0.0.1:{trap}\r\n"));
+        map.lock().unwrap().push(seed);
+        let c = counters();
+        let mut cfg = config(seed, Duration::from_millis(500), Duration::ZERO, true);
+        cfg.url = format!("redis://:TopSecretPW@127.0.0.1:{seed}");
+        let r = bind(&c, cfg).unwrap();
+        let t = now();
+        assert!(
+            matches!(r.fetch(&[9; 32], false, t), Fetched::Unavailable),
+            "{kind}"
+        );
+        r.store_now(&[9; 32], DER, t, t + 300, t);
+        // Connections are made in the calls above, so none is still on its way.
+        assert_eq!(
+            connections.load(Relaxed),
+            0,
+            "{kind}: the address a reply named got a connection"
+        );
+        assert_eq!(c.load().errors, 2, "{kind}: {:?}", c.load());
+        assert_eq!(c.load().dropped, 1, "{kind}: {:?}", c.load());
+    }
+}
+
+#[test]
+fn a_redirect_to_a_node_of_the_slot_map_is_followed() {
+    // The seed A names itself and B in its map, and redirects every key to B (a migration).
+    let store = Arc::new(Mutex::new(Vec::new()));
+    let map = Arc::new(Mutex::new(Vec::new()));
+    let inner = store_server(Duration::ZERO, Arc::clone(&store));
+    let m = Arc::clone(&map);
+    let b = fake(Arc::new(move |args: &[Vec<u8>]| {
+        if is(args, "CLUSTER") {
+            let p = m.lock().unwrap().clone();
+            let r = format!(
+                "*2\r\n*3\r\n:0\r\n:8191\r\n*2\r\n$9\r\n127.0.0.1\r\n:{}\r\n*3\r\n:8192\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:{}\r\n",
+                p[0], p[1]
+            );
+            return Act::Reply(r.into_bytes(), Duration::ZERO);
+        }
+        inner(args)
+    }));
+    let a = redirecting_node(Arc::clone(&map), format!("-MOVED 1 127.0.0.1:{b}\r\n"));
+    map.lock().unwrap().extend([a, b]);
+    let c = counters();
+    let r = bind(
+        &c,
+        config(a, Duration::from_millis(500), Duration::ZERO, true),
+    )
+    .unwrap();
+    let t = now();
+    // Which node the key's slot is on in the map does not matter: A redirects, B serves.
+    r.store_now(&[9; 32], DER, t, t + 300, t);
+    assert_eq!(c.load().stores, 1, "{:?}", c.load());
+    assert_eq!(store.lock().unwrap().len(), 1);
+}

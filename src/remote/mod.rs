@@ -131,6 +131,9 @@ struct ProcessState {
 /// The slot ranges of a cluster and their masters, from CLUSTER SLOTS.
 struct SlotMap {
     ranges: Vec<(u16, u16, SocketAddr)>,
+    /// Every node the map names, masters and replicas: the only addresses a redirection may
+    /// send a worker to.
+    nodes: Vec<SocketAddr>,
     fetched: Instant,
     /// A node failed or redirected: fetch the map again before the next routing.
     stale: bool,
@@ -158,41 +161,62 @@ impl SlotMap {
             return Err(bad());
         };
         let mut ranges = Vec::with_capacity(items.len());
+        let mut nodes = Vec::new();
         for item in items {
             let Reply::Array(Some(f)) = item else {
                 return Err(bad());
             };
-            let (Some(Reply::Int(a)), Some(Reply::Int(b)), Some(Reply::Array(Some(node)))) =
+            let (Some(Reply::Int(a)), Some(Reply::Int(b)), Some(Reply::Array(Some(_)))) =
                 (f.first(), f.get(1), f.get(2))
             else {
                 return Err(bad());
             };
-            let (Some(Reply::Bulk(Some(ip))), Some(Reply::Int(port))) = (node.first(), node.get(1))
-            else {
+            let (Ok(a), Ok(b)) = (u16::try_from(*a), u16::try_from(*b)) else {
                 return Err(bad());
             };
-            // An empty IP means "the address you reached me on": the seed's.
-            let ip = if ip.is_empty() {
-                seed
-            } else {
-                std::str::from_utf8(ip)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or(Failure::Protocol(
-                        "a cluster node announced a host name: announce IP addresses",
-                    ))?
-            };
-            let (a, b, port) = (u16::try_from(*a), u16::try_from(*b), u16::try_from(*port));
-            let (Ok(a), Ok(b), Ok(port)) = (a, b, port) else {
-                return Err(bad());
-            };
-            ranges.push((a, b, SocketAddr::new(ip, port)));
+            for (i, node) in f[2..].iter().enumerate() {
+                let addr = Self::node_address(node, seed)?;
+                if i == 0 {
+                    ranges.push((a, b, addr));
+                }
+                if !nodes.contains(&addr) {
+                    nodes.push(addr);
+                }
+            }
         }
         Ok(SlotMap {
             ranges,
+            nodes,
             fetched: Instant::now(),
             stale: false,
         })
+    }
+}
+
+impl SlotMap {
+    /// A node of a range, `[ip, port, ...]`; an empty IP means "the address you reached me
+    /// on": the seed's.
+    fn node_address(node: &Reply, seed: IpAddr) -> FResult<SocketAddr> {
+        let bad = || Failure::Protocol("unexpected CLUSTER SLOTS reply");
+        let Reply::Array(Some(node)) = node else {
+            return Err(bad());
+        };
+        let (Some(Reply::Bulk(Some(ip))), Some(Reply::Int(port))) = (node.first(), node.get(1))
+        else {
+            return Err(bad());
+        };
+        let ip = if ip.is_empty() {
+            seed
+        } else {
+            std::str::from_utf8(ip)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(Failure::Protocol(
+                    "a cluster node announced a host name: announce IP addresses",
+                ))?
+        };
+        let port = u16::try_from(*port).map_err(|_| bad())?;
+        Ok(SocketAddr::new(ip, port))
     }
 }
 
@@ -1066,7 +1090,8 @@ impl Shared {
 
     /// Run `op` for `key` on the cluster node serving its slot: the slot map is fetched when
     /// missing or stale; MOVED updates it and follows once, ASK is followed once; all within
-    /// `dl`.
+    /// `dl`. A redirection is followed only to a node of the map (see
+    /// [`Shared::redirect_target`]).
     fn run_in_cluster<T>(
         &self,
         key: &[u8],
@@ -1079,18 +1104,13 @@ impl Shared {
         for _ in 0..3 {
             match self.run_on(Some(node), asking, op, dl) {
                 Err(Failure::Moved(to)) => {
-                    let mut st = self.lock();
-                    if let Some(m) = st.slots.as_mut() {
-                        m.stale = true;
-                    }
-                    (node, asking) = (to, false);
+                    self.mark_map_stale();
+                    (node, asking) = (self.redirect_target(to, dl)?, false);
                 }
-                Err(Failure::Ask(to)) => (node, asking) = (to, true),
+                Err(Failure::Ask(to)) => (node, asking) = (self.redirect_target(to, dl)?, true),
                 Err(f) => {
                     // A node down or in trouble: the map may have changed (failover).
-                    if let Some(m) = self.lock().slots.as_mut() {
-                        m.stale = true;
-                    }
+                    self.mark_map_stale();
                     return Err(f);
                 }
                 ok => return ok,
@@ -1099,28 +1119,120 @@ impl Shared {
         Err(Failure::Protocol("too many cluster redirections"))
     }
 
+    fn mark_map_stale(&self) {
+        if let Some(m) = self.lock().slots.as_mut() {
+            m.stale = true;
+        }
+    }
+
+    /// Where a MOVED or ASK to `to` may be followed: `to` itself if the slot map names it as a
+    /// node of the cluster, else only if a map fetched again now (the configured seeds first)
+    /// names it. Anything else is refused without a connection: a reply (from a node, or
+    /// from whoever sits between it and us without TLS) must never send this worker, and the
+    /// AUTH password with it, to an address of its choosing.
+    fn redirect_target(&self, to: SocketAddr, dl: Deadline) -> FResult<SocketAddr> {
+        if self.map_names(to) {
+            return Ok(to);
+        }
+        let refreshed = self.refresh_map(self.seeds_then_known(), dl);
+        if self.map_names(to) {
+            return Ok(to);
+        }
+        refreshed?;
+        log::emit(
+            Level::Warning,
+            &format!(
+                "remote tier: refused a cluster redirection to {to}, which is not a node of the cluster's slot map"
+            ),
+        );
+        Err(Failure::Protocol(
+            "redirected to an address that is not a node of the slot map",
+        ))
+    }
+
+    fn map_names(&self, node: SocketAddr) -> bool {
+        self.lock()
+            .slots
+            .as_ref()
+            .is_some_and(|m| m.nodes.contains(&node))
+    }
+
+    /// The configured seeds (`None`: the URL's own server, its name looked up), then the
+    /// nodes the last map named that are not seeds.
+    fn seeds_then_known(&self) -> Vec<Option<SocketAddr>> {
+        let mut out = self.seeds();
+        for n in self.known_nodes() {
+            if !out.contains(&Some(n)) {
+                out.push(Some(n));
+            }
+        }
+        out
+    }
+
+    /// The nodes the last map named first (they are what the cluster was, and a seed may be
+    /// down), then the seeds.
+    fn known_then_seeds(&self) -> Vec<Option<SocketAddr>> {
+        let mut out: Vec<Option<SocketAddr>> = self.known_nodes().into_iter().map(Some).collect();
+        for s in self.seeds() {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    /// The seed nodes of the configuration: the URL's server (`None` when its host is a name,
+    /// looked up when connecting).
+    fn seeds(&self) -> Vec<Option<SocketAddr>> {
+        vec![self
+            .target
+            .ip()
+            .map(|ip| SocketAddr::new(ip, self.target.port))]
+    }
+
+    /// The masters of the last slot map, each once.
+    fn known_nodes(&self) -> Vec<SocketAddr> {
+        let st = self.lock();
+        let mut nodes: Vec<SocketAddr> = Vec::new();
+        for r in st.slots.iter().flat_map(|m| &m.ranges) {
+            if !nodes.contains(&r.2) {
+                nodes.push(r.2);
+            }
+        }
+        nodes
+    }
+
     /// The master serving `slot`, from the slot map (fetched when missing or stale: from the
-    /// nodes the old map named, then the seed, so a seed that is down or hung is no single
+    /// nodes the old map named, then the seeds, so a seed that is down or hung is no single
     /// point of failure once a map was had).
     fn node_for(&self, slot: u16, dl: Deadline) -> FResult<SocketAddr> {
-        let (known, old) = {
+        let old = {
             let st = self.lock();
             match &st.slots {
                 Some(m) if m.usable() => {
                     return m.node(slot).ok_or(Failure::Protocol("slot not served"))
                 }
-                Some(m) => {
-                    let mut nodes: Vec<SocketAddr> = Vec::new();
-                    for r in &m.ranges {
-                        if !nodes.contains(&r.2) {
-                            nodes.push(r.2);
-                        }
-                    }
-                    (nodes, m.node(slot))
-                }
-                None => (Vec::new(), None),
+                Some(m) => m.node(slot),
+                None => None,
             }
         };
+        match self.refresh_map(self.known_then_seeds(), dl) {
+            Ok(()) => self
+                .lock()
+                .slots
+                .as_ref()
+                .and_then(|m| m.node(slot))
+                .ok_or(Failure::Protocol("slot not served")),
+            // No node gave a map: the old one may still be right (a MOVED corrects it).
+            Err(_) if old.is_some() && dl.left().is_ok() => Ok(old.unwrap()),
+            Err(f) => Err(f),
+        }
+    }
+
+    /// Fetch the slot map (CLUSTER SLOTS) from the first of `candidates` that answers, each
+    /// but the last given half the time left (a hung node leaves time to ask the next one,
+    /// and the operation itself needs some too), and keep it.
+    fn refresh_map(&self, candidates: Vec<Option<SocketAddr>>, dl: Deadline) -> FResult<()> {
         let fetch = |conn: &mut Conn, _: Dialect, dl: Deadline| {
             conn.set_limits(SLOTS_LIMITS);
             let r = conn.call(&[b"CLUSTER", b"SLOTS"], dl);
@@ -1131,22 +1243,10 @@ impl Shared {
                 .ok_or(Failure::Protocol("no peer address"))?;
             SlotMap::parse(r?, seed)
         };
-        // The seed (`None`) last, unless it is one of the known nodes anyway.
-        let seed = self
-            .target
-            .ip()
-            .map(|ip| SocketAddr::new(ip, self.target.port));
-        let mut candidates: Vec<Option<SocketAddr>> = known.into_iter().map(Some).collect();
-        if seed.is_none_or(|s| !candidates.contains(&Some(s))) {
-            candidates.push(None);
-        }
         let mut last = Failure::Protocol("no cluster node answered");
         for (i, &node) in candidates.iter().enumerate() {
-            // All but the last get half the time left: a hung node leaves time to ask the
-            // next one (the op itself needs some too).
             let Ok(left) = dl.left() else {
-                last = Failure::Timeout;
-                break;
+                return Err(Failure::Timeout);
             };
             let share = if i + 1 < candidates.len() {
                 left / 2
@@ -1156,21 +1256,16 @@ impl Shared {
             match self.run_on(node, false, &fetch, Deadline::after(share)) {
                 Ok((map, link)) => {
                     let mut st = self.lock();
-                    let found = map.node(slot);
                     st.slots = Some(map);
                     if st.idle.len() < MAX_IDLE {
                         st.idle.push(link);
                     }
-                    return found.ok_or(Failure::Protocol("slot not served"));
+                    return Ok(());
                 }
                 Err(f) => last = f,
             }
         }
-        // No node gave a map: the old one may still be right (a MOVED corrects it).
-        match old {
-            Some(node) if dl.left().is_ok() => Ok(node),
-            _ => Err(last),
-        }
+        Err(last)
     }
 
     /// Resolve (if the URL names a host, and no node is given), connect, log in and run `op`,
