@@ -11,12 +11,13 @@
  *                  [--id-prefix TEXT] [--session-timeout SECONDS] [--groups LIST]
  *                  [--client-timeout SECONDS]
  *                  [--remote URL --remote-key FILE [--remote-timeout-ms N] [--remote-backoff-ms N]
- *                   [--remote-ca FILE] [--remote-cluster]]
+ *                   [--remote-ca FILE] [--remote-cluster] [--remote-fleet LABEL]]
  *
  * --remote adds the second tier shared by several hosts (e.g. redis://127.0.0.1:6379/0), with
  * sessions sealed under the keys of --remote-key (a 0600 file of `openssl rand -hex 32` lines).
  * --remote-ca: the CA file a rediss:// URL's server certificate is verified against.
  * --remote-cluster: the URL is a seed node of a Redis Cluster.
+ * --remote-fleet LABEL: sealed into every Redis value with the database and key prefix.
  *
  * --client-timeout bounds the handshake and the request of one connection together (default
  * 10 s), so clients that trickle bytes cannot hold every worker.
@@ -97,7 +98,7 @@ static void usage(const char *argv0)
             "          [--cache-size BYTES] [--cache-path PATH | --no-cache] [--tls13-stateful]\n"
             "          [--id-prefix TEXT] [--session-timeout SECONDS] [--groups LIST] [--client-timeout SECONDS]\n"
             "          [--remote URL --remote-key FILE [--remote-timeout-ms N] [--remote-backoff-ms N]\n"
-            "           [--remote-ca FILE] [--remote-cluster]]\n",
+            "           [--remote-ca FILE] [--remote-cluster] [--remote-fleet LABEL]]\n",
             argv0);
     exit(2);
 }
@@ -377,7 +378,7 @@ int main(int argc, char **argv)
     int workers = 4, no_cache = 0, tls13_stateful = 0;
     const char *id_prefix = NULL, *groups = NULL;
     unsigned long session_timeout = 0;
-    const char *remote_url = NULL, *remote_key = NULL, *remote_ca = NULL;
+    const char *remote_url = NULL, *remote_key = NULL, *remote_ca = NULL, *remote_fleet = NULL;
     int remote_cluster = 0;
     unsigned long remote_timeout_ms = 0, remote_backoff_ms = 0;
     for (int i = 1; i < argc; i++) {
@@ -401,6 +402,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--remote-backoff-ms") && v) remote_backoff_ms = strtoul(argv[++i], NULL, 10);
         else if (!strcmp(a, "--remote-ca") && v) remote_ca = argv[++i];
         else if (!strcmp(a, "--remote-cluster")) remote_cluster = 1;
+        else if (!strcmp(a, "--remote-fleet") && v) remote_fleet = argv[++i];
         else usage(argv[0]);
     }
     if (!listen_spec || !cert || !key || workers < 1 || workers > MAX_WORKERS || (no_cache && cache_path) ||
@@ -460,6 +462,7 @@ int main(int argc, char **argv)
             opts.remote_backoff_ms = (uint32_t)remote_backoff_ms;
         opts.remote_ca_file = remote_ca;
         opts.remote_cluster = (uint32_t)remote_cluster;
+        opts.remote_fleet = remote_fleet;
         if (shmsess_cache_create(&opts, &cache) != SHMSESS_OK) {
             fprintf(stderr, "prefork_server: cannot create the session cache: %s\n", shmsess_last_error());
             return 1;

@@ -95,6 +95,7 @@ fn main() {
         timeout: Duration::from_millis(500),
         backoff: DEFAULT_BACKOFF,
         keys: Keyring::load(Path::new(&args[2])).expect("key file"),
+        fleet: String::new(),
     };
     let remote = Remote::new(cfg, counters.clone()).expect("remote");
     let der = vec![0x30u8; SESSION_BYTES];

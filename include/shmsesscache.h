@@ -193,6 +193,12 @@ typedef struct shmsess_options {
   // are followed (within the operation's deadline), and the map is read again after a
   // redirection or a failed node. Nodes must announce IP addresses. (Added in 0.4.)
   uint32_t remote_cluster;
+  // A label for this fleet (NULL or "": none), sealed into every value with the database
+  // and the key prefix: a value copied to another database, prefix or fleet does not open
+  // there (two fleets sharing a key file cannot resume each other's sessions). Printable
+  // ASCII without spaces, at most 64 bytes, the same on every host of the fleet; not a
+  // secret. Copied at creation. (Added in 0.5.)
+  const char *remote_fleet;
 } shmsess_options;
 
 // Statistics of a cache (all processes together). Counters only grow.

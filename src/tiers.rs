@@ -444,6 +444,7 @@ mod tests {
             compat: Compat::Detect,
             cluster: false,
             keys: Keyring::new(Key::new([1; 32]), Vec::new()),
+            fleet: String::new(),
         };
         (Remote::new(cfg, counters.clone()).unwrap(), counters)
     }

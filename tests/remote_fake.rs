@@ -156,6 +156,7 @@ fn config(port: u16, timeout: Duration, backoff: Duration, cluster: bool) -> Rem
         compat: Compat::Detect,
         cluster,
         keys: Keyring::new(Key::new([7; 32]), Vec::new()),
+        fleet: String::new(),
     }
 }
 
@@ -498,8 +499,8 @@ fn a_redirect_to_an_address_outside_the_slot_map_gets_no_connection_and_no_passw
             0,
             "{kind}: the address a reply named got a connection"
         );
-        assert_eq!(c.load().errors, 2, "{kind}: {:?}", c.load());
-        assert_eq!(c.load().dropped, 1, "{kind}: {:?}", c.load());
+        assert_eq!(c.get().load().errors, 2, "{kind}: {:?}", c.get().load());
+        assert_eq!(c.get().load().dropped, 1, "{kind}: {:?}", c.get().load());
     }
 }
 
@@ -532,6 +533,6 @@ fn a_redirect_to_a_node_of_the_slot_map_is_followed() {
     let t = now();
     // Which node the key's slot is on in the map does not matter: A redirects, B serves.
     r.store_now(&[9; 32], DER, t, t + 300, t);
-    assert_eq!(c.load().stores, 1, "{:?}", c.load());
+    assert_eq!(c.get().load().stores, 1, "{:?}", c.get().load());
     assert_eq!(store.lock().unwrap().len(), 1);
 }

@@ -39,6 +39,7 @@ fn a_worker_forked_while_the_writer_works_unmaps_the_segment_when_it_frees_the_c
             compat: Compat::Detect,
             cluster: false,
             keys: Keyring::new(Key::new([7; 32]), Vec::new()),
+            fleet: String::new(),
         },
         cache.remote_counters(),
     )

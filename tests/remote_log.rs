@@ -43,6 +43,7 @@ fn a_slow_log_callback_does_not_hold_other_threads() {
                 compat: Compat::Detect,
                 cluster: false,
                 keys: Keyring::new(Key::new([7; 32]), Vec::new()),
+                fleet: String::new(),
             },
             RemoteCountersRef::private(),
         )

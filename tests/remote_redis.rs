@@ -25,6 +25,7 @@ fn remote(c: &RemoteCountersRef, port: u16, compat: Compat, timeout_ms: u64) -> 
         compat,
         cluster: false,
         keys: Keyring::new(Key::new([7; 32]), Vec::new()),
+        fleet: String::new(),
     };
     Remote::new(cfg, c.clone()).unwrap()
 }
@@ -220,4 +221,113 @@ fn a_child_forked_while_the_writer_is_busy_uses_the_tier() {
     }
     assert_eq!(stuck, 0, "children that could not fetch within 3 s, of 300");
     assert!(r.flush(Duration::from_secs(5)));
+}
+
+/// One command on a fresh connection to `port`, after SELECT `db`: the reply's bytes (a test
+/// helper that moves raw values the way anyone with write access to Redis can).
+fn raw(port: u16, db: u32, args: &[&[u8]]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = Vec::new();
+    for cmd in [&[b"SELECT".as_slice(), db.to_string().as_bytes()][..], args] {
+        out.extend_from_slice(format!("*{}\r\n", cmd.len()).as_bytes());
+        for a in cmd {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    s.write_all(&out).unwrap();
+    // "+OK\r\n" for SELECT, then the reply: read until the connection has given it whole.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        got.extend_from_slice(&buf[..n]);
+        let rest = &got[5.min(got.len())..];
+        let whole = match rest.first() {
+            Some(b'$') => rest.iter().position(|&b| b == b'\n').is_some_and(|i| {
+                let len: isize = std::str::from_utf8(&rest[1..i - 1])
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                len < 0 || rest.len() >= i + 1 + len as usize + 2
+            }),
+            Some(_) => rest.ends_with(b"\r\n"),
+            None => false,
+        };
+        if n == 0 || whole {
+            return rest.to_vec();
+        }
+    }
+}
+
+/// The value of a bulk reply from [`raw`].
+fn bulk_value(reply: &[u8]) -> Vec<u8> {
+    let i = reply.iter().position(|&b| b == b'\n').unwrap();
+    reply[i + 1..reply.len() - 2].to_vec()
+}
+
+fn key(prefix: &str, id: &[u8]) -> Vec<u8> {
+    let mut k = prefix.as_bytes().to_vec();
+    for b in id {
+        k.extend_from_slice(format!("{b:02x}").as_bytes());
+    }
+    k
+}
+
+/// A tier on `port`, database `db`, with `prefix`, and the key file every fleet here shares.
+fn fleet(port: u16, db: u32, prefix: &str, label: &str) -> RemoteConfig {
+    RemoteConfig {
+        url: format!("redis://127.0.0.1:{port}/{db}"),
+        ca_file: None,
+        prefix: prefix.into(),
+        timeout: Duration::from_secs(2),
+        backoff: Duration::from_millis(1),
+        compat: Compat::Detect,
+        cluster: false,
+        keys: Keyring::new(Key::new([7; 32]), Vec::new()),
+        fleet: label.into(),
+    }
+}
+
+#[test]
+fn a_value_moved_to_another_database_key_prefix_or_fleet_is_refused() {
+    let srv = RedisServer::start(free_port());
+    let (c, t) = (counters(), now());
+    let id = [4u8; 32];
+    let home = Remote::new(fleet(srv.port, 0, "a:", ""), c.clone()).unwrap();
+    home.store_now(&id, b"der-4", t, t + 300, t);
+    let sealed = bulk_value(&raw(srv.port, 0, &[b"GET", &key("a:", &id)]));
+    assert!(sealed.len() > 52, "the stored value: {sealed:?}");
+
+    // Another fleet with the same key file: database 1, another prefix in database 0, or
+    // another fleet label (the same database and prefix: the value is where it was).
+    for (db, prefix, label) in [(1, "a:", ""), (0, "b:", ""), (0, "a:", "blue")] {
+        let k = key(prefix, &id);
+        if label.is_empty() {
+            assert_eq!(
+                raw(srv.port, db, &[b"SET", &k, &sealed, b"PX", b"300000"]),
+                b"+OK\r\n"
+            );
+        }
+        let other_c = counters();
+        let other = Remote::new(fleet(srv.port, db, prefix, label), other_c.clone()).unwrap();
+        let got = other.fetch(&id, false, t);
+        assert!(
+            !matches!(got, Fetched::Hit(_)),
+            "a value copied to database {db}, prefix {prefix}, fleet {label:?} resumed there"
+        );
+        assert_eq!(
+            other_c.get().load().rejected,
+            1,
+            "{:?}",
+            other_c.get().load()
+        );
+    }
+    assert!(
+        hit(home.fetch(&id, false, t)),
+        "still good where it was sealed"
+    );
 }

@@ -93,6 +93,7 @@ fn a_deeply_wide_slot_map_reply_costs_a_bounded_amount_of_memory() {
             compat: Compat::Detect,
             cluster: true,
             keys: Keyring::new(Key::new([7; 32]), Vec::new()),
+            fleet: String::new(),
         },
         c.clone(),
     )
@@ -110,7 +111,12 @@ fn a_deeply_wide_slot_map_reply_costs_a_bounded_amount_of_memory() {
         matches!(got, Fetched::Unavailable),
         "no map from that reply"
     );
-    assert_eq!(c.load().errors, 1, "counted as an error: {:?}", c.load());
+    assert_eq!(
+        c.get().load().errors,
+        1,
+        "counted as an error: {:?}",
+        c.get().load()
+    );
     // The reply buffer (at most the 4 MiB slot map cap) and the parse of what is accepted;
     // a tree of a million elements is ~40 MB.
     assert!(

@@ -112,6 +112,7 @@ fn the_url_password_is_wiped() {
             compat: Compat::Detect,
             cluster: false,
             keys: Keyring::new(Key::new([7; 32]), Vec::new()),
+            fleet: String::new(),
         };
         let r = Remote::new(cfg, c.clone()).unwrap();
         let got = r.fetch(&[9; 32], false, 0);

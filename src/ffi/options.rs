@@ -142,6 +142,12 @@ pub struct shmsess_options {
     /// are followed (within the operation's deadline), and the map is read again after a
     /// redirection or a failed node. Nodes must announce IP addresses. (Added in 0.4.)
     pub remote_cluster: u32,
+    /// A label for this fleet (NULL or "": none), sealed into every value with the database
+    /// and the key prefix: a value copied to another database, prefix or fleet does not open
+    /// there (two fleets sharing a key file cannot resume each other's sessions). Printable
+    /// ASCII without spaces, at most 64 bytes, the same on every host of the fleet; not a
+    /// secret. Copied at creation. (Added in 0.5.)
+    pub remote_fleet: *const c_char,
 }
 
 pub(super) fn prefix_arg<'a>(p: *const u8, len: usize) -> Result<&'a [u8], Fail> {
@@ -179,6 +185,7 @@ fn default_options() -> shmsess_options {
         remote_backoff_ms: crate::remote::DEFAULT_BACKOFF.as_millis() as u32,
         remote_ca_file: std::ptr::null(),
         remote_cluster: 0,
+        remote_fleet: std::ptr::null(),
     }
 }
 
@@ -285,6 +292,7 @@ options_fields!(
     remote_backoff_ms: 4,
     remote_ca_file: PTR,
     remote_cluster: 4,
+    remote_fleet: PTR,
 );
 
 /// `OPTIONS_FIELDS` lists every field of `shmsess_options` once, in struct order: each field
@@ -520,6 +528,7 @@ fn remote_from(o: &shmsess_options) -> Result<Option<Planned>, Fail> {
     // Fields the caller's struct does not have are zero in `o` (see read_options): absent.
     let ca_file = text(o.remote_ca_file, "remote_ca_file")?;
     let cluster = o.remote_cluster != 0;
+    let fleet = text(o.remote_fleet, "remote_fleet")?.unwrap_or_default();
     let remote = Remote::plan(RemoteConfig {
         url: url.take(),
         ca_file,
@@ -529,6 +538,7 @@ fn remote_from(o: &shmsess_options) -> Result<Option<Planned>, Fail> {
         compat: crate::remote::Compat::Detect,
         cluster,
         keys,
+        fleet,
     })?;
     Ok(Some(remote))
 }

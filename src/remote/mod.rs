@@ -37,7 +37,7 @@ use crate::log::{self, Level};
 use crate::store::cache::RemoteCountersRef;
 use resp::{Begun, Conn, Deadline, Failure, Reply, Resolver, Target, Version, URL_FORM};
 use resp_tls::{ClientCtx, TlsStream};
-use seal::{Keyring, Opened};
+use seal::{Binding, Keyring, Opened, Refused};
 
 type FResult<T> = std::result::Result<T, Failure>;
 
@@ -65,6 +65,10 @@ pub struct RemoteConfig {
     /// Redis Cluster: the URL is a seed node; keys go to the node serving their slot.
     pub cluster: bool,
     pub keys: Keyring,
+    /// Sealed into every value with the database and the prefix (see [`seal::Binding`]): two
+    /// fleets that share a key file and a Redis but not a label cannot resume each other's
+    /// values. Default empty.
+    pub fleet: String,
 }
 
 /// Whether to try the tier now: closed (try), or open (skip) until the back-off ends.
@@ -339,6 +343,8 @@ struct Shared {
     compat: Compat,
     cluster: bool,
     keys: Keyring,
+    /// Where values live, sealed into each (database, prefix, fleet label).
+    binding: Binding,
     backoff: Duration,
     /// Where every operation counts, the writer thread's included (into nothing once the
     /// cache that owns the segment is gone).
@@ -473,6 +479,7 @@ pub struct Planned {
     compat: Compat,
     cluster: bool,
     keys: Keyring,
+    binding: Binding,
     backoff: Duration,
 }
 
@@ -489,6 +496,7 @@ impl Planned {
             compat,
             cluster,
             keys,
+            binding,
             backoff,
         } = self;
         let here = PerProcess::new(std::process::id(), backoff, std::ptr::null_mut());
@@ -501,6 +509,7 @@ impl Planned {
                 compat,
                 cluster,
                 keys,
+                binding,
                 backoff,
                 counters,
                 per_process: AtomicPtr::new(Box::into_raw(Box::new(here))),
@@ -549,7 +558,9 @@ impl Remote {
                 "remote URL: Redis Cluster has only database 0 (end the URL with /0 or nothing)",
             ));
         }
+        check_fleet_label(&cfg.fleet)?;
         Ok(Planned {
+            binding: Binding::new(target.db, &cfg.prefix, &cfg.fleet),
             target,
             tls,
             prefix: cfg.prefix,
@@ -650,23 +661,20 @@ impl Remote {
                 Fetched::Miss
             }
             Some(Some(mut value)) => {
-                let opened = self.shared.keys.open(id, &value);
+                let opened = self.shared.keys.open(&self.shared.binding, id, &value);
                 crate::util::wipe(&mut value);
                 match opened {
-                    Some(o) if o.expires > now => {
+                    Ok(o) if o.expires > now => {
                         c.get().hits.fetch_add(1, Relaxed);
                         Fetched::Hit(o)
                     }
-                    Some(_) => {
+                    Ok(_) => {
                         c.get().misses.fetch_add(1, Relaxed);
                         Fetched::Miss
                     }
-                    None => {
+                    Err(why) => {
                         c.get().rejected.fetch_add(1, Relaxed);
-                        log::emit(
-                            Level::Warning,
-                            "remote tier: dropped a value that does not authenticate (tampered, or sealed with a key not in the key file)",
-                        );
+                        log_refused(why);
                         Fetched::Unavailable
                     }
                 }
@@ -721,6 +729,43 @@ impl Drop for Remote {
         if let Some(w) = writer {
             let _ = w.join();
         }
+    }
+}
+
+/// Longest fleet label: a name, not a secret (it is not stored, only sealed into values).
+const MAX_FLEET_LABEL: usize = 64;
+
+/// A fleet label is printable ASCII, at most [`MAX_FLEET_LABEL`] bytes: it is compared
+/// byte for byte on every host, so invisible differences must not creep in.
+fn check_fleet_label(label: &str) -> Result<()> {
+    if label.len() > MAX_FLEET_LABEL || !label.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::new(
+            ErrorKind::Invalid,
+            format!(
+                "remote fleet label must be at most {MAX_FLEET_LABEL} printable ASCII characters without spaces (the same on every host of the fleet), e.g. \"prod-eu\""
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Log why a value from Redis was refused: a value sealed by 0.4 once per process (a fleet
+/// being upgraded has many, for one session lifetime), anything else every time.
+fn log_refused(why: Refused) {
+    match why {
+        Refused::OldFormat => {
+            static LOGGED: AtomicU32 = AtomicU32::new(0);
+            if LOGGED.swap(std::process::id(), Relaxed) != std::process::id() {
+                log::emit(
+                    Level::Info,
+                    "remote tier: dropped a value sealed by shmsesscache 0.4 (not bound to its database, key prefix and fleet): such values are refused and gone within one session lifetime",
+                );
+            }
+        }
+        Refused::NotAuthentic => log::emit(
+            Level::Warning,
+            "remote tier: dropped a value that does not authenticate (tampered, sealed with a key not in the key file, or copied from another database, key prefix or fleet label)",
+        ),
     }
 }
 
@@ -908,7 +953,8 @@ impl Shared {
                     expires,
                     ttl_ms,
                 } => {
-                    let Ok(value) = self.keys.seal(id, der, *created, *expires) else {
+                    let Ok(value) = self.keys.seal(&self.binding, id, der, *created, *expires)
+                    else {
                         c.get().errors.fetch_add(1, Relaxed);
                         continue;
                     };
@@ -1425,6 +1471,7 @@ mod tests {
             compat: Compat::Detect,
             cluster: false,
             keys: Keyring::new(crate::remote::seal::Key::new([1; 32]), Vec::new()),
+            fleet: String::new(),
         };
         let r = Remote::new(cfg, c.clone()).unwrap();
         for _ in 0..5 {
@@ -1498,6 +1545,7 @@ mod tests {
             compat: Compat::Detect,
             cluster: false,
             keys: Keyring::new(crate::remote::seal::Key::new([1; 32]), Vec::new()),
+            fleet: String::new(),
         };
         let r = Remote::new(cfg, cache.remote_counters()).unwrap();
         let now = crate::util::now_unix();
@@ -1514,6 +1562,29 @@ mod tests {
     }
 
     #[test]
+    fn a_fleet_label_with_spaces_or_too_long_is_refused_at_check_time() {
+        let plan = |fleet: &str| {
+            Remote::plan(RemoteConfig {
+                url: "redis://127.0.0.1:6379/0".into(),
+                prefix: DEFAULT_PREFIX.into(),
+                timeout: DEFAULT_TIMEOUT,
+                backoff: DEFAULT_BACKOFF,
+                ca_file: None,
+                compat: Compat::Detect,
+                cluster: false,
+                keys: Keyring::new(crate::remote::seal::Key::new([1; 32]), Vec::new()),
+                fleet: fleet.into(),
+            })
+        };
+        assert!(plan("").is_ok() && plan("prod-eu").is_ok());
+        for bad in ["prod eu", "prod\teu", &"x".repeat(65), "caf\u{e9}"] {
+            let e = plan(bad).err().unwrap();
+            assert_eq!(e.kind, ErrorKind::Invalid, "{bad:?}");
+            assert!(e.message.contains("fleet label must be"), "{e}");
+        }
+    }
+
+    #[test]
     fn a_bad_url_is_refused_without_echoing_it() {
         let e = Remote::plan(RemoteConfig {
             url: "http://user:secretpw@host/".into(),
@@ -1524,6 +1595,7 @@ mod tests {
             compat: Compat::Detect,
             cluster: false,
             keys: Keyring::new(crate::remote::seal::Key::new([1; 32]), Vec::new()),
+            fleet: String::new(),
         })
         .err()
         .unwrap();

@@ -1,10 +1,13 @@
 //! Sealing sessions for the remote tier: AES-256-GCM (OpenSSL EVP) under a key shared by the
-//! fleet, with the session id as associated data, so a value can be neither read nor altered
-//! nor moved to another id by whoever can reach the store.
+//! fleet, with where the value lives as associated data, so a value can be neither read nor
+//! altered nor moved to another id, database, key prefix or fleet by whoever can reach the
+//! store.
 //!
-//! Sealed value: `"SSR1"` | key id (4 bytes: SHA-256(key)[..4]) | nonce (12 random bytes) |
+//! Sealed value: `"SSR2"` | key id (4 bytes: SHA-256(key)[..4]) | nonce (12 random bytes) |
 //! ciphertext | tag (16). Plaintext: created (u64 LE) | expires (u64 LE) | session DER.
-//! Associated data: the 20 header bytes followed by the session id.
+//! Associated data: the 20 header bytes, the [`Binding`] (database, key prefix, fleet label),
+//! then the session id. 0.4 sealed `"SSR1"` values with the header and id only: they are
+//! refused as [`Refused::OldFormat`] (they expire within one session lifetime).
 //!
 //! Random 96-bit nonces: NIST's bound for one key is 2^32 seals, so rotate keys (the key file
 //! takes several) well before a fleet has stored four billion sessions under one.
@@ -18,7 +21,9 @@ use openssl_sys as ossl;
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::segment::{self, Trust};
 
-const MAGIC: &[u8; 4] = b"SSR1";
+const MAGIC: &[u8; 4] = b"SSR2";
+/// What 0.4 sealed with, unbound to where the value lives (see the module's doc).
+const OLD_MAGIC: &[u8; 4] = b"SSR1";
 const KEY_ID_BYTES: usize = 4;
 const NONCE_BYTES: usize = 12;
 const TAG_BYTES: usize = 16;
@@ -63,6 +68,39 @@ pub struct Keyring {
     /// Boxed, like the others in their Vec: moving a Keyring copies pointers, not key bytes.
     current: Box<Key>,
     older: Vec<Key>,
+}
+
+/// Where sealed values live: the database, the key prefix and the fleet label, encoded
+/// unambiguously (lengths before texts) for the associated data. A value copied to another
+/// database, prefix or fleet (two fleets sharing a key file) does not open there.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Binding(Vec<u8>);
+
+impl Binding {
+    pub fn new(db: u32, prefix: &str, fleet: &str) -> Binding {
+        let mut b = Vec::with_capacity(12 + prefix.len() + fleet.len());
+        b.extend_from_slice(&db.to_le_bytes());
+        for text in [prefix, fleet] {
+            b.extend_from_slice(&(text.len() as u32).to_le_bytes());
+            b.extend_from_slice(text.as_bytes());
+        }
+        Binding(b)
+    }
+
+    /// The associated data of a value with `header` for session `id`.
+    fn aad(&self, header: &[u8], id: &[u8]) -> Vec<u8> {
+        [header, &self.0, id].concat()
+    }
+}
+
+/// Why a value did not open.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Not a value sealed for this id, database, prefix and fleet with a key we hold:
+    /// tampered, truncated, moved, or sealed under a key not in the key file.
+    NotAuthentic,
+    /// Sealed by 0.4, before values were bound to where they live.
+    OldFormat,
 }
 
 /// What opening a sealed value gave.
@@ -194,8 +232,15 @@ impl Keyring {
         })
     }
 
-    /// Seal a session for `id`.
-    pub fn seal(&self, id: &[u8], der: &[u8], created: u32, expires: u32) -> Result<Vec<u8>> {
+    /// Seal a session for `id`, to live where `at` says.
+    pub fn seal(
+        &self,
+        at: &Binding,
+        id: &[u8],
+        der: &[u8],
+        created: u32,
+        expires: u32,
+    ) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(OVERHEAD + der.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.current.id);
@@ -206,7 +251,7 @@ impl Keyring {
         plain.extend_from_slice(&u64::from(created).to_le_bytes());
         plain.extend_from_slice(&u64::from(expires).to_le_bytes());
         plain.extend_from_slice(der);
-        let aad = [&out[..HEADER_BYTES], id].concat();
+        let aad = at.aad(&out[..HEADER_BYTES], id);
         let sealed = gcm(true, &self.current.bytes, &nonce, &aad, &plain, None);
         crate::util::wipe(&mut plain);
         let (ct, tag) = sealed?;
@@ -215,20 +260,31 @@ impl Keyring {
         Ok(out)
     }
 
-    /// Open a value read for `id`; `None` if it is not one we sealed for that id with a key we
-    /// hold (tampered, truncated, moved from another id, sealed under a retired key).
-    pub fn open(&self, id: &[u8], value: &[u8]) -> Option<Opened> {
+    /// Open a value read for `id` where `at` says it lives. Refused if it is not one we
+    /// sealed for that id and place with a key we hold (tampered, truncated, moved from
+    /// another id, database, prefix or fleet, sealed under a retired key), or if 0.4 sealed it.
+    pub fn open(
+        &self,
+        at: &Binding,
+        id: &[u8],
+        value: &[u8],
+    ) -> std::result::Result<Opened, Refused> {
+        if value.len() >= OVERHEAD && &value[..OLD_MAGIC.len()] == OLD_MAGIC {
+            return Err(Refused::OldFormat);
+        }
         if value.len() < OVERHEAD || &value[..MAGIC.len()] != MAGIC {
-            return None;
+            return Err(Refused::NotAuthentic);
         }
         let key_id = &value[MAGIC.len()..MAGIC.len() + KEY_ID_BYTES];
         let key = std::iter::once(&*self.current)
             .chain(&self.older)
-            .find(|k| k.id == key_id)?;
+            .find(|k| k.id == key_id)
+            .ok_or(Refused::NotAuthentic)?;
         let nonce = &value[MAGIC.len() + KEY_ID_BYTES..HEADER_BYTES];
         let (ct, tag) = value[HEADER_BYTES..].split_at(value.len() - HEADER_BYTES - TAG_BYTES);
-        let aad = [&value[..HEADER_BYTES], id].concat();
-        let (mut plain, _) = gcm(false, &key.bytes, nonce, &aad, ct, Some(tag)).ok()?;
+        let aad = at.aad(&value[..HEADER_BYTES], id);
+        let (mut plain, _) = gcm(false, &key.bytes, nonce, &aad, ct, Some(tag))
+            .map_err(|_| Refused::NotAuthentic)?;
         let times = |r: std::ops::Range<usize>| {
             u64::from_le_bytes(plain[r].try_into().unwrap()).min(u64::from(u32::MAX)) as u32
         };
@@ -238,7 +294,7 @@ impl Keyring {
             der: plain[TIMES_BYTES..].to_vec(),
         };
         crate::util::wipe(&mut plain);
-        Some(opened)
+        Ok(opened)
     }
 }
 
@@ -370,64 +426,101 @@ mod tests {
     }
 
     const ID: [u8; 32] = [9; 32];
+    static AT: std::sync::LazyLock<Binding> =
+        std::sync::LazyLock::new(|| Binding::new(0, "shmsess:", ""));
+
+    #[test]
+    fn a_value_moved_to_another_database_prefix_or_fleet_is_refused() {
+        let k = ring(1);
+        let v = k.seal(&AT, &ID, b"der", 1, 2).unwrap();
+        assert!(k.open(&AT, &ID, &v).is_ok());
+        for (db, prefix, fleet) in [
+            (1, "shmsess:", ""),
+            (0, "other:", ""),
+            (0, "shmsess:", "blue"),
+        ] {
+            assert_eq!(
+                k.open(&Binding::new(db, prefix, fleet), &ID, &v).err(),
+                Some(Refused::NotAuthentic),
+                "{db} {prefix} {fleet}"
+            );
+        }
+        // Lengths come before texts: moving bytes between the prefix and the label changes
+        // the binding.
+        assert_ne!(Binding::new(0, "ab", "c"), Binding::new(0, "a", "bc"));
+    }
+
+    #[test]
+    fn a_value_sealed_by_0_4_is_refused_as_such() {
+        // 0.4's layout: "SSR1", the same header and sizes, AAD of header and id only.
+        let k = ring(1);
+        let mut v = k.seal(&AT, &ID, b"der", 1, 2).unwrap();
+        v[..4].copy_from_slice(b"SSR1");
+        assert_eq!(k.open(&AT, &ID, &v).err(), Some(Refused::OldFormat));
+        assert_eq!(
+            k.open(&AT, &ID, b"SSR1:used").err(),
+            Some(Refused::NotAuthentic),
+            "a tombstone is no old value"
+        );
+    }
 
     #[test]
     fn a_sealed_session_opens_with_its_times_and_bytes() {
         let k = ring(1);
-        let v = k.seal(&ID, b"session der", 100, 400).unwrap();
+        let v = k.seal(&AT, &ID, b"session der", 100, 400).unwrap();
         assert_eq!(v.len(), OVERHEAD + 11);
         assert!(
             !v.windows(11).any(|w| w == b"session der"),
             "the DER is not in clear"
         );
-        let o = k.open(&ID, &v).unwrap();
+        let o = k.open(&AT, &ID, &v).unwrap();
         assert_eq!(
             (o.created, o.expires, &o.der[..]),
             (100, 400, &b"session der"[..])
         );
         // A fresh nonce per seal: the same session never seals to the same bytes.
-        assert_ne!(v, k.seal(&ID, b"session der", 100, 400).unwrap());
+        assert_ne!(v, k.seal(&AT, &ID, b"session der", 100, 400).unwrap());
     }
 
     #[test]
     fn every_flipped_bit_and_every_truncation_is_refused() {
         let k = ring(1);
-        let v = k.seal(&ID, &[0x30; 160], 1, 2).unwrap();
+        let v = k.seal(&AT, &ID, &[0x30; 160], 1, 2).unwrap();
         for i in 0..v.len() {
             for bit in 0..8 {
                 let mut t = v.clone();
                 t[i] ^= 1 << bit;
-                assert!(k.open(&ID, &t).is_none(), "byte {i} bit {bit}");
+                assert!(k.open(&AT, &ID, &t).is_err(), "byte {i} bit {bit}");
             }
         }
         for n in 0..v.len() {
-            assert!(k.open(&ID, &v[..n]).is_none(), "truncated to {n}");
+            assert!(k.open(&AT, &ID, &v[..n]).is_err(), "truncated to {n}");
         }
     }
 
     #[test]
     fn a_value_moved_to_another_id_or_key_is_refused() {
         let k = ring(1);
-        let v = k.seal(&ID, b"der", 1, 2).unwrap();
-        assert!(k.open(&[8; 32], &v).is_none(), "another id");
-        assert!(ring(2).open(&ID, &v).is_none(), "another key");
+        let v = k.seal(&AT, &ID, b"der", 1, 2).unwrap();
+        assert!(k.open(&AT, &[8; 32], &v).is_err(), "another id");
+        assert!(ring(2).open(&AT, &ID, &v).is_err(), "another key");
     }
 
     #[test]
     fn rotation_opens_old_values_and_seals_with_the_new_key() {
         let old = ring(1);
-        let sealed_old = old.seal(&ID, b"der", 1, 2).unwrap();
+        let sealed_old = old.seal(&AT, &ID, b"der", 1, 2).unwrap();
         let rotated = Keyring::new(Key::new([2; 32]), vec![Key::new([1; 32])]);
         assert!(
-            rotated.open(&ID, &sealed_old).is_some(),
+            rotated.open(&AT, &ID, &sealed_old).is_ok(),
             "old key still opens"
         );
-        let sealed_new = rotated.seal(&ID, b"der", 1, 2).unwrap();
+        let sealed_new = rotated.seal(&AT, &ID, b"der", 1, 2).unwrap();
         assert!(
-            old.open(&ID, &sealed_new).is_none(),
+            old.open(&AT, &ID, &sealed_new).is_err(),
             "sealed with the new key"
         );
-        assert!(ring(2).open(&ID, &sealed_new).is_some());
+        assert!(ring(2).open(&AT, &ID, &sealed_new).is_ok());
     }
 
     #[test]
@@ -457,8 +550,11 @@ mod tests {
         let from_raw = Keyring::parse(&raw).unwrap();
         let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
         let from_hex = Keyring::parse(hex.as_bytes()).unwrap();
-        let v = from_raw.seal(&ID, b"der", 1, 2).unwrap();
-        assert!(from_hex.open(&ID, &v).is_some(), "the same key either way");
+        let v = from_raw.seal(&AT, &ID, b"der", 1, 2).unwrap();
+        assert!(
+            from_hex.open(&AT, &ID, &v).is_ok(),
+            "the same key either way"
+        );
         // 32 printable bytes are a mistyped text key (e.g. `openssl rand -hex 16`), not raw.
         let e = Keyring::parse("0123456789abcdef0123456789abcdef".as_bytes())
             .err()

@@ -105,7 +105,7 @@ def across_hosts(args, tmp, redis):
         keys = redis.cli("--scan", "--pattern", "shmsess:*").split()
         raw = subprocess.run(["redis-cli", "-p", str(redis.port), "-a", redis.password, "--no-auth-warning",
                               "--raw", "GET", keys[0]], capture_output=True).stdout if keys else b""
-        check("what Redis holds is sealed, not DER", keys and raw[:4] == b"SSR1" and b"\x30\x82" not in raw[:4],
+        check("what Redis holds is sealed, not DER", keys and raw[:4] == b"SSR2" and b"\x30\x82" not in raw[:4],
               f"{len(keys)} keys, value starts {raw[:4]!r}")
         ttl = int(redis.cli("PTTL", keys[0]).strip()) if keys else -1
         check("Redis expires the values with the sessions", 0 < ttl <= 7200 * 1000, f"PTTL {ttl} ms")
