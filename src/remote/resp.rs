@@ -592,9 +592,11 @@ pub enum Want {
 
 /// A byte stream under a deadline: plain TCP, or TLS over it (see `tls.rs`).
 pub trait Transport {
-    /// Nonblocking read; `Err(Ok(want))` when it must wait.
-    fn read_nb(&mut self, buf: &mut [u8]) -> Result<usize, Result<Want, Failure>>;
-    fn write_nb(&mut self, buf: &[u8]) -> Result<usize, Result<Want, Failure>>;
+    /// Nonblocking read; `Err(Ok(want))` when it must wait. A transport that does work of its
+    /// own between bytes (TLS records that carry no application data) stops at `dl`.
+    fn read_nb(&mut self, buf: &mut [u8], dl: Deadline) -> Result<usize, Result<Want, Failure>>;
+    /// Nonblocking write, likewise.
+    fn write_nb(&mut self, buf: &[u8], dl: Deadline) -> Result<usize, Result<Want, Failure>>;
     fn fd(&self) -> i32;
     fn peer(&self) -> Option<SocketAddr>;
 }
@@ -617,10 +619,10 @@ fn nonblocking(r: io::Result<usize>, want: Want) -> Result<usize, Result<Want, F
 }
 
 impl Transport for TcpStream {
-    fn read_nb(&mut self, buf: &mut [u8]) -> Result<usize, Result<Want, Failure>> {
+    fn read_nb(&mut self, buf: &mut [u8], _: Deadline) -> Result<usize, Result<Want, Failure>> {
         nonblocking(self.read(buf), Want::Read)
     }
-    fn write_nb(&mut self, buf: &[u8]) -> Result<usize, Result<Want, Failure>> {
+    fn write_nb(&mut self, buf: &[u8], _: Deadline) -> Result<usize, Result<Want, Failure>> {
         nonblocking(self.write(buf), Want::Write)
     }
     fn fd(&self) -> i32 {
@@ -754,7 +756,7 @@ impl Conn {
     pub fn send(&mut self, data: &[u8], dl: Deadline) -> Result<(), Failure> {
         let mut off = 0;
         while off < data.len() {
-            match self.io.write_nb(&data[off..]) {
+            match self.io.write_nb(&data[off..], dl) {
                 Ok(0) => return Err(Failure::Io(io::ErrorKind::WriteZero)),
                 Ok(n) => {
                     off += n;
@@ -786,7 +788,7 @@ impl Conn {
             }
             let old = self.buf.len();
             self.buf.resize(old + room.min(CHUNK), 0);
-            let got = self.io.read_nb(&mut self.buf[old..]);
+            let got = self.io.read_nb(&mut self.buf[old..], dl);
             let n = match got {
                 Ok(n) => n,
                 Err(_) => 0,

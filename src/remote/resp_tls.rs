@@ -142,7 +142,7 @@ impl TlsStream {
             // SAFETY: live SSL.
             match s.step(|ssl| (unsafe { ossl::SSL_connect(ssl) }, 0)) {
                 Ok(Some(_)) => break,
-                Ok(None) => {}
+                Ok(None) => dl.left().map(|_| ())?,
                 Err(Ok(w)) => wait(s.tcp.as_raw_fd(), w, dl)?,
                 Err(Err(f)) => return Err(f),
             }
@@ -331,8 +331,13 @@ impl Transport for TlsStream {
     fn read_nb(
         &mut self,
         buf: &mut [u8],
+        dl: Deadline,
     ) -> std::result::Result<usize, std::result::Result<Want, Failure>> {
         loop {
+            // A server can send records without application data (tickets, without limit)
+            // as fast as they are processed: the socket never runs dry, so only the
+            // deadline ends this loop.
+            dl.left().map_err(Err)?;
             let done = self.step(|ssl| {
                 let mut n = 0usize;
                 // SAFETY: live SSL; writes at most buf.len() bytes.
@@ -354,10 +359,13 @@ impl Transport for TlsStream {
     fn write_nb(
         &mut self,
         buf: &[u8],
+        dl: Deadline,
     ) -> std::result::Result<usize, std::result::Result<Want, Failure>> {
         // Earlier output first, so the engine's buffer stays small.
         self.flush()?;
         loop {
+            // A write may have to read first (the engine's records), as above.
+            dl.left().map_err(Err)?;
             let done = self.step(|ssl| {
                 let mut n = 0usize;
                 // SAFETY: live SSL; reads buf.len() bytes.
