@@ -536,3 +536,71 @@ fn a_redirect_to_a_node_of_the_slot_map_is_followed() {
     assert_eq!(c.get().load().stores, 1, "{:?}", c.get().load());
     assert_eq!(store.lock().unwrap().len(), 1);
 }
+
+#[test]
+fn a_worker_whose_first_seed_is_down_or_hung_gets_the_map_from_another_seed() {
+    // Seed B serves all slots (and says so). The first seed is a port nothing listens on,
+    // or a node that never answers.
+    let map = Arc::new(Mutex::new(Vec::new()));
+    let store = store_server(Duration::ZERO, Arc::new(Mutex::new(Vec::new())));
+    let m = Arc::clone(&map);
+    let b = fake(Arc::new(move |args: &[Vec<u8>]| {
+        if is(args, "CLUSTER") {
+            let p = m.lock().unwrap()[0];
+            let r = format!("*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:{p}\r\n");
+            return Act::Reply(r.into_bytes(), Duration::ZERO);
+        }
+        store(args)
+    }));
+    map.lock().unwrap().push(b);
+    let down = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let hung = fake(Arc::new(|_: &[Vec<u8>]| Act::Silent));
+    for (n, first) in [(1u8, down), (2, hung)] {
+        let c = counters();
+        let mut cfg = config(first, Duration::from_millis(400), Duration::ZERO, true);
+        cfg.url = format!("redis://127.0.0.1:{first},127.0.0.1:{b}/0");
+        let r = bind(&c, cfg).unwrap();
+        let t = now();
+        let start = Instant::now();
+        r.store_now(&[n; 32], DER, t, t + 300, t);
+        assert_eq!(
+            c.get().load().stores,
+            1,
+            "first seed {first}: {:?}",
+            c.get().load()
+        );
+        assert!(
+            start.elapsed() < Duration::from_millis(1000),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(matches!(r.fetch(&[n; 32], false, t), Fetched::Hit(_)));
+    }
+}
+
+#[test]
+fn several_seeds_are_refused_without_a_cluster_and_as_host_names() {
+    let cfg = |url: &str, cluster: bool| {
+        let mut c = config(1, Duration::from_millis(100), Duration::ZERO, cluster);
+        c.url = url.into();
+        c
+    };
+    let e = bind(
+        &counters(),
+        cfg("redis://:pw@127.0.0.1:1,127.0.0.1:2/0", false),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        e.message.contains("several hosts need remote_cluster"),
+        "{e}"
+    );
+    assert!(!e.message.contains("pw@"), "{e}");
+    let e = bind(&counters(), cfg("redis://127.0.0.1:1,redis-2:2/0", true))
+        .err()
+        .unwrap();
+    assert!(e.message.contains("IP address"), "{e}");
+}

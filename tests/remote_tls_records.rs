@@ -166,7 +166,7 @@ fn a_stream_of_non_application_records_is_cut_at_the_deadline() {
     assert!(
         matches!(r.fetch(&[1; 32], false, t), Fetched::Miss),
         "{:?}",
-        c.load()
+        c.get().load()
     );
     rx.recv_timeout(Duration::from_secs(60))
         .expect("the server made its tickets");
@@ -176,7 +176,7 @@ fn a_stream_of_non_application_records_is_cut_at_the_deadline() {
     let spent = start.elapsed();
     eprintln!("the fetch took {spent:?} (deadline {timeout:?})");
     assert!(matches!(got, Fetched::Unavailable));
-    assert_eq!(c.load().timeouts, 1, "{:?}", c.load());
+    assert_eq!(c.get().load().timeouts, 1, "{:?}", c.get().load());
     assert!(
         spent < timeout + Duration::from_millis(350),
         "a stream of tickets held the operation {spent:?} past a {timeout:?} deadline"

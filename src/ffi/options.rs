@@ -137,7 +137,9 @@ pub struct shmsess_options {
     /// must chain to; its name (or IP address) must match the URL's host. NULL: the system's
     /// CA store. Refused with a `redis://` URL. Read once, at creation. (Added in 0.4.)
     pub remote_ca_file: *const c_char,
-    /// Nonzero: `remote_url` is a seed node of a Redis Cluster (database 0). The slot map is
+    /// Nonzero: `remote_url` names seed nodes of a Redis Cluster (database 0): one host, or
+    /// several, comma-separated, those after the first as IP addresses
+    /// (`redis://:pw@10.0.0.5:6379,10.0.0.6:6379/0`), asked in order. The slot map is
     /// read with CLUSTER SLOTS, each key goes to the master serving its slot, MOVED and ASK
     /// are followed (within the operation's deadline), and the map is read again after a
     /// redirection or a failed node. Nodes must announce IP addresses. (Added in 0.4.)

@@ -552,6 +552,12 @@ impl Remote {
         if cfg.timeout.is_zero() {
             return Err(Error::new(ErrorKind::Invalid, "remote timeout is 0"));
         }
+        if !cfg.cluster && !target.more_seeds.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "remote URL: several hosts need remote_cluster (they are a Redis Cluster's seed nodes); for one Redis, give one host",
+            ));
+        }
         if cfg.cluster && target.db != 0 {
             return Err(Error::new(
                 ErrorKind::Invalid,
@@ -1227,13 +1233,20 @@ impl Shared {
         out
     }
 
-    /// The seed nodes of the configuration: the URL's server (`None` when its host is a name,
-    /// looked up when connecting).
+    /// The seed nodes of the configuration, in the URL's order: its first host (`None` when
+    /// it is a name, looked up when connecting), then the others.
     fn seeds(&self) -> Vec<Option<SocketAddr>> {
-        vec![self
+        let first = self
             .target
             .ip()
-            .map(|ip| SocketAddr::new(ip, self.target.port))]
+            .map(|ip| SocketAddr::new(ip, self.target.port));
+        let mut out = vec![first];
+        for &s in &self.target.more_seeds {
+            if !out.contains(&Some(s)) {
+                out.push(Some(s));
+            }
+        }
+        out
     }
 
     /// The masters of the last slot map, each once.

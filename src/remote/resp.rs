@@ -396,11 +396,14 @@ impl Drop for Secret {
 }
 
 /// Where to connect and how to log in, parsed from
-/// `redis[s]://[[user]:password@]host[:port][/db]`.
+/// `redis[s]://[[user]:password@]host[:port][,ip[:port]...][/db]`.
 pub struct Target {
     pub tls: bool,
     pub host: String,
     pub port: u16,
+    /// Further seed nodes (a Redis Cluster's), after `host`: IP addresses only, so that
+    /// asking each costs no name lookup.
+    pub more_seeds: Vec<SocketAddr>,
     pub user: Option<Secret>,
     pub password: Option<Secret>,
     pub db: u32,
@@ -408,7 +411,8 @@ pub struct Target {
 
 /// What a usable URL looks like (quoted in every refusal; the URL itself never is: it may hold
 /// a password).
-pub const URL_FORM: &str = "redis://[user:password@]host:port/db or rediss://... for TLS";
+pub const URL_FORM: &str =
+    "redis://[user:password@]host:port/db or rediss://... for TLS (a cluster: host:port,ip:port,.../0)";
 
 impl Target {
     pub fn parse(url: &str) -> Result<Target, String> {
@@ -446,11 +450,22 @@ impl Target {
                 (name, (!pw.is_empty()).then_some(Secret(pw)))
             }
         };
-        let (host, port) = split_host_port(hostport)?;
+        let mut hosts = hostport.split(',');
+        let (host, port) = split_host_port(hosts.next().unwrap_or(""))?;
+        let more_seeds = hosts
+            .map(|h| {
+                let (ip, port) = split_host_port(h)?;
+                let ip: IpAddr = ip
+                    .parse()
+                    .map_err(|_| "every host after the first must be an IP address")?;
+                Ok(SocketAddr::new(ip, port))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         Ok(Target {
             tls,
             host,
             port,
+            more_seeds,
             user,
             password,
             db,
@@ -1057,6 +1072,17 @@ mod tests {
         let t = Target::parse("rediss://:pw@[::1]/0").unwrap();
         assert_eq!((t.tls, t.host.as_str(), t.port), (true, "::1", 6379));
         assert!(t.user.is_none() && t.ip().is_some());
+        let t = Target::parse("redis://:pw@redis-1:7000,10.0.0.6:7001,[::1]/0").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("redis-1", 7000));
+        assert_eq!(
+            t.more_seeds,
+            [
+                "10.0.0.6:7001".parse().unwrap(),
+                "[::1]:6379".parse().unwrap()
+            ]
+        );
+        assert!(Target::parse("redis://10.0.0.5,redis-2/0").is_err());
+        assert!(Target::parse("redis://10.0.0.5,/0").is_err());
         let t = Target::parse("redis://redis.internal").unwrap();
         assert_eq!((t.host.as_str(), t.port, t.db), ("redis.internal", 6379, 0));
         assert!(t.ip().is_none());

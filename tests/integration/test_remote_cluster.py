@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Integration: two hosts (example servers) sharing a real 3-master Redis Cluster on 127.0.0.1
 (`redis-server --cluster-enabled yes`, `redis-cli --cluster create`), the URL naming one seed
-node and `--remote-cluster`:
+node (host A) or a dead port and then two nodes (host B: several seeds, the first one down),
+and `--remote-cluster`:
 
 - sessions cross hosts (>= 38 of 39 resumptions), their keys spread over all three masters;
 - a TLS 1.3 ticket resumes once in the pair;
@@ -15,7 +16,7 @@ import ssl
 import time
 
 from harness.checks import check, finish
-from harness.client import client_context
+from harness.client import client_context, free_port
 from harness.prefork import Server, one_request
 from harness.redis import Cluster, key_dir, request_settled, seg_stats, wait_writes, writes_done
 
@@ -34,8 +35,12 @@ def main():
     with key_dir("shmsess-cluster-") as tmp:
         with Cluster(3) as cluster:
             segs = {h: os.path.join(tmp, f"{h}.seg") for h in "AB"}
+            # B's first seed is a port nothing listens on: its workers start without a map and
+            # must get it from the next seed.
+            seeds = ",".join([f"127.0.0.1:{free_port()}"] + [f"127.0.0.1:{n.port}" for n in cluster.nodes[:2]])
+            urls = {"A": cluster.url, "B": f"redis://{seeds}/0"}
             hosts = {h: Server(args.server, args.certs, 2,
-                               ["--tls13-stateful", "--cache-path", segs[h], "--remote", cluster.url,
+                               ["--tls13-stateful", "--cache-path", segs[h], "--remote", urls[h],
                                 "--remote-cluster", "--remote-key", os.path.join(tmp, "key"),
                                 "--remote-timeout-ms", str(TIMEOUT_MS), "--remote-backoff-ms", "1"])
                      for h in "AB"}
