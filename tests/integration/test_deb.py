@@ -284,6 +284,9 @@ APACHE_CONF = """\
 # shmsesscache package test (tests/integration/test_deb.py): removed when it ends.
 SSLSessionCache shmsess:{segment}(8M)
 SSLSessionTickets off
+# Children are replaced every 10 connections, so the 40 reconnections reach several of them
+# (the event MPM's one child can otherwise serve them all, and resume from its own memory).
+MaxConnectionsPerChild 10
 """
 
 APACHE_SITE = """\
