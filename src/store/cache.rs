@@ -651,6 +651,14 @@ impl Cache {
         (shard, (x & 0x7fff) as u16 + 1)
     }
 
+    /// How many units the shard `id` would live in has in use: read without its lock (a hint
+    /// for the session id generator, which picks the emptiest of a few candidates; any value
+    /// a hostile segment holds is only a worse hint).
+    pub fn shard_load(&self, id: &[u8]) -> u32 {
+        let (idx, _) = self.placement(id);
+        self.shard_header(idx).used_units.load(Relaxed)
+    }
+
     /// Take shard `idx`'s lock, repairing the shard first if its last holder died or panicked.
     /// A lock nobody can ever take again (held by a thread that no longer exists, not
     /// recoverable, damaged) is re-initialised first (see [`Cache::reset_lock`]).
