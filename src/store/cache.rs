@@ -873,6 +873,20 @@ impl Cache {
         expires: u32,
         now: u32,
     ) -> Result<()> {
+        self.store_ranked(id, data, created, expires, now, false)
+    }
+
+    /// [`store_at`](Self::store_at), with `spare`: the entry goes before the shard's other live
+    /// entries when room is needed (a TLS 1.3 ticket issued alongside a later one).
+    pub fn store_ranked(
+        &self,
+        id: &[u8],
+        data: &[u8],
+        created: u32,
+        expires: u32,
+        now: u32,
+        spare: bool,
+    ) -> Result<()> {
         if let Err(e) = check_id(id) {
             self.globals().bad_input.fetch_add(1, Relaxed);
             return Err(e);
@@ -906,6 +920,7 @@ impl Cache {
             tag,
             created,
             expires,
+            spare,
         };
         let guard = self.lock_shard(idx)?;
         let evicted = guard.store(&entry, now);
