@@ -138,7 +138,7 @@ def capacity(a):
 
 def lines(rows):
     """The summary table of the capacity part."""
-    out = ["12. capacity (K full handshakes, each kept session offered once): sessions kept per MiB "
+    out = ["13. capacity (K full handshakes, each kept session offered once): sessions kept per MiB "
            "(kept at N MiB), largest K with >= 99% resumed"]
     for x in rows:
         point = f"  >=99% up to {x['point_99']}" if "point_99" in x else ""

@@ -28,7 +28,7 @@
    linked with the library (4 workers), and that server with --no-cache under the drop-in
    (the drop-in's own cost, same server): resumed handshakes/s and the server's CPU (master +
    workers; hitch's backend not counted) per 1,000 resumed handshakes, TLS 1.2 and 1.3
-12. capacity (bench/capacity.py): sessions each cache keeps in the same memory, nginx
+13. capacity (bench/capacity.py): sessions each cache keeps in the same memory, nginx
    `shared:SSL` and Apache `shmcb` against shmsesscache in both, TLS 1.2, TLS 1.3 and
    client-certificate sessions, at 1 and 8 MiB (--capacity-mib)
 
