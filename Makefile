@@ -330,7 +330,12 @@ $(BUILD)/bench/loadgen: bench/loadgen.c
 	@mkdir -p $(BUILD)/bench
 	$(CC) $(CFLAGS) $(WARN) $< -o $@ -lssl -lcrypto
 
-bench: all $(BUILD)/certs/server.pem $(BUILD)/bench/handshake $(BUILD)/bench/loadgen
+# The capacity probe: full handshakes, then each kept session offered once up to the ServerHello.
+$(BUILD)/bench/capacity: bench/capacity.c
+	@mkdir -p $(BUILD)/bench
+	$(CC) $(CFLAGS) $(WARN) $< -o $@ -lssl -lcrypto
+
+bench: all $(BUILD)/certs/server.pem $(BUILD)/bench/handshake $(BUILD)/bench/loadgen $(BUILD)/bench/capacity
 	$(CARGO) build --release --example bench_ops --example bench_tiers --example bench_threads
 	sh bench/install-deps.sh
 	$(MAKE) --no-print-directory apache-module

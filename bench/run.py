@@ -28,6 +28,9 @@
    linked with the library (4 workers), and that server with --no-cache under the drop-in
    (the drop-in's own cost, same server): resumed handshakes/s and the server's CPU (master +
    workers; hitch's backend not counted) per 1,000 resumed handshakes, TLS 1.2 and 1.3
+13. capacity (bench/capacity.py): sessions each cache keeps in the same memory, nginx
+   `shared:SSL` and Apache `shmcb` against shmsesscache in both, TLS 1.2, TLS 1.3 and
+   client-certificate sessions, at 1 and 8 MiB (--capacity-mib)
 
 `--only apache` (or another part: handshake, ops, e2e, tiers) runs just that part and keeps the
 others' figures from the existing results.json.
@@ -58,6 +61,7 @@ from harness.prefork import Server  # noqa: E402
 from harness import process  # noqa: E402
 from harness import dropin as dropin_harness  # noqa: E402
 from harness.redis import Redis, write_key  # noqa: E402
+import capacity as capacity_part  # noqa: E402
 
 # Documented densities (shared/reference/anchors.md), sessions of ~160 bytes per MiB.
 ANCHOR_DENSITY = {"nginx (64-bit)": 2700, "Apache shmcb": 4650, "HAProxy shctx": 4000, "stud": 1700}
@@ -604,6 +608,8 @@ def table(r):
         cpu = x["median_cpu_ms_per_1000_resumed"]
         lines.append(f"   {x['protocol']} {x['server']:24} {x['median_resumed_per_s']:7.0f}/s "
                      f"({100 * x['median_resumed_fraction']:5.1f}% resumed)  cpu {'-' if cpu is None else f'{cpu:.0f}'}")
+    if r.get("capacity"):
+        lines += capacity_part.lines(r["capacity"])
     return "\n".join(lines)
 
 
@@ -621,12 +627,16 @@ def main():
     ap.add_argument("--out", default=HERE)
     ap.add_argument("--tiers", default=os.path.join(ROOT, "target", "release", "examples", "bench_tiers"))
     ap.add_argument("--threads-bench", default=os.path.join(ROOT, "target", "release", "examples", "bench_threads"))
+    ap.add_argument("--capacity-mib", type=int, nargs="+", default=[1, 8],
+                    help="cache sizes of the capacity part; the >= 99%% search runs at the first")
+    ap.add_argument("--capacity-modes", nargs="+", default=list(capacity_part.MODES), choices=list(capacity_part.MODES))
+    ap.add_argument("--capacity-clients", type=int, default=2, help="client processes of the capacity probe")
     ap.add_argument("--only", choices=["handshake", "ops", "e2e", "apache", "tiers", "threads", "nginx", "stream", "dropin",
-                                       "apache-fleet"],
+                                       "apache-fleet", "capacity"],
                     help="run one part; the others keep their figures from results.json")
     a = ap.parse_args()
     parts = [a.only] if a.only else ["handshake", "ops", "e2e", "apache", "tiers", "threads", "nginx", "stream", "dropin",
-                                     "apache-fleet"]
+                                     "apache-fleet", "capacity"]
     r = {}
     if a.only and os.path.exists(os.path.join(a.out, "results.json")):
         with open(os.path.join(a.out, "results.json")) as f:
@@ -669,6 +679,9 @@ def main():
     if "apache-fleet" in parts:
         print("two Apache hosts through Redis: shmsess+redis vs mod_socache_redis ...", file=sys.stderr, flush=True)
         r["apache_fleet"] = apache_fleet(a)
+    if "capacity" in parts:
+        print("capacity: sessions kept per MiB, nginx and Apache ...", file=sys.stderr, flush=True)
+        r["capacity"] = capacity_part.capacity(a)
     r["anchor_density"] = ANCHOR_DENSITY
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(r, f, indent=1)

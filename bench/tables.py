@@ -140,3 +140,21 @@ if r.get("nginx_stream"):
     print("\n### 10. nginx stream: shmsess_session_cache vs ssl_session_cache shared:STREAM\n")
     nginx_table(r["nginx_stream"], "The stream server answers and closes (no backend); "
                 f"{r.get('nginx_stream_command', r['commands'])}.", "shared:STREAM")
+
+if r.get("capacity"):
+    servers = ["nginx shared:SSL", "Apache shmcb", "nginx shmsess", "Apache shmsess"]
+    modes = {"1.2": "TLS 1.2", "1.3": "TLS 1.3 (clients)", "1.2+cert": "TLS 1.2 + P-256 client cert"}
+    print("\n### 13. Capacity: sessions kept in the same memory (real servers)\n")
+    print("K full handshakes on a fresh server, then each kept session offered once by a client that reads the "
+          "ServerHello and drops (bench/capacity.c), tickets off. Per MiB: sessions (TLS 1.3: clients) that still "
+          "resume after overfilling; in brackets the largest K (2.5% grid) with >= 99% resumed.\n")
+    print("| session | size | " + " | ".join(servers) + " |")
+    print("|---|---:|" + "---:|" * len(servers))
+    for mode, label in modes.items():
+        for mib in sorted({x["mib"] for x in r["capacity"]}):
+            v = {x["server"]: x for x in r["capacity"] if x["mode"] == mode and x["mib"] == mib}
+            if not v:
+                continue
+            cell = (lambda x: f"{x['per_mib']:,.0f}" + (f" ({x['point_99']:,})" if "point_99" in x else "")
+                    if x else "-")
+            print(f"| {label} | {mib} MiB | " + " | ".join(cell(v.get(s)) for s in servers) + " |")

@@ -178,6 +178,10 @@ ngx_shmsess_options(ngx_pool_t *pool, ngx_shmsess_conf_t *conf, shmsess_options 
     opts->session_id_prefix = conf->id_prefix.data;
     opts->session_id_prefix_len = (uint32_t) conf->id_prefix.len;
 
+    /* the generator also without a prefix: it picks ids whose shards have room, so the
+     * shards fill evenly (OpenSSL's random ids leave the fullest evicting early) */
+    opts->flags |= SHMSESS_GENERATE_SESSION_IDS;
+
     return NGX_OK;
 }
 

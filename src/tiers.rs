@@ -114,9 +114,25 @@ impl<'a> Tiers<'a> {
     /// Store a session in the segment and queue it for Redis. The segment's error, if any, is
     /// returned; Redis is written either way (another host may still resume it).
     pub fn store(&self, id: &[u8], der: &[u8], created: u32, expires: u32) -> Result<()> {
-        let local = self.cache.store(id, der, created, expires);
+        self.store_ranked(id, der, created, expires, false)
+    }
+
+    /// [`store`](Self::store); a `spare` goes before the segment's other live entries when a
+    /// shard needs room (see `tls::spares`). Redis keeps no such rank: it has its own memory.
+    pub fn store_ranked(
+        &self,
+        id: &[u8],
+        der: &[u8],
+        created: u32,
+        expires: u32,
+        spare: bool,
+    ) -> Result<()> {
+        let now = crate::util::now_unix();
+        let local = self
+            .cache
+            .store_ranked(id, der, created, expires, now, spare);
         if let Some(r) = self.remote {
-            r.store(id, der, created, expires, crate::util::now_unix());
+            r.store(id, der, created, expires, now);
         }
         local
     }

@@ -651,6 +651,14 @@ impl Cache {
         (shard, (x & 0x7fff) as u16 + 1)
     }
 
+    /// How many units the shard `id` would live in has in use: read without its lock (a hint
+    /// for the session id generator, which picks the emptiest of a few candidates; any value
+    /// a hostile segment holds is only a worse hint).
+    pub fn shard_load(&self, id: &[u8]) -> u32 {
+        let (idx, _) = self.placement(id);
+        self.shard_header(idx).used_units.load(Relaxed)
+    }
+
     /// Take shard `idx`'s lock, repairing the shard first if its last holder died or panicked.
     /// A lock nobody can ever take again (held by a thread that no longer exists, not
     /// recoverable, damaged) is re-initialised first (see [`Cache::reset_lock`]).
@@ -865,6 +873,20 @@ impl Cache {
         expires: u32,
         now: u32,
     ) -> Result<()> {
+        self.store_ranked(id, data, created, expires, now, false)
+    }
+
+    /// [`store_at`](Self::store_at), with `spare`: the entry goes before the shard's other live
+    /// entries when room is needed (a TLS 1.3 ticket issued alongside a later one).
+    pub fn store_ranked(
+        &self,
+        id: &[u8],
+        data: &[u8],
+        created: u32,
+        expires: u32,
+        now: u32,
+        spare: bool,
+    ) -> Result<()> {
         if let Err(e) = check_id(id) {
             self.globals().bad_input.fetch_add(1, Relaxed);
             return Err(e);
@@ -898,6 +920,7 @@ impl Cache {
             tag,
             created,
             expires,
+            spare,
         };
         let guard = self.lock_shard(idx)?;
         let evicted = guard.store(&entry, now);

@@ -916,3 +916,65 @@ fn resets_are_serialised_by_the_recovery_word_and_a_left_behind_word_is_taken_ov
         "released"
     );
 }
+
+/// A full shard makes room from its spares (TLS 1.3 tickets issued alongside a later one)
+/// before any other live entry, even older ones: the tickets clients offer stay.
+#[test]
+fn spares_go_before_older_live_entries() {
+    let c = one_shard();
+    let units = c.geometry().units_per_shard as u32;
+    let half = units / 2;
+    for n in 0..half {
+        // The ticket a client offers (older), then its handshake's spare (newer).
+        c.store_ranked(&id(n), &der(n, 160), NOW, NOW + 300, NOW, false)
+            .unwrap();
+        c.store_ranked(
+            &id(units + n),
+            &der(units + n, 160),
+            NOW + 1,
+            NOW + 300,
+            NOW,
+            true,
+        )
+        .unwrap();
+    }
+    for n in half..units {
+        c.store_ranked(&id(n), &der(n, 160), NOW + 2, NOW + 300, NOW + 2, false)
+            .unwrap();
+    }
+    let kept = (0..units)
+        .filter(|&n| get(&c, n, NOW + 2).is_some())
+        .count();
+    let spares = (units..units + half)
+        .filter(|&n| get(&c, n, NOW + 2).is_some())
+        .count();
+    assert_eq!(
+        (kept, spares),
+        (units as usize, 0),
+        "(offered tickets kept, spares kept)"
+    );
+}
+
+/// Spares go first also when a multi-unit entry needs consecutive units.
+#[test]
+fn a_large_entry_makes_room_from_spares_first() {
+    let c = one_shard();
+    let units = c.geometry().units_per_shard as u32;
+    let spare = |n: u32| n % 8 < 3; // runs of three spares, each a window for a 3-unit entry
+    for n in 0..units {
+        // The spares newer than the others, so oldest-first alone would spare them.
+        let created = NOW + u32::from(spare(n));
+        c.store_ranked(&id(n), &der(n, 160), created, NOW + 300, NOW, spare(n))
+            .unwrap();
+    }
+    c.store_at(&id(9999), &der(9999, 500), NOW + 2, NOW + 300, NOW + 2)
+        .unwrap();
+    assert!(get(&c, 9999, NOW + 2).is_some());
+    let lost = (0..units)
+        .filter(|&n| !spare(n) && get(&c, n, NOW + 2).is_none())
+        .count();
+    assert_eq!(
+        lost, 0,
+        "entries that are not spares evicted for one 3-unit entry"
+    );
+}

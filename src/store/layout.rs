@@ -21,8 +21,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 
 pub const MAGIC: [u8; 8] = *b"SHMSESS\0";
 /// Bumped whenever anything in this file changes meaning. 2: the format word names the C
-/// library (a segment of version 1 is refused as another format).
-pub const LAYOUT_VERSION: u32 = 2;
+/// library (a segment of version 1 is refused as another format). 3: an entry header's length
+/// field carries the "spare" bit ([`EntryHeader::spare`]), which version 2 would take for
+/// part of the length and drop as corrupt.
+pub const LAYOUT_VERSION: u32 = 3;
 pub const HEADER_BYTES: usize = 4096;
 pub const GLOBALS_OFFSET: usize = 512;
 pub const ENTRY_HEADER_BYTES: usize = 16;
@@ -426,6 +428,9 @@ pub struct EntryHeader {
     pub stored_len: usize,
     /// The id was prepended to the data (it is not inside it).
     pub id_prefixed: bool,
+    /// Evicted before the shard's other live entries: a TLS 1.3 ticket its handshake issued
+    /// alongside a later one, which is the ticket clients offer first (see `store::shard`).
+    pub spare: bool,
     pub id_len: usize,
     pub id_off: usize,
     pub created: u32,
@@ -434,6 +439,9 @@ pub struct EntryHeader {
 }
 
 const PREFIXED_BIT: u16 = 0x8000;
+const SPARE_BIT: u16 = 0x4000;
+const LENGTH_BITS: u16 = !(PREFIXED_BIT | SPARE_BIT);
+const _: () = assert!(MAX_STORED_BYTES <= LENGTH_BITS as usize);
 
 impl EntryHeader {
     pub fn encode(&self) -> [u8; ENTRY_HEADER_BYTES] {
@@ -441,6 +449,9 @@ impl EntryHeader {
         let mut lf = self.stored_len as u16;
         if self.id_prefixed {
             lf |= PREFIXED_BIT;
+        }
+        if self.spare {
+            lf |= SPARE_BIT;
         }
         b[0..2].copy_from_slice(&lf.to_le_bytes());
         b[2] = self.id_len as u8;
@@ -455,8 +466,9 @@ impl EntryHeader {
     pub fn decode(b: &[u8; ENTRY_HEADER_BYTES]) -> Option<EntryHeader> {
         let lf = u16::from_le_bytes([b[0], b[1]]);
         let h = EntryHeader {
-            stored_len: (lf & !PREFIXED_BIT) as usize,
+            stored_len: (lf & LENGTH_BITS) as usize,
             id_prefixed: lf & PREFIXED_BIT != 0,
+            spare: lf & SPARE_BIT != 0,
             id_len: b[2] as usize,
             id_off: b[3] as usize,
             created: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
@@ -527,8 +539,11 @@ mod tests {
             created: 1_700_000_000,
             expires: 1_700_000_300,
             checksum: 0xdead_beef,
+            spare: false,
         };
         assert_eq!(EntryHeader::decode(&h.encode()), Some(h));
+        let spare = EntryHeader { spare: true, ..h };
+        assert_eq!(EntryHeader::decode(&spare.encode()), Some(spare));
         assert_eq!(EntryHeader::decode(&[0u8; 16]), None);
         assert_eq!(EntryHeader::decode(&[0xffu8; 16]), None);
         let mut bad = h;

@@ -160,6 +160,8 @@ pub struct NewEntry<'d> {
     pub tag: u16,
     pub created: u32,
     pub expires: u32,
+    /// Goes before the shard's other live entries when room is needed ([`EntryHeader::spare`]).
+    pub spare: bool,
 }
 
 impl NewEntry<'_> {
@@ -458,6 +460,7 @@ impl<'a> Shard<'a> {
             created: e.created,
             expires: e.expires,
             checksum: 0,
+            spare: e.spare,
         };
         let body = self.unit_ptr(start).wrapping_add(ENTRY_HEADER_BYTES);
         // SAFETY: units start..start+k are free and inside the shard; k was computed from
@@ -505,9 +508,10 @@ impl<'a> Shard<'a> {
     }
 
     /// A unit for a one-unit entry: a free one, else the first-to-go expired entry, else the
-    /// oldest live entry.
+    /// oldest live spare, else the oldest live entry.
     fn make_room_for_one(&self, now: u32) -> usize {
         let mut expired: Option<(usize, EntryHeader)> = None;
+        let mut oldest_spare: Option<(usize, EntryHeader)> = None;
         let mut oldest: Option<(usize, EntryHeader)> = None;
         for i in 0..self.n() {
             match self.tag(i) {
@@ -523,11 +527,18 @@ impl<'a> Shard<'a> {
                 if expired.is_none_or(|(_, e)| h.expires < e.expires) {
                     expired = Some((i, h));
                 }
-            } else if oldest.is_none_or(|(_, o)| h.created < o.created) {
-                oldest = Some((i, h));
+            } else {
+                let pick = if h.spare {
+                    &mut oldest_spare
+                } else {
+                    &mut oldest
+                };
+                if pick.is_none_or(|(_, o)| h.created < o.created) {
+                    *pick = Some((i, h));
+                }
             }
         }
-        match expired.or(oldest) {
+        match expired.or(oldest_spare).or(oldest) {
             Some((i, h)) => {
                 self.evict(i, &h, now);
                 i
@@ -542,8 +553,9 @@ impl<'a> Shard<'a> {
         }
     }
 
-    /// `k` consecutive units: the window that evicts the fewest live entries, and among those
-    /// the one whose newest victim is oldest (free and expired space is used first).
+    /// `k` consecutive units: the window that evicts the fewest live entries other than spares,
+    /// then the fewest live spares, and among those the one whose newest victim is oldest (free
+    /// and expired space is used first).
     fn make_room(&self, k: usize, now: u32) -> usize {
         let n = self.n();
         // owner[j]: index of the head owning unit j, or u16::MAX when free.
@@ -553,27 +565,32 @@ impl<'a> Shard<'a> {
             Some(h) => owner[i..i + self.geo.units_for(h.stored_len)].fill(i as u16),
             None => self.drop_corrupt_head(i),
         });
-        // Cost of a window: (live victims, newest live victim's creation, victims at all).
-        let mut best: Option<(usize, (usize, u32, usize))> = None;
+        // Cost of a window: (live victims other than spares, live spares, newest live victim's
+        // creation, victims at all).
+        let mut best: Option<(usize, (usize, usize, u32, usize))> = None;
         for s in 0..=n - k {
-            let mut cost = (0usize, 0u32, 0usize);
+            let mut cost = (0usize, 0usize, 0u32, 0usize);
             let mut last_head = u16::MAX;
             for &o in &owner[s..s + k] {
                 if o == u16::MAX || o == last_head {
                     continue;
                 }
                 last_head = o;
-                cost.2 += 1;
+                cost.3 += 1;
                 if let Some(h) = self.header_at(o as usize) {
                     if h.expires > now {
-                        cost.0 += 1;
-                        cost.1 = cost.1.max(h.created);
+                        if h.spare {
+                            cost.1 += 1;
+                        } else {
+                            cost.0 += 1;
+                        }
+                        cost.2 = cost.2.max(h.created);
                     }
                 }
             }
             if best.is_none_or(|(_, b)| cost < b) {
                 best = Some((s, cost));
-                if cost == (0, 0, 0) {
+                if cost == (0, 0, 0, 0) {
                     break;
                 }
             }

@@ -143,7 +143,11 @@ fn store_session(h: &Handle, ssl: *mut SSL, sess: *mut SSL_SESSION) {
     };
     let created = clamp_u32(time);
     let expires = clamp_u32(time.saturating_add(timeout));
-    if let Err(e) = h.tiers(Reach::Both).store(id, buf, created, expires) {
+    let spare = is_tls13(ssl) && super::spares::ticket_is_spare(ssl);
+    if let Err(e) = h
+        .tiers(Reach::Both)
+        .store_ranked(id, buf, created, expires, spare)
+    {
         if e.kind != ErrorKind::TooLarge {
             log::emit(Level::Warning, &format!("could not store a session: {e}"));
         }

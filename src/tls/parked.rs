@@ -38,7 +38,7 @@ impl Drop for Parked {
 /// The ticket parked on each `SSL`, wiped and freed with it.
 static PARKED: Slot<SSL, Box<Parked>> = Slot::new();
 
-fn client_random(ssl: *const SSL) -> Option<[u8; RANDOM_BYTES]> {
+pub(super) fn client_random(ssl: *const SSL) -> Option<[u8; RANDOM_BYTES]> {
     let mut r = [0u8; RANDOM_BYTES];
     // SAFETY: live SSL; OpenSSL copies at most RANDOM_BYTES into r.
     let n = unsafe { ossl::SSL_get_client_random(ssl, r.as_mut_ptr(), r.len()) };

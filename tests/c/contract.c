@@ -452,6 +452,64 @@ static void test_session_timeout_is_the_ticket_lifetime(void)
     shmsess_cache_free(cache);
 }
 
+/* ---------- TLS 1.3: a full shard keeps the ticket each client offers ---------- */
+
+/* Offers `sess` and stops once the server has read the ClientHello and answered: whether it
+ * resumed. The server never issues a new ticket, so the check stores nothing. */
+static int resumes_without_storing(SSL_CTX *s, SSL_CTX *c, SSL_SESSION *sess)
+{
+    struct tls_pair p;
+    tls_pair_open(&p, s, c);
+    SSL_set_session(p.c, sess);
+    SSL_do_handshake(p.c);
+    SSL_do_handshake(p.s);
+    int resumed = SSL_session_reused(p.s);
+    tls_pair_close(&p, 0);
+    ERR_clear_error();
+    return resumed;
+}
+
+/* Every full handshake issues two tickets and the client keeps the last. A one-shard cache
+ * holding 256 tickets, after 200 clients (400 tickets): the 200 tickets the clients offer are
+ * kept and the spares (their first tickets) made the room. Oldest-first eviction alone would
+ * keep only the last 128 clients' tickets. */
+static void test_tls13_spares_go_first(void)
+{
+    enum { CLIENTS = 200 };
+    shmsess_options opts;
+    shmsess_options_init(&opts);
+    opts.size_bytes = 56 * 1024; /* the header page and one shard of 256 slots */
+    shmsess_cache *cache = NULL;
+    CHECK(shmsess_cache_create(&opts, &cache) == SHMSESS_OK, "create: %s", shmsess_last_error());
+    shmsess_stats st = stats_of(cache);
+    CHECK(st.shards == 1 && st.capacity_slots == 256, "%llu shards, %llu slots",
+          (unsigned long long)st.shards, (unsigned long long)st.capacity_slots);
+    SSL_CTX *s = server_ctx("server", TLS13, SSL_OP_NO_TICKET, 0, 0), *c = client_ctx(TLS13, 0);
+    SSL_CTX_set_num_tickets(s, 2); /* OpenSSL's default (server_ctx issues one) */
+    shmsess_install(cache, s);
+    SSL_SESSION *kept[CLIENTS];
+    for (int i = 0; i < CLIENTS; i++) {
+        struct tls_pair p;
+        tls_pair_open(&p, s, c);
+        int ok = tls_pair_handshake(&p, 0);
+        tls_pair_first_byte(&p); /* the client has read both tickets */
+        kept[i] = ok ? SSL_get1_session(p.c) : NULL;
+        tls_pair_close(&p, 1);
+    }
+    int resumed = 0;
+    for (int i = 0; i < CLIENTS; i++) {
+        if (kept[i]) {
+            resumed += resumes_without_storing(s, c, kept[i]);
+            SSL_SESSION_free(kept[i]);
+        }
+    }
+    CHECK(resumed == CLIENTS, "TLS 1.3, one full shard: %d of %d clients resume with the ticket they kept",
+          resumed, CLIENTS);
+    SSL_CTX_free(s);
+    SSL_CTX_free(c);
+    shmsess_cache_free(cache);
+}
+
 /* A reload: the old cache and its contexts are freed, a new cache is installed on new
  * contexts. A vhost context nothing was installed on (reached by an SNI callback) must use the
  * new cache, for stores and lookups alike. */
@@ -507,6 +565,7 @@ int main(int argc, char **argv)
     test_anti_replay_does_not_burn_tickets();
     test_session_timeout_is_the_ticket_lifetime();
     test_reload_rule();
+    test_tls13_spares_go_first();
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
