@@ -169,7 +169,10 @@ fn put_back_unused(h: &Handle, ssl: *mut SSL) {
         return;
     }
     let (created, expires) = taken.times();
-    if h.cache.store(taken.id(), taken.as_ref(), created, expires).is_ok() {
+    if h.cache
+        .store(taken.id(), taken.as_ref(), created, expires)
+        .is_ok()
+    {
         h.cache.globals().lookup_refused.fetch_add(1, Relaxed);
     }
 }
