@@ -22,6 +22,7 @@ import tempfile
 import threading
 
 from harness.checks import check, finish
+from harness.client import free_port
 from harness.client import session_context as client_context
 from harness.nginx import (NGINX_SHARED, Nginx, get, made_on_and_stored, s_client_early, s_client_save,
                            same_session, shmsess_cache)
@@ -623,11 +624,18 @@ VHOSTS_BEHIND_OFF = """
 
 def default_server_off_warns(args):
     """A default server with `ssl_session_cache off` turns resumption off for the virtual
-    hosts on its socket: said at warn level, naming the socket and the hosts."""
-    with Nginx(args.module, args.certs, shmsess_cache(), servers=VHOSTS_BEHIND_OFF, log_level="warn") as n:
+    hosts on its socket: said at warn level, naming the socket and the hosts; a plain-text
+    socket with several servers (no TLS there) is not warned about."""
+    plain = free_port()
+    servers = VHOSTS_BEHIND_OFF + "".join(
+        f"    server {{{{ listen 127.0.0.1:{plain}{opts}; server_name {name}; }}}}\n"
+        for name, opts in (("plain-a.test", " default_server; ssl_session_cache off"), ("plain-b.test", "")))
+    with Nginx(args.module, args.certs, shmsess_cache(), servers=servers, log_level="warn") as n:
         off, _ = same_session(n.port2, TLS12, 3)
         log = n.error_log()
     n.cleanup()
+    wrong = next((ln for ln in log.splitlines() if "[warn]" in ln and f"127.0.0.1:{plain}" in ln), "")
+    check("no default-server [warn] for a plain-text socket with several servers", not wrong, wrong[:300])
     line = next((ln for ln in log.splitlines() if "[warn]" in ln and f"127.0.0.1:{n.port2}" in ln), "")
     check("a default server with ssl_session_cache off: a [warn] names its socket and the virtual hosts "
           "that resume nothing there", "vhost-a.test" in line and "vhost-b.test" in line
