@@ -367,8 +367,9 @@ enum shmsess_result shmsess_cache_create(const struct shmsess_options *opts,
 // Check `opts` as `shmsess_cache_create` would (flags, sizes, path, session id settings,
 // remote URL, key file with its owner, mode, no symlink and contents, CA file) without
 // creating or attaching a segment and without connecting anywhere: for a server's
-// configuration test (`nginx -t`). A named segment file is not opened, so a file of another
-// size or owner is only found by `shmsess_cache_create`. Returns SHMSESS_OK or the error
+// configuration test (`nginx -t`). A file already at a named segment's path is checked as an
+// attach would check it (no symbolic link, FIFO or device, this user's, mode 0600, a segment
+// of the size asked for) but not mapped. Returns SHMSESS_OK or the error
 // `shmsess_cache_create` would return, with its message in `shmsess_last_error`.
 // `opts` stays owned by the caller; safe from any thread.
 enum shmsess_result shmsess_options_check(const struct shmsess_options *opts);

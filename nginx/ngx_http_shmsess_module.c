@@ -203,7 +203,8 @@ ngx_http_shmsess_postconfiguration(ngx_conf_t *cf)
         addr = port[p].addrs.elts;
 
         for (a = 0; a < port[p].addrs.nelts; a++) {
-            if (addr[a].servers.nelts > 1
+            /* only TLS sockets: on a plain-text one no session is ever resumed */
+            if (addr[a].servers.nelts > 1 && addr[a].opt.ssl
                 && ngx_http_shmsess_keep_socket(cf, smcf, &addr[a]) != NGX_OK)
             {
                 return NGX_ERROR;

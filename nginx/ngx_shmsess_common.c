@@ -270,6 +270,43 @@ ngx_shmsess_check_with_library(ngx_conf_t *cf, ngx_shmsess_conf_t *conf)
 }
 
 
+/* One file is one segment: a block of this configuration read before this one (http, stream
+ * and mail each have their own conf) that names the same file with another size would make
+ * the second block's start fail after the first block created the file. */
+static char *
+ngx_shmsess_check_same_file(ngx_conf_t *cf, ngx_shmsess_conf_t *conf)
+{
+    ngx_str_t            blocks[] = { ngx_string("http"), ngx_string("stream"),
+                                      ngx_string("mail") };
+    ngx_uint_t           i;
+    ngx_shmsess_conf_t  *other;
+
+    for (i = 0; conf->path.len && i < sizeof(blocks) / sizeof(blocks[0]); i++) {
+        other = ngx_shmsess_block_conf(cf->cycle, &blocks[i]);
+
+        if (other == NULL || other == conf || other->size == 0
+            || other->path.len != conf->path.len
+            || ngx_memcmp(other->path.data, conf->path.data, conf->path.len) != 0
+            || other->size == conf->size)
+        {
+            continue;
+        }
+
+        ngx_shmsess_error_at(cf, conf, NGX_SHMSESS_CACHE_DIRECTIVE,
+                             "segment \"%V\" is also named by \"shmsess_session_cache\" in "
+                             "the %s block (%V:%ui) with another size (%uz bytes there, %uz "
+                             "here): one file is one segment, so give both the same size, or "
+                             "name another file here", &conf->path, other->block,
+                             &other->where[NGX_SHMSESS_CACHE_DIRECTIVE].file,
+                             other->where[NGX_SHMSESS_CACHE_DIRECTIVE].line,
+                             other->size, conf->size);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
 char *
 ngx_shmsess_check_conf(ngx_conf_t *cf, ngx_shmsess_conf_t *conf)
 {
@@ -316,6 +353,10 @@ ngx_shmsess_check_conf(ngx_conf_t *cf, ngx_shmsess_conf_t *conf)
 
     if (conf->size == 0) {
         return NGX_CONF_OK;
+    }
+
+    if (ngx_shmsess_check_same_file(cf, conf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
     }
 
     return ngx_shmsess_check_with_library(cf, conf);

@@ -165,9 +165,10 @@ impl<'a> Tiers<'a> {
     ) -> Option<Resumed<R::Session>> {
         if !matches!(take, Take::Never) {
             // The ClientHello after a HelloRetryRequest offers the ticket its first one took.
-            // It may name another host than the first did: the name is checked again.
+            // It may name another host than the first did: the name is checked again. Parked
+            // again until the handshake ends, which puts it back if OpenSSL did not resume it.
             if let Some((parked, times)) = r.take_parked(id) {
-                let sess = self.accept(r, id, parked.as_ref(), times, true, false);
+                let sess = self.accept(r, id, parked.as_ref(), times, true, true);
                 if sess.is_some() {
                     self.cache.globals().hrr_resumed.fetch_add(1, Relaxed);
                 }

@@ -417,8 +417,6 @@ pub(super) fn plan(opts: *const shmsess_options) -> Result<Plan, Fail> {
             <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(s.to_bytes()),
         ))
     };
-    path.as_deref()
-        .map_or(Ok(()), crate::store::segment::check_path)?;
     let sid_ctx = match (o.session_id_context.is_null(), o.session_id_context_len) {
         (_, 0) => None,
         (true, _) => return Err(null("session_id_context (with a non-zero length)")),
@@ -464,7 +462,11 @@ pub(super) fn plan(opts: *const shmsess_options) -> Result<Plan, Fail> {
         never_lock_as_root: o.flags & SHMSESS_NEVER_LOCK_AS_ROOT != 0,
     };
     // The same plan Cache::create makes: a size it would refuse is refused here.
-    crate::store::layout::Geometry::plan(cfg.size_bytes, cfg.unit_bytes).map_err(Error::invalid)?;
+    let geo = crate::store::layout::Geometry::plan(cfg.size_bytes, cfg.unit_bytes)
+        .map_err(Error::invalid)?;
+    if let Some(p) = cfg.path.as_deref() {
+        crate::store::segment::check_path(p, &geo)?;
+    }
     let remote = remote_from(o)?;
     Ok(Plan {
         cfg,
@@ -476,8 +478,9 @@ pub(super) fn plan(opts: *const shmsess_options) -> Result<Plan, Fail> {
 /// Check `opts` as `shmsess_cache_create` would (flags, sizes, path, session id settings,
 /// remote URL, key file with its owner, mode, no symlink and contents, CA file) without
 /// creating or attaching a segment and without connecting anywhere: for a server's
-/// configuration test (`nginx -t`). A named segment file is not opened, so a file of another
-/// size or owner is only found by `shmsess_cache_create`. Returns SHMSESS_OK or the error
+/// configuration test (`nginx -t`). A file already at a named segment's path is checked as an
+/// attach would check it (no symbolic link, FIFO or device, this user's, mode 0600, a segment
+/// of the size asked for) but not mapped. Returns SHMSESS_OK or the error
 /// `shmsess_cache_create` would return, with its message in `shmsess_last_error`.
 /// `opts` stays owned by the caller; safe from any thread.
 #[no_mangle]

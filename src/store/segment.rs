@@ -272,23 +272,27 @@ pub fn create_or_attach(
         Ok(m) => Ok((m, Origin::CreatedFile)),
         Err(CreateError::Exists) => {
             let m = attach(path)?;
-            let h = header(&m);
-            if h.total_bytes as usize != geo.total_bytes
-                || h.format.unit_bytes as usize != geo.unit_bytes
-            {
-                return Err(Error::format(format!(
-                    "{p}: existing segment has {} bytes with {}-byte slots, but {} bytes with {}-byte slots were requested; either ask for the existing size, or resize it while the servers using it are stopped: remove {p} (its sessions are lost), or keep them with 'shmsesscache dump {p} FILE', remove {p}, 'shmsesscache create {p} --size NEW', 'shmsesscache load {p} FILE'",
-                    h.total_bytes,
-                    h.format.unit_bytes,
-                    geo.total_bytes,
-                    geo.unit_bytes,
-                    p = path.display(),
-                )));
-            }
+            refuse_other_geometry(path, &header(&m), geo)?;
             Ok((m, Origin::AttachedFile))
         }
         Err(CreateError::Other(e)) => Err(e),
     }
+}
+
+/// An existing segment of another size or slot size than `geo`, refused with the way to
+/// resize it (shared by the attach and the options check, so both say the same).
+fn refuse_other_geometry(path: &Path, h: &SegmentHeader, geo: &Geometry) -> Result<()> {
+    if h.total_bytes as usize == geo.total_bytes && h.format.unit_bytes as usize == geo.unit_bytes {
+        return Ok(());
+    }
+    Err(Error::format(format!(
+        "{p}: existing segment has {} bytes with {}-byte slots, but {} bytes with {}-byte slots were requested; either ask for the existing size, or resize it while the servers using it are stopped: remove {p} (its sessions are lost), or keep them with 'shmsesscache dump {p} FILE', remove {p}, 'shmsesscache create {p} --size NEW', 'shmsesscache load {p} FILE'",
+        h.total_bytes,
+        h.format.unit_bytes,
+        geo.total_bytes,
+        geo.unit_bytes,
+        p = path.display(),
+    )))
 }
 
 enum CreateError {
@@ -648,6 +652,10 @@ pub fn attach_with(path: &Path, trust: Trust) -> Result<Mapping> {
     Ok(m)
 }
 
+/// The advice for a file at a segment path that is not a segment.
+const NOT_OURS: &str =
+    "if nothing needs that file, remove it (the segment is then made there), else name another file";
+
 /// A private copy of the header of the segment file `file` (`size` bytes, from its `fstat`):
 /// read with `pread`, its magic checked; the caller validates the rest
 /// ([`Geometry::from_header`]).
@@ -655,7 +663,7 @@ pub fn read_header(file: &File, path: &Path, size: u64) -> Result<SegmentHeader>
     const LEN: usize = std::mem::size_of::<SegmentHeader>();
     if size < HEADER_BYTES as u64 {
         return Err(Error::format(format!(
-            "{}: file has {size} bytes, smaller than a segment header ({HEADER_BYTES})",
+            "{}: file has {size} bytes, smaller than a segment header ({HEADER_BYTES}); {NOT_OURS}",
             path.display()
         )));
     }
@@ -666,7 +674,7 @@ pub fn read_header(file: &File, path: &Path, size: u64) -> Result<SegmentHeader>
     let hdr: SegmentHeader = unsafe { std::ptr::read_unaligned(buf.as_ptr() as *const _) };
     if hdr.magic != MAGIC {
         return Err(Error::format(format!(
-            "{}: not a shmsesscache segment (bad magic)",
+            "{}: not a shmsesscache segment (bad magic); {NOT_OURS}",
             path.display()
         )));
     }
@@ -735,7 +743,7 @@ pub fn open_trusted(path: &Path, write: bool, trust: Trust) -> Result<(std::fs::
 fn check_file_trust(path: &Path, st: &libc::stat, trust: Trust) -> Result<()> {
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(Error::security(format!(
-            "{} is not a regular file",
+            "{} is not a regular file: remove it, or name another file",
             path.display()
         )));
     }
@@ -807,22 +815,36 @@ const PSEUDO_FILESYSTEMS: [(libc::c_long, &str); 8] = [
 /// The checks a segment path must pass before anything is created or attached, made by
 /// `shmsess_options_check` (a server's configuration test) as by `shmsess_cache_create`: the
 /// path does not name a directory, its parent directory exists (the message says how to
-/// create it) and is not on a pseudo filesystem such as /proc. Opens nothing and follows no
-/// final symbolic link (the file itself is checked when it is attached).
-pub fn check_path(path: &Path) -> Result<()> {
+/// create it) and is not on a pseudo filesystem such as /proc, its name leaves room for the
+/// creator's temporary name, and a file already there is one [`attach`] would take for a
+/// segment of `geo` (see [`check_existing`]). Follows no symbolic link at the final component.
+pub fn check_path(path: &Path, geo: &Geometry) -> Result<()> {
     let shown = path.display();
     let bytes = path.as_os_str().as_bytes();
-    let existing = std::fs::symlink_metadata(path).ok();
-    if bytes.ends_with(b"/") || existing.as_ref().is_some_and(|m| m.is_dir()) {
+    let existing = lstat(path);
+    if bytes.ends_with(b"/")
+        || existing
+            .as_ref()
+            .is_some_and(|st| is_type(st, libc::S_IFDIR))
+    {
         return Err(Error::invalid(format!(
             "segment path {shown} names a directory: give a file name in it, e.g. {}/ssl.sess",
             shown.to_string().trim_end_matches('/')
         )));
     }
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let parent = parent_dir(path);
+    check_parent(path, parent)?;
+    check_name_length(path, parent)?;
+    match existing {
+        Some(st) => check_existing(path, &st, geo),
+        None => Ok(()),
+    }
+}
+
+/// The parent directory of segment `path` exists, is a directory and is not on a pseudo
+/// filesystem.
+fn check_parent(path: &Path, parent: &Path) -> Result<()> {
+    let shown = path.display();
     match std::fs::metadata(parent) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -849,6 +871,73 @@ pub fn check_path(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Digits of the largest PID Linux can hand out (PID_MAX_LIMIT, 2^22 = 4194304): the
+/// temporary name must fit whichever process creates the segment.
+const PID_DIGITS: usize = 7;
+
+/// The creator's temporary file `NAME.tmp.PID.<16 hex>` ([`temp_name`]) must be a legal file
+/// name: a NAME too long for it would only fail when the server starts.
+fn check_name_length(path: &Path, parent: &Path) -> Result<()> {
+    let name = path.file_name().map_or(0, |n| n.len());
+    let suffix = ".tmp.".len() + PID_DIGITS + ".".len() + 16;
+    let name_max = name_max(parent);
+    if name + suffix <= name_max && path.as_os_str().len() + suffix < libc::PATH_MAX as usize {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "segment file name {} is too long: its name has {name} bytes and may have at most {} (the segment is made under the name NAME.tmp.PID.RANDOM, {suffix} bytes longer, and a file name has at most {name_max} bytes; the whole path must stay under {} bytes): give a shorter file name",
+        path.display(),
+        name_max.saturating_sub(suffix),
+        libc::PATH_MAX as usize - suffix
+    )))
+}
+
+/// The longest file name the filesystem of `dir` takes (NAME_MAX, 255, when it does not say).
+fn name_max(dir: &Path) -> usize {
+    let Ok(c) = cpath(dir) else { return 255 };
+    // SAFETY: pathconf reads a NUL-terminated path.
+    match unsafe { libc::pathconf(c.as_ptr(), libc::_PC_NAME_MAX) } {
+        n if n > 0 => n as usize,
+        _ => 255,
+    }
+}
+
+/// A file already at the segment path, checked as [`attach`] and [`create_or_attach`] would
+/// refuse it, with their messages: no symbolic link, FIFO or device (judged from `lstat`,
+/// never opened: opening a FIFO could block), owned by this user, mode 0600, and a segment of
+/// the geometry asked for. Only a regular file is opened, read-only, for its header.
+fn check_existing(path: &Path, st: &libc::stat, geo: &Geometry) -> Result<()> {
+    if is_type(st, libc::S_IFLNK) {
+        return Err(Error::security(format!(
+            "{} is a symbolic link; refusing to follow it (give the real file, readlink -f {}, or remove the link)",
+            path.display(),
+            path.display()
+        )));
+    }
+    check_file_trust(path, st, Trust::Owner)?;
+    refuse_readable(path, st)?;
+    let (file, st) = open_trusted(path, false, Trust::Owner)?;
+    let size = st.st_size as u64;
+    let hdr = read_header(&file, path, size)?;
+    refuse_other_geometry(path, &hdr, geo)?;
+    Geometry::from_header(&hdr, size)
+        .map(|_| ())
+        .map_err(|m| Error::format(format!("{}: {m}", path.display())))
+}
+
+/// `lstat` of `path` (the final component not followed); None when there is nothing there
+/// (or it cannot be looked at: the create reports that).
+fn lstat(path: &Path) -> Option<libc::stat> {
+    let c = cpath(path).ok()?;
+    // SAFETY: lstat fills a zeroed struct from a NUL-terminated path.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    (unsafe { libc::lstat(c.as_ptr(), &mut st) } == 0).then_some(st)
+}
+
+fn is_type(st: &libc::stat, kind: libc::mode_t) -> bool {
+    st.st_mode & libc::S_IFMT == kind
+}
+
 /// The name of the pseudo filesystem `dir` is on, if it is on one.
 fn pseudo_filesystem(dir: &Path) -> Option<&'static str> {
     let c = cpath(dir).ok()?;
@@ -865,11 +954,52 @@ fn pseudo_filesystem(dir: &Path) -> Option<&'static str> {
 
 #[cfg(test)]
 mod path_tests {
-    use super::check_path;
-    use std::path::Path;
+    use super::{check_path, create_or_attach, write_header};
+    use crate::store::layout::Geometry;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::{Path, PathBuf};
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn geo(bytes: u64) -> Geometry {
+        Geometry::plan(bytes, crate::store::layout::DEFAULT_UNIT_BYTES).unwrap()
+    }
 
     fn refused(p: &str) -> String {
-        check_path(Path::new(p)).expect_err(p).to_string()
+        check_path(Path::new(p), &geo(8 * MIB))
+            .expect_err(p)
+            .to_string()
+    }
+
+    /// A fresh directory of this test's own (removed with everything in it at the end).
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let d = std::env::temp_dir().join(format!("shmsess-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir(&d).unwrap();
+            Scratch(d)
+        }
+        fn refused(&self, name: &str, bytes: u64) -> String {
+            let p = self.0.join(name);
+            check_path(&p, &geo(bytes)).expect_err(name).to_string()
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn make_segment(p: &Path, bytes: u64) {
+        let g = geo(bytes);
+        create_or_attach(p, &g, None, &|m| {
+            write_header(m, &g, [1, 2]);
+            Ok(())
+        })
+        .unwrap();
     }
 
     #[test]
@@ -891,7 +1021,77 @@ mod path_tests {
     #[test]
     fn a_new_file_in_an_existing_directory_is_accepted() {
         let dir = std::env::temp_dir();
-        check_path(&dir.join("shmsess-path-check-never-made.sess")).unwrap();
-        check_path(Path::new("/dev/shm/shmsess-path-check-never-made.sess")).unwrap();
+        check_path(
+            &dir.join("shmsess-path-check-never-made.sess"),
+            &geo(8 * MIB),
+        )
+        .unwrap();
+        check_path(
+            Path::new("/dev/shm/shmsess-path-check-never-made.sess"),
+            &geo(8 * MIB),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn links_fifos_devices_and_open_modes_are_refused_as_attach_refuses_them() {
+        let d = Scratch::new("check-kinds");
+        std::os::unix::fs::symlink(d.0.join("elsewhere.sess"), d.0.join("link.sess")).unwrap();
+        let link = d.refused("link.sess", 8 * MIB);
+        assert!(
+            link.contains("is a symbolic link; refusing to follow it"),
+            "{link}"
+        );
+        let fifo = super::cpath(&d.0.join("fifo.sess")).unwrap();
+        // SAFETY: mkfifo of a NUL-terminated path in our scratch directory.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let fifo = d.refused("fifo.sess", 8 * MIB);
+        assert!(fifo.contains("is not a regular file"), "{fifo}");
+        let dev = refused("/dev/null");
+        assert!(dev.contains("/dev/null is not a regular file"), "{dev}");
+        let open = d.0.join("open.sess");
+        make_segment(&open, 8 * MIB);
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let readable = d.refused("open.sess", 8 * MIB);
+        assert!(
+            readable.contains("readable by group or others (mode 640)"),
+            "{readable}"
+        );
+        assert!(readable.contains("chmod 600"), "{readable}");
+    }
+
+    #[test]
+    fn an_existing_file_must_be_a_segment_of_the_size_asked_for() {
+        let d = Scratch::new("check-existing");
+        let junk = d.0.join("junk.sess");
+        std::fs::write(&junk, vec![0x5a; (8 * MIB) as usize]).unwrap();
+        std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let junk = d.refused("junk.sess", 8 * MIB);
+        assert!(
+            junk.contains("not a shmsesscache segment") && junk.contains("remove it"),
+            "{junk}"
+        );
+        let seg = d.0.join("seg.sess");
+        make_segment(&seg, 8 * MIB);
+        check_path(&seg, &geo(8 * MIB)).unwrap();
+        let other = d.refused("seg.sess", 16 * MIB);
+        assert!(
+            other.contains("existing segment has 8388608 bytes")
+                && other.contains("but 16777216 bytes")
+                && other.contains("shmsesscache dump"),
+            "{other}"
+        );
+    }
+
+    #[test]
+    fn a_name_without_room_for_the_temporary_name_is_refused() {
+        let d = Scratch::new("check-long");
+        let fits = "s".repeat(255 - ".tmp.4194304.0123456789abcdef".len());
+        check_path(&d.0.join(&fits), &geo(8 * MIB)).unwrap();
+        let long = d.refused(&format!("{fits}s"), 8 * MIB);
+        assert!(
+            long.contains("is too long") && long.contains("give a shorter file name"),
+            "{long}"
+        );
     }
 }

@@ -77,7 +77,7 @@ pub unsafe extern "C" fn new_session_cb(ssl: *mut SSL, sess: *mut SSL_SESSION) -
 fn store_session(h: &Handle, ssl: *mut SSL, sess: *mut SSL_SESSION) {
     // A new ticket means this handshake is over: a ticket parked for a HelloRetryRequest must
     // not outlive it (a server that reuses the SSL after SSL_clear).
-    crate::tls::parked::discard(ssl);
+    put_back_unused(h, ssl);
     let g = h.cache.globals();
     if is_tls13(ssl) {
         if h.install.skip_tls13 {
@@ -154,6 +154,32 @@ fn store_session(h: &Handle, ssl: *mut SSL, sess: *mut SSL_SESSION) {
     }
     // The DER holds the master secret: do not leave it in memory.
     crate::util::wipe(buf);
+}
+
+/// The ticket this handshake's lookup took, put back into the segment when the handshake did
+/// not resume it, else wiped. OpenSSL checks a looked-up session only after the callback
+/// returns (session id context, protocol version, expiry: `ssl_sess.c`,
+/// `extensions_srvr.c:tls_parse_ctos_psk`), and OpenSSL has no getter for the context an
+/// `SSL` will be compared with; so its own verdict is read afterwards, here, rather than
+/// guessed before. A ticket offered to a listener of another context sharing the segment
+/// (nginx's http and stream blocks, two servers with different certificates) was never used:
+/// it goes back once, for the server it belongs to, and its hit counts as refused. A ticket
+/// also consumed in Redis stays consumed there (a tombstone cannot be undone).
+fn put_back_unused(h: &Handle, ssl: *mut SSL) {
+    let Some(taken) = parked::finish(ssl) else {
+        return;
+    };
+    // SAFETY: the live SSL of the new-session callback.
+    if unsafe { ossl::SSL_session_reused(ssl) } != 0 {
+        return;
+    }
+    let (created, expires) = taken.times();
+    if h.cache
+        .store(taken.id(), taken.as_ref(), created, expires)
+        .is_ok()
+    {
+        h.cache.globals().lookup_refused.fetch_add(1, Relaxed);
+    }
 }
 
 /// # Safety

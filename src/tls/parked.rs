@@ -9,9 +9,10 @@
 //! ClientHello's random, which RFC 8446 §4.1.2 keeps unchanged in the retried ClientHello, and
 //! handed back exactly once to a lookup of the same id with the same random on the same `SSL`.
 //! Another connection, in this process or any other, never sees them: the ticket still
-//! resumes once in the whole server. The parked copy is dropped when the handshake issues its
-//! new ticket (the new-session callback), so a server that reuses the `SSL` after `SSL_clear`
-//! cannot hand it to a replayed ClientHello.
+//! resumes once in the whole server. The parked copy is taken off when the handshake issues
+//! its new ticket (the new-session callback), so a server that reuses the `SSL` after
+//! `SSL_clear` cannot hand it to a replayed ClientHello; if that handshake did not resume
+//! (OpenSSL refused the ticket after the lookup returned it), it goes back into the cache.
 
 use openssl_sys as ossl;
 use openssl_sys::SSL;
@@ -85,9 +86,22 @@ impl Unparked {
     }
 }
 
+impl Unparked {
+    /// The ticket's id.
+    pub fn id(&self) -> &[u8] {
+        &self.0.id
+    }
+}
+
 /// Drop (and wipe) whatever is parked on `ssl`: its handshake is over.
 pub(crate) fn discard(ssl: *mut SSL) {
     drop(unpark(ssl));
+}
+
+/// What is parked on `ssl`, taken off it now that its handshake is over (the caller decides
+/// whether it goes back into the cache; it is wiped when dropped).
+pub(crate) fn finish(ssl: *mut SSL) -> Option<Unparked> {
+    unpark(ssl).map(Unparked)
 }
 
 /// The bytes parked on `ssl` for ticket `id` by the lookup of this handshake's first

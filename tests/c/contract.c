@@ -431,6 +431,40 @@ static void test_anti_replay_does_not_burn_tickets(void)
     shmsess_cache_free(cache);
 }
 
+/* Two servers of different session id contexts on one cache (nginx's http and stream blocks
+ * on one file, or two http servers with different certificates): OpenSSL compares the
+ * contexts only after the lookup returned the ticket. The ticket offered to the wrong server
+ * must not be burnt there, nor count as a resumption; it still resumes once on its own. */
+static void test_ticket_of_another_context_goes_back(void)
+{
+    shmsess_cache *cache = new_cache(SHMSESS_KEEP_SESSION_ID_CONTEXT);
+    SSL_CTX *http = server_ctx("server", TLS13, SSL_OP_NO_TICKET, 0, 0);
+    SSL_CTX *stream = server_ctx("server", TLS13, SSL_OP_NO_TICKET, 0, 0);
+    SSL_CTX_set_session_id_context(http, (const unsigned char *)"http-ctx", 8);
+    SSL_CTX_set_session_id_context(stream, (const unsigned char *)"stream-ctx", 10);
+    shmsess_install(cache, http);
+    shmsess_install(cache, stream);
+    SSL_CTX *c = client_ctx(TLS13, 0);
+    struct outcome *o = calloc(3, sizeof *o), *r = o + 1, *again = o + 2;
+    in_worker(http, c, NULL, 0, o);
+    shmsess_stats before = stats_of(cache);
+    in_worker(stream, c, o, 0, r);
+    shmsess_stats st = stats_of(cache);
+    CHECK(r->ok && !r->reused, "a ticket of one session id context offered to another: not resumed");
+    CHECK(ticket_in_cache(cache, o), "... and not burnt: the ticket is in the cache again");
+    CHECK(st.lookup_refused - before.lookup_refused == 1, "... counted as a refused hit (lookup_refused +%llu)",
+          (unsigned long long)(st.lookup_refused - before.lookup_refused));
+    in_worker(http, c, o, 0, r);
+    CHECK(r->ok && r->reused, "then offered to its own server: resumed");
+    in_worker(http, c, o, 0, again);
+    CHECK(again->ok && !again->reused, "... once");
+    free(o);
+    SSL_CTX_free(http);
+    SSL_CTX_free(stream);
+    SSL_CTX_free(c);
+    shmsess_cache_free(cache);
+}
+
 /* opts.session_timeout is what clients are told (the ticket lifetime hint), not only what the
  * cache applies afterwards. */
 static void test_session_timeout_is_the_ticket_lifetime(void)
@@ -563,6 +597,7 @@ int main(int argc, char **argv)
     test_policy_in_session_id_context();
     test_internal_housekeeping_stays_local();
     test_anti_replay_does_not_burn_tickets();
+    test_ticket_of_another_context_goes_back();
     test_session_timeout_is_the_ticket_lifetime();
     test_reload_rule();
     test_tls13_spares_go_first();

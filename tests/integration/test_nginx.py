@@ -22,6 +22,7 @@ import tempfile
 import threading
 
 from harness.checks import check, finish
+from harness.client import free_port
 from harness.client import session_context as client_context
 from harness.nginx import (NGINX_SHARED, Nginx, get, made_on_and_stored, s_client_early, s_client_save,
                            same_session, shmsess_cache)
@@ -444,35 +445,49 @@ def redis_over_tls(args):
 
 
 def segment_refused(args):
-    """A named segment file of another size: a reload keeps the running cache (the master must
-    not exit), a start is refused with the library's reason."""
+    """A named segment file of another size: refused when the configuration is read, so a
+    reload keeps the running configuration and cache (the master must not exit) and a start
+    is refused, both with the library's reason and the way to resize."""
     root = tempfile.mkdtemp(prefix="shmsess-nginx-")
+    why = "existing segment has 8388608 bytes with 200-byte slots, but 16777216 bytes"
     try:
         with Nginx(args.module, args.certs, shmsess_cache("{root}/ssl.sess", "8m"), root=root) as n:
             _, _, session = one_request(n.port, client_context(TLS12))
             n.http = shmsess_cache("{root}/ssl.sess", "16m")
             try:
                 n.reload()
-                resumed = one_request(n.port, client_context(TLS12), session)[0]
-            except RuntimeError as e:  # the master exited
-                resumed = False
-                print(str(e).splitlines()[0])
-            log = n.error_log()
-        check("reload to a size the segment file does not have: nginx runs on, on the previous cache",
-              resumed and "the previous cache is kept" in log,
-              next((ln for ln in log.splitlines() if "cannot open" in ln), "no alert")[:200])
+                said = "reload accepted"
+            except RuntimeError as e:  # the signaller read the configuration and refused it
+                said = next((ln for ln in str(e).splitlines() if why in ln), str(e)[:200])
+            resumed = one_request(n.port, client_context(TLS12), session)[0] and n.master_alive()
+        check("reload to a size the segment file does not have: refused with the reason, nginx runs on, "
+              "on the previous cache", resumed and "[emerg]" in said and "shmsesscache dump" in said,
+              f"resumed {resumed}: {said[:220]}")
         n2 = Nginx(args.module, args.certs, shmsess_cache("{root}/ssl.sess", "16m"), root=root)
         try:
             n2.start()
             refused = "nginx started"
         except RuntimeError as e:
-            refused = next((ln for ln in str(e).splitlines() if "cannot open the session cache" in ln), str(e)[:200])
+            refused = next((ln for ln in str(e).splitlines() if why in ln), str(e)[:200])
         finally:
             n2.stop()
         check("start with a segment file of another size: refused, with the reason", "[emerg]" in refused and
-              "cannot open the session cache" in refused, refused[:220])
+              why in refused, refused[:220])
     finally:
         subprocess.run(["rm", "-rf", root])
+
+
+def planted_files(cli, tmp):
+    """What may already be at a segment path: a symbolic link, a FIFO, a character device, a
+    file that is not a segment, a segment of 16m, one that others can read."""
+    os.symlink(os.path.join(tmp, "elsewhere.sess"), os.path.join(tmp, "link.sess"))
+    os.mkfifo(os.path.join(tmp, "fifo.sess"), 0o600)
+    os.mknod(os.path.join(tmp, "null.sess"), 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    with open(os.open(os.path.join(tmp, "junk.sess"), os.O_CREAT | os.O_WRONLY, 0o600), "wb") as f:
+        f.write(os.urandom(8 << 20))
+    for name in ("16m.sess", "open.sess"):
+        subprocess.run([cli, "create", os.path.join(tmp, name), "--size", "16m"], check=True, capture_output=True)
+    os.chmod(os.path.join(tmp, "open.sess"), 0o644)
 
 
 def bad_configuration(args):
@@ -514,7 +529,17 @@ def bad_configuration(args):
         ("    shmsess_session_cache /proc/ssl.sess 8m;", "on proc, a pseudo filesystem"),
         (f"    shmsess_session_cache {tmp}/missing/ssl.sess 8m;", f"the directory {tmp}/missing of segment"),
         (f"    shmsess_session_cache {tmp}/missing/ssl.sess 8m;", f"mkdir -p {tmp}/missing"),
+        # Files already at the segment path that start would refuse (planted_files below).
+        (f"    shmsess_session_cache {tmp}/link.sess 8m;", "is a symbolic link; refusing to follow it"),
+        (f"    shmsess_session_cache {tmp}/fifo.sess 8m;", "fifo.sess is not a regular file: remove it"),
+        (f"    shmsess_session_cache {tmp}/null.sess 8m;", "null.sess is not a regular file"),
+        (f"    shmsess_session_cache {tmp}/junk.sess 8m;", "not a shmsesscache segment (bad magic); if nothing"),
+        (f"    shmsess_session_cache {tmp}/16m.sess 8m;", "existing segment has 16777216 bytes"),
+        (f"    shmsess_session_cache {tmp}/16m.sess 8m;", "'shmsesscache create"),
+        (f"    shmsess_session_cache {tmp}/open.sess 16m;", "readable by group or others (mode 644)"),
+        (f"    shmsess_session_cache {tmp}/{'s' * 240} 8m;", "give a shorter file name"),
     )
+    planted_files(args.cli, tmp)
     try:
         for http, why in cases:
             what = " ".join(ln.strip() for ln in http.strip().splitlines()[1:] or http.strip().splitlines()) \
@@ -605,11 +630,18 @@ VHOSTS_BEHIND_OFF = """
 
 def default_server_off_warns(args):
     """A default server with `ssl_session_cache off` turns resumption off for the virtual
-    hosts on its socket: said at warn level, naming the socket and the hosts."""
-    with Nginx(args.module, args.certs, shmsess_cache(), servers=VHOSTS_BEHIND_OFF, log_level="warn") as n:
+    hosts on its socket: said at warn level, naming the socket and the hosts; a plain-text
+    socket with several servers (no TLS there) is not warned about."""
+    plain = free_port()
+    servers = VHOSTS_BEHIND_OFF + "".join(
+        f"    server {{{{ listen 127.0.0.1:{plain}{opts}; server_name {name}; }}}}\n"
+        for name, opts in (("plain-a.test", " default_server; ssl_session_cache off"), ("plain-b.test", "")))
+    with Nginx(args.module, args.certs, shmsess_cache(), servers=servers, log_level="warn") as n:
         off, _ = same_session(n.port2, TLS12, 3)
         log = n.error_log()
     n.cleanup()
+    wrong = next((ln for ln in log.splitlines() if "[warn]" in ln and f"127.0.0.1:{plain}" in ln), "")
+    check("no default-server [warn] for a plain-text socket with several servers", not wrong, wrong[:300])
     line = next((ln for ln in log.splitlines() if "[warn]" in ln and f"127.0.0.1:{n.port2}" in ln), "")
     check("a default server with ssl_session_cache off: a [warn] names its socket and the virtual hosts "
           "that resume nothing there", "vhost-a.test" in line and "vhost-b.test" in line

@@ -285,6 +285,28 @@ def refused(mods, args, block, text, include=None, status=False):
     return r.returncode, r.stderr, conf
 
 
+def same_file_other_size(mods, args, tmp):
+    """http {} at 8m and stream {} at 16m naming one file: refused by nginx -t at the stream
+    block's directive (a start would create the file for http, then fail for stream); the
+    same size in both is accepted."""
+    seg = os.path.join(tmp, "same.sess")
+    for stream_size, refuse in (("16m", True), ("8m", False)):
+        n = Nginx(mods.http, args.certs, cache_line(seg, "8m"), modules=mods.stream,
+                  main=stream_block(cache_line(seg, stream_size), 1), ports=STREAM_PORTS)
+        n.write_config()
+        r = n.command("-t")
+        n.cleanup()
+        line = next((ln for ln in r.stderr.splitlines() if "[emerg]" in ln), r.stderr.strip())
+        if refuse:
+            check("nginx -t refuses one segment file named in http {} at 8m and stream {} at 16m, "
+                  "at the stream block's directive, creating nothing",
+                  r.returncode != 0 and "is also named by \"shmsess_session_cache\" in the http block" in line
+                  and "give both the same size" in line and not os.path.exists(seg), line[:300])
+        else:
+            check("nginx -t accepts one segment file named in http {} and stream {} at one size",
+                  r.returncode == 0, line[:300])
+
+
 def bad_configuration(mods, args):
     tmp = tempfile.mkdtemp(prefix="shmsess-stream-conf-")
     try:
@@ -311,6 +333,7 @@ def bad_configuration(mods, args):
               rc != 0 and line.endswith(f"in {conf}:2"), line[-200:])
         rc, err, _ = refused(mods, args, "stream", cache_line())
         check("nginx -t accepts the stream block's cache", rc == 0, err.strip()[-200:])
+        same_file_other_size(mods, args, tmp)
         for status, text, why in (("stream", "", "the stream block has no \"shmsess_session_cache\""),
                                   ("imap", cache_line(), "invalid block \"imap\" in \"shmsess_status\"")):
             rc, err, _ = refused(mods, args, "stream", text, status=status)
