@@ -146,17 +146,36 @@ static void fill_remote(const remote_conf *rc, shmsess_options *opts)
     opts->remote_cluster = rc->cluster;
 }
 
+/* See served_before (below): the same question from the configuration pool, whose parent
+ * is the process pool. */
+#define SERVED_KEY "socache_shmsess:served"
+
+static int process_served_before(apr_pool_t *pconf)
+{
+    void *served = NULL;
+    apr_pool_t *process_pool = apr_pool_parent_get(pconf);
+    return process_pool != NULL && apr_pool_userdata_get(&served, SERVED_KEY, process_pool) == APR_SUCCESS &&
+           served != NULL;
+}
+
 /* The library's own check of what start would refuse (sizes, the path's directory), without
  * creating anything: `apache2 -t`, and so `apache2ctl graceful`, refuse it with the fix
  * instead of a restart that finds out in the parent. What only opening the segment can find
  * (its mode, owner, format, a full filesystem) is handled by init without stopping httpd. */
-static const char *check_settings(const ap_socache_instance_t *ctx, const char *arg, apr_pool_t *tmp)
+static const char *check_settings(const ap_socache_instance_t *ctx, const char *arg, apr_pool_t *tmp,
+                                  apr_pool_t *pconf)
 {
     shmsess_options opts;
     fill_options(ctx, ctx->path, &opts);
     if (shmsess_options_check(&opts) == SHMSESS_OK)
         return NULL;
     const char *why = library_error(tmp);
+    /* A refusal that is about the file at the path (its mode, owner, format, size) and not
+     * about the settings: `apache2 -t` and a first start refuse it; a graceful restart of a
+     * running httpd must not stop it, so init logs it and falls back to an anonymous segment. */
+    fill_options(ctx, NULL, &opts);
+    if (ctx->path != NULL && shmsess_options_check(&opts) == SHMSESS_OK && process_served_before(pconf))
+        return NULL;
     if (strstr(why, "size_bytes") == NULL)
         return apr_psprintf(tmp, "shmsess:%s: %s", arg, why);
     return apr_psprintf(tmp, "shmsess:%s: %s; give a size from 64K to 1024G, e.g. SSLSessionCache shmsess:%s(64M)",
@@ -192,7 +211,7 @@ static const char *socache_shmsess_create(ap_socache_instance_t **instance, cons
         if (ctx->path == NULL)
             return apr_psprintf(tmp, "shmsess: invalid path '%s'", path);
     }
-    return check_settings(ctx, arg, tmp);
+    return check_settings(ctx, arg, tmp, p);
 }
 
 /* Library messages (lock recoveries, refused sessions, full shards) go to the main error
@@ -237,8 +256,6 @@ static shmsess_result open_tiers(ap_socache_instance_t *ctx, const char *path, c
  * the startup's first pass and `apache2 -t` never reaches it): check_config then runs for a
  * restart. Kept in the process pool, which outlives generations (the key is copied: this
  * module's strings go when the module is unloaded at a restart). */
-#define SERVED_KEY "socache_shmsess:served"
-
 static void mark_served(server_rec *s)
 {
     apr_pool_userdata_set((void *)1, SERVED_KEY, apr_pool_cleanup_null, s->process->pool);
