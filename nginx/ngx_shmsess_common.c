@@ -454,10 +454,11 @@ ngx_shmsess_set_remote(ngx_conf_t *cf, ngx_command_t *cmd, void *c)
         && !(value[1].len > sizeof("rediss://") - 1
              && ngx_strncmp(value[1].data, "rediss://", sizeof("rediss://") - 1) == 0))
     {
+        /* The URL is never echoed: it may carry the fleet's password. */
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid URL \"%V\" in \"shmsess_remote\": expected "
-                           "redis://HOST:PORT[/DB], e.g. redis://127.0.0.1:6379/0, or "
-                           "rediss:// for TLS", &value[1]);
+                           "invalid URL in \"shmsess_remote\" (not shown: it may hold a "
+                           "password): expected redis://HOST:PORT[/DB], e.g. "
+                           "redis://127.0.0.1:6379/0, or rediss:// for TLS");
         return NGX_CONF_ERROR;
     }
 
