@@ -533,8 +533,10 @@ enum shmsess_result shmsess_set_log_callback(shmsess_log_fn callback,
 // `shmsesscache_...` (counters end in `_total`) with `# HELP` and `# TYPE` lines, each sample
 // with `labels` (NULL, or `name="value",...` escaped by the caller). Writes the text and a NUL
 // into `buf` (`cap` bytes, owned by the caller) if it fits, and its length without the NUL
-// into `*len` in any case: `SHMSESS_ERR_BUFFER_TOO_SMALL` means call again with
-// `cap = *len + 1` (`buf` may be NULL with `cap` 0 to ask for the length). Keeps nothing;
+// into `*len` whenever the text could be made: `SHMSESS_OK`, or `SHMSESS_ERR_BUFFER_TOO_SMALL`,
+// which means call again with `cap = *len + 1` (`buf` may be NULL with `cap` 0 to ask for the
+// length). On other errors (a NULL argument, `labels` that are not UTF-8) `*len` is left as
+// it was. Keeps nothing;
 // safe from any thread.
 enum shmsess_result shmsess_stats_prometheus(const struct shmsess_stats *stats,
                                              const char *labels,

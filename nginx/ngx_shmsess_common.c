@@ -454,10 +454,11 @@ ngx_shmsess_set_remote(ngx_conf_t *cf, ngx_command_t *cmd, void *c)
         && !(value[1].len > sizeof("rediss://") - 1
              && ngx_strncmp(value[1].data, "rediss://", sizeof("rediss://") - 1) == 0))
     {
+        /* The URL is never echoed: it may carry the fleet's password. */
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid URL \"%V\" in \"shmsess_remote\": expected "
-                           "redis://HOST:PORT[/DB], e.g. redis://127.0.0.1:6379/0, or "
-                           "rediss:// for TLS", &value[1]);
+                           "invalid URL in \"shmsess_remote\" (not shown: it may hold a "
+                           "password): expected redis://HOST:PORT[/DB], e.g. "
+                           "redis://127.0.0.1:6379/0, or rediss:// for TLS");
         return NGX_CONF_ERROR;
     }
 
@@ -1078,7 +1079,9 @@ ngx_shmsess_label_value(u_char *p, u_char *last, ngx_str_t *value)
             *p++ = 'n';
             break;
         default:
-            *p++ = value->data[i];
+            /* Prometheus labels are UTF-8 text and the library refuses anything else: a file
+             * name's other bytes (and control bytes) are shown as '?', never as a 500. */
+            *p++ = (value->data[i] >= 0x20 && value->data[i] < 0x7f) ? value->data[i] : '?';
         }
     }
 
@@ -1118,7 +1121,13 @@ ngx_shmsess_status_text(ngx_pool_t *pool, ngx_log_t *log, ngx_shmsess_conf_t *co
     *p = '\0';
 
     len = 0;
-    (void) shmsess_stats_prometheus(&st, (const char *) labels, NULL, 0, &len);
+    if (shmsess_stats_prometheus(&st, (const char *) labels, NULL, 0, &len)
+        != SHMSESS_ERR_BUFFER_TOO_SMALL)
+    {
+        ngx_log_error(NGX_LOG_ERR, log, 0, "shmsess: cannot format the statistics: %s",
+                      shmsess_last_error());
+        return NULL;
+    }
 
     b = ngx_create_temp_buf(pool, len + 1);
     if (b == NULL) {

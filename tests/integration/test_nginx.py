@@ -552,6 +552,16 @@ def bad_configuration(args):
                         next((ln for ln in r.stderr.splitlines() if "[emerg]" in ln), r.stderr.strip()))
             check(f"nginx -t refuses {what!r}: {why}",
                   r.returncode != 0 and why in r.stderr, line[:240])
+        # A refused URL is never echoed: it may carry the fleet's password (the library's own
+        # URL errors do not echo it either).
+        secret = "S3cret" + os.urandom(4).hex()
+        for url in (f"redis:/default:{secret}@127.0.0.1:6379/0", f"redis://default:{secret}@127.0.0.1:notaport/0"):
+            n = Nginx(args.module, args.certs, cache + f"    shmsess_remote {url};\n    shmsess_remote_key {key};")
+            n.write_config()
+            r = n.command("-t")
+            n.cleanup()
+            check(f"nginx -t refuses a bad shmsess_remote URL without printing its password ({url.split(':')[0]}:...)",
+                  r.returncode != 0 and secret not in r.stderr, r.stderr.strip()[-200:].replace(secret, "<SECRET>"))
         # Accepted: a size in g, rediss:// with a CA (nothing is connected under -t).
         ca = os.path.join(tmp, "ca.pem")
         subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
