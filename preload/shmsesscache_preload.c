@@ -100,7 +100,7 @@ static void say(const char *fmt, ...) {
 
 /* Each kind of message once per process (a forked worker says it again for itself). */
 enum once { ONCE_SETTINGS, ONCE_CACHE, ONCE_OWN_CALLBACKS, ONCE_CACHE_OFF, ONCE_INSTALL,
-            ONCE_INSTALLED, ONCE_COUNT };
+            ONCE_INSTALLED, ONCE_ROOT, ONCE_COUNT };
 static pid_t said_in[ONCE_COUNT];
 
 static int first_time(enum once what) {
@@ -381,13 +381,26 @@ static void install_on(SSL_CTX *ctx, uintptr_t st) {
             cfg.ignore_unexpected_eof ? ", unexpected EOF ignored" : "");
 }
 
+/* Root never takes a shard lock in memory its unprivileged workers write, so installing in a
+ * root process would turn OpenSSL's own cache off and then serve nothing: it would resume
+ * less than without the drop-in. Leave its contexts exactly as the server made them. */
+static int runs_as_root(void) {
+    if (geteuid() != 0)
+        return 0;
+    if (first_time(ONCE_ROOT))
+        say("info: this process runs as root: its server contexts keep OpenSSL's own session "
+            "cache (root never locks a segment that unprivileged workers write); the shared "
+            "cache serves the server's unprivileged workers");
+    return 1;
+}
+
 static void decide(SSL_CTX *ctx) {
     static pthread_mutex_t deciding = PTHREAD_MUTEX_INITIALIZER;
     pthread_mutex_lock(&deciding);
     uintptr_t st = state_of(ctx);
     if (!(st & ST_DECIDED)) {
         set_state(ctx, st | ST_DECIDED);
-        if (is_server_context(ctx, st)) {
+        if (is_server_context(ctx, st) && !runs_as_root()) {
             ensure_cache();
             if (cache && (cfg.force || !server_objects(st)))
                 install_on(ctx, st);

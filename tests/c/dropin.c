@@ -24,6 +24,7 @@ struct report {
     struct outcome hs;
     int installed;     /* the drop-in's callbacks are on the context */
     long mode;         /* its cache mode after SSL_new */
+    long own_sessions; /* sessions in OpenSSL's own cache of the context after the handshake */
 };
 
 static int own_new_calls;
@@ -63,6 +64,7 @@ static void worker(SSL_CTX *sctx, SSL_CTX *cctx, const struct outcome *offer, in
         r->mode = SSL_CTX_get_session_cache_mode(sctx);
         struct hs_options o = { 0 };
         handshake_with(sctx, cctx, offer, &o, &r->hs);
+        r->own_sessions = SSL_CTX_sess_number(sctx);
         ssize_t w = write(fds[1], r, sizeof *r);
         free(r);
         exit(w == (ssize_t)sizeof *r ? 0 : 1);
@@ -137,8 +139,9 @@ static void test_keeps_server_session_id_context(void)
     SSL_CTX_free(cctx);
 }
 
-/* A worker still running as root handles TLS: it is not served (nothing stored, nothing
- * looked up) and says so once; an unprivileged worker then has nothing to resume. */
+/* A worker still running as root handles TLS: the drop-in leaves its context as the server
+ * made it (OpenSSL's own cache on: it resumes as much as it would without the drop-in),
+ * nothing reaches the shared cache, and it says so once. */
 static void test_root_process_not_served(void)
 {
     if (getuid() != 0) {
@@ -153,6 +156,9 @@ static void test_root_process_not_served(void)
     worker(sctx, cctx, &root1.hs, 0, &user);
     worker(sctx, cctx, &root1.hs, 1, &root2);
     CHECK(root1.hs.ok && user.hs.ok && root2.hs.ok, "handshakes failed");
+    CHECK(!root1.installed && root1.mode == SSL_SESS_CACHE_SERVER && root1.own_sessions == 1,
+          "a root worker's context was changed (callbacks %d, mode 0x%lx, own cache %ld sessions)",
+          root1.installed, root1.mode, root1.own_sessions);
     CHECK(!user.hs.reused, "a session made by a root worker was in the shared cache");
     CHECK(!root2.hs.reused, "a root worker looked a session up in the shared cache");
     int said = log_lines_with("runs as root") - said_before;
