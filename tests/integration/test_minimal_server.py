@@ -32,8 +32,12 @@ def resumes_across_workers(args):
             reused, pids, reused_pids = summarize(res)
             check(f"{label}: at least {RECONNECTS - 1} of {RECONNECTS} connections resume",
                   reused >= RECONNECTS - 1, f"{reused}/{RECONNECTS} resumed")
-            check(f"{label}: both workers resumed sessions", len(reused_pids) == 2,
-                  f"resumed by {reused_pids}, served by {pids}")
+            # Each connection offers the session the one before it left: one resumed in another
+            # worker than that one shows the cache is shared (which worker wins accept() is the
+            # kernel's choice, so "both workers resumed" could fail on a loaded machine).
+            crossed = sum(1 for (r, p), (_, before) in zip(res[1:], res) if r and p != before)
+            check(f"{label}: sessions resume in another worker than the one that left them", crossed > 0,
+                  f"{crossed} crossed; resumed by {reused_pids}, served by {pids}")
 
 
 def ticket_resumes_once(args):
