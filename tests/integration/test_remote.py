@@ -103,10 +103,17 @@ def across_hosts(args, tmp, redis):
         check("shmsesscache stat shows the remote tier", f"remote tier       {b['remote_stores']} stored, "
               f"{b['remote_hits']} hits" in human, " / ".join(ln for ln in human.splitlines() if ln.startswith("remote")))
         keys = redis.cli("--scan", "--pattern", "shmsess:*").split()
-        raw = subprocess.run(["redis-cli", "-p", str(redis.port), "-a", redis.password, "--no-auth-warning",
-                              "--raw", "GET", keys[0]], capture_output=True).stdout if keys else b""
-        check("what Redis holds is sealed, not DER", keys and raw[:4] == b"SSR2" and b"\x30\x82" not in raw[:4],
-              f"{len(keys)} keys, value starts {raw[:4]!r}")
+
+        def value(key):
+            return subprocess.run(["redis-cli", "-p", str(redis.port), "-a", redis.password, "--no-auth-warning",
+                                   "--raw", "GET", key], capture_output=True).stdout.rstrip(b"\n")
+        # Used tickets' keys hold a tombstone ("SSR1:used"); every other value is sealed.
+        sealed = [k for k in keys if value(k) != b"SSR1:used"]
+        raw = value(sealed[0]) if sealed else b""
+        check("what Redis holds is sealed, not DER",
+              sealed and all(value(k)[:4] == b"SSR2" for k in sealed) and b"\x30\x82" not in raw[:4],
+              f"{len(keys)} keys ({len(sealed)} sealed), value starts {raw[:4]!r}")
+        keys = sealed or keys
         ttl = int(redis.cli("PTTL", keys[0]).strip()) if keys else -1
         check("Redis expires the values with the sessions", 0 < ttl <= 7200 * 1000, f"PTTL {ttl} ms")
 
