@@ -1468,14 +1468,9 @@ mod tests {
         assert!(!b.failure(t1), "counting starts over");
     }
 
-    #[test]
-    fn a_refused_connection_counts_and_trips_without_waiting() {
-        // A port nothing listens on (bound, never listened): every try is refused at once.
-        let sock = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = sock.local_addr().unwrap().port();
-        drop(sock);
-        let c = RemoteCountersRef::private();
-        let cfg = RemoteConfig {
+    /// A tier on 127.0.0.1:`port` with a 200 ms timeout and a 60 s back-off.
+    fn test_config(port: u16) -> RemoteConfig {
+        RemoteConfig {
             url: format!("redis://127.0.0.1:{port}/0"),
             prefix: DEFAULT_PREFIX.into(),
             timeout: Duration::from_millis(200),
@@ -1485,7 +1480,17 @@ mod tests {
             cluster: false,
             keys: Keyring::new(crate::remote::seal::Key::new([1; 32]), Vec::new()),
             fleet: String::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_refused_connection_counts_and_trips_without_waiting() {
+        // A port nothing listens on (bound, never listened): every try is refused at once.
+        let sock = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = sock.local_addr().unwrap().port();
+        drop(sock);
+        let c = RemoteCountersRef::private();
+        let cfg = test_config(port);
         let r = Remote::new(cfg, c.clone()).unwrap();
         for _ in 0..5 {
             assert!(matches!(r.fetch(&[1; 32], false, 0), Fetched::Unavailable));
@@ -1549,17 +1554,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let cfg = RemoteConfig {
-            url: format!("redis://127.0.0.1:{port}/0"),
-            prefix: DEFAULT_PREFIX.into(),
-            timeout: Duration::from_millis(200),
-            backoff: Duration::from_secs(60),
-            ca_file: None,
-            compat: Compat::Detect,
-            cluster: false,
-            keys: Keyring::new(crate::remote::seal::Key::new([1; 32]), Vec::new()),
-            fleet: String::new(),
-        };
+        let cfg = test_config(port);
         let r = Remote::new(cfg, cache.remote_counters()).unwrap();
         let now = crate::util::now_unix();
         r.store(&[3; 32], b"der", now, now + 300, now);
