@@ -6,9 +6,10 @@ Everything talks to 127.0.0.1 only, with bounded counts and timeouts.
 
 import os
 import re
+import socket
 
 from . import process
-from .client import client_context, http_get, resumption_words, s_client
+from .client import HOST, IO_TIMEOUT, client_context, http_get, resumption_words, s_client
 
 READY_TIMEOUT = 15.0
 
@@ -86,6 +87,54 @@ def one_request(port, ctx, session=None):
     if not m:
         raise RuntimeError(f"unexpected response {body!r}")
     return reused, int(m.group(1)), new_session
+
+
+class HeldConnection:
+    """A TLS connection whose handshake is done and whose request is not sent yet. The server's
+    workers serve one connection at a time, so the worker that accepted it can take no other
+    connection until `release()` (or `close()`): what makes the test choose the worker."""
+
+    def __init__(self, port, ctx):
+        raw = socket.create_connection((HOST, port), timeout=IO_TIMEOUT)
+        try:
+            self.tls = ctx.wrap_socket(raw, server_hostname="localhost")  # returns once a worker answered
+        except BaseException:
+            raw.close()
+            raise
+
+    def release(self):
+        """Send the request, read the answer to EOF, close. Returns the worker's pid."""
+        with self.tls:
+            self.tls.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            data = b""
+            while chunk := self.tls.recv(65536):
+                data += chunk
+        m = re.search(rb"worker=(\d+)", data)
+        if not m:
+            raise RuntimeError(f"unexpected response {data!r}")
+        return int(m.group(1))
+
+    def close(self):
+        self.tls.close()
+
+
+def resume_in_other_worker(port, version, workers):
+    """Leave a session in one worker and offer it to another, chosen, not left to accept():
+    hold all workers but one, make the session in the free one (the maker), hold the maker,
+    release one held worker (the other) and resume there. Returns (reused, maker, other, taker):
+    taker == other != maker unless the server does not serve one connection per worker."""
+    ctx = client_context(version, no_ticket=True)
+    held = []
+    try:
+        held = [HeldConnection(port, ctx) for _ in range(workers - 1)]
+        _, maker, session = one_request(port, ctx)
+        held.append(HeldConnection(port, ctx))  # the maker is the only worker free to take it
+        other = held.pop(0).release()
+        reused, taker, _ = one_request(port, ctx, session)  # the other is the only one free now
+        return reused, maker, other, taker
+    finally:
+        for h in held:
+            h.close()
 
 
 def reconnect_run(port, version, count, no_ticket=False):
