@@ -158,10 +158,6 @@ def reload_keeps_sessions(s, kind):
     _, session = dh.connect(s, ctx)
     old = set(s.workers())
     s.reload()
-    deadline = time.monotonic() + 15
-    while kind.persistent_workers and time.monotonic() < deadline and not (set(s.workers()) - old):
-        time.sleep(0.1)
-    dh.wait_for_port(s.port, s.proc)
     reused = 0
     for _ in range(RECONNECTS):
         r, session = dh.connect(s, ctx, session)

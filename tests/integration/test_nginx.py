@@ -638,6 +638,22 @@ VHOSTS_BEHIND_OFF = """
 """
 
 
+def status_label_not_utf8(args):
+    """A segment path with a byte that is not UTF-8 (a Latin-1 file name): the status page still
+    answers, the byte shown as '?' (Prometheus labels are UTF-8; the library refuses others)."""
+    root = tempfile.mkdtemp(prefix="shmsess-nginx-")
+    try:
+        os.chmod(root, 0o755)
+        latin1 = "caf\udce9.sess"  # b"caf\xe9.sess" through surrogateescape
+        with Nginx(args.module, args.certs, shmsess_cache("{root}/" + latin1, "8m"), root=root) as n:
+            status, body = get(n.port, "/sessions")
+        check("shmsess_status: a segment path that is not UTF-8 is shown with '?', not a 500",
+              status == 200 and 'segment="' + root + '/caf?.sess"' in body,
+              f"status {status}, {body[:160]!r}")
+    finally:
+        subprocess.run(["rm", "-rf", root])
+
+
 def default_server_off_warns(args):
     """A default server with `ssl_session_cache off` turns resumption off for the virtual
     hosts on its socket: said at warn level, naming the socket and the hosts; a plain-text
@@ -708,6 +724,7 @@ def main():
     removed_cache_reload(args)
     default_server_off_warns(args)
     errors_at_the_directive(args)
+    status_label_not_utf8(args)
     finish()
 
 

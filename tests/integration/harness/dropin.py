@@ -163,8 +163,16 @@ class TLSServer:
         leaves = [p for p, _ in pairs if p not in parents and p != self.proc.pid]
         return sorted(p for p in leaves if self.worker_title is None or self.worker_title in cmdline(p))
 
-    def reload(self):
+    def reload(self, timeout=15):
+        """Send the reload signal and wait until it took: new workers (for a server whose
+        workers outlive connections) and the port answering. A connection sent in between
+        may reach an old worker that is leaving (hitch reset one)."""
+        old = set(self.workers())
         os.kill(self.master_pid(), self.reload_signal)
+        deadline = time.monotonic() + timeout
+        while self.persistent_workers and time.monotonic() < deadline and not (set(self.workers()) - old):
+            time.sleep(0.1)
+        wait_for_port(self.port, self.proc)
 
     def stop(self):
         if self.proc and self.proc.poll() is None:

@@ -126,7 +126,8 @@ class Nginx(process.ServerRoot):
             http=self.http.format(**fill), port=self.port, listen_opts=self.listen_opts,
             server=self.server.format(**fill), servers=self.servers.format(**fill),
             status=self.status_location())
-        with open(self.conf_path(), "w") as f:
+        # surrogateescape: a path may hold bytes that are not UTF-8 (nginx paths are bytes)
+        with open(self.conf_path(), "w", errors="surrogateescape") as f:
             f.write(conf)
 
     def argv(self, *args):
