@@ -24,7 +24,9 @@
 #include "ap_provider.h"
 #include "ap_socache.h"
 #include "mod_status.h"
+#include "apr_lib.h"
 #include "apr_strings.h"
+#include "util_cfgtree.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -46,7 +48,12 @@ APLOG_USE_MODULE(socache_shmsess);
 /* The fleet tier's directives (server config, outside <VirtualHost>: the session cache is
  * one for the whole server). Checked by check_config, so `apache2 -t` refuses them; read by
  * init at every start and graceful restart, which re-reads the key and CA files. */
+#define REMOTE_DIRECTIVES 6
+
 typedef struct {
+    /* Where each directive of shmsess_directives was given, so a second one is refused with
+     * both places (mod_ssl's directives let the last one win, silently). */
+    const ap_directive_t *given[REMOTE_DIRECTIVES];
     const char *url;         /* ShmsessRemote redis://... | rediss://...; NULL: one host */
     const char *key_file;    /* ShmsessRemoteKey */
     const char *ca_file;     /* ShmsessRemoteCA */
@@ -653,11 +660,25 @@ static void *create_server_config(apr_pool_t *p, server_rec *s)
     return apr_pcalloc(p, sizeof(remote_conf));
 }
 
-/* The directives configure the one session cache of the server: outside <VirtualHost>. */
+static const command_rec shmsess_directives[REMOTE_DIRECTIVES + 1];
+
+/* The directives configure the one session cache of the server: outside <VirtualHost>, and
+ * each once (Apache names the second one's file and line; the message names the first). */
 static remote_conf *global_conf(cmd_parms *cmd, const char **err)
 {
     *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
-    return *err ? NULL : remote_conf_of(cmd->server);
+    if (*err)
+        return NULL;
+    remote_conf *rc = remote_conf_of(cmd->server);
+    const ap_directive_t **given = &rc->given[cmd->cmd - shmsess_directives];
+    if (*given != NULL) {
+        *err = apr_psprintf(cmd->pool, "%s is given twice: first at %s:%d. Keep one of them (the fleet tier is "
+                                       "one for the whole server)",
+                            cmd->cmd->name, (*given)->filename, (*given)->line_num);
+        return NULL;
+    }
+    *given = cmd->directive;
+    return rc;
 }
 
 static const char *set_remote(cmd_parms *cmd, void *dconf, const char *arg)
@@ -741,7 +762,7 @@ static const char *set_remote_key_prefix(cmd_parms *cmd, void *dconf, const char
     return NULL;
 }
 
-static const command_rec shmsess_directives[] = {
+static const command_rec shmsess_directives[REMOTE_DIRECTIVES + 1] = {
     AP_INIT_TAKE1("ShmsessRemote", set_remote, NULL, RSRC_CONF,
                   "redis://host:port/db or rediss://...: the Redis tier this host shares with others"),
     AP_INIT_TAKE1("ShmsessRemoteKey", set_remote_key, NULL, RSRC_CONF,
@@ -792,6 +813,49 @@ static int refuse_remote(server_rec *s, const char *why)
     return HTTP_INTERNAL_SERVER_ERROR;
 }
 
+/* The last SSLSessionCache in the configuration tree (mod_ssl keeps the last), or NULL.
+ * Include, <IfModule> and <IfDefine> are already spliced in when they apply. */
+static const ap_directive_t *last_session_cache(const ap_directive_t *d)
+{
+    const ap_directive_t *last = NULL;
+    for (; d != NULL; d = d->next) {
+        const ap_directive_t *inner = d->first_child ? last_session_cache(d->first_child) : NULL;
+        if (ap_cstr_casecmp(d->directive, "SSLSessionCache") == 0)
+            last = d;
+        else if (inner != NULL)
+            last = inner;
+    }
+    return last;
+}
+
+/* Whether an SSLSessionCache argument names this provider ("shmsess", "shmsess:..."). */
+static int names_shmsess(const char *arg)
+{
+    if (*arg == '"' || *arg == '\'')
+        arg++;
+    return strncmp(arg, "shmsess", 7) == 0 && (arg[7] == '\0' || arg[7] == ':' || arg[7] == '"' ||
+                                                arg[7] == '\'' || apr_isspace(arg[7]));
+}
+
+/* ShmsessRemote configures this provider's session cache: with another one it would be
+ * ignored without a word, and the operator would believe in a fleet that is not there. */
+static const char *unused_remote(const remote_conf *rc, apr_pool_t *p)
+{
+    const ap_directive_t *cache = last_session_cache(ap_conftree);
+    if (cache != NULL && names_shmsess(cache->args))
+        return NULL;
+    const ap_directive_t *remote = rc->given[0];
+    if (cache == NULL)
+        return apr_psprintf(p, "ShmsessRemote (%s:%d) configures SSLSessionCache shmsess, but there is no "
+                               "SSLSessionCache: add 'SSLSessionCache shmsess:/run/apache2/ssl_sessions(64M)', or "
+                               "remove the Shmsess* directives",
+                            remote->filename, remote->line_num);
+    return apr_psprintf(p, "ShmsessRemote (%s:%d) configures SSLSessionCache shmsess, but the session cache is "
+                           "'SSLSessionCache %s' (%s:%d), which would ignore it: use 'SSLSessionCache shmsess:...' "
+                           "there, or remove the Shmsess* directives",
+                        remote->filename, remote->line_num, cache->args, cache->filename, cache->line_num);
+}
+
 static int check_remote_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s)
 {
     (void)pconf;
@@ -805,6 +869,9 @@ static int check_remote_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *
                                                     "redis://host:port/db, or remove it",
                                              orphan));
     }
+    const char *unused = unused_remote(rc, ptemp);
+    if (unused != NULL)
+        return refuse_remote(s, unused);
     shmsess_options opts;
     shmsess_options_init(&opts);
     fill_remote(rc, &opts);

@@ -226,6 +226,15 @@ def refused_directives(args):
         (f"ShmsessRemoteKey {key}", "ShmsessRemote is not"),
         ("<VirtualHost 127.0.0.1:9>\nShmsessRemote redis://127.0.0.1:6379/0\n</VirtualHost>",
          "cannot occur within <VirtualHost>"),
+        # A second one would silently win: refused, naming where the first one is.
+        (f"ShmsessRemote redis://127.0.0.1:6379/0\nShmsessRemoteKey {key}\nShmsessRemote redis://127.0.0.1:6380/0",
+         "ShmsessRemote is given twice: first at {conf}:"),
+        (f"ShmsessRemote redis://127.0.0.1:6379/0\nShmsessRemoteKey {key}\nShmsessRemoteKey {loose}",
+         "ShmsessRemoteKey is given twice: first at {conf}:"),
+        (f"ShmsessRemote redis://127.0.0.1:6379/0\nShmsessRemoteKey {key}\nShmsessRemoteTimeout 20\n"
+         "ShmsessRemoteTimeout 30", "ShmsessRemoteTimeout is given twice"),
+        (f"ShmsessRemote redis://127.0.0.1:6379/0\nShmsessRemoteKey {key}\nShmsessRemoteCluster off\n"
+         "ShmsessRemoteCluster on", "ShmsessRemoteCluster is given twice"),
     )
     for directives, why in cases:
         a = Apache(args.module, args.certs, "shmsess", extra=directives)
@@ -235,7 +244,28 @@ def refused_directives(args):
         a.cleanup()
         shown = directives.replace("\n", "; ")
         line = next((ln for ln in text.splitlines() if "hmsess" in ln and "Syntax error" not in ln), text.strip())
+        why = why.format(conf=a.conf_path())
         check(f"apache2 -t refuses '{shown}'", rc != 0 and why in text, line[:220])
+    # The fleet tier is this provider's: with another session cache it would be ignored.
+    for cache in ("shmcb:{root}/scache(512000)", "none"):
+        a = Apache(args.module, args.certs, cache, extra=f"ShmsessRemote redis://127.0.0.1:6379/0\n"
+                   f"ShmsessRemoteKey {key}")
+        a.port = 9
+        a.write_config()
+        rc, text = a.config_test()
+        line = next((ln for ln in text.splitlines() if "hmsess" in ln), text.strip())
+        check(f"apache2 -t refuses ShmsessRemote with 'SSLSessionCache {cache}'",
+              rc != 0 and "SSLSessionCache shmsess" in text and f"{a.conf_path()}:" in text, line[:240])
+        a.cleanup()
+    # mod_ssl keeps the last SSLSessionCache, wherever an <IfModule> or Include put it.
+    last = Apache(args.module, args.certs, "none", extra=f"ShmsessRemote redis://127.0.0.1:6379/0\n"
+                  f"ShmsessRemoteKey {key}\n<IfModule ssl_module>\nSSLSessionCache shmsess\n</IfModule>")
+    last.port = 9
+    last.write_config()
+    rc, text = last.config_test()
+    last.cleanup()
+    check("apache2 -t accepts ShmsessRemote when the last SSLSessionCache (in an <IfModule>) is shmsess", rc == 0,
+          text.strip()[:240])
     ok = Apache(args.module, args.certs, "shmsess", extra="ShmsessRemote redis://127.0.0.1:6379/0\n"
                 f"ShmsessRemoteKey {key}\nShmsessRemoteTimeout 30\nShmsessRemoteCluster off\n"
                 "ShmsessRemoteKeyPrefix shmsess:www:")
