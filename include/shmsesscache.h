@@ -467,7 +467,9 @@ enum shmsess_result shmsess_cache_store(struct shmsess_cache *cache,
 // several concurrent takers gets it); with SHMSESS_LOOKUP_TAKE_TLS13 only if it is a TLS 1.3
 // session; SHMSESS_LOOKUP_KEEP (0) leaves it. Other values count as SHMSESS_LOOKUP_TAKE.
 // SHMSESS_ERR_NOT_FOUND on a miss or an expired entry;
-// SHMSESS_ERR_BUFFER_TOO_SMALL with `*out_len` set to the size needed (nothing taken).
+// SHMSESS_ERR_BUFFER_TOO_SMALL with `*out_len` set to the size needed: nothing is taken
+// (with `SHMSESS_BYTE_API_REMOTE` neither from the segment nor, by a tombstone, in Redis), so
+// a second call with a buffer of that size still gets the entry.
 // With `SHMSESS_BYTE_API_REMOTE` a local miss asks Redis within `remote_timeout_ms`: an entry
 // the lookup would not take is copied into the segment too; one it takes (a TLS 1.3 ticket)
 // is consumed across hosts by a tombstone swap, and refused (SHMSESS_ERR_NOT_FOUND) if it was

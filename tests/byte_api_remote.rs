@@ -290,3 +290,46 @@ fn with_redis_down_a_local_ticket_resumes_and_a_lookup_costs_at_most_the_timeout
     assert_eq!(a.stats().remote_unconfirmed, 1);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_buffer_too_small_takes_nothing_locally_nor_in_redis() {
+    let srv = RedisServer::start(free_port());
+    let dir = temp_dir("small");
+    let key = key_file(&dir);
+    let (a, b) = (
+        Host::new(srv.port, &key, "bs:", FLAG, 2000),
+        Host::new(srv.port, &key, "bs:", FLAG, 2000),
+    );
+    let id = [8u8; 32];
+    a.store(&id, &tls13_bytes(8));
+    let before = a.stats();
+    // As the header says: the size needed, and nothing taken (not taken and put back either:
+    // meanwhile another child would miss it, and a full shard could lose it).
+    assert_eq!(
+        a.lookup(&id, 10),
+        Err((shmsess_result::SHMSESS_ERR_BUFFER_TOO_SMALL, 160))
+    );
+    let after = a.stats();
+    assert_eq!(
+        (after.taken, after.stores, after.lookup_refused),
+        (before.taken, before.stores, before.lookup_refused),
+        "taken, stores, refused: the too-small lookup changed the segment"
+    );
+    // Nor was it consumed in Redis: B takes it from there once, and A's copy is then a replay.
+    assert_eq!(b.lookup(&id, 8192).unwrap(), tls13_bytes(8), "B takes it");
+    assert_eq!(
+        a.lookup(&id, 8192).unwrap_err().0,
+        shmsess_result::SHMSESS_ERR_NOT_FOUND
+    );
+    assert_eq!(a.stats().remote_replays_refused, 1);
+    // A ticket only A has: too small, then the right size resumes it once.
+    let id2 = [9u8; 32];
+    a.store(&id2, &tls13_bytes(9));
+    assert!(a.lookup(&id2, 159).is_err());
+    assert_eq!(a.lookup(&id2, 160).unwrap(), tls13_bytes(9));
+    assert_eq!(
+        a.lookup(&id2, 8192).unwrap_err().0,
+        shmsess_result::SHMSESS_ERR_NOT_FOUND
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
