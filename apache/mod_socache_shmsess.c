@@ -540,8 +540,12 @@ static void socache_shmsess_status(ap_socache_instance_t *ctx, request_rec *r, i
     long min_left = seconds_until(st.earliest_expiry_unix, st.now_unix);
     long max_left = seconds_until(st.latest_expiry_unix, st.now_unix);
     uint64_t recoveries = st.lock_owner_died + st.dirty_repairs;
-    uint64_t retrieve_hits = st.lookup_hits + st.remote_hits;
-    uint64_t retrieve_misses = st.lookup_misses - (st.remote_hits < st.lookup_misses ? st.remote_hits : st.lookup_misses);
+    /* A hit the segment found but that resumed nothing (a TLS 1.3 ticket Redis says was used
+     * on another host: lookup_refused) is a miss to mod_ssl, which got NOT_FOUND. */
+    uint64_t local_hits = st.lookup_hits - (st.lookup_refused < st.lookup_hits ? st.lookup_refused : st.lookup_hits);
+    uint64_t retrieve_hits = local_hits + st.remote_hits;
+    uint64_t retrieve_misses = st.lookup_misses - (st.remote_hits < st.lookup_misses ? st.remote_hits : st.lookup_misses) +
+                               (st.lookup_hits - local_hits);
 
     if (flags & AP_STATUS_SHORT) {
         ap_rprintf(r, "CacheType: SHMSESS\n");

@@ -305,7 +305,8 @@ typedef struct shmsess_stats {
   uint64_t remote_unconfirmed;
   uint64_t remote_dropped;
   // Version 5: local lookups that found the entry but could not resume it (made for
-  // another server name, also in `sni_mismatch`, or not a session). Counted in
+  // another server name, also in `sni_mismatch`; not a session; or a TLS 1.3 ticket Redis
+  // says was used on another host, also in `remote_replays_refused`). Counted in
   // `lookup_hits` too; `shmsess_stats_hit_ratio` leaves them out.
   uint64_t lookup_refused;
 } shmsess_stats;

@@ -306,6 +306,10 @@ impl<'a> Tiers<'a> {
             Taken::UsedElsewhere => {
                 let g = self.cache.globals();
                 g.remote.replays_refused.fetch_add(1, Relaxed);
+                if fetched.is_none() {
+                    // The segment counted a hit; nothing resumed (see `lookup_refused`).
+                    g.lookup_refused.fetch_add(1, Relaxed);
+                }
                 r.discard_parked();
                 None
             }

@@ -220,6 +220,9 @@ fn a_tls13_ticket_resumes_once_across_hosts() {
         shmsess_result::SHMSESS_ERR_NOT_FOUND
     );
     assert_eq!(a.stats().remote_replays_refused, 1);
+    // The segment found it, but nothing resumed: a refused hit, not a hit (mod_status's
+    // CacheRetrieveHitCount and the hit ratio leave it out).
+    assert_eq!(a.stats().lookup_refused, 1, "A's replay is a refused hit");
     // The other way round: taken on A (local), then B cannot read it from Redis.
     let id2 = [4u8; 32];
     a.store(&id2, &tls13_bytes(4));

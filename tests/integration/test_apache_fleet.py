@@ -76,6 +76,11 @@ def alternate(a, b, version, count):
 TICKETS_PER_HANDSHAKE = 2
 
 
+def retrieve_counts(host):
+    auto = status_auto(host.port, session_context(TLS12))
+    return [int(auto.get(k, -1)) for k in ("CacheRetrieveHitCount", "CacheRetrieveMissCount")]
+
+
 def keys_in_redis(redis):
     return int(redis.cli("DBSIZE").strip())
 
@@ -138,9 +143,16 @@ def fleet(args):
             resumed = alternate(a, b, TLS12, ALTERNATIONS)
             check(f"TLS 1.2 alternating between a prefork and an event host: at least {ALTERNATIONS - 1}"
                   f"/{ALTERNATIONS} resume", resumed >= ALTERNATIONS - 1, f"{resumed}/{ALTERNATIONS}")
+            before_a = retrieve_counts(a)
             uses = ticket_uses(a, b, 5, redis)
             check("TLS 1.3: a ticket made on A resumes once on B, then never again on A or B",
                   uses == [[True, False, False]] * 5, str(uses))
+            # A's segment still had each ticket, which Redis refused as used: a miss, no hit.
+            # Each offer goes through an HRR (the client's first key share is X25519), so two
+            # lookups: that refused one, and the retried ClientHello's plain miss.
+            on_a = [x - y for x, y in zip(retrieve_counts(a), before_a)]
+            check("mod_status on A: the 5 replays refused there (each through an HRR) are 10 retrieve misses, "
+                  "no hit", on_a == [0, 10], f"[hit, miss] {on_a}")
             words = hello_retry(a, b, work)
             check("TLS 1.3 through a HelloRetryRequest: made on A, resumed on B, refused on A",
                   words == ["New", "Reused", "New"], str(words))
