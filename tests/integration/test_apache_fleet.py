@@ -391,6 +391,58 @@ def refused_at_restart(args):
             stop(a)
 
 
+def children_of(pid):
+    """{child pid: its thread count} of the httpd parent `pid`."""
+    out = {}
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                out[int(d)] = len(os.listdir(f"/proc/{d}/task"))
+        except (OSError, ValueError, IndexError):
+            continue  # not a process, or gone meanwhile
+    return out
+
+
+def graceful_with_redis_hung(args):
+    """Redis hung (SIGSTOP) while an event host, whose children have writes queued for it,
+    restarts gracefully three times: each restart comes back within the bound, the old
+    generation's children exit (no writer thread stuck on Redis holds one back), the parent
+    starts no thread, and handshakes then complete within the bound."""
+    with Redis() as redis, key_dir("shmsess-fleet-hung-") as work:
+        b = Apache(args.module, args.certs, "shmsess", mpm="event", workers=2, ssl_level="warn",
+                   server_name=SERVER_NAME, extra=fleet_directives(redis, os.path.join(work, "key"))).start()
+        try:
+            pid = b.proc.pid
+            parent_threads, restarts, lingering, child_threads = set(), [], [], []
+            redis.pause()
+            for _ in range(3):
+                timed_handshakes(b, b, 4)  # sessions stored: writes queued for the hung Redis
+                old = set(children_of(pid))
+                t = time.monotonic()
+                b.graceful()
+                restarts.append(time.monotonic() - t)
+                gone = process.poll_until(lambda: not old & set(children_of(pid)), 10.0)
+                lingering.append(0 if gone else len(old & set(children_of(pid))))
+                parent_threads.add(len(os.listdir(f"/proc/{pid}/task")))
+                child_threads.append(max(children_of(pid).values(), default=0))
+            slowest, failed = timed_handshakes(b, b, 10)
+            redis.resume()
+        finally:
+            stop(b)
+    check(f"Redis hung: three graceful restarts of an event host each come back within {HANDSHAKE_BOUND_S} s",
+          max(restarts) < HANDSHAKE_BOUND_S, f"slowest {max(restarts):.3f} s")
+    check("... the old generation's children all exit, writes to the hung Redis queued", lingering == [0, 0, 0],
+          f"old children still there 10 s after each graceful: {lingering}")
+    # event child: main, listener and 4 workers, plus one writer thread at most.
+    check("... no thread left behind: the parent stays single-threaded, each child has at most 7",
+          parent_threads == {1} and max(child_threads) <= 7,
+          f"parent {sorted(parent_threads)}, busiest child {child_threads}")
+    check(f"... and then every handshake completes within {HANDSHAKE_BOUND_S} s",
+          failed == 0 and slowest < HANDSHAKE_BOUND_S, f"slowest {slowest:.3f} s, failed {failed}")
+
+
 def made_on_a_offered_on_b(a, b, redis):
     """A TLS 1.2 session made on A, offered on B once A's writer has sent it to Redis."""
     ctx = session_context(TLS12)
@@ -402,7 +454,7 @@ def made_on_a_offered_on_b(a, b, redis):
 
 
 SCENARIOS = ("fleet", "mod_socache_redis_contrast", "refused_directives", "key_rotation_on_graceful",
-             "ca_rotation_on_graceful", "refused_at_restart")
+             "ca_rotation_on_graceful", "refused_at_restart", "graceful_with_redis_hung")
 
 
 def main():
