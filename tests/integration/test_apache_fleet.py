@@ -392,6 +392,22 @@ def refused_at_restart(args):
                 a.graceful()
             back = came_back and made_on_a_offered_on_b(a, a, redis) is not None
             check("mended and restarted gracefully: the tier is back (A's sessions reach Redis)", back)
+            # The key file removed (a botched rotation): the same, with the path in the message.
+            os.rename(key, key + ".moved")
+            rc, text = a.config_test()
+            check("key file removed: apache2 -t refuses it, naming the file",
+                  rc != 0 and f"cannot open {key}" in text,
+                  next((ln for ln in text.splitlines() if "shmsess" in ln), text.strip())[:200])
+            seen = a.error_log().count("goes on without the fleet tier")
+            try:
+                a.graceful()
+                up = get(a.port, session_context(TLS12))[0] == 200
+            except RuntimeError as e:
+                up, why = False, str(e).splitlines()[-1][:200]
+            check("key file removed, graceful restart without the test: httpd comes back and serves, logged",
+                  up and a.error_log().count("goes on without the fleet tier") > seen,
+                  "" if up else f"httpd exited: {why}")
+            os.rename(key + ".moved", key)
         finally:
             stop(a)
 
