@@ -27,6 +27,8 @@
 #include "apr_lib.h"
 #include "apr_strings.h"
 #include "util_cfgtree.h"
+#include "apr_hash.h"
+#include "apr_md5.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -34,6 +36,7 @@
 #include <stdlib.h>
 
 #include <openssl/crypto.h>
+#include <openssl/ssl.h>
 
 #include <shmsesscache.h>
 
@@ -70,6 +73,7 @@ struct ap_socache_instance_t {
     int fell_back;       /* the named segment was refused; an anonymous one is used */
     int remote_dropped;  /* the fleet tier was refused at this start; this host's segment only */
     const remote_conf *remote; /* this generation's ShmsessRemote*, set by init */
+    apr_hash_t *contexts;      /* mod_ssl's session id context of each vhost (see vhost_context) */
 };
 
 static remote_conf *remote_conf_of(server_rec *s)
@@ -284,6 +288,77 @@ static const char *fix_for(shmsess_result r)
            "0600, on a filesystem with room for it), then 'apache2ctl graceful' to use it again.";
 }
 
+/* mod_ssl's session id context of vhost `s` into `out` (33 bytes): the MD5, in hex, of
+ * "ServerName:port", `port_if_none` when the vhost names no port (mod_ssl: 443, or 80 for
+ * SSLEngine optional). mod_ssl sets it per connection and again when SNI picks a vhost, and
+ * OpenSSL refuses a session of another context only after the provider's retrieve returned
+ * (and, TLS 1.3, took) it. Used only to recognise another vhost's session, never to accept
+ * one: a context that is no vhost's is left to OpenSSL. */
+static void vhost_context(const server_rec *s, apr_port_t port_if_none, char out[33])
+{
+    static const char hex[] = "0123456789abcdef";
+    char id[512];
+    unsigned char digest[APR_MD5_DIGESTSIZE];
+    int n = apr_snprintf(id, sizeof id, "%s:%u", s->server_hostname ? s->server_hostname : "",
+                         (unsigned)(s->port ? s->port : port_if_none));
+    apr_md5(digest, id, (apr_size_t)n);
+    for (int i = 0; i < APR_MD5_DIGESTSIZE; i++) {
+        out[2 * i] = hex[digest[i] >> 4];
+        out[2 * i + 1] = hex[digest[i] & 15];
+    }
+    out[32] = '\0';
+}
+
+static void add_context(apr_hash_t *contexts, const server_rec *v, apr_port_t port_if_none, apr_pool_t *p)
+{
+    char *c = apr_palloc(p, 33);
+    vhost_context(v, port_if_none, c);
+    apr_hash_set(contexts, c, 32, v);
+}
+
+/* Every vhost's context, built in the parent (the children inherit it, read only). */
+static apr_hash_t *vhost_contexts(server_rec *s, apr_pool_t *p)
+{
+    apr_hash_t *contexts = apr_hash_make(p);
+    for (const server_rec *v = s; v != NULL; v = v->next) {
+        add_context(contexts, v, 443, p);
+        if (v->port == 0)
+            add_context(contexts, v, 80, p);
+    }
+    return contexts;
+}
+
+struct vhost_check {
+    const ap_socache_instance_t *ctx;
+    const server_rec *s; /* the vhost of the connection, as SNI chose it */
+};
+
+static int context_is(const unsigned char *sid, const server_rec *s, apr_port_t port_if_none)
+{
+    char mine[33];
+    vhost_context(s, port_if_none, mine);
+    return memcmp(sid, mine, 32) == 0;
+}
+
+/* shmsess_accept_fn: whether the entry may resume on this connection's vhost. No: it is a
+ * session whose context is another vhost's (OpenSSL would refuse it after the retrieve, and a
+ * TLS 1.3 ticket would be used up for nothing). Bytes that are no session (SSLStaplingCache's
+ * OCSP responses) or a context no vhost has are not this check's to refuse. */
+static int for_this_vhost(const uint8_t *data, size_t len, void *userdata)
+{
+    const struct vhost_check *vc = userdata;
+    const unsigned char *in = data;
+    SSL_SESSION *sess = d2i_SSL_SESSION(NULL, &in, (long)len);
+    if (sess == NULL)
+        return 1;
+    unsigned int n = 0;
+    const unsigned char *sid = SSL_SESSION_get0_id_context(sess, &n);
+    int ok = n != 32 || apr_hash_get(vc->ctx->contexts, sid, 32) == NULL || context_is(sid, vc->s, 443) ||
+             (vc->s->port == 0 && context_is(sid, vc->s, 80));
+    SSL_SESSION_free(sess);
+    return ok;
+}
+
 /* post_config, in the parent before the children are forked (they inherit the mapping).
  * Never fails: mod_ssl exits when a provider's init does (AH01874), and at a graceful restart
  * that takes the whole site down for a cache. The settings were checked at configuration
@@ -295,12 +370,12 @@ static apr_status_t socache_shmsess_init(ap_socache_instance_t *ctx, const char 
                                          apr_pool_t *p)
 {
     (void)hints;
-    (void)p;
     shmsess_set_log_callback(log_to_apache, NULL, 4);
     ctx->fell_back = 0;
     ctx->remote_dropped = 0;
     ctx->cache = NULL;
     ctx->remote = remote_conf_of(s);
+    ctx->contexts = vhost_contexts(s, p);
     mark_served(s);
     shmsess_result r = open_tiers(ctx, ctx->path, cname, s);
     if (r != SHMSESS_OK && ctx->path) {
@@ -431,7 +506,6 @@ static apr_status_t socache_shmsess_retrieve(ap_socache_instance_t *ctx, server_
                                              unsigned int idlen, unsigned char *dest, unsigned int *destlen,
                                              apr_pool_t *p)
 {
-    (void)s;
     if (ctx->cache == NULL)
         return APR_EGENERAL;
     /* The ClientHello retried after a HelloRetryRequest: the ticket this connection took is
@@ -441,7 +515,11 @@ static apr_status_t socache_shmsess_retrieve(ap_socache_instance_t *ctx, server_
         return APR_SUCCESS;
     }
     size_t got = 0;
-    shmsess_result r = shmsess_cache_lookup(ctx->cache, id, idlen, dest, *destlen, &got, SHMSESS_LOOKUP_TAKE_TLS13);
+    /* With one vhost context there is no other vhost's session to recognise. */
+    struct vhost_check vc = { ctx, s };
+    int several = ctx->contexts != NULL && apr_hash_count(ctx->contexts) > 1 && s != NULL;
+    shmsess_result r = shmsess_cache_lookup_checked(ctx->cache, id, idlen, dest, *destlen, &got,
+                                                    SHMSESS_LOOKUP_TAKE_TLS13, several ? for_this_vhost : NULL, &vc);
     if (r == SHMSESS_OK) {
         *destlen = (unsigned int)got;
         if (p != NULL && shmsess_session_is_tls13(dest, got))

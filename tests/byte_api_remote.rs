@@ -336,3 +336,77 @@ fn a_buffer_too_small_takes_nothing_locally_nor_in_redis() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `shmsess_accept_fn` that answers what `*userdata` (an i32) says.
+unsafe extern "C" fn answer(_: *const u8, _: usize, userdata: *mut std::ffi::c_void) -> i32 {
+    // SAFETY: the test passes a pointer to an i32.
+    unsafe { *(userdata as *const i32) }
+}
+
+fn lookup_checked(h: &Host, id: &[u8], mut yes: i32) -> Result<usize, shmsess_result> {
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0usize;
+    let r = shmsess_cache_lookup_checked(
+        h.cache,
+        id.as_ptr(),
+        id.len(),
+        buf.as_mut_ptr(),
+        buf.len(),
+        &mut len,
+        SHMSESS_LOOKUP_TAKE_TLS13,
+        Some(answer),
+        &mut yes as *mut i32 as *mut std::ffi::c_void,
+    );
+    if r == shmsess_result::SHMSESS_OK {
+        Ok(len)
+    } else {
+        Err(r)
+    }
+}
+
+#[test]
+fn a_refused_entry_is_left_as_it_was_locally_and_in_redis() {
+    let srv = RedisServer::start(free_port());
+    let dir = temp_dir("checked");
+    let key = key_file(&dir);
+    let (a, b) = (
+        Host::new(srv.port, &key, "bc:", FLAG, 2000),
+        Host::new(srv.port, &key, "bc:", FLAG, 2000),
+    );
+    let id = [10u8; 32];
+    a.store(&id, &tls13_bytes(10));
+    // Refused on A (another vhost's ticket): not found, counted, and still A's to resume.
+    assert_eq!(
+        lookup_checked(&a, &id, 0),
+        Err(shmsess_result::SHMSESS_ERR_NOT_FOUND)
+    );
+    let st = a.stats();
+    assert_eq!((st.sni_mismatch, st.lookup_refused), (1, 1));
+    // Refused on B, read from Redis: not consumed there either.
+    assert_eq!(
+        lookup_checked(&b, &id, 0),
+        Err(shmsess_result::SHMSESS_ERR_NOT_FOUND)
+    );
+    assert_eq!(lookup_checked(&b, &id, 1), Ok(160), "B takes it once");
+    assert_eq!(
+        lookup_checked(&a, &id, 1),
+        Err(shmsess_result::SHMSESS_ERR_NOT_FOUND),
+        "then A's copy is a replay"
+    );
+    // Without the flag too (the check needs no Redis).
+    let local = Host::new(srv.port, &key, "bc2:", 0, 2000);
+    let exp = u64::from(shmsesscache::util::now_unix()) + 300;
+    let data = tls13_bytes(11);
+    let r = shmsess_cache_store(local.cache, id.as_ptr(), 32, data.as_ptr(), data.len(), exp);
+    assert_eq!(r, shmsess_result::SHMSESS_OK);
+    assert_eq!(
+        lookup_checked(&local, &id, 0),
+        Err(shmsess_result::SHMSESS_ERR_NOT_FOUND)
+    );
+    assert_eq!(lookup_checked(&local, &id, 1), Ok(160));
+    assert_eq!(
+        lookup_checked(&local, &id, 1),
+        Err(shmsess_result::SHMSESS_ERR_NOT_FOUND)
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
