@@ -352,6 +352,17 @@ def ca_rotation_on_graceful(args):
                 b.graceful()
                 after = made_on_a_offered_on_b(a, b, redis)
                 log = b.error_log()
+                # Then the CA file removed: apache2 -t names it; a graceful restart without the
+                # test comes back on this host's segment only, logged.
+                os.unlink(ca_b)
+                rc, text = b.config_test()
+                seen = b.error_log().count("goes on without the fleet tier")
+                try:
+                    b.graceful()
+                    gone_up = get(b.port, session_context(TLS12))[0] == 200
+                except RuntimeError:
+                    gone_up = False
+                gone_logged = b.error_log().count("goes on without the fleet tier") > seen
             finally:
                 stop(a, b)
     finally:
@@ -360,6 +371,11 @@ def ca_rotation_on_graceful(args):
           f"resumed {before}; " + next((ln for ln in log.splitlines() if "refused" in ln), "")[:200])
     check("CA rotation: after the file holds Redis's CA and a graceful restart, B resumes A's sessions", after,
           f"resumed {after}")
+    check("CA file removed: apache2 -t refuses it, naming the file and why", rc != 0 and ca_b in text
+          and "No such file or directory" in text,
+          next((ln for ln in text.splitlines() if "shmsess" in ln), text.strip())[:200])
+    check("CA file removed, graceful restart without the test: httpd comes back and serves, logged",
+          gone_up and gone_logged, f"serves {gone_up}, logged {gone_logged}")
 
 
 def refused_at_restart(args):
