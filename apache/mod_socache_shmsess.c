@@ -24,7 +24,11 @@
 #include "ap_provider.h"
 #include "ap_socache.h"
 #include "mod_status.h"
+#include "apr_lib.h"
 #include "apr_strings.h"
+#include "util_cfgtree.h"
+#include "apr_hash.h"
+#include "apr_md5.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -32,6 +36,7 @@
 #include <stdlib.h>
 
 #include <openssl/crypto.h>
+#include <openssl/ssl.h>
 
 #include <shmsesscache.h>
 
@@ -46,7 +51,12 @@ APLOG_USE_MODULE(socache_shmsess);
 /* The fleet tier's directives (server config, outside <VirtualHost>: the session cache is
  * one for the whole server). Checked by check_config, so `apache2 -t` refuses them; read by
  * init at every start and graceful restart, which re-reads the key and CA files. */
+#define REMOTE_DIRECTIVES 6
+
 typedef struct {
+    /* Where each directive of shmsess_directives was given, so a second one is refused with
+     * both places (mod_ssl's directives let the last one win, silently). */
+    const ap_directive_t *given[REMOTE_DIRECTIVES];
     const char *url;         /* ShmsessRemote redis://... | rediss://...; NULL: one host */
     const char *key_file;    /* ShmsessRemoteKey */
     const char *ca_file;     /* ShmsessRemoteCA */
@@ -63,6 +73,7 @@ struct ap_socache_instance_t {
     int fell_back;       /* the named segment was refused; an anonymous one is used */
     int remote_dropped;  /* the fleet tier was refused at this start; this host's segment only */
     const remote_conf *remote; /* this generation's ShmsessRemote*, set by init */
+    apr_hash_t *contexts;      /* mod_ssl's session id context of each vhost (see vhost_context) */
 };
 
 static remote_conf *remote_conf_of(server_rec *s)
@@ -277,6 +288,77 @@ static const char *fix_for(shmsess_result r)
            "0600, on a filesystem with room for it), then 'apache2ctl graceful' to use it again.";
 }
 
+/* mod_ssl's session id context of vhost `s` into `out` (33 bytes): the MD5, in hex, of
+ * "ServerName:port", `port_if_none` when the vhost names no port (mod_ssl: 443, or 80 for
+ * SSLEngine optional). mod_ssl sets it per connection and again when SNI picks a vhost, and
+ * OpenSSL refuses a session of another context only after the provider's retrieve returned
+ * (and, TLS 1.3, took) it. Used only to recognise another vhost's session, never to accept
+ * one: a context that is no vhost's is left to OpenSSL. */
+static void vhost_context(const server_rec *s, apr_port_t port_if_none, char out[33])
+{
+    static const char hex[] = "0123456789abcdef";
+    char id[512];
+    unsigned char digest[APR_MD5_DIGESTSIZE];
+    int n = apr_snprintf(id, sizeof id, "%s:%u", s->server_hostname ? s->server_hostname : "",
+                         (unsigned)(s->port ? s->port : port_if_none));
+    apr_md5(digest, id, (apr_size_t)n);
+    for (int i = 0; i < APR_MD5_DIGESTSIZE; i++) {
+        out[2 * i] = hex[digest[i] >> 4];
+        out[2 * i + 1] = hex[digest[i] & 15];
+    }
+    out[32] = '\0';
+}
+
+static void add_context(apr_hash_t *contexts, const server_rec *v, apr_port_t port_if_none, apr_pool_t *p)
+{
+    char *c = apr_palloc(p, 33);
+    vhost_context(v, port_if_none, c);
+    apr_hash_set(contexts, c, 32, v);
+}
+
+/* Every vhost's context, built in the parent (the children inherit it, read only). */
+static apr_hash_t *vhost_contexts(server_rec *s, apr_pool_t *p)
+{
+    apr_hash_t *contexts = apr_hash_make(p);
+    for (const server_rec *v = s; v != NULL; v = v->next) {
+        add_context(contexts, v, 443, p);
+        if (v->port == 0)
+            add_context(contexts, v, 80, p);
+    }
+    return contexts;
+}
+
+struct vhost_check {
+    const ap_socache_instance_t *ctx;
+    const server_rec *s; /* the vhost of the connection, as SNI chose it */
+};
+
+static int context_is(const unsigned char *sid, const server_rec *s, apr_port_t port_if_none)
+{
+    char mine[33];
+    vhost_context(s, port_if_none, mine);
+    return memcmp(sid, mine, 32) == 0;
+}
+
+/* shmsess_accept_fn: whether the entry may resume on this connection's vhost. No: it is a
+ * session whose context is another vhost's (OpenSSL would refuse it after the retrieve, and a
+ * TLS 1.3 ticket would be used up for nothing). Bytes that are no session (SSLStaplingCache's
+ * OCSP responses) or a context no vhost has are not this check's to refuse. */
+static int for_this_vhost(const uint8_t *data, size_t len, void *userdata)
+{
+    const struct vhost_check *vc = userdata;
+    const unsigned char *in = data;
+    SSL_SESSION *sess = d2i_SSL_SESSION(NULL, &in, (long)len);
+    if (sess == NULL)
+        return 1;
+    unsigned int n = 0;
+    const unsigned char *sid = SSL_SESSION_get0_id_context(sess, &n);
+    int ok = n != 32 || apr_hash_get(vc->ctx->contexts, sid, 32) == NULL || context_is(sid, vc->s, 443) ||
+             (vc->s->port == 0 && context_is(sid, vc->s, 80));
+    SSL_SESSION_free(sess);
+    return ok;
+}
+
 /* post_config, in the parent before the children are forked (they inherit the mapping).
  * Never fails: mod_ssl exits when a provider's init does (AH01874), and at a graceful restart
  * that takes the whole site down for a cache. The settings were checked at configuration
@@ -288,12 +370,12 @@ static apr_status_t socache_shmsess_init(ap_socache_instance_t *ctx, const char 
                                          apr_pool_t *p)
 {
     (void)hints;
-    (void)p;
     shmsess_set_log_callback(log_to_apache, NULL, 4);
     ctx->fell_back = 0;
     ctx->remote_dropped = 0;
     ctx->cache = NULL;
     ctx->remote = remote_conf_of(s);
+    ctx->contexts = vhost_contexts(s, p);
     mark_served(s);
     shmsess_result r = open_tiers(ctx, ctx->path, cname, s);
     if (r != SHMSESS_OK && ctx->path) {
@@ -424,7 +506,6 @@ static apr_status_t socache_shmsess_retrieve(ap_socache_instance_t *ctx, server_
                                              unsigned int idlen, unsigned char *dest, unsigned int *destlen,
                                              apr_pool_t *p)
 {
-    (void)s;
     if (ctx->cache == NULL)
         return APR_EGENERAL;
     /* The ClientHello retried after a HelloRetryRequest: the ticket this connection took is
@@ -434,7 +515,11 @@ static apr_status_t socache_shmsess_retrieve(ap_socache_instance_t *ctx, server_
         return APR_SUCCESS;
     }
     size_t got = 0;
-    shmsess_result r = shmsess_cache_lookup(ctx->cache, id, idlen, dest, *destlen, &got, SHMSESS_LOOKUP_TAKE_TLS13);
+    /* With one vhost context there is no other vhost's session to recognise. */
+    struct vhost_check vc = { ctx, s };
+    int several = ctx->contexts != NULL && apr_hash_count(ctx->contexts) > 1 && s != NULL;
+    shmsess_result r = shmsess_cache_lookup_checked(ctx->cache, id, idlen, dest, *destlen, &got,
+                                                    SHMSESS_LOOKUP_TAKE_TLS13, several ? for_this_vhost : NULL, &vc);
     if (r == SHMSESS_OK) {
         *destlen = (unsigned int)got;
         if (p != NULL && shmsess_session_is_tls13(dest, got))
@@ -533,8 +618,12 @@ static void socache_shmsess_status(ap_socache_instance_t *ctx, request_rec *r, i
     long min_left = seconds_until(st.earliest_expiry_unix, st.now_unix);
     long max_left = seconds_until(st.latest_expiry_unix, st.now_unix);
     uint64_t recoveries = st.lock_owner_died + st.dirty_repairs;
-    uint64_t retrieve_hits = st.lookup_hits + st.remote_hits;
-    uint64_t retrieve_misses = st.lookup_misses - (st.remote_hits < st.lookup_misses ? st.remote_hits : st.lookup_misses);
+    /* A hit the segment found but that resumed nothing (a TLS 1.3 ticket Redis says was used
+     * on another host: lookup_refused) is a miss to mod_ssl, which got NOT_FOUND. */
+    uint64_t local_hits = st.lookup_hits - (st.lookup_refused < st.lookup_hits ? st.lookup_refused : st.lookup_hits);
+    uint64_t retrieve_hits = local_hits + st.remote_hits;
+    uint64_t retrieve_misses = st.lookup_misses - (st.remote_hits < st.lookup_misses ? st.remote_hits : st.lookup_misses) +
+                               (st.lookup_hits - local_hits);
 
     if (flags & AP_STATUS_SHORT) {
         ap_rprintf(r, "CacheType: SHMSESS\n");
@@ -653,11 +742,25 @@ static void *create_server_config(apr_pool_t *p, server_rec *s)
     return apr_pcalloc(p, sizeof(remote_conf));
 }
 
-/* The directives configure the one session cache of the server: outside <VirtualHost>. */
+static const command_rec shmsess_directives[REMOTE_DIRECTIVES + 1];
+
+/* The directives configure the one session cache of the server: outside <VirtualHost>, and
+ * each once (Apache names the second one's file and line; the message names the first). */
 static remote_conf *global_conf(cmd_parms *cmd, const char **err)
 {
     *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
-    return *err ? NULL : remote_conf_of(cmd->server);
+    if (*err)
+        return NULL;
+    remote_conf *rc = remote_conf_of(cmd->server);
+    const ap_directive_t **given = &rc->given[cmd->cmd - shmsess_directives];
+    if (*given != NULL) {
+        *err = apr_psprintf(cmd->pool, "%s is given twice: first at %s:%d. Keep one of them (the fleet tier is "
+                                       "one for the whole server)",
+                            cmd->cmd->name, (*given)->filename, (*given)->line_num);
+        return NULL;
+    }
+    *given = cmd->directive;
+    return rc;
 }
 
 static const char *set_remote(cmd_parms *cmd, void *dconf, const char *arg)
@@ -741,7 +844,7 @@ static const char *set_remote_key_prefix(cmd_parms *cmd, void *dconf, const char
     return NULL;
 }
 
-static const command_rec shmsess_directives[] = {
+static const command_rec shmsess_directives[REMOTE_DIRECTIVES + 1] = {
     AP_INIT_TAKE1("ShmsessRemote", set_remote, NULL, RSRC_CONF,
                   "redis://host:port/db or rediss://...: the Redis tier this host shares with others"),
     AP_INIT_TAKE1("ShmsessRemoteKey", set_remote_key, NULL, RSRC_CONF,
@@ -792,6 +895,49 @@ static int refuse_remote(server_rec *s, const char *why)
     return HTTP_INTERNAL_SERVER_ERROR;
 }
 
+/* The last SSLSessionCache in the configuration tree (mod_ssl keeps the last), or NULL.
+ * Include, <IfModule> and <IfDefine> are already spliced in when they apply. */
+static const ap_directive_t *last_session_cache(const ap_directive_t *d)
+{
+    const ap_directive_t *last = NULL;
+    for (; d != NULL; d = d->next) {
+        const ap_directive_t *inner = d->first_child ? last_session_cache(d->first_child) : NULL;
+        if (ap_cstr_casecmp(d->directive, "SSLSessionCache") == 0)
+            last = d;
+        else if (inner != NULL)
+            last = inner;
+    }
+    return last;
+}
+
+/* Whether an SSLSessionCache argument names this provider ("shmsess", "shmsess:..."). */
+static int names_shmsess(const char *arg)
+{
+    if (*arg == '"' || *arg == '\'')
+        arg++;
+    return strncmp(arg, "shmsess", 7) == 0 && (arg[7] == '\0' || arg[7] == ':' || arg[7] == '"' ||
+                                                arg[7] == '\'' || apr_isspace(arg[7]));
+}
+
+/* ShmsessRemote configures this provider's session cache: with another one it would be
+ * ignored without a word, and the operator would believe in a fleet that is not there. */
+static const char *unused_remote(const remote_conf *rc, apr_pool_t *p)
+{
+    const ap_directive_t *cache = last_session_cache(ap_conftree);
+    if (cache != NULL && names_shmsess(cache->args))
+        return NULL;
+    const ap_directive_t *remote = rc->given[0];
+    if (cache == NULL)
+        return apr_psprintf(p, "ShmsessRemote (%s:%d) configures SSLSessionCache shmsess, but there is no "
+                               "SSLSessionCache: add 'SSLSessionCache shmsess:/run/apache2/ssl_sessions(64M)', or "
+                               "remove the Shmsess* directives",
+                            remote->filename, remote->line_num);
+    return apr_psprintf(p, "ShmsessRemote (%s:%d) configures SSLSessionCache shmsess, but the session cache is "
+                           "'SSLSessionCache %s' (%s:%d), which would ignore it: use 'SSLSessionCache shmsess:...' "
+                           "there, or remove the Shmsess* directives",
+                        remote->filename, remote->line_num, cache->args, cache->filename, cache->line_num);
+}
+
 static int check_remote_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s)
 {
     (void)pconf;
@@ -805,6 +951,9 @@ static int check_remote_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *
                                                     "redis://host:port/db, or remove it",
                                              orphan));
     }
+    const char *unused = unused_remote(rc, ptemp);
+    if (unused != NULL)
+        return refuse_remote(s, unused);
     shmsess_options opts;
     shmsess_options_init(&opts);
     fill_remote(rc, &opts);

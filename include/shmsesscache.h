@@ -305,10 +305,16 @@ typedef struct shmsess_stats {
   uint64_t remote_unconfirmed;
   uint64_t remote_dropped;
   // Version 5: local lookups that found the entry but could not resume it (made for
-  // another server name, also in `sni_mismatch`, or not a session). Counted in
+  // another server name, also in `sni_mismatch`; not a session; or a TLS 1.3 ticket Redis
+  // says was used on another host, also in `remote_replays_refused`). Counted in
   // `lookup_hits` too; `shmsess_stats_hit_ratio` leaves them out.
   uint64_t lookup_refused;
 } shmsess_stats;
+
+// Called by `shmsess_cache_lookup_checked` with an entry's bytes (valid during the call only)
+// and the caller's `userdata`: nonzero if the entry may answer this lookup, 0 if not (e.g. a
+// session made for another virtual host). It must not call into the cache.
+typedef int (*shmsess_accept_fn)(const uint8_t *data, size_t data_len, void *userdata);
 
 // Called by `shmsess_cache_iterate` with each live entry: its id, its bytes (both valid only
 // during the call), its expiry (Unix seconds) and the caller's `userdata`. Return 0 to go on,
@@ -467,7 +473,9 @@ enum shmsess_result shmsess_cache_store(struct shmsess_cache *cache,
 // several concurrent takers gets it); with SHMSESS_LOOKUP_TAKE_TLS13 only if it is a TLS 1.3
 // session; SHMSESS_LOOKUP_KEEP (0) leaves it. Other values count as SHMSESS_LOOKUP_TAKE.
 // SHMSESS_ERR_NOT_FOUND on a miss or an expired entry;
-// SHMSESS_ERR_BUFFER_TOO_SMALL with `*out_len` set to the size needed (nothing taken).
+// SHMSESS_ERR_BUFFER_TOO_SMALL with `*out_len` set to the size needed: nothing is taken
+// (with `SHMSESS_BYTE_API_REMOTE` neither from the segment nor, by a tombstone, in Redis), so
+// a second call with a buffer of that size still gets the entry.
 // With `SHMSESS_BYTE_API_REMOTE` a local miss asks Redis within `remote_timeout_ms`: an entry
 // the lookup would not take is copied into the segment too; one it takes (a TLS 1.3 ticket)
 // is consumed across hosts by a tombstone swap, and refused (SHMSESS_ERR_NOT_FOUND) if it was
@@ -552,6 +560,25 @@ enum shmsess_result shmsess_stats_prometheus(const struct shmsess_stats *stats,
 // counted by the lookup that took the ticket, so it is not counted again, and nothing is
 // read. Thread- and process-safe; no lock. (Added in 0.5.)
 enum shmsess_result shmsess_cache_count_hrr_resumed(struct shmsess_cache *cache);
+
+// `shmsess_cache_lookup`, with `accept` asked about the entry before the lookup uses it up:
+// an entry it refuses is left as it was (a TLS 1.3 one taken for the question goes back into
+// the segment, and is not consumed in Redis), counted in `sni_mismatch` and `lookup_refused`,
+// and the lookup is SHMSESS_ERR_NOT_FOUND with the buffer wiped. For a caller that knows what
+// a resumption needs beyond the id (an Apache provider: the vhost's session id context, which
+// OpenSSL checks only after the lookup). A NULL `accept` is `shmsess_cache_lookup`. The
+// lookup goes through the two-tier policy even without `SHMSESS_BYTE_API_REMOTE` (Redis then
+// stays out of it). Thread- and process-safe; `accept` is called on the calling thread,
+// outside the cache's locks. (Added in 0.5.)
+enum shmsess_result shmsess_cache_lookup_checked(struct shmsess_cache *cache,
+                                                 const uint8_t *id,
+                                                 size_t id_len,
+                                                 uint8_t *buf,
+                                                 size_t buf_len,
+                                                 size_t *out_len,
+                                                 int take,
+                                                 shmsess_accept_fn accept,
+                                                 void *userdata);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -61,12 +61,14 @@ pub trait Resumer {
     /// A ticket kept across a HelloRetryRequest, wiped when dropped.
     type Parked: AsRef<[u8]>;
 
-    /// Whether the caller can take an entry of these bytes now (the byte API: its buffer is
-    /// large enough). One it cannot is left as it was: put back if it was taken, never
-    /// consumed in Redis.
-    fn fits(&mut self, _der: &[u8]) -> bool {
-        true
+    /// The largest entry the caller can take now (the byte API: its buffer's size); `None`:
+    /// any. A larger one is left as it was, neither taken from the segment nor consumed in
+    /// Redis, and its size is reported to [`Resumer::too_small`].
+    fn room(&self) -> Option<usize> {
+        None
     }
+    /// The entry for this lookup's id needs `needed` bytes, more than [`Resumer::room`].
+    fn too_small(&mut self, _needed: usize) {}
     /// Decode an entry's bytes; `None` if they are not a session (the entry is then dropped).
     fn decode(&mut self, der: &[u8]) -> Option<Self::Session>;
     /// Whether `session` was made for the server this handshake names.
@@ -78,6 +80,15 @@ pub trait Resumer {
     fn park(&mut self, id: &[u8], der: &[u8], times: (u32, u32));
     /// Forget what [`Resumer::park`] kept: the ticket it came from was refused.
     fn discard_parked(&mut self);
+}
+
+/// What the segment has for a lookup's id, as [`Tiers::read_local`] reads it.
+enum Local<'b> {
+    /// The entry's bytes (taken if single use), its created and expiry times.
+    Hit(&'b mut [u8], u32, u32),
+    /// An entry of this many bytes, more than the caller has room for: left in place.
+    TooSmall(usize),
+    Miss,
 }
 
 /// A session that may resume this handshake.
@@ -177,7 +188,16 @@ impl<'a> Tiers<'a> {
         }
         let mut small = [0u8; SMALL_SESSION_BYTES];
         let mut big = Vec::new();
-        if let Some((der, created, expires)) = self.read_local(id, take, &mut small, &mut big) {
+        let room = r.room().unwrap_or(usize::MAX);
+        let local = match self.read_local(id, take, room, &mut small, &mut big) {
+            Local::Hit(der, created, expires) => Some((der, created, expires)),
+            Local::TooSmall(needed) => {
+                r.too_small(needed);
+                return None;
+            }
+            Local::Miss => None,
+        };
+        if let Some((der, created, expires)) = local {
             // The same predicate the critical section applied: whether it took the entry.
             let taken = take.applies_to(der);
             // The name check comes first: a ticket offered for another host goes back
@@ -207,6 +227,11 @@ impl<'a> Tiers<'a> {
             // The next resumption on this host is a local hit.
             let _ = self.cache.store(id, &o.der, o.created, o.expires);
         }
+        if o.der.len() > room {
+            // Read, not consumed: the caller's next lookup, with room, may still resume it.
+            r.too_small(o.der.len());
+            return None;
+        }
         let sess = self.accept(r, id, &o.der, (o.created, o.expires), false, single)?;
         if single {
             self.consume(remote, r, sess, id, o.expires, Some(dl))
@@ -216,35 +241,42 @@ impl<'a> Tiers<'a> {
     }
 
     /// The segment's entry for `id` (taken with `take`) in `small`, or in `big` when it does
-    /// not fit, with its created and expiry times. Most sessions fit in 1 KiB: zero-filling
-    /// an 8 KiB buffer on every lookup cost a quarter of the callback (callgrind). A too-small
-    /// buffer changes nothing (not even a take), so a large session is simply read again.
+    /// not fit, with its created and expiry times; one larger than `room` bytes is left where
+    /// it is. Most sessions fit in 1 KiB: zero-filling an 8 KiB buffer on every lookup cost a
+    /// quarter of the callback (callgrind). A too-small buffer changes nothing (not even a
+    /// take), so a large session is simply read again.
     fn read_local<'b>(
         &self,
         id: &[u8],
         take: Take,
+        room: usize,
         small: &'b mut [u8; SMALL_SESSION_BYTES],
         big: &'b mut Vec<u8>,
-    ) -> Option<(&'b mut [u8], u32, u32)> {
+    ) -> Local<'b> {
         let now = crate::util::now_unix();
-        match self.cache.lookup_taking(id, small, take, now) {
+        let first = &mut small[..SMALL_SESSION_BYTES.min(room)];
+        let needed = match self.cache.lookup_taking(id, first, take, now) {
             Ok(Found::Hit {
                 len,
                 created,
                 expires,
-            }) => Some((&mut small[..len], created, expires)),
-            Ok(Found::BufferTooSmall { needed }) => {
-                big.resize(needed, 0u8);
-                match self.cache.lookup_taking(id, big, take, now) {
-                    Ok(Found::Hit {
-                        len,
-                        created,
-                        expires,
-                    }) => Some((&mut big[..len], created, expires)),
-                    _ => None,
-                }
-            }
-            _ => None,
+            }) => return Local::Hit(&mut first[..len], created, expires),
+            Ok(Found::BufferTooSmall { needed }) => needed,
+            _ => return Local::Miss,
+        };
+        if needed > room {
+            return Local::TooSmall(needed);
+        }
+        big.resize(needed, 0u8);
+        match self.cache.lookup_taking(id, big, take, now) {
+            Ok(Found::Hit {
+                len,
+                created,
+                expires,
+            }) => Local::Hit(&mut big[..len], created, expires),
+            // Replaced meanwhile by a larger entry.
+            Ok(Found::BufferTooSmall { needed }) if needed > room => Local::TooSmall(needed),
+            _ => Local::Miss,
         }
     }
 
@@ -274,6 +306,10 @@ impl<'a> Tiers<'a> {
             Taken::UsedElsewhere => {
                 let g = self.cache.globals();
                 g.remote.replays_refused.fetch_add(1, Relaxed);
+                if fetched.is_none() {
+                    // The segment counted a hit; nothing resumed (see `lookup_refused`).
+                    g.lookup_refused.fetch_add(1, Relaxed);
+                }
                 r.discard_parked();
                 None
             }
@@ -301,12 +337,6 @@ impl<'a> Tiers<'a> {
         park: bool,
     ) -> Option<R::Session> {
         let g = self.cache.globals();
-        if !r.fits(der) {
-            if put_back {
-                let _ = self.cache.store(id, der, times.0, times.1);
-            }
-            return None;
-        }
         let Some(sess) = r.decode(der) else {
             g.decode_errors.fetch_add(1, Relaxed);
             let _ = self.cache.remove(id);

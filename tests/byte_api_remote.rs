@@ -220,6 +220,9 @@ fn a_tls13_ticket_resumes_once_across_hosts() {
         shmsess_result::SHMSESS_ERR_NOT_FOUND
     );
     assert_eq!(a.stats().remote_replays_refused, 1);
+    // The segment found it, but nothing resumed: a refused hit, not a hit (mod_status's
+    // CacheRetrieveHitCount and the hit ratio leave it out).
+    assert_eq!(a.stats().lookup_refused, 1, "A's replay is a refused hit");
     // The other way round: taken on A (local), then B cannot read it from Redis.
     let id2 = [4u8; 32];
     a.store(&id2, &tls13_bytes(4));
@@ -288,5 +291,122 @@ fn with_redis_down_a_local_ticket_resumes_and_a_lookup_costs_at_most_the_timeout
         "two lookups took {took:?}"
     );
     assert_eq!(a.stats().remote_unconfirmed, 1);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_buffer_too_small_takes_nothing_locally_nor_in_redis() {
+    let srv = RedisServer::start(free_port());
+    let dir = temp_dir("small");
+    let key = key_file(&dir);
+    let (a, b) = (
+        Host::new(srv.port, &key, "bs:", FLAG, 2000),
+        Host::new(srv.port, &key, "bs:", FLAG, 2000),
+    );
+    let id = [8u8; 32];
+    a.store(&id, &tls13_bytes(8));
+    let before = a.stats();
+    // As the header says: the size needed, and nothing taken (not taken and put back either:
+    // meanwhile another child would miss it, and a full shard could lose it).
+    assert_eq!(
+        a.lookup(&id, 10),
+        Err((shmsess_result::SHMSESS_ERR_BUFFER_TOO_SMALL, 160))
+    );
+    let after = a.stats();
+    assert_eq!(
+        (after.taken, after.stores, after.lookup_refused),
+        (before.taken, before.stores, before.lookup_refused),
+        "taken, stores, refused: the too-small lookup changed the segment"
+    );
+    // Nor was it consumed in Redis: B takes it from there once, and A's copy is then a replay.
+    assert_eq!(b.lookup(&id, 8192).unwrap(), tls13_bytes(8), "B takes it");
+    assert_eq!(
+        a.lookup(&id, 8192).unwrap_err().0,
+        shmsess_result::SHMSESS_ERR_NOT_FOUND
+    );
+    assert_eq!(a.stats().remote_replays_refused, 1);
+    // A ticket only A has: too small, then the right size resumes it once.
+    let id2 = [9u8; 32];
+    a.store(&id2, &tls13_bytes(9));
+    assert!(a.lookup(&id2, 159).is_err());
+    assert_eq!(a.lookup(&id2, 160).unwrap(), tls13_bytes(9));
+    assert_eq!(
+        a.lookup(&id2, 8192).unwrap_err().0,
+        shmsess_result::SHMSESS_ERR_NOT_FOUND
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `shmsess_accept_fn` that answers what `*userdata` (an i32) says.
+unsafe extern "C" fn answer(_: *const u8, _: usize, userdata: *mut std::ffi::c_void) -> i32 {
+    // SAFETY: the test passes a pointer to an i32.
+    unsafe { *(userdata as *const i32) }
+}
+
+fn lookup_checked(h: &Host, id: &[u8], mut yes: i32) -> Result<usize, shmsess_result> {
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0usize;
+    let r = shmsess_cache_lookup_checked(
+        h.cache,
+        id.as_ptr(),
+        id.len(),
+        buf.as_mut_ptr(),
+        buf.len(),
+        &mut len,
+        SHMSESS_LOOKUP_TAKE_TLS13,
+        Some(answer),
+        &mut yes as *mut i32 as *mut std::ffi::c_void,
+    );
+    if r == shmsess_result::SHMSESS_OK {
+        Ok(len)
+    } else {
+        Err(r)
+    }
+}
+
+#[test]
+fn a_refused_entry_is_left_as_it_was_locally_and_in_redis() {
+    let srv = RedisServer::start(free_port());
+    let dir = temp_dir("checked");
+    let key = key_file(&dir);
+    let (a, b) = (
+        Host::new(srv.port, &key, "bc:", FLAG, 2000),
+        Host::new(srv.port, &key, "bc:", FLAG, 2000),
+    );
+    let id = [10u8; 32];
+    a.store(&id, &tls13_bytes(10));
+    // Refused on A (another vhost's ticket): not found, counted, and still A's to resume.
+    assert_eq!(
+        lookup_checked(&a, &id, 0),
+        Err(shmsess_result::SHMSESS_ERR_NOT_FOUND)
+    );
+    let st = a.stats();
+    assert_eq!((st.sni_mismatch, st.lookup_refused), (1, 1));
+    // Refused on B, read from Redis: not consumed there either.
+    assert_eq!(
+        lookup_checked(&b, &id, 0),
+        Err(shmsess_result::SHMSESS_ERR_NOT_FOUND)
+    );
+    assert_eq!(lookup_checked(&b, &id, 1), Ok(160), "B takes it once");
+    assert_eq!(
+        lookup_checked(&a, &id, 1),
+        Err(shmsess_result::SHMSESS_ERR_NOT_FOUND),
+        "then A's copy is a replay"
+    );
+    // Without the flag too (the check needs no Redis).
+    let local = Host::new(srv.port, &key, "bc2:", 0, 2000);
+    let exp = u64::from(shmsesscache::util::now_unix()) + 300;
+    let data = tls13_bytes(11);
+    let r = shmsess_cache_store(local.cache, id.as_ptr(), 32, data.as_ptr(), data.len(), exp);
+    assert_eq!(r, shmsess_result::SHMSESS_OK);
+    assert_eq!(
+        lookup_checked(&local, &id, 0),
+        Err(shmsess_result::SHMSESS_ERR_NOT_FOUND)
+    );
+    assert_eq!(lookup_checked(&local, &id, 1), Ok(160));
+    assert_eq!(
+        lookup_checked(&local, &id, 1),
+        Err(shmsess_result::SHMSESS_ERR_NOT_FOUND)
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }

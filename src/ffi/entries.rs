@@ -56,7 +56,9 @@ pub extern "C" fn shmsess_cache_store(
 /// several concurrent takers gets it); with SHMSESS_LOOKUP_TAKE_TLS13 only if it is a TLS 1.3
 /// session; SHMSESS_LOOKUP_KEEP (0) leaves it. Other values count as SHMSESS_LOOKUP_TAKE.
 /// SHMSESS_ERR_NOT_FOUND on a miss or an expired entry;
-/// SHMSESS_ERR_BUFFER_TOO_SMALL with `*out_len` set to the size needed (nothing taken).
+/// SHMSESS_ERR_BUFFER_TOO_SMALL with `*out_len` set to the size needed: nothing is taken
+/// (with `SHMSESS_BYTE_API_REMOTE` neither from the segment nor, by a tombstone, in Redis), so
+/// a second call with a buffer of that size still gets the entry.
 /// With `SHMSESS_BYTE_API_REMOTE` a local miss asks Redis within `remote_timeout_ms`: an entry
 /// the lookup would not take is copied into the segment too; one it takes (a TLS 1.3 ticket)
 /// is consumed across hosts by a tombstone swap, and refused (SHMSESS_ERR_NOT_FOUND) if it was
@@ -74,6 +76,63 @@ pub extern "C" fn shmsess_cache_lookup(
     take: c_int,
 ) -> shmsess_result {
     guard("shmsess_cache_lookup", || {
+        lookup(cache, id, id_len, buf, buf_len, out_len, take, None)
+    })
+}
+
+/// Called by `shmsess_cache_lookup_checked` with an entry's bytes (valid during the call only)
+/// and the caller's `userdata`: nonzero if the entry may answer this lookup, 0 if not (e.g. a
+/// session made for another virtual host). It must not call into the cache.
+pub type shmsess_accept_fn =
+    Option<unsafe extern "C" fn(data: *const u8, data_len: usize, userdata: *mut c_void) -> c_int>;
+
+/// `shmsess_cache_lookup`, with `accept` asked about the entry before the lookup uses it up:
+/// an entry it refuses is left as it was (a TLS 1.3 one taken for the question goes back into
+/// the segment, and is not consumed in Redis), counted in `sni_mismatch` and `lookup_refused`,
+/// and the lookup is SHMSESS_ERR_NOT_FOUND with the buffer wiped. For a caller that knows what
+/// a resumption needs beyond the id (an Apache provider: the vhost's session id context, which
+/// OpenSSL checks only after the lookup). A NULL `accept` is `shmsess_cache_lookup`. The
+/// lookup goes through the two-tier policy even without `SHMSESS_BYTE_API_REMOTE` (Redis then
+/// stays out of it). Thread- and process-safe; `accept` is called on the calling thread,
+/// outside the cache's locks. (Added in 0.5.)
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn shmsess_cache_lookup_checked(
+    cache: *mut shmsess_cache,
+    id: *const u8,
+    id_len: usize,
+    buf: *mut u8,
+    buf_len: usize,
+    out_len: *mut usize,
+    take: c_int,
+    accept: shmsess_accept_fn,
+    userdata: *mut c_void,
+) -> shmsess_result {
+    guard("shmsess_cache_lookup_checked", || {
+        let check = accept.map(|f| Accept { f, userdata });
+        lookup(cache, id, id_len, buf, buf_len, out_len, take, check)
+    })
+}
+
+/// A caller's `shmsess_accept_fn` with its userdata.
+#[derive(Clone, Copy)]
+struct Accept {
+    f: unsafe extern "C" fn(*const u8, usize, *mut c_void) -> c_int,
+    userdata: *mut c_void,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn lookup(
+    cache: *mut shmsess_cache,
+    id: *const u8,
+    id_len: usize,
+    buf: *mut u8,
+    buf_len: usize,
+    out_len: *mut usize,
+    take: c_int,
+    check: Option<Accept>,
+) -> Result<shmsess_result, Fail> {
+    {
         let h = handle(cache)?;
         let id = id_arg(id, id_len)?;
         if out_len.is_null() {
@@ -94,9 +153,11 @@ pub extern "C" fn shmsess_cache_lookup(
             _ => Take::Always,
         };
         let now = crate::util::now_unix();
-        let found = match h.byte_reach() {
-            Reach::Both => lookup_both_tiers(&h, id, out, take),
-            Reach::LocalOnly => h.tiers(Reach::LocalOnly).lookup_bytes(id, out, take, now)?,
+        let found = match (h.byte_reach(), check) {
+            (Reach::LocalOnly, None) => {
+                h.tiers(Reach::LocalOnly).lookup_bytes(id, out, take, now)?
+            }
+            (reach, check) => lookup_policy(&h, reach, id, out, take, check),
         };
         match found {
             Found::Hit { len, .. } => {
@@ -114,19 +175,28 @@ pub extern "C" fn shmsess_cache_lookup(
                 ))
             }
         }
-    })
+    }
 }
 
 /// A byte-API lookup through the two-tier policy ([`crate::tiers::Tiers::resume`]): the
-/// bytes are the caller's own encoding, so decoding is a copy into its buffer, and the
-/// session id context (the server name, for mod_ssl) is the caller's to check.
-fn lookup_both_tiers(h: &crate::handle::Handle, id: &[u8], out: &mut [u8], take: Take) -> Found {
+/// bytes are the caller's own encoding, so decoding is a copy into its buffer, and whether
+/// the entry is for this handshake (mod_ssl: the vhost's session id context) is the caller's
+/// `check`, if it gave one.
+fn lookup_policy(
+    h: &crate::handle::Handle,
+    reach: Reach,
+    id: &[u8],
+    out: &mut [u8],
+    take: Take,
+    check: Option<Accept>,
+) -> Found {
     let mut copy = Copied {
         out,
         len: 0,
         needed: None,
+        check,
     };
-    let found = h.tiers(Reach::Both).resume(id, take, &mut copy);
+    let found = h.tiers(reach).resume(id, take, &mut copy);
     match (found, copy.needed) {
         (Some(_), _) => Found::Hit {
             len: copy.len,
@@ -148,18 +218,19 @@ struct Copied<'a> {
     out: &'a mut [u8],
     len: usize,
     needed: Option<usize>,
+    check: Option<Accept>,
 }
 
 impl Resumer for Copied<'_> {
     type Session = ();
     type Parked = Vec<u8>;
 
-    fn fits(&mut self, der: &[u8]) -> bool {
-        let fits = der.len() <= self.out.len();
-        if !fits {
-            self.needed = Some(der.len());
-        }
-        fits
+    fn room(&self) -> Option<usize> {
+        Some(self.out.len())
+    }
+
+    fn too_small(&mut self, needed: usize) {
+        self.needed = Some(needed);
     }
 
     fn decode(&mut self, der: &[u8]) -> Option<()> {
@@ -169,7 +240,9 @@ impl Resumer for Copied<'_> {
     }
 
     fn same_host(&mut self, _: &()) -> bool {
-        true
+        // SAFETY: the caller's function of this type, given our copy for the call's length.
+        self.check
+            .is_none_or(|c| unsafe { (c.f)(self.out.as_ptr(), self.len, c.userdata) } != 0)
     }
 
     fn take_parked(&mut self, _: &[u8]) -> Option<(Vec<u8>, (u32, u32))> {

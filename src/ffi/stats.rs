@@ -115,7 +115,8 @@ pub struct shmsess_stats {
     pub remote_unconfirmed: u64,
     pub remote_dropped: u64,
     /// Version 5: local lookups that found the entry but could not resume it (made for
-    /// another server name, also in `sni_mismatch`, or not a session). Counted in
+    /// another server name, also in `sni_mismatch`; not a session; or a TLS 1.3 ticket Redis
+    /// says was used on another host, also in `remote_replays_refused`). Counted in
     /// `lookup_hits` too; `shmsess_stats_hit_ratio` leaves them out.
     pub lookup_refused: u64,
 }

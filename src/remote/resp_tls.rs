@@ -82,6 +82,12 @@ impl ClientCtx {
                 }
                 let loaded = match ca_file {
                     Some(f) => {
+                        // OpenSSL's refusal does not say whether the file is there at all.
+                        if let Err(e) = std::fs::File::open(f) {
+                            return Err(Error::invalid(format!(
+                                "remote CA file {f}: cannot open it: {e}"
+                            )));
+                        }
                         let c = CString::new(f)
                             .map_err(|_| Error::invalid("remote CA file name has a NUL byte"))?;
                         ossl::SSL_CTX_load_verify_locations(ctx.0, c.as_ptr(), std::ptr::null())

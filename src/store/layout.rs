@@ -141,7 +141,8 @@ pub struct Globals {
     /// Never a mutex: safe to touch whoever wrote it.
     pub recovery_word: AtomicU64,
     /// Local lookups that found the entry but could not resume it: made for another server
-    /// name (also in `sni_mismatch`) or not a session. `lookup_hits` counts them too; the hit
+    /// name (also in `sni_mismatch`), not a session, or a TLS 1.3 ticket Redis says was used on
+    /// another host (also in `remote_replays_refused`). `lookup_hits` counts them too; the hit
     /// ratio leaves them out. (Carved out of `reserved`.)
     pub lookup_refused: AtomicU64,
     /// Zero in segments made before these counters existed, so using reserved space for new

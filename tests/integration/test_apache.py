@@ -13,6 +13,7 @@ anything failed.
 import argparse
 import json
 import os
+import socket
 import ssl
 import stat
 import subprocess
@@ -186,6 +187,82 @@ def hello_retry_request(args):
     for f in os.listdir(sess_dir):
         os.unlink(os.path.join(sess_dir, f))
     os.rmdir(sess_dir)
+
+
+VHOSTS = """
+<VirtualHost 127.0.0.1:{port}>
+ServerName a.test
+SSLEngine on
+SSLCertificateFile "{certs}/server.pem"
+SSLCertificateKeyFile "{certs}/server.key"
+</VirtualHost>
+<VirtualHost 127.0.0.1:{port}>
+ServerName b.test
+ServerAlias b2.test
+SSLEngine on
+SSLCertificateFile "{certs}/server.pem"
+SSLCertificateKeyFile "{certs}/server.key"
+</VirtualHost>
+"""
+
+
+def get_as(port, ctx, name, session=None):
+    """One GET with SNI and Host `name`: (resumed, session)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=name, session=session) as tls:
+            tls.sendall(f"GET / HTTP/1.0\r\nHost: {name}\r\n\r\n".encode())
+            while tls.recv(65536):
+                pass
+            return tls.session_reused, tls.session
+
+
+def retrieves(port):
+    auto = status_auto(port, client_context(TLS12))
+    return [int(auto.get(k, -1)) for k in ("CacheRetrieveHitCount", "CacheRetrieveMissCount")]
+
+
+def names_and_vhosts(args):
+    """Two name-based vhosts on one port (b.test with the alias b2.test): what mod_ssl resumes
+    where, and what mod_status counts. A session offered to another vhost is looked up (mod_ssl
+    gives the provider the id, not the vhost's session id context; OpenSSL checks it after the
+    retrieve): the provider recognises another vhost's context and leaves the session alone."""
+    port = free_port()
+    outcome = {}
+    with Apache(args.module, args.certs, "shmsess", port=port, ssl_level="warn",
+                extra=VHOSTS.format(port=port, certs=os.path.abspath(args.certs))) as a:
+        for version in (TLS12, TLS13):
+            ctx = client_context(version)
+            tag = "1.2" if version == TLS12 else "1.3"
+            _, on_b = get_as(port, ctx, "b.test")
+            outcome[f"{tag} b.test -> b2.test (same vhost)"] = get_as(port, ctx, "b2.test", on_b)[0]
+            _, on_a = get_as(port, ctx, "a.test")
+            before = retrieves(port)
+            outcome[f"{tag} a.test -> b.test (other vhost)"] = get_as(port, ctx, "b.test", on_a)[0]
+            outcome[f"{tag} counted a.test -> b.test as [hit, miss]"] = [
+                x - y for x, y in zip(retrieves(port), before)]
+            outcome[f"{tag} a.test -> a.test after"] = get_as(port, ctx, "a.test", on_a)[0]
+        outcome["sni_mismatch"] = int(status_auto(port, client_context(TLS12)).get("CacheSNIMismatchCount", -1))
+    a.cleanup()
+    for tag in ("1.2", "1.3"):
+        same = outcome[f"{tag} b.test -> b2.test (same vhost)"]
+        check(f"TLS {tag}: a session resumes under another name of the same vhost (ServerAlias), as with shmcb",
+              same is True, f"resumed {same}")
+        other = outcome[f"{tag} a.test -> b.test (other vhost)"]
+        check(f"TLS {tag}: a session of vhost a.test offered to vhost b.test does not resume", other is False,
+              f"resumed {other}")
+        # mod_ssl hands the provider the id only, and OpenSSL refuses a session of another
+        # vhost's session id context after the retrieve returned it: the provider recognises
+        # the context itself (shmsess_cache_lookup_checked), so the refusal is a miss.
+        counted = outcome[f"{tag} counted a.test -> b.test as [hit, miss]"]
+        check(f"TLS {tag}: mod_status counts that refused offer as a retrieve miss, not a hit",
+              counted == [0, 1], f"[hit, miss] {counted}")
+    after = outcome["1.2 a.test -> a.test after"]
+    check("TLS 1.2: the session then still resumes on its own vhost", after is True, f"resumed {after}")
+    after = outcome["1.3 a.test -> a.test after"]
+    check("TLS 1.3: the ticket offered to the other vhost is not used up: it resumes on its own vhost",
+          after is True, f"resumed {after}")
+    check("mod_status: the two offers to the other vhost are CacheSNIMismatchCount",
+          outcome["sni_mismatch"] == 2, f"{outcome['sni_mismatch']}")
 
 
 def named_segment(args):
@@ -374,7 +451,7 @@ def refused_at_restart(args):
 
 
 SCENARIOS = (
-    "anonymous_segment", "shmcb_contrast", "hello_retry_request", "named_segment",
+    "anonymous_segment", "shmcb_contrast", "hello_retry_request", "names_and_vhosts", "named_segment",
     "children_killed_inside_the_cache", "bad_configuration", "refused_at_configuration_check",
     "refused_at_restart",
 )

@@ -59,11 +59,16 @@ def stop(*servers):
         s.cleanup()
 
 
-def alternate(a, b, version, count):
+def alternate(a, b, version, count, redis=None):
     """One full handshake on A, then `count` connections alternating B, A, B, ... each offering
-    the session the previous one left. Returns how many resumed."""
+    the session the previous one left. Returns how many resumed. With `redis`, the first offer
+    on B waits until A's writer thread has sent the session there (else B's first lookup may
+    race it, a full handshake the 38/39 bound allows but B's remote hit count does not)."""
     ctx = session_context(version)
+    before = keys_in_redis(redis) if redis else 0
     _, _, _, session = get(a.port, ctx)
+    if redis and not process.poll_until(lambda: keys_in_redis(redis) > before, 5.0):
+        raise RuntimeError("A's session never reached Redis")
     resumed = 0
     for i in range(count):
         port = b.port if i % 2 == 0 else a.port
@@ -74,6 +79,11 @@ def alternate(a, b, version, count):
 
 # A full TLS 1.3 handshake sends OpenSSL's default of 2 tickets, each stored.
 TICKETS_PER_HANDSHAKE = 2
+
+
+def retrieve_counts(host):
+    auto = status_auto(host.port, session_context(TLS12))
+    return [int(auto.get(k, -1)) for k in ("CacheRetrieveHitCount", "CacheRetrieveMissCount")]
 
 
 def keys_in_redis(redis):
@@ -135,12 +145,19 @@ def fleet(args):
         extra = fleet_directives(redis, key) + "SSLOpenSSLConfCmd Groups P-256\n"
         a, b = hosts(args, "shmsess", extra)
         try:
-            resumed = alternate(a, b, TLS12, ALTERNATIONS)
+            resumed = alternate(a, b, TLS12, ALTERNATIONS, redis)
             check(f"TLS 1.2 alternating between a prefork and an event host: at least {ALTERNATIONS - 1}"
                   f"/{ALTERNATIONS} resume", resumed >= ALTERNATIONS - 1, f"{resumed}/{ALTERNATIONS}")
+            before_a = retrieve_counts(a)
             uses = ticket_uses(a, b, 5, redis)
             check("TLS 1.3: a ticket made on A resumes once on B, then never again on A or B",
                   uses == [[True, False, False]] * 5, str(uses))
+            # A's segment still had each ticket, which Redis refused as used: a miss, no hit.
+            # Each offer goes through an HRR (the client's first key share is X25519), so two
+            # lookups: that refused one, and the retried ClientHello's plain miss.
+            on_a = [x - y for x, y in zip(retrieve_counts(a), before_a)]
+            check("mod_status on A: the 5 replays refused there (each through an HRR) are 10 retrieve misses, "
+                  "no hit", on_a == [0, 10], f"[hit, miss] {on_a}")
             words = hello_retry(a, b, work)
             check("TLS 1.3 through a HelloRetryRequest: made on A, resumed on B, refused on A",
                   words == ["New", "Reused", "New"], str(words))
@@ -226,6 +243,15 @@ def refused_directives(args):
         (f"ShmsessRemoteKey {key}", "ShmsessRemote is not"),
         ("<VirtualHost 127.0.0.1:9>\nShmsessRemote redis://127.0.0.1:6379/0\n</VirtualHost>",
          "cannot occur within <VirtualHost>"),
+        # A second one would silently win: refused, naming where the first one is.
+        (f"ShmsessRemote redis://127.0.0.1:6379/0\nShmsessRemoteKey {key}\nShmsessRemote redis://127.0.0.1:6380/0",
+         "ShmsessRemote is given twice: first at {conf}:"),
+        (f"ShmsessRemote redis://127.0.0.1:6379/0\nShmsessRemoteKey {key}\nShmsessRemoteKey {loose}",
+         "ShmsessRemoteKey is given twice: first at {conf}:"),
+        (f"ShmsessRemote redis://127.0.0.1:6379/0\nShmsessRemoteKey {key}\nShmsessRemoteTimeout 20\n"
+         "ShmsessRemoteTimeout 30", "ShmsessRemoteTimeout is given twice"),
+        (f"ShmsessRemote redis://127.0.0.1:6379/0\nShmsessRemoteKey {key}\nShmsessRemoteCluster off\n"
+         "ShmsessRemoteCluster on", "ShmsessRemoteCluster is given twice"),
     )
     for directives, why in cases:
         a = Apache(args.module, args.certs, "shmsess", extra=directives)
@@ -235,7 +261,28 @@ def refused_directives(args):
         a.cleanup()
         shown = directives.replace("\n", "; ")
         line = next((ln for ln in text.splitlines() if "hmsess" in ln and "Syntax error" not in ln), text.strip())
+        why = why.format(conf=a.conf_path())
         check(f"apache2 -t refuses '{shown}'", rc != 0 and why in text, line[:220])
+    # The fleet tier is this provider's: with another session cache it would be ignored.
+    for cache in ("shmcb:{root}/scache(512000)", "none"):
+        a = Apache(args.module, args.certs, cache, extra=f"ShmsessRemote redis://127.0.0.1:6379/0\n"
+                   f"ShmsessRemoteKey {key}")
+        a.port = 9
+        a.write_config()
+        rc, text = a.config_test()
+        line = next((ln for ln in text.splitlines() if "hmsess" in ln), text.strip())
+        check(f"apache2 -t refuses ShmsessRemote with 'SSLSessionCache {cache}'",
+              rc != 0 and "SSLSessionCache shmsess" in text and f"{a.conf_path()}:" in text, line[:240])
+        a.cleanup()
+    # mod_ssl keeps the last SSLSessionCache, wherever an <IfModule> or Include put it.
+    last = Apache(args.module, args.certs, "none", extra=f"ShmsessRemote redis://127.0.0.1:6379/0\n"
+                  f"ShmsessRemoteKey {key}\n<IfModule ssl_module>\nSSLSessionCache shmsess\n</IfModule>")
+    last.port = 9
+    last.write_config()
+    rc, text = last.config_test()
+    last.cleanup()
+    check("apache2 -t accepts ShmsessRemote when the last SSLSessionCache (in an <IfModule>) is shmsess", rc == 0,
+          text.strip()[:240])
     ok = Apache(args.module, args.certs, "shmsess", extra="ShmsessRemote redis://127.0.0.1:6379/0\n"
                 f"ShmsessRemoteKey {key}\nShmsessRemoteTimeout 30\nShmsessRemoteCluster off\n"
                 "ShmsessRemoteKeyPrefix shmsess:www:")
@@ -305,6 +352,17 @@ def ca_rotation_on_graceful(args):
                 b.graceful()
                 after = made_on_a_offered_on_b(a, b, redis)
                 log = b.error_log()
+                # Then the CA file removed: apache2 -t names it; a graceful restart without the
+                # test comes back on this host's segment only, logged.
+                os.unlink(ca_b)
+                rc, text = b.config_test()
+                seen = b.error_log().count("goes on without the fleet tier")
+                try:
+                    b.graceful()
+                    gone_up = get(b.port, session_context(TLS12))[0] == 200
+                except RuntimeError:
+                    gone_up = False
+                gone_logged = b.error_log().count("goes on without the fleet tier") > seen
             finally:
                 stop(a, b)
     finally:
@@ -313,6 +371,11 @@ def ca_rotation_on_graceful(args):
           f"resumed {before}; " + next((ln for ln in log.splitlines() if "refused" in ln), "")[:200])
     check("CA rotation: after the file holds Redis's CA and a graceful restart, B resumes A's sessions", after,
           f"resumed {after}")
+    check("CA file removed: apache2 -t refuses it, naming the file and why", rc != 0 and ca_b in text
+          and "No such file or directory" in text,
+          next((ln for ln in text.splitlines() if "shmsess" in ln), text.strip())[:200])
+    check("CA file removed, graceful restart without the test: httpd comes back and serves, logged",
+          gone_up and gone_logged, f"serves {gone_up}, logged {gone_logged}")
 
 
 def refused_at_restart(args):
@@ -345,8 +408,76 @@ def refused_at_restart(args):
                 a.graceful()
             back = came_back and made_on_a_offered_on_b(a, a, redis) is not None
             check("mended and restarted gracefully: the tier is back (A's sessions reach Redis)", back)
+            # The key file removed (a botched rotation): the same, with the path in the message.
+            os.rename(key, key + ".moved")
+            rc, text = a.config_test()
+            check("key file removed: apache2 -t refuses it, naming the file",
+                  rc != 0 and f"cannot open {key}" in text,
+                  next((ln for ln in text.splitlines() if "shmsess" in ln), text.strip())[:200])
+            seen = a.error_log().count("goes on without the fleet tier")
+            try:
+                a.graceful()
+                up = get(a.port, session_context(TLS12))[0] == 200
+            except RuntimeError as e:
+                up, why = False, str(e).splitlines()[-1][:200]
+            check("key file removed, graceful restart without the test: httpd comes back and serves, logged",
+                  up and a.error_log().count("goes on without the fleet tier") > seen,
+                  "" if up else f"httpd exited: {why}")
+            os.rename(key + ".moved", key)
         finally:
             stop(a)
+
+
+def children_of(pid):
+    """{child pid: its thread count} of the httpd parent `pid`."""
+    out = {}
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                out[int(d)] = len(os.listdir(f"/proc/{d}/task"))
+        except (OSError, ValueError, IndexError):
+            continue  # not a process, or gone meanwhile
+    return out
+
+
+def graceful_with_redis_hung(args):
+    """Redis hung (SIGSTOP) while an event host, whose children have writes queued for it,
+    restarts gracefully three times: each restart comes back within the bound, the old
+    generation's children exit (no writer thread stuck on Redis holds one back), the parent
+    starts no thread, and handshakes then complete within the bound."""
+    with Redis() as redis, key_dir("shmsess-fleet-hung-") as work:
+        b = Apache(args.module, args.certs, "shmsess", mpm="event", workers=2, ssl_level="warn",
+                   server_name=SERVER_NAME, extra=fleet_directives(redis, os.path.join(work, "key"))).start()
+        try:
+            pid = b.proc.pid
+            parent_threads, restarts, lingering, child_threads = set(), [], [], []
+            redis.pause()
+            for _ in range(3):
+                timed_handshakes(b, b, 4)  # sessions stored: writes queued for the hung Redis
+                old = set(children_of(pid))
+                t = time.monotonic()
+                b.graceful()
+                restarts.append(time.monotonic() - t)
+                gone = process.poll_until(lambda: not old & set(children_of(pid)), 10.0)
+                lingering.append(0 if gone else len(old & set(children_of(pid))))
+                parent_threads.add(len(os.listdir(f"/proc/{pid}/task")))
+                child_threads.append(max(children_of(pid).values(), default=0))
+            slowest, failed = timed_handshakes(b, b, 10)
+            redis.resume()
+        finally:
+            stop(b)
+    check(f"Redis hung: three graceful restarts of an event host each come back within {HANDSHAKE_BOUND_S} s",
+          max(restarts) < HANDSHAKE_BOUND_S, f"slowest {max(restarts):.3f} s")
+    check("... the old generation's children all exit, writes to the hung Redis queued", lingering == [0, 0, 0],
+          f"old children still there 10 s after each graceful: {lingering}")
+    # event child: main, listener and 4 workers, plus one writer thread at most.
+    check("... no thread left behind: the parent stays single-threaded, each child has at most 7",
+          parent_threads == {1} and max(child_threads) <= 7,
+          f"parent {sorted(parent_threads)}, busiest child {child_threads}")
+    check(f"... and then every handshake completes within {HANDSHAKE_BOUND_S} s",
+          failed == 0 and slowest < HANDSHAKE_BOUND_S, f"slowest {slowest:.3f} s, failed {failed}")
 
 
 def made_on_a_offered_on_b(a, b, redis):
@@ -360,7 +491,7 @@ def made_on_a_offered_on_b(a, b, redis):
 
 
 SCENARIOS = ("fleet", "mod_socache_redis_contrast", "refused_directives", "key_rotation_on_graceful",
-             "ca_rotation_on_graceful", "refused_at_restart")
+             "ca_rotation_on_graceful", "refused_at_restart", "graceful_with_redis_hung")
 
 
 def main():

@@ -63,7 +63,7 @@ def header_declarations(header):
 def check_api_page(page, header):
     functions, typedefs, constants = header_declarations(header)
     check("the header declares functions, callback types and constants (parser sanity)",
-          len(functions) >= 20 and len(typedefs) == 2 and len(constants) >= 20,
+          len(functions) >= 20 and len(typedefs) == 3 and len(constants) >= 20,
           f"{len(functions)} functions, {len(typedefs)} typedefs, {len(constants)} constants")
     text = render(page)
     top = sections(text, 0)
