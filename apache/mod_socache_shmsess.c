@@ -574,6 +574,11 @@ static const struct counter_line counter_lines[] = {
     COUNTER("CacheRemoteUnconfirmedCount", "TLS 1.3 tickets whose single use Redis could not confirm",
             remote_unconfirmed, 1),
     COUNTER("CacheRemoteDroppedCount", "writes that never reached Redis", remote_dropped, 1),
+    COUNTER("CacheRemoteRediscoveredCount", "times the Sentinel master was asked for again",
+            remote_rediscovered, 1),
+    COUNTER("CacheRemoteOldFormatCount", "Redis values refused as sealed by 0.4", remote_old_format, 1),
+    COUNTER("CacheRemoteRedirectsRefusedCount", "cluster redirections outside the slot map refused",
+            remote_redirects_refused, 1),
 };
 
 static uint64_t counter_value(const shmsess_stats *st, const struct counter_line *c)

@@ -77,7 +77,7 @@
 #define SHMSESS_LOOKUP_TAKE_TLS13 2
 
 // Version of `shmsess_stats` this library fills (`version` field).
-#define SHMSESS_STATS_VERSION 5
+#define SHMSESS_STATS_VERSION 6
 
 // Let the byte API (`shmsess_cache_store`, `_lookup`, `_remove`) use the second tier
 // (`remote_url`) as the session callbacks do: stores and removals are queued for Redis, a
@@ -313,6 +313,15 @@ typedef struct shmsess_stats {
   // says was used on another host, also in `remote_replays_refused`). Counted in
   // `lookup_hits` too; `shmsess_stats_hit_ratio` leaves them out.
   uint64_t lookup_refused;
+  // Second tier (version 6): Sentinel: times a process asked the sentinels again because
+  // the master it used failed, was read-only or said it is not the master (a failover
+  // counts once per process that follows it, more while it is under way); values refused
+  // because they were sealed by 0.4 (also in `remote_rejected`); Redis Cluster
+  // redirections refused because they named an address that is not a node of the slot
+  // map (also in `remote_errors`).
+  uint64_t remote_rediscovered;
+  uint64_t remote_old_format;
+  uint64_t remote_redirects_refused;
 } shmsess_stats;
 
 // Called by `shmsess_cache_lookup_checked` with an entry's bytes (valid during the call only)

@@ -501,6 +501,12 @@ fn a_redirect_to_an_address_outside_the_slot_map_gets_no_connection_and_no_passw
         );
         assert_eq!(c.get().load().errors, 2, "{kind}: {:?}", c.get().load());
         assert_eq!(c.get().load().dropped, 1, "{kind}: {:?}", c.get().load());
+        assert_eq!(
+            c.get().load().redirects_refused,
+            2,
+            "{kind}: {:?}",
+            c.get().load()
+        );
     }
 }
 
@@ -706,6 +712,11 @@ fn the_master_is_found_through_the_sentinels_and_a_failover_is_followed_in_one_o
     assert_eq!(a_store.lock().unwrap().len(), 1, "stored on the master A");
     assert!(matches!(r.fetch(&[1; 32], false, t), Fetched::Hit(_)));
     assert_eq!(*s_seen.lock().unwrap(), ["AUTH", "SENTINEL"], "asked once");
+    assert_eq!(
+        c.get().load().rediscovered,
+        0,
+        "the first discovery is none"
+    );
     assert!(a_seen
         .lock()
         .unwrap()
@@ -731,6 +742,7 @@ fn the_master_is_found_through_the_sentinels_and_a_failover_is_followed_in_one_o
         "nothing written to the replica"
     );
     assert_eq!(s_seen.lock().unwrap().len(), 4, "asked again once");
+    assert_eq!(c.get().load().rediscovered, 1, "{:?}", c.get().load());
     assert!(matches!(r.fetch(&[2; 32], false, t), Fetched::Hit(_)));
 }
 
@@ -861,4 +873,31 @@ fn sentinel_urls_are_checked_before_use() {
         cfg("rediss+sentinel://127.0.0.1,[::1]:26380/m-1.x_y/3", false)
     )
     .is_ok());
+}
+
+#[test]
+fn values_sealed_by_0_4_are_counted_apart_from_forgeries() {
+    let store: Store = Arc::new(Mutex::new(Vec::new()));
+    let port = fake(store_server(Duration::ZERO, Arc::clone(&store)));
+    let key = |id: u8| format!("f:{}", format!("{id:02x}").repeat(32)).into_bytes();
+    let len = shmsesscache::remote::seal::OVERHEAD + 200;
+    let mut old = b"SSR1".to_vec();
+    old.resize(len, 0);
+    let mut forged = b"SSR2".to_vec();
+    forged.resize(len, 0);
+    store
+        .lock()
+        .unwrap()
+        .extend([(key(5), old), (key(6), forged)]);
+    let c = counters();
+    let r = bind(
+        &c,
+        config(port, Duration::from_millis(300), Duration::ZERO, false),
+    )
+    .unwrap();
+    let t = now();
+    assert!(matches!(r.fetch(&[5; 32], false, t), Fetched::Unavailable));
+    assert!(matches!(r.fetch(&[6; 32], false, t), Fetched::Unavailable));
+    let st = c.get().load();
+    assert_eq!((st.rejected, st.old_format), (2, 1), "{st:?}");
 }

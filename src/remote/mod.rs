@@ -690,6 +690,9 @@ impl Remote {
                     }
                     Err(why) => {
                         c.get().rejected.fetch_add(1, Relaxed);
+                        if why == Refused::OldFormat {
+                            c.get().v6().old_format.fetch_add(1, Relaxed);
+                        }
                         log_refused(why);
                         Fetched::Unavailable
                     }
@@ -1202,6 +1205,11 @@ impl Shared {
             return Ok(to);
         }
         refreshed?;
+        self.counters
+            .get()
+            .v6()
+            .redirects_refused
+            .fetch_add(1, Relaxed);
         log::emit(
             Level::Warning,
             &format!(
@@ -1511,6 +1519,7 @@ impl Shared {
         let mut st = self.lock();
         if st.master == Some(old) {
             st.master = None;
+            self.counters.get().v6().rediscovered.fetch_add(1, Relaxed);
         }
         st.idle.retain(|l| l.addr != Some(old));
     }
