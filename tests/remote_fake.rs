@@ -901,3 +901,31 @@ fn values_sealed_by_0_4_are_counted_apart_from_forgeries() {
     let st = c.get().load();
     assert_eq!((st.rejected, st.old_format), (2, 1), "{st:?}");
 }
+
+#[test]
+fn a_sentinel_without_a_password_is_asked_and_a_wrong_password_is_not_ignored() {
+    let store: Store = Arc::new(Mutex::new(Vec::new()));
+    let master = sentinel_managed(store, Arc::new(Mutex::new(false)), Default::default());
+    // What Redis 7 sentinels answer AUTH with: no requirepass, or another password.
+    let sentinel_answering = |auth: &'static [u8]| {
+        let answer = names_master(master);
+        fake(Arc::new(move |args: &[Vec<u8>]| {
+            if is(args, "AUTH") {
+                return Act::Reply(auth.to_vec(), Duration::ZERO);
+            }
+            Act::Reply(answer.clone(), Duration::ZERO)
+        }))
+    };
+    let open = sentinel_answering(
+        b"-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n",
+    );
+    let wrong =
+        sentinel_answering(b"-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    let t = now();
+    for (port, stores) in [(open, 1), (wrong, 0)] {
+        let c = counters();
+        let r = bind(&c, sentinel_config(&[port], Duration::from_millis(300))).unwrap();
+        r.store_now(&[8; 32], DER, t, t + 300, t);
+        assert_eq!(c.get().load().stores, stores, "{:?}", c.get().load());
+    }
+}
