@@ -434,7 +434,34 @@ ngx_shmsess_set_session_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *c)
 }
 
 
-/* shmsess_remote redis[s]://HOST:PORT[/DB]; the library checks the rest of the URL. */
+/* The URL schemes the library takes (it checks the rest of the URL). */
+static const char  *ngx_shmsess_remote_schemes[] = {
+    "redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://"
+};
+
+
+static ngx_int_t
+ngx_shmsess_known_scheme(ngx_str_t *url)
+{
+    size_t  i, n;
+
+    for (i = 0; i < sizeof(ngx_shmsess_remote_schemes) / sizeof(ngx_shmsess_remote_schemes[0]);
+         i++)
+    {
+        n = ngx_strlen(ngx_shmsess_remote_schemes[i]);
+        if (url->len > n
+            && ngx_strncmp(url->data, ngx_shmsess_remote_schemes[i], n) == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/* shmsess_remote redis[s]://HOST:PORT[/DB] or redis[s]+sentinel://IP:PORT,.../MASTER[/DB];
+ * the library checks the rest of the URL. */
 char *
 ngx_shmsess_set_remote(ngx_conf_t *cf, ngx_command_t *cmd, void *c)
 {
@@ -449,16 +476,13 @@ ngx_shmsess_set_remote(ngx_conf_t *cf, ngx_command_t *cmd, void *c)
     ngx_shmsess_remember(cf, conf, NGX_SHMSESS_REMOTE_DIRECTIVE);
     value = cf->args->elts;
 
-    if (!(value[1].len > sizeof("redis://") - 1
-          && ngx_strncmp(value[1].data, "redis://", sizeof("redis://") - 1) == 0)
-        && !(value[1].len > sizeof("rediss://") - 1
-             && ngx_strncmp(value[1].data, "rediss://", sizeof("rediss://") - 1) == 0))
-    {
+    if (!ngx_shmsess_known_scheme(&value[1])) {
         /* The URL is never echoed: it may carry the fleet's password. */
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid URL in \"shmsess_remote\" (not shown: it may hold a "
                            "password): expected redis://HOST:PORT[/DB], e.g. "
-                           "redis://127.0.0.1:6379/0, or rediss:// for TLS");
+                           "redis://127.0.0.1:6379/0, or rediss:// for TLS, or "
+                           "redis+sentinel://IP:PORT,IP:PORT/MASTERNAME/DB for Sentinel");
         return NGX_CONF_ERROR;
     }
 

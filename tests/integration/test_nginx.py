@@ -575,6 +575,16 @@ def bad_configuration(args):
         n.cleanup()
         check("nginx -t accepts a size of 1g and rediss:// with shmsess_remote_ca",
               r.returncode == 0, next((ln for ln in r.stderr.splitlines() if "[emerg]" in ln), "")[:240])
+        # Sentinel: accepted with the master's name, refused (by the library) without it.
+        for url, ok in (("redis+sentinel://:pw@127.0.0.1:26379,127.0.0.1:26380/mymaster/0", True),
+                        ("redis+sentinel://:pw@127.0.0.1:26379", False)):
+            n = Nginx(args.module, args.certs, cache + f"    shmsess_remote {url};\n    shmsess_remote_key {key};")
+            n.write_config()
+            r = n.command("-t")
+            n.cleanup()
+            check(f"nginx -t {'accepts' if ok else 'refuses'} {url.split('@')[1]}",
+                  (r.returncode == 0) == ok and (ok or "master's name" in r.stderr),
+                  next((ln for ln in r.stderr.splitlines() if "[emerg]" in ln), "")[:240])
     finally:
         subprocess.run(["rm", "-rf", tmp])
 
