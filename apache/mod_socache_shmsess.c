@@ -775,9 +775,12 @@ static const char *set_remote(cmd_parms *cmd, void *dconf, const char *arg)
     remote_conf *rc = global_conf(cmd, &err);
     if (rc == NULL)
         return err;
-    if (strncmp(arg, "redis://", 8) != 0 && strncmp(arg, "rediss://", 9) != 0)
+    /* The library checks the rest of the URL (at the configuration check). */
+    if (strncmp(arg, "redis://", 8) != 0 && strncmp(arg, "rediss://", 9) != 0
+        && strncmp(arg, "redis+sentinel://", 17) != 0 && strncmp(arg, "rediss+sentinel://", 18) != 0)
         return "ShmsessRemote: expected redis://host:port/db or rediss://host:port/db "
-               "(e.g. ShmsessRemote redis://10.0.0.5:6379/0)";
+               "(e.g. ShmsessRemote redis://10.0.0.5:6379/0), or "
+               "redis+sentinel://ip:port,ip:port/MASTERNAME/db for Sentinel";
     rc->url = arg;
     return NULL;
 }
