@@ -1526,11 +1526,13 @@ impl Shared {
 }
 
 /// Whether a failure on the master the sentinels named means it may no longer be the master:
-/// it is down, hung, or a replica now.
+/// it is down, hung, a replica now, or cut off from its replicas (`-NOREPLICAS`, with
+/// `min-replicas-to-write`: what an old master says once the replica promoted in its place
+/// stops following it).
 fn master_may_have_moved(f: &Failure) -> bool {
     match f {
         Failure::Io(_) | Failure::Timeout | Failure::NotMaster => true,
-        Failure::Server(word) => word == "READONLY",
+        Failure::Server(word) => word == "READONLY" || word == "NOREPLICAS",
         _ => false,
     }
 }
@@ -1640,6 +1642,23 @@ mod tests {
             .unwrap();
         let map = SlotMap::parse(r, IpAddr::from([127, 0, 0, 1])).unwrap();
         assert_eq!(map.ranges.len(), 10000);
+    }
+
+    #[test]
+    fn a_master_that_is_read_only_or_without_replicas_is_asked_for_again() {
+        for word in ["READONLY", "NOREPLICAS"] {
+            assert!(
+                master_may_have_moved(&Failure::Server(word.into())),
+                "{word}"
+            );
+        }
+        assert!(master_may_have_moved(&Failure::NotMaster));
+        for f in [Failure::Server("OOM".into()), Failure::TooLarge(1)] {
+            assert!(
+                !master_may_have_moved(&f),
+                "{f}: the master is still the master"
+            );
+        }
     }
 
     #[test]
