@@ -269,6 +269,7 @@ test-remote: test-deps all $(BUILD)/certs/server.pem
 	python3 tests/integration/test_remote_hostile.py --server $(SERVER) --cli $(CLI) --certs $(BUILD)/certs
 	python3 tests/integration/test_remote_tls.py --server $(SERVER) --cli $(CLI) --certs $(BUILD)/certs
 	python3 tests/integration/test_remote_cluster.py --server $(SERVER) --cli $(CLI) --certs $(BUILD)/certs
+	python3 tests/integration/test_remote_sentinel.py --server $(SERVER) --cli $(CLI) --certs $(BUILD)/certs
 
 test-apache: test-deps all $(FAULT_SERVER) $(BUILD)/certs/server.pem
 	$(MAKE) --no-print-directory apache-module

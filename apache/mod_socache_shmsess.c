@@ -574,6 +574,11 @@ static const struct counter_line counter_lines[] = {
     COUNTER("CacheRemoteUnconfirmedCount", "TLS 1.3 tickets whose single use Redis could not confirm",
             remote_unconfirmed, 1),
     COUNTER("CacheRemoteDroppedCount", "writes that never reached Redis", remote_dropped, 1),
+    COUNTER("CacheRemoteRediscoveredCount", "times the Sentinel master was asked for again",
+            remote_rediscovered, 1),
+    COUNTER("CacheRemoteOldFormatCount", "Redis values refused as sealed by 0.4", remote_old_format, 1),
+    COUNTER("CacheRemoteRedirectsRefusedCount", "cluster redirections outside the slot map refused",
+            remote_redirects_refused, 1),
 };
 
 static uint64_t counter_value(const shmsess_stats *st, const struct counter_line *c)
@@ -770,9 +775,12 @@ static const char *set_remote(cmd_parms *cmd, void *dconf, const char *arg)
     remote_conf *rc = global_conf(cmd, &err);
     if (rc == NULL)
         return err;
-    if (strncmp(arg, "redis://", 8) != 0 && strncmp(arg, "rediss://", 9) != 0)
+    /* The library checks the rest of the URL (at the configuration check). */
+    if (strncmp(arg, "redis://", 8) != 0 && strncmp(arg, "rediss://", 9) != 0
+        && strncmp(arg, "redis+sentinel://", 17) != 0 && strncmp(arg, "rediss+sentinel://", 18) != 0)
         return "ShmsessRemote: expected redis://host:port/db or rediss://host:port/db "
-               "(e.g. ShmsessRemote redis://10.0.0.5:6379/0)";
+               "(e.g. ShmsessRemote redis://10.0.0.5:6379/0), or "
+               "redis+sentinel://ip:port,ip:port/MASTERNAME/db for Sentinel";
     rc->url = arg;
     return NULL;
 }

@@ -13,7 +13,8 @@
  *                  [--remote URL --remote-key FILE [--remote-timeout-ms N] [--remote-backoff-ms N]
  *                   [--remote-ca FILE] [--remote-cluster] [--remote-fleet LABEL]]
  *
- * --remote adds the second tier shared by several hosts (e.g. redis://127.0.0.1:6379/0), with
+ * --remote adds the second tier shared by several hosts (e.g. redis://127.0.0.1:6379/0, or
+ * redis+sentinel://:pw@10.0.0.5:26379,10.0.0.6:26379/mymaster/0 for the master of Sentinel), with
  * sessions sealed under the keys of --remote-key (a 0600 file of `openssl rand -hex 32` lines).
  * --remote-ca: the CA file a rediss:// URL's server certificate is verified against.
  * --remote-cluster: the URL is a seed node of a Redis Cluster.

@@ -77,7 +77,7 @@
 #define SHMSESS_LOOKUP_TAKE_TLS13 2
 
 // Version of `shmsess_stats` this library fills (`version` field).
-#define SHMSESS_STATS_VERSION 5
+#define SHMSESS_STATS_VERSION 6
 
 // Let the byte API (`shmsess_cache_store`, `_lookup`, `_remove`) use the second tier
 // (`remote_url`) as the session callbacks do: stores and removals are queued for Redis, a
@@ -162,7 +162,11 @@ typedef struct shmsess_options {
   // NULL (default): one host. Otherwise the second tier shared by several hosts, e.g.
   // `redis://127.0.0.1:6379/0` or `redis://user:password@10.0.0.5:6379/2` (AUTH and SELECT
   // on connect; a host name is looked up within `remote_timeout_ms`; `rediss://` for TLS).
-  // Each process connects lazily, after fork, and starts one writer thread on its first new
+  // Redis Sentinel: `redis+sentinel://[user:password@]ip:port,ip:port/MASTERNAME/db`
+  // (`rediss+sentinel://` for TLS to sentinels and master): the sentinels, IP addresses,
+  // are asked in turn for the master, which must answer `ROLE` as master; the password
+  // logs in at both; a failed, read-only or demoted master sends the next operation to
+  // the sentinels again (see docs/fleet.md). (Sentinel added after 0.4.) Each process connects lazily, after fork, and starts one writer thread on its first new
   // session: stores and removals are queued, never waited for by the handshake. Requires
   // `remote_key_file`. Copied at creation.
   // Used by the session callbacks `shmsess_install` sets; `shmsess_cache_store`, `_lookup`
@@ -309,6 +313,15 @@ typedef struct shmsess_stats {
   // says was used on another host, also in `remote_replays_refused`). Counted in
   // `lookup_hits` too; `shmsess_stats_hit_ratio` leaves them out.
   uint64_t lookup_refused;
+  // Second tier (version 6): Sentinel: times a process asked the sentinels again because
+  // the master it used failed, was read-only or said it is not the master (a failover
+  // counts once per process that follows it, more while it is under way); values refused
+  // because they were sealed by 0.4 (also in `remote_rejected`); Redis Cluster
+  // redirections refused because they named an address that is not a node of the slot
+  // map (also in `remote_errors`).
+  uint64_t remote_rediscovered;
+  uint64_t remote_old_format;
+  uint64_t remote_redirects_refused;
 } shmsess_stats;
 
 // Called by `shmsess_cache_lookup_checked` with an entry's bytes (valid during the call only)

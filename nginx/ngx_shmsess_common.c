@@ -24,7 +24,8 @@
 
 static const char  *ngx_shmsess_directive_names[NGX_SHMSESS_DIRECTIVES] = {
     "shmsess_session_cache", "shmsess_remote", "shmsess_remote_key", "shmsess_remote_ca",
-    "shmsess_remote_key_prefix", "shmsess_remote_timeout", "shmsess_session_id_prefix",
+    "shmsess_remote_key_prefix", "shmsess_remote_timeout", "shmsess_remote_fleet",
+    "shmsess_session_id_prefix",
     "shmsess_status"
 };
 
@@ -166,7 +167,8 @@ ngx_shmsess_options(ngx_pool_t *pool, ngx_shmsess_conf_t *conf, shmsess_options 
         || ngx_shmsess_cstr(pool, &conf->remote_key_file, &opts->remote_key_file) != NGX_OK
         || ngx_shmsess_cstr(pool, &conf->remote_key_prefix, &opts->remote_key_prefix)
            != NGX_OK
-        || ngx_shmsess_cstr(pool, &conf->remote_ca_file, &opts->remote_ca_file) != NGX_OK)
+        || ngx_shmsess_cstr(pool, &conf->remote_ca_file, &opts->remote_ca_file) != NGX_OK
+        || ngx_shmsess_cstr(pool, &conf->remote_fleet, &opts->remote_fleet) != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -200,6 +202,7 @@ ngx_shmsess_check_remote_directives(ngx_conf_t *cf, ngx_shmsess_conf_t *conf)
            : conf->remote_ca_file.len ? NGX_SHMSESS_CA_DIRECTIVE
            : conf->remote_key_prefix.data ? NGX_SHMSESS_KEY_PREFIX_DIRECTIVE
            : conf->remote_timeout != NGX_CONF_UNSET_MSEC ? NGX_SHMSESS_TIMEOUT_DIRECTIVE
+           : conf->remote_fleet.data ? NGX_SHMSESS_FLEET_DIRECTIVE
            : NGX_SHMSESS_DIRECTIVES;
 
     if (orphan != NGX_SHMSESS_DIRECTIVES) {
@@ -318,7 +321,8 @@ ngx_shmsess_check_conf(ngx_conf_t *cf, ngx_shmsess_conf_t *conf)
         ngx_shmsess_error_at(cf, conf, needs_cache,
                              "shmsess_remote, shmsess_remote_key, shmsess_remote_ca, "
                              "shmsess_remote_key_prefix, shmsess_remote_timeout, "
-                             "shmsess_session_id_prefix and shmsess_status need "
+                             "shmsess_remote_fleet, shmsess_session_id_prefix and "
+                             "shmsess_status need "
                              "\"shmsess_session_cache\" in the %s block", conf->block);
         return NGX_CONF_ERROR;
     }
@@ -434,7 +438,34 @@ ngx_shmsess_set_session_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *c)
 }
 
 
-/* shmsess_remote redis[s]://HOST:PORT[/DB]; the library checks the rest of the URL. */
+/* The URL schemes the library takes (it checks the rest of the URL). */
+static const char  *ngx_shmsess_remote_schemes[] = {
+    "redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://"
+};
+
+
+static ngx_int_t
+ngx_shmsess_known_scheme(ngx_str_t *url)
+{
+    size_t  i, n;
+
+    for (i = 0; i < sizeof(ngx_shmsess_remote_schemes) / sizeof(ngx_shmsess_remote_schemes[0]);
+         i++)
+    {
+        n = ngx_strlen(ngx_shmsess_remote_schemes[i]);
+        if (url->len > n
+            && ngx_strncmp(url->data, ngx_shmsess_remote_schemes[i], n) == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/* shmsess_remote redis[s]://HOST:PORT[/DB] or redis[s]+sentinel://IP:PORT,.../MASTER[/DB];
+ * the library checks the rest of the URL. */
 char *
 ngx_shmsess_set_remote(ngx_conf_t *cf, ngx_command_t *cmd, void *c)
 {
@@ -449,16 +480,13 @@ ngx_shmsess_set_remote(ngx_conf_t *cf, ngx_command_t *cmd, void *c)
     ngx_shmsess_remember(cf, conf, NGX_SHMSESS_REMOTE_DIRECTIVE);
     value = cf->args->elts;
 
-    if (!(value[1].len > sizeof("redis://") - 1
-          && ngx_strncmp(value[1].data, "redis://", sizeof("redis://") - 1) == 0)
-        && !(value[1].len > sizeof("rediss://") - 1
-             && ngx_strncmp(value[1].data, "rediss://", sizeof("rediss://") - 1) == 0))
-    {
+    if (!ngx_shmsess_known_scheme(&value[1])) {
         /* The URL is never echoed: it may carry the fleet's password. */
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid URL in \"shmsess_remote\" (not shown: it may hold a "
                            "password): expected redis://HOST:PORT[/DB], e.g. "
-                           "redis://127.0.0.1:6379/0, or rediss:// for TLS");
+                           "redis://127.0.0.1:6379/0, or rediss:// for TLS, or "
+                           "redis+sentinel://IP:PORT,IP:PORT/MASTERNAME/DB for Sentinel");
         return NGX_CONF_ERROR;
     }
 
@@ -547,6 +575,27 @@ ngx_shmsess_set_remote_key_prefix(ngx_conf_t *cf, ngx_command_t *cmd, void *c)
     ngx_shmsess_remember(cf, conf, NGX_SHMSESS_KEY_PREFIX_DIRECTIVE);
     value = cf->args->elts;
     conf->remote_key_prefix = value[1];
+
+    return NGX_CONF_OK;
+}
+
+
+/* shmsess_remote_fleet LABEL; the fleet label sealed into every Redis value (the library
+ * checks it: printable ASCII without spaces, at most 64 bytes). */
+char *
+ngx_shmsess_set_remote_fleet(ngx_conf_t *cf, ngx_command_t *cmd, void *c)
+{
+    ngx_shmsess_conf_t  *conf = c;
+
+    ngx_str_t  *value;
+
+    if (conf->remote_fleet.data) {
+        return "is duplicate";
+    }
+
+    ngx_shmsess_remember(cf, conf, NGX_SHMSESS_FLEET_DIRECTIVE);
+    value = cf->args->elts;
+    conf->remote_fleet = value[1];
 
     return NGX_CONF_OK;
 }
@@ -669,7 +718,8 @@ ngx_shmsess_settings(ngx_pool_t *pool, ngx_shmsess_conf_t *conf)
 
     len = conf->path.len + conf->remote_url.len + conf->remote_key_file.len
           + conf->remote_key_prefix.len + conf->remote_ca_file.len + conf->id_prefix.len
-          + 2 * NGX_INT64_LEN + 2 * 128 + sizeof("\n\n\n\n\n\n\n\n\n\n\n");
+          + conf->remote_fleet.len
+          + 2 * NGX_INT64_LEN + 2 * 128 + sizeof("\n\n\n\n\n\n\n\n\n\n\n\n");
 
     p = ngx_pnalloc(pool, len);
     if (p == NULL) {
@@ -677,10 +727,10 @@ ngx_shmsess_settings(ngx_pool_t *pool, ngx_shmsess_conf_t *conf)
     }
 
     end = p + len - 1;
-    last = ngx_slprintf(p, end, "%V\n%uz\n%V\n%V\n%V\n%M\n%V\n%V\n", &conf->path, conf->size,
-                        &conf->remote_url, &conf->remote_key_file,
+    last = ngx_slprintf(p, end, "%V\n%uz\n%V\n%V\n%V\n%M\n%V\n%V\n%V\n", &conf->path,
+                        conf->size, &conf->remote_url, &conf->remote_key_file,
                         &conf->remote_key_prefix, conf->remote_timeout, &conf->id_prefix,
-                        &conf->remote_ca_file);
+                        &conf->remote_ca_file, &conf->remote_fleet);
     last = ngx_shmsess_file_id(last, end, &conf->remote_key_file);
     last = ngx_slprintf(last, end, "\n");
     last = ngx_shmsess_file_id(last, end, &conf->remote_ca_file);

@@ -27,6 +27,7 @@ typedef enum {
     NGX_SHMSESS_CA_DIRECTIVE,
     NGX_SHMSESS_KEY_PREFIX_DIRECTIVE,
     NGX_SHMSESS_TIMEOUT_DIRECTIVE,
+    NGX_SHMSESS_FLEET_DIRECTIVE,
     NGX_SHMSESS_ID_PREFIX_DIRECTIVE,
     NGX_SHMSESS_STATUS_DIRECTIVE,
     NGX_SHMSESS_DIRECTIVES
@@ -64,6 +65,7 @@ typedef struct {
     ngx_str_t                  remote_key_prefix; /* data != NULL: given */
     ngx_str_t                  remote_ca_file;
     ngx_msec_t                 remote_timeout;
+    ngx_str_t                  remote_fleet;     /* data != NULL: given */
     ngx_str_t                  id_prefix;        /* host tag; each worker appends its number */
     ngx_flag_t                 status_used;
 
@@ -119,6 +121,8 @@ typedef ngx_array_t *(*ngx_shmsess_servers_pt)(ngx_cycle_t *cycle);
       ngx_shmsess_set_remote_key_prefix, offset, 0, NULL },                     \
     { ngx_string("shmsess_remote_timeout"), ctx|NGX_CONF_TAKE1,                 \
       ngx_shmsess_set_remote_timeout, offset, 0, NULL },                        \
+    { ngx_string("shmsess_remote_fleet"), ctx|NGX_CONF_TAKE1,                   \
+      ngx_shmsess_set_remote_fleet, offset, 0, NULL },                          \
     { ngx_string("shmsess_session_id_prefix"), ctx|NGX_CONF_TAKE1,              \
       ngx_shmsess_set_id_prefix, offset, 0, NULL }
 
@@ -129,6 +133,7 @@ char *ngx_shmsess_set_remote_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 char *ngx_shmsess_set_remote_ca(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_shmsess_set_remote_key_prefix(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_shmsess_set_remote_timeout(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_shmsess_set_remote_fleet(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_shmsess_set_id_prefix(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 
 /* Remember where a directive of `conf` was given (for directives a module handles itself). */

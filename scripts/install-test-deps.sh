@@ -1,6 +1,6 @@
 #!/bin/sh
 # Install the Debian packages the integration tests run against: Apache httpd with mod_ssl and
-# apxs (the socache provider test), redis-server (the second tier), nginx with nginx-dev and the
+# apxs (the socache provider test), redis-server and redis-sentinel (the second tier), nginx with nginx-dev and the
 # libraries its configure checks for (the nginx modules), Debian's dynamic stream and mail
 # modules of nginx (ours load after them), pyflakes3 (make lint's Python check), the man page
 # checkers (mandoc, groff), the packaging tools (debhelper, dpkg-dev, fakeroot, lintian: make
@@ -9,7 +9,7 @@
 # nothing when they are there; installs them as root; otherwise names what is missing and fails.
 set -eu
 need=""
-for p in apache2 apache2-dev redis-server redis-tools nginx nginx-dev libpcre2-dev zlib1g-dev \
+for p in apache2 apache2-dev redis-server redis-sentinel redis-tools nginx nginx-dev libpcre2-dev zlib1g-dev \
          libnginx-mod-stream libnginx-mod-mail pyflakes3 \
          mandoc groff-base debhelper dpkg-dev fakeroot lintian \
          hitch nsd lighttpd proftpd-core proftpd-mod-crypto dovecot-imapd gdb; do
@@ -25,6 +25,6 @@ apt-get update -qq
 # Debian's postinst may try to start the services; the tests run their own instances on
 # loopback with throw-away configurations, so stop any that did start.
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
-for svc in apache2 redis-server nginx hitch nsd lighttpd proftpd dovecot; do
+for svc in apache2 redis-server redis-sentinel nginx hitch nsd lighttpd proftpd dovecot; do
     if command -v service >/dev/null 2>&1; then service "$svc" stop >/dev/null 2>&1 || true; fi
 done

@@ -501,6 +501,12 @@ fn a_redirect_to_an_address_outside_the_slot_map_gets_no_connection_and_no_passw
         );
         assert_eq!(c.get().load().errors, 2, "{kind}: {:?}", c.get().load());
         assert_eq!(c.get().load().dropped, 1, "{kind}: {:?}", c.get().load());
+        assert_eq!(
+            c.get().load().redirects_refused,
+            2,
+            "{kind}: {:?}",
+            c.get().load()
+        );
     }
 }
 
@@ -603,4 +609,323 @@ fn several_seeds_are_refused_without_a_cluster_and_as_host_names() {
         .err()
         .unwrap();
     assert!(e.message.contains("IP address"), "{e}");
+}
+
+/// The first word of every command a fake server got, in order.
+type Seen = Arc<Mutex<Vec<String>>>;
+
+/// A fake Redis behind sentinels: `store_server` answering `ROLE` as a master, or, once
+/// `replica` is set, as a replica that refuses writes (`-READONLY`) but still reads, as a
+/// master demoted by a failover does. Records the commands it gets in `seen`.
+fn sentinel_managed(store: Store, replica: Arc<Mutex<bool>>, seen: Seen) -> u16 {
+    let inner = store_server(Duration::ZERO, store);
+    fake(Arc::new(move |args: &[Vec<u8>]| {
+        let word = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+        seen.lock().unwrap().push(word.clone());
+        let is_replica = *replica.lock().unwrap();
+        match word.as_str() {
+            "AUTH" => Act::Reply(b"+OK\r\n".to_vec(), Duration::ZERO),
+            "ROLE" if is_replica => Act::Reply(
+                b"*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:6379\r\n$9\r\nconnected\r\n:1\r\n"
+                    .to_vec(),
+                Duration::ZERO,
+            ),
+            "ROLE" => Act::Reply(
+                b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n".to_vec(),
+                Duration::ZERO,
+            ),
+            "SET" if is_replica => Act::Reply(
+                b"-READONLY You can't write against a read only replica.\r\n".to_vec(),
+                Duration::ZERO,
+            ),
+            _ => inner(args),
+        }
+    }))
+}
+
+/// A fake sentinel that answers `SENTINEL GET-MASTER-ADDR-BY-NAME mymaster` with `answer`
+/// (raw RESP), and records the commands it gets.
+fn fake_sentinel(answer: Arc<Mutex<Vec<u8>>>, seen: Seen) -> u16 {
+    fake(Arc::new(move |args: &[Vec<u8>]| {
+        let word = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+        seen.lock().unwrap().push(word.clone());
+        match word.as_str() {
+            "AUTH" => Act::Reply(b"+OK\r\n".to_vec(), Duration::ZERO),
+            "SENTINEL" if args.get(2).is_some_and(|n| n == b"mymaster") => {
+                Act::Reply(answer.lock().unwrap().clone(), Duration::ZERO)
+            }
+            "SENTINEL" => Act::Reply(b"*-1\r\n".to_vec(), Duration::ZERO),
+            _ => Act::Reply(b"-ERR unknown command\r\n".to_vec(), Duration::ZERO),
+        }
+    }))
+}
+
+/// A sentinel's answer naming 127.0.0.1:`port`.
+fn names_master(port: u16) -> Vec<u8> {
+    let p = port.to_string();
+    format!("*2\r\n$9\r\n127.0.0.1\r\n${}\r\n{p}\r\n", p.len()).into_bytes()
+}
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn sentinel_config(sentinels: &[u16], timeout: Duration) -> RemoteConfig {
+    let mut cfg = config(sentinels[0], timeout, Duration::ZERO, false);
+    let list: Vec<String> = sentinels.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    cfg.url = format!(
+        "redis+sentinel://:TopSecretPW@{}/mymaster/0",
+        list.join(",")
+    );
+    cfg
+}
+
+#[test]
+fn the_master_is_found_through_the_sentinels_and_a_failover_is_followed_in_one_operation() {
+    let (a_store, b_store) = (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let (a_replica, b_replica) = (Arc::new(Mutex::new(false)), Arc::new(Mutex::new(true)));
+    let (a_seen, b_seen, s_seen): (Seen, Seen, Seen) = Default::default();
+    let a = sentinel_managed(
+        Arc::clone(&a_store),
+        Arc::clone(&a_replica),
+        Arc::clone(&a_seen),
+    );
+    let b = sentinel_managed(
+        Arc::clone(&b_store),
+        Arc::clone(&b_replica),
+        Arc::clone(&b_seen),
+    );
+    let answer = Arc::new(Mutex::new(names_master(a)));
+    // The first sentinel is down: the second is asked.
+    let s = fake_sentinel(Arc::clone(&answer), Arc::clone(&s_seen));
+    let timeout = Duration::from_millis(400);
+    let c = counters();
+    let r = bind(&c, sentinel_config(&[closed_port(), s], timeout)).unwrap();
+    let t = now();
+    r.store_now(&[1; 32], DER, t, t + 300, t);
+    assert_eq!(c.get().load().stores, 1, "{:?}", c.get().load());
+    assert_eq!(a_store.lock().unwrap().len(), 1, "stored on the master A");
+    assert!(matches!(r.fetch(&[1; 32], false, t), Fetched::Hit(_)));
+    assert_eq!(*s_seen.lock().unwrap(), ["AUTH", "SENTINEL"], "asked once");
+    assert_eq!(
+        c.get().load().rediscovered,
+        0,
+        "the first discovery is none"
+    );
+    assert!(a_seen
+        .lock()
+        .unwrap()
+        .starts_with(&["AUTH".into(), "INFO".into(), "ROLE".into()]));
+    // Failover: B is promoted, A demoted (its pooled connection stays open, as a master
+    // turned replica by hand keeps its clients); the sentinels name B now.
+    *b_replica.lock().unwrap() = false;
+    *a_replica.lock().unwrap() = true;
+    *answer.lock().unwrap() = names_master(b);
+    let a_writes = a_store.lock().unwrap().len();
+    let start = Instant::now();
+    r.store_now(&[2; 32], DER, t, t + 300, t);
+    assert!(start.elapsed() < timeout, "{:?}", start.elapsed());
+    assert_eq!(c.get().load().stores, 2, "{:?}", c.get().load());
+    assert_eq!(
+        b_store.lock().unwrap().len(),
+        1,
+        "stored on the new master B"
+    );
+    assert_eq!(
+        a_store.lock().unwrap().len(),
+        a_writes,
+        "nothing written to the replica"
+    );
+    assert_eq!(s_seen.lock().unwrap().len(), 4, "asked again once");
+    assert_eq!(c.get().load().rediscovered, 1, "{:?}", c.get().load());
+    assert!(matches!(r.fetch(&[2; 32], false, t), Fetched::Hit(_)));
+}
+
+#[test]
+fn a_master_that_says_it_is_a_replica_gets_no_command_but_the_login_and_role() {
+    let seen: Seen = Default::default();
+    let replica = sentinel_managed(
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(Mutex::new(true)),
+        Arc::clone(&seen),
+    );
+    let s = fake_sentinel(
+        Arc::new(Mutex::new(names_master(replica))),
+        Default::default(),
+    );
+    let c = counters();
+    let r = bind(&c, sentinel_config(&[s], Duration::from_millis(300))).unwrap();
+    let t = now();
+    r.store_now(&[3; 32], DER, t, t + 300, t);
+    assert!(matches!(r.fetch(&[3; 32], true, t), Fetched::Unavailable));
+    assert_eq!(c.get().load().stores, 0, "{:?}", c.get().load());
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .all(|w| ["AUTH", "INFO", "ROLE"].contains(&w.as_str())),
+        "a replica got {seen:?}"
+    );
+    assert!(!seen.is_empty(), "the replica was never asked its role");
+}
+
+#[test]
+fn no_address_but_the_sentinels_master_gets_a_connection() {
+    let (trap, connections) = counting_listener();
+    // A master that names the trap as its replica, and redirects every key there.
+    let t_name = format!("127.0.0.1:{trap}");
+    let master = fake(Arc::new(move |args: &[Vec<u8>]| {
+        let r = if is(args, "INFO") {
+            return info();
+        } else if is(args, "AUTH") {
+            "+OK\r\n".to_string()
+        } else if is(args, "ROLE") {
+            format!("*3\r\n$6\r\nmaster\r\n:0\r\n*1\r\n*3\r\n$9\r\n127.0.0.1\r\n$5\r\n{trap}\r\n$1\r\n0\r\n")
+        } else {
+            format!("-MOVED 1 {t_name}\r\n")
+        };
+        Act::Reply(r.into_bytes(), Duration::ZERO)
+    }));
+    // Sentinels that answer with a host name, too much, nothing they know, then the master.
+    let answers: [&[u8]; 3] = [
+        b"*2\r\n$9\r\nlocalhost\r\n$4\r\n6379\r\n",
+        b"*3\r\n$9\r\n127.0.0.1\r\n$4\r\n6379\r\n$4\r\n6380\r\n",
+        b"*-1\r\n",
+    ];
+    let mut ports: Vec<u16> = answers
+        .iter()
+        .map(|a| fake_sentinel(Arc::new(Mutex::new(a.to_vec())), Default::default()))
+        .collect();
+    ports.push(fake_sentinel(
+        Arc::new(Mutex::new(names_master(master))),
+        Default::default(),
+    ));
+    let c = counters();
+    let r = bind(&c, sentinel_config(&ports, Duration::from_secs(2))).unwrap();
+    let t = now();
+    assert!(matches!(r.fetch(&[4; 32], false, t), Fetched::Unavailable));
+    r.store_now(&[4; 32], DER, t, t + 300, t);
+    assert_eq!(
+        connections.load(Relaxed),
+        0,
+        "an address from a reply got a connection"
+    );
+    assert_eq!(c.get().load().errors, 2, "{:?}", c.get().load());
+    // Each of the bad sentinels alone: refused, nothing connected.
+    for bad in &ports[..3] {
+        let c = counters();
+        let r = bind(&c, sentinel_config(&[*bad], Duration::from_millis(300))).unwrap();
+        assert!(matches!(r.fetch(&[4; 32], false, t), Fetched::Unavailable));
+        assert_eq!(c.get().load().errors, 1, "{:?}", c.get().load());
+    }
+    assert_eq!(connections.load(Relaxed), 0);
+}
+
+#[test]
+fn sentinel_urls_are_checked_before_use() {
+    let cfg = |url: &str, cluster: bool| {
+        let mut c = config(1, Duration::from_millis(100), Duration::ZERO, cluster);
+        c.url = url.into();
+        c
+    };
+    for (url, cluster, says) in [
+        (
+            "redis+sentinel://:pw@127.0.0.1:1/mymaster/0",
+            true,
+            "not a Redis Cluster",
+        ),
+        (
+            "redis+sentinel://:pw@sentinel-1:26379/mymaster",
+            false,
+            "IP address",
+        ),
+        (
+            "redis+sentinel://:pw@127.0.0.1,10.0.0.1:x/mymaster",
+            false,
+            "bad port",
+        ),
+        (
+            "redis+sentinel://:pw@127.0.0.1:26379",
+            false,
+            "master's name",
+        ),
+        (
+            "redis+sentinel://:pw@127.0.0.1:26379/my%20master",
+            false,
+            "master's name",
+        ),
+        (
+            "redis+sentinel://:pw@127.0.0.1:26379/mymaster/x",
+            false,
+            "database number",
+        ),
+    ] {
+        let e = bind(&counters(), cfg(url, cluster)).err().expect(url);
+        assert!(e.message.contains(says), "{url}: {e}");
+        assert!(!e.message.contains("pw@"), "{e}");
+    }
+    assert!(bind(
+        &counters(),
+        cfg("rediss+sentinel://127.0.0.1,[::1]:26380/m-1.x_y/3", false)
+    )
+    .is_ok());
+}
+
+#[test]
+fn values_sealed_by_0_4_are_counted_apart_from_forgeries() {
+    let store: Store = Arc::new(Mutex::new(Vec::new()));
+    let port = fake(store_server(Duration::ZERO, Arc::clone(&store)));
+    let key = |id: u8| format!("f:{}", format!("{id:02x}").repeat(32)).into_bytes();
+    let len = shmsesscache::remote::seal::OVERHEAD + 200;
+    let mut old = b"SSR1".to_vec();
+    old.resize(len, 0);
+    let mut forged = b"SSR2".to_vec();
+    forged.resize(len, 0);
+    store
+        .lock()
+        .unwrap()
+        .extend([(key(5), old), (key(6), forged)]);
+    let c = counters();
+    let r = bind(
+        &c,
+        config(port, Duration::from_millis(300), Duration::ZERO, false),
+    )
+    .unwrap();
+    let t = now();
+    assert!(matches!(r.fetch(&[5; 32], false, t), Fetched::Unavailable));
+    assert!(matches!(r.fetch(&[6; 32], false, t), Fetched::Unavailable));
+    let st = c.get().load();
+    assert_eq!((st.rejected, st.old_format), (2, 1), "{st:?}");
+}
+
+#[test]
+fn a_sentinel_without_a_password_is_asked_and_a_wrong_password_is_not_ignored() {
+    let store: Store = Arc::new(Mutex::new(Vec::new()));
+    let master = sentinel_managed(store, Arc::new(Mutex::new(false)), Default::default());
+    // What Redis 7 sentinels answer AUTH with: no requirepass, or another password.
+    let sentinel_answering = |auth: &'static [u8]| {
+        let answer = names_master(master);
+        fake(Arc::new(move |args: &[Vec<u8>]| {
+            if is(args, "AUTH") {
+                return Act::Reply(auth.to_vec(), Duration::ZERO);
+            }
+            Act::Reply(answer.clone(), Duration::ZERO)
+        }))
+    };
+    let open = sentinel_answering(
+        b"-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n",
+    );
+    let wrong =
+        sentinel_answering(b"-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    let t = now();
+    for (port, stores) in [(open, 1), (wrong, 0)] {
+        let c = counters();
+        let r = bind(&c, sentinel_config(&[port], Duration::from_millis(300))).unwrap();
+        r.store_now(&[8; 32], DER, t, t + 300, t);
+        assert_eq!(c.get().load().stores, stores, "{:?}", c.get().load());
+    }
 }

@@ -111,7 +111,11 @@ pub struct shmsess_options {
     /// NULL (default): one host. Otherwise the second tier shared by several hosts, e.g.
     /// `redis://127.0.0.1:6379/0` or `redis://user:password@10.0.0.5:6379/2` (AUTH and SELECT
     /// on connect; a host name is looked up within `remote_timeout_ms`; `rediss://` for TLS).
-    /// Each process connects lazily, after fork, and starts one writer thread on its first new
+    /// Redis Sentinel: `redis+sentinel://[user:password@]ip:port,ip:port/MASTERNAME/db`
+    /// (`rediss+sentinel://` for TLS to sentinels and master): the sentinels, IP addresses,
+    /// are asked in turn for the master, which must answer `ROLE` as master; the password
+    /// logs in at both; a failed, read-only or demoted master sends the next operation to
+    /// the sentinels again (see docs/fleet.md). (Sentinel added after 0.4.) Each process connects lazily, after fork, and starts one writer thread on its first new
     /// session: stores and removals are queued, never waited for by the handshake. Requires
     /// `remote_key_file`. Copied at creation.
     /// Used by the session callbacks `shmsess_install` sets; `shmsess_cache_store`, `_lookup`

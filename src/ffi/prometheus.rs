@@ -253,6 +253,21 @@ const METRICS: &[(&str, Kind, &str)] = &[
         Counter,
         "Lookup hits that could not resume (another server name, not a session).",
     ),
+    (
+        "remote_rediscovered",
+        Counter,
+        "Times a process asked the sentinels again after its master failed or was demoted.",
+    ),
+    (
+        "remote_old_format",
+        Counter,
+        "Values from Redis refused because shmsesscache 0.4 sealed them.",
+    ),
+    (
+        "remote_redirects_refused",
+        Counter,
+        "Redis Cluster redirections refused: the address is not a node of the slot map.",
+    ),
 ];
 
 /// One metric: `# HELP`, `# TYPE` and the sample.

@@ -119,10 +119,19 @@ pub struct shmsess_stats {
     /// says was used on another host, also in `remote_replays_refused`). Counted in
     /// `lookup_hits` too; `shmsess_stats_hit_ratio` leaves them out.
     pub lookup_refused: u64,
+    /// Second tier (version 6): Sentinel: times a process asked the sentinels again because
+    /// the master it used failed, was read-only or said it is not the master (a failover
+    /// counts once per process that follows it, more while it is under way); values refused
+    /// because they were sealed by 0.4 (also in `remote_rejected`); Redis Cluster
+    /// redirections refused because they named an address that is not a node of the slot
+    /// map (also in `remote_errors`).
+    pub remote_rediscovered: u64,
+    pub remote_old_format: u64,
+    pub remote_redirects_refused: u64,
 }
 
 /// Version of `shmsess_stats` this library fills (`version` field).
-pub const SHMSESS_STATS_VERSION: u32 = 5;
+pub const SHMSESS_STATS_VERSION: u32 = 6;
 
 /// Size of `shmsess_stats` version 1 (its fields up to `size_bytes`): what programs built
 /// against 0.1 headers allocate.
@@ -266,6 +275,9 @@ stats_fields!(|s, a, now| {
     remote_unconfirmed: s.remote.unconfirmed,
     remote_dropped: s.remote.dropped,
     lookup_refused: s.lookup_refused,
+    remote_rediscovered: s.remote.rediscovered,
+    remote_old_format: s.remote.old_format,
+    remote_redirects_refused: s.remote.redirects_refused,
 });
 
 /// A time of the entry ages, 0 when the cache has no live entry.

@@ -130,6 +130,8 @@ struct ProcessState {
     closing: bool,
     /// Redis Cluster: which node serves which slots (fetched lazily, refreshed when stale).
     slots: Option<SlotMap>,
+    /// Sentinel: the master the sentinels last named (asked lazily, again after it failed).
+    master: Option<SocketAddr>,
 }
 
 /// The slot ranges of a cluster and their masters, from CLUSTER SLOTS.
@@ -396,6 +398,7 @@ impl PerProcess {
                 writer: None,
                 closing: false,
                 slots: None,
+                master: None,
             }),
             wake: Condvar::new(),
         }
@@ -552,7 +555,14 @@ impl Remote {
         if cfg.timeout.is_zero() {
             return Err(Error::new(ErrorKind::Invalid, "remote timeout is 0"));
         }
-        if !cfg.cluster && !target.more_seeds.is_empty() {
+        let sentinel = target.sentinel_master.is_some();
+        if sentinel && cfg.cluster {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "remote URL: redis+sentinel:// names sentinels, not a Redis Cluster: turn remote_cluster off (or give the cluster's nodes in a redis:// URL)",
+            ));
+        }
+        if !cfg.cluster && !sentinel && !target.more_seeds.is_empty() {
             return Err(Error::new(
                 ErrorKind::Invalid,
                 "remote URL: several hosts need remote_cluster (they are a Redis Cluster's seed nodes); for one Redis, give one host",
@@ -680,6 +690,9 @@ impl Remote {
                     }
                     Err(why) => {
                         c.get().rejected.fetch_add(1, Relaxed);
+                        if why == Refused::OldFormat {
+                            c.get().v6().old_format.fetch_add(1, Relaxed);
+                        }
                         log_refused(why);
                         Fetched::Unavailable
                     }
@@ -1049,6 +1062,7 @@ impl Shared {
         }
         let result = match (self.cluster, key) {
             (true, Some(key)) => self.run_in_cluster(key, &op, dl),
+            _ if self.target.sentinel_master.is_some() => self.run_via_sentinels(&op, dl),
             _ => self.run_on(None, false, &op, dl),
         };
         // The log message is made under the lock and emitted after it: the application's
@@ -1191,6 +1205,11 @@ impl Shared {
             return Ok(to);
         }
         refreshed?;
+        self.counters
+            .get()
+            .v6()
+            .redirects_refused
+            .fetch_add(1, Relaxed);
         log::emit(
             Level::Warning,
             &format!(
@@ -1355,6 +1374,9 @@ impl Shared {
             }
         };
         let version = conn.login(&self.target, dl)?;
+        if self.target.sentinel_master.is_some() {
+            conn.confirm_master(dl)?;
+        }
         let dialect = self.dialect(version);
         let v = op(&mut conn, dialect, dl)?;
         let addr = conn.peer();
@@ -1417,6 +1439,101 @@ impl Shared {
                 Err(Failure::Timeout)
             }
         }
+    }
+}
+
+impl Shared {
+    /// Run `op` on the master the sentinels name: the one last named, or asked for now. A
+    /// master that fails (refused, closed, timed out), answers `-READONLY` or does not say
+    /// `ROLE` master (checked on every new connection) is forgotten, with the idle
+    /// connections to it, and the sentinels are asked again, once per operation and within
+    /// `dl`: a failover is followed by the first operation after it.
+    fn run_via_sentinels<T>(
+        &self,
+        op: &impl Fn(&mut Conn, Dialect, Deadline) -> FResult<T>,
+        dl: Deadline,
+    ) -> FResult<(T, Link)> {
+        let mut asked_again = false;
+        loop {
+            let known = self.lock().master;
+            let master = match known {
+                Some(m) => m,
+                None => self.discover_master(dl)?,
+            };
+            match self.run_on(Some(master), false, op, dl) {
+                Err(f) if master_may_have_moved(&f) => {
+                    self.forget_master(master);
+                    if asked_again || dl.left().is_err() {
+                        return Err(f);
+                    }
+                    asked_again = true;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// Ask the sentinels of the URL, in its order, where the master is: the first that
+    /// answers decides (the master it names is then confirmed by `ROLE`). Each sentinel but
+    /// the last gets half the time left, so a hung one leaves time for the next and for the
+    /// operation itself.
+    fn discover_master(&self, dl: Deadline) -> FResult<SocketAddr> {
+        let sentinels = self.target.sentinels();
+        let mut last = Failure::Protocol("no sentinel answered");
+        for (i, &s) in sentinels.iter().enumerate() {
+            let left = dl.left()?;
+            let share = if i + 1 < sentinels.len() {
+                left / 2
+            } else {
+                left
+            };
+            match self.ask_sentinel(s, Deadline::after(share)) {
+                Ok(master) => {
+                    self.lock().master = Some(master);
+                    return Ok(master);
+                }
+                Err(f) => last = f,
+            }
+        }
+        Err(last)
+    }
+
+    /// One sentinel's answer, on a connection made for it and closed after it (TLS with
+    /// `rediss+sentinel://`, its certificate checked against its IP address).
+    fn ask_sentinel(&self, sentinel: SocketAddr, dl: Deadline) -> FResult<SocketAddr> {
+        let name = self.target.sentinel_master.as_deref().unwrap_or_default();
+        let tcp = resp::tcp_connect(&[sentinel], dl)?;
+        let mut conn = match &self.tls {
+            None => Conn::new(Box::new(tcp), REPLY_CAP),
+            Some(ctx) => {
+                let tls = TlsStream::connect(ctx, tcp, &sentinel.ip().to_string(), dl)?;
+                Conn::new(Box::new(tls), REPLY_CAP)
+            }
+        };
+        conn.ask_sentinel(&self.target, name, dl)
+    }
+
+    /// The master at `old` failed: ask the sentinels next time, and drop the idle connections
+    /// to it (they would also hold places in the pool the new master's need).
+    fn forget_master(&self, old: SocketAddr) {
+        let mut st = self.lock();
+        if st.master == Some(old) {
+            st.master = None;
+            self.counters.get().v6().rediscovered.fetch_add(1, Relaxed);
+        }
+        st.idle.retain(|l| l.addr != Some(old));
+    }
+}
+
+/// Whether a failure on the master the sentinels named means it may no longer be the master:
+/// it is down, hung, a replica now, or cut off from its replicas (`-NOREPLICAS`, with
+/// `min-replicas-to-write`: what an old master says once the replica promoted in its place
+/// stops following it).
+fn master_may_have_moved(f: &Failure) -> bool {
+    match f {
+        Failure::Io(_) | Failure::Timeout | Failure::NotMaster => true,
+        Failure::Server(word) => word == "READONLY" || word == "NOREPLICAS",
+        _ => false,
     }
 }
 
@@ -1525,6 +1642,23 @@ mod tests {
             .unwrap();
         let map = SlotMap::parse(r, IpAddr::from([127, 0, 0, 1])).unwrap();
         assert_eq!(map.ranges.len(), 10000);
+    }
+
+    #[test]
+    fn a_master_that_is_read_only_or_without_replicas_is_asked_for_again() {
+        for word in ["READONLY", "NOREPLICAS"] {
+            assert!(
+                master_may_have_moved(&Failure::Server(word.into())),
+                "{word}"
+            );
+        }
+        assert!(master_may_have_moved(&Failure::NotMaster));
+        for f in [Failure::Server("OOM".into()), Failure::TooLarge(1)] {
+            assert!(
+                !master_may_have_moved(&f),
+                "{f}: the master is still the master"
+            );
+        }
     }
 
     #[test]

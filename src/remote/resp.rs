@@ -54,6 +54,9 @@ pub enum Failure {
     /// during a migration (`ASK`: ask that node once, after ASKING).
     Moved(SocketAddr),
     Ask(SocketAddr),
+    /// Sentinel: the server the sentinels named does not say `ROLE` master (a replica, or a
+    /// stale answer during a failover).
+    NotMaster,
 }
 
 impl Failure {
@@ -84,6 +87,7 @@ impl std::fmt::Display for Failure {
             Failure::Tls(m) => write!(f, "TLS: {m}"),
             Failure::Moved(a) => write!(f, "slot moved to {a}"),
             Failure::Ask(a) => write!(f, "slot migrating to {a}"),
+            Failure::NotMaster => f.write_str("the server the sentinels named is not a master"),
         }
     }
 }
@@ -407,21 +411,34 @@ pub struct Target {
     pub user: Option<Secret>,
     pub password: Option<Secret>,
     pub db: u32,
+    /// `redis+sentinel://`: the name of the master the sentinels (`host` and `more_seeds`,
+    /// all IP addresses) are asked for. `None`: `host` is Redis itself (or a cluster seed).
+    pub sentinel_master: Option<String>,
 }
 
 /// What a usable URL looks like (quoted in every refusal; the URL itself never is: it may hold
 /// a password).
 pub const URL_FORM: &str =
-    "redis://[user:password@]host:port/db or rediss://... for TLS (a cluster: host:port,ip:port,.../0)";
+    "redis://[user:password@]host:port/db or rediss://... for TLS (a cluster: host:port,ip:port,.../0; Sentinel: redis+sentinel://[user:password@]ip:port,ip:port,.../MASTERNAME/db, rediss+sentinel://... for TLS)";
+
+/// Longest master name accepted in a `redis+sentinel://` URL.
+const MAX_MASTER_NAME: usize = 64;
 
 impl Target {
     pub fn parse(url: &str) -> Result<Target, String> {
-        let (tls, rest) = if let Some(r) = url.strip_prefix("redis://") {
-            (false, r)
+        let (tls, sentinel, rest) = if let Some(r) = url.strip_prefix("redis://") {
+            (false, false, r)
         } else if let Some(r) = url.strip_prefix("rediss://") {
-            (true, r)
+            (true, false, r)
+        } else if let Some(r) = url.strip_prefix("redis+sentinel://") {
+            (false, true, r)
+        } else if let Some(r) = url.strip_prefix("rediss+sentinel://") {
+            (true, true, r)
         } else {
-            return Err("the scheme must be redis:// or rediss://".into());
+            return Err(
+                "the scheme must be redis://, rediss://, redis+sentinel:// or rediss+sentinel://"
+                    .into(),
+            );
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i + 1..]),
@@ -430,6 +447,12 @@ impl Target {
         if path.contains(['?', '#']) {
             return Err("URL parameters (?...) are not supported".into());
         }
+        let (sentinel_master, path) = if sentinel {
+            let (name, db) = path.split_once('/').unwrap_or((path, ""));
+            (Some(master_name(name)?), db)
+        } else {
+            (None, path)
+        };
         let db = match path {
             "" => 0,
             p => p
@@ -450,17 +473,22 @@ impl Target {
                 (name, (!pw.is_empty()).then_some(Secret(pw)))
             }
         };
+        // A sentinel listens on 26379 by default, Redis on 6379.
+        let default_port = if sentinel { 26379 } else { 6379 };
         let mut hosts = hostport.split(',');
-        let (host, port) = split_host_port(hosts.next().unwrap_or(""))?;
+        let (host, port) = split_host_port(hosts.next().unwrap_or(""), default_port)?;
         let more_seeds = hosts
             .map(|h| {
-                let (ip, port) = split_host_port(h)?;
+                let (ip, port) = split_host_port(h, default_port)?;
                 let ip: IpAddr = ip
                     .parse()
                     .map_err(|_| "every host after the first must be an IP address")?;
                 Ok(SocketAddr::new(ip, port))
             })
             .collect::<Result<Vec<_>, String>>()?;
+        if sentinel && host.parse::<IpAddr>().is_err() {
+            return Err("every sentinel must be an IP address (ip:port,ip:port,...)".into());
+        }
         Ok(Target {
             tls,
             host,
@@ -469,7 +497,23 @@ impl Target {
             user,
             password,
             db,
+            sentinel_master,
         })
+    }
+
+    /// `redis+sentinel://`: the sentinels, in the URL's order.
+    pub fn sentinels(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = self
+            .ip()
+            .map(|ip| SocketAddr::new(ip, self.port))
+            .into_iter()
+            .collect();
+        for &s in &self.more_seeds {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        out
     }
 
     /// The host as an IP address, if it is one (no name lookup needed).
@@ -478,7 +522,19 @@ impl Target {
     }
 }
 
-fn split_host_port(s: &str) -> Result<(String, u16), String> {
+/// A master name as the sentinels know it (`sentinel monitor NAME ...`): letters, digits and
+/// `.-_`, so that it cannot carry anything into the command it is sent in but a name.
+fn master_name(name: &str) -> Result<String, String> {
+    let ok = |b: u8| b.is_ascii_alphanumeric() || b"._-".contains(&b);
+    if name.is_empty() || name.len() > MAX_MASTER_NAME || !name.bytes().all(ok) {
+        return Err(format!(
+            "redis+sentinel:// needs the master's name after the sentinels (/MASTERNAME or /MASTERNAME/db: at most {MAX_MASTER_NAME} letters, digits, '.', '-' or '_')"
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn split_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
     let (host, port) = if let Some(r) = s.strip_prefix('[') {
         let (h, after) = r.split_once(']').ok_or("unclosed [ in the host")?;
         (h, after.strip_prefix(':'))
@@ -492,7 +548,7 @@ fn split_host_port(s: &str) -> Result<(String, u16), String> {
         return Err("no host".into());
     }
     let port = match port {
-        None | Some("") => 6379,
+        None | Some("") => default_port,
         Some(p) => p
             .parse::<u16>()
             .ok()
@@ -851,16 +907,7 @@ impl Conn {
     pub fn login(&mut self, t: &Target, dl: Deadline) -> Result<Option<Version>, Failure> {
         let db = t.db.to_string();
         let mut cmds: Vec<Vec<&[u8]>> = Vec::new();
-        if let Some(pw) = &t.password {
-            match &t.user {
-                // Two-argument AUTH (ACL users) needs Redis 6; "default" is what one-argument
-                // AUTH logs in as, so keep that form for it (older servers understand it).
-                Some(u) if u.bytes() != b"default" => {
-                    cmds.push(vec![b"AUTH", u.bytes(), pw.bytes()])
-                }
-                _ => cmds.push(vec![b"AUTH", pw.bytes()]),
-            }
-        }
+        cmds.extend(auth_command(t));
         if t.db != 0 {
             cmds.push(vec![b"SELECT", db.as_bytes()]);
         }
@@ -876,6 +923,98 @@ impl Conn {
             _ => None,
         })
     }
+}
+
+/// `AUTH [user] password` for `t`'s credentials, if it has a password.
+fn auth_command(t: &Target) -> Option<Vec<&[u8]>> {
+    let pw = t.password.as_ref()?;
+    Some(match &t.user {
+        // Two-argument AUTH (ACL users) needs Redis 6; "default" is what one-argument AUTH
+        // logs in as, so keep that form for it (older servers understand it).
+        Some(u) if u.bytes() != b"default" => vec![b"AUTH", u.bytes(), pw.bytes()],
+        _ => vec![b"AUTH", pw.bytes()],
+    })
+}
+
+impl Conn {
+    /// Log in at a sentinel (one of the URL's, never an address from a reply) with the URL's
+    /// credentials, and ask it where the master `name` is. A sentinel without `requirepass`
+    /// answers AUTH with `ERR` (no password configured): that one is asked all the same.
+    /// Only an IP address and a port are accepted (a sentinel with `resolve-hostnames`
+    /// naming a host is refused: no name lookup on a reply's word).
+    pub fn ask_sentinel(
+        &mut self,
+        t: &Target,
+        name: &str,
+        dl: Deadline,
+    ) -> Result<SocketAddr, Failure> {
+        self.set_limits(SENTINEL_REPLY_LIMITS);
+        let mut cmds: Vec<Vec<&[u8]>> = Vec::new();
+        cmds.extend(auth_command(t));
+        cmds.push(vec![
+            b"SENTINEL",
+            b"GET-MASTER-ADDR-BY-NAME",
+            name.as_bytes(),
+        ]);
+        let refs: Vec<&[&[u8]]> = cmds.iter().map(|c| c.as_slice()).collect();
+        let mut replies = self.pipeline(&refs, dl)?;
+        let addr = replies.pop().ok_or(Failure::Protocol("no reply"))?;
+        if let Some(auth) = replies.pop() {
+            match auth.expect_ok() {
+                Ok(()) => {}
+                Err(Failure::Server(w)) if w == "ERR" => {}
+                Err(f) => return Err(f),
+            }
+        }
+        master_address(addr.into_result()?)
+    }
+
+    /// `ROLE` on a master the sentinels named: anything but `master` (a replica, a sentinel,
+    /// a stale answer during a failover) is [`Failure::NotMaster`], so nothing is written to
+    /// a replica.
+    pub fn confirm_master(&mut self, dl: Deadline) -> Result<(), Failure> {
+        match self.call(&[b"ROLE"], dl)? {
+            Reply::Array(Some(items)) => match items.first() {
+                Some(Reply::Bulk(Some(role))) if role == b"master" => Ok(()),
+                _ => Err(Failure::NotMaster),
+            },
+            _ => Err(Failure::Protocol("unexpected ROLE reply")),
+        }
+    }
+}
+
+/// Bounds on a sentinel's answer: two short strings (an IP address and a port), or nil.
+const SENTINEL_REPLY_LIMITS: Limits = Limits {
+    cap: 64,
+    max_array: 2,
+    max_elements: 3,
+    max_tree_bytes: 3 * ELEMENT_COST + 128,
+};
+
+/// `[ip, port]` from `SENTINEL GET-MASTER-ADDR-BY-NAME`; nil: the sentinel does not know the
+/// name.
+fn master_address(r: Reply) -> Result<SocketAddr, Failure> {
+    let Reply::Array(Some(items)) = r else {
+        return Err(Failure::Protocol(
+            "the sentinel does not know the master's name",
+        ));
+    };
+    let (Some(Reply::Bulk(Some(ip))), Some(Reply::Bulk(Some(port))), None) =
+        (items.first(), items.get(1), items.get(2))
+    else {
+        return Err(Failure::Protocol("unexpected sentinel reply"));
+    };
+    let text = |b: &[u8]| std::str::from_utf8(b).ok().map(str::to_owned);
+    let ip: IpAddr = text(ip)
+        .and_then(|s| s.parse().ok())
+        .ok_or(Failure::Protocol(
+        "a sentinel named the master by host name: set resolve-hostnames no, announce IP addresses",
+    ))?;
+    let port: u16 = text(port)
+        .and_then(|s| s.parse().ok())
+        .filter(|&p| p != 0)
+        .ok_or(Failure::Protocol("a sentinel named a bad port"))?;
+    Ok(SocketAddr::new(ip, port))
 }
 
 /// A server version as `INFO server` reports it (Valkey reports the Redis version it is
@@ -1083,6 +1222,21 @@ mod tests {
         );
         assert!(Target::parse("redis://10.0.0.5,redis-2/0").is_err());
         assert!(Target::parse("redis://10.0.0.5,/0").is_err());
+        let t = Target::parse("rediss+sentinel://:pw@10.0.0.7,10.0.0.8:26380/cache-1/2").unwrap();
+        assert_eq!(
+            (t.tls, t.port, t.db),
+            (true, 26379, 2),
+            "a sentinel's default port"
+        );
+        assert_eq!(t.sentinel_master.as_deref(), Some("cache-1"));
+        assert_eq!(
+            t.sentinels(),
+            [
+                "10.0.0.7:26379".parse().unwrap(),
+                "10.0.0.8:26380".parse().unwrap()
+            ]
+        );
+        assert!(Target::parse("redis+sentinel://10.0.0.7/a b").is_err());
         let t = Target::parse("redis://redis.internal").unwrap();
         assert_eq!((t.host.as_str(), t.port, t.db), ("redis.internal", 6379, 0));
         assert!(t.ip().is_none());

@@ -15,8 +15,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::fault::{self, FaultPoint};
 use crate::log::{self, Level};
 use crate::store::layout::{
-    Counter, Geometry, Globals, RemoteCounters, RemoteStats, ShardHeader, COUNTERS, GLOBALS_OFFSET,
-    HEADER_BYTES, MAX_ID_LEN, MAX_SESSION_BYTES,
+    Counter, Geometry, Globals, RemoteCounters, RemoteCountersV6, RemoteStats, ShardHeader,
+    COUNTERS, GLOBALS_OFFSET, HEADER_BYTES, MAX_ID_LEN, MAX_SESSION_BYTES,
 };
 use crate::store::lock::{Acquired, Holder, LockError, ShardLock};
 use crate::store::segment::{self, Mapping, Origin};
@@ -115,7 +115,8 @@ pub struct RemoteCountersRef(CountersAt);
 #[derive(Clone)]
 enum CountersAt {
     Segment(Weak<Mapping>),
-    Private(Arc<RemoteCounters>),
+    /// All of a segment's counters for the tier's few: they are in two places there.
+    Private(Arc<Globals>),
 }
 
 /// The counters of a [`RemoteCountersRef`] for the moment: holds the segment mapped while it
@@ -124,26 +125,42 @@ pub struct Counting<'a>(CountingAt<'a>);
 
 enum CountingAt<'a> {
     Segment(Arc<Mapping>),
-    Borrowed(&'a RemoteCounters),
+    Borrowed(&'a Globals),
+}
+
+impl Counting<'_> {
+    fn globals(&self) -> &Globals {
+        match &self.0 {
+            CountingAt::Segment(map) => globals_of(map),
+            CountingAt::Borrowed(g) => g,
+        }
+    }
+
+    /// The counters of stats version 6.
+    pub fn v6(&self) -> &RemoteCountersV6 {
+        &self.globals().remote_v6
+    }
+
+    /// All of the tier's counters, read now.
+    pub fn load(&self) -> RemoteStats {
+        let g = self.globals();
+        g.remote.load(&g.remote_v6)
+    }
 }
 
 impl std::ops::Deref for Counting<'_> {
     type Target = RemoteCounters;
 
     fn deref(&self) -> &RemoteCounters {
-        match &self.0 {
-            CountingAt::Segment(map) => &globals_of(map).remote,
-            CountingAt::Borrowed(c) => c,
-        }
+        &self.globals().remote
     }
 }
 
 impl RemoteCountersRef {
     /// Counters of their own, all zero, in no segment.
     pub fn private() -> RemoteCountersRef {
-        // SAFETY: RemoteCounters consists of atomic integers only, for which all-zero bytes
-        // are valid.
-        let zero: RemoteCounters = unsafe { std::mem::zeroed() };
+        // SAFETY: Globals consists of atomic integers only, for which all-zero bytes are valid.
+        let zero: Globals = unsafe { std::mem::zeroed() };
         RemoteCountersRef(CountersAt::Private(Arc::new(zero)))
     }
 
@@ -153,7 +170,7 @@ impl RemoteCountersRef {
         match &self.0 {
             CountersAt::Segment(map) => match map.upgrade() {
                 Some(map) => Counting(CountingAt::Segment(map)),
-                None => Counting(CountingAt::Borrowed(&LOST_SEGMENT_GLOBALS.remote)),
+                None => Counting(CountingAt::Borrowed(&LOST_SEGMENT_GLOBALS)),
             },
             CountersAt::Private(c) => Counting(CountingAt::Borrowed(c)),
         }
@@ -1128,7 +1145,7 @@ impl Cache {
         s.lock_wait_ns = g.lock_wait_ns.load(Relaxed);
         s.lock_resets = g.lock_resets.load(Relaxed);
         s.lock_refused_owner = g.lock_refused_owner.load(Relaxed);
-        s.remote = g.remote.load();
+        s.remote = g.remote.load(&g.remote_v6);
         s.sni_mismatch = g.sni_mismatch.load(Relaxed);
         s.hrr_resumed = g.hrr_resumed.load(Relaxed);
         s.anti_replay_skipped = g.anti_replay_skipped.load(Relaxed);

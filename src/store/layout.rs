@@ -145,9 +145,11 @@ pub struct Globals {
     /// another host (also in `remote_replays_refused`). `lookup_hits` counts them too; the hit
     /// ratio leaves them out. (Carved out of `reserved`.)
     pub lookup_refused: AtomicU64,
+    /// The second tier's counters of stats version 6. (Carved out of `reserved`.)
+    pub remote_v6: RemoteCountersV6,
     /// Zero in segments made before these counters existed, so using reserved space for new
     /// counters keeps the layout (and its version) unchanged.
-    pub reserved: [AtomicU64; 4],
+    pub reserved: [AtomicU64; 1],
     /// The boot and pid namespace of the processes using the segment (after `reserved`: zero
     /// in segments made before it existed, which count as "unknown" and are adopted as they
     /// are).
@@ -197,7 +199,23 @@ pub struct RemoteCounters {
     pub dropped: AtomicU64,
 }
 
-/// A reading of [`RemoteCounters`].
+/// The second tier's counters added with stats version 6 (in `Globals` after
+/// `lookup_refused`: [`RemoteCounters`] is followed by other counters, so it cannot grow).
+#[repr(C)]
+pub struct RemoteCountersV6 {
+    /// Sentinel: times a process asked the sentinels again because the master it used
+    /// failed, was read-only or said it is not the master (each process that follows a
+    /// failover counts it once, or more while the failover is under way).
+    pub rediscovered: AtomicU64,
+    /// Values refused because they are in the format of 0.4 (not bound to database, prefix
+    /// and fleet): gone within one session lifetime of an upgrade. Also in `rejected`.
+    pub old_format: AtomicU64,
+    /// Redis Cluster redirections (MOVED, ASK) refused because they named an address that is
+    /// not a node of the slot map (no connection made). Also in `errors`.
+    pub redirects_refused: AtomicU64,
+}
+
+/// A reading of [`RemoteCounters`] and [`RemoteCountersV6`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RemoteStats {
     pub stores: u64,
@@ -210,10 +228,14 @@ pub struct RemoteStats {
     pub replays_refused: u64,
     pub unconfirmed: u64,
     pub dropped: u64,
+    pub rediscovered: u64,
+    pub old_format: u64,
+    pub redirects_refused: u64,
 }
 
 impl RemoteCounters {
-    pub fn load(&self) -> RemoteStats {
+    /// This and `v6` read together.
+    pub fn load(&self, v6: &RemoteCountersV6) -> RemoteStats {
         let l = |c: &AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         RemoteStats {
             stores: l(&self.stores),
@@ -226,6 +248,9 @@ impl RemoteCounters {
             replays_refused: l(&self.replays_refused),
             unconfirmed: l(&self.unconfirmed),
             dropped: l(&self.dropped),
+            rediscovered: l(&v6.rediscovered),
+            old_format: l(&v6.old_format),
+            redirects_refused: l(&v6.redirects_refused),
         }
     }
 }

@@ -291,6 +291,13 @@ def refused_directives(args):
     rc, text = ok.config_test()
     ok.cleanup()
     check("apache2 -t accepts a complete fleet tier", rc == 0, text.strip()[:200])
+    sentinel = Apache(args.module, args.certs, "shmsess", extra="ShmsessRemote "
+                      f"redis+sentinel://:pw@127.0.0.1:26379,127.0.0.1:26380/mymaster/0\nShmsessRemoteKey {key}")
+    sentinel.port = 9
+    sentinel.write_config()
+    rc, text = sentinel.config_test()
+    sentinel.cleanup()
+    check("apache2 -t accepts a Sentinel URL (redis+sentinel://)", rc == 0, text.strip()[:200])
     subprocess.run(["rm", "-rf", work])
 
 

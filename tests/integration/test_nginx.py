@@ -575,6 +575,33 @@ def bad_configuration(args):
         n.cleanup()
         check("nginx -t accepts a size of 1g and rediss:// with shmsess_remote_ca",
               r.returncode == 0, next((ln for ln in r.stderr.splitlines() if "[emerg]" in ln), "")[:240])
+        # The fleet label: checked by the library at -t; only with shmsess_remote.
+        for extra, why in ((f"    shmsess_remote redis://127.0.0.1:6379/0;\n    shmsess_remote_key {key};\n"
+                            "    shmsess_remote_fleet \"prod eu\";", "fleet label must be"),
+                           ("    shmsess_remote_fleet prod-eu;", "has no effect without \"shmsess_remote\"")):
+            n = Nginx(args.module, args.certs, cache + extra)
+            n.write_config()
+            r = n.command("-t")
+            n.cleanup()
+            check(f"nginx -t refuses {extra.strip().splitlines()[-1]!r}: {why}", r.returncode != 0 and why in r.stderr,
+                  next((ln for ln in r.stderr.splitlines() if "[emerg]" in ln), r.stderr.strip())[:240])
+        n = Nginx(args.module, args.certs, cache + f"    shmsess_remote redis://127.0.0.1:6379/0;\n"
+                  f"    shmsess_remote_key {key};\n    shmsess_remote_fleet prod-eu;")
+        n.write_config()
+        r = n.command("-t")
+        n.cleanup()
+        check("nginx -t accepts shmsess_remote_fleet prod-eu", r.returncode == 0,
+              next((ln for ln in r.stderr.splitlines() if "[emerg]" in ln), "")[:240])
+        # Sentinel: accepted with the master's name, refused (by the library) without it.
+        for url, ok in (("redis+sentinel://:pw@127.0.0.1:26379,127.0.0.1:26380/mymaster/0", True),
+                        ("redis+sentinel://:pw@127.0.0.1:26379", False)):
+            n = Nginx(args.module, args.certs, cache + f"    shmsess_remote {url};\n    shmsess_remote_key {key};")
+            n.write_config()
+            r = n.command("-t")
+            n.cleanup()
+            check(f"nginx -t {'accepts' if ok else 'refuses'} {url.split('@')[1]}",
+                  (r.returncode == 0) == ok and (ok or "master's name" in r.stderr),
+                  next((ln for ln in r.stderr.splitlines() if "[emerg]" in ln), "")[:240])
     finally:
         subprocess.run(["rm", "-rf", tmp])
 

@@ -243,6 +243,11 @@ pub fn human(snap: &Snapshot) -> String {
             s.remote_replays_refused,
             s.remote_unconfirmed
         );
+        let _ = writeln!(
+            w,
+            "remote moved      {} sentinel rediscoveries (a master failed or was demoted), {} values sealed by 0.4 refused, {} cluster redirections outside the slot map refused",
+            s.remote_rediscovered, s.remote_old_format, s.remote_redirects_refused
+        );
     } else {
         let _ = writeln!(w, "remote tier       not used");
     }

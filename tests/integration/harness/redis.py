@@ -233,3 +233,90 @@ def request_settled(cli, seg, port, ctx, session=None):
     if not r[0] or ctx.maximum_version == ssl.TLSVersion.TLSv1_3:
         wait_writes(cli, seg, before + 1)
     return r
+
+
+class Sentinels:
+    """A throw-away master, its replica and `count` sentinels monitoring them as `mymaster`
+    (quorum 2), all on 127.0.0.1 and all with the one password `password` (requirepass,
+    masterauth, sentinel auth-pass and sentinel-pass). Ready once the replica is in sync and
+    every sentinel knows it. `with Sentinels() as s: ... s.url ... s.failover()`."""
+
+    NAME = "mymaster"
+
+    def __init__(self, password="SentinelPW", count=3):
+        self.password = password
+        self.master = Redis(password=password, extra=f"masterauth {password}\n")
+        self.replica = None
+        self.ports = [free_port() for _ in range(count)]
+        self.dir = tempfile.mkdtemp(prefix="shmsess-sentinel-")
+        self.procs = []
+
+    def url_for(self, ports):
+        return (f"redis+sentinel://:{self.password}@" + ",".join(f"127.0.0.1:{p}" for p in ports)
+                + f"/{self.NAME}/0")
+
+    @property
+    def url(self):
+        return self.url_for(self.ports)
+
+    def sentinel_cli(self, port, *args):
+        return redis_cli("-h", "127.0.0.1", "-p", str(port), "-a", self.password, "--no-auth-warning", *args)
+
+    def master_port(self, port):
+        """The master's port as the sentinel on `port` names it."""
+        return int(self.sentinel_cli(port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.NAME).split()[1])
+
+    def _start_sentinel(self, port):
+        conf = os.path.join(self.dir, f"sentinel-{port}.conf")
+        pw = self.password
+        with open(conf, "w") as f:
+            f.write(f"port {port}\nbind 127.0.0.1\ndaemonize no\nlogfile \"\"\ndir {self.dir}\n"
+                    f"requirepass {pw}\nsentinel sentinel-pass {pw}\n"
+                    f"sentinel monitor {self.NAME} 127.0.0.1 {self.master.port} 2\n"
+                    f"sentinel auth-pass {self.NAME} {pw}\n"
+                    f"sentinel down-after-milliseconds {self.NAME} 2000\n"
+                    f"sentinel failover-timeout {self.NAME} 10000\n")
+        os.chmod(conf, 0o600)  # holds the password; the sentinel rewrites it
+        proc, log, _ = process.spawn(["redis-sentinel", conf])
+        self.procs.append((proc, log))
+        if log.wait_for("+monitor master", READY_TIMEOUT) is None:
+            raise RuntimeError("redis-sentinel did not start:\n" + log.text())
+
+    def _ready(self):
+        link = "master_link_status:up" in self.replica.cli("INFO", "replication")
+        return link and all(str(self.replica.port) in self.sentinel_cli(p, "SENTINEL", "REPLICAS", self.NAME)
+                            for p in self.ports)
+
+    def failover(self):
+        """SENTINEL FAILOVER at the first sentinel; returns once every sentinel names the
+        replica and the old master is its replica, in sync."""
+        old, new = self.master, self.replica
+        self.sentinel_cli(self.ports[0], "SENTINEL", "FAILOVER", self.NAME)
+        process.wait_until(
+            lambda: all(self.master_port(p) == new.port for p in self.ports)
+            and "master_link_status:up" in old.cli("INFO", "replication"),
+            30, "the failover did not complete")
+        self.master, self.replica = new, old
+
+    def __enter__(self):
+        try:
+            self.master.start()
+            self.replica = Redis(password=self.password, extra=f"masterauth {self.password}\n"
+                                 f"replicaof 127.0.0.1 {self.master.port}\n").start()
+            for p in self.ports:
+                self._start_sentinel(p)
+            process.wait_until(self._ready, 30, "the replica did not sync, or a sentinel does not know it")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for proc, log in self.procs:
+            process.stop(proc)
+            log.wait_end(process.STOP_TIMEOUT)
+        for r in (self.master, self.replica):
+            if r:
+                r.stop()
+                r.cleanup()
+        shutil.rmtree(self.dir, ignore_errors=True)
