@@ -173,7 +173,8 @@ $(BUILD)/c_unload: tests/c/unload.c
 VALGRIND := valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-possibly-lost=no
 
 DROPIN_LOG := $(CURDIR)/$(BUILD)/c_dropin.log
-DROPIN_ENV := LD_PRELOAD=$(CURDIR)/$(PRELOAD) SHMSESS_PRELOAD_LOG=$(DROPIN_LOG)
+DROPIN_ENV := LD_PRELOAD=$(CURDIR)/$(PRELOAD) SHMSESS_PRELOAD_LOG=$(DROPIN_LOG) SHMSESS_PRELOAD_NO_TICKETS=1 \
+  SHMSESS_PRELOAD_IGNORE_UNEXPECTED_EOF=1
 
 test-c: $(HARNESS) $(CONTRACT) $(OLD_ABI) $(BUILD)/c_unload $(BUILD)/c_dropin $(PRELOAD) $(BUILD)/certs/server.pem
 	$(BUILD)/c_unload $(CURDIR)/$(LIB_SO).$(SOVERSION) $(BUILD)/certs

@@ -100,7 +100,7 @@ static void say(const char *fmt, ...) {
 
 /* Each kind of message once per process (a forked worker says it again for itself). */
 enum once { ONCE_SETTINGS, ONCE_CACHE, ONCE_OWN_CALLBACKS, ONCE_CACHE_OFF, ONCE_INSTALL,
-            ONCE_INSTALLED, ONCE_ROOT, ONCE_COUNT };
+            ONCE_INSTALLED, ONCE_ROOT, ONCE_CLIENT_CACHE, ONCE_COUNT };
 static pid_t said_in[ONCE_COUNT];
 
 static int first_time(enum once what) {
@@ -200,6 +200,8 @@ static __thread int inside; /* in a call into the library: pass everything throu
 DECLARE_REAL(SSL_CTX *, SSL_CTX_new, (const SSL_METHOD *));
 DECLARE_REAL(SSL_CTX *, SSL_CTX_new_ex, (OSSL_LIB_CTX *, const char *, const SSL_METHOD *));
 DECLARE_REAL(SSL *, SSL_new, (SSL_CTX *));
+DECLARE_REAL(void, SSL_set_accept_state, (SSL *));
+DECLARE_REAL(int, SSL_accept, (SSL *));
 DECLARE_REAL(long, SSL_CTX_ctrl, (SSL_CTX *, int, long, void *));
 DECLARE_REAL(int, SSL_CTX_set_session_id_context, (SSL_CTX *, const unsigned char *, unsigned int));
 DECLARE_REAL(void, SSL_CTX_sess_set_new_cb, (SSL_CTX *, int (*)(SSL *, SSL_SESSION *)));
@@ -236,6 +238,7 @@ enum {
     ST_OWN_REMOVE_CB = 1 << 4,
     ST_MODE_SET = 1 << 5,       /* the server set a cache mode (in the high bits) */
     ST_DECIDED = 1 << 6,
+    ST_OPTIONS_PER_SSL = 1 << 7, /* installed on a generic context: options go to accepting SSLs */
     ST_MODE_SHIFT = 16,
 };
 
@@ -259,6 +262,13 @@ static void set_state(SSL_CTX *ctx, uintptr_t st) {
 static void add_state(SSL_CTX *ctx, uintptr_t bits) {
     if (ctx)
         set_state(ctx, state_of(ctx) | bits);
+}
+
+/* Made with TLS_method (or DTLS_method): its SSLs may connect as well as accept. */
+static int is_generic_context(const SSL_CTX *ctx) {
+    const SSL_METHOD *m = SSL_CTX_get_ssl_method(ctx);
+    return m != TLS_client_method() && m != DTLS_client_method() && m != TLS_server_method() &&
+           m != DTLS_server_method();
 }
 
 /* A client-only method never serves; a server-only one always does; a generic one
@@ -358,18 +368,23 @@ static int server_objects(uintptr_t st) {
     return 0;
 }
 
+/* What --no-tickets and --ignore-unexpected-eof add to a served connection. */
+static uint64_t server_options(void) {
+    return (cfg.no_tickets ? SSL_OP_NO_TICKET : 0) |
+           (cfg.ignore_unexpected_eof ? SSL_OP_IGNORE_UNEXPECTED_EOF : 0);
+}
+
 static void install_on(SSL_CTX *ctx, uintptr_t st) {
     uint32_t flags = (st & ST_SID_CTX) ? SHMSESS_KEEP_SESSION_ID_CONTEXT : 0;
     inside++;
     shmsess_result r = shmsess_install_flags(cache, ctx, flags);
-    if (r == SHMSESS_OK) {
-        uint64_t opts = 0;
-        if (cfg.no_tickets)
-            opts |= SSL_OP_NO_TICKET;
-        if (cfg.ignore_unexpected_eof)
-            opts |= SSL_OP_IGNORE_UNEXPECTED_EOF;
-        if (opts)
-            SSL_CTX_set_options(ctx, opts);
+    if (r == SHMSESS_OK && server_options()) {
+        /* A generic context's connecting SSLs must not lose their tickets or their
+         * truncation check: there the options go to each SSL that accepts. */
+        if (is_generic_context(ctx))
+            add_state(ctx, ST_OPTIONS_PER_SSL);
+        else
+            SSL_CTX_set_options(ctx, server_options());
     }
     inside--;
     if (r != SHMSESS_OK && first_time(ONCE_INSTALL))
@@ -394,13 +409,26 @@ static int runs_as_root(void) {
     return 1;
 }
 
+/* A generic context that caches client sessions (SSL_SESS_CACHE_CLIENT) makes client
+ * connections too; installing would drop that bit and replace its callbacks, which its
+ * client side would see. Left alone, even with --force. */
+static int caches_client_sessions(const SSL_CTX *ctx, uintptr_t st) {
+    long mode = (long)(st >> ST_MODE_SHIFT);
+    if (!is_generic_context(ctx) || !(st & ST_MODE_SET) || !(mode & SSL_SESS_CACHE_CLIENT))
+        return 0;
+    if (first_time(ONCE_CLIENT_CACHE))
+        say("info: left a TLS_method context alone: its cache mode 0x%lx has SSL_SESS_CACHE_CLIENT, "
+            "so it also makes client connections, which the shared cache must not change", mode);
+    return 1;
+}
+
 static void decide(SSL_CTX *ctx) {
     static pthread_mutex_t deciding = PTHREAD_MUTEX_INITIALIZER;
     pthread_mutex_lock(&deciding);
     uintptr_t st = state_of(ctx);
     if (!(st & ST_DECIDED)) {
         set_state(ctx, st | ST_DECIDED);
-        if (is_server_context(ctx, st) && !runs_as_root()) {
+        if (is_server_context(ctx, st) && !caches_client_sessions(ctx, st) && !runs_as_root()) {
             ensure_cache();
             if (cache && (cfg.force || !server_objects(st)))
                 install_on(ctx, st);
@@ -434,6 +462,24 @@ EXPORT SSL *SSL_new(SSL_CTX *ctx) {
     if (ctx && !inside && !(state_of(ctx) & ST_DECIDED))
         decide(ctx);
     return RESOLVE(SSL_new)(ctx);
+}
+
+/* An SSL of a generic context becomes a server one here (or in SSL_accept, which may not
+ * come through SSL_set_accept_state): it gets the options its context could not carry. */
+static void accepting(SSL *s) {
+    if (s && !inside && (state_of(SSL_get_SSL_CTX(s)) & ST_OPTIONS_PER_SSL))
+        SSL_set_options(s, server_options());
+}
+
+EXPORT void SSL_set_accept_state(SSL *s) {
+    RESOLVE(SSL_set_accept_state)(s);
+    accepting(s);
+}
+
+EXPORT int SSL_accept(SSL *s) {
+    if (s && SSL_in_before(s))
+        accepting(s);
+    return RESOLVE(SSL_accept)(s);
 }
 
 EXPORT long SSL_CTX_ctrl(SSL_CTX *ctx, int cmd, long larg, void *parg) {
