@@ -46,6 +46,10 @@ static struct settings cfg;
 
 /* ---- log: one file (or stderr), opened before any chroot ---- */
 
+/* How the log is opened, here and again by name: O_NONBLOCK so that a FIFO without a reader
+ * (or a device) never blocks a constructor that runs in every process of the server. */
+#define LOG_OPEN_FLAGS (O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
+
 static int log_fd = 2;
 static dev_t log_dev;
 static ino_t log_ino;
@@ -63,7 +67,7 @@ static int is_log_file(int fd) {
 static int log_fd_is_ours(void) {
     if (!log_is_file || is_log_file(log_fd))
         return 1;
-    int fd = open(log_path, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
+    int fd = open(log_path, LOG_OPEN_FLAGS);
     if (fd >= 0 && is_log_file(fd)) {
         int high = fcntl(fd, F_DUPFD_CLOEXEC, 900);
         if (high >= 0) {
@@ -116,12 +120,20 @@ static void library_log(int level, const char *message, void *userdata) {
 }
 
 static void open_log(const char *file) {
-    int fd = open(file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    int fd = open(file, LOG_OPEN_FLAGS | O_CREAT, 0600);
     struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0) {
+    int fifo_unread = fd < 0 && errno == ENXIO; /* what O_NONBLOCK gives for a FIFO nobody reads */
+    if (!fifo_unread && (fd < 0 || fstat(fd, &st) != 0)) {
         say("cannot open the log file %s (%s): logging to stderr", file, strerror(errno));
         if (fd >= 0)
             close(fd);
+        return;
+    }
+    if (fifo_unread || !S_ISREG(st.st_mode)) {
+        if (fd >= 0)
+            close(fd);
+        say("the log file %s is not a regular file (a FIFO, device or socket): logging to stderr; "
+            "give SHMSESS_PRELOAD_LOG a file", file);
         return;
     }
     /* Far from the low numbers a daemon's own files get. */

@@ -200,6 +200,38 @@ def run_refuses_bad_settings(args):
           f"resumed {n}/5; {log.strip().splitlines()[:1]}")
 
 
+def run_bounded(cmd, env=None, timeout=15):
+    """(exit code, stderr) of `cmd`, or (None, why) when it is still running after `timeout` s."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
+                             stdin=subprocess.DEVNULL)
+        return out.returncode, out.stderr
+    except subprocess.TimeoutExpired:
+        return None, f"still running after {timeout} s"
+
+
+def log_that_is_not_a_file(args):
+    """A log path that is a FIFO (or any other non-file) blocks nobody: `run --log` refuses it
+    with the fix, and set directly the program starts at once, its lines on stderr."""
+    import tempfile
+    d = tempfile.mkdtemp(prefix="shmsess-fifo-")
+    fifo = os.path.join(d, "log")
+    os.mkfifo(fifo, 0o600)
+    marker = os.path.join(d, "started")
+    rc, err = run_bounded([args.cli, "run", "--log", fifo, "--", "touch", marker])
+    check("run --log FIFO: refused at once, before the program starts, with the fix",
+          rc == 1 and "not a regular file" in err and not os.path.exists(marker), f"exit {rc}: {err.strip()}")
+    preload = os.path.join(os.path.dirname(args.cli), "libshmsesscache_preload.so")
+    env = dict(os.environ, LD_PRELOAD=preload, SHMSESS_PRELOAD_LOG=fifo)
+    rc, err = run_bounded(["touch", marker], env=env)
+    check("SHMSESS_PRELOAD_LOG=FIFO: the program starts at once, the drop-in says why on stderr",
+          rc == 0 and os.path.exists(marker) and "not a regular file" in err, f"exit {rc}: {err.strip()}")
+    for f in (marker, fifo):
+        if os.path.exists(f):
+            os.unlink(f)
+    os.rmdir(d)
+
+
 def unexpected_eof(args):
     """--ignore-unexpected-eof: a client that drops TCP without close_notify keeps its
     session (OpenSSL otherwise treats the EOF as fatal and removes it from the shared cache)."""
@@ -242,6 +274,7 @@ def main():
     # Named segments go in a directory of root's (a fresh machine has none: /run is a tmpfs).
     os.makedirs(os.path.join("/run", "shmsesscache-test"), mode=0o700, exist_ok=True)
     run_refuses_bad_settings(args)
+    log_that_is_not_a_file(args)
     if "hitch" in args.only.split(","):
         unexpected_eof(args)
         hello_retry_request(args)

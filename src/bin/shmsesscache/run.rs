@@ -137,25 +137,36 @@ fn library_result(r: ffi::shmsess_result) -> Result<(), Failure> {
     ))
 }
 
-/// The log is opened by the preload with O_APPEND|O_CREAT|O_NOFOLLOW, mode 0600: try the same.
+/// The log is opened by the preload with O_APPEND|O_CREAT|O_NOFOLLOW|O_NONBLOCK, mode 0600: try
+/// the same (O_NONBLOCK: a FIFO without a reader must not hang this check), and refuse what is
+/// not a regular file (the preload would write to stderr instead).
 fn check_log(log: &Path) -> Result<(), Failure> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
+    let refuse = |why: String| {
+        Failure(
+            EXIT_FAILED,
+            format!(
+                "run: --log {}: {why} (give a regular file this user can create or append to, not a symlink, FIFO or device)",
+                log.display()
+            ),
+        )
+    };
+    let file = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(log)
-        .map(drop)
-        .map_err(|e| {
-            Failure(
-                EXIT_FAILED,
-                format!(
-                    "run: --log {}: {e} (give a file this user can create or append to, not a symlink)",
-                    log.display()
-                ),
-            )
-        })
+        .map_err(|e| match e.raw_os_error() {
+            // What O_NONBLOCK gives for a FIFO nobody reads (without it: a hang).
+            Some(libc::ENXIO) => refuse("not a regular file (a FIFO or device)".into()),
+            _ => refuse(e.to_string()),
+        })?;
+    match file.metadata() {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(refuse("not a regular file".into())),
+        Err(e) => Err(refuse(e.to_string())),
+    }
 }
 
 fn find_preload() -> Result<PathBuf, Failure> {
