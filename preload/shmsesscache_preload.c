@@ -103,7 +103,7 @@ static void say(const char *fmt, ...) {
 }
 
 /* Each kind of message once per process (a forked worker says it again for itself). */
-enum once { ONCE_SETTINGS, ONCE_CACHE, ONCE_OWN_CALLBACKS, ONCE_CACHE_OFF, ONCE_INSTALL,
+enum once { ONCE_CACHE, ONCE_OWN_CALLBACKS, ONCE_CACHE_OFF, ONCE_INSTALL,
             ONCE_INSTALLED, ONCE_ROOT, ONCE_CLIENT_CACHE, ONCE_COUNT };
 static pid_t said_in[ONCE_COUNT];
 
@@ -173,7 +173,8 @@ static int parse_size(const char *s, uint64_t *out) {
     char *end = NULL;
     errno = 0;
     unsigned long long n = strtoull(s, &end, 10);
-    if (errno || end == s || *s == '-')
+    /* strtoull skips blanks and takes a sign (" -1" wraps to 2^64 - 1): digits only. */
+    if (errno || end == s || *s < '0' || *s > '9')
         return 0;
     uint64_t mult = 1;
     switch (*end) {
@@ -307,7 +308,8 @@ static void make_cache(void) {
     o.path = cfg.path;
     if (cfg.size)
         o.size_bytes = cfg.size;
-    o.flags |= SHMSESS_NEVER_LOCK_AS_ROOT;
+    /* STRICT: the checks `shmsesscache run` makes (absolute path, a size the machine can back). */
+    o.flags |= SHMSESS_NEVER_LOCK_AS_ROOT | SHMSESS_STRICT_SETTINGS;
     if (cfg.bad) {
         cache_error = cfg.bad;
         return;
@@ -342,8 +344,7 @@ __attribute__((constructor)) static void preload_init(void) {
     if (log)
         open_log(log);
     read_settings();
-    if (cfg.bad && first_time(ONCE_SETTINGS))
-        say("warning: %s; the server runs without the shared cache", cfg.bad);
+    /* A bad setting is said by ensure_cache, once, where a server context needs the cache. */
     shmsess_set_log_callback(library_log, NULL, 2);
     /* Mapped now, before the server forks, drops privileges or chroots. */
     if (cfg.path)

@@ -8,6 +8,7 @@ root master never locking the segment (its lock calls traced with gdb).
 import argparse
 import os
 import re
+import shutil
 import signal
 import ssl
 import subprocess
@@ -173,8 +174,12 @@ def run_refuses_bad_settings(args):
     why once."""
     import tempfile
     marker = os.path.join(tempfile.mkdtemp(prefix="shmsess-run-"), "started")
+    open_dir = tempfile.mkdtemp(prefix="shmsess-0777-")
+    os.chmod(open_dir, 0o777)  # every user may write it, not sticky
     cases = [(["--size", "1K"], "needs at least 56000 bytes (e.g. --size 55K)"), (["--size", "lots"], "examples: 8388608, 512K, 64M, 1G"),
+             (["--size", more_than_memory()], "more than the memory this machine has available"),
              (["--path", "relative.sess"], "give an absolute path"),
+             (["--path", os.path.join(open_dir, "x.sess")], "is writable by every user and not sticky"),
              (["--log", "/nonexistent-dir/x.log"], "--log /nonexistent-dir/x.log")]
     for flags, fix in cases:
         out = subprocess.run([args.cli, "run", *flags, "--", "touch", marker], capture_output=True, text=True,
@@ -182,20 +187,40 @@ def run_refuses_bad_settings(args):
         check(f"run {' '.join(flags)}: refused before the program starts, with the fix",
               out.returncode in (1, 2) and fix in out.stderr and not os.path.exists(marker),
               f"exit {out.returncode}: {out.stderr.strip()}")
+        if os.path.exists(marker):  # started: the next case must not see this one's marker
+            os.unlink(marker)
     env = dict(os.environ, SHMSESS_PRELOAD_LIB="/nonexistent/libshmsesscache_preload.so")
     out = subprocess.run([args.cli, "run", "--", "touch", marker], capture_output=True, text=True, env=env,
                          timeout=30)
     check("run: a missing preload is refused before the program starts",
           out.returncode == 1 and "SHMSESS_PRELOAD_LIB" in out.stderr and not os.path.exists(marker),
           out.stderr.strip())
+    shutil.rmtree(open_dir)
     preload = os.path.join(os.path.dirname(args.cli), "libshmsesscache_preload.so")
+    for variables, why in (({"SHMSESS_PRELOAD_SIZE": "1K"}, "minimum is"),
+                           ({"SHMSESS_PRELOAD_SIZE": more_than_memory()}, "MemAvailable"),
+                           ({"SHMSESS_PRELOAD_SIZE": " -1"}, "is not a size"),
+                           ({"SHMSESS_PRELOAD_PATH": "relative.sess"}, "give an absolute path")):
+        set_directly_refused(args, preload, variables, why)
+
+
+def more_than_memory():
+    """A size the library must refuse: twice this machine's MemAvailable (in whole GiB)."""
+    with open("/proc/meminfo") as f:
+        kib = next(int(l.split()[1]) for l in f if l.startswith("MemAvailable:"))
+    return f"{2 * kib // (1 << 20) + 1}G"
+
+
+def set_directly_refused(args, preload, variables, why):
+    """Set in the environment (a unit's Environment=), a bad value leaves hitch serving with its
+    own caches (sessions mostly miss across its 4 workers), the reason logged once per process."""
     s = dh.Hitch(certs=args.certs)
-    s.env = lambda: dict(os.environ, LD_PRELOAD=preload, SHMSESS_PRELOAD_SIZE="1K", SHMSESS_PRELOAD_LOG=s.log)
+    s.env = lambda: dict(os.environ, LD_PRELOAD=preload, SHMSESS_PRELOAD_LOG=s.log, **variables)
     with s:
         n = dh.resumed_of(s, TLS12, 5)
         log = s.dropin_log()
-    check("a bad SHMSESS_PRELOAD_SIZE set directly: the server serves without the cache, the reason logged once per process",
-          "no shared session cache, the server runs with its own" in log and "minimum is" in log
+    check(f"{variables} set directly: the server serves without the cache, the reason logged once per process",
+          n < 5 and "no shared session cache, the server runs with its own" in log and why in log
           and len(set(re.findall(r"drop-in\[(\d+)\]", log))) == len(log.strip().splitlines()),
           f"resumed {n}/5; {log.strip().splitlines()[:1]}")
 

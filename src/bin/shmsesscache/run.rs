@@ -74,14 +74,9 @@ fn settings(a: &Args) -> Result<Settings, Failure> {
         // In the options' words (--size), before the library's (size_bytes).
         super::check_segment_size("run", n, shmsesscache::store::layout::DEFAULT_UNIT_BYTES)?;
     }
+    // A relative path is refused by the library's check (SHMSESS_STRICT_SETTINGS), as the
+    // preload refuses it: one rule for both.
     let path = a.value("path").map(str::to_string);
-    if let Some(p) = &path {
-        if !p.starts_with('/') {
-            return Err(usage(format!(
-                "run: --path {p:?}: give an absolute path (the server may change directory or chroot), e.g. /run/shmsesscache/{p}"
-            )));
-        }
-    }
     Ok(Settings {
         path,
         size,
@@ -109,7 +104,7 @@ fn check_with_library(s: &Settings) -> Result<(), Failure> {
     if let Some(size) = s.size {
         o.size_bytes = size;
     }
-    o.flags |= ffi::SHMSESS_NEVER_LOCK_AS_ROOT;
+    o.flags |= ffi::SHMSESS_NEVER_LOCK_AS_ROOT | ffi::SHMSESS_STRICT_SETTINGS;
     library_result(ffi::shmsess_options_check(&o))?;
     if path.is_some() {
         let mut cache = std::ptr::null_mut();
