@@ -104,7 +104,8 @@ static void say(const char *fmt, ...) {
 
 /* Each kind of message once per process (a forked worker says it again for itself). */
 enum once { ONCE_CACHE, ONCE_OWN_CALLBACKS, ONCE_CACHE_OFF, ONCE_INSTALL,
-            ONCE_INSTALLED, ONCE_ROOT, ONCE_CLIENT_CACHE, ONCE_COUNT };
+            ONCE_INSTALLED, ONCE_ROOT, ONCE_CLIENT_CACHE, ONCE_FOREIGN,
+            ONCE_COUNT };
 static pid_t said_in[ONCE_COUNT];
 
 static int first_time(enum once what) {
@@ -222,24 +223,62 @@ DECLARE_REAL(void, SSL_CTX_sess_set_remove_cb, (SSL_CTX *, void (*)(SSL_CTX *, S
 DECLARE_REAL(void, SSL_CTX_sess_set_get_cb,
              (SSL_CTX *, SSL_SESSION *(*)(SSL *, const unsigned char *, int, int *)));
 
-/* Looked up on first use: a constructor of another object may call libssl before ours. */
-static void *next_symbol(const char *name) {
-    void *p = dlsym(RTLD_NEXT, name);
+/* Every function interposed here: one list for the lookups and the check of where they are. */
+#define INTERPOSED(X)                                                                              \
+    X(SSL_CTX_new) X(SSL_CTX_new_ex) X(SSL_new) X(SSL_set_accept_state) X(SSL_accept)               \
+    X(SSL_CTX_ctrl) X(SSL_CTX_set_session_id_context) X(SSL_CTX_sess_set_new_cb)                   \
+    X(SSL_CTX_sess_set_remove_cb) X(SSL_CTX_sess_set_get_cb)
+#define REAL_ENTRY(name) {(void **)&REAL(name), #name},
+static const struct {
+    void **slot;
+    const char *name;
+} reals[] = {INTERPOSED(REAL_ENTRY)};
+
+/* Set when what dlsym(RTLD_NEXT) finds is not the libssl.so.3 this preload was linked with
+ * (GnuTLS's OpenSSL compatibility layer, a bundled libssl 1.1): its objects are not OpenSSL
+ * 3's, so every call is passed through untouched, as without the drop-in. */
+static int foreign;
+static const char *foreign_name;
+static pthread_once_t resolved = PTHREAD_ONCE_INIT;
+
+/* All looked up at once, on first use (a constructor of another object may call libssl before
+ * ours): each must be the definition in libssl.so.3 itself. */
+static void resolve_all(void) {
+    void *libssl3 = dlopen("libssl.so.3", RTLD_LAZY | RTLD_NOLOAD);
+    for (size_t i = 0; i < sizeof reals / sizeof *reals; i++) {
+        void *next = dlsym(RTLD_NEXT, reals[i].name);
+        __atomic_store_n(reals[i].slot, next, __ATOMIC_RELEASE);
+        if (next && (!libssl3 || dlsym(libssl3, reals[i].name) != next) && !foreign) {
+            foreign = 1;
+            foreign_name = reals[i].name;
+        }
+    }
+}
+
+static void *resolve(void **slot, const char *name) {
+    pthread_once(&resolved, resolve_all);
+    void *p = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
     if (!p) {
         say("error: %s not found after the drop-in (%s); is libssl linked?", name, dlerror());
         abort(); /* cannot forward the call: nothing sensible is left to do */
     }
     return p;
 }
-static void *resolve(void **slot, const char *name) {
-    void *p = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
-    if (!p) {
-        p = next_symbol(name);
-        __atomic_store_n(slot, p, __ATOMIC_RELEASE);
-    }
-    return p;
-}
 #define RESOLVE(name) ((__typeof__(REAL(name)))resolve((void **)&REAL(name), #name))
+
+/* Whether a call is the server's, on OpenSSL 3's objects: not the library's own calls coming
+ * back through here, not another library's SSL functions. */
+static int ours(void) {
+    pthread_once(&resolved, resolve_all);
+    if (foreign && first_time(ONCE_FOREIGN)) {
+        Dl_info where = {0};
+        dladdr(dlsym(RTLD_NEXT, foreign_name), &where);
+        say("info: %s after the drop-in is in %s, not OpenSSL 3's libssl.so.3: every SSL call is "
+            "passed through untouched (no shared cache in this process)",
+            foreign_name, where.dli_fname ? where.dli_fname : "another object");
+    }
+    return !inside && !foreign;
+}
 
 /* ---- what the server did to each SSL_CTX (kept in its ex_data) ---- */
 
@@ -453,7 +492,7 @@ static void decide(SSL_CTX *ctx) {
 /* ---- the interposed entry points ---- */
 
 static SSL_CTX *noticed(SSL_CTX *ctx) {
-    if (ctx && !inside) {
+    if (ctx && ours()) {
         add_state(ctx, 0);
         /* An anonymous segment is made here, before the server forks its workers; client-only
          * processes and those that never make a server context make none. */
@@ -472,7 +511,7 @@ EXPORT SSL_CTX *SSL_CTX_new_ex(OSSL_LIB_CTX *libctx, const char *propq, const SS
 }
 
 EXPORT SSL *SSL_new(SSL_CTX *ctx) {
-    if (ctx && !inside && !(state_of(ctx) & ST_DECIDED))
+    if (ctx && ours() && !(state_of(ctx) & ST_DECIDED))
         decide(ctx);
     return RESOLVE(SSL_new)(ctx);
 }
@@ -480,7 +519,7 @@ EXPORT SSL *SSL_new(SSL_CTX *ctx) {
 /* An SSL of a generic context becomes a server one here (or in SSL_accept, which may not
  * come through SSL_set_accept_state): it gets the options its context could not carry. */
 static void accepting(SSL *s) {
-    if (s && !inside && (state_of(SSL_get_SSL_CTX(s)) & ST_OPTIONS_PER_SSL))
+    if (s && ours() && (state_of(SSL_get_SSL_CTX(s)) & ST_OPTIONS_PER_SSL))
         SSL_set_options(s, server_options());
 }
 
@@ -490,13 +529,13 @@ EXPORT void SSL_set_accept_state(SSL *s) {
 }
 
 EXPORT int SSL_accept(SSL *s) {
-    if (s && SSL_in_before(s))
+    if (s && ours() && SSL_in_before(s))
         accepting(s);
     return RESOLVE(SSL_accept)(s);
 }
 
 EXPORT long SSL_CTX_ctrl(SSL_CTX *ctx, int cmd, long larg, void *parg) {
-    if (ctx && !inside && cmd == SSL_CTRL_SET_SESS_CACHE_MODE) {
+    if (ctx && cmd == SSL_CTRL_SET_SESS_CACHE_MODE && ours()) {
         uintptr_t st = state_of(ctx) & ((1u << ST_MODE_SHIFT) - 1);
         set_state(ctx, st | ST_MODE_SET | ((uintptr_t)(larg & 0xffff) << ST_MODE_SHIFT));
     }
@@ -505,7 +544,7 @@ EXPORT long SSL_CTX_ctrl(SSL_CTX *ctx, int cmd, long larg, void *parg) {
 
 EXPORT int SSL_CTX_set_session_id_context(SSL_CTX *ctx, const unsigned char *sid, unsigned int len) {
     int ok = RESOLVE(SSL_CTX_set_session_id_context)(ctx, sid, len);
-    if (ok == 1 && len > 0 && !inside) {
+    if (ok == 1 && len > 0 && ours()) {
         add_state(ctx, ST_SID_CTX);
         noticed(ctx); /* a generic-method context is a server one from here on */
     }
@@ -513,20 +552,20 @@ EXPORT int SSL_CTX_set_session_id_context(SSL_CTX *ctx, const unsigned char *sid
 }
 
 EXPORT void SSL_CTX_sess_set_new_cb(SSL_CTX *ctx, int (*cb)(SSL *, SSL_SESSION *)) {
-    if (cb && !inside)
+    if (cb && ours())
         add_state(ctx, ST_OWN_NEW_CB);
     RESOLVE(SSL_CTX_sess_set_new_cb)(ctx, cb);
 }
 
 EXPORT void SSL_CTX_sess_set_remove_cb(SSL_CTX *ctx, void (*cb)(SSL_CTX *, SSL_SESSION *)) {
-    if (cb && !inside)
+    if (cb && ours())
         add_state(ctx, ST_OWN_REMOVE_CB);
     RESOLVE(SSL_CTX_sess_set_remove_cb)(ctx, cb);
 }
 
 EXPORT void SSL_CTX_sess_set_get_cb(SSL_CTX *ctx,
                                     SSL_SESSION *(*cb)(SSL *, const unsigned char *, int, int *)) {
-    if (cb && !inside)
+    if (cb && ours())
         add_state(ctx, ST_OWN_GET_CB);
     RESOLVE(SSL_CTX_sess_set_get_cb)(ctx, cb);
 }
