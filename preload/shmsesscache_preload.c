@@ -39,6 +39,7 @@ struct settings {
     int no_tickets;
     int ignore_unexpected_eof;
     int force;
+    const char *only;          /* NULL, or the program names in which the drop-in acts */
     const char *bad;           /* the first invalid variable, with the fix */
 };
 
@@ -197,6 +198,7 @@ static void read_settings(void) {
                                      "SHMSESS_PRELOAD_FORCE"};
     int *targets[] = {&cfg.no_tickets, &cfg.ignore_unexpected_eof, &cfg.force};
     cfg.path = env("SHMSESS_PRELOAD_PATH");
+    cfg.only = env("SHMSESS_PRELOAD_ONLY");
     const char *size = env("SHMSESS_PRELOAD_SIZE");
     if (size && !parse_size(size, &cfg.size))
         cfg.bad = "SHMSESS_PRELOAD_SIZE is not a size (examples: 8388608, 512K, 64M, 1G)";
@@ -239,6 +241,7 @@ static const struct {
  * 3's, so every call is passed through untouched, as without the drop-in. */
 static int foreign;
 static const char *foreign_name;
+static int left_out; /* not a program SHMSESS_PRELOAD_ONLY names */
 static pthread_once_t resolved = PTHREAD_ONCE_INIT;
 
 /* All looked up at once, on first use (a constructor of another object may call libssl before
@@ -277,7 +280,7 @@ static int ours(void) {
             "passed through untouched (no shared cache in this process)",
             foreign_name, where.dli_fname ? where.dli_fname : "another object");
     }
-    return !inside && !foreign;
+    return !inside && !foreign && !left_out;
 }
 
 /* ---- what the server did to each SSL_CTX (kept in its ex_data) ---- */
@@ -378,11 +381,46 @@ static void ensure_cache(void) {
     pthread_mutex_unlock(&cache_lock);
 }
 
+/* The name of the program this process runs: the basename of /proc/self/exe, which the
+ * process cannot choose (argv[0] is whatever its parent passed); argv[0]'s where /proc is not
+ * mounted. */
+static void program_name(char *out, size_t len) {
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    const char *name = program_invocation_name;
+    if (n > 0) {
+        exe[n] = 0;
+        name = exe;
+    }
+    const char *slash = strrchr(name, '/');
+    snprintf(out, len, "%s", slash ? slash + 1 : name);
+}
+
+/* SHMSESS_PRELOAD_ONLY=imap-login,pop3-login: whether this program is one of them. */
+static int listed_in_only(void) {
+    char me[4096];
+    program_name(me, sizeof me);
+    size_t mine = strlen(me);
+    for (const char *p = cfg.only; *p;) {
+        size_t n = strcspn(p, ",");
+        if (n == mine && strncmp(p, me, n) == 0)
+            return 1;
+        p += n + (p[n] == ',');
+    }
+    return 0;
+}
+
 __attribute__((constructor)) static void preload_init(void) {
+    read_settings();
+    /* Not one of the programs that serve (dovecot's imap processes run as the mail user): no
+     * segment mapped, nothing installed, not a line logged. */
+    if (cfg.only && !listed_in_only()) {
+        left_out = 1;
+        return;
+    }
     const char *log = env("SHMSESS_PRELOAD_LOG");
     if (log)
         open_log(log);
-    read_settings();
     /* A bad setting is said by ensure_cache, once, where a server context needs the cache. */
     shmsess_set_log_callback(library_log, NULL, 2);
     /* Mapped now, before the server forks, drops privileges or chroots. */

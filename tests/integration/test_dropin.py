@@ -257,6 +257,42 @@ def log_that_is_not_a_file(args):
     os.rmdir(d)
 
 
+def maps_path(pid, path):
+    with open(f"/proc/{pid}/maps") as f:
+        return any(line.rstrip().endswith(path) for line in f)
+
+
+def only_named_programs_map_the_segment(args):
+    """--only sleep: of a shell that starts `sleep` and then execs `cat` (a stand-in for
+    dovecot's imap-login, listed, and the imap process that execs after login, not listed),
+    only sleep maps the named segment; cat, under the same LD_PRELOAD and variables, does not."""
+    seg = os.path.join("/run", "shmsesscache-test", f"only-{os.getpid()}.sess")
+    proc = subprocess.Popen([args.cli, "run", "--path", seg, "--only", "sleep", "--", "sh", "-c", "sleep 30 & exec cat"],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sleeper, deadline = None, time.monotonic() + 10
+    try:
+        while time.monotonic() < deadline and sleeper is None:  # until sh has exec'd cat
+            kids = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(proc.pid)], capture_output=True,
+                                  text=True).stdout.split()
+            if "sleep" in kids and dh.cmdline(proc.pid).startswith("cat"):
+                sleeper = int(kids[kids.index("sleep") - 1])
+            else:
+                time.sleep(0.05)
+        ok = sleeper is not None and maps_path(sleeper, seg) and not maps_path(proc.pid, seg)
+        said = f"sleep {sleeper} maps it: {sleeper and maps_path(sleeper, seg)}; cat {proc.pid} maps it: {maps_path(proc.pid, seg)}"
+    except (FileNotFoundError, ProcessLookupError) as e:
+        ok, said = False, f"{e}; {proc.stderr.read1().decode() if proc.poll() is not None else ''}"
+    finally:
+        if sleeper:
+            os.kill(sleeper, signal.SIGKILL)
+        proc.kill()
+        proc.wait()
+    check("--only: the segment is mapped by the programs named, not by another program under the same environment",
+          ok, said)
+    if os.path.exists(seg):
+        os.unlink(seg)
+
+
 def unexpected_eof(args):
     """--ignore-unexpected-eof: a client that drops TCP without close_notify keeps its
     session (OpenSSL otherwise treats the EOF as fatal and removes it from the shared cache)."""
@@ -300,6 +336,7 @@ def main():
     os.makedirs(os.path.join("/run", "shmsesscache-test"), mode=0o700, exist_ok=True)
     run_refuses_bad_settings(args)
     log_that_is_not_a_file(args)
+    only_named_programs_map_the_segment(args)
     if "hitch" in args.only.split(","):
         unexpected_eof(args)
         hello_retry_request(args)

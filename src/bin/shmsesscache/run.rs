@@ -26,6 +26,8 @@ struct Settings {
     ignore_unexpected_eof: bool,
     force: bool,
     log: Option<PathBuf>,
+    /// Program names (basenames of their executables) in which the drop-in acts at all.
+    only: Option<String>,
 }
 
 pub fn cmd_run(raw: &[String]) -> Result<u8, Failure> {
@@ -34,7 +36,7 @@ pub fn cmd_run(raw: &[String]) -> Result<u8, Failure> {
         "run",
         ours,
         &["no-tickets", "ignore-unexpected-eof", "force"],
-        &["size", "path", "log"],
+        &["size", "path", "log", "only"],
     )?;
     if !a.positional.is_empty() {
         return Err(usage(format!(
@@ -77,7 +79,9 @@ fn settings(a: &Args) -> Result<Settings, Failure> {
     // A relative path is refused by the library's check (SHMSESS_STRICT_SETTINGS), as the
     // preload refuses it: one rule for both.
     let path = a.value("path").map(str::to_string);
+    let only = a.value("only").map(only_names).transpose()?;
     Ok(Settings {
+        only,
         path,
         size,
         no_tickets: a.has("no-tickets"),
@@ -115,6 +119,19 @@ fn check_with_library(s: &Settings) -> Result<(), Failure> {
         check_log(log)?;
     }
     Ok(())
+}
+
+/// `--only imap-login,pop3-login`: program names, as the basename of each process's executable.
+fn only_names(list: &str) -> Result<String, Failure> {
+    let bad = list
+        .split(',')
+        .find(|n| n.is_empty() || n.contains('/') || n.chars().any(char::is_whitespace));
+    match bad {
+        None => Ok(list.to_string()),
+        Some(n) => Err(usage(format!(
+            "run: --only {list:?}: {n:?} is not a program name: give the names of the programs that serve TLS, comma-separated, without a directory (e.g. --only imap-login,pop3-login)"
+        ))),
+    }
 }
 
 fn library_result(r: ffi::shmsess_result) -> Result<(), Failure> {
@@ -236,6 +253,7 @@ fn command(s: &Settings, preload: &Path, program: &[String]) -> std::process::Co
         "SHMSESS_PRELOAD_SIZE",
         s.size.map(|n| n.to_string()),
     );
+    set_or_remove(&mut c, "SHMSESS_PRELOAD_ONLY", s.only.clone());
     set_or_remove(
         &mut c,
         "SHMSESS_PRELOAD_LOG",
