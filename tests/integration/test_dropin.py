@@ -1,6 +1,6 @@
 """The drop-in against Debian's own servers: resumption without it (the contrast) and under
 `shmsesscache run`, TLS 1.3 tickets once each, a worker killed under load, a reload, and the
-root master never locking the segment (its lock calls traced with gdb).
+root master never locking the segment, and a root s_server served as alone (lock calls traced with gdb).
 
     python3 tests/integration/test_dropin.py --cli build/shmsesscache --certs build/certs [--only hitch,nsd]
 """
@@ -129,6 +129,34 @@ def root_master_never_locks(s, kind, seg):
     in_master, in_worker = (t.stop() for t in traces)
     check(f"{kind.name}: the root master never locks the segment (traced with gdb), a worker does",
           in_master == 0 and in_worker > 0, f"master {in_master} lock calls, worker {in_worker}")
+
+
+class RootSServer(dh.TLSServer):
+    """`openssl s_server -www` as root: one process that handles TLS itself, with OpenSSL's own
+    session cache (it resumes every session without the drop-in)."""
+    name = "s_server"
+    payload = b"GET / HTTP/1.0\r\n\r\n"
+
+    def command(self):
+        return ["openssl", "s_server", "-accept", f"127.0.0.1:{self.port}", "-www", "-no_ticket", "-quiet",
+                "-cert", os.path.join(self.certs, "server.pem"), "-key", os.path.join(self.certs, "server.key")]
+
+
+def root_server_never_locks(args):
+    """A root process that handles TLS itself under the drop-in (named segment, so the
+    segment is mapped in it): it resumes as it would without the drop-in (its own cache), and
+    gdb sees no lock call on the segment through those handshakes. A drop-in that served it
+    would resume 0/5 (the library's root rule refuses its callbacks) or, without that rule
+    too, lock the segment."""
+    seg = os.path.join("/run", "shmsesscache-test", f"root-{os.getpid()}.sess")
+    with RootSServer(cli=args.cli, run_args=["--path", seg, "--no-tickets"], certs=args.certs) as s:
+        trace = dh.LockTrace(s.proc.pid, seg)
+        n = dh.resumed_of(s, TLS12, 5)
+        locks = trace.stop()
+        log = s.dropin_log()
+    os.unlink(seg)
+    check("a root process serving TLS under the drop-in resumes as alone (5/5), never locks the segment, says so",
+          n == 5 and locks == 0 and "runs as root" in log, f"resumed {n}/5, {locks} lock calls on the segment")
 
 
 def killed_under_load(s, kind):
@@ -337,6 +365,7 @@ def main():
     run_refuses_bad_settings(args)
     log_that_is_not_a_file(args)
     only_named_programs_map_the_segment(args)
+    root_server_never_locks(args)
     if "hitch" in args.only.split(","):
         unexpected_eof(args)
         hello_retry_request(args)
