@@ -62,12 +62,35 @@ static int is_log_file(int fd) {
     return fstat(fd, &st) == 0 && st.st_dev == log_dev && st.st_ino == log_ino;
 }
 
+/* What descriptor 2 was when the process started (a daemon may close it, and the next file
+ * it opens, a client's upload, gets the number): lines go to it only while it still is. */
+static dev_t stderr_dev;
+static ino_t stderr_ino;
+static int stderr_known = -1; /* -1: not looked at yet; 0: closed at start */
+
+static void note_stderr(void) {
+    struct stat st;
+    stderr_known = fstat(2, &st) == 0;
+    stderr_dev = stderr_known ? st.st_dev : 0;
+    stderr_ino = stderr_known ? st.st_ino : 0;
+}
+
+static int stderr_is_ours(void) {
+    struct stat st;
+    if (stderr_known < 0)
+        note_stderr();
+    return stderr_known && fstat(2, &st) == 0 && st.st_dev == stderr_dev && st.st_ino == stderr_ino;
+}
+
 /* A daemon may close every descriptor at start and reuse the numbers (proftpd does): write
  * only while the descriptor is still the file we opened, else open it again by name (which
- * fails after a chroot or a change of user: then the line goes to stderr). */
+ * fails after a chroot or a change of user: then the line goes to stderr, if that is still
+ * the process's stderr, else nowhere). */
 static int log_fd_is_ours(void) {
-    if (!log_is_file || is_log_file(log_fd))
+    if (log_is_file && is_log_file(log_fd))
         return 1;
+    if (!log_is_file)
+        return stderr_is_ours();
     int fd = open(log_path, LOG_OPEN_FLAGS);
     if (fd >= 0 && is_log_file(fd)) {
         int high = fcntl(fd, F_DUPFD_CLOEXEC, 900);
@@ -82,7 +105,7 @@ static int log_fd_is_ours(void) {
         close(fd);
     log_fd = 2;
     log_is_file = 0;
-    return 1;
+    return stderr_is_ours();
 }
 
 static void say(const char *fmt, ...) {
@@ -411,6 +434,7 @@ static int listed_in_only(void) {
 }
 
 __attribute__((constructor)) static void preload_init(void) {
+    note_stderr();
     read_settings();
     /* Not one of the programs that serve (dovecot's imap processes run as the mail user): no
      * segment mapped, nothing installed, not a line logged. */
