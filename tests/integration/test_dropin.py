@@ -90,10 +90,12 @@ def memfd_segments(pids):
     for pid in pids:
         try:
             with open(f"/proc/{pid}/maps") as f:
-                for line in f:
-                    if "/memfd:shmsesscache" in line:
-                        found.setdefault(line.split()[4], set()).add(pid)
-            read.add(pid)
+                lines = f.readlines()
+            for line in lines:
+                if "/memfd:shmsesscache" in line:
+                    found.setdefault(line.split()[4], set()).add(pid)
+            if lines:  # a child that is exiting (or a zombie) has an empty map: not read
+                read.add(pid)
         except (FileNotFoundError, ProcessLookupError):
             pass
     return found, read
