@@ -96,6 +96,39 @@ static int log_lines_with(const char *needle)
     return n;
 }
 
+/* body(arg) in a forked worker that dropped root (as the processes the drop-in serves run);
+ * its CHECKs print there, and any failure fails this check too. */
+static void as_worker(void (*body)(void *), void *arg)
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        drop_root();
+        body(arg);
+        fflush(stdout);
+        exit(failed ? 1 : 0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "worker checks failed (status %d, FAIL lines above)", status);
+}
+
+struct client_side {
+    SSL_CTX *ctx;
+    long mode;
+    int version;
+};
+
+static void client_context_untouched(void *arg)
+{
+    struct client_side *c = arg;
+    SSL_free(SSL_new(c->ctx));
+    CHECK(SSL_CTX_sess_get_new_cb(c->ctx) == NULL && SSL_CTX_sess_get_get_cb(c->ctx) == NULL &&
+          SSL_CTX_get_session_cache_mode(c->ctx) == c->mode,
+          "v%x: the client context was changed (mode 0x%lx, was 0x%lx)", c->version,
+          SSL_CTX_get_session_cache_mode(c->ctx), c->mode);
+}
+
 /* A server context and a client context in one process: sessions of the server one resume
  * in another worker; the client one keeps OpenSSL's own client cache, no callbacks. */
 static void test_server_shared_client_untouched(int version)
@@ -112,11 +145,8 @@ static void test_server_shared_client_untouched(int version)
     CHECK(a.installed && a.mode == (SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL),
           "v%x: server context not installed (callbacks %d, mode 0x%lx)", version, a.installed, a.mode);
     CHECK(b.hs.reused, "v%x: a session of one worker did not resume in another", version);
-    SSL_free(SSL_new(cctx));
-    CHECK(SSL_CTX_sess_get_new_cb(cctx) == NULL && SSL_CTX_sess_get_get_cb(cctx) == NULL &&
-          SSL_CTX_get_session_cache_mode(cctx) == client_mode,
-          "v%x: the client context was changed (mode 0x%lx, was 0x%lx)", version,
-          SSL_CTX_get_session_cache_mode(cctx), client_mode);
+    struct client_side c = { cctx, client_mode, version };
+    as_worker(client_context_untouched, &c); /* unprivileged: root is never installed on */
     SSL_CTX_free(sctx);
     SSL_CTX_free(cctx);
 }
@@ -241,23 +271,6 @@ static void test_client_only_process_makes_no_segment(void)
     waitpid(pid, &status, 0);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
           "a client-only process made a segment (status %d: 3 means mapped)", status);
-}
-
-/* body(arg) in a forked worker that dropped root (as the processes the drop-in serves run);
- * its CHECKs print there, and any failure fails this check too. */
-static void as_worker(void (*body)(void *), void *arg)
-{
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        drop_root();
-        body(arg);
-        fflush(stdout);
-        exit(failed ? 1 : 0);
-    }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "worker checks failed (status %d, FAIL lines above)", status);
 }
 
 struct sides {
