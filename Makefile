@@ -111,6 +111,17 @@ $(CONTRACT): tests/c/contract.c $(TESTLIB) include/shmsesscache.h $(LIB_SO)
 $(BUILD)/c_dropin: tests/c/dropin.c $(TESTLIB) include/shmsesscache.h $(LIB_SO)
 	$(CC) $(CFLAGS) $(WARN) -Iinclude $< $(filter %.c,$(TESTLIB)) -o $@ -L$(BUILD) -lshmsesscache -lssl -lcrypto -Wl,-rpath,'$$ORIGIN'
 
+# A daemon whose descriptor 2 is a data file by the time the drop-in speaks.
+$(BUILD)/c_dropin_fd2: tests/c/dropin_fd2.c
+	$(CC) $(CFLAGS) $(WARN) $< -o $@ -lssl -lcrypto
+
+# A program whose SSL_* are another library's (GnuTLS's compat layer, a bundled libssl 1.1),
+# linked to a stand-in for it: the drop-in must pass them through untouched.
+$(BUILD)/libforeign_ssl.so: tests/c/foreign_ssl_lib.c
+	$(CC) $(CFLAGS) $(WARN) -fPIC -shared $< -o $@
+$(BUILD)/c_foreign_ssl: tests/c/foreign_ssl.c $(BUILD)/libforeign_ssl.so
+	$(CC) $(CFLAGS) $(WARN) $< -o $@ -L$(BUILD) -lforeign_ssl -Wl,-rpath,'$$ORIGIN'
+
 # Regenerate the committed header from src/ffi/.
 header:
 	$(CARGO) run -q --example gen_header > include/shmsesscache.h.new
@@ -173,9 +184,11 @@ $(BUILD)/c_unload: tests/c/unload.c
 VALGRIND := valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-possibly-lost=no
 
 DROPIN_LOG := $(CURDIR)/$(BUILD)/c_dropin.log
-DROPIN_ENV := LD_PRELOAD=$(CURDIR)/$(PRELOAD) SHMSESS_PRELOAD_LOG=$(DROPIN_LOG)
+DROPIN_ENV := LD_PRELOAD=$(CURDIR)/$(PRELOAD) SHMSESS_PRELOAD_LOG=$(DROPIN_LOG) SHMSESS_PRELOAD_NO_TICKETS=1 \
+  SHMSESS_PRELOAD_IGNORE_UNEXPECTED_EOF=1
 
-test-c: $(HARNESS) $(CONTRACT) $(OLD_ABI) $(BUILD)/c_unload $(BUILD)/c_dropin $(PRELOAD) $(BUILD)/certs/server.pem
+test-c: $(HARNESS) $(CONTRACT) $(OLD_ABI) $(BUILD)/c_unload $(BUILD)/c_dropin $(BUILD)/c_foreign_ssl $(BUILD)/c_dropin_fd2 $(PRELOAD) \
+        $(BUILD)/certs/server.pem
 	$(BUILD)/c_unload $(CURDIR)/$(LIB_SO).$(SOVERSION) $(BUILD)/certs
 	for t in $(OLD_ABI); do $(VALGRIND) $$t || exit 1; done
 	$(VALGRIND) --trace-children=no $(HARNESS) $(BUILD)/certs
@@ -183,6 +196,10 @@ test-c: $(HARNESS) $(CONTRACT) $(OLD_ABI) $(BUILD)/c_unload $(BUILD)/c_dropin $(
 	rm -f $(DROPIN_LOG)
 	$(DROPIN_ENV) $(VALGRIND) --trace-children=no $(BUILD)/c_dropin $(BUILD)/certs $(DROPIN_LOG)
 	$(DROPIN_ENV) SHMSESS_PRELOAD_FORCE=1 $(VALGRIND) --trace-children=no $(BUILD)/c_dropin $(BUILD)/certs $(DROPIN_LOG) --force
+	rm -f $(DROPIN_LOG)
+	$(DROPIN_ENV) $(VALGRIND) $(BUILD)/c_foreign_ssl $(DROPIN_LOG)
+	LD_PRELOAD=$(CURDIR)/$(PRELOAD) $(VALGRIND) --log-file=$(BUILD)/c_dropin_fd2.valgrind $(BUILD)/c_dropin_fd2 $(BUILD)/certs $(BUILD)/c_dropin_fd2.data \
+	  || { cat $(BUILD)/c_dropin_fd2.valgrind; exit 1; }
 
 # LD_PRELOAD shim that makes accept, fork and waitpid fail or stall on request (tests only).
 FAULT_SHIM := $(BUILD)/fault_shim.so

@@ -90,6 +90,16 @@
 // without `remote_url`. (Added in 0.5.)
 #define SHMSESS_BYTE_API_REMOTE 64
 
+// The settings come from a command line or an environment that no configuration test has
+// seen (the drop-in: `shmsesscache run`, `SHMSESS_PRELOAD_*`), so `shmsess_options_check` and
+// `shmsess_cache_create` also refuse a relative `path` (the server may change directory or
+// chroot before it is used), a `path` in a directory every user can write that is not sticky,
+// and a `size_bytes` larger than the memory this machine has
+// available now (`MemAvailable` in /proc/meminfo; not checked where that cannot be read): such
+// a segment cannot be backed, and the server would stall, or be killed, at its first
+// `SSL_CTX`. (Added in 0.5.)
+#define SHMSESS_STRICT_SETTINGS 128
+
 // Status of every call. `SHMSESS_OK` is 0; anything else comes with a message from
 // `shmsess_last_error()`.
 typedef enum shmsess_result {

@@ -39,12 +39,17 @@ struct settings {
     int no_tickets;
     int ignore_unexpected_eof;
     int force;
+    const char *only;          /* NULL, or the program names in which the drop-in acts */
     const char *bad;           /* the first invalid variable, with the fix */
 };
 
 static struct settings cfg;
 
 /* ---- log: one file (or stderr), opened before any chroot ---- */
+
+/* How the log is opened, here and again by name: O_NONBLOCK so that a FIFO without a reader
+ * (or a device) never blocks a constructor that runs in every process of the server. */
+#define LOG_OPEN_FLAGS (O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
 
 static int log_fd = 2;
 static dev_t log_dev;
@@ -57,13 +62,36 @@ static int is_log_file(int fd) {
     return fstat(fd, &st) == 0 && st.st_dev == log_dev && st.st_ino == log_ino;
 }
 
+/* What descriptor 2 was when the process started (a daemon may close it, and the next file
+ * it opens, a client's upload, gets the number): lines go to it only while it still is. */
+static dev_t stderr_dev;
+static ino_t stderr_ino;
+static int stderr_known = -1; /* -1: not looked at yet; 0: closed at start */
+
+static void note_stderr(void) {
+    struct stat st;
+    stderr_known = fstat(2, &st) == 0;
+    stderr_dev = stderr_known ? st.st_dev : 0;
+    stderr_ino = stderr_known ? st.st_ino : 0;
+}
+
+static int stderr_is_ours(void) {
+    struct stat st;
+    if (stderr_known < 0)
+        note_stderr();
+    return stderr_known && fstat(2, &st) == 0 && st.st_dev == stderr_dev && st.st_ino == stderr_ino;
+}
+
 /* A daemon may close every descriptor at start and reuse the numbers (proftpd does): write
  * only while the descriptor is still the file we opened, else open it again by name (which
- * fails after a chroot or a change of user: then the line goes to stderr). */
+ * fails after a chroot or a change of user: then the line goes to stderr, if that is still
+ * the process's stderr, else nowhere). */
 static int log_fd_is_ours(void) {
-    if (!log_is_file || is_log_file(log_fd))
+    if (log_is_file && is_log_file(log_fd))
         return 1;
-    int fd = open(log_path, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
+    if (!log_is_file)
+        return stderr_is_ours();
+    int fd = open(log_path, LOG_OPEN_FLAGS);
     if (fd >= 0 && is_log_file(fd)) {
         int high = fcntl(fd, F_DUPFD_CLOEXEC, 900);
         if (high >= 0) {
@@ -77,7 +105,7 @@ static int log_fd_is_ours(void) {
         close(fd);
     log_fd = 2;
     log_is_file = 0;
-    return 1;
+    return stderr_is_ours();
 }
 
 static void say(const char *fmt, ...) {
@@ -99,8 +127,9 @@ static void say(const char *fmt, ...) {
 }
 
 /* Each kind of message once per process (a forked worker says it again for itself). */
-enum once { ONCE_SETTINGS, ONCE_CACHE, ONCE_OWN_CALLBACKS, ONCE_CACHE_OFF, ONCE_INSTALL,
-            ONCE_INSTALLED, ONCE_ROOT, ONCE_COUNT };
+enum once { ONCE_CACHE, ONCE_OWN_CALLBACKS, ONCE_CACHE_OFF, ONCE_INSTALL,
+            ONCE_INSTALLED, ONCE_ROOT, ONCE_CLIENT_CACHE, ONCE_FOREIGN,
+            ONCE_COUNT };
 static pid_t said_in[ONCE_COUNT];
 
 static int first_time(enum once what) {
@@ -116,12 +145,20 @@ static void library_log(int level, const char *message, void *userdata) {
 }
 
 static void open_log(const char *file) {
-    int fd = open(file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    int fd = open(file, LOG_OPEN_FLAGS | O_CREAT, 0600);
     struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0) {
+    int fifo_unread = fd < 0 && errno == ENXIO; /* what O_NONBLOCK gives for a FIFO nobody reads */
+    if (!fifo_unread && (fd < 0 || fstat(fd, &st) != 0)) {
         say("cannot open the log file %s (%s): logging to stderr", file, strerror(errno));
         if (fd >= 0)
             close(fd);
+        return;
+    }
+    if (fifo_unread || !S_ISREG(st.st_mode)) {
+        if (fd >= 0)
+            close(fd);
+        say("the log file %s is not a regular file (a FIFO, device or socket): logging to stderr; "
+            "give SHMSESS_PRELOAD_LOG a file", file);
         return;
     }
     /* Far from the low numbers a daemon's own files get. */
@@ -161,7 +198,8 @@ static int parse_size(const char *s, uint64_t *out) {
     char *end = NULL;
     errno = 0;
     unsigned long long n = strtoull(s, &end, 10);
-    if (errno || end == s || *s == '-')
+    /* strtoull skips blanks and takes a sign (" -1" wraps to 2^64 - 1): digits only. */
+    if (errno || end == s || *s < '0' || *s > '9')
         return 0;
     uint64_t mult = 1;
     switch (*end) {
@@ -183,6 +221,7 @@ static void read_settings(void) {
                                      "SHMSESS_PRELOAD_FORCE"};
     int *targets[] = {&cfg.no_tickets, &cfg.ignore_unexpected_eof, &cfg.force};
     cfg.path = env("SHMSESS_PRELOAD_PATH");
+    cfg.only = env("SHMSESS_PRELOAD_ONLY");
     const char *size = env("SHMSESS_PRELOAD_SIZE");
     if (size && !parse_size(size, &cfg.size))
         cfg.bad = "SHMSESS_PRELOAD_SIZE is not a size (examples: 8388608, 512K, 64M, 1G)";
@@ -200,6 +239,8 @@ static __thread int inside; /* in a call into the library: pass everything throu
 DECLARE_REAL(SSL_CTX *, SSL_CTX_new, (const SSL_METHOD *));
 DECLARE_REAL(SSL_CTX *, SSL_CTX_new_ex, (OSSL_LIB_CTX *, const char *, const SSL_METHOD *));
 DECLARE_REAL(SSL *, SSL_new, (SSL_CTX *));
+DECLARE_REAL(void, SSL_set_accept_state, (SSL *));
+DECLARE_REAL(int, SSL_accept, (SSL *));
 DECLARE_REAL(long, SSL_CTX_ctrl, (SSL_CTX *, int, long, void *));
 DECLARE_REAL(int, SSL_CTX_set_session_id_context, (SSL_CTX *, const unsigned char *, unsigned int));
 DECLARE_REAL(void, SSL_CTX_sess_set_new_cb, (SSL_CTX *, int (*)(SSL *, SSL_SESSION *)));
@@ -207,24 +248,63 @@ DECLARE_REAL(void, SSL_CTX_sess_set_remove_cb, (SSL_CTX *, void (*)(SSL_CTX *, S
 DECLARE_REAL(void, SSL_CTX_sess_set_get_cb,
              (SSL_CTX *, SSL_SESSION *(*)(SSL *, const unsigned char *, int, int *)));
 
-/* Looked up on first use: a constructor of another object may call libssl before ours. */
-static void *next_symbol(const char *name) {
-    void *p = dlsym(RTLD_NEXT, name);
+/* Every function interposed here: one list for the lookups and the check of where they are. */
+#define INTERPOSED(X)                                                                              \
+    X(SSL_CTX_new) X(SSL_CTX_new_ex) X(SSL_new) X(SSL_set_accept_state) X(SSL_accept)               \
+    X(SSL_CTX_ctrl) X(SSL_CTX_set_session_id_context) X(SSL_CTX_sess_set_new_cb)                   \
+    X(SSL_CTX_sess_set_remove_cb) X(SSL_CTX_sess_set_get_cb)
+#define REAL_ENTRY(name) {(void **)&REAL(name), #name},
+static const struct {
+    void **slot;
+    const char *name;
+} reals[] = {INTERPOSED(REAL_ENTRY)};
+
+/* Set when what dlsym(RTLD_NEXT) finds is not the libssl.so.3 this preload was linked with
+ * (GnuTLS's OpenSSL compatibility layer, a bundled libssl 1.1): its objects are not OpenSSL
+ * 3's, so every call is passed through untouched, as without the drop-in. */
+static int foreign;
+static const char *foreign_name;
+static int left_out; /* not a program SHMSESS_PRELOAD_ONLY names */
+static pthread_once_t resolved = PTHREAD_ONCE_INIT;
+
+/* All looked up at once, on first use (a constructor of another object may call libssl before
+ * ours): each must be the definition in libssl.so.3 itself. */
+static void resolve_all(void) {
+    void *libssl3 = dlopen("libssl.so.3", RTLD_LAZY | RTLD_NOLOAD);
+    for (size_t i = 0; i < sizeof reals / sizeof *reals; i++) {
+        void *next = dlsym(RTLD_NEXT, reals[i].name);
+        __atomic_store_n(reals[i].slot, next, __ATOMIC_RELEASE);
+        if (next && (!libssl3 || dlsym(libssl3, reals[i].name) != next) && !foreign) {
+            foreign = 1;
+            foreign_name = reals[i].name;
+        }
+    }
+}
+
+static void *resolve(void **slot, const char *name) {
+    pthread_once(&resolved, resolve_all);
+    void *p = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
     if (!p) {
         say("error: %s not found after the drop-in (%s); is libssl linked?", name, dlerror());
         abort(); /* cannot forward the call: nothing sensible is left to do */
     }
     return p;
 }
-static void *resolve(void **slot, const char *name) {
-    void *p = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
-    if (!p) {
-        p = next_symbol(name);
-        __atomic_store_n(slot, p, __ATOMIC_RELEASE);
-    }
-    return p;
-}
 #define RESOLVE(name) ((__typeof__(REAL(name)))resolve((void **)&REAL(name), #name))
+
+/* Whether a call is the server's, on OpenSSL 3's objects: not the library's own calls coming
+ * back through here, not another library's SSL functions. */
+static int ours(void) {
+    pthread_once(&resolved, resolve_all);
+    if (foreign && first_time(ONCE_FOREIGN)) {
+        Dl_info where = {0};
+        dladdr(dlsym(RTLD_NEXT, foreign_name), &where);
+        say("info: %s after the drop-in is in %s, not OpenSSL 3's libssl.so.3: every SSL call is "
+            "passed through untouched (no shared cache in this process)",
+            foreign_name, where.dli_fname ? where.dli_fname : "another object");
+    }
+    return !inside && !foreign && !left_out;
+}
 
 /* ---- what the server did to each SSL_CTX (kept in its ex_data) ---- */
 
@@ -236,6 +316,7 @@ enum {
     ST_OWN_REMOVE_CB = 1 << 4,
     ST_MODE_SET = 1 << 5,       /* the server set a cache mode (in the high bits) */
     ST_DECIDED = 1 << 6,
+    ST_OPTIONS_PER_SSL = 1 << 7, /* installed on a generic context: options go to accepting SSLs */
     ST_MODE_SHIFT = 16,
 };
 
@@ -259,6 +340,13 @@ static void set_state(SSL_CTX *ctx, uintptr_t st) {
 static void add_state(SSL_CTX *ctx, uintptr_t bits) {
     if (ctx)
         set_state(ctx, state_of(ctx) | bits);
+}
+
+/* Made with TLS_method (or DTLS_method): its SSLs may connect as well as accept. */
+static int is_generic_context(const SSL_CTX *ctx) {
+    const SSL_METHOD *m = SSL_CTX_get_ssl_method(ctx);
+    return m != TLS_client_method() && m != DTLS_client_method() && m != TLS_server_method() &&
+           m != DTLS_server_method();
 }
 
 /* A client-only method never serves; a server-only one always does; a generic one
@@ -285,7 +373,8 @@ static void make_cache(void) {
     o.path = cfg.path;
     if (cfg.size)
         o.size_bytes = cfg.size;
-    o.flags |= SHMSESS_NEVER_LOCK_AS_ROOT;
+    /* STRICT: the checks `shmsesscache run` makes (absolute path, a size the machine can back). */
+    o.flags |= SHMSESS_NEVER_LOCK_AS_ROOT | SHMSESS_STRICT_SETTINGS;
     if (cfg.bad) {
         cache_error = cfg.bad;
         return;
@@ -315,13 +404,48 @@ static void ensure_cache(void) {
     pthread_mutex_unlock(&cache_lock);
 }
 
+/* The name of the program this process runs: the basename of /proc/self/exe, which the
+ * process cannot choose (argv[0] is whatever its parent passed); argv[0]'s where /proc is not
+ * mounted. */
+static void program_name(char *out, size_t len) {
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    const char *name = program_invocation_name;
+    if (n > 0) {
+        exe[n] = 0;
+        name = exe;
+    }
+    const char *slash = strrchr(name, '/');
+    snprintf(out, len, "%s", slash ? slash + 1 : name);
+}
+
+/* SHMSESS_PRELOAD_ONLY=imap-login,pop3-login: whether this program is one of them. */
+static int listed_in_only(void) {
+    char me[4096];
+    program_name(me, sizeof me);
+    size_t mine = strlen(me);
+    for (const char *p = cfg.only; *p;) {
+        size_t n = strcspn(p, ",");
+        if (n == mine && strncmp(p, me, n) == 0)
+            return 1;
+        p += n + (p[n] == ',');
+    }
+    return 0;
+}
+
 __attribute__((constructor)) static void preload_init(void) {
+    note_stderr();
+    read_settings();
+    /* Not one of the programs that serve (dovecot's imap processes run as the mail user): no
+     * segment mapped, nothing installed, not a line logged. */
+    if (cfg.only && !listed_in_only()) {
+        left_out = 1;
+        return;
+    }
     const char *log = env("SHMSESS_PRELOAD_LOG");
     if (log)
         open_log(log);
-    read_settings();
-    if (cfg.bad && first_time(ONCE_SETTINGS))
-        say("warning: %s; the server runs without the shared cache", cfg.bad);
+    /* A bad setting is said by ensure_cache, once, where a server context needs the cache. */
     shmsess_set_log_callback(library_log, NULL, 2);
     /* Mapped now, before the server forks, drops privileges or chroots. */
     if (cfg.path)
@@ -358,18 +482,23 @@ static int server_objects(uintptr_t st) {
     return 0;
 }
 
+/* What --no-tickets and --ignore-unexpected-eof add to a served connection. */
+static uint64_t server_options(void) {
+    return (cfg.no_tickets ? SSL_OP_NO_TICKET : 0) |
+           (cfg.ignore_unexpected_eof ? SSL_OP_IGNORE_UNEXPECTED_EOF : 0);
+}
+
 static void install_on(SSL_CTX *ctx, uintptr_t st) {
     uint32_t flags = (st & ST_SID_CTX) ? SHMSESS_KEEP_SESSION_ID_CONTEXT : 0;
     inside++;
     shmsess_result r = shmsess_install_flags(cache, ctx, flags);
-    if (r == SHMSESS_OK) {
-        uint64_t opts = 0;
-        if (cfg.no_tickets)
-            opts |= SSL_OP_NO_TICKET;
-        if (cfg.ignore_unexpected_eof)
-            opts |= SSL_OP_IGNORE_UNEXPECTED_EOF;
-        if (opts)
-            SSL_CTX_set_options(ctx, opts);
+    if (r == SHMSESS_OK && server_options()) {
+        /* A generic context's connecting SSLs must not lose their tickets or their
+         * truncation check: there the options go to each SSL that accepts. */
+        if (is_generic_context(ctx))
+            add_state(ctx, ST_OPTIONS_PER_SSL);
+        else
+            SSL_CTX_set_options(ctx, server_options());
     }
     inside--;
     if (r != SHMSESS_OK && first_time(ONCE_INSTALL))
@@ -394,13 +523,26 @@ static int runs_as_root(void) {
     return 1;
 }
 
+/* A generic context that caches client sessions (SSL_SESS_CACHE_CLIENT) makes client
+ * connections too; installing would drop that bit and replace its callbacks, which its
+ * client side would see. Left alone, even with --force. */
+static int caches_client_sessions(const SSL_CTX *ctx, uintptr_t st) {
+    long mode = (long)(st >> ST_MODE_SHIFT);
+    if (!is_generic_context(ctx) || !(st & ST_MODE_SET) || !(mode & SSL_SESS_CACHE_CLIENT))
+        return 0;
+    if (first_time(ONCE_CLIENT_CACHE))
+        say("info: left a TLS_method context alone: its cache mode 0x%lx has SSL_SESS_CACHE_CLIENT, "
+            "so it also makes client connections, which the shared cache must not change", mode);
+    return 1;
+}
+
 static void decide(SSL_CTX *ctx) {
     static pthread_mutex_t deciding = PTHREAD_MUTEX_INITIALIZER;
     pthread_mutex_lock(&deciding);
     uintptr_t st = state_of(ctx);
     if (!(st & ST_DECIDED)) {
         set_state(ctx, st | ST_DECIDED);
-        if (is_server_context(ctx, st) && !runs_as_root()) {
+        if (is_server_context(ctx, st) && !caches_client_sessions(ctx, st) && !runs_as_root()) {
             ensure_cache();
             if (cache && (cfg.force || !server_objects(st)))
                 install_on(ctx, st);
@@ -412,7 +554,7 @@ static void decide(SSL_CTX *ctx) {
 /* ---- the interposed entry points ---- */
 
 static SSL_CTX *noticed(SSL_CTX *ctx) {
-    if (ctx && !inside) {
+    if (ctx && ours()) {
         add_state(ctx, 0);
         /* An anonymous segment is made here, before the server forks its workers; client-only
          * processes and those that never make a server context make none. */
@@ -431,13 +573,31 @@ EXPORT SSL_CTX *SSL_CTX_new_ex(OSSL_LIB_CTX *libctx, const char *propq, const SS
 }
 
 EXPORT SSL *SSL_new(SSL_CTX *ctx) {
-    if (ctx && !inside && !(state_of(ctx) & ST_DECIDED))
+    if (ctx && ours() && !(state_of(ctx) & ST_DECIDED))
         decide(ctx);
     return RESOLVE(SSL_new)(ctx);
 }
 
+/* An SSL of a generic context becomes a server one here (or in SSL_accept, which may not
+ * come through SSL_set_accept_state): it gets the options its context could not carry. */
+static void accepting(SSL *s) {
+    if (s && ours() && (state_of(SSL_get_SSL_CTX(s)) & ST_OPTIONS_PER_SSL))
+        SSL_set_options(s, server_options());
+}
+
+EXPORT void SSL_set_accept_state(SSL *s) {
+    RESOLVE(SSL_set_accept_state)(s);
+    accepting(s);
+}
+
+EXPORT int SSL_accept(SSL *s) {
+    if (s && ours() && SSL_in_before(s))
+        accepting(s);
+    return RESOLVE(SSL_accept)(s);
+}
+
 EXPORT long SSL_CTX_ctrl(SSL_CTX *ctx, int cmd, long larg, void *parg) {
-    if (ctx && !inside && cmd == SSL_CTRL_SET_SESS_CACHE_MODE) {
+    if (ctx && cmd == SSL_CTRL_SET_SESS_CACHE_MODE && ours()) {
         uintptr_t st = state_of(ctx) & ((1u << ST_MODE_SHIFT) - 1);
         set_state(ctx, st | ST_MODE_SET | ((uintptr_t)(larg & 0xffff) << ST_MODE_SHIFT));
     }
@@ -446,7 +606,7 @@ EXPORT long SSL_CTX_ctrl(SSL_CTX *ctx, int cmd, long larg, void *parg) {
 
 EXPORT int SSL_CTX_set_session_id_context(SSL_CTX *ctx, const unsigned char *sid, unsigned int len) {
     int ok = RESOLVE(SSL_CTX_set_session_id_context)(ctx, sid, len);
-    if (ok == 1 && len > 0 && !inside) {
+    if (ok == 1 && len > 0 && ours()) {
         add_state(ctx, ST_SID_CTX);
         noticed(ctx); /* a generic-method context is a server one from here on */
     }
@@ -454,20 +614,20 @@ EXPORT int SSL_CTX_set_session_id_context(SSL_CTX *ctx, const unsigned char *sid
 }
 
 EXPORT void SSL_CTX_sess_set_new_cb(SSL_CTX *ctx, int (*cb)(SSL *, SSL_SESSION *)) {
-    if (cb && !inside)
+    if (cb && ours())
         add_state(ctx, ST_OWN_NEW_CB);
     RESOLVE(SSL_CTX_sess_set_new_cb)(ctx, cb);
 }
 
 EXPORT void SSL_CTX_sess_set_remove_cb(SSL_CTX *ctx, void (*cb)(SSL_CTX *, SSL_SESSION *)) {
-    if (cb && !inside)
+    if (cb && ours())
         add_state(ctx, ST_OWN_REMOVE_CB);
     RESOLVE(SSL_CTX_sess_set_remove_cb)(ctx, cb);
 }
 
 EXPORT void SSL_CTX_sess_set_get_cb(SSL_CTX *ctx,
                                     SSL_SESSION *(*cb)(SSL *, const unsigned char *, int, int *)) {
-    if (cb && !inside)
+    if (cb && ours())
         add_state(ctx, ST_OWN_GET_CB);
     RESOLVE(SSL_CTX_sess_set_get_cb)(ctx, cb);
 }

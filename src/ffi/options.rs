@@ -52,6 +52,15 @@ pub const SHMSESS_NEVER_LOCK_AS_ROOT: u32 = 32;
 /// not resume a ticket from this lookup with early data (mod_ssl offers no 0-RTT). No effect
 /// without `remote_url`. (Added in 0.5.)
 pub const SHMSESS_BYTE_API_REMOTE: u32 = 64;
+/// The settings come from a command line or an environment that no configuration test has
+/// seen (the drop-in: `shmsesscache run`, `SHMSESS_PRELOAD_*`), so `shmsess_options_check` and
+/// `shmsess_cache_create` also refuse a relative `path` (the server may change directory or
+/// chroot before it is used), a `path` in a directory every user can write that is not sticky,
+/// and a `size_bytes` larger than the memory this machine has
+/// available now (`MemAvailable` in /proc/meminfo; not checked where that cannot be read): such
+/// a segment cannot be backed, and the server would stall, or be killed, at its first
+/// `SSL_CTX`. (Added in 0.5.)
+pub const SHMSESS_STRICT_SETTINGS: u32 = 128;
 /// Every flag above: others are refused.
 const KNOWN_FLAGS: u32 = SHMSESS_KEEP_INTERNAL_CACHE
     | SHMSESS_TLS13_ALLOW_REUSE
@@ -59,7 +68,8 @@ const KNOWN_FLAGS: u32 = SHMSESS_KEEP_INTERNAL_CACHE
     | SHMSESS_KEEP_SESSION_ID_CONTEXT
     | SHMSESS_GENERATE_SESSION_IDS
     | SHMSESS_NEVER_LOCK_AS_ROOT
-    | SHMSESS_BYTE_API_REMOTE;
+    | SHMSESS_BYTE_API_REMOTE
+    | SHMSESS_STRICT_SETTINGS;
 
 /// Longest session id prefix (bytes); the other 16 or more of a 32-byte id stay random.
 pub const SHMSESS_MAX_ID_PREFIX: u32 = 16;
@@ -468,6 +478,9 @@ pub(super) fn plan(opts: *const shmsess_options) -> Result<Plan, Fail> {
     // The same plan Cache::create makes: a size it would refuse is refused here.
     let geo = crate::store::layout::Geometry::plan(cfg.size_bytes, cfg.unit_bytes)
         .map_err(Error::invalid)?;
+    if o.flags & SHMSESS_STRICT_SETTINGS != 0 {
+        strict_checks(&cfg)?;
+    }
     if let Some(p) = cfg.path.as_deref() {
         crate::store::segment::check_path(p, &geo)?;
     }
@@ -477,6 +490,68 @@ pub(super) fn plan(opts: *const shmsess_options) -> Result<Plan, Fail> {
         install,
         remote,
     })
+}
+
+/// `SHMSESS_STRICT_SETTINGS`: an absolute path in a directory not every user can write (unless
+/// sticky), a size the machine can back now.
+fn strict_checks(cfg: &Config) -> Result<(), Fail> {
+    if let Some(p) = cfg.path.as_deref().filter(|p| !p.is_absolute()) {
+        return Err(Fail(
+            SHMSESS_ERR_INVALID_ARGUMENT,
+            format!(
+                "segment path {} is relative: give an absolute path (the server may change directory or chroot), e.g. /run/shmsesscache/{}",
+                p.display(),
+                p.display()
+            ),
+        ));
+    }
+    if let Some(p) = cfg.path.as_deref() {
+        writable_by_anyone_refused(p)?;
+    }
+    match memory_available() {
+        Some(avail) if cfg.size_bytes > avail => Err(Fail(
+            SHMSESS_ERR_INVALID_ARGUMENT,
+            format!(
+                "size_bytes {} ({} MiB) is more than the memory this machine has available ({} MiB, MemAvailable): the segment could not be backed and the server would stall or be killed at start; give a smaller size, e.g. {}M",
+                cfg.size_bytes,
+                cfg.size_bytes >> 20,
+                avail >> 20,
+                ((avail >> 20) / 4).clamp(1, 1024)
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A segment in a directory every user can write without the sticky bit can be renamed away or
+/// replaced by any of them between two starts.
+fn writable_by_anyone_refused(path: &std::path::Path) -> Result<(), Fail> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+    let Ok(m) = std::fs::metadata(dir) else {
+        return Ok(()); // a missing directory is check_path's to explain
+    };
+    let mode = m.permissions().mode();
+    if mode & 0o002 == 0 || mode & 0o1000 != 0 {
+        return Ok(());
+    }
+    Err(Fail(
+        SHMSESS_ERR_INVALID_ARGUMENT,
+        format!(
+            "the directory {} of segment {} is writable by every user and not sticky (mode {:04o}): anyone could replace the segment; give a directory only root or the server's user can write, e.g. /run/shmsesscache (mkdir -m 0700)",
+            dir.display(),
+            path.display(),
+            mode & 0o7777
+        ),
+    ))
+}
+
+/// `MemAvailable` from /proc/meminfo, in bytes (`None` where it cannot be read).
+fn memory_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// Check `opts` as `shmsess_cache_create` would (flags, sizes, path, session id settings,

@@ -49,7 +49,7 @@ pub(super) fn with_ctx_handle<R>(ctx: *const SSL_CTX, f: impl FnOnce(&Handle) ->
     latest.filter(|h| served_here(h)).map(|h| f(&h))
 }
 
-const ROOT_NOT_SERVED: &str = "this process runs as root and the session cache's segment is written by less privileged processes (SHMSESS_NEVER_LOCK_AS_ROOT): root never takes its locks, so this process's TLS handshakes are not served by the shared cache (full handshakes, nothing stored); let the server's unprivileged workers handle TLS";
+const ROOT_NOT_SERVED: &str = "this process runs as root and the session cache was created with SHMSESS_NEVER_LOCK_AS_ROOT (its segment may be written by processes of other users): root never takes its locks, so this process's TLS handshakes are not served by the shared cache (full handshakes, nothing stored); let unprivileged workers handle TLS, or leave the cache out of a server that runs as root only";
 
 /// Whether the callbacks of this process may use `h`'s cache: not as root when the segment is
 /// written by less privileged workers (glibc writes through pointers inside a robust mutex).

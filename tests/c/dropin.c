@@ -96,12 +96,47 @@ static int log_lines_with(const char *needle)
     return n;
 }
 
+/* body(arg) in a forked worker that dropped root (as the processes the drop-in serves run);
+ * its CHECKs print there, and any failure fails this check too. */
+static void as_worker(void (*body)(void *), void *arg)
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        drop_root();
+        body(arg);
+        fflush(stdout);
+        exit(failed ? 1 : 0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "worker checks failed (status %d, FAIL lines above)", status);
+}
+
+struct client_side {
+    SSL_CTX *ctx;
+    long mode;
+    int version;
+};
+
+static void client_context_untouched(void *arg)
+{
+    struct client_side *c = arg;
+    SSL_free(SSL_new(c->ctx));
+    CHECK(SSL_CTX_sess_get_new_cb(c->ctx) == NULL && SSL_CTX_sess_get_get_cb(c->ctx) == NULL &&
+          SSL_CTX_get_session_cache_mode(c->ctx) == c->mode,
+          "v%x: the client context was changed (mode 0x%lx, was 0x%lx)", c->version,
+          SSL_CTX_get_session_cache_mode(c->ctx), c->mode);
+}
+
 /* A server context and a client context in one process: sessions of the server one resume
  * in another worker; the client one keeps OpenSSL's own client cache, no callbacks. */
 static void test_server_shared_client_untouched(int version)
 {
     SSL_CTX *sctx = server_ctx("server", version, SSL_OP_NO_TICKET, 0, 0);
-    SSL_CTX *cctx = client_ctx(version, 0);
+    /* A certificate on the client context too (client authentication): a method, not a
+     * certificate, says which side a context serves. */
+    SSL_CTX *cctx = client_ctx(version, 1);
     long client_mode = SSL_CTX_get_session_cache_mode(cctx);
     struct report a, b;
     worker(sctx, cctx, NULL, 0, &a);
@@ -110,11 +145,8 @@ static void test_server_shared_client_untouched(int version)
     CHECK(a.installed && a.mode == (SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL),
           "v%x: server context not installed (callbacks %d, mode 0x%lx)", version, a.installed, a.mode);
     CHECK(b.hs.reused, "v%x: a session of one worker did not resume in another", version);
-    SSL_free(SSL_new(cctx));
-    CHECK(SSL_CTX_sess_get_new_cb(cctx) == NULL && SSL_CTX_sess_get_get_cb(cctx) == NULL &&
-          SSL_CTX_get_session_cache_mode(cctx) == client_mode,
-          "v%x: the client context was changed (mode 0x%lx, was 0x%lx)", version,
-          SSL_CTX_get_session_cache_mode(cctx), client_mode);
+    struct client_side c = { cctx, client_mode, version };
+    as_worker(client_context_untouched, &c); /* unprivileged: root is never installed on */
     SSL_CTX_free(sctx);
     SSL_CTX_free(cctx);
 }
@@ -200,6 +232,130 @@ static void test_server_settings_respected(void)
     SSL_CTX_free(cctx);
 }
 
+/* The options the drop-in was told to set (the Makefile sets both). */
+static uint64_t configured_options(void)
+{
+    const char *t = getenv("SHMSESS_PRELOAD_NO_TICKETS"), *e = getenv("SHMSESS_PRELOAD_IGNORE_UNEXPECTED_EOF");
+    return (t && strcmp(t, "1") == 0 ? SSL_OP_NO_TICKET : 0) |
+           (e && strcmp(e, "1") == 0 ? SSL_OP_IGNORE_UNEXPECTED_EOF : 0);
+}
+
+static int maps_anonymous_segment(void)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[4096];
+    int found = 0;
+    while (f && fgets(line, sizeof line, f))
+        found |= strstr(line, "/memfd:shmsesscache") != NULL;
+    if (f)
+        fclose(f);
+    return found;
+}
+
+/* A process that only makes client connections (with a client certificate) makes no
+ * anonymous segment. Run first: the segment is made once per process tree. */
+static void test_client_only_process_makes_no_segment(void)
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        SSL_CTX *c = client_ctx(TLS12, 1);
+        SSL *s = SSL_new(c);
+        SSL_set_connect_state(s);
+        int made = maps_anonymous_segment();
+        SSL_free(s);
+        SSL_CTX_free(c);
+        exit(made ? 3 : 0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "a client-only process made a segment (status %d: 3 means mapped)", status);
+}
+
+struct sides {
+    SSL_CTX *ctx;
+    uint64_t own, added;
+};
+
+/* The first SSL_new on the context connects (the drop-in installs then), the next accepts. */
+static void connect_and_accept_sides(void *arg)
+{
+    struct sides *t = arg;
+    SSL *up = SSL_new(t->ctx), *down = SSL_new(t->ctx);
+    SSL_set_connect_state(up);
+    SSL_set_accept_state(down);
+    CHECK(SSL_CTX_sess_get_new_cb(t->ctx) != NULL, "generic context: nothing installed in this worker");
+    CHECK(SSL_get_options(up) == t->own && SSL_CTX_get_options(t->ctx) == t->own,
+          "generic context: a connecting SSL got options 0x%llx (the program set 0x%llx)",
+          (unsigned long long)SSL_get_options(up), (unsigned long long)t->own);
+    CHECK((SSL_get_options(down) & t->added) == t->added,
+          "generic context: an accepting SSL lacks the drop-in's options (0x%llx of 0x%llx)",
+          (unsigned long long)(SSL_get_options(down) & t->added), (unsigned long long)t->added);
+    SSL_free(up);
+    SSL_free(down);
+}
+
+static void connect_on_client_caching(void *arg)
+{
+    SSL_CTX *both = arg;
+    uint64_t own = SSL_CTX_get_options(both);
+    SSL *up = SSL_new(both);
+    SSL_set_connect_state(up);
+    CHECK(SSL_CTX_get_session_cache_mode(both) == SSL_SESS_CACHE_BOTH && SSL_CTX_sess_get_new_cb(both) == NULL &&
+          SSL_get_options(up) == own,
+          "a TLS_method context caching client sessions was changed (mode 0x%lx, options 0x%llx)",
+          SSL_CTX_get_session_cache_mode(both), (unsigned long long)SSL_get_options(up));
+    SSL_free(up);
+}
+
+/* A generic-method (TLS_method) context the server set a session id context on, used for
+ * both sides as a proxy does: its sessions are shared across workers, and the options the
+ * drop-in sets reach only the SSLs that accept; one that connects sees the context as the
+ * program made it. */
+static void test_generic_context_both_ways(void)
+{
+    SSL_CTX *gen = SSL_CTX_new(TLS_method());
+    SSL_CTX_use_certificate_chain_file(gen, cpath("server.pem"));
+    SSL_CTX_use_PrivateKey_file(gen, cpath("server.key"), SSL_FILETYPE_PEM);
+    SSL_CTX_set_max_proto_version(gen, TLS12);
+    SSL_CTX_set_session_id_context(gen, (const unsigned char *)"proxy", 5);
+    uint64_t own = SSL_CTX_get_options(gen), added = configured_options();
+    SSL_CTX *cctx = client_ctx(TLS12, 0);
+    struct report a, b;
+    worker(gen, cctx, NULL, 0, &a);
+    worker(gen, cctx, &a.hs, 0, &b);
+    CHECK(a.installed && b.hs.reused, "generic context: not shared across workers (installed %d, reused %d)",
+          a.installed, b.hs.reused);
+    struct sides sides = { gen, own, added };
+    as_worker(connect_and_accept_sides, &sides);
+    SSL_CTX_free(gen);
+    SSL_CTX_free(cctx);
+}
+
+/* A generic-method context whose cache mode has SSL_SESS_CACHE_CLIENT also caches its client
+ * sessions: left exactly as the program made it, and the log names why. */
+static void test_generic_client_cache_left_alone(void)
+{
+    SSL_CTX *both = SSL_CTX_new(TLS_method());
+    SSL_CTX_use_certificate_chain_file(both, cpath("server.pem"));
+    SSL_CTX_use_PrivateKey_file(both, cpath("server.key"), SSL_FILETYPE_PEM);
+    SSL_CTX_set_session_id_context(both, (const unsigned char *)"proxy", 5);
+    SSL_CTX_set_session_cache_mode(both, SSL_SESS_CACHE_BOTH);
+    int said_before = log_lines_with("SSL_SESS_CACHE_CLIENT");
+    as_worker(connect_on_client_caching, both);
+    CHECK(log_lines_with("SSL_SESS_CACHE_CLIENT") - said_before == 1,
+          "no (or more than one) log line naming the client cache");
+    SSL_CTX_free(both);
+}
+
+/* Every warning or error the drop-in logged in this run (none is expected). */
+static void test_nothing_unexpected_logged(void)
+{
+    int bad = log_lines_with("warning:") + log_lines_with("error:");
+    CHECK(bad == 0, "%d warning or error lines in %s", bad, logfile);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -210,12 +366,16 @@ int main(int argc, char **argv)
     logfile = argv[2];
     forced = argc > 3 && strcmp(argv[3], "--force") == 0;
     if (!forced) {
+        test_client_only_process_makes_no_segment();
         test_server_shared_client_untouched(TLS12);
         test_server_shared_client_untouched(TLS13);
         test_keeps_server_session_id_context();
         test_root_process_not_served();
+        test_generic_context_both_ways();
+        test_generic_client_cache_left_alone();
     }
     test_server_settings_respected();
+    test_nothing_unexpected_logged();
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }

@@ -1,6 +1,6 @@
 """The drop-in against Debian's own servers: resumption without it (the contrast) and under
 `shmsesscache run`, TLS 1.3 tickets once each, a worker killed under load, a reload, and the
-root master never locking the segment (its lock calls traced with gdb).
+root master never locking the segment, and a root s_server served as alone (lock calls traced with gdb).
 
     python3 tests/integration/test_dropin.py --cli build/shmsesscache --certs build/certs [--only hitch,nsd]
 """
@@ -8,6 +8,7 @@ root master never locking the segment (its lock calls traced with gdb).
 import argparse
 import os
 import re
+import shutil
 import signal
 import ssl
 import subprocess
@@ -89,10 +90,12 @@ def memfd_segments(pids):
     for pid in pids:
         try:
             with open(f"/proc/{pid}/maps") as f:
-                for line in f:
-                    if "/memfd:shmsesscache" in line:
-                        found.setdefault(line.split()[4], set()).add(pid)
-            read.add(pid)
+                lines = f.readlines()
+            for line in lines:
+                if "/memfd:shmsesscache" in line:
+                    found.setdefault(line.split()[4], set()).add(pid)
+            if lines:  # a child that is exiting (or a zombie) has an empty map: not read
+                read.add(pid)
         except (FileNotFoundError, ProcessLookupError):
             pass
     return found, read
@@ -128,6 +131,34 @@ def root_master_never_locks(s, kind, seg):
     in_master, in_worker = (t.stop() for t in traces)
     check(f"{kind.name}: the root master never locks the segment (traced with gdb), a worker does",
           in_master == 0 and in_worker > 0, f"master {in_master} lock calls, worker {in_worker}")
+
+
+class RootSServer(dh.TLSServer):
+    """`openssl s_server -www` as root: one process that handles TLS itself, with OpenSSL's own
+    session cache (it resumes every session without the drop-in)."""
+    name = "s_server"
+    payload = b"GET / HTTP/1.0\r\n\r\n"
+
+    def command(self):
+        return ["openssl", "s_server", "-accept", f"127.0.0.1:{self.port}", "-www", "-no_ticket", "-quiet",
+                "-cert", os.path.join(self.certs, "server.pem"), "-key", os.path.join(self.certs, "server.key")]
+
+
+def root_server_never_locks(args):
+    """A root process that handles TLS itself under the drop-in (named segment, so the
+    segment is mapped in it): it resumes as it would without the drop-in (its own cache), and
+    gdb sees no lock call on the segment through those handshakes. A drop-in that served it
+    would resume 0/5 (the library's root rule refuses its callbacks) or, without that rule
+    too, lock the segment."""
+    seg = os.path.join("/run", "shmsesscache-test", f"root-{os.getpid()}.sess")
+    with RootSServer(cli=args.cli, run_args=["--path", seg, "--no-tickets"], certs=args.certs) as s:
+        trace = dh.LockTrace(s.proc.pid, seg)
+        n = dh.resumed_of(s, TLS12, 5)
+        locks = trace.stop()
+        log = s.dropin_log()
+    os.unlink(seg)
+    check("a root process serving TLS under the drop-in resumes as alone (5/5), never locks the segment, says so",
+          n == 5 and locks == 0 and "runs as root" in log, f"resumed {n}/5, {locks} lock calls on the segment")
 
 
 def killed_under_load(s, kind):
@@ -173,8 +204,12 @@ def run_refuses_bad_settings(args):
     why once."""
     import tempfile
     marker = os.path.join(tempfile.mkdtemp(prefix="shmsess-run-"), "started")
+    open_dir = tempfile.mkdtemp(prefix="shmsess-0777-")
+    os.chmod(open_dir, 0o777)  # every user may write it, not sticky
     cases = [(["--size", "1K"], "needs at least 56000 bytes (e.g. --size 55K)"), (["--size", "lots"], "examples: 8388608, 512K, 64M, 1G"),
+             (["--size", more_than_memory()], "more than the memory this machine has available"),
              (["--path", "relative.sess"], "give an absolute path"),
+             (["--path", os.path.join(open_dir, "x.sess")], "is writable by every user and not sticky"),
              (["--log", "/nonexistent-dir/x.log"], "--log /nonexistent-dir/x.log")]
     for flags, fix in cases:
         out = subprocess.run([args.cli, "run", *flags, "--", "touch", marker], capture_output=True, text=True,
@@ -182,22 +217,110 @@ def run_refuses_bad_settings(args):
         check(f"run {' '.join(flags)}: refused before the program starts, with the fix",
               out.returncode in (1, 2) and fix in out.stderr and not os.path.exists(marker),
               f"exit {out.returncode}: {out.stderr.strip()}")
+        if os.path.exists(marker):  # started: the next case must not see this one's marker
+            os.unlink(marker)
     env = dict(os.environ, SHMSESS_PRELOAD_LIB="/nonexistent/libshmsesscache_preload.so")
     out = subprocess.run([args.cli, "run", "--", "touch", marker], capture_output=True, text=True, env=env,
                          timeout=30)
     check("run: a missing preload is refused before the program starts",
           out.returncode == 1 and "SHMSESS_PRELOAD_LIB" in out.stderr and not os.path.exists(marker),
           out.stderr.strip())
+    shutil.rmtree(open_dir)
     preload = os.path.join(os.path.dirname(args.cli), "libshmsesscache_preload.so")
+    for variables, why in (({"SHMSESS_PRELOAD_SIZE": "1K"}, "minimum is"),
+                           ({"SHMSESS_PRELOAD_SIZE": more_than_memory()}, "MemAvailable"),
+                           ({"SHMSESS_PRELOAD_SIZE": " -1"}, "is not a size"),
+                           ({"SHMSESS_PRELOAD_PATH": "relative.sess"}, "give an absolute path")):
+        set_directly_refused(args, preload, variables, why)
+
+
+def more_than_memory():
+    """A size the library must refuse: twice this machine's MemAvailable (in whole GiB)."""
+    with open("/proc/meminfo") as f:
+        kib = next(int(l.split()[1]) for l in f if l.startswith("MemAvailable:"))
+    return f"{2 * kib // (1 << 20) + 1}G"
+
+
+def set_directly_refused(args, preload, variables, why):
+    """Set in the environment (a unit's Environment=), a bad value leaves hitch serving with its
+    own caches (sessions mostly miss across its 4 workers), the reason logged once per process."""
     s = dh.Hitch(certs=args.certs)
-    s.env = lambda: dict(os.environ, LD_PRELOAD=preload, SHMSESS_PRELOAD_SIZE="1K", SHMSESS_PRELOAD_LOG=s.log)
+    s.env = lambda: dict(os.environ, LD_PRELOAD=preload, SHMSESS_PRELOAD_LOG=s.log, **variables)
     with s:
         n = dh.resumed_of(s, TLS12, 5)
         log = s.dropin_log()
-    check("a bad SHMSESS_PRELOAD_SIZE set directly: the server serves without the cache, the reason logged once per process",
-          "no shared session cache, the server runs with its own" in log and "minimum is" in log
+    check(f"{variables} set directly: the server serves without the cache, the reason logged once per process",
+          n < 5 and "no shared session cache, the server runs with its own" in log and why in log
           and len(set(re.findall(r"drop-in\[(\d+)\]", log))) == len(log.strip().splitlines()),
           f"resumed {n}/5; {log.strip().splitlines()[:1]}")
+
+
+def run_bounded(cmd, env=None, timeout=15):
+    """(exit code, stderr) of `cmd`, or (None, why) when it is still running after `timeout` s."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
+                             stdin=subprocess.DEVNULL)
+        return out.returncode, out.stderr
+    except subprocess.TimeoutExpired:
+        return None, f"still running after {timeout} s"
+
+
+def log_that_is_not_a_file(args):
+    """A log path that is a FIFO (or any other non-file) blocks nobody: `run --log` refuses it
+    with the fix, and set directly the program starts at once, its lines on stderr."""
+    import tempfile
+    d = tempfile.mkdtemp(prefix="shmsess-fifo-")
+    fifo = os.path.join(d, "log")
+    os.mkfifo(fifo, 0o600)
+    marker = os.path.join(d, "started")
+    rc, err = run_bounded([args.cli, "run", "--log", fifo, "--", "touch", marker])
+    check("run --log FIFO: refused at once, before the program starts, with the fix",
+          rc == 1 and "not a regular file" in err and not os.path.exists(marker), f"exit {rc}: {err.strip()}")
+    preload = os.path.join(os.path.dirname(args.cli), "libshmsesscache_preload.so")
+    env = dict(os.environ, LD_PRELOAD=preload, SHMSESS_PRELOAD_LOG=fifo)
+    rc, err = run_bounded(["touch", marker], env=env)
+    check("SHMSESS_PRELOAD_LOG=FIFO: the program starts at once, the drop-in says why on stderr",
+          rc == 0 and os.path.exists(marker) and "not a regular file" in err, f"exit {rc}: {err.strip()}")
+    for f in (marker, fifo):
+        if os.path.exists(f):
+            os.unlink(f)
+    os.rmdir(d)
+
+
+def maps_path(pid, path):
+    with open(f"/proc/{pid}/maps") as f:
+        return any(line.rstrip().endswith(path) for line in f)
+
+
+def only_named_programs_map_the_segment(args):
+    """--only sleep: of a shell that starts `sleep` and then execs `cat` (a stand-in for
+    dovecot's imap-login, listed, and the imap process that execs after login, not listed),
+    only sleep maps the named segment; cat, under the same LD_PRELOAD and variables, does not."""
+    seg = os.path.join("/run", "shmsesscache-test", f"only-{os.getpid()}.sess")
+    proc = subprocess.Popen([args.cli, "run", "--path", seg, "--only", "sleep", "--", "sh", "-c", "sleep 30 & exec cat"],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sleeper, deadline = None, time.monotonic() + 10
+    try:
+        while time.monotonic() < deadline and sleeper is None:  # until sh has exec'd cat
+            kids = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(proc.pid)], capture_output=True,
+                                  text=True).stdout.split()
+            if "sleep" in kids and dh.cmdline(proc.pid).startswith("cat"):
+                sleeper = int(kids[kids.index("sleep") - 1])
+            else:
+                time.sleep(0.05)
+        ok = sleeper is not None and maps_path(sleeper, seg) and not maps_path(proc.pid, seg)
+        said = f"sleep {sleeper} maps it: {sleeper and maps_path(sleeper, seg)}; cat {proc.pid} maps it: {maps_path(proc.pid, seg)}"
+    except (FileNotFoundError, ProcessLookupError) as e:
+        ok, said = False, f"{e}; {proc.stderr.read1().decode() if proc.poll() is not None else ''}"
+    finally:
+        if sleeper:
+            os.kill(sleeper, signal.SIGKILL)
+        proc.kill()
+        proc.wait()
+    check("--only: the segment is mapped by the programs named, not by another program under the same environment",
+          ok, said)
+    if os.path.exists(seg):
+        os.unlink(seg)
 
 
 def unexpected_eof(args):
@@ -242,6 +365,9 @@ def main():
     # Named segments go in a directory of root's (a fresh machine has none: /run is a tmpfs).
     os.makedirs(os.path.join("/run", "shmsesscache-test"), mode=0o700, exist_ok=True)
     run_refuses_bad_settings(args)
+    log_that_is_not_a_file(args)
+    only_named_programs_map_the_segment(args)
+    root_server_never_locks(args)
     if "hitch" in args.only.split(","):
         unexpected_eof(args)
         hello_retry_request(args)

@@ -26,6 +26,8 @@ struct Settings {
     ignore_unexpected_eof: bool,
     force: bool,
     log: Option<PathBuf>,
+    /// Program names (basenames of their executables) in which the drop-in acts at all.
+    only: Option<String>,
 }
 
 pub fn cmd_run(raw: &[String]) -> Result<u8, Failure> {
@@ -34,7 +36,7 @@ pub fn cmd_run(raw: &[String]) -> Result<u8, Failure> {
         "run",
         ours,
         &["no-tickets", "ignore-unexpected-eof", "force"],
-        &["size", "path", "log"],
+        &["size", "path", "log", "only"],
     )?;
     if !a.positional.is_empty() {
         return Err(usage(format!(
@@ -74,15 +76,12 @@ fn settings(a: &Args) -> Result<Settings, Failure> {
         // In the options' words (--size), before the library's (size_bytes).
         super::check_segment_size("run", n, shmsesscache::store::layout::DEFAULT_UNIT_BYTES)?;
     }
+    // A relative path is refused by the library's check (SHMSESS_STRICT_SETTINGS), as the
+    // preload refuses it: one rule for both.
     let path = a.value("path").map(str::to_string);
-    if let Some(p) = &path {
-        if !p.starts_with('/') {
-            return Err(usage(format!(
-                "run: --path {p:?}: give an absolute path (the server may change directory or chroot), e.g. /run/shmsesscache/{p}"
-            )));
-        }
-    }
+    let only = a.value("only").map(only_names).transpose()?;
     Ok(Settings {
+        only,
         path,
         size,
         no_tickets: a.has("no-tickets"),
@@ -109,7 +108,7 @@ fn check_with_library(s: &Settings) -> Result<(), Failure> {
     if let Some(size) = s.size {
         o.size_bytes = size;
     }
-    o.flags |= ffi::SHMSESS_NEVER_LOCK_AS_ROOT;
+    o.flags |= ffi::SHMSESS_NEVER_LOCK_AS_ROOT | ffi::SHMSESS_STRICT_SETTINGS;
     library_result(ffi::shmsess_options_check(&o))?;
     if path.is_some() {
         let mut cache = std::ptr::null_mut();
@@ -120,6 +119,19 @@ fn check_with_library(s: &Settings) -> Result<(), Failure> {
         check_log(log)?;
     }
     Ok(())
+}
+
+/// `--only imap-login,pop3-login`: program names, as the basename of each process's executable.
+fn only_names(list: &str) -> Result<String, Failure> {
+    let bad = list
+        .split(',')
+        .find(|n| n.is_empty() || n.contains('/') || n.chars().any(char::is_whitespace));
+    match bad {
+        None => Ok(list.to_string()),
+        Some(n) => Err(usage(format!(
+            "run: --only {list:?}: {n:?} is not a program name: give the names of the programs that serve TLS, comma-separated, without a directory (e.g. --only imap-login,pop3-login)"
+        ))),
+    }
 }
 
 fn library_result(r: ffi::shmsess_result) -> Result<(), Failure> {
@@ -137,25 +149,36 @@ fn library_result(r: ffi::shmsess_result) -> Result<(), Failure> {
     ))
 }
 
-/// The log is opened by the preload with O_APPEND|O_CREAT|O_NOFOLLOW, mode 0600: try the same.
+/// The log is opened by the preload with O_APPEND|O_CREAT|O_NOFOLLOW|O_NONBLOCK, mode 0600: try
+/// the same (O_NONBLOCK: a FIFO without a reader must not hang this check), and refuse what is
+/// not a regular file (the preload would write to stderr instead).
 fn check_log(log: &Path) -> Result<(), Failure> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
+    let refuse = |why: String| {
+        Failure(
+            EXIT_FAILED,
+            format!(
+                "run: --log {}: {why} (give a regular file this user can create or append to, not a symlink, FIFO or device)",
+                log.display()
+            ),
+        )
+    };
+    let file = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(log)
-        .map(drop)
-        .map_err(|e| {
-            Failure(
-                EXIT_FAILED,
-                format!(
-                    "run: --log {}: {e} (give a file this user can create or append to, not a symlink)",
-                    log.display()
-                ),
-            )
-        })
+        .map_err(|e| match e.raw_os_error() {
+            // What O_NONBLOCK gives for a FIFO nobody reads (without it: a hang).
+            Some(libc::ENXIO) => refuse("not a regular file (a FIFO or device)".into()),
+            _ => refuse(e.to_string()),
+        })?;
+    match file.metadata() {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(refuse("not a regular file".into())),
+        Err(e) => Err(refuse(e.to_string())),
+    }
 }
 
 fn find_preload() -> Result<PathBuf, Failure> {
@@ -230,6 +253,7 @@ fn command(s: &Settings, preload: &Path, program: &[String]) -> std::process::Co
         "SHMSESS_PRELOAD_SIZE",
         s.size.map(|n| n.to_string()),
     );
+    set_or_remove(&mut c, "SHMSESS_PRELOAD_ONLY", s.only.clone());
     set_or_remove(
         &mut c,
         "SHMSESS_PRELOAD_LOG",

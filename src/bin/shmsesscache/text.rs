@@ -13,7 +13,7 @@ SYNOPSIS
     shmsesscache load   PATH FILE
     shmsesscache repair PATH [--force]
     shmsesscache run    [--size SIZE] [--path PATH] [--no-tickets] [--ignore-unexpected-eof]
-                        [--log FILE] [--force] -- PROGRAM [ARGS...]
+                        [--log FILE] [--force] [--only NAMES] -- PROGRAM [ARGS...]
     shmsesscache COMMAND --help
 
 DESCRIPTION
@@ -58,7 +58,7 @@ NAME
 
 SYNOPSIS
     shmsesscache run [--size SIZE] [--path PATH] [--no-tickets] [--ignore-unexpected-eof]
-                     [--log FILE] [--force] -- PROGRAM [ARGS...]
+                     [--log FILE] [--force] [--only NAMES] -- PROGRAM [ARGS...]
 
 DESCRIPTION
     Checks the settings as the library would (a bad value is refused here, with the fix,
@@ -89,6 +89,10 @@ OPTIONS
                               (SHMSESS_PRELOAD_LOG)
     --force                   also install on contexts where the server set its own session
                               callbacks or turned its session cache off (SHMSESS_PRELOAD_FORCE=1)
+    --only NAMES              act only in processes running these programs (basenames of
+                              their executables, comma-separated, e.g. imap-login,pop3-login):
+                              every other process maps no segment and is left alone
+                              (SHMSESS_PRELOAD_ONLY)
 
 ENVIRONMENT
     SHMSESS_PRELOAD_LIB       the preload to use instead of the one next to this program

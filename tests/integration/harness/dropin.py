@@ -360,7 +360,8 @@ TLSLog {d}/tls.log
 
 
 PRELOAD_VARIABLES = ("LD_PRELOAD SHMSESS_PRELOAD_PATH SHMSESS_PRELOAD_SIZE SHMSESS_PRELOAD_NO_TICKETS "
-                     "SHMSESS_PRELOAD_IGNORE_UNEXPECTED_EOF SHMSESS_PRELOAD_FORCE SHMSESS_PRELOAD_LOG")
+                     "SHMSESS_PRELOAD_IGNORE_UNEXPECTED_EOF SHMSESS_PRELOAD_FORCE SHMSESS_PRELOAD_LOG "
+                     "SHMSESS_PRELOAD_ONLY")
 
 
 class Dovecot(TLSServer):
@@ -372,6 +373,8 @@ class Dovecot(TLSServer):
     persistent_workers = False
     needs_named_segment = True
     worker_title = "imap-login"
+    # Only the login processes map the segment, not the imap processes of logged-in users.
+    dropin_args = ["--only", "imap-login,pop3-login"]
 
     def command(self):
         d = self.dir
