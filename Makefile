@@ -44,6 +44,9 @@ PRELOAD   := $(BUILD)/libshmsesscache_preload.so
 # Installed in a directory of its own under LIBDIR: it is no library to link against (it has
 # no SONAME), so it stays out of the linker's path; `shmsesscache run` looks there.
 PRELOAD_DIR = $(LIBDIR)/shmsesscache
+# `shmsesscache run` looks for the preload at this path relative to its own directory (so a
+# DESTDIR copy finds its own): given to every cargo build, each of which builds the tool.
+export SHMSESS_PRELOAD_RELDIR := $(shell realpath -m --relative-to=$(BINDIR) $(PRELOAD_DIR))
 
 # $(BUILD)/NAME.settings holds VALUE and changes only when VALUE does: a target built from make
 # variables depends on it, so it is rebuilt when they change (mtimes alone cannot tell).
@@ -54,6 +57,7 @@ $(BUILD)/$(1).settings: FORCE
 endef
 # A `make install PREFIX=/opt/x` after a `make install` must not install the first PREFIX's .pc.
 $(eval $(call settings_file,pc-paths,$(PREFIX) $(LIBDIR) $(INCLUDEDIR)))
+$(eval $(call settings_file,preload-dir,$(SHMSESS_PRELOAD_RELDIR)))
 $(eval $(call settings_file,module-rpath,$(MODULE_RPATH)))
 # A module only loads into the nginx it was built for, and an upgraded nginx-dev unpacks files
 # with the package's dates, which may be older than the module.
@@ -65,7 +69,7 @@ $(eval $(call settings_file,nginx-dev,$(shell dpkg-query -W -f='$${Version}' ngi
 
 all: $(LIB_SO) $(LIB_A) $(PC) $(SERVER) $(MINIMAL) $(CLI) $(PRELOAD)
 
-$(TARGETDIR)/libshmsesscache.so: $(RUST_SRC)
+$(TARGETDIR)/libshmsesscache.so: $(RUST_SRC) $(BUILD)/preload-dir.settings
 	$(CARGO) build --release --lib --bins
 	@touch $@
 

@@ -131,11 +131,28 @@ def libdir_layout(tmp):
           (run.stdout + run.stderr).strip()[-400:])
 
 
+def libdir_elsewhere(tmp):
+    """LIBDIR neither PREFIX/lib nor the multiarch directory (PREFIX/lib64 here): the installed
+    'shmsesscache run' still finds the drop-in it was installed with."""
+    dest = os.path.join(tmp, "lib64")
+    ok = make_install(dest, "PREFIX=/opt/shm", "LIBDIR=/opt/shm/lib64")
+    check("make install PREFIX=/opt/shm LIBDIR=/opt/shm/lib64 succeeds", ok)
+    if not ok:
+        return
+    env = {k: v for k, v in os.environ.items() if k != "SHMSESS_PRELOAD_LIB"}
+    run = subprocess.run([f"{dest}/opt/shm/bin/shmsesscache", "run", "--", "sh", "-c", 'echo "$LD_PRELOAD"'],
+                         capture_output=True, text=True, timeout=30, env=env)
+    check("with LIBDIR=PREFIX/lib64 the installed 'shmsesscache run' finds the installed drop-in",
+          run.returncode == 0 and f"{dest}/opt/shm/lib64/shmsesscache/libshmsesscache_preload.so" in run.stdout,
+          (run.stdout + run.stderr).strip()[-400:])
+
+
 def main():
     argparse.ArgumentParser(description=__doc__).parse_args()
     with tempfile.TemporaryDirectory(prefix="shmsess-install-") as tmp:
         prefix_change(tmp)
         libdir_layout(tmp)
+        libdir_elsewhere(tmp)
     finish()
 
 

@@ -203,14 +203,14 @@ fn find_preload() -> Result<PathBuf, Failure> {
             )
         })?;
     let dir = exe.parent().unwrap_or(Path::new("/"));
-    // The build tree; LIBDIR/shmsesscache of an installed prefix, LIBDIR being lib or Debian's
-    // multiarch lib/TRIPLET.
+    // The build tree; LIBDIR/shmsesscache as the Makefile that built this program had it
+    // (relative to BINDIR); LIBDIR being lib or Debian's multiarch lib/TRIPLET.
     let multiarch = format!("../lib/{}-linux-gnu/shmsesscache", std::env::consts::ARCH);
-    let dirs = [
-        dir.to_path_buf(),
-        dir.join("../lib/shmsesscache"),
-        dir.join(multiarch),
-    ];
+    let mut dirs = vec![dir.to_path_buf()];
+    dirs.extend(option_env!("SHMSESS_PRELOAD_RELDIR").map(|rel| dir.join(rel)));
+    dirs.push(dir.join("../lib/shmsesscache"));
+    dirs.push(dir.join(multiarch));
+    dirs.dedup();
     dirs.iter()
         .map(|d| d.join(PRELOAD_NAME))
         .find(|c| usable_preload(c))
