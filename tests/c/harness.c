@@ -447,7 +447,42 @@ static void test_decode_memo(void)
     SSL_SESSION_free(t);
     SSL_SESSION_free(full_a), SSL_SESSION_free(full_b), SSL_SESSION_free(m1), SSL_SESSION_free(m2);
     SSL_SESSION_free(ca), SSL_SESSION_free(cb);
-    SSL_CTX_free(s), SSL_CTX_free(c), SSL_CTX_free(s13), SSL_CTX_free(c13);
+    SSL_CTX_free(s), SSL_CTX_free(s13);
+    shmsess_cache_free(cache);
+
+    /* SHMSESS_TLS13_ALLOW_REUSE: a ticket resumed again and again in one process goes through
+     * the memo; OpenSSL copies it before changing anything (valgrind watches). */
+    cache = new_cache(SHMSESS_TLS13_ALLOW_REUSE);
+    s13 = server_ctx("server", TLS13, SSL_OP_NO_TICKET, 0, 0);
+    shmsess_install(cache, s13);
+    SSL_SESSION_free(server_session_of(s13, c13, NULL, &reused, &t));
+    int all = 1;
+    for (int i = 0; i < 3; i++) {
+        SSL_SESSION_free(server_session_of(s13, c13, t, &reused, NULL));
+        all &= reused;
+    }
+    CHECK(all, "a reusable TLS 1.3 ticket resumes three times in one process");
+    SSL_SESSION_free(t);
+    SSL_CTX_free(s13);
+    shmsess_cache_free(cache);
+
+    /* SHMSESS_KEEP_INTERNAL_CACHE: OpenSSL links a session it resumes into the context's own
+     * cache, and one session object cannot be in two contexts' lists, so no memo there. */
+    cache = new_cache(SHMSESS_KEEP_INTERNAL_CACHE);
+    SSL_CTX *s1 = server_ctx("server", TLS12, SSL_OP_NO_TICKET, 0, 0);
+    SSL_CTX *s2 = server_ctx("server", TLS12, SSL_OP_NO_TICKET, 0, 0);
+    SSL_CTX *s3 = server_ctx("server", TLS12, SSL_OP_NO_TICKET, 0, 0);
+    shmsess_install(cache, s1), shmsess_install(cache, s2), shmsess_install(cache, s3);
+    SSL_SESSION_free(server_session_of(s1, c, NULL, &reused, &ca));
+    SSL_SESSION *on2 = server_session_of(s2, c, ca, &reused, NULL);
+    int reused2 = reused;
+    SSL_SESSION *on3 = server_session_of(s3, c, ca, &reused, NULL);
+    CHECK(on2 && on3 && reused2 && reused, "resumed on two more contexts");
+    CHECK(on2 != on3, "each context with OpenSSL's cache kept gets a session of its own (%p, %p)", (void *)on2,
+          (void *)on3);
+    SSL_SESSION_free(on2), SSL_SESSION_free(on3);
+    SSL_SESSION_free(ca);
+    SSL_CTX_free(s1), SSL_CTX_free(s2), SSL_CTX_free(s3), SSL_CTX_free(c), SSL_CTX_free(c13);
     shmsess_cache_free(cache);
 }
 
