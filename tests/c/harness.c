@@ -322,6 +322,170 @@ static void test_resumption(void)
     shmsess_cache_free(cache);
 }
 
+/* One handshake offering `offer` (NULL: a full one). Returns the server's session (a reference
+ * for the caller), or NULL if the handshake failed; *reused: whether the server resumed; with
+ * `client`, the client's session for the next connection. */
+static SSL_SESSION *server_session_of(SSL_CTX *s, SSL_CTX *c, SSL_SESSION *offer, int *reused, SSL_SESSION **client)
+{
+    struct tls_pair p;
+    tls_pair_open(&p, s, c);
+    if (offer)
+        SSL_set_session(p.c, offer);
+    int ok = tls_pair_handshake(&p, 0);
+    SSL_SESSION *ss = NULL;
+    *reused = 0;
+    if (ok) {
+        tls_pair_first_byte(&p);
+        *reused = SSL_session_reused(p.s);
+        ss = SSL_get1_session(p.s);
+        if (client)
+            *client = SSL_get1_session(p.c);
+    }
+    tls_pair_close(&p, ok);
+    return ss;
+}
+
+/* The stored bytes of the entry for the client session `cs`'s id, and that id. */
+static size_t stored_bytes(shmsess_cache *cache, SSL_SESSION *cs, unsigned char *buf, size_t cap,
+                           const unsigned char **id, unsigned *id_len)
+{
+    *id = SSL_SESSION_get_id(cs, id_len);
+    size_t n = 0;
+    if (shmsess_cache_lookup(cache, *id, *id_len, buf, cap, &n, SHMSESS_LOOKUP_KEEP) != SHMSESS_OK)
+        return 0;
+    return n;
+}
+
+/* The per-process memo of decoded sessions (src/tls/memo.rs) answers a TLS 1.2 resumption with
+ * the session it decoded before only when the segment's entry holds the very same bytes: never
+ * for a replaced, removed or (by OpenSSL) condemned entry, in the process that filled it and in a
+ * worker forked after. Held server sessions keep their addresses from being reused, so "the same
+ * pointer" means "from the memo". */
+static void test_decode_memo(void)
+{
+    shmsess_cache *cache = new_cache(0);
+    SSL_CTX *s = server_ctx("server", TLS12, SSL_OP_NO_TICKET, 0, 0), *c = client_ctx(TLS12, 0);
+    CHECK(shmsess_install(cache, s) == SHMSESS_OK, "install: %s", shmsess_last_error());
+    int reused = 0;
+    SSL_SESSION *ca = NULL, *cb = NULL;
+    SSL_SESSION *full_a = server_session_of(s, c, NULL, &reused, &ca);
+    SSL_SESSION *full_b = server_session_of(s, c, NULL, &reused, &cb);
+    unsigned char a_der[4096], b_der[4096];
+    const unsigned char *a_id, *b_id;
+    unsigned a_len, b_len;
+    size_t an = stored_bytes(cache, ca, a_der, sizeof a_der, &a_id, &a_len);
+    size_t bn = stored_bytes(cache, cb, b_der, sizeof b_der, &b_id, &b_len);
+    CHECK(full_a && full_b && an > 0 && bn > 0 && a_len == 32 && b_len == 32, "two full handshakes stored");
+    /* B's session under A's id: an entry replaced by another session with the same id. */
+    unsigned char *at = memmem(b_der, bn, b_id, 32);
+    CHECK(at != NULL, "B's DER holds its id");
+    if (at)
+        memcpy(at, a_id, 32);
+    uint64_t expires = (uint64_t)time(NULL) + 300;
+
+    SSL_SESSION *m1 = server_session_of(s, c, ca, &reused, NULL);
+    CHECK(m1 && reused, "A resumed");
+    SSL_SESSION *m2 = server_session_of(s, c, ca, &reused, NULL);
+    CHECK(m2 && reused && m2 == m1, "A resumed again with the session the memo decoded the first time (%p, %p)",
+          (void *)m1, (void *)m2);
+
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int bits = 0, r = 0;
+        SSL_SESSION *x = server_session_of(s, c, ca, &r, NULL);
+        bits |= (x && r && x == m1) ? 0 : 1;
+        SSL_SESSION_free(x);
+        shmsess_cache_store(cache, a_id, 32, b_der, bn, expires);
+        x = server_session_of(s, c, ca, &r, NULL);
+        bits |= (x == NULL || x != m1) ? 0 : 2;
+        SSL_SESSION_free(x);
+        /* Everything this worker holds is freed, so valgrind's leak check holds for it too. */
+        SSL_SESSION_free(full_a), SSL_SESSION_free(full_b), SSL_SESSION_free(m1), SSL_SESSION_free(m2);
+        SSL_SESSION_free(ca), SSL_SESSION_free(cb);
+        SSL_CTX_free(s), SSL_CTX_free(c);
+        shmsess_cache_free(cache);
+        exit(bits);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && (WEXITSTATUS(status) & 1) == 0,
+          "a worker forked after the memo was filled resumes A from it (status %d)", status);
+    CHECK(WIFEXITED(status) && (WEXITSTATUS(status) & 2) == 0,
+          "once the worker replaced A's entry by B's bytes, A's decoded session is not used (status %d)", status);
+
+    shmsess_cache_remove(cache, a_id, 32);
+    SSL_SESSION *x = server_session_of(s, c, ca, &reused, NULL);
+    CHECK(!reused, "a removed entry is not answered from the memo");
+    SSL_SESSION_free(x);
+
+    /* A's bytes back (as a refill from Redis would put them): the memo's session is theirs. */
+    shmsess_cache_store(cache, a_id, 32, a_der, an, expires);
+    x = server_session_of(s, c, ca, &reused, NULL);
+    CHECK(x && reused && x == m1, "the same bytes again resume with the memo's session");
+    SSL_SESSION_free(x);
+
+    /* A handshake ending badly makes OpenSSL remove its session (not resumable, and our remove
+     * callback deletes the entry); bytes stored again are decoded afresh. */
+    SSL_CTX_remove_session(s, m1);
+    CHECK(SSL_SESSION_is_resumable(m1) == 0, "OpenSSL marked A's memo session not resumable");
+    shmsess_cache_store(cache, a_id, 32, a_der, an, expires);
+    x = server_session_of(s, c, ca, &reused, NULL);
+    CHECK(x && reused && x != m1, "a condemned memo session is not handed out again (%p)", (void *)x);
+    SSL_SESSION_free(x);
+
+    /* TLS 1.3 tickets stay single use in one process (they are never memoised). */
+    SSL_CTX *s13 = server_ctx("server", TLS13, SSL_OP_NO_TICKET, 0, 0), *c13 = client_ctx(TLS13, 0);
+    shmsess_install(cache, s13);
+    SSL_SESSION *t = NULL;
+    SSL_SESSION_free(server_session_of(s13, c13, NULL, &reused, &t));
+    SSL_SESSION_free(server_session_of(s13, c13, t, &reused, NULL));
+    CHECK(reused, "TLS 1.3 ticket resumed once");
+    SSL_SESSION_free(server_session_of(s13, c13, t, &reused, NULL));
+    CHECK(!reused, "and not twice in the same process");
+
+    SSL_SESSION_free(t);
+    SSL_SESSION_free(full_a), SSL_SESSION_free(full_b), SSL_SESSION_free(m1), SSL_SESSION_free(m2);
+    SSL_SESSION_free(ca), SSL_SESSION_free(cb);
+    SSL_CTX_free(s), SSL_CTX_free(s13);
+    shmsess_cache_free(cache);
+
+    /* SHMSESS_TLS13_ALLOW_REUSE: a ticket resumed again and again in one process goes through
+     * the memo; OpenSSL copies it before changing anything (valgrind watches). */
+    cache = new_cache(SHMSESS_TLS13_ALLOW_REUSE);
+    s13 = server_ctx("server", TLS13, SSL_OP_NO_TICKET, 0, 0);
+    shmsess_install(cache, s13);
+    SSL_SESSION_free(server_session_of(s13, c13, NULL, &reused, &t));
+    int all = 1;
+    for (int i = 0; i < 3; i++) {
+        SSL_SESSION_free(server_session_of(s13, c13, t, &reused, NULL));
+        all &= reused;
+    }
+    CHECK(all, "a reusable TLS 1.3 ticket resumes three times in one process");
+    SSL_SESSION_free(t);
+    SSL_CTX_free(s13);
+    shmsess_cache_free(cache);
+
+    /* SHMSESS_KEEP_INTERNAL_CACHE: OpenSSL links a session it resumes into the context's own
+     * cache, and one session object cannot be in two contexts' lists, so no memo there. */
+    cache = new_cache(SHMSESS_KEEP_INTERNAL_CACHE);
+    SSL_CTX *s1 = server_ctx("server", TLS12, SSL_OP_NO_TICKET, 0, 0);
+    SSL_CTX *s2 = server_ctx("server", TLS12, SSL_OP_NO_TICKET, 0, 0);
+    SSL_CTX *s3 = server_ctx("server", TLS12, SSL_OP_NO_TICKET, 0, 0);
+    shmsess_install(cache, s1), shmsess_install(cache, s2), shmsess_install(cache, s3);
+    SSL_SESSION_free(server_session_of(s1, c, NULL, &reused, &ca));
+    SSL_SESSION *on2 = server_session_of(s2, c, ca, &reused, NULL);
+    int reused2 = reused;
+    SSL_SESSION *on3 = server_session_of(s3, c, ca, &reused, NULL);
+    CHECK(on2 && on3 && reused2 && reused, "resumed on two more contexts");
+    CHECK(on2 != on3, "each context with OpenSSL's cache kept gets a session of its own (%p, %p)", (void *)on2,
+          (void *)on3);
+    SSL_SESSION_free(on2), SSL_SESSION_free(on3);
+    SSL_SESSION_free(ca);
+    SSL_CTX_free(s1), SSL_CTX_free(s2), SSL_CTX_free(s3), SSL_CTX_free(c), SSL_CTX_free(c13);
+    shmsess_cache_free(cache);
+}
+
 /* Collects what shmsess_cache_iterate hands out; stops after `stop_after` entries if set. */
 struct walk {
     int seen, stop_after, saw_12, saw_13;
@@ -589,6 +753,7 @@ int main(int argc, char **argv)
     test_named_segment_checks();
     test_remote_options();
     test_resumption();
+    test_decode_memo();
     test_tls13_options();
     test_raw_take_modes_and_iterate();
     test_vhosts_and_client_certs();
