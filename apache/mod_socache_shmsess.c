@@ -544,6 +544,11 @@ static long seconds_until(uint64_t when, uint64_t now)
     return when > now ? (long)(when - now) : 0;
 }
 
+static uint64_t at_most(uint64_t v, uint64_t limit)
+{
+    return v < limit ? v : limit;
+}
+
 static int percent(uint64_t part, uint64_t whole)
 {
     return whole ? (int)(100 * part / whole) : 0;
@@ -579,6 +584,8 @@ static const struct counter_line counter_lines[] = {
     COUNTER("CacheRemoteOldFormatCount", "Redis values refused as sealed by 0.4", remote_old_format, 1),
     COUNTER("CacheRemoteRedirectsRefusedCount", "cluster redirections outside the slot map refused",
             remote_redirects_refused, 1),
+    COUNTER("CacheRemoteRefusedCount", "sessions read from Redis that could not resume (another vhost)",
+            remote_refused, 1),
 };
 
 static uint64_t counter_value(const shmsess_stats *st, const struct counter_line *c)
@@ -624,11 +631,13 @@ static void socache_shmsess_status(ap_socache_instance_t *ctx, request_rec *r, i
     long max_left = seconds_until(st.latest_expiry_unix, st.now_unix);
     uint64_t recoveries = st.lock_owner_died + st.dirty_repairs;
     /* A hit the segment found but that resumed nothing (a TLS 1.3 ticket Redis says was used
-     * on another host: lookup_refused) is a miss to mod_ssl, which got NOT_FOUND. */
-    uint64_t local_hits = st.lookup_hits - (st.lookup_refused < st.lookup_hits ? st.lookup_refused : st.lookup_hits);
-    uint64_t retrieve_hits = local_hits + st.remote_hits;
-    uint64_t retrieve_misses = st.lookup_misses - (st.remote_hits < st.lookup_misses ? st.remote_hits : st.lookup_misses) +
-                               (st.lookup_hits - local_hits);
+     * on another host, another vhost's session: lookup_refused) is a miss to mod_ssl, which
+     * got NOT_FOUND; so is a session Redis answered a local miss with and that was then
+     * refused (remote_refused, counted in remote_hits too). */
+    uint64_t local_hits = st.lookup_hits - at_most(st.lookup_refused, st.lookup_hits);
+    uint64_t remote_resumed = st.remote_hits - at_most(st.remote_refused, st.remote_hits);
+    uint64_t retrieve_hits = local_hits + remote_resumed;
+    uint64_t retrieve_misses = st.lookup_misses - at_most(remote_resumed, st.lookup_misses) + (st.lookup_hits - local_hits);
 
     if (flags & AP_STATUS_SHORT) {
         ap_rprintf(r, "CacheType: SHMSESS\n");

@@ -77,7 +77,7 @@
 #define SHMSESS_LOOKUP_TAKE_TLS13 2
 
 // Version of `shmsess_stats` this library fills (`version` field).
-#define SHMSESS_STATS_VERSION 6
+#define SHMSESS_STATS_VERSION 7
 
 // Let the byte API (`shmsess_cache_store`, `_lookup`, `_remove`) use the second tier
 // (`remote_url`) as the session callbacks do: stores and removals are queued for Redis, a
@@ -332,6 +332,12 @@ typedef struct shmsess_stats {
   uint64_t remote_rediscovered;
   uint64_t remote_old_format;
   uint64_t remote_redirects_refused;
+  // Version 7: sessions Redis answered a local miss with (counted in `remote_hits`) that
+  // then could not resume: made for another server name or vhost, not a session, larger
+  // than the byte API caller's buffer, a TLS 1.3 ticket whose single use Redis did not
+  // confirm or that was used on another host meanwhile. A resumption from Redis is
+  // `remote_hits - remote_refused`.
+  uint64_t remote_refused;
 } shmsess_stats;
 
 // Called by `shmsess_cache_lookup_checked` with an entry's bytes (valid during the call only)

@@ -36,6 +36,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::error::Result;
 use crate::remote::resp::Deadline;
+use crate::remote::seal::Opened;
 use crate::remote::{Fetched, Remote, Taken};
 use crate::store::cache::{Cache, Found, Take};
 
@@ -222,6 +223,27 @@ impl<'a> Tiers<'a> {
         let Fetched::Hit(o) = remote.fetch_within(id, false, now, dl) else {
             return None;
         };
+        let sess = self.resume_fetched(remote, id, take, room, &o, dl, r);
+        if sess.is_none() {
+            // Redis counted a hit; nothing resumed: a miss to whoever counts resumptions.
+            self.cache.globals().remote_refused.fetch_add(1, Relaxed);
+        }
+        sess
+    }
+
+    /// Step 3 to 6 for a session `o` Redis answered a local miss with (read with the
+    /// deadline `dl`); the caller counts a refusal.
+    #[allow(clippy::too_many_arguments)]
+    fn resume_fetched<R: Resumer>(
+        &self,
+        remote: &Remote,
+        id: &[u8],
+        take: Take,
+        room: usize,
+        o: &Opened,
+        dl: Deadline,
+        r: &mut R,
+    ) -> Option<Resumed<R::Session>> {
         let single = take.applies_to(&o.der);
         if !single {
             // The next resumption on this host is a local hit.

@@ -220,6 +220,8 @@ pub struct Stats {
     pub anti_replay_skipped: u64,
     /// Local hits that could not resume (another server name, not a session).
     pub lookup_refused: u64,
+    /// Redis hits that could not resume (see `Globals::remote_refused`).
+    pub remote_refused: u64,
     /// When the segment was created (Unix seconds).
     pub created_unix: u64,
     pub entries: u64,
@@ -1150,6 +1152,7 @@ impl Cache {
         s.hrr_resumed = g.hrr_resumed.load(Relaxed);
         s.anti_replay_skipped = g.anti_replay_skipped.load(Relaxed);
         s.lookup_refused = g.lookup_refused.load(Relaxed);
+        s.remote_refused = g.remote_refused.load(Relaxed);
         let geo = self.geometry_stats();
         Ok(Stats {
             created_unix: geo.created_unix,
