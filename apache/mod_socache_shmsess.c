@@ -453,6 +453,9 @@ struct parked {
     unsigned char der[];
 };
 
+#define PARKED "shmsess-parked:"
+#define MISSED "shmsess-missed:"
+
 static apr_status_t wipe_parked(void *data)
 {
     struct parked *pk = data;
@@ -461,11 +464,12 @@ static apr_status_t wipe_parked(void *data)
     return APR_SUCCESS;
 }
 
-static const char *parked_key(const unsigned char *id, unsigned int idlen, apr_pool_t *p)
+/* The connection pool's userdata key for what this provider keeps there about `id`. */
+static const char *conn_key(const char *what, const unsigned char *id, unsigned int idlen, apr_pool_t *p)
 {
     static const char hex[] = "0123456789abcdef";
-    char *k = apr_palloc(p, sizeof "shmsess-parked:" + 2 * idlen);
-    char *o = k + strlen(strcpy(k, "shmsess-parked:"));
+    char *k = apr_palloc(p, strlen(what) + 2 * idlen + 1);
+    char *o = k + strlen(strcpy(k, what));
     for (unsigned int i = 0; i < idlen; i++) {
         *o++ = hex[id[i] >> 4];
         *o++ = hex[id[i] & 15];
@@ -474,20 +478,35 @@ static const char *parked_key(const unsigned char *id, unsigned int idlen, apr_p
     return k;
 }
 
+/* A lookup of this connection for `id` found nothing that resumes. The ClientHello retried
+ * after a HelloRetryRequest offers the same id again: it is answered "not found" without
+ * asking (and counting) again, so one offer is one retrieve miss in mod_status. */
+static void remember_miss(const unsigned char *id, unsigned int idlen, apr_pool_t *p)
+{
+    static const char marker = 1;
+    apr_pool_userdata_set(&marker, conn_key(MISSED, id, idlen, p), NULL, p);
+}
+
+static int missed_before(const unsigned char *id, unsigned int idlen, apr_pool_t *p)
+{
+    void *data = NULL;
+    return apr_pool_userdata_get(&data, conn_key(MISSED, id, idlen, p), p) == APR_SUCCESS && data != NULL;
+}
+
 static void park(const unsigned char *id, unsigned int idlen, const unsigned char *der, size_t len, apr_pool_t *p)
 {
     struct parked *pk = apr_palloc(p, sizeof *pk + len);
     pk->len = len;
     memcpy(pk->der, der, len);
     apr_pool_cleanup_register(p, pk, wipe_parked, apr_pool_cleanup_null);
-    apr_pool_userdata_set(pk, parked_key(id, idlen, p), NULL, p);
+    apr_pool_userdata_set(pk, conn_key(PARKED, id, idlen, p), NULL, p);
 }
 
 /* The copy parked on this connection for `id`, handed out once. */
 static int unpark(const unsigned char *id, unsigned int idlen, unsigned char *dest, unsigned int *destlen,
                   apr_pool_t *p)
 {
-    const char *key = parked_key(id, idlen, p);
+    const char *key = conn_key(PARKED, id, idlen, p);
     void *data = NULL;
     if (apr_pool_userdata_get(&data, key, p) != APR_SUCCESS || data == NULL)
         return 0;
@@ -508,16 +527,23 @@ static apr_status_t socache_shmsess_retrieve(ap_socache_instance_t *ctx, server_
 {
     if (ctx->cache == NULL)
         return APR_EGENERAL;
-    /* The ClientHello retried after a HelloRetryRequest: the ticket this connection took is
-     * here, and asking the cache (and Redis, which has its tombstone) would only miss. */
-    if (p != NULL && unpark(id, idlen, dest, destlen, p)) {
-        shmsess_cache_count_hrr_resumed(ctx->cache);
-        return APR_SUCCESS;
-    }
-    size_t got = 0;
     /* With one vhost context there is no other vhost's session to recognise. */
     struct vhost_check vc = { ctx, s };
     int several = ctx->contexts != NULL && apr_hash_count(ctx->contexts) > 1 && s != NULL;
+    /* The ClientHello retried after a HelloRetryRequest: the ticket this connection took is
+     * here, and asking the cache (and Redis, which has its tombstone) would only miss. Its
+     * vhost is checked again, as the first lookup did. */
+    if (p != NULL && unpark(id, idlen, dest, destlen, p)) {
+        if (several && !for_this_vhost(dest, *destlen, &vc)) {
+            OPENSSL_cleanse(dest, *destlen);
+            return APR_NOTFOUND;
+        }
+        shmsess_cache_count_hrr_resumed(ctx->cache);
+        return APR_SUCCESS;
+    }
+    if (p != NULL && missed_before(id, idlen, p))
+        return APR_NOTFOUND;
+    size_t got = 0;
     shmsess_result r = shmsess_cache_lookup_checked(ctx->cache, id, idlen, dest, *destlen, &got,
                                                     SHMSESS_LOOKUP_TAKE_TLS13, several ? for_this_vhost : NULL, &vc);
     if (r == SHMSESS_OK) {
@@ -526,6 +552,8 @@ static apr_status_t socache_shmsess_retrieve(ap_socache_instance_t *ctx, server_
             park(id, idlen, dest, got, p);
         return APR_SUCCESS;
     }
+    if (p != NULL && r == SHMSESS_ERR_NOT_FOUND)
+        remember_miss(id, idlen, p);
     return status_of(r);
 }
 
