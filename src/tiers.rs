@@ -9,8 +9,8 @@
 //!    took (counted in `hrr_resumed`);
 //! 2. the local segment, taking a single-use (TLS 1.3) ticket in the same critical section
 //!    as the copy;
-//! 3. on a local miss, Redis: a TLS 1.2 hit is refilled into the segment (the next resumption
-//!    on this host is local); a TLS 1.3 ticket is read first and consumed only once its server
+//! 3. on a local miss, Redis: a TLS 1.2 hit that may resume is refilled into the segment
+//!    (the next resumption on this host is local); a TLS 1.3 ticket is read first and consumed only once its server
 //!    name is checked, since a consumed one could not be put back;
 //! 4. a single-use ticket is consumed across hosts by swapping its Redis copy for a tombstone
 //!    (refused when the tombstone was there already, `remote_replays_refused`); the read and
@@ -245,10 +245,6 @@ impl<'a> Tiers<'a> {
         r: &mut R,
     ) -> Option<Resumed<R::Session>> {
         let single = take.applies_to(&o.der);
-        if !single {
-            // The next resumption on this host is a local hit.
-            let _ = self.cache.store(id, &o.der, o.created, o.expires);
-        }
         if o.der.len() > room {
             // Read, not consumed: the caller's next lookup, with room, may still resume it.
             r.too_small(o.der.len());
@@ -256,10 +252,13 @@ impl<'a> Tiers<'a> {
         }
         let sess = self.accept(r, id, &o.der, (o.created, o.expires), false, single)?;
         if single {
-            self.consume(remote, r, sess, id, o.expires, Some(dl))
-        } else {
-            Some(Resumed::confirmed(sess))
+            return self.consume(remote, r, sess, id, o.expires, Some(dl));
         }
+        // The next resumption on this host is a local hit. Only once accepted: a session
+        // refused here (another vhost's) leaves this host's segment as it was. A full
+        // segment just means the next lookup reads Redis again.
+        let _ = self.cache.store(id, &o.der, o.created, o.expires);
+        Some(Resumed::confirmed(sess))
     }
 
     /// The segment's entry for `id` (taken with `take`) in `small`, or in `big` when it does

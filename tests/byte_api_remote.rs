@@ -410,3 +410,42 @@ fn a_refused_entry_is_left_as_it_was_locally_and_in_redis() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_tls12_session_read_from_redis_and_refused_is_not_copied_into_the_segment() {
+    let srv = RedisServer::start(free_port());
+    let dir = temp_dir("refill");
+    let key = key_file(&dir);
+    let (a, b) = (
+        Host::new(srv.port, &key, "br:", FLAG, 2000),
+        Host::new(srv.port, &key, "br:", FLAG, 2000),
+    );
+    let id = [12u8; 32];
+    a.store(&id, &tls12_bytes(12));
+    // B's local miss is answered by Redis, and the session refused (another vhost's).
+    assert_eq!(
+        lookup_checked(&b, &id, 0),
+        Err(shmsess_result::SHMSESS_ERR_NOT_FOUND)
+    );
+    let st = b.stats();
+    assert_eq!(
+        (st.remote_hits, st.remote_refused, st.entries, st.stores),
+        (1, 1, 0, 0),
+        "remote hits, refused, entries, stores on B: left as it was"
+    );
+    // Accepted: resumed from Redis, and from then on a local hit on B.
+    assert_eq!(lookup_checked(&b, &id, 1), Ok(160));
+    assert_eq!(lookup_checked(&b, &id, 1), Ok(160));
+    let st = b.stats();
+    assert_eq!(
+        (
+            st.remote_hits,
+            st.remote_refused,
+            st.entries,
+            st.lookup_hits
+        ),
+        (2, 1, 1, 1),
+        "remote hits, refused, entries, local hits on B"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
