@@ -68,6 +68,14 @@ pub trait Resumer {
     fn room(&self) -> Option<usize> {
         None
     }
+    /// Whether a single-use entry in the segment is checked ([`Resumer::same_host`]) before it
+    /// is taken: copied, checked outside the lock, then taken only if the segment still holds
+    /// the same bytes, so a refused one is left as it was (the byte API with a caller's check,
+    /// which may decode: never under a shard lock). Otherwise (the OpenSSL callbacks: one lock
+    /// per resumption) it is taken with the copy, and a refused one is stored back.
+    fn checks_before_take(&self) -> bool {
+        false
+    }
     /// The entry for this lookup's id needs `needed` bytes, more than [`Resumer::room`].
     fn too_small(&mut self, _needed: usize) {}
     /// Decode an entry's bytes; `None` if they are not a session (the entry is then dropped).
@@ -190,7 +198,9 @@ impl<'a> Tiers<'a> {
         let mut small = [0u8; SMALL_SESSION_BYTES];
         let mut big = Vec::new();
         let room = r.room().unwrap_or(usize::MAX);
-        let local = match self.read_local(id, take, room, &mut small, &mut big) {
+        let check_first = r.checks_before_take() && !matches!(take, Take::Never);
+        let copy_take = if check_first { Take::Never } else { take };
+        let local = match self.read_local(id, copy_take, room, &mut small, &mut big) {
             Local::Hit(der, created, expires) => Some((der, created, expires)),
             Local::TooSmall(needed) => {
                 r.too_small(needed);
@@ -199,11 +209,16 @@ impl<'a> Tiers<'a> {
             Local::Miss => None,
         };
         if let Some((der, created, expires)) = local {
-            // The same predicate the critical section applied: whether it took the entry.
+            // The same predicate the critical section applied: whether it took the entry (or,
+            // checked first, is to take it).
             let taken = take.applies_to(der);
             // The name check comes first: a ticket offered for another host goes back
             // untouched, here and in the remote tier.
-            let sess = self.accept(r, id, der, (created, expires), taken, taken);
+            let sess = if check_first && taken {
+                self.accept_then_take(r, id, der, (created, expires))
+            } else {
+                self.accept(r, id, der, (created, expires), taken, taken)
+            };
             crate::util::wipe(der);
             if sess.is_none() {
                 // A hit the store counted, but no resumption: the hit ratio leaves it out.
@@ -343,6 +358,38 @@ impl<'a> Tiers<'a> {
         }
     }
 
+    /// Store a ticket taken for a lookup that then refused it back into the segment. If the
+    /// segment refuses (a lock timeout), the ticket is lost to its own host: said in the log,
+    /// since its client then gets a full handshake for no visible reason.
+    fn put_back(&self, id: &[u8], der: &[u8], times: (u32, u32)) {
+        if let Err(e) = self.cache.store(id, der, times.0, times.1) {
+            crate::log::emit(
+                crate::log::Level::Warning,
+                &format!("a ticket refused for another server name could not be put back: {e}"),
+            );
+        }
+    }
+
+    /// [`accept`](Self::accept) for a single-use entry copied from the segment without taking
+    /// it: accepted, it is taken now if the segment still holds these bytes (else another
+    /// lookup took or replaced it meanwhile: not this one's to resume); refused, it was never
+    /// touched.
+    fn accept_then_take<R: Resumer>(
+        &self,
+        r: &mut R,
+        id: &[u8],
+        der: &[u8],
+        times: (u32, u32),
+    ) -> Option<R::Session> {
+        let sess = self.accept(r, id, der, times, false, false)?;
+        let now = crate::util::now_unix();
+        if !matches!(self.cache.take_if_unchanged(id, der, now), Ok(true)) {
+            return None;
+        }
+        r.park(id, der, times);
+        Some(sess)
+    }
+
     /// The session in `der` if it may resume this handshake: it decodes and was made for the
     /// host this handshake names. With `park`, the ticket (created and expiry `times`) is
     /// kept for a ClientHello retried after a HelloRetryRequest; with `put_back`, a refused
@@ -367,7 +414,7 @@ impl<'a> Tiers<'a> {
             drop(sess);
             g.sni_mismatch.fetch_add(1, Relaxed);
             if put_back {
-                let _ = self.cache.store(id, der, times.0, times.1);
+                self.put_back(id, der, times);
             }
             return None;
         }

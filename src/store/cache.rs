@@ -996,6 +996,19 @@ impl Cache {
         Ok(guard.lookup_taking(tag, id, out, take, now))
     }
 
+    /// Take the entry for `id` if it still holds `expected` (copied by an earlier lookup, then
+    /// checked outside the lock): whether it did. Another process may have taken or replaced
+    /// it meanwhile; then nothing changes.
+    pub fn take_if_unchanged(&self, id: &[u8], expected: &[u8], now: u32) -> Result<bool> {
+        if let Err(e) = check_id(id) {
+            self.globals().bad_input.fetch_add(1, Relaxed);
+            return Err(e);
+        }
+        let (idx, tag) = self.placement(id);
+        let guard = self.lock_shard(idx)?;
+        Ok(guard.take_if_unchanged(tag, id, expected, now))
+    }
+
     /// Remove the entry for `id`; `Ok(false)` if there was none (unknown ids are normal).
     pub fn remove(&self, id: &[u8]) -> Result<bool> {
         if let Err(e) = check_id(id) {
