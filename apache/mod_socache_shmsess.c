@@ -453,6 +453,9 @@ struct parked {
     unsigned char der[];
 };
 
+#define PARKED "shmsess-parked:"
+#define MISSED "shmsess-missed:"
+
 static apr_status_t wipe_parked(void *data)
 {
     struct parked *pk = data;
@@ -461,11 +464,12 @@ static apr_status_t wipe_parked(void *data)
     return APR_SUCCESS;
 }
 
-static const char *parked_key(const unsigned char *id, unsigned int idlen, apr_pool_t *p)
+/* The connection pool's userdata key for what this provider keeps there about `id`. */
+static const char *conn_key(const char *what, const unsigned char *id, unsigned int idlen, apr_pool_t *p)
 {
     static const char hex[] = "0123456789abcdef";
-    char *k = apr_palloc(p, sizeof "shmsess-parked:" + 2 * idlen);
-    char *o = k + strlen(strcpy(k, "shmsess-parked:"));
+    char *k = apr_palloc(p, strlen(what) + 2 * idlen + 1);
+    char *o = k + strlen(strcpy(k, what));
     for (unsigned int i = 0; i < idlen; i++) {
         *o++ = hex[id[i] >> 4];
         *o++ = hex[id[i] & 15];
@@ -474,20 +478,35 @@ static const char *parked_key(const unsigned char *id, unsigned int idlen, apr_p
     return k;
 }
 
+/* A lookup of this connection for `id` found nothing that resumes. The ClientHello retried
+ * after a HelloRetryRequest offers the same id again: it is answered "not found" without
+ * asking (and counting) again, so one offer is one retrieve miss in mod_status. */
+static void remember_miss(const unsigned char *id, unsigned int idlen, apr_pool_t *p)
+{
+    static const char marker = 1;
+    apr_pool_userdata_set(&marker, conn_key(MISSED, id, idlen, p), NULL, p);
+}
+
+static int missed_before(const unsigned char *id, unsigned int idlen, apr_pool_t *p)
+{
+    void *data = NULL;
+    return apr_pool_userdata_get(&data, conn_key(MISSED, id, idlen, p), p) == APR_SUCCESS && data != NULL;
+}
+
 static void park(const unsigned char *id, unsigned int idlen, const unsigned char *der, size_t len, apr_pool_t *p)
 {
     struct parked *pk = apr_palloc(p, sizeof *pk + len);
     pk->len = len;
     memcpy(pk->der, der, len);
     apr_pool_cleanup_register(p, pk, wipe_parked, apr_pool_cleanup_null);
-    apr_pool_userdata_set(pk, parked_key(id, idlen, p), NULL, p);
+    apr_pool_userdata_set(pk, conn_key(PARKED, id, idlen, p), NULL, p);
 }
 
 /* The copy parked on this connection for `id`, handed out once. */
 static int unpark(const unsigned char *id, unsigned int idlen, unsigned char *dest, unsigned int *destlen,
                   apr_pool_t *p)
 {
-    const char *key = parked_key(id, idlen, p);
+    const char *key = conn_key(PARKED, id, idlen, p);
     void *data = NULL;
     if (apr_pool_userdata_get(&data, key, p) != APR_SUCCESS || data == NULL)
         return 0;
@@ -508,16 +527,23 @@ static apr_status_t socache_shmsess_retrieve(ap_socache_instance_t *ctx, server_
 {
     if (ctx->cache == NULL)
         return APR_EGENERAL;
-    /* The ClientHello retried after a HelloRetryRequest: the ticket this connection took is
-     * here, and asking the cache (and Redis, which has its tombstone) would only miss. */
-    if (p != NULL && unpark(id, idlen, dest, destlen, p)) {
-        shmsess_cache_count_hrr_resumed(ctx->cache);
-        return APR_SUCCESS;
-    }
-    size_t got = 0;
     /* With one vhost context there is no other vhost's session to recognise. */
     struct vhost_check vc = { ctx, s };
     int several = ctx->contexts != NULL && apr_hash_count(ctx->contexts) > 1 && s != NULL;
+    /* The ClientHello retried after a HelloRetryRequest: the ticket this connection took is
+     * here, and asking the cache (and Redis, which has its tombstone) would only miss. Its
+     * vhost is checked again, as the first lookup did. */
+    if (p != NULL && unpark(id, idlen, dest, destlen, p)) {
+        if (several && !for_this_vhost(dest, *destlen, &vc)) {
+            OPENSSL_cleanse(dest, *destlen);
+            return APR_NOTFOUND;
+        }
+        shmsess_cache_count_hrr_resumed(ctx->cache);
+        return APR_SUCCESS;
+    }
+    if (p != NULL && missed_before(id, idlen, p))
+        return APR_NOTFOUND;
+    size_t got = 0;
     shmsess_result r = shmsess_cache_lookup_checked(ctx->cache, id, idlen, dest, *destlen, &got,
                                                     SHMSESS_LOOKUP_TAKE_TLS13, several ? for_this_vhost : NULL, &vc);
     if (r == SHMSESS_OK) {
@@ -526,6 +552,8 @@ static apr_status_t socache_shmsess_retrieve(ap_socache_instance_t *ctx, server_
             park(id, idlen, dest, got, p);
         return APR_SUCCESS;
     }
+    if (p != NULL && r == SHMSESS_ERR_NOT_FOUND)
+        remember_miss(id, idlen, p);
     return status_of(r);
 }
 
@@ -542,6 +570,11 @@ static apr_status_t socache_shmsess_remove(ap_socache_instance_t *ctx, server_re
 static long seconds_until(uint64_t when, uint64_t now)
 {
     return when > now ? (long)(when - now) : 0;
+}
+
+static uint64_t at_most(uint64_t v, uint64_t limit)
+{
+    return v < limit ? v : limit;
 }
 
 static int percent(uint64_t part, uint64_t whole)
@@ -579,6 +612,8 @@ static const struct counter_line counter_lines[] = {
     COUNTER("CacheRemoteOldFormatCount", "Redis values refused as sealed by 0.4", remote_old_format, 1),
     COUNTER("CacheRemoteRedirectsRefusedCount", "cluster redirections outside the slot map refused",
             remote_redirects_refused, 1),
+    COUNTER("CacheRemoteRefusedCount", "sessions read from Redis that could not resume (another vhost)",
+            remote_refused, 1),
 };
 
 static uint64_t counter_value(const shmsess_stats *st, const struct counter_line *c)
@@ -624,11 +659,13 @@ static void socache_shmsess_status(ap_socache_instance_t *ctx, request_rec *r, i
     long max_left = seconds_until(st.latest_expiry_unix, st.now_unix);
     uint64_t recoveries = st.lock_owner_died + st.dirty_repairs;
     /* A hit the segment found but that resumed nothing (a TLS 1.3 ticket Redis says was used
-     * on another host: lookup_refused) is a miss to mod_ssl, which got NOT_FOUND. */
-    uint64_t local_hits = st.lookup_hits - (st.lookup_refused < st.lookup_hits ? st.lookup_refused : st.lookup_hits);
-    uint64_t retrieve_hits = local_hits + st.remote_hits;
-    uint64_t retrieve_misses = st.lookup_misses - (st.remote_hits < st.lookup_misses ? st.remote_hits : st.lookup_misses) +
-                               (st.lookup_hits - local_hits);
+     * on another host, another vhost's session: lookup_refused) is a miss to mod_ssl, which
+     * got NOT_FOUND; so is a session Redis answered a local miss with and that was then
+     * refused (remote_refused, counted in remote_hits too). */
+    uint64_t local_hits = st.lookup_hits - at_most(st.lookup_refused, st.lookup_hits);
+    uint64_t remote_resumed = st.remote_hits - at_most(st.remote_refused, st.remote_hits);
+    uint64_t retrieve_hits = local_hits + remote_resumed;
+    uint64_t retrieve_misses = st.lookup_misses - at_most(remote_resumed, st.lookup_misses) + (st.lookup_hits - local_hits);
 
     if (flags & AP_STATUS_SHORT) {
         ap_rprintf(r, "CacheType: SHMSESS\n");

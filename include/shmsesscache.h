@@ -77,11 +77,11 @@
 #define SHMSESS_LOOKUP_TAKE_TLS13 2
 
 // Version of `shmsess_stats` this library fills (`version` field).
-#define SHMSESS_STATS_VERSION 6
+#define SHMSESS_STATS_VERSION 7
 
 // Let the byte API (`shmsess_cache_store`, `_lookup`, `_remove`) use the second tier
 // (`remote_url`) as the session callbacks do: stores and removals are queued for Redis, a
-// local miss asks Redis and refills the segment, and an entry `SHMSESS_LOOKUP_TAKE_TLS13` (or
+// local miss asks Redis and refills the segment with what it returns, and an entry `SHMSESS_LOOKUP_TAKE_TLS13` (or
 // `_TAKE`) makes single use is single use across hosts (tombstone swap); one read from Redis
 // whose single use Redis cannot confirm is refused. Without this flag the byte API stays on
 // the local segment, as it did before 0.5, for programs that set a remote tier for the
@@ -332,6 +332,12 @@ typedef struct shmsess_stats {
   uint64_t remote_rediscovered;
   uint64_t remote_old_format;
   uint64_t remote_redirects_refused;
+  // Version 7: sessions Redis answered a local miss with (counted in `remote_hits`) that
+  // then could not resume: made for another server name or vhost, not a session, larger
+  // than the byte API caller's buffer, a TLS 1.3 ticket whose single use Redis did not
+  // confirm or that was used on another host meanwhile. A resumption from Redis is
+  // `remote_hits - remote_refused`.
+  uint64_t remote_refused;
 } shmsess_stats;
 
 // Called by `shmsess_cache_lookup_checked` with an entry's bytes (valid during the call only)
@@ -585,9 +591,12 @@ enum shmsess_result shmsess_stats_prometheus(const struct shmsess_stats *stats,
 enum shmsess_result shmsess_cache_count_hrr_resumed(struct shmsess_cache *cache);
 
 // `shmsess_cache_lookup`, with `accept` asked about the entry before the lookup uses it up:
-// an entry it refuses is left as it was (a TLS 1.3 one taken for the question goes back into
-// the segment, and is not consumed in Redis), counted in `sni_mismatch` and `lookup_refused`,
-// and the lookup is SHMSESS_ERR_NOT_FOUND with the buffer wiped. For a caller that knows what
+// an entry it refuses is left as it was (not taken, not stored again, not consumed in
+// Redis, not copied into the segment from Redis), counted in `sni_mismatch` and
+// `lookup_refused`, and the lookup is SHMSESS_ERR_NOT_FOUND with the buffer wiped. An entry
+// the lookup takes (`take`) is copied, asked about, and taken once accepted if the segment
+// still holds the same bytes; if another lookup took it meanwhile, SHMSESS_ERR_NOT_FOUND
+// (counted in `lookup_refused`). For a caller that knows what
 // a resumption needs beyond the id (an Apache provider: the vhost's session id context, which
 // OpenSSL checks only after the lookup). A NULL `accept` is `shmsess_cache_lookup`. The
 // lookup goes through the two-tier policy even without `SHMSESS_BYTE_API_REMOTE` (Redis then

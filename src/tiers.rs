@@ -9,8 +9,8 @@
 //!    took (counted in `hrr_resumed`);
 //! 2. the local segment, taking a single-use (TLS 1.3) ticket in the same critical section
 //!    as the copy;
-//! 3. on a local miss, Redis: a TLS 1.2 hit is refilled into the segment (the next resumption
-//!    on this host is local); a TLS 1.3 ticket is read first and consumed only once its server
+//! 3. on a local miss, Redis: a TLS 1.2 hit that may resume is refilled into the segment
+//!    (the next resumption on this host is local); a TLS 1.3 ticket is read first and consumed only once its server
 //!    name is checked, since a consumed one could not be put back;
 //! 4. a single-use ticket is consumed across hosts by swapping its Redis copy for a tombstone
 //!    (refused when the tombstone was there already, `remote_replays_refused`); the read and
@@ -36,6 +36,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::error::Result;
 use crate::remote::resp::Deadline;
+use crate::remote::seal::Opened;
 use crate::remote::{Fetched, Remote, Taken};
 use crate::store::cache::{Cache, Found, Take};
 
@@ -66,6 +67,14 @@ pub trait Resumer {
     /// Redis, and its size is reported to [`Resumer::too_small`].
     fn room(&self) -> Option<usize> {
         None
+    }
+    /// Whether a single-use entry in the segment is checked ([`Resumer::same_host`]) before it
+    /// is taken: copied, checked outside the lock, then taken only if the segment still holds
+    /// the same bytes, so a refused one is left as it was (the byte API with a caller's check,
+    /// which may decode: never under a shard lock). Otherwise (the OpenSSL callbacks: one lock
+    /// per resumption) it is taken with the copy, and a refused one is stored back.
+    fn checks_before_take(&self) -> bool {
+        false
     }
     /// The entry for this lookup's id needs `needed` bytes, more than [`Resumer::room`].
     fn too_small(&mut self, _needed: usize) {}
@@ -189,7 +198,9 @@ impl<'a> Tiers<'a> {
         let mut small = [0u8; SMALL_SESSION_BYTES];
         let mut big = Vec::new();
         let room = r.room().unwrap_or(usize::MAX);
-        let local = match self.read_local(id, take, room, &mut small, &mut big) {
+        let check_first = r.checks_before_take() && !matches!(take, Take::Never);
+        let copy_take = if check_first { Take::Never } else { take };
+        let local = match self.read_local(id, copy_take, room, &mut small, &mut big) {
             Local::Hit(der, created, expires) => Some((der, created, expires)),
             Local::TooSmall(needed) => {
                 r.too_small(needed);
@@ -198,11 +209,16 @@ impl<'a> Tiers<'a> {
             Local::Miss => None,
         };
         if let Some((der, created, expires)) = local {
-            // The same predicate the critical section applied: whether it took the entry.
+            // The same predicate the critical section applied: whether it took the entry (or,
+            // checked first, is to take it).
             let taken = take.applies_to(der);
             // The name check comes first: a ticket offered for another host goes back
             // untouched, here and in the remote tier.
-            let sess = self.accept(r, id, der, (created, expires), taken, taken);
+            let sess = if check_first && taken {
+                self.accept_then_take(r, id, der, (created, expires))
+            } else {
+                self.accept(r, id, der, (created, expires), taken, taken)
+            };
             crate::util::wipe(der);
             if sess.is_none() {
                 // A hit the store counted, but no resumption: the hit ratio leaves it out.
@@ -222,11 +238,28 @@ impl<'a> Tiers<'a> {
         let Fetched::Hit(o) = remote.fetch_within(id, false, now, dl) else {
             return None;
         };
-        let single = take.applies_to(&o.der);
-        if !single {
-            // The next resumption on this host is a local hit.
-            let _ = self.cache.store(id, &o.der, o.created, o.expires);
+        let sess = self.resume_fetched(remote, id, take, room, &o, dl, r);
+        if sess.is_none() {
+            // Redis counted a hit; nothing resumed: a miss to whoever counts resumptions.
+            self.cache.globals().remote_refused.fetch_add(1, Relaxed);
         }
+        sess
+    }
+
+    /// Step 3 to 6 for a session `o` Redis answered a local miss with (read with the
+    /// deadline `dl`); the caller counts a refusal.
+    #[allow(clippy::too_many_arguments)]
+    fn resume_fetched<R: Resumer>(
+        &self,
+        remote: &Remote,
+        id: &[u8],
+        take: Take,
+        room: usize,
+        o: &Opened,
+        dl: Deadline,
+        r: &mut R,
+    ) -> Option<Resumed<R::Session>> {
+        let single = take.applies_to(&o.der);
         if o.der.len() > room {
             // Read, not consumed: the caller's next lookup, with room, may still resume it.
             r.too_small(o.der.len());
@@ -234,10 +267,13 @@ impl<'a> Tiers<'a> {
         }
         let sess = self.accept(r, id, &o.der, (o.created, o.expires), false, single)?;
         if single {
-            self.consume(remote, r, sess, id, o.expires, Some(dl))
-        } else {
-            Some(Resumed::confirmed(sess))
+            return self.consume(remote, r, sess, id, o.expires, Some(dl));
         }
+        // The next resumption on this host is a local hit. Only once accepted: a session
+        // refused here (another vhost's) leaves this host's segment as it was. A full
+        // segment just means the next lookup reads Redis again.
+        let _ = self.cache.store(id, &o.der, o.created, o.expires);
+        Some(Resumed::confirmed(sess))
     }
 
     /// The segment's entry for `id` (taken with `take`) in `small`, or in `big` when it does
@@ -322,6 +358,38 @@ impl<'a> Tiers<'a> {
         }
     }
 
+    /// Store a ticket taken for a lookup that then refused it back into the segment. If the
+    /// segment refuses (a lock timeout), the ticket is lost to its own host: said in the log,
+    /// since its client then gets a full handshake for no visible reason.
+    fn put_back(&self, id: &[u8], der: &[u8], times: (u32, u32)) {
+        if let Err(e) = self.cache.store(id, der, times.0, times.1) {
+            crate::log::emit(
+                crate::log::Level::Warning,
+                &format!("a ticket refused for another server name could not be put back: {e}"),
+            );
+        }
+    }
+
+    /// [`accept`](Self::accept) for a single-use entry copied from the segment without taking
+    /// it: accepted, it is taken now if the segment still holds these bytes (else another
+    /// lookup took or replaced it meanwhile: not this one's to resume); refused, it was never
+    /// touched.
+    fn accept_then_take<R: Resumer>(
+        &self,
+        r: &mut R,
+        id: &[u8],
+        der: &[u8],
+        times: (u32, u32),
+    ) -> Option<R::Session> {
+        let sess = self.accept(r, id, der, times, false, false)?;
+        let now = crate::util::now_unix();
+        if !matches!(self.cache.take_if_unchanged(id, der, now), Ok(true)) {
+            return None;
+        }
+        r.park(id, der, times);
+        Some(sess)
+    }
+
     /// The session in `der` if it may resume this handshake: it decodes and was made for the
     /// host this handshake names. With `park`, the ticket (created and expiry `times`) is
     /// kept for a ClientHello retried after a HelloRetryRequest; with `put_back`, a refused
@@ -346,7 +414,7 @@ impl<'a> Tiers<'a> {
             drop(sess);
             g.sni_mismatch.fetch_add(1, Relaxed);
             if put_back {
-                let _ = self.cache.store(id, der, times.0, times.1);
+                self.put_back(id, der, times);
             }
             return None;
         }

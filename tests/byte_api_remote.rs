@@ -6,6 +6,8 @@
 use std::ffi::CString;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
 use shmsesscache::ffi::*;
@@ -408,5 +410,176 @@ fn a_refused_entry_is_left_as_it_was_locally_and_in_redis() {
         lookup_checked(&local, &id, 1),
         Err(shmsess_result::SHMSESS_ERR_NOT_FOUND)
     );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_tls12_session_read_from_redis_and_refused_is_not_copied_into_the_segment() {
+    let srv = RedisServer::start(free_port());
+    let dir = temp_dir("refill");
+    let key = key_file(&dir);
+    let (a, b) = (
+        Host::new(srv.port, &key, "br:", FLAG, 2000),
+        Host::new(srv.port, &key, "br:", FLAG, 2000),
+    );
+    let id = [12u8; 32];
+    a.store(&id, &tls12_bytes(12));
+    // B's local miss is answered by Redis, and the session refused (another vhost's).
+    assert_eq!(
+        lookup_checked(&b, &id, 0),
+        Err(shmsess_result::SHMSESS_ERR_NOT_FOUND)
+    );
+    let st = b.stats();
+    assert_eq!(
+        (st.remote_hits, st.remote_refused, st.entries, st.stores),
+        (1, 1, 0, 0),
+        "remote hits, refused, entries, stores on B: left as it was"
+    );
+    // Accepted: resumed from Redis, and from then on a local hit on B.
+    assert_eq!(lookup_checked(&b, &id, 1), Ok(160));
+    assert_eq!(lookup_checked(&b, &id, 1), Ok(160));
+    let st = b.stats();
+    assert_eq!(
+        (
+            st.remote_hits,
+            st.remote_refused,
+            st.entries,
+            st.lookup_hits
+        ),
+        (2, 1, 1, 1),
+        "remote hits, refused, entries, local hits on B"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A cache handle another thread may use (the C API is thread-safe).
+#[derive(Clone, Copy)]
+struct Shared(*mut shmsess_cache);
+// SAFETY: every shmsess_cache_* call is thread-safe; the handle outlives the threads.
+unsafe impl Send for Shared {}
+
+/// Rounds of the refusing thread: `round` (set by the test once the round's ticket is stored;
+/// `u32::MAX`: stop), `inside` (the round the refuser's check is in), `looked` (the round
+/// whose own-vhost lookup is done: the check may answer).
+#[derive(Default)]
+struct Gate {
+    round: AtomicU32,
+    inside: AtomicU32,
+    looked: AtomicU32,
+}
+
+/// `shmsess_accept_fn` refusing every entry, answering only once the test's own lookup of
+/// this round is done (at most 5 s): the window a slow check (a d2i) leaves, held open.
+unsafe extern "C" fn refuse_once_looked(
+    _: *const u8,
+    _: usize,
+    userdata: *mut std::ffi::c_void,
+) -> i32 {
+    // SAFETY: the test passes a pointer to its Gate, alive while the refuser runs.
+    let gate = unsafe { &*(userdata as *const Gate) };
+    let r = gate.round.load(SeqCst);
+    gate.inside.store(r, SeqCst);
+    let t = Instant::now();
+    while gate.looked.load(SeqCst) < r && t.elapsed() < Duration::from_secs(5) {
+        std::thread::yield_now();
+    }
+    0
+}
+
+/// Refuse each round's ticket once, until the gate says stop.
+fn refuse_each_round(h: &Host, gate: &Gate) {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let r = gate.round.load(SeqCst);
+        if r == u32::MAX {
+            return;
+        }
+        if r == 0 || gate.inside.load(SeqCst) == r {
+            std::thread::yield_now();
+            continue;
+        }
+        let id = [r as u8; 32];
+        let mut len = 0usize;
+        let res = shmsess_cache_lookup_checked(
+            h.cache,
+            id.as_ptr(),
+            id.len(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut len,
+            SHMSESS_LOOKUP_TAKE_TLS13,
+            Some(refuse_once_looked),
+            gate as *const Gate as *mut std::ffi::c_void,
+        );
+        assert_eq!(res, shmsess_result::SHMSESS_ERR_NOT_FOUND);
+    }
+}
+
+impl Shared {
+    /// The handle as a `Host` that must not be dropped (its owner frees it).
+    fn host(self) -> std::mem::ManuallyDrop<Host> {
+        std::mem::ManuallyDrop::new(Host { cache: self.0 })
+    }
+}
+
+#[test]
+fn a_refused_ticket_is_never_taken_so_its_own_vhost_always_finds_it() {
+    let srv = RedisServer::start(free_port());
+    let dir = temp_dir("race");
+    let key = key_file(&dir);
+    for flags in [0, FLAG] {
+        let host = Host::new(srv.port, &key, "brace:", flags, 2000);
+        let id = [250u8; 32];
+        host.store(&id, &tls13_bytes(13));
+        let before = host.stats();
+        for _ in 0..5 {
+            assert_eq!(
+                lookup_checked(&host, &id, 0),
+                Err(shmsess_result::SHMSESS_ERR_NOT_FOUND)
+            );
+        }
+        let after = host.stats();
+        assert_eq!(
+            (
+                after.stores,
+                after.taken,
+                after.entries,
+                after.lookup_refused
+            ),
+            (before.stores, before.taken, 1, before.lookup_refused + 5),
+            "stores, taken, entries, refused after 5 refused lookups (flags {flags})"
+        );
+        // Another vhost's client refuses each round's ticket while its own vhost looks it up:
+        // the own vhost's lookup runs while the refusing one is inside its check. A refusal
+        // never takes the ticket, so the own vhost finds every one.
+        let gate = std::sync::Arc::new(Gate::default());
+        let refuser = {
+            let (shared, gate) = (Shared(host.cache), gate.clone());
+            std::thread::spawn(move || refuse_each_round(&shared.host(), &gate))
+        };
+        let rounds = 100u32;
+        let mut missed = 0;
+        for r in 1..=rounds {
+            let id = [r as u8; 32];
+            host.store(&id, &tls13_bytes(r as u8));
+            gate.round.store(r, SeqCst);
+            let t = Instant::now();
+            while gate.inside.load(SeqCst) != r {
+                assert!(
+                    t.elapsed() < Duration::from_secs(5),
+                    "the refuser never checked round {r}"
+                );
+                std::thread::yield_now();
+            }
+            missed += lookup_checked(&host, &id, 1).is_err() as u32;
+            gate.looked.store(r, SeqCst);
+        }
+        gate.round.store(u32::MAX, SeqCst);
+        refuser.join().unwrap();
+        assert_eq!(
+            missed, 0,
+            "own vhost missed {missed} of {rounds} tickets in the cache (flags {flags})"
+        );
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }

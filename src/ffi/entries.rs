@@ -87,9 +87,12 @@ pub type shmsess_accept_fn =
     Option<unsafe extern "C" fn(data: *const u8, data_len: usize, userdata: *mut c_void) -> c_int>;
 
 /// `shmsess_cache_lookup`, with `accept` asked about the entry before the lookup uses it up:
-/// an entry it refuses is left as it was (a TLS 1.3 one taken for the question goes back into
-/// the segment, and is not consumed in Redis), counted in `sni_mismatch` and `lookup_refused`,
-/// and the lookup is SHMSESS_ERR_NOT_FOUND with the buffer wiped. For a caller that knows what
+/// an entry it refuses is left as it was (not taken, not stored again, not consumed in
+/// Redis, not copied into the segment from Redis), counted in `sni_mismatch` and
+/// `lookup_refused`, and the lookup is SHMSESS_ERR_NOT_FOUND with the buffer wiped. An entry
+/// the lookup takes (`take`) is copied, asked about, and taken once accepted if the segment
+/// still holds the same bytes; if another lookup took it meanwhile, SHMSESS_ERR_NOT_FOUND
+/// (counted in `lookup_refused`). For a caller that knows what
 /// a resumption needs beyond the id (an Apache provider: the vhost's session id context, which
 /// OpenSSL checks only after the lookup). A NULL `accept` is `shmsess_cache_lookup`. The
 /// lookup goes through the two-tier policy even without `SHMSESS_BYTE_API_REMOTE` (Redis then
@@ -227,6 +230,10 @@ impl Resumer for Copied<'_> {
 
     fn room(&self) -> Option<usize> {
         Some(self.out.len())
+    }
+
+    fn checks_before_take(&self) -> bool {
+        self.check.is_some()
     }
 
     fn too_small(&mut self, needed: usize) {

@@ -44,7 +44,7 @@ pub const SHMSESS_GENERATE_SESSION_IDS: u32 = 16;
 pub const SHMSESS_NEVER_LOCK_AS_ROOT: u32 = 32;
 /// Let the byte API (`shmsess_cache_store`, `_lookup`, `_remove`) use the second tier
 /// (`remote_url`) as the session callbacks do: stores and removals are queued for Redis, a
-/// local miss asks Redis and refills the segment, and an entry `SHMSESS_LOOKUP_TAKE_TLS13` (or
+/// local miss asks Redis and refills the segment with what it returns, and an entry `SHMSESS_LOOKUP_TAKE_TLS13` (or
 /// `_TAKE`) makes single use is single use across hosts (tombstone swap); one read from Redis
 /// whose single use Redis cannot confirm is refused. Without this flag the byte API stays on
 /// the local segment, as it did before 0.5, for programs that set a remote tier for the

@@ -268,6 +268,11 @@ const METRICS: &[(&str, Kind, &str)] = &[
         Counter,
         "Redis Cluster redirections refused: the address is not a node of the slot map.",
     ),
+    (
+        "remote_refused",
+        Counter,
+        "Redis hits that could not resume (another server name or vhost, unconfirmed ticket).",
+    ),
 ];
 
 /// One metric: `# HELP`, `# TYPE` and the sample.

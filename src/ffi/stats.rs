@@ -128,10 +128,16 @@ pub struct shmsess_stats {
     pub remote_rediscovered: u64,
     pub remote_old_format: u64,
     pub remote_redirects_refused: u64,
+    /// Version 7: sessions Redis answered a local miss with (counted in `remote_hits`) that
+    /// then could not resume: made for another server name or vhost, not a session, larger
+    /// than the byte API caller's buffer, a TLS 1.3 ticket whose single use Redis did not
+    /// confirm or that was used on another host meanwhile. A resumption from Redis is
+    /// `remote_hits - remote_refused`.
+    pub remote_refused: u64,
 }
 
 /// Version of `shmsess_stats` this library fills (`version` field).
-pub const SHMSESS_STATS_VERSION: u32 = 6;
+pub const SHMSESS_STATS_VERSION: u32 = 7;
 
 /// Size of `shmsess_stats` version 1 (its fields up to `size_bytes`): what programs built
 /// against 0.1 headers allocate.
@@ -278,6 +284,7 @@ stats_fields!(|s, a, now| {
     remote_rediscovered: s.remote.rediscovered,
     remote_old_format: s.remote.old_format,
     remote_redirects_refused: s.remote.redirects_refused,
+    remote_refused: s.remote_refused,
 });
 
 /// A time of the entry ages, 0 when the cache has no live entry.

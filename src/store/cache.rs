@@ -220,6 +220,8 @@ pub struct Stats {
     pub anti_replay_skipped: u64,
     /// Local hits that could not resume (another server name, not a session).
     pub lookup_refused: u64,
+    /// Redis hits that could not resume (see `Globals::remote_refused`).
+    pub remote_refused: u64,
     /// When the segment was created (Unix seconds).
     pub created_unix: u64,
     pub entries: u64,
@@ -994,6 +996,19 @@ impl Cache {
         Ok(guard.lookup_taking(tag, id, out, take, now))
     }
 
+    /// Take the entry for `id` if it still holds `expected` (copied by an earlier lookup, then
+    /// checked outside the lock): whether it did. Another process may have taken or replaced
+    /// it meanwhile; then nothing changes.
+    pub fn take_if_unchanged(&self, id: &[u8], expected: &[u8], now: u32) -> Result<bool> {
+        if let Err(e) = check_id(id) {
+            self.globals().bad_input.fetch_add(1, Relaxed);
+            return Err(e);
+        }
+        let (idx, tag) = self.placement(id);
+        let guard = self.lock_shard(idx)?;
+        Ok(guard.take_if_unchanged(tag, id, expected, now))
+    }
+
     /// Remove the entry for `id`; `Ok(false)` if there was none (unknown ids are normal).
     pub fn remove(&self, id: &[u8]) -> Result<bool> {
         if let Err(e) = check_id(id) {
@@ -1150,6 +1165,7 @@ impl Cache {
         s.hrr_resumed = g.hrr_resumed.load(Relaxed);
         s.anti_replay_skipped = g.anti_replay_skipped.load(Relaxed);
         s.lookup_refused = g.lookup_refused.load(Relaxed);
+        s.remote_refused = g.remote_refused.load(Relaxed);
         let geo = self.geometry_stats();
         Ok(Stats {
             created_unix: geo.created_unix,

@@ -147,9 +147,13 @@ pub struct Globals {
     pub lookup_refused: AtomicU64,
     /// The second tier's counters of stats version 6. (Carved out of `reserved`.)
     pub remote_v6: RemoteCountersV6,
+    /// Sessions Redis answered a local miss with (`remote.hits`) that then could not resume:
+    /// made for another server name or vhost, not a session, larger than the caller's room,
+    /// or a TLS 1.3 ticket whose single use Redis did not confirm. (Carved out of `reserved`.)
+    pub remote_refused: AtomicU64,
     /// Zero in segments made before these counters existed, so using reserved space for new
     /// counters keeps the layout (and its version) unchanged.
-    pub reserved: [AtomicU64; 1],
+    pub reserved: [AtomicU64; 0],
     /// The boot and pid namespace of the processes using the segment (after `reserved`: zero
     /// in segments made before it existed, which count as "unknown" and are adopted as they
     /// are).

@@ -410,6 +410,22 @@ impl<'a> Shard<'a> {
         }
     }
 
+    /// Take (remove, counted in `taken`) the entry for `id` if it still holds `expected`, the
+    /// bytes an earlier lookup copied: whether it did. Counts no lookup (that one did).
+    pub fn take_if_unchanged(&self, tag: u16, id: &[u8], expected: &[u8], now: u32) -> bool {
+        let Some((i, h)) = self.find(tag, id) else {
+            return false;
+        };
+        let same = h.expires > now
+            && self.checksum_ok(i, &h)
+            && self.stored(i, &h)[h.payload_range()] == *expected;
+        if same {
+            self.free_entry(i, &h);
+            self.bump(Counter::Taken);
+        }
+        same
+    }
+
     pub fn remove(&self, tag: u16, id: &[u8]) -> bool {
         match self.find(tag, id) {
             Some((i, h)) => {

@@ -227,8 +227,8 @@ pub fn human(snap: &Snapshot) -> String {
     if remote_used {
         let _ = writeln!(
             w,
-            "remote tier       {} stored, {} hits, {} misses after local misses",
-            s.remote_stores, s.remote_hits, s.remote_misses
+            "remote tier       {} stored, {} hits ({} could not resume), {} misses after local misses",
+            s.remote_stores, s.remote_hits, s.remote_refused, s.remote_misses
         );
         let _ = writeln!(
             w,
