@@ -438,7 +438,8 @@ fn check_segment_size(command: &str, size: u64, unit: u32) -> Result<(), Failure
 }
 
 /// Where `create` puts the segment. A bare NAME goes into a directory that only the server's
-/// user can write (made 0700 if missing), so nobody else can take the name first; an explicit
+/// user can write (made 0700 if missing), so nobody else can take the name first: root's
+/// is the package's /run/shmsesscache, every other user has its own; an explicit
 /// PATH in a directory others can write gets a warning saying why that is risky.
 fn create_path(a: &Args, owner: Option<(u32, u32)>) -> Result<PathBuf, Failure> {
     let arg = &a.positional[0];
@@ -455,9 +456,11 @@ fn create_path(a: &Args, owner: Option<(u32, u32)>) -> Result<PathBuf, Failure> 
     if arg.is_empty() || arg == "." || arg == ".." {
         return Err(usage(format!("create: {arg:?} is not a segment name")));
     }
-    let dir = PathBuf::from(a.value("dir").unwrap_or(text::DEFAULT_SEGMENT_DIR));
     // SAFETY: no preconditions.
     let (uid, gid) = owner.unwrap_or_else(|| unsafe { (libc::geteuid(), libc::getegid()) });
+    let dir = a
+        .value("dir")
+        .map_or_else(|| text::default_segment_dir(uid), PathBuf::from);
     text::private_dir(&dir, uid, gid).map_err(|m| Failure(EXIT_FAILED, m))?;
     Ok(dir.join(arg))
 }
