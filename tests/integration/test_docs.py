@@ -85,6 +85,41 @@ def check_page(root, page, cache):
     check(f"{rel}: its {count} relative links resolve to files and headings", not bad, "; ".join(bad[:8]))
 
 
+# A message the nginx modules log below nginx's default level (`error_log FILE;` logs `error`
+# and worse), e.g. ngx_log_error(NGX_LOG_NOTICE, log, 0, "shmsess: session cache installed ...
+QUIET_LOG = re.compile(r'ngx_log_error\(NGX_LOG_(NOTICE|INFO)\b[^"]*"(shmsess: [^"%]+)')
+
+
+def quiet_nginx_messages(root):
+    """{message start (up to its first format directive): level} of every nginx module message
+    logged at notice or info."""
+    found = {}
+    nginx = os.path.join(root, "nginx")
+    for name in sorted(os.listdir(nginx)):
+        if name.endswith(".c"):
+            source = re.sub(r'"\s*"', "", open(os.path.join(nginx, name), encoding="utf-8").read())
+            for level, start in QUIET_LOG.findall(source):
+                found[start.strip()] = level.lower()
+    return found
+
+
+def check_quiet_messages(root, pages):
+    """A page that tells the reader to look for a notice-level line in the error log says that
+    the log must be at that level: with Debian's `error_log /var/log/nginx/error.log;` the line
+    never shows."""
+    quiet = quiet_nginx_messages(root)
+    check("the nginx modules log some messages at notice or info", bool(quiet), str(quiet))
+    unsaid = []
+    for page in pages:
+        for para in re.split(r"\n\s*\n", "\n".join(prose_lines(open(page, encoding="utf-8").read()))):
+            flat = " ".join(para.split())
+            for start, level in quiet.items():
+                if start in flat and level not in flat:
+                    unsaid.append(f"{os.path.relpath(page, root)}: {start!r} without {level!r}")
+    check("every quoted notice/info line of the nginx modules says the error_log level it needs",
+          not unsaid, "; ".join(unsaid))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--root", default=os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -104,6 +139,7 @@ def main():
              if re.search(r"\b00\d_\*?\.txt", open(page, encoding="utf-8").read())]
     check("no page cites a reference file (00N_*.txt) the repository does not have", not cited,
           f"cited in {cited}")
+    check_quiet_messages(root, pages)
     finish()
 
 
