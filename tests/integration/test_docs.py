@@ -3,7 +3,9 @@
 of the repository, and every `#anchor` (in the same page or another Markdown page) names a
 heading of that page, as GitHub makes anchors from headings. Also: each page in docs/ is
 reachable from the README, and no page cites a reference file the repository does not have
-(the README once cited `004_*.txt`, which lives outside it).
+(the README once cited `004_*.txt`, which lives outside it). A notice-level log line of the
+nginx modules is quoted with the level it needs; docs/packages.md lists the packages of
+debian/control.
 
 Cheap (reads files only). Each check prints PASS/FAIL; the run ends with "N passed, M failed".
 """
@@ -120,6 +122,25 @@ def check_quiet_messages(root, pages):
           not unsaid, "; ".join(unsaid))
 
 
+NUMBERS = "zero one two three four five six seven eight nine ten eleven twelve".split()
+
+
+def check_package_list(root):
+    """docs/packages.md against debian/control, the one list of the packages: the count it
+    gives for `make deb` and its table name every binary package, and no other."""
+    control = open(os.path.join(root, "debian", "control"), encoding="utf-8").read()
+    packages = re.findall(r"^Package:\s*(\S+)", control, re.M)
+    page = open(os.path.join(root, "docs", "packages.md"), encoding="utf-8").read()
+    count = re.search(r"`make deb` builds (\w+) packages", page)
+    said = count and count.group(1)
+    check("docs/packages.md says how many packages make deb builds, as debian/control has",
+          said in (str(len(packages)), NUMBERS[len(packages)] if len(packages) < len(NUMBERS) else None),
+          f"page: {said}, debian/control: {len(packages)}")
+    table = re.findall(r"^\| `([a-z0-9.+-]+)` \|", page, re.M)
+    check("docs/packages.md's table lists exactly the packages of debian/control",
+          sorted(table) == sorted(packages), f"table {sorted(table)}, control {sorted(packages)}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--root", default=os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -140,6 +161,7 @@ def main():
     check("no page cites a reference file (00N_*.txt) the repository does not have", not cited,
           f"cited in {cited}")
     check_quiet_messages(root, pages)
+    check_package_list(root)
     finish()
 
 
