@@ -5,7 +5,7 @@ heading of that page, as GitHub makes anchors from headings. Also: each page in 
 reachable from the README, and no page cites a reference file the repository does not have
 (the README once cited `004_*.txt`, which lives outside it). A notice-level log line of the
 nginx modules is quoted with the level it needs; docs/packages.md lists the packages of
-debian/control.
+debian/control; a resize recipe (also in the man pages) stops the server before its dump.
 
 Cheap (reads files only). Each check prints PASS/FAIL; the run ends with "N passed, M failed".
 """
@@ -141,6 +141,43 @@ def check_package_list(root):
           sorted(table) == sorted(packages), f"table {sorted(table)}, control {sorted(packages)}")
 
 
+def code_blocks(root, pages):
+    """(where, [lines]) of every fenced block of the Markdown pages and every .EX block of the
+    man pages."""
+    for page in pages:
+        block, inside = [], False
+        for line in open(page, encoding="utf-8").read().splitlines():
+            if FENCE.match(line):
+                if inside:
+                    yield os.path.relpath(page, root), block
+                block, inside = [], not inside
+            elif inside:
+                block.append(line)
+    man = os.path.join(root, "man")
+    for name in sorted(os.listdir(man)):
+        text = open(os.path.join(man, name), encoding="utf-8").read()
+        for block in re.findall(r"^\.EX\n(.*?)^\.EE", text, re.M | re.S):
+            yield f"man/{name}", block.replace("\\-", "-").splitlines()
+
+
+def check_resize_recipes(root, pages):
+    """A recipe that moves sessions into a new segment (dump, create, load) stops the server
+    before the dump (sessions made after it are lost otherwise, and a server on the old size
+    refuses the new file) and starts it after the load."""
+    wrong = []
+    for where, lines in code_blocks(root, pages):
+        at = {cmd: next((i for i, ln in enumerate(lines) if f"shmsesscache {cmd} " in ln), None)
+              for cmd in ("dump", "create", "load")}
+        if None in at.values():
+            continue
+        stop = next((i for i, ln in enumerate(lines) if re.search(r"\bstop\b", ln)), None)
+        start = next((i for i, ln in enumerate(lines) if re.search(r"\bstart\b", ln) and i > at["load"]), None)
+        if stop is None or stop > at["dump"] or start is None:
+            wrong.append(f"{where}: {' / '.join(ln.strip() for ln in lines)[:160]}")
+    check("every dump/create/load recipe stops the server before the dump and starts it after the load",
+          not wrong, "; ".join(wrong))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--root", default=os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -162,6 +199,7 @@ def main():
           f"cited in {cited}")
     check_quiet_messages(root, pages)
     check_package_list(root)
+    check_resize_recipes(root, pages)
     finish()
 
 
