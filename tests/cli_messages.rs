@@ -87,3 +87,28 @@ fn a_segment_of_another_size_is_refused_with_the_way_to_resize_it() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `help` with a topic that is no command, or with more than one, is a usage error (exit 2),
+/// as `shmsesscache bogus` is; `help` alone and `help COMMAND` succeed.
+#[test]
+fn help_refuses_an_unknown_topic() {
+    let (code, err) = cli(&["help", "bogus"]);
+    assert_eq!(code, Some(2), "help bogus: {err}");
+    assert!(err.contains("unknown command \"bogus\""), "{err}");
+    let (code, err) = cli(&["help", "stat", "extra"]);
+    assert_eq!(code, Some(2), "help stat extra: {err}");
+    assert!(err.contains("\"extra\""), "{err}");
+    for ok in [
+        &["help"][..],
+        &["help", "stat"],
+        &["--help"],
+        &["stat", "--help"],
+    ] {
+        let out = Command::new(CLI).args(ok).output().unwrap();
+        assert!(
+            out.status.success() && !out.stdout.is_empty(),
+            "{ok:?}: {:?}",
+            out.status
+        );
+    }
+}

@@ -588,11 +588,7 @@ fn main() -> ExitCode {
     };
     let rest = &argv[1..];
     if matches!(cmd, "--help" | "-h" | "help") {
-        match rest.first().and_then(|c| text::command_help(c)) {
-            Some(h) => print!("{h}"),
-            None => print!("{}", text::MAIN_HELP),
-        }
-        return ExitCode::SUCCESS;
+        return finish(cmd_help(rest));
     }
     if cmd == "--version" {
         println!("shmsesscache {}", env!("CARGO_PKG_VERSION"));
@@ -615,10 +611,12 @@ fn main() -> ExitCode {
         "load" => cmd_load(rest),
         "repair" => cmd_repair(rest),
         "run" => run::cmd_run(rest),
-        other => Err(usage(format!(
-            "unknown command {other:?}; commands: stat, list, flush, create, dump, load, repair, run (see 'shmsesscache --help')"
-        ))),
+        other => Err(unknown_command(other)),
     };
+    finish(result)
+}
+
+fn finish(result: Result<u8, Failure>) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(Failure(code, msg)) => {
@@ -626,4 +624,28 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+fn unknown_command(name: &str) -> Failure {
+    usage(format!(
+        "unknown command {name:?}; commands: stat, list, flush, create, dump, load, repair, run (see 'shmsesscache --help')"
+    ))
+}
+
+/// `help [COMMAND]`: a topic that is no command is a usage error (exit 2), as the command
+/// itself would be, not the overview with success: a script's `help stats` must not pass.
+fn cmd_help(rest: &[String]) -> Result<u8, Failure> {
+    match rest {
+        [] => print!("{}", text::MAIN_HELP),
+        [topic] => print!(
+            "{}",
+            text::command_help(topic).ok_or_else(|| unknown_command(topic))?
+        ),
+        [_, extra, ..] => {
+            return Err(usage(format!(
+                "help takes one command, not also {extra:?} (shmsesscache help COMMAND)"
+            )))
+        }
+    }
+    Ok(0)
 }
