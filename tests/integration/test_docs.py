@@ -5,7 +5,8 @@ heading of that page, as GitHub makes anchors from headings. Also: each page in 
 reachable from the README, and no page cites a reference file the repository does not have
 (the README once cited `004_*.txt`, which lives outside it). A notice-level log line of the
 nginx modules is quoted with the level it needs; docs/packages.md lists the packages of
-debian/control; a resize recipe (also in the man pages) stops the server before its dump.
+debian/control; a resize recipe (also in the man pages) stops the server before its dump; an
+announced example ("for example:") is there.
 
 Cheap (reads files only). Each check prints PASS/FAIL; the run ends with "N passed, M failed".
 """
@@ -178,6 +179,21 @@ def check_resize_recipes(root, pages):
           not wrong, "; ".join(wrong))
 
 
+def check_announced_examples(root, pages):
+    """A paragraph that ends by announcing an example ("for example:") is followed by one (a
+    code block, a list or a table), not by a blank line and prose: c-api.md once ended one
+    with "with HAProxy, for example:" and nothing after it."""
+    dangling = []
+    for page in pages:
+        lines = open(page, encoding="utf-8").read().splitlines()
+        for i, line in enumerate(lines):
+            if re.search(r"(for example|e\.g\.|such as|like this):$", line.strip()):
+                after = next((ln for ln in lines[i + 1:] if ln.strip()), "")
+                if not re.match(r"\s*(```|~~~|[-*|] |\d+\. |    )", after):
+                    dangling.append(f"{os.path.relpath(page, root)}:{i + 1}: {line.strip()[-60:]}")
+    check("every 'for example:' is followed by the example", not dangling, "; ".join(dangling))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--root", default=os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -200,6 +216,7 @@ def main():
     check_quiet_messages(root, pages)
     check_package_list(root)
     check_resize_recipes(root, pages)
+    check_announced_examples(root, pages)
     finish()
 
 
