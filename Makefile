@@ -86,10 +86,14 @@ $(CLI): $(LIB_SO)
 	cp $(TARGETDIR)/shmsesscache $(CLI)
 
 # The drop-in for servers nobody rebuilds (LD_PRELOAD; `shmsesscache run`, docs/dropin.md).
-# It finds libshmsesscache.so.0 beside it in build/, one directory up once installed.
+# It finds libshmsesscache.so.0 beside it in build/, one directory up once installed. Loaded
+# into other people's servers, so its GOT is read-only (full RELRO) whoever builds it;
+# SHMSESS_CC_OPT/SHMSESS_LD_OPT add the Debian package's dpkg-buildflags (fortify), as for
+# the nginx module.
 $(PRELOAD): preload/shmsesscache_preload.c include/shmsesscache.h $(LIB_SO)
-	$(CC) $(CFLAGS) $(WARN) -fPIC -shared -fvisibility=hidden -Iinclude $< -o $@ -L$(BUILD) -lshmsesscache \
-	  -lssl -lcrypto -ldl -pthread -Wl,-rpath,'$$ORIGIN:$$ORIGIN/..' -Wl,-z,nodelete
+	$(CC) $(CFLAGS) $(SHMSESS_CC_OPT) $(WARN) -fPIC -shared -fvisibility=hidden -Iinclude $< -o $@ \
+	  -L$(BUILD) -lshmsesscache -lssl -lcrypto -ldl -pthread $(SHMSESS_LD_OPT) \
+	  -Wl,-rpath,'$$ORIGIN:$$ORIGIN/..' -Wl,-z,nodelete -Wl,-z,relro,-z,now
 
 # libdir and includedir relative to ${prefix} when they are under it (as pkg-config files do).
 pc_path = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))

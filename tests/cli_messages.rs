@@ -87,3 +87,68 @@ fn a_segment_of_another_size_is_refused_with_the_way_to_resize_it() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `help` with a topic that is no command, or with more than one, is a usage error (exit 2),
+/// as `shmsesscache bogus` is; `help` alone and `help COMMAND` succeed.
+#[test]
+fn help_refuses_an_unknown_topic() {
+    let (code, err) = cli(&["help", "bogus"]);
+    assert_eq!(code, Some(2), "help bogus: {err}");
+    assert!(err.contains("unknown command \"bogus\""), "{err}");
+    let (code, err) = cli(&["help", "stat", "extra"]);
+    assert_eq!(code, Some(2), "help stat extra: {err}");
+    assert!(err.contains("\"extra\""), "{err}");
+    for ok in [
+        &["help"][..],
+        &["help", "stat"],
+        &["--help"],
+        &["stat", "--help"],
+    ] {
+        let out = Command::new(CLI).args(ok).output().unwrap();
+        assert!(
+            out.status.success() && !out.stdout.is_empty(),
+            "{ok:?}: {:?}",
+            out.status
+        );
+    }
+}
+
+/// `stat`'s "early data" line gives the C advice (SSL_OP_NO_ANTI_REPLAY) only when lookups
+/// were skipped: on nginx's or Apache's segments it is always 0, and operators cannot set it.
+#[test]
+fn the_anti_replay_hint_shows_only_when_lookups_were_skipped() {
+    use shmsesscache::store::layout::{Globals, GLOBALS_OFFSET};
+    use std::os::unix::fs::FileExt;
+    let dir = scratch_dir("replay");
+    let path = dir.join("seg");
+    drop(
+        Cache::create(&Config {
+            path: Some(path.clone()),
+            size_bytes: 1 << 20,
+            ..Config::default()
+        })
+        .unwrap(),
+    );
+    let stat = || {
+        let out = Command::new(CLI).arg("stat").arg(&path).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text
+            .lines()
+            .find(|l| l.contains("early data"))
+            .map(str::to_owned);
+        line.unwrap_or_else(|| panic!("no early data line in:\n{text}"))
+    };
+    let zero = stat();
+    assert!(!zero.contains("SSL_OP_NO_ANTI_REPLAY"), "{zero}");
+    let skipped = GLOBALS_OFFSET + std::mem::offset_of!(Globals, anti_replay_skipped);
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&3u64.to_ne_bytes(), skipped as u64)
+        .unwrap();
+    let three = stat();
+    assert!(
+        three.contains(" 3 ") && three.contains("SSL_OP_NO_ANTI_REPLAY"),
+        "{three}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

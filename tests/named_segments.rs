@@ -32,6 +32,7 @@ fn named_segments_and_the_operating_system() {
     readable_segments_are_refused(dir.path());
     other_formats_are_refused(dir.path());
     create_defaults_to_a_private_directory(dir.path());
+    create_for_another_user_leaves_roots_directory_alone();
 }
 
 fn create(path: &Path, size: u64) -> shmsesscache::Result<Cache> {
@@ -739,6 +740,48 @@ fn create_defaults_to_a_private_directory(base: &Path) {
         let m = fs::symlink_metadata(&theirs).unwrap();
         assert_eq!((m.uid(), m.mode() & 0o777), (65534, 0o700));
         assert_eq!(fs::metadata(theirs.join("web")).unwrap().uid(), 65534);
+    }
+}
+
+/// `create NAME --owner USER` without `--dir`, on a system with the package's /run/shmsesscache
+/// (0700 root): the segment goes into USER's own /run/shmsesscache-USER, and root's directory
+/// stays root's, so root's servers can still create their segments there. In a private mount
+/// namespace with its own /run, so the machine's /run is not touched.
+fn create_for_another_user_leaves_roots_directory_alone() {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED create --owner in /run: needs root (a mount namespace, chown)");
+        return;
+    }
+    let script = r#"set -e
+mount -t tmpfs tmpfs /run
+install -d -m 0700 -o root -g root /run/shmsesscache   # the package's tmpfiles.d entry
+"$0" create web --size 256K --owner nobody
+stat -c 'dir %u %a %n' /run/shmsesscache /run/shmsesscache-nobody
+stat -c 'seg %u %a %n' /run/shmsesscache-nobody/web
+"$0" create apache --size 256K"#;
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .arg(env!("CARGO_BIN_EXE_shmsesscache"))
+        .output()
+        .unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    if out.contains("unshare failed") {
+        eprintln!("SKIPPED create --owner in /run: no mount namespace here: {out}");
+        return;
+    }
+    assert!(o.status.success(), "{out}");
+    for line in [
+        "dir 0 700 /run/shmsesscache\n",
+        "dir 65534 700 /run/shmsesscache-nobody\n",
+        "seg 65534 600 /run/shmsesscache-nobody/web\n",
+        "created /run/shmsesscache/apache:",
+    ] {
+        assert!(out.contains(line), "no {line:?} in:\n{out}");
     }
 }
 

@@ -368,6 +368,7 @@ REFUSED_SETTINGS = (
     ("shmsess:(18446744073709551615)", "larger than the maximum", "shmsess:("),
     ("shmsess:(2000G)", "larger than the maximum", "shmsess:("),
     ("shmsess:{root}/adir", "names a directory", "e.g."),
+    ("shmsess:{root}/nodir/sess(8M)", "does not exist", "mkdir -p"),
 )
 
 

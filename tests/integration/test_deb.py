@@ -118,7 +118,22 @@ def build(args):
     errors = [t for t in tags if t.startswith("E:")]
     check("lintian --pedantic on the .changes: no error", lint is not None and not errors and
           lint.returncode == 0, "\n".join(t for t in tags if re.match(r"[EWIPX]: ", t)) or "(no tag at all)")
+    check_hardening(changes)
     return debs
+
+
+HARDENING_TAGS = ("hardening-no-bindnow", "hardening-no-fortify-functions", "hardening-no-pie",
+                  "hardening-no-relro")
+
+
+def check_hardening(changes):
+    """Every ELF file of the packages is built with Debian's hardening flags. lintian's
+    hardening tags are of severity info, which only -I (--display-info) shows: the drop-in's C
+    was once built with plain CFLAGS (no BIND_NOW, no fortified functions) unnoticed."""
+    lint = run("lintian", "--display-info", "--tags", ",".join(HARDENING_TAGS), *changes, timeout=600)
+    unhardened = [t for t in lint.stdout.splitlines() if re.match(r"[EWIPX]: ", t)]
+    check("lintian -I: no hardening tag (BIND_NOW, fortified functions, PIE, RELRO) on any ELF file",
+          bool(changes) and lint.returncode == 0 and not unhardened, "\n".join(unhardened) or lint.stderr[-500:])
 
 
 def check_control(debs):

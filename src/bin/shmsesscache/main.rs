@@ -438,7 +438,8 @@ fn check_segment_size(command: &str, size: u64, unit: u32) -> Result<(), Failure
 }
 
 /// Where `create` puts the segment. A bare NAME goes into a directory that only the server's
-/// user can write (made 0700 if missing), so nobody else can take the name first; an explicit
+/// user can write (made 0700 if missing), so nobody else can take the name first: root's
+/// is the package's /run/shmsesscache, every other user has its own; an explicit
 /// PATH in a directory others can write gets a warning saying why that is risky.
 fn create_path(a: &Args, owner: Option<(u32, u32)>) -> Result<PathBuf, Failure> {
     let arg = &a.positional[0];
@@ -455,9 +456,11 @@ fn create_path(a: &Args, owner: Option<(u32, u32)>) -> Result<PathBuf, Failure> 
     if arg.is_empty() || arg == "." || arg == ".." {
         return Err(usage(format!("create: {arg:?} is not a segment name")));
     }
-    let dir = PathBuf::from(a.value("dir").unwrap_or(text::DEFAULT_SEGMENT_DIR));
     // SAFETY: no preconditions.
     let (uid, gid) = owner.unwrap_or_else(|| unsafe { (libc::geteuid(), libc::getegid()) });
+    let dir = a
+        .value("dir")
+        .map_or_else(|| text::default_segment_dir(uid), PathBuf::from);
     text::private_dir(&dir, uid, gid).map_err(|m| Failure(EXIT_FAILED, m))?;
     Ok(dir.join(arg))
 }
@@ -585,11 +588,7 @@ fn main() -> ExitCode {
     };
     let rest = &argv[1..];
     if matches!(cmd, "--help" | "-h" | "help") {
-        match rest.first().and_then(|c| text::command_help(c)) {
-            Some(h) => print!("{h}"),
-            None => print!("{}", text::MAIN_HELP),
-        }
-        return ExitCode::SUCCESS;
+        return finish(cmd_help(rest));
     }
     if cmd == "--version" {
         println!("shmsesscache {}", env!("CARGO_PKG_VERSION"));
@@ -612,10 +611,12 @@ fn main() -> ExitCode {
         "load" => cmd_load(rest),
         "repair" => cmd_repair(rest),
         "run" => run::cmd_run(rest),
-        other => Err(usage(format!(
-            "unknown command {other:?}; commands: stat, list, flush, create, dump, load, repair, run (see 'shmsesscache --help')"
-        ))),
+        other => Err(unknown_command(other)),
     };
+    finish(result)
+}
+
+fn finish(result: Result<u8, Failure>) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(Failure(code, msg)) => {
@@ -623,4 +624,28 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+fn unknown_command(name: &str) -> Failure {
+    usage(format!(
+        "unknown command {name:?}; commands: stat, list, flush, create, dump, load, repair, run (see 'shmsesscache --help')"
+    ))
+}
+
+/// `help [COMMAND]`: a topic that is no command is a usage error (exit 2), as the command
+/// itself would be, not the overview with success: a script's `help stats` must not pass.
+fn cmd_help(rest: &[String]) -> Result<u8, Failure> {
+    match rest {
+        [] => print!("{}", text::MAIN_HELP),
+        [topic] => print!(
+            "{}",
+            text::command_help(topic).ok_or_else(|| unknown_command(topic))?
+        ),
+        [_, extra, ..] => {
+            return Err(usage(format!(
+                "help takes one command, not also {extra:?} (shmsesscache help COMMAND)"
+            )))
+        }
+    }
+    Ok(0)
 }

@@ -195,20 +195,23 @@ DESCRIPTION
     starts. The server must then ask for the same size and slot size, or it refuses the file.
     Fails if the file exists.
 
-    A NAME (no slash) is created in /run/shmsesscache (or --dir DIR), a directory made 0700
-    and owned by the --owner user (else by you) if it is missing, and refused if somebody
-    else owns it or others can write it: only the server's user can create names there, so
-    no other local user can take the name first and keep the server from starting, as
-    anybody can in /dev/shm. A PATH is used as given (with a warning if others can write its
-    directory). The command prints the path to give the server.
+    A NAME (no slash) is created in the directory of the user who will own the segment (the
+    --owner user, else you): /run/shmsesscache for root (the package makes it), and
+    /run/shmsesscache-USER for any other user, or --dir DIR. The directory is made 0700 and
+    owned by that user if it is missing, and refused if somebody else owns it or others can
+    write it: only the server's user can create names there, so no other local user can take
+    the name first and keep the server from starting, as anybody can in /dev/shm. A PATH is
+    used as given (with a warning if others can write its directory). The command prints the
+    path to give the server.
 
     --size BYTES      segment size; suffixes K, M, G (powers of 1024) are accepted: 64M.
     --slot-bytes N    bytes per slot, multiple of 8 in 64..4096 (default 200: one slot per
                       typical session; 600 suits sessions with client certificates).
     --owner U[:G]     give the file (and a new directory) to this user (and group), by name or
                       number: the user the server runs as, when root creates it.
-    --dir DIR         where a NAME goes (default /run/shmsesscache). One directory per server
-                      user: it belongs to that user.
+    --dir DIR         where a NAME goes (default /run/shmsesscache for root, else
+                      /run/shmsesscache-USER). One directory per server user: it belongs to
+                      that user.
 ";
 
 const DUMP_HELP: &str = "\
@@ -362,8 +365,41 @@ fn lookup_group(g: &str) -> Result<u32, String> {
     g.parse::<u32>().map_err(|_| format!("no group {g:?}"))
 }
 
-/// Where `shmsesscache create NAME` puts segments.
+/// Where `shmsesscache create NAME` puts root's segments (the package's tmpfiles.d entry
+/// makes it, 0700 root, for the masters of nginx and Apache).
 pub const DEFAULT_SEGMENT_DIR: &str = "/run/shmsesscache";
+
+/// Where `create NAME` puts the segments of `uid` without `--dir`: root's go into
+/// [`DEFAULT_SEGMENT_DIR`]; any other user gets `/run/shmsesscache-USER` (the uid where the
+/// user has no name), since root's directory must stay root's: given to www-data, root's own
+/// servers could no longer create their segments there, and the package's directory refuses
+/// every other owner.
+pub fn default_segment_dir(uid: u32) -> std::path::PathBuf {
+    if uid == 0 {
+        return DEFAULT_SEGMENT_DIR.into();
+    }
+    format!(
+        "{DEFAULT_SEGMENT_DIR}-{}",
+        user_name(uid).unwrap_or_else(|| uid.to_string())
+    )
+    .into()
+}
+
+/// The login name of `uid`, if the user database has one made of ordinary characters.
+fn user_name(uid: u32) -> Option<String> {
+    // SAFETY: getpwuid; the name is copied out at once (the tool is single-threaded).
+    let pw = unsafe { libc::getpwuid(uid) };
+    if pw.is_null() {
+        return None;
+    }
+    // SAFETY: non-NULL result of getpwuid: pw_name is a NUL-terminated string.
+    let name = unsafe { std::ffi::CStr::from_ptr((*pw).pw_name) }
+        .to_str()
+        .ok()?;
+    let ordinary = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+    (!name.is_empty() && !name.starts_with('.') && name.chars().all(ordinary))
+        .then(|| name.to_owned())
+}
 
 /// Make `dir` (one level) a directory that only `uid` can write: created 0700 and given to
 /// uid:gid if missing; an existing one must be a real directory (not a symlink) owned by
@@ -415,7 +451,7 @@ pub fn squatting_warning(path: &std::path::Path) -> Option<String> {
     let m = std::fs::metadata(dir).ok()?;
     (m.mode() & 0o022 != 0).then(|| {
         format!(
-            "{} is writable by other users (mode {:o}): any local user can create {} there before the server does and keep it from starting (name squatting). Prefer a directory only the server's user can write: 'shmsesscache create NAME --owner USER' uses {DEFAULT_SEGMENT_DIR}",
+            "{} is writable by other users (mode {:o}): any local user can create {} there before the server does and keep it from starting (name squatting). Prefer a directory only the server's user can write: 'shmsesscache create NAME --owner USER' uses {DEFAULT_SEGMENT_DIR}-USER ({DEFAULT_SEGMENT_DIR} for root)",
             dir.display(),
             m.mode() & 0o7777,
             path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
