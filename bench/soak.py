@@ -271,9 +271,22 @@ def client_loop(targets, record, stop, seed):
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def proc_sample(pid):
-    """(age in s, anonymous RSS kB, VmRSS kB, open descriptors) of `pid`, or None once it is
-    gone."""
+# The example servers' workers open up to two connections to Redis (the handshake's lookups
+# and the writer thread's stores), each when first needed and again after Redis came back: a
+# worker has 0, 1 or 2 of them at any time. They are counted apart, and bounded by this.
+MAX_REDIS_CONNECTIONS = 2
+
+
+def redis_sockets(port):
+    """The inodes of the TCP sockets connected to 127.0.0.1:`port`, from /proc/net/tcp."""
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return {r[9] for r in rows if int(r[2].split(":")[1], 16) == port}
+
+
+def proc_sample(pid, redis_inodes=frozenset()):
+    """(age in s, anonymous RSS kB, VmRSS kB, open descriptors other than connections to
+    Redis, connections to Redis) of `pid`, or None once it is gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             status = f.read()
@@ -282,7 +295,10 @@ def proc_sample(pid):
             started = int(f.read().rsplit(")", 1)[1].split()[19]) / CLOCK_TICKS
         with open("/proc/uptime") as f:
             age = float(f.read().split()[0]) - started
-        return age, kb["RssAnon"], kb["VmRSS"], len(os.listdir(f"/proc/{pid}/fd"))
+        fd_dir = f"/proc/{pid}/fd"
+        links = [os.readlink(os.path.join(fd_dir, fd)) for fd in os.listdir(fd_dir)]
+        to_redis = sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in redis_inodes)
+        return age, kb["RssAnon"], kb["VmRSS"], len(links) - to_redis, to_redis
     except (OSError, KeyError, IndexError, ValueError):
         return None
 
@@ -291,10 +307,11 @@ def sampler(fleet, record, stop, samples):
     """Every SAMPLE_S: RSS and descriptors of every master and worker, from /proc."""
     while not stop.wait(SAMPLE_S):
         t = time.monotonic() - record.start
+        to_redis = redis_sockets(fleet.redis.port)
         for name, master in fleet.masters().items():
             for role, pids in (("master", [master]), ("worker", fleet.workers(name))):
                 for pid in pids:
-                    s = proc_sample(pid)
+                    s = proc_sample(pid, to_redis)
                     if s:
                         samples.append((t, name, role, pid, *s))
 
@@ -328,12 +345,15 @@ class Disruptions:
         self.cli_runs[what] = self.cli_runs.get(what, 0) + 1
 
     def kill(self):
-        """SIGKILL one worker of each server (a crash in the middle of whatever it did)."""
+        """SIGKILL one worker of each server (a crash in the middle of whatever it did), never
+        its oldest: that one lives until the next reload (the example servers have none, so
+        theirs lives the whole run), and a leak in a worker shows in its own first and last
+        window, not only in the workers' mean."""
         for name in ("nginx", "apache", *self.fleet.example):
-            pids = self.fleet.workers(name)
-            if not pids:
+            pids = sorted(self.fleet.workers(name), key=lambda p: -(proc_sample(p) or (0,))[0])
+            if len(pids) < 2:
                 continue
-            pid = self.rng.choice(pids)
+            pid = self.rng.choice(pids[1:])
             self.record.killed(name, pid)
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -400,9 +420,10 @@ class Disruptions:
 
 def window_figures(samples, lo, hi):
     """{(server, role, pid): (median anonymous RSS kB, fewest descriptors, median VmRSS kB)}
-    over the samples in [lo, hi] taken after the process's first WARM_S."""
+    over the samples in [lo, hi] taken after the process's first WARM_S (descriptors without
+    the connections to Redis)."""
     by = {}
-    for t, name, role, pid, age, rss, vmrss, fds in samples:
+    for t, name, role, pid, age, rss, vmrss, fds, _ in samples:
         if lo <= t <= hi and age >= WARM_S:
             by.setdefault((name, role, pid), []).append((rss, fds, vmrss))
     return {k: (statistics.median(x[0] for x in v), min(x[1] for x in v), statistics.median(x[2] for x in v))
@@ -419,6 +440,13 @@ def drift(samples, duration, window):
     first = window_figures(samples, 0, window)
     last = window_figures(samples, duration - window, duration + SAMPLE_S)
     out, failures = {}, []
+    most = {}
+    for _, name, role, pid, _, _, _, _, to_redis in samples:
+        most[name] = max(most.get(name, 0), to_redis)
+        line = f"{name} {role} {pid}: {to_redis} connections to Redis"
+        if to_redis > MAX_REDIS_CONNECTIONS and name != "redis" and line not in failures:
+            failures.append(line)
+    out["connections to Redis, most per process"] = most
     for key in sorted(set(first) | set(last)):
         name, role, pid = key
         d = out.setdefault(f"{name} {role}", {"both": 0, "first": [], "last": [], "per_process": []})
@@ -437,18 +465,18 @@ def drift(samples, duration, window):
             if not rss_bounded(r0, r1):
                 failures.append(f"{name} {role} {pid}: RSS {r0:.0f} -> {r1:.0f} kB")
     for role, d in out.items():
-        if d["first"] and d["last"]:
+        if "first" in d and d["first"] and d["last"]:
             r0, f0, v0 = (statistics.mean(x[i] for x in d["first"]) for i in (0, 1, 2))
             r1, f1, v1 = (statistics.mean(x[i] for x in d["last"]) for i in (0, 1, 2))
             d["mean"] = {"rss_kb": [round(r0), round(r1)], "vmrss_kb": [round(v0), round(v1)],
                          "fds": [round(f0, 2), round(f1, 2)]}
             if role.startswith("redis"):
-                pass  # a restarted Redis is another process with other clients: not judged
-            elif f1 > f0 + 0.5:
+                continue  # a restarted Redis is another process, holding more data: not judged
+            if f1 > f0 + 0.5:
                 failures.append(f"{role}s: mean descriptors {f0:.2f} -> {f1:.2f}")
             if not rss_bounded(r0, r1):
                 failures.append(f"{role}s: mean RSS {r0:.0f} -> {r1:.0f} kB")
-        del d["first"], d["last"]
+        d.pop("first", None), d.pop("last", None)
     return out, failures
 
 
@@ -511,11 +539,13 @@ def print_report(summary, drift_out, dis, verdict, schedule, minutes):
         print("  locks (first -> last stat): " + ", ".join(f"{f} {v[0]}->{v[1]}" for f, v in s["locks"].items()))
     print(f"\nRSS (kB) and descriptors, first -> last window (a process's first {WARM_S:g} s left out):")
     for role, d in drift_out.items():
-        m = d.get("mean")
+        m = isinstance(d, dict) and d.get("mean")
         if m:
             print(f"  {role:18} mean anon RSS {m['rss_kb'][0]} -> {m['rss_kb'][1]} (VmRSS {m['vmrss_kb'][0]} -> "
                   f"{m['vmrss_kb'][1]}), fds {m['fds'][0]} -> {m['fds'][1]}; "
                   f"{d['both']} process(es) in both windows")
+    print(f"  connections to Redis, most per process: {drift_out['connections to Redis, most per process']}"
+          f" (bound {MAX_REDIS_CONNECTIONS}; not counted in fds)")
     print(f"\nCLI and operator actions: {dis.cli_runs}")
     print("\nverdict:")
     for what, failures in verdict.items():
