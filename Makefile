@@ -345,7 +345,8 @@ demo: all $(BUILD)/certs/server.pem
 # two example servers on one Redis for SOAK_MINUTES under load, with worker kills, reloads,
 # CLI reads, flushes and a Redis restart; exits non-zero when its verdict fails.
 # `make soak-leak` runs it for one minute against a copy of the example server that leaks a
-# descriptor per connection (built under /tmp, bench/soak_leak.sh): that verdict must fail.
+# descriptor per connection (built under /tmp, bench/soak_leak.sh; SOAK_FAULT=crash: whose
+# workers abort): that verdict must fail.
 .PHONY: soak soak-leak
 SOAK_MINUTES ?= 10
 SOAK_ARGS = --cli $(CLI) --certs $(BUILD)/certs --nginx-module $(NGINX_MOD) --apache-module $(APACHE_MOD)
