@@ -345,6 +345,25 @@ $(BUILD)/certs/server.pem: scripts/make-certs.sh
 demo: all $(BUILD)/certs/server.pem
 	python3 scripts/demo.py --server $(SERVER) --certs $(BUILD)/certs
 
+# The endurance run (never part of `make test`; BENCHMARKS.md, "Endurance"): nginx, Apache and
+# two example servers on one Redis for SOAK_MINUTES under load, with worker kills, reloads,
+# CLI reads, flushes and a Redis restart; exits non-zero when its verdict fails.
+# `make soak-leak` runs it for one minute against a copy of the example server that leaks a
+# descriptor per connection (built under /tmp, bench/soak_leak.sh; SOAK_FAULT=crash: whose
+# workers abort): that verdict must fail.
+.PHONY: soak soak-leak
+SOAK_MINUTES ?= 10
+SOAK_ARGS = --cli $(CLI) --certs $(BUILD)/certs --nginx-module $(NGINX_MOD) --apache-module $(APACHE_MOD)
+soak: test-deps all $(BUILD)/certs/server.pem
+	$(MAKE) --no-print-directory apache-module
+	$(MAKE) --no-print-directory nginx-module
+	python3 bench/soak.py --minutes $(SOAK_MINUTES) --server $(SERVER) $(SOAK_ARGS) --json $(BUILD)/soak.json
+
+soak-leak: test-deps all $(BUILD)/certs/server.pem
+	$(MAKE) --no-print-directory apache-module
+	$(MAKE) --no-print-directory nginx-module
+	sh bench/soak_leak.sh $(BUILD) $(SOAK_ARGS)
+
 # Benchmarks (never part of `make test`): see BENCHMARKS.md. BENCH_ARGS e.g. "--runs 3".
 BENCH_ARGS ?=
 $(BUILD)/bench/handshake: bench/handshake.c $(TLSPAIR) include/shmsesscache.h $(LIB_SO)
