@@ -468,8 +468,10 @@ static apr_status_t wipe_parked(void *data)
 static const char *conn_key(const char *what, const unsigned char *id, unsigned int idlen, apr_pool_t *p)
 {
     static const char hex[] = "0123456789abcdef";
-    char *k = apr_palloc(p, strlen(what) + 2 * idlen + 1);
-    char *o = k + strlen(strcpy(k, what));
+    size_t wlen = strlen(what);
+    char *k = apr_palloc(p, wlen + 2 * idlen + 1);
+    char *o = k + wlen;
+    memcpy(k, what, wlen); /* not strcpy: no unfortified string function in the module (lintian) */
     for (unsigned int i = 0; i < idlen; i++) {
         *o++ = hex[id[i] >> 4];
         *o++ = hex[id[i] & 15];
