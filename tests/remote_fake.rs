@@ -624,7 +624,7 @@ fn sentinel_managed(store: Store, replica: Arc<Mutex<bool>>, seen: Seen) -> u16 
         seen.lock().unwrap().push(word.clone());
         let is_replica = *replica.lock().unwrap();
         match word.as_str() {
-            "AUTH" => Act::Reply(b"+OK\r\n".to_vec(), Duration::ZERO),
+            "AUTH" | "SELECT" => Act::Reply(b"+OK\r\n".to_vec(), Duration::ZERO),
             "ROLE" if is_replica => Act::Reply(
                 b"*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:6379\r\n$9\r\nconnected\r\n:1\r\n"
                     .to_vec(),
@@ -927,5 +927,80 @@ fn a_sentinel_without_a_password_is_asked_and_a_wrong_password_is_not_ignored() 
         let r = bind(&c, sentinel_config(&[port], Duration::from_millis(300))).unwrap();
         r.store_now(&[8; 32], DER, t, t + 300, t);
         assert_eq!(c.get().load().stores, stores, "{:?}", c.get().load());
+    }
+}
+
+/// How many `SENTINEL` queries a fake sentinel got.
+fn queries(seen: &Seen) -> usize {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|w| *w == "SENTINEL")
+        .count()
+}
+
+/// A server the sentinels may wrongly name: answers INFO, and everything else as `other`
+/// says (AUTH, SELECT or ROLE failing or malformed: another service, a Redis without a
+/// password, a sentinel).
+fn not_our_master(other: fn(&[Vec<u8>]) -> Option<&'static [u8]>) -> u16 {
+    fake(Arc::new(move |args: &[Vec<u8>]| {
+        if is(args, "INFO") {
+            return info();
+        }
+        let reply = other(args).unwrap_or(b"+OK\r\n");
+        Act::Reply(reply.to_vec(), Duration::ZERO)
+    }))
+}
+
+#[test]
+fn a_named_master_that_refuses_the_login_or_role_is_forgotten_and_the_sentinels_asked_again() {
+    let cases: [(&str, u32, fn(&[Vec<u8>]) -> Option<&'static [u8]>); 4] = [
+        ("ROLE unknown", 0, |a| {
+            is(a, "ROLE").then_some(b"-ERR unknown command 'ROLE'\r\n")
+        }),
+        ("ROLE +OK", 0, |_| None),
+        ("AUTH without a password", 0, |a| {
+            if is(a, "AUTH") {
+                Some(b"-ERR AUTH <password> called without any password configured for the default user\r\n")
+            } else {
+                Some(b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n")
+            }
+        }),
+        ("a sentinel, database 3", 3, |a| {
+            if is(a, "AUTH") {
+                None
+            } else if is(a, "ROLE") {
+                Some(b"*2\r\n$8\r\nsentinel\r\n*1\r\n$8\r\nmymaster\r\n")
+            } else {
+                Some(b"-ERR unknown command 'SELECT'\r\n")
+            }
+        }),
+    ];
+    for (label, db, bad) in cases {
+        let bad = not_our_master(bad);
+        let good: Store = Arc::new(Mutex::new(Vec::new()));
+        let master = sentinel_managed(Arc::clone(&good), Default::default(), Default::default());
+        let answer = Arc::new(Mutex::new(names_master(bad)));
+        let seen: Seen = Default::default();
+        let s = fake_sentinel(Arc::clone(&answer), Arc::clone(&seen));
+        let c = counters();
+        let mut cfg = sentinel_config(&[s], Duration::from_millis(300));
+        cfg.url = cfg.url.replace("/mymaster/0", &format!("/mymaster/{db}"));
+        let r = bind(&c, cfg).unwrap();
+        let t = now();
+        r.store_now(&[1; 32], DER, t, t + 300, t);
+        assert_eq!(c.get().load().stores, 0, "{label}: nothing stored on {bad}");
+        // The sentinels' answer is corrected (a failover, a fixed configuration).
+        *answer.lock().unwrap() = names_master(master);
+        for i in 0..5u8 {
+            r.store_now(&[10 + i; 32], DER, t, t + 300, t);
+        }
+        assert_eq!(
+            good.lock().unwrap().len(),
+            5,
+            "{label}: stored on the corrected master; sentinel asked {} times; {:?}",
+            queries(&seen),
+            c.get().load()
+        );
     }
 }

@@ -1062,7 +1062,9 @@ impl Shared {
         }
         let result = match (self.cluster, key) {
             (true, Some(key)) => self.run_in_cluster(key, &op, dl),
-            _ if self.target.sentinel_master.is_some() => self.run_via_sentinels(&op, dl),
+            _ if self.target.sentinel_master.is_some() => {
+                self.run_via_sentinels(&op, dl).map_err(Failure::reason)
+            }
             _ => self.run_on(None, false, &op, dl),
         };
         // The log message is made under the lock and emitted after it: the application's
@@ -1359,6 +1361,36 @@ impl Shared {
             None => self.addresses(dl)?,
         };
         let tcp = resp::tcp_connect(&addrs, dl).inspect_err(|_| self.lock().resolver.forget())?;
+        let sentinel_named = self.target.sentinel_master.is_some();
+        let mut conn = self.set_up(tcp, node, dl).map_err(|f| {
+            if sentinel_named {
+                Failure::Unusable(Box::new(f))
+            } else {
+                f
+            }
+        })?;
+        let dialect = self.dialect(conn.1);
+        let mut conn = conn.0;
+        let v = op(&mut conn, dialect, dl)?;
+        let addr = conn.peer();
+        Ok((
+            v,
+            Link {
+                conn,
+                dialect,
+                addr,
+            },
+        ))
+    }
+
+    /// A new connection's TLS and login (and, with Sentinel, its `ROLE` check), by `dl`:
+    /// the connection and the server's version.
+    fn set_up(
+        &self,
+        tcp: std::net::TcpStream,
+        node: Option<SocketAddr>,
+        dl: Deadline,
+    ) -> FResult<(Conn, Option<Version>)> {
         let mut conn = match &self.tls {
             None => Conn::new(Box::new(tcp), REPLY_CAP),
             Some(ctx) => {
@@ -1377,17 +1409,7 @@ impl Shared {
         if self.target.sentinel_master.is_some() {
             conn.confirm_master(dl)?;
         }
-        let dialect = self.dialect(version);
-        let v = op(&mut conn, dialect, dl)?;
-        let addr = conn.peer();
-        Ok((
-            v,
-            Link {
-                conn,
-                dialect,
-                addr,
-            },
-        ))
+        Ok((conn, version))
     }
 
     /// `SET ... GET` needs Redis 6.2; an older (or unknown) version gets the scripts, once
@@ -1444,8 +1466,8 @@ impl Shared {
 
 impl Shared {
     /// Run `op` on the master the sentinels name: the one last named, or asked for now. A
-    /// master that fails (refused, closed, timed out), answers `-READONLY` or does not say
-    /// `ROLE` master (checked on every new connection) is forgotten, with the idle
+    /// master that fails (refused, closed, timed out), answers `-READONLY`, or on a new
+    /// connection fails TLS, the login or `ROLE` (anything but master) is forgotten, with the idle
     /// connections to it, and the sentinels are asked again, once per operation and within
     /// `dl`: a failover is followed by the first operation after it.
     fn run_via_sentinels<T>(
@@ -1526,12 +1548,14 @@ impl Shared {
 }
 
 /// Whether a failure on the master the sentinels named means it may no longer be the master:
-/// it is down, hung, a replica now, or cut off from its replicas (`-NOREPLICAS`, with
+/// it is down, hung, a replica now, could not be logged into or set up at all (another
+/// service, a sentinel, a Redis with another password: a wrong answer must not pin a worker
+/// to it), or cut off from its replicas (`-NOREPLICAS`, with
 /// `min-replicas-to-write`: what an old master says once the replica promoted in its place
 /// stops following it).
 fn master_may_have_moved(f: &Failure) -> bool {
     match f {
-        Failure::Io(_) | Failure::Timeout | Failure::NotMaster => true,
+        Failure::Io(_) | Failure::Timeout | Failure::NotMaster | Failure::Unusable(_) => true,
         Failure::Server(word) => word == "READONLY" || word == "NOREPLICAS",
         _ => false,
     }

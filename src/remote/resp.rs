@@ -57,9 +57,21 @@ pub enum Failure {
     /// Sentinel: the server the sentinels named does not say `ROLE` master (a replica, or a
     /// stale answer during a failover).
     NotMaster,
+    /// Sentinel: a new connection to the server the sentinels named failed before any
+    /// operation (TLS, AUTH, SELECT or ROLE): whatever the reason, not a master to use, so
+    /// the sentinels are asked again. Holds the reason (reported, counted as itself).
+    Unusable(Box<Failure>),
 }
 
 impl Failure {
+    /// The reason itself, for [`Failure::Unusable`] (what is reported and counted).
+    pub fn reason(self) -> Failure {
+        match self {
+            Failure::Unusable(why) => *why,
+            f => f,
+        }
+    }
+
     /// Whether a fresh connection might succeed where this (pooled) one failed: the server
     /// closed or reset it (a restarted Redis, an idle timeout), before any answer was read.
     pub fn is_stale_connection(&self) -> bool {
@@ -88,6 +100,9 @@ impl std::fmt::Display for Failure {
             Failure::Moved(a) => write!(f, "slot moved to {a}"),
             Failure::Ask(a) => write!(f, "slot migrating to {a}"),
             Failure::NotMaster => f.write_str("the server the sentinels named is not a master"),
+            Failure::Unusable(why) => {
+                write!(f, "the server the sentinels named is unusable: {why}")
+            }
         }
     }
 }
