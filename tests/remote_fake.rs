@@ -939,10 +939,13 @@ fn queries(seen: &Seen) -> usize {
         .count()
 }
 
+/// How a wrongly named server answers a command (`None`: `+OK`).
+type WrongAnswer = fn(&[Vec<u8>]) -> Option<&'static [u8]>;
+
 /// A server the sentinels may wrongly name: answers INFO, and everything else as `other`
 /// says (AUTH, SELECT or ROLE failing or malformed: another service, a Redis without a
 /// password, a sentinel).
-fn not_our_master(other: fn(&[Vec<u8>]) -> Option<&'static [u8]>) -> u16 {
+fn not_our_master(other: WrongAnswer) -> u16 {
     fake(Arc::new(move |args: &[Vec<u8>]| {
         if is(args, "INFO") {
             return info();
@@ -954,7 +957,7 @@ fn not_our_master(other: fn(&[Vec<u8>]) -> Option<&'static [u8]>) -> u16 {
 
 #[test]
 fn a_named_master_that_refuses_the_login_or_role_is_forgotten_and_the_sentinels_asked_again() {
-    let cases: [(&str, u32, fn(&[Vec<u8>]) -> Option<&'static [u8]>); 4] = [
+    let cases: [(&str, u32, WrongAnswer); 4] = [
         ("ROLE unknown", 0, |a| {
             is(a, "ROLE").then_some(b"-ERR unknown command 'ROLE'\r\n")
         }),
@@ -1003,4 +1006,129 @@ fn a_named_master_that_refuses_the_login_or_role_is_forgotten_and_the_sentinels_
             c.get().load()
         );
     }
+}
+
+#[test]
+fn an_answer_older_than_a_second_is_asked_again_though_the_old_master_still_says_master() {
+    // What a failover looks like from a pooled connection: the sentinels name B while A
+    // still says master (and takes writes) until the sentinels demote it, ~10 s later.
+    let (a_store, b_store): (Store, Store) = Default::default();
+    let a = sentinel_managed(Arc::clone(&a_store), Default::default(), Default::default());
+    let b = sentinel_managed(Arc::clone(&b_store), Default::default(), Default::default());
+    let answer = Arc::new(Mutex::new(names_master(a)));
+    let seen: Seen = Default::default();
+    let s = fake_sentinel(Arc::clone(&answer), Arc::clone(&seen));
+    let c = counters();
+    let r = bind(&c, sentinel_config(&[s], Duration::from_millis(300))).unwrap();
+    let t = now();
+    for i in 0..5u8 {
+        r.store_now(&[i; 32], DER, t, t + 300, t);
+    }
+    assert_eq!(queries(&seen), 1, "a fresh answer is used as it is");
+    *answer.lock().unwrap() = names_master(b);
+    // The age of the answer is what is tested: nothing to wait on but the clock.
+    std::thread::sleep(Duration::from_millis(1100));
+    r.store_now(&[9; 32], DER, t, t + 300, t);
+    assert_eq!(b_store.lock().unwrap().len(), 1, "{:?}", c.get().load());
+    assert_eq!(
+        a_store.lock().unwrap().len(),
+        5,
+        "nothing more on the old master"
+    );
+    assert_eq!(c.get().load().rediscovered, 1, "{:?}", c.get().load());
+}
+
+#[test]
+fn a_stale_first_sentinel_does_not_decide_once_its_master_failed() {
+    let store: Store = Default::default();
+    let master = sentinel_managed(Arc::clone(&store), Default::default(), Default::default());
+    let (stale_seen, second_seen): (Seen, Seen) = Default::default();
+    let stale = fake_sentinel(
+        Arc::new(Mutex::new(names_master(closed_port()))),
+        Arc::clone(&stale_seen),
+    );
+    let s2 = fake_sentinel(
+        Arc::new(Mutex::new(names_master(master))),
+        Arc::clone(&second_seen),
+    );
+    let s3 = fake_sentinel(
+        Arc::new(Mutex::new(names_master(master))),
+        Default::default(),
+    );
+    let c = counters();
+    let r = bind(
+        &c,
+        sentinel_config(&[stale, s2, s3], Duration::from_millis(300)),
+    )
+    .unwrap();
+    let t = now();
+    for i in 0..10u8 {
+        r.store_now(&[i; 32], DER, t, t + 300, t);
+    }
+    let st = c.get().load();
+    assert_eq!((st.stores, st.errors), (10, 0), "{st:?}");
+    assert_eq!(store.lock().unwrap().len(), 10);
+    assert_eq!(
+        queries(&stale_seen),
+        1,
+        "asked first once, then passed over"
+    );
+    assert_eq!(queries(&second_seen), 1);
+}
+
+#[test]
+fn a_master_without_replicas_named_again_is_no_rediscovery() {
+    // min-replicas-to-write with a lagging replica: -NOREPLICAS, the sentinels name the
+    // same master: an error, not a failover.
+    let seen: Seen = Default::default();
+    let master = fake(Arc::new(|args: &[Vec<u8>]| {
+        if is(args, "INFO") {
+            return info();
+        }
+        let reply: &[u8] = if is(args, "ROLE") {
+            b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n"
+        } else if is(args, "SET") {
+            b"-NOREPLICAS Not enough good replicas to write.\r\n"
+        } else {
+            b"+OK\r\n"
+        };
+        Act::Reply(reply.to_vec(), Duration::ZERO)
+    }));
+    let s = fake_sentinel(
+        Arc::new(Mutex::new(names_master(master))),
+        Arc::clone(&seen),
+    );
+    let c = counters();
+    let r = bind(&c, sentinel_config(&[s], Duration::from_millis(300))).unwrap();
+    let t = now();
+    for i in 0..5u8 {
+        r.store_now(&[i; 32], DER, t, t + 300, t);
+    }
+    let st = c.get().load();
+    assert_eq!((st.stores, st.errors, st.rediscovered), (0, 5, 0), "{st:?}");
+    assert_eq!(
+        queries(&seen),
+        6,
+        "asked once, and again after each -NOREPLICAS"
+    );
+}
+
+#[test]
+fn a_hung_first_sentinel_leaves_the_operation_time_through_the_second() {
+    let store: Store = Default::default();
+    let master = sentinel_managed(Arc::clone(&store), Default::default(), Default::default());
+    let hung = fake(Arc::new(|_: &[Vec<u8>]| Act::Silent));
+    let s2 = fake_sentinel(
+        Arc::new(Mutex::new(names_master(master))),
+        Default::default(),
+    );
+    let timeout = Duration::from_millis(300);
+    let c = counters();
+    let r = bind(&c, sentinel_config(&[hung, s2], timeout)).unwrap();
+    let t = now();
+    let start = Instant::now();
+    r.store_now(&[1; 32], DER, t, t + 300, t);
+    let took = start.elapsed();
+    assert_eq!(c.get().load().stores, 1, "{:?}", c.get().load());
+    assert!(took < timeout + Duration::from_millis(50), "{took:?}");
 }
