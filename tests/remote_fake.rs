@@ -863,6 +863,22 @@ fn sentinel_urls_are_checked_before_use() {
             false,
             "database number",
         ),
+        (
+            "redis+sentinel://:pw@127.0.0.1:26379/0",
+            false,
+            "did you forget /MASTERNAME before the database?",
+        ),
+        (
+            "redis+sentinel://:pw@::1/mymaster",
+            false,
+            "put IPv6 addresses in brackets: [::1]:26379",
+        ),
+        (
+            "redis+sentinel://:pw@127.0.0.1,::1/mymaster",
+            false,
+            "put IPv6 addresses in brackets",
+        ),
+        ("redis://:pw@::1:6380/0", false, "[::1]:6379"),
     ] {
         let e = bind(&counters(), cfg(url, cluster)).err().expect(url);
         assert!(e.message.contains(says), "{url}: {e}");

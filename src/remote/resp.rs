@@ -546,6 +546,13 @@ fn master_name(name: &str) -> Result<String, String> {
             "redis+sentinel:// needs the master's name after the sentinels (/MASTERNAME or /MASTERNAME/db: at most {MAX_MASTER_NAME} letters, digits, '.', '-' or '_')"
         ));
     }
+    // `redis+sentinel://...@IP:PORT/0` names a master "0": a database number where the name
+    // belongs, which would only fail at run time ("the sentinel does not know the name").
+    if name.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(
+            "redis+sentinel:// master name is all digits: did you forget /MASTERNAME before the database? (ip:port,.../MASTERNAME/db)".into(),
+        );
+    }
     Ok(name.to_owned())
 }
 
@@ -553,6 +560,11 @@ fn split_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> 
     let (host, port) = if let Some(r) = s.strip_prefix('[') {
         let (h, after) = r.split_once(']').ok_or("unclosed [ in the host")?;
         (h, after.strip_prefix(':'))
+    } else if s.matches(':').count() > 1 {
+        // A bare IPv6 address: its last group would be taken for the port.
+        return Err(format!(
+            "put IPv6 addresses in brackets: [::1]:{default_port}"
+        ));
     } else {
         match s.rsplit_once(':') {
             Some((h, p)) => (h, Some(p)),
