@@ -609,7 +609,7 @@ static const struct counter_line counter_lines[] = {
     COUNTER("CacheRemoteUnconfirmedCount", "TLS 1.3 tickets whose single use Redis could not confirm",
             remote_unconfirmed, 1),
     COUNTER("CacheRemoteDroppedCount", "writes that never reached Redis", remote_dropped, 1),
-    COUNTER("CacheRemoteRediscoveredCount", "times the Sentinel master was asked for again",
+    COUNTER("CacheRemoteRediscoveredCount", "times the sentinels named another master (a failover)",
             remote_rediscovered, 1),
     COUNTER("CacheRemoteOldFormatCount", "Redis values refused as sealed by 0.4", remote_old_format, 1),
     COUNTER("CacheRemoteRedirectsRefusedCount", "cluster redirections outside the slot map refused",

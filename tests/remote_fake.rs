@@ -624,7 +624,7 @@ fn sentinel_managed(store: Store, replica: Arc<Mutex<bool>>, seen: Seen) -> u16 
         seen.lock().unwrap().push(word.clone());
         let is_replica = *replica.lock().unwrap();
         match word.as_str() {
-            "AUTH" => Act::Reply(b"+OK\r\n".to_vec(), Duration::ZERO),
+            "AUTH" | "SELECT" => Act::Reply(b"+OK\r\n".to_vec(), Duration::ZERO),
             "ROLE" if is_replica => Act::Reply(
                 b"*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:6379\r\n$9\r\nconnected\r\n:1\r\n"
                     .to_vec(),
@@ -863,6 +863,22 @@ fn sentinel_urls_are_checked_before_use() {
             false,
             "database number",
         ),
+        (
+            "redis+sentinel://:pw@127.0.0.1:26379/0",
+            false,
+            "did you forget /MASTERNAME before the database?",
+        ),
+        (
+            "redis+sentinel://:pw@::1/mymaster",
+            false,
+            "put IPv6 addresses in brackets: [::1]:26379",
+        ),
+        (
+            "redis+sentinel://:pw@127.0.0.1,::1/mymaster",
+            false,
+            "put IPv6 addresses in brackets",
+        ),
+        ("redis://:pw@::1:6380/0", false, "[::1]:6379"),
     ] {
         let e = bind(&counters(), cfg(url, cluster)).err().expect(url);
         assert!(e.message.contains(says), "{url}: {e}");
@@ -928,4 +944,207 @@ fn a_sentinel_without_a_password_is_asked_and_a_wrong_password_is_not_ignored() 
         r.store_now(&[8; 32], DER, t, t + 300, t);
         assert_eq!(c.get().load().stores, stores, "{:?}", c.get().load());
     }
+}
+
+/// How many `SENTINEL` queries a fake sentinel got.
+fn queries(seen: &Seen) -> usize {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|w| *w == "SENTINEL")
+        .count()
+}
+
+/// How a wrongly named server answers a command (`None`: `+OK`).
+type WrongAnswer = fn(&[Vec<u8>]) -> Option<&'static [u8]>;
+
+/// A server the sentinels may wrongly name: answers INFO, and everything else as `other`
+/// says (AUTH, SELECT or ROLE failing or malformed: another service, a Redis without a
+/// password, a sentinel).
+fn not_our_master(other: WrongAnswer) -> u16 {
+    fake(Arc::new(move |args: &[Vec<u8>]| {
+        if is(args, "INFO") {
+            return info();
+        }
+        let reply = other(args).unwrap_or(b"+OK\r\n");
+        Act::Reply(reply.to_vec(), Duration::ZERO)
+    }))
+}
+
+#[test]
+fn a_named_master_that_refuses_the_login_or_role_is_forgotten_and_the_sentinels_asked_again() {
+    let cases: [(&str, u32, WrongAnswer); 4] = [
+        ("ROLE unknown", 0, |a| {
+            is(a, "ROLE").then_some(b"-ERR unknown command 'ROLE'\r\n")
+        }),
+        ("ROLE +OK", 0, |_| None),
+        ("AUTH without a password", 0, |a| {
+            if is(a, "AUTH") {
+                Some(b"-ERR AUTH <password> called without any password configured for the default user\r\n")
+            } else {
+                Some(b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n")
+            }
+        }),
+        ("a sentinel, database 3", 3, |a| {
+            if is(a, "AUTH") {
+                None
+            } else if is(a, "ROLE") {
+                Some(b"*2\r\n$8\r\nsentinel\r\n*1\r\n$8\r\nmymaster\r\n")
+            } else {
+                Some(b"-ERR unknown command 'SELECT'\r\n")
+            }
+        }),
+    ];
+    for (label, db, bad) in cases {
+        let bad = not_our_master(bad);
+        let good: Store = Arc::new(Mutex::new(Vec::new()));
+        let master = sentinel_managed(Arc::clone(&good), Default::default(), Default::default());
+        let answer = Arc::new(Mutex::new(names_master(bad)));
+        let seen: Seen = Default::default();
+        let s = fake_sentinel(Arc::clone(&answer), Arc::clone(&seen));
+        let c = counters();
+        let mut cfg = sentinel_config(&[s], Duration::from_millis(300));
+        cfg.url = cfg.url.replace("/mymaster/0", &format!("/mymaster/{db}"));
+        let r = bind(&c, cfg).unwrap();
+        let t = now();
+        r.store_now(&[1; 32], DER, t, t + 300, t);
+        assert_eq!(c.get().load().stores, 0, "{label}: nothing stored on {bad}");
+        // The sentinels' answer is corrected (a failover, a fixed configuration).
+        *answer.lock().unwrap() = names_master(master);
+        for i in 0..5u8 {
+            r.store_now(&[10 + i; 32], DER, t, t + 300, t);
+        }
+        assert_eq!(
+            good.lock().unwrap().len(),
+            5,
+            "{label}: stored on the corrected master; sentinel asked {} times; {:?}",
+            queries(&seen),
+            c.get().load()
+        );
+    }
+}
+
+#[test]
+fn an_answer_older_than_a_second_is_asked_again_though_the_old_master_still_says_master() {
+    // What a failover looks like from a pooled connection: the sentinels name B while A
+    // still says master (and takes writes) until the sentinels demote it, ~10 s later.
+    let (a_store, b_store): (Store, Store) = Default::default();
+    let a = sentinel_managed(Arc::clone(&a_store), Default::default(), Default::default());
+    let b = sentinel_managed(Arc::clone(&b_store), Default::default(), Default::default());
+    let answer = Arc::new(Mutex::new(names_master(a)));
+    let seen: Seen = Default::default();
+    let s = fake_sentinel(Arc::clone(&answer), Arc::clone(&seen));
+    let c = counters();
+    let r = bind(&c, sentinel_config(&[s], Duration::from_millis(300))).unwrap();
+    let t = now();
+    for i in 0..5u8 {
+        r.store_now(&[i; 32], DER, t, t + 300, t);
+    }
+    assert_eq!(queries(&seen), 1, "a fresh answer is used as it is");
+    *answer.lock().unwrap() = names_master(b);
+    // The age of the answer is what is tested: nothing to wait on but the clock.
+    std::thread::sleep(Duration::from_millis(1100));
+    r.store_now(&[9; 32], DER, t, t + 300, t);
+    assert_eq!(b_store.lock().unwrap().len(), 1, "{:?}", c.get().load());
+    assert_eq!(
+        a_store.lock().unwrap().len(),
+        5,
+        "nothing more on the old master"
+    );
+    assert_eq!(c.get().load().rediscovered, 1, "{:?}", c.get().load());
+}
+
+#[test]
+fn a_stale_first_sentinel_does_not_decide_once_its_master_failed() {
+    let store: Store = Default::default();
+    let master = sentinel_managed(Arc::clone(&store), Default::default(), Default::default());
+    let (stale_seen, second_seen): (Seen, Seen) = Default::default();
+    let stale = fake_sentinel(
+        Arc::new(Mutex::new(names_master(closed_port()))),
+        Arc::clone(&stale_seen),
+    );
+    let s2 = fake_sentinel(
+        Arc::new(Mutex::new(names_master(master))),
+        Arc::clone(&second_seen),
+    );
+    let s3 = fake_sentinel(
+        Arc::new(Mutex::new(names_master(master))),
+        Default::default(),
+    );
+    let c = counters();
+    let r = bind(
+        &c,
+        sentinel_config(&[stale, s2, s3], Duration::from_millis(300)),
+    )
+    .unwrap();
+    let t = now();
+    for i in 0..10u8 {
+        r.store_now(&[i; 32], DER, t, t + 300, t);
+    }
+    let st = c.get().load();
+    assert_eq!((st.stores, st.errors), (10, 0), "{st:?}");
+    assert_eq!(store.lock().unwrap().len(), 10);
+    assert_eq!(
+        queries(&stale_seen),
+        1,
+        "asked first once, then passed over"
+    );
+    assert_eq!(queries(&second_seen), 1);
+}
+
+#[test]
+fn a_master_without_replicas_named_again_is_no_rediscovery() {
+    // min-replicas-to-write with a lagging replica: -NOREPLICAS, the sentinels name the
+    // same master: an error, not a failover.
+    let seen: Seen = Default::default();
+    let master = fake(Arc::new(|args: &[Vec<u8>]| {
+        if is(args, "INFO") {
+            return info();
+        }
+        let reply: &[u8] = if is(args, "ROLE") {
+            b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n"
+        } else if is(args, "SET") {
+            b"-NOREPLICAS Not enough good replicas to write.\r\n"
+        } else {
+            b"+OK\r\n"
+        };
+        Act::Reply(reply.to_vec(), Duration::ZERO)
+    }));
+    let s = fake_sentinel(
+        Arc::new(Mutex::new(names_master(master))),
+        Arc::clone(&seen),
+    );
+    let c = counters();
+    let r = bind(&c, sentinel_config(&[s], Duration::from_millis(300))).unwrap();
+    let t = now();
+    for i in 0..5u8 {
+        r.store_now(&[i; 32], DER, t, t + 300, t);
+    }
+    let st = c.get().load();
+    assert_eq!((st.stores, st.errors, st.rediscovered), (0, 5, 0), "{st:?}");
+    assert_eq!(
+        queries(&seen),
+        6,
+        "asked once, and again after each -NOREPLICAS"
+    );
+}
+
+#[test]
+fn a_hung_first_sentinel_leaves_the_operation_time_through_the_second() {
+    let store: Store = Default::default();
+    let master = sentinel_managed(Arc::clone(&store), Default::default(), Default::default());
+    let hung = fake(Arc::new(|_: &[Vec<u8>]| Act::Silent));
+    let s2 = fake_sentinel(
+        Arc::new(Mutex::new(names_master(master))),
+        Default::default(),
+    );
+    let timeout = Duration::from_millis(300);
+    let c = counters();
+    let r = bind(&c, sentinel_config(&[hung, s2], timeout)).unwrap();
+    let t = now();
+    let start = Instant::now();
+    r.store_now(&[1; 32], DER, t, t + 300, t);
+    let took = start.elapsed();
+    assert_eq!(c.get().load().stores, 1, "{:?}", c.get().load());
+    assert!(took < timeout + Duration::from_millis(50), "{took:?}");
 }

@@ -256,7 +256,7 @@ const METRICS: &[(&str, Kind, &str)] = &[
     (
         "remote_rediscovered",
         Counter,
-        "Times a process asked the sentinels again after its master failed or was demoted.",
+        "Times a process's sentinels named another master than its last answer (a failover).",
     ),
     (
         "remote_old_format",

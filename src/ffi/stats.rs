@@ -119,9 +119,9 @@ pub struct shmsess_stats {
     /// says was used on another host, also in `remote_replays_refused`). Counted in
     /// `lookup_hits` too; `shmsess_stats_hit_ratio` leaves them out.
     pub lookup_refused: u64,
-    /// Second tier (version 6): Sentinel: times a process asked the sentinels again because
-    /// the master it used failed, was read-only or said it is not the master (a failover
-    /// counts once per process that follows it, more while it is under way); values refused
+    /// Second tier (version 6): Sentinel: times a process's sentinels named another master
+    /// than its last answer (a failover counts once per process that follows it, twice if a
+    /// stale sentinel named the old master once more); values refused
     /// because they were sealed by 0.4 (also in `remote_rejected`); Redis Cluster
     /// redirections refused because they named an address that is not a node of the slot
     /// map (also in `remote_errors`).

@@ -130,8 +130,32 @@ struct ProcessState {
     closing: bool,
     /// Redis Cluster: which node serves which slots (fetched lazily, refreshed when stale).
     slots: Option<SlotMap>,
-    /// Sentinel: the master the sentinels last named (asked lazily, again after it failed).
-    master: Option<SocketAddr>,
+    /// Sentinel: the master the sentinels last named (asked lazily, again when the answer is
+    /// older than [`Named::FRESH_FOR`] or the master failed).
+    master: Option<Named>,
+}
+
+/// A sentinel's answer: where the master is, which sentinel (index in the URL) said so, and
+/// when (`None`: to be asked again before the next operation).
+#[derive(Clone, Copy, Debug)]
+struct Named {
+    addr: SocketAddr,
+    by: usize,
+    asked: Option<Instant>,
+}
+
+impl Named {
+    /// How long an answer is used without asking again. The old master of a failover keeps
+    /// saying `ROLE` master (and taking writes) until the sentinels demote it, ~10 s after
+    /// they named the new one: a pooled connection to it would take a used ticket's
+    /// tombstone where the new master never sees it. Asking once a second bounds that
+    /// window by the sentinels' own switch plus this; it costs one sentinel query per second
+    /// per process that has traffic.
+    const FRESH_FOR: Duration = Duration::from_secs(1);
+
+    fn fresh(&self) -> bool {
+        self.asked.is_some_and(|t| t.elapsed() < Named::FRESH_FOR)
+    }
 }
 
 /// The slot ranges of a cluster and their masters, from CLUSTER SLOTS.
@@ -1062,7 +1086,9 @@ impl Shared {
         }
         let result = match (self.cluster, key) {
             (true, Some(key)) => self.run_in_cluster(key, &op, dl),
-            _ if self.target.sentinel_master.is_some() => self.run_via_sentinels(&op, dl),
+            _ if self.target.sentinel_master.is_some() => {
+                self.run_via_sentinels(&op, dl).map_err(Failure::reason)
+            }
             _ => self.run_on(None, false, &op, dl),
         };
         // The log message is made under the lock and emitted after it: the application's
@@ -1359,6 +1385,35 @@ impl Shared {
             None => self.addresses(dl)?,
         };
         let tcp = resp::tcp_connect(&addrs, dl).inspect_err(|_| self.lock().resolver.forget())?;
+        let sentinel_named = self.target.sentinel_master.is_some();
+        let (mut conn, version) = self.set_up(tcp, node, dl).map_err(|f| {
+            if sentinel_named {
+                Failure::Unusable(Box::new(f))
+            } else {
+                f
+            }
+        })?;
+        let dialect = self.dialect(version);
+        let v = op(&mut conn, dialect, dl)?;
+        let addr = conn.peer();
+        Ok((
+            v,
+            Link {
+                conn,
+                dialect,
+                addr,
+            },
+        ))
+    }
+
+    /// A new connection's TLS and login (and, with Sentinel, its `ROLE` check), by `dl`:
+    /// the connection and the server's version.
+    fn set_up(
+        &self,
+        tcp: std::net::TcpStream,
+        node: Option<SocketAddr>,
+        dl: Deadline,
+    ) -> FResult<(Conn, Option<Version>)> {
         let mut conn = match &self.tls {
             None => Conn::new(Box::new(tcp), REPLY_CAP),
             Some(ctx) => {
@@ -1377,17 +1432,7 @@ impl Shared {
         if self.target.sentinel_master.is_some() {
             conn.confirm_master(dl)?;
         }
-        let dialect = self.dialect(version);
-        let v = op(&mut conn, dialect, dl)?;
-        let addr = conn.peer();
-        Ok((
-            v,
-            Link {
-                conn,
-                dialect,
-                addr,
-            },
-        ))
+        Ok((conn, version))
     }
 
     /// `SET ... GET` needs Redis 6.2; an older (or unknown) version gets the scripts, once
@@ -1443,59 +1488,86 @@ impl Shared {
 }
 
 impl Shared {
-    /// Run `op` on the master the sentinels name: the one last named, or asked for now. A
-    /// master that fails (refused, closed, timed out), answers `-READONLY` or does not say
-    /// `ROLE` master (checked on every new connection) is forgotten, with the idle
-    /// connections to it, and the sentinels are asked again, once per operation and within
-    /// `dl`: a failover is followed by the first operation after it.
+    /// Run `op` on the master the sentinels name: the one last named if named less than
+    /// [`Named::FRESH_FOR`] ago, else asked for now. A master that fails (refused, closed,
+    /// timed out), answers `-READONLY` or `-NOREPLICAS`, or on a new connection fails TLS,
+    /// the login or `ROLE` (anything but master) makes the sentinels be asked again, from the
+    /// one after the sentinel that named it, once per operation and within `dl`: a failover
+    /// is followed by the first operation after it. Named again, the same master is not
+    /// retried (`-NOREPLICAS` from a master whose replicas lag is no failover).
     fn run_via_sentinels<T>(
         &self,
         op: &impl Fn(&mut Conn, Dialect, Deadline) -> FResult<T>,
         dl: Deadline,
     ) -> FResult<(T, Link)> {
+        let mut master = self.named_master(dl)?;
         let mut asked_again = false;
         loop {
-            let known = self.lock().master;
-            let master = match known {
-                Some(m) => m,
-                None => self.discover_master(dl)?,
-            };
-            match self.run_on(Some(master), false, op, dl) {
+            match self.run_on(Some(master.addr), false, op, dl) {
                 Err(f) if master_may_have_moved(&f) => {
-                    self.forget_master(master);
+                    self.doubt(master.addr);
                     if asked_again || dl.left().is_err() {
                         return Err(f);
                     }
                     asked_again = true;
+                    match self.ask_sentinels(master.by + 1, dl) {
+                        Ok(again) if again.addr != master.addr => master = again,
+                        _ => return Err(f),
+                    }
                 }
                 done => return done,
             }
         }
     }
 
-    /// Ask the sentinels of the URL, in its order, where the master is: the first that
-    /// answers decides (the master it names is then confirmed by `ROLE`). Each sentinel but
-    /// the last gets half the time left, so a hung one leaves time for the next and for the
-    /// operation itself.
-    fn discover_master(&self, dl: Deadline) -> FResult<SocketAddr> {
+    /// The master to use now: the last answer while fresh, else the sentinels' answer (the
+    /// sentinel that named the last working master asked first); if none answers, the last
+    /// answer still (a master that is up goes on working while its sentinels restart).
+    fn named_master(&self, dl: Deadline) -> FResult<Named> {
+        let known = self.lock().master;
+        match known {
+            Some(m) if m.fresh() => Ok(m),
+            Some(m) => self.ask_sentinels(m.by, dl).or(Ok(m)),
+            None => self.ask_sentinels(0, dl),
+        }
+    }
+
+    /// Ask the sentinels of the URL, in its order from `first` round to the one before it:
+    /// the first that answers decides (the master it names is then confirmed by `ROLE`).
+    /// Each sentinel but the last gets half the time left, so a hung one leaves time for the
+    /// next and for the operation itself. A master at another address than the last answer
+    /// is a rediscovery: counted, and the idle connections to the old one dropped (they
+    /// would also hold places in the pool the new master's need).
+    fn ask_sentinels(&self, first: usize, dl: Deadline) -> FResult<Named> {
         let sentinels = self.target.sentinels();
+        let n = sentinels.len();
         let mut last = Failure::Protocol("no sentinel answered");
-        for (i, &s) in sentinels.iter().enumerate() {
+        for k in 0..n {
+            let i = (first + k) % n;
             let left = dl.left()?;
-            let share = if i + 1 < sentinels.len() {
-                left / 2
-            } else {
-                left
-            };
-            match self.ask_sentinel(s, Deadline::after(share)) {
-                Ok(master) => {
-                    self.lock().master = Some(master);
-                    return Ok(master);
-                }
+            let share = if k + 1 < n { left / 2 } else { left };
+            match self.ask_sentinel(sentinels[i], Deadline::after(share)) {
+                Ok(addr) => return Ok(self.record(addr, i)),
                 Err(f) => last = f,
             }
         }
         Err(last)
+    }
+
+    /// Keep sentinel `by`'s answer `addr`.
+    fn record(&self, addr: SocketAddr, by: usize) -> Named {
+        let named = Named {
+            addr,
+            by,
+            asked: Some(Instant::now()),
+        };
+        let mut st = self.lock();
+        if let Some(old) = st.master.filter(|m| m.addr != addr) {
+            self.counters.get().v6().rediscovered.fetch_add(1, Relaxed);
+            st.idle.retain(|l| l.addr != Some(old.addr));
+        }
+        st.master = Some(named);
+        named
     }
 
     /// One sentinel's answer, on a connection made for it and closed after it (TLS with
@@ -1513,25 +1585,24 @@ impl Shared {
         conn.ask_sentinel(&self.target, name, dl)
     }
 
-    /// The master at `old` failed: ask the sentinels next time, and drop the idle connections
-    /// to it (they would also hold places in the pool the new master's need).
-    fn forget_master(&self, old: SocketAddr) {
+    /// The master at `addr` failed: ask the sentinels before the next operation.
+    fn doubt(&self, addr: SocketAddr) {
         let mut st = self.lock();
-        if st.master == Some(old) {
-            st.master = None;
-            self.counters.get().v6().rediscovered.fetch_add(1, Relaxed);
+        if let Some(m) = st.master.as_mut().filter(|m| m.addr == addr) {
+            m.asked = None;
         }
-        st.idle.retain(|l| l.addr != Some(old));
     }
 }
 
 /// Whether a failure on the master the sentinels named means it may no longer be the master:
-/// it is down, hung, a replica now, or cut off from its replicas (`-NOREPLICAS`, with
+/// it is down, hung, a replica now, could not be logged into or set up at all (another
+/// service, a sentinel, a Redis with another password: a wrong answer must not pin a worker
+/// to it), or cut off from its replicas (`-NOREPLICAS`, with
 /// `min-replicas-to-write`: what an old master says once the replica promoted in its place
 /// stops following it).
 fn master_may_have_moved(f: &Failure) -> bool {
     match f {
-        Failure::Io(_) | Failure::Timeout | Failure::NotMaster => true,
+        Failure::Io(_) | Failure::Timeout | Failure::NotMaster | Failure::Unusable(_) => true,
         Failure::Server(word) => word == "READONLY" || word == "NOREPLICAS",
         _ => false,
     }

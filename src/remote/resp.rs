@@ -57,9 +57,21 @@ pub enum Failure {
     /// Sentinel: the server the sentinels named does not say `ROLE` master (a replica, or a
     /// stale answer during a failover).
     NotMaster,
+    /// Sentinel: a new connection to the server the sentinels named failed before any
+    /// operation (TLS, AUTH, SELECT or ROLE): whatever the reason, not a master to use, so
+    /// the sentinels are asked again. Holds the reason (reported, counted as itself).
+    Unusable(Box<Failure>),
 }
 
 impl Failure {
+    /// The reason itself, for [`Failure::Unusable`] (what is reported and counted).
+    pub fn reason(self) -> Failure {
+        match self {
+            Failure::Unusable(why) => *why,
+            f => f,
+        }
+    }
+
     /// Whether a fresh connection might succeed where this (pooled) one failed: the server
     /// closed or reset it (a restarted Redis, an idle timeout), before any answer was read.
     pub fn is_stale_connection(&self) -> bool {
@@ -88,6 +100,9 @@ impl std::fmt::Display for Failure {
             Failure::Moved(a) => write!(f, "slot moved to {a}"),
             Failure::Ask(a) => write!(f, "slot migrating to {a}"),
             Failure::NotMaster => f.write_str("the server the sentinels named is not a master"),
+            Failure::Unusable(why) => {
+                write!(f, "the server the sentinels named is unusable: {why}")
+            }
         }
     }
 }
@@ -531,6 +546,13 @@ fn master_name(name: &str) -> Result<String, String> {
             "redis+sentinel:// needs the master's name after the sentinels (/MASTERNAME or /MASTERNAME/db: at most {MAX_MASTER_NAME} letters, digits, '.', '-' or '_')"
         ));
     }
+    // `redis+sentinel://...@IP:PORT/0` names a master "0": a database number where the name
+    // belongs, which would only fail at run time ("the sentinel does not know the name").
+    if name.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(
+            "redis+sentinel:// master name is all digits: did you forget /MASTERNAME before the database? (ip:port,.../MASTERNAME/db)".into(),
+        );
+    }
     Ok(name.to_owned())
 }
 
@@ -538,6 +560,11 @@ fn split_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> 
     let (host, port) = if let Some(r) = s.strip_prefix('[') {
         let (h, after) = r.split_once(']').ok_or("unclosed [ in the host")?;
         (h, after.strip_prefix(':'))
+    } else if s.matches(':').count() > 1 {
+        // A bare IPv6 address: its last group would be taken for the port.
+        return Err(format!(
+            "put IPv6 addresses in brackets: [::1]:{default_port}"
+        ));
     } else {
         match s.rsplit_once(':') {
             Some((h, p)) => (h, Some(p)),

@@ -207,9 +207,9 @@ pub struct RemoteCounters {
 /// `lookup_refused`: [`RemoteCounters`] is followed by other counters, so it cannot grow).
 #[repr(C)]
 pub struct RemoteCountersV6 {
-    /// Sentinel: times a process asked the sentinels again because the master it used
-    /// failed, was read-only or said it is not the master (each process that follows a
-    /// failover counts it once, or more while the failover is under way).
+    /// Sentinel: times a process's sentinels named another master than its last answer
+    /// (each process that follows a failover counts it once; twice if a stale sentinel
+    /// named the old master once more).
     pub rediscovered: AtomicU64,
     /// Values refused because they are in the format of 0.4 (not bound to database, prefix
     /// and fleet): gone within one session lifetime of an upgrade. Also in `rejected`.

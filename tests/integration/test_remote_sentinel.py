@@ -9,6 +9,10 @@ listens on and names the sentinels in another order.
   completes within the bound, and after it sessions cross hosts again through the new master;
 - the hosts followed it (`remote_rediscovered`), never wrote to a replica (no READONLY error
   on either Redis) and never connected to the replica before it was promoted;
+- TLS 1.3 tickets made on A before the failover and first used on B during it: offered again
+  to both hosts after it, the ones that resume a second time were all first used within
+  REPLAY_WINDOW_S of the failover's start (replication is asynchronous and the sentinels
+  switch their answer ~1 s into it: see docs/fleet.md "Single use across a failover");
 - a TLS 1.3 ticket made after the failover resumes once in the pair.
 """
 
@@ -29,6 +33,12 @@ TIMEOUT_MS = 50
 BOUND_S = 2 * TIMEOUT_MS / 1000 + 1.0
 TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
 AFTER = 20
+# Tickets made before the failover, first used one by one during it.
+TICKETS = 200
+# Measured (docs/fleet.md): tickets resumed twice were first used at most ~2.0 s into
+# SENTINEL FAILOVER (the sentinels' switch, ~1 s, plus the library's 1 s re-ask); before
+# the re-ask, up to 11.2 s. A margin for a loaded machine.
+REPLAY_WINDOW_S = 4.0
 
 
 def main():
@@ -87,14 +97,21 @@ def run(args, sent, hosts, segs):
           "cmdstat_role" not in new.cli("INFO", "commandstats"),
           "every connection of a host asks ROLE after its login: the replica's command statistics have none")
 
+    ctx13 = client_context(TLS13, no_ticket=True)
+    tickets = [request_settled(args.cli, segs["A"], hosts["A"].port, ctx13)[2] for _ in range(TICKETS)]
     failover = threading.Thread(target=sent.failover)
     t0 = time.monotonic()
     failover.start()
-    during = []
+    during, first_uses = [], []
     while failover.is_alive():
         during.append(traffic.cross())
+        if len(first_uses) < TICKETS:
+            at = time.monotonic() - t0
+            ticket = tickets[len(first_uses)]
+            first_uses.append((ticket, at, one_request(hosts["B"].port, ctx13, ticket)[0]))
     failover.join()
     took = time.monotonic() - t0
+    check_single_use_across(hosts, ctx13, first_uses)
     after = [traffic.cross() for _ in range(AFTER)]
     print(f"failover took {took:.1f} s: {sum(during)}/{len(during)} sessions crossed during it, "
           f"{sum(after)}/{AFTER} after")
@@ -110,11 +127,27 @@ def run(args, sent, hosts, segs):
     readonly = [r.port for r in (old, new) if "errorstat_READONLY" in r.cli("INFO", "errorstats")]
     check("sentinel, failover: nothing was written to a replica (no READONLY error)", not readonly, str(readonly))
 
-    ctx13 = client_context(TLS13, no_ticket=True)
     _, _, t = request_settled(args.cli, segs["A"], hosts["A"].port, ctx13)
     uses = [one_request(hosts[h].port, ctx13, t)[0] for h in ("B", "A", "B")]
     check("sentinel, after the failover: a TLS 1.3 ticket from A resumes once on B, then nowhere",
           uses == [True, False, False], str(uses))
+
+
+def check_single_use_across(hosts, ctx, first_uses):
+    """Offer every ticket used during the failover to both hosts again: the ones that resume
+    (their tombstone was written to the old master and lost with it) must all have been
+    first used within REPLAY_WINDOW_S of the failover's start."""
+    used = [(ticket, at) for ticket, at, resumed in first_uses if resumed]
+    again = [at for ticket, at in used
+             if any(one_request(hosts[h].port, ctx, ticket)[0] for h in "AB")]
+    window = max(again, default=0.0)
+    print(f"single use across the failover: {len(used)}/{len(first_uses)} tickets used during it, "
+          f"{len(again)} resumed again, the last first used {window:.2f} s into it")
+    check("sentinel, failover: tickets used during it were used (resumed on B)",
+          len(used) >= len(first_uses) - 2, f"{len(used)}/{len(first_uses)}")
+    check("sentinel, failover: a ticket resumes twice only if first used early in the failover",
+          window < REPLAY_WINDOW_S,
+          f"resumed again: first used at {[round(a, 2) for a in again]} s (bound {REPLAY_WINDOW_S} s)")
 
 
 if __name__ == "__main__":

@@ -251,7 +251,7 @@ pub fn human(snap: &Snapshot) -> String {
         );
         let _ = writeln!(
             w,
-            "remote moved      {} sentinel rediscoveries (a master failed or was demoted), {} values sealed by 0.4 refused, {} cluster redirections outside the slot map refused",
+            "remote moved      {} sentinel rediscoveries (another master named: a failover), {} values sealed by 0.4 refused, {} cluster redirections outside the slot map refused",
             s.remote_rediscovered, s.remote_old_format, s.remote_redirects_refused
         );
     } else {
