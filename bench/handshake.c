@@ -197,13 +197,11 @@ int main(int argc, char **argv)
     }
     certdir = argv[1];
     double secs = atof(argv[2]);
-    /* HANDSHAKE_PROFILE=internal|shmsesscache: only that mode, once (for callgrind); TLS 1.2,
-     * or TLS 1.3 with HANDSHAKE_PROFILE_TLS13=1. */
+    /* HANDSHAKE_PROFILE=internal|shmsesscache: only that mode, TLS 1.2, once (for callgrind). */
     const char *prof = getenv("HANDSHAKE_PROFILE");
     if (prof != NULL) {
         enum mode m = strcmp(prof, "internal") == 0 ? INTERNAL : SHMSESS;
-        int version = getenv("HANDSHAKE_PROFILE_TLS13") ? TLS1_3_VERSION : TLS1_2_VERSION;
-        printf("%s %.1f/s\n", mode_name[m], rate(m, version, secs));
+        printf("%s %.1f/s\n", mode_name[m], rate(m, TLS1_2_VERSION, secs));
         return 0;
     }
     int runs = atoi(argv[3]);

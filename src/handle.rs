@@ -12,7 +12,6 @@ use std::sync::RwLock;
 use crate::remote::Remote;
 use crate::store::cache::Cache;
 use crate::tiers::{Reach, Tiers};
-use crate::tls::memo::Memo;
 
 /// How a cache behaves inside OpenSSL (set from `shmsess_options` at creation).
 #[derive(Clone, Debug, Default)]
@@ -54,8 +53,6 @@ pub struct Handle {
     /// The generator's prefix in this process: starts as `install.id_prefix`; a worker may
     /// change it after fork (e.g. to add its own number), which affects only that worker.
     pub id_prefix: RwLock<Vec<u8>>,
-    /// This process's decoded sessions, by the bytes they came from (see `tls::memo`).
-    pub memo: Memo,
 }
 
 impl Handle {
@@ -66,7 +63,6 @@ impl Handle {
             install,
             id_prefix,
             remote: None,
-            memo: Memo::new(),
         }
     }
 

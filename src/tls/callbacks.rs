@@ -21,7 +21,6 @@ use openssl_sys as ossl;
 use openssl_sys::{SSL, SSL_CTX, SSL_SESSION};
 
 use super::install::{with_ctx_handle, with_handle};
-use super::memo::{self, Memo};
 use super::ossl as extra;
 use super::parked::{self, Unparked};
 use super::sni;
@@ -217,12 +216,9 @@ fn fetch_session(h: &Handle, ssl: *mut SSL, id: &[u8]) -> Option<*mut SSL_SESSIO
     // TLS 1.3: take the entry in the same critical section as the copy, so a ticket resumes
     // once in the whole server, whichever worker sees it first.
     let take = tls13 && !h.install.tls13_reuse;
-    // The memo only for sessions that resume more than once, and only when OpenSSL does not
-    // link the returned session into its own cache (see `tls::memo`).
-    let memo = (!take && !h.install.keep_internal_cache).then_some(&h.memo);
-    let resumed =
-        h.tiers(Reach::Both)
-            .resume(id, Take::from(take), &mut Handshake { ssl, memo })?;
+    let resumed = h
+        .tiers(Reach::Both)
+        .resume(id, Take::from(take), &mut Handshake { ssl })?;
     if resumed.unconfirmed {
         // SAFETY: the SSL OpenSSL passed to the get callback; early data is decided after
         // the callback returns (final_early_data).
@@ -231,7 +227,7 @@ fn fetch_session(h: &Handle, ssl: *mut SSL, id: &[u8]) -> Option<*mut SSL_SESSIO
     Some(resumed.session.into_raw())
 }
 
-/// A session d2i (or the memo) made, ours until handed to OpenSSL ([`Session::into_raw`]); freed if
+/// A session d2i made, ours until handed to OpenSSL ([`Session::into_raw`]); freed if
 /// dropped before.
 struct Session(*mut SSL_SESSION);
 
@@ -245,28 +241,31 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        // SAFETY: we own this reference (into_raw did not hand it over).
+        // SAFETY: we own the session d2i made (into_raw did not hand it over).
         unsafe { ossl::SSL_SESSION_free(self.0) };
     }
 }
 
 /// The handshake a lookup is for: what the two-tier policy asks of OpenSSL.
-struct Handshake<'h> {
+struct Handshake {
     ssl: *mut SSL,
-    /// Where decoded sessions are remembered, if this lookup may use one.
-    memo: Option<&'h Memo>,
 }
 
-impl Resumer for Handshake<'_> {
+impl Resumer for Handshake {
     type Session = Session;
     type Parked = Unparked;
 
     fn decode(&mut self, der: &[u8]) -> Option<Session> {
-        let sess = match self.memo {
-            Some(m) => m.decode(der),
-            None => memo::d2i(der),
-        };
-        (!sess.is_null()).then_some(Session(sess))
+        let mut p = der.as_ptr();
+        // SAFETY: p points to the der.len() bytes we hold.
+        let sess =
+            unsafe { ossl::d2i_SSL_SESSION(std::ptr::null_mut(), &mut p, der.len() as c_long) };
+        if sess.is_null() {
+            // SAFETY: clears the error d2i left on this thread's queue.
+            unsafe { ossl::ERR_clear_error() };
+            return None;
+        }
+        Some(Session(sess))
     }
 
     fn same_host(&mut self, session: &Session) -> bool {

@@ -8,7 +8,6 @@ use openssl_sys::{SSL, SSL_CTX, SSL_SESSION};
 extern "C" {
     pub fn SSL_get_options(s: *const SSL) -> u64;
     pub fn SSL_SESSION_set_timeout(s: *mut SSL_SESSION, t: c_long) -> c_long;
-    pub fn SSL_SESSION_is_resumable(s: *const SSL_SESSION) -> c_int;
     pub fn SSL_CTX_set_timeout(ctx: *mut SSL_CTX, t: c_long) -> c_long;
     pub fn SSL_CTX_get_client_CA_list(ctx: *const SSL_CTX) -> *mut ossl::stack_st_X509_NAME;
     pub fn SSL_CTX_set_generate_session_id(ctx: *mut SSL_CTX, cb: Option<GenSessionCb>) -> c_int;
