@@ -8,8 +8,10 @@
  * fails, the server runs as it would without it and the reason is logged once.
  *
  * Why interposition works: references to libssl's symbols, the server's and libssl's own
- * internal ones, bind to these unversioned definitions first; dlsym(RTLD_NEXT) finds the
- * real ones. The library's own OpenSSL calls come back through here too: a thread-local flag
+ * internal ones, bind to these definitions first; dlsym(RTLD_NEXT) finds the real ones. They
+ * carry libssl.so.3's version, OPENSSL_3.0.0 (build/preload.map, made from INTERPOSED below),
+ * so references of another version (a libssl 1.1 a plugin brings in with dlopen) never bind
+ * to them. The library's own OpenSSL calls come back through here too: a thread-local flag
  * passes them straight through.
  */
 #define _GNU_SOURCE
@@ -248,7 +250,8 @@ DECLARE_REAL(void, SSL_CTX_sess_set_remove_cb, (SSL_CTX *, void (*)(SSL_CTX *, S
 DECLARE_REAL(void, SSL_CTX_sess_set_get_cb,
              (SSL_CTX *, SSL_SESSION *(*)(SSL *, const unsigned char *, int, int *)));
 
-/* Every function interposed here: one list for the lookups and the check of where they are. */
+/* Every function interposed here: one list for the lookups, the check of where they are and
+ * the version script (the Makefile reads the names from this macro). */
 #define INTERPOSED(X)                                                                              \
     X(SSL_CTX_new) X(SSL_CTX_new_ex) X(SSL_new) X(SSL_set_accept_state) X(SSL_accept)               \
     X(SSL_CTX_ctrl) X(SSL_CTX_set_session_id_context) X(SSL_CTX_sess_set_new_cb)                   \
