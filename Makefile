@@ -90,9 +90,17 @@ $(CLI): $(LIB_SO)
 # into other people's servers, so its GOT is read-only (full RELRO) whoever builds it;
 # SHMSESS_CC_OPT/SHMSESS_LD_OPT add the Debian package's dpkg-buildflags (fortify), as for
 # the nginx module.
-$(PRELOAD): preload/shmsesscache_preload.c include/shmsesscache.h $(LIB_SO)
+# Its interposed functions carry libssl.so.3's version (OPENSSL_3.0.0), so a reference of
+# another version (a libssl 1.1 a plugin brings) never binds to them; the list of names is the
+# source's INTERPOSED macro.
+$(BUILD)/preload.map: preload/shmsesscache_preload.c | $(BUILD)
+	{ printf 'OPENSSL_3.0.0 {\n  global:\n'; \
+	  sed -n '/^#define INTERPOSED(X)/,/[^\\]$$/p' $< | grep -o 'X([A-Za-z_0-9]*)' | sed 's/X(\(.*\))/    \1;/'; \
+	  printf '  local: *;\n};\n'; } > $@.new && mv $@.new $@
+$(PRELOAD): preload/shmsesscache_preload.c include/shmsesscache.h $(LIB_SO) $(BUILD)/preload.map
 	$(CC) $(CFLAGS) $(SHMSESS_CC_OPT) $(WARN) -fPIC -shared -fvisibility=hidden -Iinclude $< -o $@ \
 	  -L$(BUILD) -lshmsesscache -lssl -lcrypto -ldl -pthread $(SHMSESS_LD_OPT) \
+	  -Wl,--version-script=$(BUILD)/preload.map \
 	  -Wl,-rpath,'$$ORIGIN:$$ORIGIN/..' -Wl,-z,nodelete -Wl,-z,relro,-z,now
 
 # libdir and includedir relative to ${prefix} when they are under it (as pkg-config files do).
@@ -129,6 +137,13 @@ $(BUILD)/libforeign_ssl.so: tests/c/foreign_ssl_lib.c
 	$(CC) $(CFLAGS) $(WARN) -fPIC -shared $< -o $@
 $(BUILD)/c_foreign_ssl: tests/c/foreign_ssl.c $(BUILD)/libforeign_ssl.so
 	$(CC) $(CFLAGS) $(WARN) $< -o $@ -L$(BUILD) -lforeign_ssl -Wl,-rpath,'$$ORIGIN'
+# The same stand-in versioned as libssl 1.1, reached through a plugin the host dlopens later.
+$(BUILD)/libforeign_ssl11.so: tests/c/foreign_ssl_lib.c tests/c/foreign_ssl11.map
+	$(CC) $(CFLAGS) $(WARN) -fPIC -shared $< -o $@ -Wl,--version-script=tests/c/foreign_ssl11.map
+$(BUILD)/foreign_ssl_plugin.so: tests/c/foreign_ssl_plugin.c $(BUILD)/libforeign_ssl11.so
+	$(CC) $(CFLAGS) $(WARN) -DPLUGIN -fPIC -shared $< -o $@ -L$(BUILD) -lforeign_ssl11
+$(BUILD)/c_foreign_ssl_plugin: tests/c/foreign_ssl_plugin.c $(BUILD)/foreign_ssl_plugin.so
+	$(CC) $(CFLAGS) $(WARN) $< -o $@ -ldl
 
 # Regenerate the committed header from src/ffi/.
 header:
@@ -196,6 +211,7 @@ DROPIN_ENV := LD_PRELOAD=$(CURDIR)/$(PRELOAD) SHMSESS_PRELOAD_LOG=$(DROPIN_LOG) 
   SHMSESS_PRELOAD_IGNORE_UNEXPECTED_EOF=1
 
 test-c: $(HARNESS) $(CONTRACT) $(OLD_ABI) $(BUILD)/c_unload $(BUILD)/c_dropin $(BUILD)/c_foreign_ssl $(BUILD)/c_dropin_fd2 $(PRELOAD) \
+        $(BUILD)/c_foreign_ssl_plugin \
         $(BUILD)/certs/server.pem
 	$(BUILD)/c_unload $(CURDIR)/$(LIB_SO).$(SOVERSION) $(BUILD)/certs
 	for t in $(OLD_ABI); do $(VALGRIND) $$t || exit 1; done
@@ -206,6 +222,8 @@ test-c: $(HARNESS) $(CONTRACT) $(OLD_ABI) $(BUILD)/c_unload $(BUILD)/c_dropin $(
 	$(DROPIN_ENV) SHMSESS_PRELOAD_FORCE=1 $(VALGRIND) --trace-children=no $(BUILD)/c_dropin $(BUILD)/certs $(DROPIN_LOG) --force
 	rm -f $(DROPIN_LOG)
 	$(DROPIN_ENV) $(VALGRIND) $(BUILD)/c_foreign_ssl $(DROPIN_LOG)
+	# LD_LIBRARY_PATH, not an $$ORIGIN rpath: valgrind flags ld.so's reading of one in dlopen.
+	$(DROPIN_ENV) LD_LIBRARY_PATH=$(CURDIR)/$(BUILD) $(VALGRIND) $(BUILD)/c_foreign_ssl_plugin $(CURDIR)/$(BUILD)/foreign_ssl_plugin.so
 	LD_PRELOAD=$(CURDIR)/$(PRELOAD) $(VALGRIND) --log-file=$(BUILD)/c_dropin_fd2.valgrind $(BUILD)/c_dropin_fd2 $(BUILD)/certs $(BUILD)/c_dropin_fd2.data \
 	  || { cat $(BUILD)/c_dropin_fd2.valgrind; exit 1; }
 

@@ -94,10 +94,11 @@
 // seen (the drop-in: `shmsesscache run`, `SHMSESS_PRELOAD_*`), so `shmsess_options_check` and
 // `shmsess_cache_create` also refuse a relative `path` (the server may change directory or
 // chroot before it is used), a `path` in a directory every user can write that is not sticky,
-// and a `size_bytes` larger than the memory this machine has
-// available now (`MemAvailable` in /proc/meminfo; not checked where that cannot be read): such
-// a segment cannot be backed, and the server would stall, or be killed, at its first
-// `SSL_CTX`. (Added in 0.5.)
+// and, for a segment still to be made (anonymous, or no file at `path` yet), a `size_bytes`
+// larger than the memory this machine has available now (`MemAvailable` in /proc/meminfo; not
+// checked where that cannot be read): such a segment cannot be backed, and the server would
+// stall, or be killed, at its first `SSL_CTX`. An existing segment is already backed (its
+// pages are Shmem, which MemAvailable leaves out) and is not bounded. (Added in 0.5.)
 #define SHMSESS_STRICT_SETTINGS 128
 
 // Status of every call. `SHMSESS_OK` is 0; anything else comes with a message from

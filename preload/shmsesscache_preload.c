@@ -2,14 +2,16 @@
  * libshmsesscache_preload.so: the shared session cache for OpenSSL servers nobody rebuilds.
  * Loaded with LD_PRELOAD (by `shmsesscache run -- SERVER`, or a unit's Environment=), it
  * interposes the few libssl entry points that tell it what the server does with its
- * SSL_CTXs, and at the first SSL_new on each *server* context it calls shmsess_install on
- * it, through the library's public C ABI only. Settings come from SHMSESS_PRELOAD_*
+ * SSL_CTXs, and at the first SSL_new on each *server* context (at the first accepting SSL
+ * for a generic TLS_method one) it calls shmsess_install on it, through the library's public C ABI only. Settings come from SHMSESS_PRELOAD_*
  * variables (docs/dropin.md). It never stops the server from starting or serving: whatever
  * fails, the server runs as it would without it and the reason is logged once.
  *
  * Why interposition works: references to libssl's symbols, the server's and libssl's own
- * internal ones, bind to these unversioned definitions first; dlsym(RTLD_NEXT) finds the
- * real ones. The library's own OpenSSL calls come back through here too: a thread-local flag
+ * internal ones, bind to these definitions first; dlsym(RTLD_NEXT) finds the real ones. They
+ * carry libssl.so.3's version, OPENSSL_3.0.0 (build/preload.map, made from INTERPOSED below),
+ * so references of another version (a libssl 1.1 a plugin brings in with dlopen) never bind
+ * to them. The library's own OpenSSL calls come back through here too: a thread-local flag
  * passes them straight through.
  */
 #define _GNU_SOURCE
@@ -248,7 +250,8 @@ DECLARE_REAL(void, SSL_CTX_sess_set_remove_cb, (SSL_CTX *, void (*)(SSL_CTX *, S
 DECLARE_REAL(void, SSL_CTX_sess_set_get_cb,
              (SSL_CTX *, SSL_SESSION *(*)(SSL *, const unsigned char *, int, int *)));
 
-/* Every function interposed here: one list for the lookups and the check of where they are. */
+/* Every function interposed here: one list for the lookups, the check of where they are and
+ * the version script (the Makefile reads the names from this macro). */
 #define INTERPOSED(X)                                                                              \
     X(SSL_CTX_new) X(SSL_CTX_new_ex) X(SSL_new) X(SSL_set_accept_state) X(SSL_accept)               \
     X(SSL_CTX_ctrl) X(SSL_CTX_set_session_id_context) X(SSL_CTX_sess_set_new_cb)                   \
@@ -350,14 +353,16 @@ static int is_generic_context(const SSL_CTX *ctx) {
 }
 
 /* A client-only method never serves; a server-only one always does; a generic one
- * (TLS_method) serves when the server set a session id context on it. */
-static int is_server_context(const SSL_CTX *ctx, uintptr_t st) {
+ * (TLS_method) serves only once one of its SSLs accepts, and only if it has a certificate:
+ * a session id context proves nothing (CPython sets "Python" on every SSLContext, client
+ * ones too), so a process that only connects never installs nor maps a segment. */
+static int is_server_context(const SSL_CTX *ctx, int accepting) {
     const SSL_METHOD *m = SSL_CTX_get_ssl_method(ctx);
     if (m == TLS_client_method() || m == DTLS_client_method())
         return 0;
     if (m == TLS_server_method() || m == DTLS_server_method())
         return 1;
-    return (st & ST_SID_CTX) != 0;
+    return accepting && SSL_CTX_get0_certificate(ctx) != NULL;
 }
 
 /* ---- the cache: named, attached at load; anonymous, made by the first server context ---- */
@@ -536,13 +541,17 @@ static int caches_client_sessions(const SSL_CTX *ctx, uintptr_t st) {
     return 1;
 }
 
-static void decide(SSL_CTX *ctx) {
+/* Once per context: at its first SSL_new for a context whose method says which side it is;
+ * for a generic one at the first SSL that accepts while it has a certificate (until then it is
+ * left undecided: a certificate may come later). */
+static void decide(SSL_CTX *ctx, int accepting) {
     static pthread_mutex_t deciding = PTHREAD_MUTEX_INITIALIZER;
     pthread_mutex_lock(&deciding);
     uintptr_t st = state_of(ctx);
-    if (!(st & ST_DECIDED)) {
+    int serves = is_server_context(ctx, accepting);
+    if (!(st & ST_DECIDED) && (serves || !is_generic_context(ctx))) {
         set_state(ctx, st | ST_DECIDED);
-        if (is_server_context(ctx, st) && !caches_client_sessions(ctx, st) && !runs_as_root()) {
+        if (serves && !caches_client_sessions(ctx, st) && !runs_as_root()) {
             ensure_cache();
             if (cache && (cfg.force || !server_objects(st)))
                 install_on(ctx, st);
@@ -558,7 +567,7 @@ static SSL_CTX *noticed(SSL_CTX *ctx) {
         add_state(ctx, 0);
         /* An anonymous segment is made here, before the server forks its workers; client-only
          * processes and those that never make a server context make none. */
-        if (is_server_context(ctx, 0))
+        if (is_server_context(ctx, 0)) /* a TLS_server_method one */
             ensure_cache();
     }
     return ctx;
@@ -574,14 +583,19 @@ EXPORT SSL_CTX *SSL_CTX_new_ex(OSSL_LIB_CTX *libctx, const char *propq, const SS
 
 EXPORT SSL *SSL_new(SSL_CTX *ctx) {
     if (ctx && ours() && !(state_of(ctx) & ST_DECIDED))
-        decide(ctx);
+        decide(ctx, 0);
     return RESOLVE(SSL_new)(ctx);
 }
 
 /* An SSL of a generic context becomes a server one here (or in SSL_accept, which may not
  * come through SSL_set_accept_state): it gets the options its context could not carry. */
 static void accepting(SSL *s) {
-    if (s && ours() && (state_of(SSL_get_SSL_CTX(s)) & ST_OPTIONS_PER_SSL))
+    if (!s || !ours())
+        return;
+    SSL_CTX *ctx = SSL_get_SSL_CTX(s);
+    if (!(state_of(ctx) & ST_DECIDED))
+        decide(ctx, 1);
+    if (state_of(ctx) & ST_OPTIONS_PER_SSL)
         SSL_set_options(s, server_options());
 }
 
@@ -608,7 +622,7 @@ EXPORT int SSL_CTX_set_session_id_context(SSL_CTX *ctx, const unsigned char *sid
     int ok = RESOLVE(SSL_CTX_set_session_id_context)(ctx, sid, len);
     if (ok == 1 && len > 0 && ours()) {
         add_state(ctx, ST_SID_CTX);
-        noticed(ctx); /* a generic-method context is a server one from here on */
+        noticed(ctx);
     }
     return ok;
 }

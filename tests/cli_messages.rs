@@ -152,3 +152,33 @@ fn the_anti_replay_hint_shows_only_when_lookups_were_skipped() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `run --only NAME -- NAME` where NAME is a symlink (alternatives, busybox, `ln -s`): the
+/// preload matches the real executable's name, so run says which name to list (review F5).
+#[test]
+fn run_only_warns_about_a_symlinked_program() {
+    let dir = scratch_dir("only");
+    let napper = dir.join("napper");
+    std::os::unix::fs::symlink("/bin/true", &napper).unwrap();
+    let preload = dir.join("empty-preload.so"); // never loaded for real: ld.so ignores it
+    std::fs::write(&preload, b"").unwrap();
+    let run = |only: &str| {
+        let out = Command::new(CLI)
+            .args(["run", "--only", only, "--", napper.to_str().unwrap()])
+            .env("SHMSESS_PRELOAD_LIB", &preload)
+            .output()
+            .expect("run the CLI");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run("napper");
+    assert!(
+        err.contains("--only lists \"napper\"") && err.contains("list \"true\""),
+        "no warning naming the real program: {err}"
+    );
+    let err = run("napper,true");
+    assert!(
+        !err.contains("warning"),
+        "warned although the real name is listed: {err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

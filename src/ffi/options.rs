@@ -56,10 +56,11 @@ pub const SHMSESS_BYTE_API_REMOTE: u32 = 64;
 /// seen (the drop-in: `shmsesscache run`, `SHMSESS_PRELOAD_*`), so `shmsess_options_check` and
 /// `shmsess_cache_create` also refuse a relative `path` (the server may change directory or
 /// chroot before it is used), a `path` in a directory every user can write that is not sticky,
-/// and a `size_bytes` larger than the memory this machine has
-/// available now (`MemAvailable` in /proc/meminfo; not checked where that cannot be read): such
-/// a segment cannot be backed, and the server would stall, or be killed, at its first
-/// `SSL_CTX`. (Added in 0.5.)
+/// and, for a segment still to be made (anonymous, or no file at `path` yet), a `size_bytes`
+/// larger than the memory this machine has available now (`MemAvailable` in /proc/meminfo; not
+/// checked where that cannot be read): such a segment cannot be backed, and the server would
+/// stall, or be killed, at its first `SSL_CTX`. An existing segment is already backed (its
+/// pages are Shmem, which MemAvailable leaves out) and is not bounded. (Added in 0.5.)
 pub const SHMSESS_STRICT_SETTINGS: u32 = 128;
 /// Every flag above: others are refused.
 const KNOWN_FLAGS: u32 = SHMSESS_KEEP_INTERNAL_CACHE
@@ -508,13 +509,31 @@ fn strict_checks(cfg: &Config) -> Result<(), Fail> {
     if let Some(p) = cfg.path.as_deref() {
         writable_by_anyone_refused(p)?;
     }
-    match memory_available() {
-        Some(avail) if cfg.size_bytes > avail => Err(Fail(
+    if will_be_created(cfg) {
+        memory_bound(cfg.size_bytes, memory_available())?;
+    }
+    Ok(())
+}
+
+/// Anonymous, or no file at the path yet: the segment is backed now, by this process. An
+/// existing one is already backed (a filled tmpfs file is Shmem, which MemAvailable leaves
+/// out: bounding it would refuse, at the next restart, the segment the server already has);
+/// its size and owner are check_path's.
+fn will_be_created(cfg: &Config) -> bool {
+    cfg.path
+        .as_deref()
+        .is_none_or(|p| std::fs::symlink_metadata(p).is_err())
+}
+
+/// A segment to be created must fit in what the machine has available (`avail`, None: unknown).
+fn memory_bound(size_bytes: u64, avail: Option<u64>) -> Result<(), Fail> {
+    match avail {
+        Some(avail) if size_bytes > avail => Err(Fail(
             SHMSESS_ERR_INVALID_ARGUMENT,
             format!(
-                "size_bytes {} ({} MiB) is more than the memory this machine has available ({} MiB, MemAvailable): the segment could not be backed and the server would stall or be killed at start; give a smaller size, e.g. {}M",
-                cfg.size_bytes,
-                cfg.size_bytes >> 20,
+                "size_bytes {} ({} MiB) is more than the memory this machine has available ({} MiB, MemAvailable): a new segment could not be backed and the server would stall or be killed at start; give a smaller size, e.g. {}M",
+                size_bytes,
+                size_bytes >> 20,
                 avail >> 20,
                 ((avail >> 20) / 4).clamp(1, 1024)
             ),
@@ -548,7 +567,15 @@ fn writable_by_anyone_refused(path: &std::path::Path) -> Result<(), Fail> {
 
 /// `MemAvailable` from /proc/meminfo, in bytes (`None` where it cannot be read).
 fn memory_available() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    #[cfg(test)]
+    if let Some(text) = tests::FAKE_MEMINFO.with(|f| f.borrow().clone()) {
+        return mem_available_in(&text);
+    }
+    mem_available_in(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+/// The `MemAvailable:` figure of a meminfo text, in bytes.
+fn mem_available_in(text: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     kib.checked_mul(1024)
@@ -625,4 +652,87 @@ fn remote_from(o: &shmsess_options) -> Result<Option<Planned>, Fail> {
         fleet,
     })?;
     Ok(Some(remote))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::ffi::CString;
+
+    thread_local! {
+        /// A /proc/meminfo text memory_available reads instead of the machine's.
+        pub(super) static FAKE_MEMINFO: RefCell<Option<String>> = const { RefCell::new(None) };
+    }
+
+    fn with_mem_available<T>(kib: u64, f: impl FnOnce() -> T) -> T {
+        FAKE_MEMINFO.with(|m| {
+            *m.borrow_mut() = Some(format!("MemTotal: 99999999 kB\nMemAvailable: {kib} kB\n"))
+        });
+        let out = f();
+        FAKE_MEMINFO.with(|m| *m.borrow_mut() = None);
+        out
+    }
+
+    fn strict_options(path: &CString, size: u64) -> shmsess_options {
+        let mut o = default_options();
+        o.path = path.as_ptr();
+        o.size_bytes = size;
+        o.flags |= SHMSESS_STRICT_SETTINGS;
+        o
+    }
+
+    fn fresh_dir(name: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("shmsess-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        dir
+    }
+
+    /// Review F4: a segment made while memory was plentiful is attached at the next start even
+    /// when MemAvailable (which leaves the segment's own Shmem out) is now below its size.
+    #[test]
+    fn strict_attaches_an_existing_segment_below_mem_available() {
+        let dir = fresh_dir("attach");
+        let path = CString::new(dir.join("a.sess").to_str().unwrap()).unwrap();
+        let size = 8 << 20;
+        let made = plan(&strict_options(&path, size))
+            .and_then(|p| crate::store::cache::Cache::create(&p.cfg).map_err(Fail::from));
+        assert!(
+            made.is_ok(),
+            "could not make the segment: {:?}",
+            made.err().map(|f| f.1)
+        );
+        drop(made);
+        let attach = with_mem_available(4096, || plan(&strict_options(&path, size)));
+        assert!(
+            attach.is_ok(),
+            "an existing segment was refused: {}",
+            attach.err().map(|f| f.1).unwrap_or_default()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A segment still to be made (named with no file yet, or anonymous) must fit.
+    #[test]
+    fn strict_refuses_creating_a_segment_above_mem_available() {
+        let dir = fresh_dir("create");
+        let path = CString::new(dir.join("new.sess").to_str().unwrap()).unwrap();
+        let named = with_mem_available(4096, || plan(&strict_options(&path, 8 << 20)));
+        let msg = named.err().map(|f| f.1).unwrap_or_default();
+        assert!(
+            msg.contains("MemAvailable") && msg.contains("a new segment could not be backed"),
+            "not refused: {msg:?}"
+        );
+        let mut anon = strict_options(&path, 8 << 20);
+        anon.path = std::ptr::null();
+        let anon = with_mem_available(4096, || plan(&anon));
+        assert!(
+            anon.is_err(),
+            "an anonymous segment above MemAvailable was not refused"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -60,10 +60,11 @@ static void worker(SSL_CTX *sctx, SSL_CTX *cctx, const struct outcome *offer, in
             drop_root();
         struct report *r = calloc(1, sizeof *r);
         SSL_free(SSL_new(sctx));
-        r->installed = SSL_CTX_sess_get_new_cb(sctx) != NULL && SSL_CTX_sess_get_new_cb(sctx) != own_new;
-        r->mode = SSL_CTX_get_session_cache_mode(sctx);
         struct hs_options o = { 0 };
         handshake_with(sctx, cctx, offer, &o, &r->hs);
+        /* After the handshake: a generic-method context is decided when an SSL accepts. */
+        r->installed = SSL_CTX_sess_get_new_cb(sctx) != NULL && SSL_CTX_sess_get_new_cb(sctx) != own_new;
+        r->mode = SSL_CTX_get_session_cache_mode(sctx);
         r->own_sessions = SSL_CTX_sess_number(sctx);
         ssize_t w = write(fds[1], r, sizeof *r);
         free(r);
@@ -273,12 +274,43 @@ static void test_client_only_process_makes_no_segment(void)
           "a client-only process made a segment (status %d: 3 means mapped)", status);
 }
 
+/* A client on a generic-method (TLS_method) context: with a session id context, as CPython
+ * sets "Python" on every SSLContext, or without, as nginx's upstream contexts are made. It
+ * only connects, unprivileged as the reviewer's Python client ran: nothing installed, no
+ * segment mapped, not a line logged. Run before anything maps the segment. */
+static void test_generic_client_makes_no_segment(const char *sid)
+{
+    int lines_before = log_lines_with("drop-in[");
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        drop_root();
+        SSL_CTX *c = SSL_CTX_new(TLS_method());
+        if (sid)
+            SSL_CTX_set_session_id_context(c, (const unsigned char *)sid, (unsigned int)strlen(sid));
+        SSL *s = SSL_new(c);
+        SSL_set_connect_state(s);
+        int touched = SSL_CTX_sess_get_new_cb(c) != NULL || SSL_get_options(s) != SSL_CTX_get_options(c);
+        int made = maps_anonymous_segment();
+        SSL_free(s);
+        SSL_CTX_free(c);
+        exit(made ? 3 : touched ? 4 : 0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "a TLS_method client (session id context %s) was served (status %d: 3 mapped a segment, 4 installed)",
+          sid ? sid : "none", status);
+    CHECK(log_lines_with("drop-in[") == lines_before, "a TLS_method client (session id context %s) logged %d lines",
+          sid ? sid : "none", log_lines_with("drop-in[") - lines_before);
+}
+
 struct sides {
     SSL_CTX *ctx;
     uint64_t own, added;
 };
 
-/* The first SSL_new on the context connects (the drop-in installs then), the next accepts. */
+/* The first SSL_new on the context connects, the next accepts (the drop-in installs then). */
 static void connect_and_accept_sides(void *arg)
 {
     struct sides *t = arg;
@@ -300,13 +332,16 @@ static void connect_on_client_caching(void *arg)
 {
     SSL_CTX *both = arg;
     uint64_t own = SSL_CTX_get_options(both);
-    SSL *up = SSL_new(both);
+    SSL *up = SSL_new(both), *down = SSL_new(both);
     SSL_set_connect_state(up);
+    SSL_set_accept_state(down); /* where a generic context is decided */
     CHECK(SSL_CTX_get_session_cache_mode(both) == SSL_SESS_CACHE_BOTH && SSL_CTX_sess_get_new_cb(both) == NULL &&
-          SSL_get_options(up) == own,
-          "a TLS_method context caching client sessions was changed (mode 0x%lx, options 0x%llx)",
-          SSL_CTX_get_session_cache_mode(both), (unsigned long long)SSL_get_options(up));
+          SSL_get_options(up) == own && SSL_get_options(down) == own,
+          "a TLS_method context caching client sessions was changed (mode 0x%lx, options 0x%llx 0x%llx)",
+          SSL_CTX_get_session_cache_mode(both), (unsigned long long)SSL_get_options(up),
+          (unsigned long long)SSL_get_options(down));
     SSL_free(up);
+    SSL_free(down);
 }
 
 /* A generic-method (TLS_method) context the server set a session id context on, used for
@@ -367,6 +402,8 @@ int main(int argc, char **argv)
     forced = argc > 3 && strcmp(argv[3], "--force") == 0;
     if (!forced) {
         test_client_only_process_makes_no_segment();
+        test_generic_client_makes_no_segment("Python");
+        test_generic_client_makes_no_segment(NULL);
         test_server_shared_client_untouched(TLS12);
         test_server_shared_client_untouched(TLS13);
         test_keeps_server_session_id_context();

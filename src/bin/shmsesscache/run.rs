@@ -45,6 +45,9 @@ pub fn cmd_run(raw: &[String]) -> Result<u8, Failure> {
         )));
     }
     let s = settings(&a)?;
+    if let Some(only) = &s.only {
+        warn_if_only_misses(only, &program[0]);
+    }
     check_with_library(&s)?;
     let preload = find_preload()?;
     let err = command(&s, &preload, program).exec();
@@ -132,6 +135,40 @@ fn only_names(list: &str) -> Result<String, Failure> {
             "run: --only {list:?}: {n:?} is not a program name: give the names of the programs that serve TLS, comma-separated, without a directory (e.g. --only imap-login,pop3-login)"
         ))),
     }
+}
+
+/// The preload matches --only against the basename of /proc/self/exe, the real file: a
+/// symlink (alternatives, a busybox applet, `ln -s`) listed under its own name would silently
+/// get nothing. Said, with the name to list, when PROGRAM is such a link.
+fn warn_if_only_misses(only: &str, program: &str) {
+    let listed = |name: &str| only.split(',').any(|n| n == name);
+    let given = Path::new(program).file_name().and_then(|n| n.to_str());
+    let Some(real) = find_in_path(program).and_then(|p| p.canonicalize().ok()) else {
+        return;
+    };
+    let real_name = real.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if given.is_some_and(listed) && !listed(real_name) {
+        eprintln!(
+            "run: warning: --only lists {:?}, but {program} is {} (a symlink or multi-call binary): the drop-in matches the real executable's name, so list {real_name:?} (e.g. --only {only},{real_name})",
+            given.unwrap_or(""),
+            real.display()
+        );
+    }
+}
+
+/// PROGRAM as exec would find it: a name with a slash as it is, else the first executable
+/// file of that name in PATH.
+fn find_in_path(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') {
+        return Some(PathBuf::from(program));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|c| {
+            std::fs::metadata(c).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 fn library_result(r: ffi::shmsess_result) -> Result<(), Failure> {
