@@ -164,13 +164,18 @@ class TLSServer:
         return sorted(p for p in leaves if self.worker_title is None or self.worker_title in cmdline(p))
 
     def reload(self, timeout=15):
-        """Send the reload signal and wait until it took: new workers (for a server whose
-        workers outlive connections) and the port answering. A connection sent in between
-        may reach an old worker that is leaving (hitch reset one)."""
+        """Send the reload signal and wait until it took: for a server whose workers outlive
+        connections, new workers and none of the old ones left (an old worker still in accept()
+        takes a connection and then resets it as it leaves: hitch did, twice); then the port
+        answering."""
         old = set(self.workers())
         os.kill(self.master_pid(), self.reload_signal)
         deadline = time.monotonic() + timeout
-        while self.persistent_workers and time.monotonic() < deadline and not (set(self.workers()) - old):
+
+        def took():
+            now = set(self.workers())
+            return bool(now - old) and not (now & old)
+        while self.persistent_workers and time.monotonic() < deadline and not took():
             time.sleep(0.1)
         wait_for_port(self.port, self.proc)
 
